@@ -1,0 +1,31 @@
+//! The CRM domain and its persistence.
+//!
+//! Owns what a customer, an identifier and an engagement *are*, how raw input
+//! becomes them (phone numbers, emails), the rules that link identifiers to
+//! customers, the domain events, and the store that keeps them. It knows
+//! nothing of HTTP, Redis or the search index.
+//!
+//! # Layout
+//! - [`phone`], [`email`]: parse-once value types.
+//! - [`customer`], [`engagement`], [`staff`], [`ids`], [`time`]: the records.
+//! - [`event`], [`events`]: domain events and the stream they go on.
+//! - [`store`]: the store trait and its adapters (`embedded` redb, `mongo`).
+//! - [`service`]: the operations handlers call ([`service::Crm`]).
+
+pub mod customer;
+pub mod email;
+pub mod engagement;
+pub mod event;
+pub mod events;
+pub mod ids;
+pub mod phone;
+pub mod service;
+pub mod staff;
+pub mod store;
+pub mod time;
+
+pub use customer::{ChannelCounts, Customer, CustomerStatus, Identifier};
+pub use email::Email;
+pub use engagement::{CallStatus, Channel, Direction, Engagement, EngagementDetail, PayloadType, Source};
+pub use ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
+pub use phone::{PhoneNumber, Region};

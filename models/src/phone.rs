@@ -1,0 +1,251 @@
+//! Phone numbers, parsed once at the edge and carried as E.164.
+
+use std::fmt;
+use std::str::FromStr;
+
+use phonenumber::country;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// An ISO 3166-1 alpha-2 region (`SG`, `GB`, `US`) used for numbers typed without `+`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Region(country::Id);
+
+impl Region {
+    pub fn parse(raw: &str) -> Result<Self, PhoneError> {
+        let code = raw.trim().to_ascii_uppercase();
+        country::Id::from_str(&code)
+            .map(Region)
+            .map_err(|_| PhoneError::UnknownRegion(raw.trim().chars().take(8).collect()))
+    }
+
+    /// The country calling code, e.g. 65 for SG.
+    pub fn calling_code(self) -> Option<u16> {
+        phonenumber::metadata::DATABASE
+            .by_id(self.0.as_ref())
+            .map(|m| m.country_code())
+    }
+
+    pub fn code(&self) -> &str {
+        self.0.as_ref()
+    }
+}
+
+impl fmt::Display for Region {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.0.as_ref())
+    }
+}
+
+/// Why a phone number was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PhoneError {
+    #[error("phone number is empty")]
+    Empty,
+    #[error("phone number is too long")]
+    TooLong,
+    #[error("phone number contains characters that are not digits or separators")]
+    InvalidCharacters,
+    #[error("phone number has too few digits")]
+    TooShort,
+    #[error("phone number has no country code and no default region was given")]
+    NoRegion,
+    #[error("unknown region {0:?}")]
+    UnknownRegion(String),
+    #[error("not a valid phone number")]
+    Invalid,
+}
+
+/// A phone number in E.164 form (`+6581226418`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PhoneNumber(String);
+
+const MAX_INPUT_CHARS: usize = 40;
+
+impl PhoneNumber {
+    /// Parses a number typed any way: `+65 8122 6418`, `(065) 8122-6418`,
+    /// `0065 81226418`, or `81226418` with region SG.
+    pub fn parse(raw: &str, default_region: Option<Region>) -> Result<Self, PhoneError> {
+        let raw = raw.trim();
+        if raw.is_empty() {
+            return Err(PhoneError::Empty);
+        }
+        if raw.chars().count() > MAX_INPUT_CHARS {
+            return Err(PhoneError::TooLong);
+        }
+        let mut digits = String::with_capacity(raw.len());
+        for (i, c) in raw.chars().enumerate() {
+            match c {
+                '0'..='9' => digits.push(c),
+                '+' if i == 0 => {}
+                ' ' | '-' | '(' | ')' | '.' | '/' | '\u{a0}' => {}
+                _ => return Err(PhoneError::InvalidCharacters),
+            }
+        }
+        if digits.len() < 4 {
+            return Err(PhoneError::TooShort);
+        }
+        if raw.starts_with('+') {
+            return Self::international(&digits).ok_or(PhoneError::Invalid);
+        }
+        if let Some(rest) = digits.strip_prefix("00") {
+            if let Some(p) = Self::international(rest) {
+                return Ok(p);
+            }
+        }
+        let Some(region) = default_region else {
+            return Err(PhoneError::NoRegion);
+        };
+        if let Some(p) = Self::national(&digits, region) {
+            return Ok(p);
+        }
+        // `(065) 8122-6418`: the country code written with a leading zero, or
+        // `6581226418`: the country code without the `+`.
+        if let Some(cc) = region.calling_code().map(|c| c.to_string()) {
+            let without_zero = digits.strip_prefix('0').unwrap_or(&digits);
+            if without_zero.starts_with(&cc) {
+                if let Some(p) = Self::international(without_zero) {
+                    return Ok(p);
+                }
+            }
+        }
+        Err(PhoneError::Invalid)
+    }
+
+    fn international(digits: &str) -> Option<Self> {
+        let n = phonenumber::parse(None, format!("+{digits}")).ok()?;
+        Self::from_valid(&n)
+    }
+
+    fn national(digits: &str, region: Region) -> Option<Self> {
+        let n = phonenumber::parse(Some(region.0), digits).ok()?;
+        Self::from_valid(&n)
+    }
+
+    fn from_valid(n: &phonenumber::PhoneNumber) -> Option<Self> {
+        if !phonenumber::is_valid(n) {
+            return None;
+        }
+        Some(PhoneNumber(
+            n.format().mode(phonenumber::Mode::E164).to_string(),
+        ))
+    }
+
+    /// Trusts a value that is already E.164 (read back from the store).
+    pub fn from_e164_unchecked(e164: String) -> Self {
+        PhoneNumber(e164)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The digits without the `+`.
+    pub fn digits(&self) -> &str {
+        self.0.trim_start_matches('+')
+    }
+}
+
+impl fmt::Display for PhoneNumber {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Serialize for PhoneNumber {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PhoneNumber {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        PhoneNumber::parse(&raw, None).map_err(serde::de::Error::custom)
+    }
+}
+
+impl utoipa::PartialSchema for PhoneNumber {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::schema::Type::String)
+            .description(Some("E.164 phone number"))
+            .examples([serde_json::json!("+6581226418")])
+            .into()
+    }
+}
+impl utoipa::ToSchema for PhoneNumber {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sg() -> Option<Region> {
+        Some(Region::parse("SG").unwrap())
+    }
+
+    #[test]
+    fn accepts_the_ways_people_type_a_singapore_number() {
+        for raw in [
+            "+65 8122 6418",
+            "(065) 8122-6418",
+            "0065 81226418",
+            "81226418",
+            "+6581226418",
+            "65 8122 6418",
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(raw, sg()).map(|p| p.to_string()),
+                Ok("+6581226418".to_string()),
+                "{raw}"
+            );
+        }
+    }
+
+    #[test]
+    fn national_trunk_prefix_is_dropped() {
+        let gb = Some(Region::parse("gb").unwrap());
+        assert_eq!(
+            PhoneNumber::parse("07911 123456", gb).unwrap().as_str(),
+            "+447911123456"
+        );
+    }
+
+    #[test]
+    fn rejects_garbage_with_a_reason() {
+        assert_eq!(PhoneNumber::parse("", sg()), Err(PhoneError::Empty));
+        assert_eq!(
+            PhoneNumber::parse("call me", sg()),
+            Err(PhoneError::InvalidCharacters)
+        );
+        assert_eq!(PhoneNumber::parse("12", sg()), Err(PhoneError::TooShort));
+        assert_eq!(PhoneNumber::parse("81226418", None), Err(PhoneError::NoRegion));
+        assert_eq!(PhoneNumber::parse("+999 1234 5678", sg()), Err(PhoneError::Invalid));
+        assert_eq!(PhoneNumber::parse("12345678", sg()), Err(PhoneError::Invalid));
+        assert!(Region::parse("XX").is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn any_printable_input_is_parsed_or_refused(raw in "\\PC{0,50}") {
+            let _ = PhoneNumber::parse(&raw, sg());
+        }
+
+        #[test]
+        fn normalising_twice_is_the_same_as_once(raw in "[+(]?[0-9 ()-]{4,20}") {
+            if let Ok(p) = PhoneNumber::parse(&raw, sg()) {
+                prop_assert_eq!(PhoneNumber::parse(p.as_str(), None), Ok(p.clone()));
+                prop_assert_eq!(PhoneNumber::parse(p.as_str(), sg()), Ok(p));
+            }
+        }
+
+        #[test]
+        fn formatting_does_not_change_the_number(sub in 0u32..10_000_000, sep in "[ .-]?") {
+            let national = format!("8{sub:07}");
+            let typed = format!("{}{}{}", &national[..4], sep, &national[4..]);
+            let a = PhoneNumber::parse(&national, sg());
+            let b = PhoneNumber::parse(&typed, sg());
+            prop_assert_eq!(a, b);
+        }
+    }
+}

@@ -1,0 +1,76 @@
+//! Staff users, their refresh tokens, and integrations' API keys.
+//! Secrets are never stored: passwords as argon2id hashes, tokens and keys as SHA-256.
+
+use serde::{Deserialize, Serialize};
+
+use crate::email::Email;
+use crate::ids::{ApiKeyId, UserId};
+use crate::time::{self, Timestamp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Admin,
+    Agent,
+    /// An Android device; only `/v1/mobile/*`.
+    Device,
+    /// An integration (the website backend); only ingest.
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Agent => "agent",
+            Role::Device => "device",
+            Role::Service => "service",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub id: UserId,
+    pub email: Email,
+    pub name: String,
+    pub role: Role,
+    /// PHC string of an argon2id hash.
+    pub password_hash: String,
+    pub active: bool,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(with = "time::rfc3339")]
+    pub updated_at: Timestamp,
+}
+
+/// One refresh token, stored by the SHA-256 of its value. Rotation marks it
+/// used; presenting a used one revokes the whole family.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RefreshToken {
+    pub token_hash: String,
+    pub user_id: UserId,
+    pub family_id: String,
+    pub used: bool,
+    pub revoked: bool,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(with = "time::rfc3339")]
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiKey {
+    pub id: ApiKeyId,
+    pub name: String,
+    /// SHA-256 of the key, hex.
+    pub key_hash: String,
+    /// The first characters of the key, to recognise it in a list.
+    pub prefix: String,
+    pub role: Role,
+    pub created_by: UserId,
+    #[serde(with = "time::rfc3339")]
+    pub created_at: Timestamp,
+    #[serde(default, with = "time::rfc3339_option")]
+    pub revoked_at: Option<Timestamp>,
+}

@@ -1,0 +1,185 @@
+//! The store: the source of truth. One trait, two adapters:
+//! [`embedded`] (a redb file, the single-binary default) and [`mongo`].
+//!
+//! The trait is deliberately small and storage-shaped; the linking rules live in
+//! [`crate::service`], above it, so both adapters share them. Every adapter
+//! passes the same conformance suite (`models/tests/store_conformance.rs`).
+
+pub mod embedded;
+pub mod mongo;
+
+use async_trait::async_trait;
+
+use crate::customer::{Customer, Identifier};
+use crate::email::Email;
+use crate::engagement::{Channel, Engagement};
+use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::staff::{ApiKey, RefreshToken, User};
+use crate::time::Timestamp;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The record to change does not exist.
+    #[error("not found")]
+    NotFound,
+    /// A unique value (a user's email, an id) is taken.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The backend cannot be reached or refused to work (another process holds the file).
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else; the message is for logs, not for clients.
+    #[error("store error: {0}")]
+    Internal(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// The answer to "may this customer own this identifier?".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Claim {
+    /// The identifier was free and now belongs to the customer.
+    Claimed,
+    /// The identifier already belongs to this customer (maybe the one asking).
+    OwnedBy(CustomerId),
+}
+
+/// The outcome of inserting one engagement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngagementInsert {
+    Created,
+    /// An engagement with the same id exists (a retried upload); nothing changed.
+    Duplicate { customer_id: CustomerId },
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EngagementFilter {
+    pub channel: Option<Channel>,
+    /// Inclusive lower bound on `occurred_at`.
+    pub since: Option<Timestamp>,
+    /// Exclusive upper bound on `occurred_at`.
+    pub until: Option<Timestamp>,
+}
+
+/// Position in a timeline: the last engagement of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngagementCursor {
+    pub occurred_at: Timestamp,
+    pub id: EngagementId,
+}
+
+/// Position in the customer list: the last customer of the previous page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CustomerCursor {
+    pub updated_at: Timestamp,
+    pub id: CustomerId,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// `embedded` or `mongo`.
+    fn kind(&self) -> &'static str;
+
+    /// Succeeds when the store can serve requests (for `/readyz`).
+    async fn ping(&self) -> StoreResult<()>;
+
+    // --- customers ---
+
+    /// Inserts a new customer; `Conflict` when the id exists.
+    async fn insert_customer(&self, customer: &Customer) -> StoreResult<()>;
+
+    async fn get_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>>;
+
+    /// Writes the profile fields (`name`, `emails`, `phones`, `social`, `status`,
+    /// `merged_into`, `updated_at`). Never touches `counts` or
+    /// `last_engagement_at`, which engagements maintain. `NotFound` when missing.
+    async fn update_profile(&self, customer: &Customer) -> StoreResult<()>;
+
+    /// Adds identifiers to the profile's `phones`, `emails` and `social` (set
+    /// semantics, anonymous ids are not profile fields) and sets `updated_at`.
+    /// Returns the customer as stored afterwards; `NotFound` when missing.
+    async fn add_identifiers(
+        &self,
+        id: CustomerId,
+        identifiers: &[Identifier],
+        at: Timestamp,
+    ) -> StoreResult<Customer>;
+
+    /// Erases the customer, every identity it owns and all its engagements.
+    /// Returns the customer as it was, or `None` when there was none.
+    async fn delete_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>>;
+
+    /// Customers ordered by `(updated_at, id)` ascending, with
+    /// `updated_at >= updated_since`, after the cursor, at most `limit`.
+    async fn list_customers(
+        &self,
+        updated_since: Option<Timestamp>,
+        after: Option<CustomerCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Customer>>;
+
+    // --- identities (key: `phone:+65...`, `email:...`) ---
+
+    /// Claims the identifier for the customer. Race-free: exactly one of two
+    /// concurrent claims for one key gets `Claimed`.
+    async fn claim_identity(&self, key: &str, customer: CustomerId) -> StoreResult<Claim>;
+
+    async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>>;
+
+    /// Frees the identifier if (and only if) this customer owns it.
+    async fn release_identity(&self, key: &str, customer: CustomerId) -> StoreResult<()>;
+
+    /// Every identifier key the customer owns, sorted.
+    async fn identities_of(&self, customer: CustomerId) -> StoreResult<Vec<String>>;
+
+    // --- engagements ---
+
+    /// Inserts each engagement, in one transaction where the backend has them.
+    /// An existing id is reported as `Duplicate`, not an error. For each one
+    /// created, the customer's `counts.<channel>` goes up by one and
+    /// `last_engagement_at` becomes the later of itself and `occurred_at`.
+    async fn insert_engagements(&self, items: &[Engagement]) -> StoreResult<Vec<EngagementInsert>>;
+
+    async fn get_engagement(&self, id: EngagementId) -> StoreResult<Option<Engagement>>;
+
+    /// A customer's engagements, newest `occurred_at` first (ties: larger id
+    /// first), strictly after the cursor, at most `limit`.
+    async fn list_engagements(
+        &self,
+        customer: CustomerId,
+        filter: &EngagementFilter,
+        after: Option<EngagementCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Engagement>>;
+
+    // --- staff users ---
+
+    /// `Conflict` when the email (or id) is taken.
+    async fn insert_user(&self, user: &User) -> StoreResult<()>;
+    async fn get_user(&self, id: UserId) -> StoreResult<Option<User>>;
+    async fn get_user_by_email(&self, email: &Email) -> StoreResult<Option<User>>;
+    /// Replaces the user; `NotFound` when missing, `Conflict` when the new email is taken.
+    async fn update_user(&self, user: &User) -> StoreResult<()>;
+    /// Users ordered by id, after the given id, at most `limit`.
+    async fn list_users(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<User>>;
+    async fn count_users(&self) -> StoreResult<u64>;
+
+    // --- refresh tokens (by SHA-256 of the token) ---
+
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()>;
+    async fn get_refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>>;
+    /// Marks the token used if it is unused and not revoked. True when this
+    /// call did it; of two concurrent calls exactly one gets true.
+    async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<bool>;
+    async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()>;
+    async fn revoke_user_refresh_tokens(&self, user: UserId) -> StoreResult<()>;
+
+    // --- API keys (by SHA-256 of the key) ---
+
+    async fn insert_api_key(&self, key: &ApiKey) -> StoreResult<()>;
+    async fn get_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>>;
+    /// All keys, revoked ones too, by creation time.
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>>;
+    /// Sets `revoked_at`; false when there is no such key or it was revoked already.
+    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool>;
+}
