@@ -4,7 +4,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "crm-indexer", version, about = "Keeps the CRM search index in step with the store")]
+#[command(
+    name = "crm-indexer",
+    version,
+    about = "Keeps the CRM search index in step with the store"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -24,7 +28,9 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run | Command::Rebuild | Command::Verify => {
-            anyhow::bail!("the Redis index is not built yet; crm-api keeps no index in embedded mode")
+            anyhow::bail!(
+                "the Redis index is not built yet; crm-api keeps no index in embedded mode"
+            )
         }
     }
 }

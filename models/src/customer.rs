@@ -100,11 +100,10 @@ impl Customer {
         let mut out: Vec<Identifier> = Vec::new();
         out.extend(self.phones.iter().cloned().map(Identifier::Phone));
         out.extend(self.emails.iter().cloned().map(Identifier::Email));
-        out.extend(
-            self.social
-                .iter()
-                .map(|(network, id)| Identifier::Social { network: network.clone(), id: id.clone() }),
-        );
+        out.extend(self.social.iter().map(|(network, id)| Identifier::Social {
+            network: network.clone(),
+            id: id.clone(),
+        }));
         out
     }
 
@@ -128,7 +127,10 @@ impl Customer {
 pub enum Identifier {
     Phone(PhoneNumber),
     Email(Email),
-    Social { network: String, id: String },
+    Social {
+        network: String,
+        id: String,
+    },
     /// A website's anonymous visitor id.
     Anonymous(String),
 }
@@ -151,7 +153,10 @@ impl Identifier {
             "phone" => Identifier::Phone(PhoneNumber::from_e164_unchecked(value.to_string())),
             "email" => Identifier::Email(Email::from_normalised_unchecked(value.to_string())),
             "anon" => Identifier::Anonymous(value.to_string()),
-            network => Identifier::Social { network: network.to_string(), id: value.to_string() },
+            network => Identifier::Social {
+                network: network.to_string(),
+                id: value.to_string(),
+            },
         })
     }
 }
@@ -167,7 +172,9 @@ impl fmt::Display for Identifier {
 pub fn valid_social_network(network: &str) -> bool {
     !network.is_empty()
         && network.len() <= 32
-        && network.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && network
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !matches!(network, "phone" | "email" | "anon")
 }
 
@@ -180,7 +187,10 @@ mod tests {
         let ids = [
             Identifier::Phone(PhoneNumber::parse("+6581226418", None).unwrap()),
             Identifier::Email(Email::parse("ann@example.com").unwrap()),
-            Identifier::Social { network: "facebook".into(), id: "123".into() },
+            Identifier::Social {
+                network: "facebook".into(),
+                id: "123".into(),
+            },
             Identifier::Anonymous("abc".into()),
         ];
         for id in ids {

@@ -42,9 +42,9 @@ impl Email {
             && !local.starts_with('.')
             && !local.ends_with('.')
             && !local.contains("..")
-            && local.chars().all(|c| {
-                c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c)
-            });
+            && local
+                .chars()
+                .all(|c| c.is_alphanumeric() || "!#$%&'*+/=?^_`{|}~.-".contains(c));
         if !local_ok {
             return Err(EmailError::InvalidLocalPart);
         }
@@ -115,7 +115,10 @@ mod tests {
 
     #[test]
     fn trims_and_lowercases() {
-        assert_eq!(Email::parse("  Ann.Tan@Example.COM ").unwrap().as_str(), "ann.tan@example.com");
+        assert_eq!(
+            Email::parse("  Ann.Tan@Example.COM ").unwrap().as_str(),
+            "ann.tan@example.com"
+        );
         assert_eq!(Email::parse("a+b@x.io").unwrap().domain(), "x.io");
     }
 
@@ -124,9 +127,18 @@ mod tests {
         assert_eq!(Email::parse(""), Err(EmailError::Empty));
         assert_eq!(Email::parse("ann"), Err(EmailError::MissingAt));
         assert_eq!(Email::parse("a@b@c.com"), Err(EmailError::MissingAt));
-        assert_eq!(Email::parse("@example.com"), Err(EmailError::InvalidLocalPart));
-        assert_eq!(Email::parse("a b@example.com"), Err(EmailError::InvalidLocalPart));
-        assert_eq!(Email::parse("ann@localhost"), Err(EmailError::InvalidDomain));
+        assert_eq!(
+            Email::parse("@example.com"),
+            Err(EmailError::InvalidLocalPart)
+        );
+        assert_eq!(
+            Email::parse("a b@example.com"),
+            Err(EmailError::InvalidLocalPart)
+        );
+        assert_eq!(
+            Email::parse("ann@localhost"),
+            Err(EmailError::InvalidDomain)
+        );
         assert_eq!(Email::parse("ann@-x.com"), Err(EmailError::InvalidDomain));
         assert_eq!(Email::parse("ann@x..com"), Err(EmailError::InvalidDomain));
     }

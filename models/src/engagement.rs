@@ -20,8 +20,13 @@ pub enum Channel {
 }
 
 impl Channel {
-    pub const ALL: [Channel; 5] =
-        [Channel::Web, Channel::Call, Channel::Sms, Channel::Whatsapp, Channel::Email];
+    pub const ALL: [Channel; 5] = [
+        Channel::Web,
+        Channel::Call,
+        Channel::Sms,
+        Channel::Whatsapp,
+        Channel::Email,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -130,11 +135,17 @@ impl EngagementDetail {
     pub fn preview(&self) -> String {
         let text = match self {
             EngagementDetail::Web { view, url, .. } => format!("{view} {url}"),
-            EngagementDetail::Call { status, duration_s, .. } => {
+            EngagementDetail::Call {
+                status, duration_s, ..
+            } => {
                 format!("{} call, {duration_s}s", serde_plain(status))
             }
             EngagementDetail::Sms { body, .. } => body.clone(),
-            EngagementDetail::Whatsapp { payload_type, payload, .. } => match payload_type {
+            EngagementDetail::Whatsapp {
+                payload_type,
+                payload,
+                ..
+            } => match payload_type {
                 PayloadType::Text => payload.clone(),
                 other => format!("[{}]", serde_plain(other)),
             },
@@ -174,7 +185,10 @@ impl Source {
             (None, None) => "anonymous".to_string(),
         };
         let name = format!("{origin}\u{0}{client}");
-        Some(EngagementId(Uuid::new_v5(&Uuid::NAMESPACE_OID, name.as_bytes())))
+        Some(EngagementId(Uuid::new_v5(
+            &Uuid::NAMESPACE_OID,
+            name.as_bytes(),
+        )))
     }
 }
 
@@ -212,7 +226,10 @@ mod tests {
             occurred_at: time::now(),
             recorded_at: time::now(),
             source: Source::default(),
-            detail: EngagementDetail::Sms { direction: Direction::Inbound, body: "hi".into() },
+            detail: EngagementDetail::Sms {
+                direction: Direction::Inbound,
+                body: "hi".into(),
+            },
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["channel"], "sms");
@@ -225,9 +242,20 @@ mod tests {
     #[test]
     fn idempotent_ids_depend_on_origin_and_client_id() {
         let d = DeviceId::new();
-        let a = Source { device_id: Some(d), client_event_id: Some("1".into()), user_id: None };
-        let b = Source { device_id: Some(d), client_event_id: Some("2".into()), user_id: None };
-        let c = Source { device_id: Some(DeviceId::new()), ..a.clone() };
+        let a = Source {
+            device_id: Some(d),
+            client_event_id: Some("1".into()),
+            user_id: None,
+        };
+        let b = Source {
+            device_id: Some(d),
+            client_event_id: Some("2".into()),
+            user_id: None,
+        };
+        let c = Source {
+            device_id: Some(DeviceId::new()),
+            ..a.clone()
+        };
         assert_eq!(a.idempotent_id(), a.clone().idempotent_id());
         assert_ne!(a.idempotent_id(), b.idempotent_id());
         assert_ne!(a.idempotent_id(), c.idempotent_id());

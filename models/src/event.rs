@@ -29,9 +29,8 @@ impl DomainEvent {
     /// The customer the event is about.
     pub fn customer_id(&self) -> CustomerId {
         match self {
-            DomainEvent::CustomerCreated { customer } | DomainEvent::CustomerUpdated { customer } => {
-                customer.id
-            }
+            DomainEvent::CustomerCreated { customer }
+            | DomainEvent::CustomerUpdated { customer } => customer.id,
             DomainEvent::CustomerDeleted { customer_id, .. } => *customer_id,
             DomainEvent::EngagementRecorded { engagement } => engagement.customer_id,
         }

@@ -57,7 +57,10 @@ impl EventStream for MemoryEventStream {
 /// Wraps events for publishing, stamped now.
 pub fn envelopes(events: impl IntoIterator<Item = DomainEvent>) -> Vec<EventEnvelope> {
     let at = crate::time::now();
-    events.into_iter().map(|event| EventEnvelope { at, event }).collect()
+    events
+        .into_iter()
+        .map(|event| EventEnvelope { at, event })
+        .collect()
 }
 
 #[cfg(test)]
@@ -73,8 +76,12 @@ mod tests {
         let a = Customer::new(CustomerId::new(), Some("a".into()), crate::time::now());
         let b = Customer::new(CustomerId::new(), Some("b".into()), crate::time::now());
         s.publish(envelopes([
-            DomainEvent::CustomerCreated { customer: a.clone() },
-            DomainEvent::CustomerCreated { customer: b.clone() },
+            DomainEvent::CustomerCreated {
+                customer: a.clone(),
+            },
+            DomainEvent::CustomerCreated {
+                customer: b.clone(),
+            },
         ]))
         .await
         .unwrap();

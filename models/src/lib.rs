@@ -26,6 +26,8 @@ pub mod time;
 
 pub use customer::{ChannelCounts, Customer, CustomerStatus, Identifier};
 pub use email::Email;
-pub use engagement::{CallStatus, Channel, Direction, Engagement, EngagementDetail, PayloadType, Source};
+pub use engagement::{
+    CallStatus, Channel, Direction, Engagement, EngagementDetail, PayloadType, Source,
+};
 pub use ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 pub use phone::{PhoneNumber, Region};

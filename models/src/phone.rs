@@ -219,9 +219,18 @@ mod tests {
             Err(PhoneError::InvalidCharacters)
         );
         assert_eq!(PhoneNumber::parse("12", sg()), Err(PhoneError::TooShort));
-        assert_eq!(PhoneNumber::parse("81226418", None), Err(PhoneError::NoRegion));
-        assert_eq!(PhoneNumber::parse("+999 1234 5678", sg()), Err(PhoneError::Invalid));
-        assert_eq!(PhoneNumber::parse("12345678", sg()), Err(PhoneError::Invalid));
+        assert_eq!(
+            PhoneNumber::parse("81226418", None),
+            Err(PhoneError::NoRegion)
+        );
+        assert_eq!(
+            PhoneNumber::parse("+999 1234 5678", sg()),
+            Err(PhoneError::Invalid)
+        );
+        assert_eq!(
+            PhoneNumber::parse("12345678", sg()),
+            Err(PhoneError::Invalid)
+        );
         assert!(Region::parse("XX").is_err());
     }
 

@@ -47,7 +47,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(field: impl Into<String>, message: impl ToString) -> Self {
-        FieldError { field: field.into(), message: message.to_string() }
+        FieldError {
+            field: field.into(),
+            message: message.to_string(),
+        }
     }
 }
 
@@ -76,7 +79,10 @@ pub struct CustomerPatch {
 pub enum EngagementTarget {
     Customer(CustomerId),
     /// Resolve (or create) the customer these identifiers name.
-    Identify { name: Option<String>, identifiers: Vec<Identifier> },
+    Identify {
+        name: Option<String>,
+        identifiers: Vec<Identifier>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -126,7 +132,10 @@ impl Crm {
     /// Creates a customer, or when an identifier already belongs to one,
     /// attaches the new identifiers to it. Returns the customer and whether it
     /// was created.
-    pub async fn create_customer(&self, input: CustomerInput) -> Result<(Customer, bool), CrmError> {
+    pub async fn create_customer(
+        &self,
+        input: CustomerInput,
+    ) -> Result<(Customer, bool), CrmError> {
         let name = clean_name(input.name.as_deref(), "name")?;
         if input.status == Some(CustomerStatus::Merged) {
             return Err(CrmError::Invalid(vec![FieldError::new(
@@ -138,10 +147,14 @@ impl Crm {
             let mut c = Customer::new(CustomerId::new(), name, time::now());
             c.status = input.status.unwrap_or_default();
             self.store.insert_customer(&c).await?;
-            self.publish(vec![DomainEvent::CustomerCreated { customer: c.clone() }]).await;
+            self.publish(vec![DomainEvent::CustomerCreated {
+                customer: c.clone(),
+            }])
+            .await;
             return Ok((c, true));
         }
-        self.resolve(name.as_deref(), &input.identifiers, input.status).await
+        self.resolve(name.as_deref(), &input.identifiers, input.status)
+            .await
     }
 
     /// Finds the one customer the identifiers name, attaching the ones it does
@@ -152,8 +165,12 @@ impl Crm {
         identifiers: &[Identifier],
         status: Option<CustomerStatus>,
     ) -> Result<(Customer, bool), CrmError> {
-        let identifiers: Vec<Identifier> =
-            identifiers.iter().cloned().collect::<BTreeSet<_>>().into_iter().collect();
+        let identifiers: Vec<Identifier> = identifiers
+            .iter()
+            .cloned()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         for _ in 0..MAX_RESOLVE_ATTEMPTS {
             let mut owners = BTreeSet::new();
             let mut unowned = Vec::new();
@@ -174,13 +191,17 @@ impl Crm {
                 }
                 1 => owners.into_iter().next().ok_or(CrmError::Contention)?,
                 _ => {
-                    return Err(CrmError::IdentifiersConflict { customers: owners.into_iter().collect() })
+                    return Err(CrmError::IdentifiersConflict {
+                        customers: owners.into_iter().collect(),
+                    })
                 }
             };
             let Some(customer) = self.store.get_customer(owner).await? else {
                 // The owner was erased between our reads; its identities go with it.
                 for identifier in &identifiers {
-                    self.store.release_identity(&identifier.key(), owner).await?;
+                    self.store
+                        .release_identity(&identifier.key(), owner)
+                        .await?;
                 }
                 continue;
             };
@@ -233,7 +254,10 @@ impl Crm {
                 }
             }
         }
-        self.publish(vec![DomainEvent::CustomerCreated { customer: c.clone() }]).await;
+        self.publish(vec![DomainEvent::CustomerCreated {
+            customer: c.clone(),
+        }])
+        .await;
         Ok(Some(c))
     }
 
@@ -246,7 +270,10 @@ impl Crm {
     ) -> Result<Customer, CrmError> {
         let mut changed = false;
         if !attached.is_empty() {
-            customer = self.store.add_identifiers(customer.id, attached, time::now()).await?;
+            customer = self
+                .store
+                .add_identifiers(customer.id, attached, time::now())
+                .await?;
             changed = true;
         }
         if let (None, Some(name)) = (&customer.name, name) {
@@ -256,13 +283,19 @@ impl Crm {
             changed = true;
         }
         if changed {
-            self.publish(vec![DomainEvent::CustomerUpdated { customer: customer.clone() }]).await;
+            self.publish(vec![DomainEvent::CustomerUpdated {
+                customer: customer.clone(),
+            }])
+            .await;
         }
         Ok(customer)
     }
 
     pub async fn get_customer(&self, id: CustomerId) -> Result<Customer, CrmError> {
-        self.store.get_customer(id).await?.ok_or(CrmError::CustomerNotFound(id))
+        self.store
+            .get_customer(id)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(id))
     }
 
     pub async fn list_customers(
@@ -271,12 +304,19 @@ impl Crm {
         after: Option<CustomerCursor>,
         limit: usize,
     ) -> Result<Vec<Customer>, CrmError> {
-        Ok(self.store.list_customers(updated_since, after, limit).await?)
+        Ok(self
+            .store
+            .list_customers(updated_since, after, limit)
+            .await?)
     }
 
     /// Applies a merge patch; identifier changes claim and release identities
     /// so that they stay consistent with the profile.
-    pub async fn patch_customer(&self, id: CustomerId, patch: CustomerPatch) -> Result<Customer, CrmError> {
+    pub async fn patch_customer(
+        &self,
+        id: CustomerId,
+        patch: CustomerPatch,
+    ) -> Result<Customer, CrmError> {
         let current = self.get_customer(id).await?;
         let mut next = current.clone();
         if let Some(name) = &patch.name {
@@ -319,7 +359,9 @@ impl Crm {
                     for key in &claimed {
                         self.store.release_identity(key, id).await?;
                     }
-                    return Err(CrmError::IdentifiersConflict { customers: vec![id, other] });
+                    return Err(CrmError::IdentifiersConflict {
+                        customers: vec![id, other],
+                    });
                 }
             }
         }
@@ -329,7 +371,10 @@ impl Crm {
             self.store.release_identity(&removed.key(), id).await?;
         }
         let stored = self.get_customer(id).await?;
-        self.publish(vec![DomainEvent::CustomerUpdated { customer: stored.clone() }]).await;
+        self.publish(vec![DomainEvent::CustomerUpdated {
+            customer: stored.clone(),
+        }])
+        .await;
         Ok(stored)
     }
 
@@ -338,7 +383,11 @@ impl Crm {
         let identifiers = self.store.identities_of(id).await?;
         match self.store.delete_customer(id).await? {
             Some(_) => {
-                self.publish(vec![DomainEvent::CustomerDeleted { customer_id: id, identifiers }]).await;
+                self.publish(vec![DomainEvent::CustomerDeleted {
+                    customer_id: id,
+                    identifiers,
+                }])
+                .await;
                 Ok(())
             }
             None => Err(CrmError::CustomerNotFound(id)),
@@ -353,7 +402,10 @@ impl Crm {
         limit: usize,
     ) -> Result<Vec<Engagement>, CrmError> {
         self.get_customer(customer).await?;
-        Ok(self.store.list_engagements(customer, filter, after, limit).await?)
+        Ok(self
+            .store
+            .list_engagements(customer, filter, after, limit)
+            .await?)
     }
 
     pub async fn record_engagement(&self, item: NewEngagement) -> Result<Recorded, CrmError> {
@@ -365,7 +417,10 @@ impl Crm {
 
     /// Records a batch: each item gets its own outcome, and the good ones are
     /// stored together (one transaction on the embedded store).
-    pub async fn record_engagements(&self, items: Vec<NewEngagement>) -> Vec<Result<Recorded, CrmError>> {
+    pub async fn record_engagements(
+        &self,
+        items: Vec<NewEngagement>,
+    ) -> Vec<Result<Recorded, CrmError>> {
         let recorded_at = time::now();
         let mut known: HashMap<CustomerId, bool> = HashMap::new();
         let mut outcomes: Vec<Result<Recorded, CrmError>> = Vec::with_capacity(items.len());
@@ -418,7 +473,12 @@ impl Crm {
                         detail: item.detail,
                     });
                     slots.push(outcomes.len());
-                    outcomes.push(Ok(Recorded { id, customer_id, customer_created, duplicate: false }));
+                    outcomes.push(Ok(Recorded {
+                        id,
+                        customer_id,
+                        customer_created,
+                        duplicate: false,
+                    }));
                 }
                 Err(e) => outcomes.push(Err(e)),
             }
@@ -466,7 +526,10 @@ pub fn clean_name(name: Option<&str>, field: &str) -> Result<Option<String>, Crm
         )]));
     }
     if name.chars().any(char::is_control) {
-        return Err(CrmError::Invalid(vec![FieldError::new(field, "contains control characters")]));
+        return Err(CrmError::Invalid(vec![FieldError::new(
+            field,
+            "contains control characters",
+        )]));
     }
     Ok(Some(name.to_string()))
 }

@@ -49,7 +49,9 @@ pub enum Claim {
 pub enum EngagementInsert {
     Created,
     /// An engagement with the same id exists (a retried upload); nothing changed.
-    Duplicate { customer_id: CustomerId },
+    Duplicate {
+        customer_id: CustomerId,
+    },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

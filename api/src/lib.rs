@@ -1,0 +1,264 @@
+//! The CRM's HTTP service (`crm-api`).
+//!
+//! Owns configuration, telemetry, authentication and the JSON API over the
+//! domain service in `crm-models`; mounts the mobile bridge under
+//! `/v1/mobile`. Handlers are thin: extract, call [`crm_models::service::Crm`],
+//! map the result. It knows which store adapter to open, nothing more of them.
+//!
+//! # Layout
+//! - [`config`], [`telemetry`]: start-up.
+//! - [`error`]: the one error type and its problem+json rendering.
+//! - [`auth`]: passwords, tokens, API keys, role guards.
+//! - [`routes`]: one module per resource; [`openapi`]: the generated contract.
+
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod openapi;
+pub mod routes;
+pub mod state;
+pub mod telemetry;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::http::{HeaderName, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use crm_models::events::{EventStream, MemoryEventStream};
+use crm_models::service::Crm;
+use crm_models::store::embedded::EmbeddedStore;
+use crm_models::store::mongo::MongoStore;
+use crm_models::store::Store;
+use crm_models::Region;
+use tokio::net::TcpListener;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Auth;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::state::AppState;
+
+/// Largest JSON body accepted, except where a route says otherwise.
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A built service, bound to its port, ready to run.
+pub struct Application {
+    listener: TcpListener,
+    router: Router,
+    state: AppState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = open_store(&config).await?;
+        let events: Arc<dyn EventStream> = Arc::new(MemoryEventStream::default());
+        let state = build_state(config, store, events).await?;
+        let router = app(state.clone());
+        let listener = TcpListener::bind(state.config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", state.config.listen))?;
+        Ok(Application {
+            listener,
+            router,
+            state,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .unwrap_or(self.state.config.listen)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.local_addr(), store = self.state.crm.store().kind(), "crm-api listening");
+        axum::serve(
+            self.listener,
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown)
+        .await
+        .context("server error")
+    }
+}
+
+/// Opens MongoDB when a URI is configured, otherwise the embedded store.
+pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match &config.mongodb_uri {
+        Some(uri) => Arc::new(MongoStore::connect(uri, &config.mongodb_database).await?),
+        None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+    })
+}
+
+/// Wires the state: auth (and the first admin), the domain service, metrics.
+pub async fn build_state(
+    config: Config,
+    store: Arc<dyn Store>,
+    events: Arc<dyn EventStream>,
+) -> anyhow::Result<AppState> {
+    let secret = jwt_secret(&config)?;
+    let default_region = config
+        .default_region
+        .as_deref()
+        .map(Region::parse)
+        .transpose()
+        .context("CRM_DEFAULT_REGION")?;
+    let auth = Arc::new(Auth::new(store.clone(), &secret, &config));
+    auth.ensure_first_admin(
+        config.admin_email.as_deref(),
+        config.admin_password.as_deref(),
+    )
+    .await?;
+    Ok(AppState {
+        crm: Crm::new(store, events),
+        auth,
+        config: Arc::new(config),
+        default_region,
+        metrics: telemetry::metrics_handle(),
+    })
+}
+
+/// The JWT secret: configured (at least 32 bytes), or in embedded mode one
+/// created at random on first start and kept in the data directory.
+fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
+    if let Some(secret) = &config.jwt_secret {
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "CRM_JWT_SECRET must be at least 32 bytes"
+        );
+        return Ok(secret.as_bytes().to_vec());
+    }
+    anyhow::ensure!(
+        config.mongodb_uri.is_none(),
+        "CRM_JWT_SECRET is required with CRM_MONGODB_URI: every crm-api instance must share it"
+    );
+    secret_file(&config.data_dir.join("jwt-secret"))
+}
+
+fn secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    if let Ok(existing) = std::fs::read_to_string(path) {
+        let secret = existing.trim().as_bytes().to_vec();
+        anyhow::ensure!(
+            secret.len() >= 32,
+            "{} is shorter than 32 bytes",
+            path.display()
+        );
+        return Ok(secret);
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let mut raw = [0u8; 48];
+    rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut raw);
+    let secret = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw);
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    std::io::Write::write_all(&mut file, secret.as_bytes())?;
+    file.sync_all()?;
+    Ok(secret.into_bytes())
+}
+
+/// The whole HTTP surface, shared by `main` and the tests.
+pub fn app(state: AppState) -> Router {
+    let (api, _) = routes::api_router().split_for_parts();
+    let request_id = HeaderName::from_static("x-request-id");
+    api.nest("/v1/mobile", crm_mobile_bridge::router())
+        .merge(routes::health::router())
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn(track_metrics))
+        .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(StatusCode::SERVICE_UNAVAILABLE, REQUEST_TIMEOUT))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("");
+                tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("route_not_found", "no such route")
+}
+
+async fn method_not_allowed() -> Response {
+    let mut r = ApiError::bad_request(
+        "method_not_allowed",
+        "this route does not accept that method",
+    )
+    .into_response();
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    r
+}
+
+async fn track_metrics(req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().to_string();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    let labels = [("method", method), ("path", path), ("status", status)];
+    metrics::counter!("http_requests_total", &labels).increment(1);
+    metrics::histogram!("http_request_duration_seconds", &labels)
+        .record(start.elapsed().as_secs_f64());
+    response
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutdown signal received; finishing in-flight requests");
+}

@@ -1,0 +1,25 @@
+//! One module per resource. Each returns an `OpenApiRouter` so that the
+//! contract in `openapi.yaml` is generated from the same routes that serve.
+
+pub mod api_keys;
+pub mod auth;
+pub mod customers;
+pub mod engagements;
+pub mod health;
+pub mod pagination;
+pub mod users;
+
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::state::AppState;
+
+/// Every documented route under `/v1`.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .merge(auth::router())
+        .merge(users::router())
+        .merge(api_keys::router())
+        .merge(customers::router())
+        .merge(engagements::router())
+}

@@ -1,0 +1,20 @@
+//! What every handler can reach.
+
+use std::sync::Arc;
+
+use crm_models::service::Crm;
+use crm_models::Region;
+use metrics_exporter_prometheus::PrometheusHandle;
+
+use crate::auth::Auth;
+use crate::config::Config;
+
+#[derive(Clone)]
+pub struct AppState {
+    pub crm: Crm,
+    pub auth: Arc<Auth>,
+    pub config: Arc<Config>,
+    /// Region for phone numbers typed without `+`.
+    pub default_region: Option<Region>,
+    pub metrics: PrometheusHandle,
+}
