@@ -10,7 +10,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use axum::routing::post;
+use axum::routing::post as route_post;
 use axum::{Json, Router};
 use crm_api::config::Config;
 use crm_api::Application;
@@ -25,7 +25,11 @@ struct Args {
 }
 
 fn args() -> Args {
-    let mut a = Args { batches: 200, concurrency: 4, customers: 1000 };
+    let mut a = Args {
+        batches: 200,
+        concurrency: 4,
+        customers: 1000,
+    };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
     while i < argv.len() {
@@ -66,12 +70,35 @@ async fn main() {
         .map(|b| batch_by_phone(b, args.customers))
         .collect();
 
-    let base = run(&client, &format!("http://{baseline}/batch"), None, &by_id, args.concurrency).await;
-    let ids = run(&client, &format!("http://{addr}/v1/engagements/batch"), Some(&token), &by_id, args.concurrency).await;
-    let phones =
-        run(&client, &format!("http://{addr}/v1/engagements/batch"), Some(&token), &by_phone, args.concurrency).await;
+    let base = run(
+        &client,
+        &format!("http://{baseline}/batch"),
+        None,
+        &by_id,
+        args.concurrency,
+    )
+    .await;
+    let ids = run(
+        &client,
+        &format!("http://{addr}/v1/engagements/batch"),
+        Some(&token),
+        &by_id,
+        args.concurrency,
+    )
+    .await;
+    let phones = run(
+        &client,
+        &format!("http://{addr}/v1/engagements/batch"),
+        Some(&token),
+        &by_phone,
+        args.concurrency,
+    )
+    .await;
 
-    println!("engagement ingest, batches of {BATCH}, {} concurrent clients, {} customers", args.concurrency, args.customers);
+    println!(
+        "engagement ingest, batches of {BATCH}, {} concurrent clients, {} customers",
+        args.concurrency, args.customers
+    );
     println!();
     println!("| route | batches | engagements/s | batch p50 | batch p99 |");
     println!("| --- | --- | --- | --- | --- |");
@@ -89,7 +116,10 @@ async fn main() {
         );
     }
     println!();
-    println!("ratio crm/bare (by customer_id): {:.2}", ids.per_second / base.per_second);
+    println!(
+        "ratio crm/bare (by customer_id): {:.2}",
+        ids.per_second / base.per_second
+    );
 }
 
 struct RunResult {
@@ -99,26 +129,43 @@ struct RunResult {
     p99: Duration,
 }
 
-async fn run(client: &reqwest::Client, url: &str, token: Option<&str>, bodies: &[Value], concurrency: usize) -> RunResult {
+async fn run(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    bodies: &[Value],
+    concurrency: usize,
+) -> RunResult {
     // Two warm-up batches, not measured.
     for body in &bodies[..2] {
         post(client, url, token, body).await;
     }
-    let bodies: Vec<Vec<u8>> = bodies[2..].iter().map(|b| serde_json::to_vec(b).unwrap()).collect();
+    let bodies: Vec<Vec<u8>> = bodies[2..]
+        .iter()
+        .map(|b| serde_json::to_vec(b).unwrap())
+        .collect();
     let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let bodies = std::sync::Arc::new(bodies);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, url, token, next, bodies) =
-            (client.clone(), url.to_string(), token.map(str::to_string), next.clone(), bodies.clone());
+        let (client, url, token, next, bodies) = (
+            client.clone(),
+            url.to_string(),
+            token.map(str::to_string),
+            next.clone(),
+            bodies.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 let Some(body) = bodies.get(i) else { break };
                 let t = Instant::now();
-                let mut req = client.post(&url).header("content-type", "application/json").body(body.clone());
+                let mut req = client
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .body(body.clone());
                 if let Some(token) = &token {
                     req = req.bearer_auth(token);
                 }
@@ -164,7 +211,7 @@ async fn spawn_baseline() -> SocketAddr {
         Json(json!({ "created": n, "rejected": 0 }))
     }
     let router = Router::new()
-        .route("/batch", post(batch))
+        .route("/batch", route_post(batch))
         .layer(axum::extract::DefaultBodyLimit::max(8 * 1024 * 1024));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -187,7 +234,12 @@ fn phone(i: usize) -> String {
     format!("+65 8{:03} {:04}", (i / 10_000) % 1000, i % 10_000)
 }
 
-async fn create_customers(client: &reqwest::Client, addr: SocketAddr, token: &str, n: usize) -> Vec<String> {
+async fn create_customers(
+    client: &reqwest::Client,
+    addr: SocketAddr,
+    token: &str,
+    n: usize,
+) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for i in 0..n {
         let v = post(
@@ -204,11 +256,19 @@ async fn create_customers(client: &reqwest::Client, addr: SocketAddr, token: &st
 
 fn detail(i: usize) -> Value {
     match i % 5 {
-        0 => json!({"channel": "sms", "direction": "inbound", "body": "Is the 3-bedroom unit at Tampines still available?"}),
-        1 => json!({"channel": "call", "direction": "outbound", "duration_s": 95, "status": "answered"}),
-        2 => json!({"channel": "whatsapp", "direction": "inbound", "payload_type": "text", "payload": "Can we view it on Saturday?"}),
+        0 => {
+            json!({"channel": "sms", "direction": "inbound", "body": "Is the 3-bedroom unit at Tampines still available?"})
+        }
+        1 => {
+            json!({"channel": "call", "direction": "outbound", "duration_s": 95, "status": "answered"})
+        }
+        2 => {
+            json!({"channel": "whatsapp", "direction": "inbound", "payload_type": "text", "payload": "Can we view it on Saturday?"})
+        }
         3 => json!({"channel": "email", "direction": "outbound", "subject": "Viewing confirmed"}),
-        _ => json!({"channel": "web", "url": "https://example.com/listings/4411", "view": "listing", "view_desc": "3BR Tampines"}),
+        _ => {
+            json!({"channel": "web", "url": "https://example.com/listings/4411", "view": "listing", "view_desc": "3BR Tampines"})
+        }
     }
 }
 
@@ -218,7 +278,12 @@ fn batch_by_id(b: usize, customers: &[String]) -> Value {
             let n = b * BATCH + i;
             let mut item = detail(n);
             item["customer_id"] = json!(customers[n % customers.len()]);
-            item["occurred_at"] = json!(format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + n % 20, n % 24, n % 60));
+            item["occurred_at"] = json!(format!(
+                "2026-11-{:02}T{:02}:{:02}:00Z",
+                1 + n % 20,
+                n % 24,
+                n % 60
+            ));
             item["client_event_id"] = json!(format!("bench-{n}"));
             item
         })
@@ -234,7 +299,12 @@ fn batch_by_phone(b: usize, customers: usize) -> Value {
             // Typed without the country code: resolved with the default region.
             let p = phone(n % customers);
             item["customer"] = json!({ "phone": p.trim_start_matches("+65 ") });
-            item["occurred_at"] = json!(format!("2026-11-{:02}T{:02}:{:02}:00Z", 1 + n % 20, n % 24, n % 60));
+            item["occurred_at"] = json!(format!(
+                "2026-11-{:02}T{:02}:{:02}:00Z",
+                1 + n % 20,
+                n % 24,
+                n % 60
+            ));
             item
         })
         .collect();

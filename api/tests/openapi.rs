@@ -26,10 +26,18 @@ fn every_route_is_documented_with_its_problem_codes() {
         "/v1/engagements",
         "/v1/engagements/batch",
     ] {
-        assert!(paths.iter().any(|p| p.as_str() == expected), "{expected} missing from {paths:?}");
+        assert!(
+            paths.iter().any(|p| p.as_str() == expected),
+            "{expected} missing from {paths:?}"
+        );
     }
     let yaml = crm_api::openapi::yaml().unwrap();
-    for code in ["validation_failed", "identifiers_conflict", "customer_not_found", "payload_too_large"] {
+    for code in [
+        "validation_failed",
+        "identifiers_conflict",
+        "customer_not_found",
+        "payload_too_large",
+    ] {
         assert!(yaml.contains(code), "problem code {code} is not documented");
     }
 }

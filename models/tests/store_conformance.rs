@@ -16,3 +16,11 @@ store_suite!(embedded, || async {
     let store = EmbeddedStore::open(dir.path()).expect("open the embedded store");
     TestStore::new(Arc::new(store), dir)
 });
+
+mod support;
+
+store_suite!(mongo, || async {
+    let db = support::TestMongo::new().await;
+    let store: Arc<dyn crm_models::store::Store> = Arc::new(db.store.clone());
+    TestStore::new(store, ()).with_cleanup(db.cleanup())
+});
