@@ -1,9 +1,285 @@
-//! Placeholder until the auth routes land.
+//! Customers: create (or find by identifier), read, merge-patch, erase, list.
 
+use std::collections::BTreeMap;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use crm_models::customer::{Customer, CustomerStatus, Identifier};
+use crm_models::ids::CustomerId;
+use crm_models::service::{CustomerInput, CustomerPatch, FieldError};
+use crm_models::store::CustomerCursor;
+use crm_models::time;
+use serde::{Deserialize, Deserializer};
 use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::input;
+use super::pagination::{self, Page};
+use crate::auth::{AdminOnly, Ingest, Staff};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::state::AppState;
+
+/// Most phones or emails one request may name.
+const MAX_IDENTIFIERS_PER_KIND: usize = 20;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
+        .routes(routes!(create_customer, list_customers))
+        .routes(routes!(get_customer, patch_customer, delete_customer))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateCustomer {
+    pub name: Option<String>,
+    #[serde(default)]
+    pub emails: Vec<String>,
+    /// Any format; numbers without `+` use `CRM_DEFAULT_REGION`.
+    #[serde(default)]
+    pub phones: Vec<String>,
+    /// Social network ids, e.g. `{"facebook": "123"}`.
+    #[serde(default)]
+    pub social: BTreeMap<String, String>,
+    pub status: Option<CustomerStatus>,
+}
+
+/// Creates a customer. When an email, phone or social id already belongs to a
+/// customer, answers 200 with that customer and the new identifiers attached.
+#[utoipa::path(
+    post, path = "/v1/customers", tag = "customers",
+    request_body = CreateCustomer,
+    responses(
+        (status = 201, description = "Created", body = Customer),
+        (status = 200, description = "An identifier belongs to this existing customer; new identifiers were attached", body = Customer),
+        (status = 409, description = "`identifiers_conflict`: the identifiers belong to different customers", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_customer(
+    State(state): State<AppState>,
+    _caller: Ingest,
+    ApiJson(body): ApiJson<CreateCustomer>,
+) -> Result<Response, ApiError> {
+    let mut errors = Vec::new();
+    check_count(body.emails.len(), "emails", &mut errors);
+    check_count(body.phones.len(), "phones", &mut errors);
+    let mut identifiers: Vec<Identifier> =
+        input::phones(&body.phones, state.default_region, "phones", &mut errors)
+            .into_iter()
+            .map(Identifier::Phone)
+            .collect();
+    identifiers.extend(
+        input::emails(&body.emails, "emails", &mut errors)
+            .into_iter()
+            .map(Identifier::Email),
+    );
+    identifiers.extend(input::social(&body.social, &mut errors));
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let (customer, created) = state
+        .crm
+        .create_customer(CustomerInput {
+            name: body.name,
+            identifiers,
+            status: body.status,
+        })
+        .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, ApiJson(customer)).into_response())
+}
+
+fn check_count(n: usize, field: &str, errors: &mut Vec<FieldError>) {
+    if n > MAX_IDENTIFIERS_PER_KIND {
+        errors.push(FieldError::new(
+            field,
+            format!("at most {MAX_IDENTIFIERS_PER_KIND} per request"),
+        ));
+    }
+}
+
+#[utoipa::path(
+    get, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer id")),
+    responses(
+        (status = 200, body = Customer),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_customer(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<Customer>, ApiError> {
+    let id = parse_customer_id(&id)?;
+    Ok(ApiJson(state.crm.get_customer(id).await?))
+}
+
+/// A JSON merge patch (RFC 7396) of the profile. `null` clears a field (for
+/// `social`, removes that network). Changing `emails`, `phones` or `social`
+/// claims and releases the identifiers accordingly.
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PatchCustomer {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<String>)]
+    pub name: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub emails: Option<Option<Vec<String>>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Vec<String>>)]
+    pub phones: Option<Option<Vec<String>>>,
+    #[serde(default)]
+    #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
+    pub social: Option<BTreeMap<String, Option<String>>>,
+    pub status: Option<CustomerStatus>,
+}
+
+/// Tells a field that is `null` (`Some(None)`) from one that is absent (`None`).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[utoipa::path(
+    patch, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer id")),
+    request_body(content = PatchCustomer, content_type = "application/merge-patch+json"),
+    responses(
+        (status = 200, body = Customer),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`identifiers_conflict`: an added identifier belongs to another customer", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn patch_customer(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<PatchCustomer>,
+) -> Result<ApiJson<Customer>, ApiError> {
+    let id = parse_customer_id(&id)?;
+    let mut errors = Vec::new();
+    let emails = body.emails.map(|e| {
+        let raw = e.unwrap_or_default();
+        check_count(raw.len(), "emails", &mut errors);
+        input::emails(&raw, "emails", &mut errors)
+    });
+    let phones = body.phones.map(|p| {
+        let raw = p.unwrap_or_default();
+        check_count(raw.len(), "phones", &mut errors);
+        input::phones(&raw, state.default_region, "phones", &mut errors)
+    });
+    if let Some(social) = &body.social {
+        let set: BTreeMap<String, String> = social
+            .iter()
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect();
+        input::social(&set, &mut errors);
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::Validation(errors));
+    }
+    let patch = CustomerPatch {
+        name: body.name,
+        emails,
+        phones,
+        social: body.social.map(|s| {
+            s.into_iter()
+                .map(|(k, v)| (k, v.map(|v| v.trim().to_string())))
+                .collect()
+        }),
+        status: body.status,
+    };
+    Ok(ApiJson(state.crm.patch_customer(id, patch).await?))
+}
+
+/// Erases the customer with its identities and engagements (a right-to-erasure request).
+#[utoipa::path(
+    delete, path = "/v1/customers/{id}", tag = "customers",
+    params(("id" = String, Path, description = "Customer id")),
+    responses(
+        (status = 204, description = "Erased"),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_customer(
+    State(state): State<AppState>,
+    AdminOnly(caller): AdminOnly,
+    ApiPath(id): ApiPath<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = parse_customer_id(&id)?;
+    state.crm.delete_customer(id).await?;
+    tracing::info!(customer_id = %id, actor = %caller.actor(), "customer erased");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ListCustomers {
+    /// Only customers updated at or after this time (RFC 3339).
+    pub updated_since: Option<String>,
+    /// 1 to 500, default 50.
+    pub limit: Option<usize>,
+    pub cursor: Option<String>,
+}
+
+/// Customers by last update, oldest first (for syncing).
+#[utoipa::path(
+    get, path = "/v1/customers", tag = "customers",
+    params(ListCustomers),
+    responses(
+        (status = 200, body = Page<Customer>),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_customers(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiQuery(query): ApiQuery<ListCustomers>,
+) -> Result<ApiJson<Page<Customer>>, ApiError> {
+    let limit = pagination::limit(query.limit)?;
+    let updated_since = query
+        .updated_since
+        .as_deref()
+        .map(|raw| {
+            time::parse(raw)
+                .map_err(|_| ApiError::field("updated_since", "must be an RFC 3339 time"))
+        })
+        .transpose()?;
+    let after = query
+        .cursor
+        .as_deref()
+        .map(|c| {
+            let parts = pagination::decode(c, 2)?;
+            let bad = || ApiError::field("cursor", "not a cursor this API issued");
+            Ok::<_, ApiError>(CustomerCursor {
+                updated_at: time::parse(&parts[0]).map_err(|_| bad())?,
+                id: parts[1].parse().map_err(|_| bad())?,
+            })
+        })
+        .transpose()?;
+    let items = state
+        .crm
+        .list_customers(updated_since, after, limit)
+        .await?;
+    let next_cursor = (items.len() == limit)
+        .then(|| items.last())
+        .flatten()
+        .map(|c| pagination::encode(&[&time::format(&c.updated_at), &c.id.to_string()]));
+    Ok(ApiJson(Page { items, next_cursor }))
+}
+
+pub fn parse_customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+    raw.parse().map_err(|_| {
+        ApiError::not_found("customer_not_found", format!("customer {raw:?} not found"))
+    })
 }

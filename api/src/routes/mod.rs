@@ -6,6 +6,7 @@ pub mod auth;
 pub mod customers;
 pub mod engagements;
 pub mod health;
+pub mod input;
 pub mod pagination;
 pub mod users;
 

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Runs every test of the workspace. On a fresh machine it first installs what
+# the tests start by themselves: redis-server (Debian/Ubuntu apt or Homebrew)
+# and the MongoDB-compatible test server `secantusd-py` (PyPI package
+# `secantusdb`, into ./.venv). Extra arguments go to `cargo test`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECANTUSDB_VERSION="0.7.0b3"
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
+    echo "need root to run: $*" >&2; return 1; fi
+}
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "test.sh: installing redis-server" >&2
+  if command -v apt-get >/dev/null 2>&1; then
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+  elif command -v brew >/dev/null 2>&1; then
+    brew install redis
+  else
+    echo "test.sh: install redis-server (https://redis.io/docs/install/) and run again" >&2
+    exit 1
+  fi
+fi
+
+if [ -z "${CRM_TEST_MONGODB_URI:-}" ] && ! command -v secantusd-py >/dev/null 2>&1 \
+  && [ ! -x .venv/bin/secantusd-py ]; then
+  echo "test.sh: installing secantusdb ${SECANTUSDB_VERSION} into .venv" >&2
+  python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "secantusdb==${SECANTUSDB_VERSION}"
+fi
+if [ -x .venv/bin/secantusd-py ]; then
+  export CRM_TEST_VENV="${CRM_TEST_VENV:-$PWD/.venv}"
+fi
+
+cargo test --workspace --locked "$@"
