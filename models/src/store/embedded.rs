@@ -1,1 +1,1032 @@
+//! The embedded store: one redb file (`crm.redb`) under the data directory.
+//!
+//! redb is synchronous, so every operation runs on tokio's blocking pool. Each
+//! write is one redb write transaction (durable on commit, and serialised by
+//! redb, which is what makes claims and token rotation race-free). Records are
+//! stored as JSON; the secondary tables hold only keys.
+//!
+//! # Tables
+//! - `customers`: id → customer JSON.
+//! - `customers_by_updated`: (updated_at, id) → (), for [`Store::list_customers`].
+//! - `identities`: key → customer id; `identities_by_customer`: (customer, key) → ().
+//! - `engagements`: (customer, newest-first time, newest-first id) → channel byte ++
+//!   JSON, so a prefix scan is a timeline; `engagement_ids`: id → that key.
+//! - `users`, `users_by_email`; `refresh_tokens` (hash → JSON),
+//!   `refresh_by_family`, `refresh_by_user`; `api_keys`, `api_keys_by_hash`.
+//!
+//! Times in keys are microseconds since the epoch with the sign bit flipped, so
+//! that the big-endian bytes sort in time order (negative times too).
 
+use std::collections::HashMap;
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use redb::{
+    Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+use super::{
+    Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
+    StoreResult,
+};
+use crate::customer::{ChannelCounts, Customer, Identifier};
+use crate::email::Email;
+use crate::engagement::{Channel, Engagement};
+use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::staff::{ApiKey, RefreshToken, User};
+use crate::time::Timestamp;
+
+/// The file inside the data directory.
+pub const FILE_NAME: &str = "crm.redb";
+
+type EngagementKey = (u128, u64, u128);
+
+const CUSTOMERS: TableDefinition<u128, &[u8]> = TableDefinition::new("customers");
+const CUSTOMERS_BY_UPDATED: TableDefinition<(u64, u128), ()> =
+    TableDefinition::new("customers_by_updated");
+const IDENTITIES: TableDefinition<&str, u128> = TableDefinition::new("identities");
+const IDENTITIES_BY_CUSTOMER: TableDefinition<(u128, &str), ()> =
+    TableDefinition::new("identities_by_customer");
+const ENGAGEMENTS: TableDefinition<EngagementKey, &[u8]> = TableDefinition::new("engagements");
+const ENGAGEMENT_IDS: TableDefinition<u128, EngagementKey> = TableDefinition::new("engagement_ids");
+const USERS: TableDefinition<u128, &[u8]> = TableDefinition::new("users");
+const USERS_BY_EMAIL: TableDefinition<&str, u128> = TableDefinition::new("users_by_email");
+const REFRESH_TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("refresh_tokens");
+const REFRESH_BY_FAMILY: TableDefinition<(&str, &str), ()> =
+    TableDefinition::new("refresh_by_family");
+const REFRESH_BY_USER: TableDefinition<(u128, &str), ()> = TableDefinition::new("refresh_by_user");
+const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
+const API_KEYS_BY_HASH: TableDefinition<&str, u128> = TableDefinition::new("api_keys_by_hash");
+
+/// The redb-backed [`Store`]. Cheap to share: clone the `Arc` around it.
+pub struct EmbeddedStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl std::fmt::Debug for EmbeddedStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmbeddedStore")
+            .field("path", &self.path)
+            .finish()
+    }
+}
+
+impl EmbeddedStore {
+    /// Opens (or creates) `crm.redb` in `dir`, creating the directory if needed.
+    /// Fails with [`StoreError::Unavailable`] when another process (or another
+    /// open store in this one) holds the file.
+    pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot create the data directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let path = dir.join(FILE_NAME);
+        let db = Database::create(&path).map_err(|e| match e {
+            DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
+                "the data directory {} is in use by another crm-api process",
+                dir.display()
+            )),
+            other => StoreError::Unavailable(format!(
+                "cannot open the embedded store {}: {}",
+                path.display(),
+                other.to_string().to_lowercase()
+            )),
+        })?;
+        // Create every table once, so that readers never meet a missing one.
+        let txn = db.begin_write().map_err(db_err)?;
+        open_all_tables(&txn)?;
+        txn.commit().map_err(db_err)?;
+        Ok(EmbeddedStore {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs a synchronous operation on the blocking pool.
+    async fn run<T, F>(&self, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))?
+    }
+}
+
+fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
+    txn.open_table(CUSTOMERS).map_err(db_err)?;
+    txn.open_table(CUSTOMERS_BY_UPDATED).map_err(db_err)?;
+    txn.open_table(IDENTITIES).map_err(db_err)?;
+    txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
+    txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+    txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+    txn.open_table(USERS).map_err(db_err)?;
+    txn.open_table(USERS_BY_EMAIL).map_err(db_err)?;
+    txn.open_table(REFRESH_TOKENS).map_err(db_err)?;
+    txn.open_table(REFRESH_BY_FAMILY).map_err(db_err)?;
+    txn.open_table(REFRESH_BY_USER).map_err(db_err)?;
+    txn.open_table(API_KEYS).map_err(db_err)?;
+    txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
+    Ok(())
+}
+
+// --- encoding ---
+
+fn db_err(e: impl Into<redb::Error>) -> StoreError {
+    let e: redb::Error = e.into();
+    StoreError::Internal(format!("embedded store: {}", e.to_string().to_lowercase()))
+}
+
+fn encode<T: Serialize>(what: &str, value: &T) -> StoreResult<Vec<u8>> {
+    serde_json::to_vec(value)
+        .map_err(|e| StoreError::Internal(format!("cannot encode {what}: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| StoreError::Internal(format!("corrupt {what} record: {e}")))
+}
+
+/// Microseconds since the epoch, mapped so that unsigned order is time order.
+fn time_key(t: &Timestamp) -> u64 {
+    (t.timestamp_micros() as u64) ^ (1 << 63)
+}
+
+/// The engagements key: newest first, ties larger id first.
+fn engagement_key(
+    customer: CustomerId,
+    occurred_at: &Timestamp,
+    id: EngagementId,
+) -> EngagementKey {
+    (
+        customer.0.as_u128(),
+        !time_key(occurred_at),
+        !id.0.as_u128(),
+    )
+}
+
+fn channel_code(channel: Channel) -> u8 {
+    match channel {
+        Channel::Web => 0,
+        Channel::Call => 1,
+        Channel::Sms => 2,
+        Channel::Whatsapp => 3,
+        Channel::Email => 4,
+    }
+}
+
+fn encode_engagement(e: &Engagement) -> StoreResult<Vec<u8>> {
+    let mut out = vec![channel_code(e.channel())];
+    serde_json::to_writer(&mut out, e)
+        .map_err(|err| StoreError::Internal(format!("cannot encode engagement: {err}")))?;
+    Ok(out)
+}
+
+fn decode_engagement(bytes: &[u8]) -> StoreResult<Engagement> {
+    match bytes.split_first() {
+        Some((_, json)) => decode("engagement", json),
+        None => Err(StoreError::Internal(
+            "corrupt engagement record: empty".into(),
+        )),
+    }
+}
+
+fn customer_id(raw: u128) -> CustomerId {
+    CustomerId(Uuid::from_u128(raw))
+}
+
+// --- transaction bodies shared by several operations ---
+
+fn read_customer(
+    table: &impl ReadableTable<u128, &'static [u8]>,
+    id: u128,
+) -> StoreResult<Option<Customer>> {
+    match table.get(id).map_err(db_err)? {
+        Some(bytes) => decode("customer", bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Writes a customer and moves its `customers_by_updated` entry.
+fn write_customer(
+    txn: &WriteTransaction,
+    previous: Option<&Customer>,
+    customer: &Customer,
+) -> StoreResult<()> {
+    let id = customer.id.0.as_u128();
+    let bytes = encode("customer", customer)?;
+    txn.open_table(CUSTOMERS)
+        .map_err(db_err)?
+        .insert(id, bytes.as_slice())
+        .map_err(db_err)?;
+    let mut by_updated = txn.open_table(CUSTOMERS_BY_UPDATED).map_err(db_err)?;
+    if let Some(previous) = previous {
+        by_updated
+            .remove((time_key(&previous.updated_at), id))
+            .map_err(db_err)?;
+    }
+    by_updated
+        .insert((time_key(&customer.updated_at), id), ())
+        .map_err(db_err)?;
+    Ok(())
+}
+
+fn read_refresh(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    hash: &str,
+) -> StoreResult<Option<RefreshToken>> {
+    match table.get(hash).map_err(db_err)? {
+        Some(bytes) => decode("refresh token", bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Marks the given refresh tokens revoked.
+fn revoke_tokens(txn: &WriteTransaction, hashes: &[String]) -> StoreResult<()> {
+    let mut tokens = txn.open_table(REFRESH_TOKENS).map_err(db_err)?;
+    for hash in hashes {
+        if let Some(mut token) = read_refresh(&tokens, hash)? {
+            if !token.revoked {
+                token.revoked = true;
+                let bytes = encode("refresh token", &token)?;
+                tokens
+                    .insert(hash.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for EmbeddedStore {
+    fn kind(&self) -> &'static str {
+        "embedded"
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            txn.open_table(CUSTOMERS).map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
+    // --- customers ---
+
+    async fn insert_customer(&self, customer: &Customer) -> StoreResult<()> {
+        let customer = customer.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                if customers
+                    .get(customer.id.0.as_u128())
+                    .map_err(db_err)?
+                    .is_some()
+                {
+                    return Err(StoreError::Conflict(format!(
+                        "customer {} exists",
+                        customer.id
+                    )));
+                }
+            }
+            write_customer(&txn, None, &customer)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+            read_customer(&customers, id.0.as_u128())
+        })
+        .await
+    }
+
+    async fn update_profile(&self, customer: &Customer) -> StoreResult<()> {
+        let customer = customer.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let stored = {
+                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                read_customer(&customers, customer.id.0.as_u128())?
+            };
+            let Some(stored) = stored else {
+                return Err(StoreError::NotFound);
+            };
+            let next = Customer {
+                id: stored.id,
+                name: customer.name,
+                emails: customer.emails,
+                phones: customer.phones,
+                social: customer.social,
+                status: customer.status,
+                merged_into: customer.merged_into,
+                created_at: stored.created_at,
+                updated_at: customer.updated_at,
+                last_engagement_at: stored.last_engagement_at,
+                counts: stored.counts,
+            };
+            write_customer(&txn, Some(&stored), &next)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn add_identifiers(
+        &self,
+        id: CustomerId,
+        identifiers: &[Identifier],
+        at: Timestamp,
+    ) -> StoreResult<Customer> {
+        let identifiers = identifiers.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let stored = {
+                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                read_customer(&customers, id.0.as_u128())?
+            };
+            let Some(stored) = stored else {
+                return Err(StoreError::NotFound);
+            };
+            let mut next = stored.clone();
+            for identifier in &identifiers {
+                next.add_identifier(identifier);
+            }
+            next.updated_at = at;
+            write_customer(&txn, Some(&stored), &next)?;
+            txn.commit().map_err(db_err)?;
+            Ok(next)
+        })
+        .await
+    }
+
+    async fn delete_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>> {
+        self.run(move |db| {
+            let cid = id.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            let removed = {
+                let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                let bytes = customers.remove(cid).map_err(db_err)?;
+                match bytes {
+                    Some(bytes) => Some(decode::<Customer>("customer", bytes.value())?),
+                    None => None,
+                }
+            };
+            if let Some(customer) = &removed {
+                txn.open_table(CUSTOMERS_BY_UPDATED)
+                    .map_err(db_err)?
+                    .remove((time_key(&customer.updated_at), cid))
+                    .map_err(db_err)?;
+            }
+            // Identities and engagements go even when the profile was already
+            // gone, so that nothing can be left behind by an earlier failure.
+            {
+                let mut by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
+                let mut keys = Vec::new();
+                for entry in by_customer.range((cid, "")..).map_err(db_err)? {
+                    let (k, _) = entry.map_err(db_err)?;
+                    let (owner, key) = k.value();
+                    if owner != cid {
+                        break;
+                    }
+                    keys.push(key.to_string());
+                }
+                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+                for key in &keys {
+                    by_customer.remove((cid, key.as_str())).map_err(db_err)?;
+                    let owned = identities
+                        .get(key.as_str())
+                        .map_err(db_err)?
+                        .map(|g| g.value() == cid)
+                        .unwrap_or(false);
+                    if owned {
+                        identities.remove(key.as_str()).map_err(db_err)?;
+                    }
+                }
+            }
+            {
+                let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+                let mut keys: Vec<EngagementKey> = Vec::new();
+                for entry in engagements
+                    .range((cid, 0u64, 0u128)..=(cid, u64::MAX, u128::MAX))
+                    .map_err(db_err)?
+                {
+                    let (k, _) = entry.map_err(db_err)?;
+                    keys.push(k.value());
+                }
+                let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+                for key in keys {
+                    engagements.remove(key).map_err(db_err)?;
+                    ids.remove(!key.2).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(removed)
+        })
+        .await
+    }
+
+    async fn list_customers(
+        &self,
+        updated_since: Option<Timestamp>,
+        after: Option<CustomerCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Customer>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.run(move |db| {
+            let since = updated_since.map(|t| (time_key(&t), 0u128));
+            let cursor = after.map(|c| (time_key(&c.updated_at), c.id.0.as_u128()));
+            let start: Bound<(u64, u128)> = match (since, cursor) {
+                (Some(s), Some(c)) if c >= s => Bound::Excluded(c),
+                (Some(s), _) => Bound::Included(s),
+                (None, Some(c)) => Bound::Excluded(c),
+                (None, None) => Bound::Unbounded,
+            };
+            let txn = db.begin_read().map_err(db_err)?;
+            let by_updated = txn.open_table(CUSTOMERS_BY_UPDATED).map_err(db_err)?;
+            let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in by_updated
+                .range::<(u64, u128)>((start, Bound::Unbounded))
+                .map_err(db_err)?
+            {
+                let (k, _) = entry.map_err(db_err)?;
+                let (_, id) = k.value();
+                // The index and the records change in one transaction, so a
+                // miss would be corruption; skip it rather than fail the list.
+                if let Some(c) = read_customer(&customers, id)? {
+                    out.push(c);
+                    if out.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    // --- identities ---
+
+    async fn claim_identity(&self, key: &str, customer: CustomerId) -> StoreResult<Claim> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+                let owner = identities
+                    .get(key.as_str())
+                    .map_err(db_err)?
+                    .map(|g| g.value());
+                if let Some(owner) = owner {
+                    return Ok(Claim::OwnedBy(customer_id(owner)));
+                }
+                identities
+                    .insert(key.as_str(), customer.0.as_u128())
+                    .map_err(db_err)?;
+                txn.open_table(IDENTITIES_BY_CUSTOMER)
+                    .map_err(db_err)?
+                    .insert((customer.0.as_u128(), key.as_str()), ())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(Claim::Claimed)
+        })
+        .await
+    }
+
+    async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+            let owner = identities
+                .get(key.as_str())
+                .map_err(db_err)?
+                .map(|g| g.value());
+            Ok(owner.map(customer_id))
+        })
+        .await
+    }
+
+    async fn release_identity(&self, key: &str, customer: CustomerId) -> StoreResult<()> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let cid = customer.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+                let owner = identities
+                    .get(key.as_str())
+                    .map_err(db_err)?
+                    .map(|g| g.value());
+                if owner != Some(cid) {
+                    return Ok(());
+                }
+                identities.remove(key.as_str()).map_err(db_err)?;
+                txn.open_table(IDENTITIES_BY_CUSTOMER)
+                    .map_err(db_err)?
+                    .remove((cid, key.as_str()))
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn identities_of(&self, customer: CustomerId) -> StoreResult<Vec<String>> {
+        self.run(move |db| {
+            let cid = customer.0.as_u128();
+            let txn = db.begin_read().map_err(db_err)?;
+            let by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
+            let mut keys = Vec::new();
+            for entry in by_customer.range((cid, "")..).map_err(db_err)? {
+                let (k, _) = entry.map_err(db_err)?;
+                let (owner, key) = k.value();
+                if owner != cid {
+                    break;
+                }
+                keys.push(key.to_string());
+            }
+            Ok(keys)
+        })
+        .await
+    }
+
+    // --- engagements ---
+
+    async fn insert_engagements(&self, items: &[Engagement]) -> StoreResult<Vec<EngagementInsert>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        let items = items.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut results = Vec::with_capacity(items.len());
+            // Per customer: counts to add and the latest occurred_at.
+            let mut totals: HashMap<u128, (ChannelCounts, Timestamp)> = HashMap::new();
+            {
+                let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+                let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+                for e in &items {
+                    let id = e.id.0.as_u128();
+                    let existing = ids.get(id).map_err(db_err)?.map(|g| g.value());
+                    if let Some((owner, _, _)) = existing {
+                        results.push(EngagementInsert::Duplicate {
+                            customer_id: customer_id(owner),
+                        });
+                        continue;
+                    }
+                    let key = engagement_key(e.customer_id, &e.occurred_at, e.id);
+                    let bytes = encode_engagement(e)?;
+                    engagements.insert(key, bytes.as_slice()).map_err(db_err)?;
+                    ids.insert(id, key).map_err(db_err)?;
+                    let total = totals
+                        .entry(e.customer_id.0.as_u128())
+                        .or_insert((ChannelCounts::default(), e.occurred_at));
+                    *total.0.get_mut(e.channel()) += 1;
+                    if e.occurred_at > total.1 {
+                        total.1 = e.occurred_at;
+                    }
+                    results.push(EngagementInsert::Created);
+                }
+            }
+            {
+                let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                for (cid, (mut added, latest)) in totals {
+                    // An engagement for a missing customer is kept, uncounted.
+                    let Some(mut c) = read_customer(&customers, cid)? else {
+                        continue;
+                    };
+                    for channel in Channel::ALL {
+                        *c.counts.get_mut(channel) += *added.get_mut(channel);
+                    }
+                    c.last_engagement_at = Some(match c.last_engagement_at {
+                        Some(t) if t > latest => t,
+                        _ => latest,
+                    });
+                    let bytes = encode("customer", &c)?;
+                    customers.insert(cid, bytes.as_slice()).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(results)
+        })
+        .await
+    }
+
+    async fn get_engagement(&self, id: EngagementId) -> StoreResult<Option<Engagement>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+            let Some(key) = ids.get(id.0.as_u128()).map_err(db_err)?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            let engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+            match engagements.get(key).map_err(db_err)? {
+                Some(bytes) => decode_engagement(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_engagements(
+        &self,
+        customer: CustomerId,
+        filter: &EngagementFilter,
+        after: Option<EngagementCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Engagement>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = filter.clone();
+        self.run(move |db| {
+            let cid = customer.0.as_u128();
+            let wanted = filter.channel.map(channel_code);
+            // occurred_at < until  <=>  newest-first time > !time_key(until)
+            let until = filter.until.map(|t| !time_key(&t));
+            // occurred_at >= since <=>  newest-first time <= !time_key(since)
+            let since = filter.since.map(|t| !time_key(&t));
+            let cursor = after.map(|c| engagement_key(customer, &c.occurred_at, c.id));
+            let mut start: EngagementKey = (cid, 0, 0);
+            if let Some(u) = until {
+                start = start.max((cid, u, 0));
+            }
+            if let Some(c) = cursor {
+                start = start.max(c);
+            }
+            let txn = db.begin_read().map_err(db_err)?;
+            let engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in engagements
+                .range(start..=(cid, u64::MAX, u128::MAX))
+                .map_err(db_err)?
+            {
+                let (k, v) = entry.map_err(db_err)?;
+                let key = k.value();
+                if since.is_some_and(|s| key.1 > s) {
+                    break;
+                }
+                if until.is_some_and(|u| key.1 <= u) || cursor.is_some_and(|c| key <= c) {
+                    continue;
+                }
+                let bytes = v.value();
+                if wanted.is_some_and(|w| bytes.first() != Some(&w)) {
+                    continue;
+                }
+                out.push(decode_engagement(bytes)?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    // --- staff users ---
+
+    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+        let user = user.clone();
+        self.run(move |db| {
+            let id = user.id.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut users = txn.open_table(USERS).map_err(db_err)?;
+                let mut by_email = txn.open_table(USERS_BY_EMAIL).map_err(db_err)?;
+                if users.get(id).map_err(db_err)?.is_some() {
+                    return Err(StoreError::Conflict(format!("user {} exists", user.id)));
+                }
+                if by_email.get(user.email.as_str()).map_err(db_err)?.is_some() {
+                    return Err(StoreError::Conflict("the email is taken".into()));
+                }
+                let bytes = encode("user", &user)?;
+                users.insert(id, bytes.as_slice()).map_err(db_err)?;
+                by_email.insert(user.email.as_str(), id).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_user(&self, id: UserId) -> StoreResult<Option<User>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let users = txn.open_table(USERS).map_err(db_err)?;
+            match users.get(id.0.as_u128()).map_err(db_err)? {
+                Some(bytes) => decode("user", bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn get_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        let email = email.clone();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let by_email = txn.open_table(USERS_BY_EMAIL).map_err(db_err)?;
+            let Some(id) = by_email
+                .get(email.as_str())
+                .map_err(db_err)?
+                .map(|g| g.value())
+            else {
+                return Ok(None);
+            };
+            let users = txn.open_table(USERS).map_err(db_err)?;
+            match users.get(id).map_err(db_err)? {
+                Some(bytes) => decode("user", bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn update_user(&self, user: &User) -> StoreResult<()> {
+        let user = user.clone();
+        self.run(move |db| {
+            let id = user.id.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut users = txn.open_table(USERS).map_err(db_err)?;
+                let mut by_email = txn.open_table(USERS_BY_EMAIL).map_err(db_err)?;
+                let stored: User = match users.get(id).map_err(db_err)? {
+                    Some(bytes) => decode("user", bytes.value())?,
+                    None => return Err(StoreError::NotFound),
+                };
+                if stored.email != user.email {
+                    let owner = by_email
+                        .get(user.email.as_str())
+                        .map_err(db_err)?
+                        .map(|g| g.value());
+                    if owner.is_some_and(|o| o != id) {
+                        return Err(StoreError::Conflict("the email is taken".into()));
+                    }
+                    by_email.remove(stored.email.as_str()).map_err(db_err)?;
+                    by_email.insert(user.email.as_str(), id).map_err(db_err)?;
+                }
+                let bytes = encode("user", &user)?;
+                users.insert(id, bytes.as_slice()).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_users(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<User>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.run(move |db| {
+            let start = match after {
+                Some(id) => Bound::Excluded(id.0.as_u128()),
+                None => Bound::Unbounded,
+            };
+            let txn = db.begin_read().map_err(db_err)?;
+            let users = txn.open_table(USERS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in users
+                .range::<u128>((start, Bound::Unbounded))
+                .map_err(db_err)?
+            {
+                let (_, v) = entry.map_err(db_err)?;
+                out.push(decode("user", v.value())?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn count_users(&self) -> StoreResult<u64> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let users = txn.open_table(USERS).map_err(db_err)?;
+            users.len().map_err(db_err)
+        })
+        .await
+    }
+
+    // --- refresh tokens ---
+
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        let token = token.clone();
+        self.run(move |db| {
+            let hash = token.token_hash.as_str();
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut tokens = txn.open_table(REFRESH_TOKENS).map_err(db_err)?;
+                if tokens.get(hash).map_err(db_err)?.is_some() {
+                    return Err(StoreError::Conflict("the refresh token exists".into()));
+                }
+                let bytes = encode("refresh token", &token)?;
+                tokens.insert(hash, bytes.as_slice()).map_err(db_err)?;
+                txn.open_table(REFRESH_BY_FAMILY)
+                    .map_err(db_err)?
+                    .insert((token.family_id.as_str(), hash), ())
+                    .map_err(db_err)?;
+                txn.open_table(REFRESH_BY_USER)
+                    .map_err(db_err)?
+                    .insert((token.user_id.0.as_u128(), hash), ())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
+        let hash = token_hash.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let tokens = txn.open_table(REFRESH_TOKENS).map_err(db_err)?;
+            read_refresh(&tokens, &hash)
+        })
+        .await
+    }
+
+    async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<bool> {
+        let hash = token_hash.to_string();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut tokens = txn.open_table(REFRESH_TOKENS).map_err(db_err)?;
+                let Some(mut token) = read_refresh(&tokens, &hash)? else {
+                    return Ok(false);
+                };
+                if token.used || token.revoked {
+                    return Ok(false);
+                }
+                token.used = true;
+                let bytes = encode("refresh token", &token)?;
+                tokens
+                    .insert(hash.as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()> {
+        let family = family_id.to_string();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut hashes = Vec::new();
+            {
+                let by_family = txn.open_table(REFRESH_BY_FAMILY).map_err(db_err)?;
+                for entry in by_family.range((family.as_str(), "")..).map_err(db_err)? {
+                    let (k, _) = entry.map_err(db_err)?;
+                    let (f, hash) = k.value();
+                    if f != family {
+                        break;
+                    }
+                    hashes.push(hash.to_string());
+                }
+            }
+            revoke_tokens(&txn, &hashes)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoke_user_refresh_tokens(&self, user: UserId) -> StoreResult<()> {
+        self.run(move |db| {
+            let uid = user.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut hashes = Vec::new();
+            {
+                let by_user = txn.open_table(REFRESH_BY_USER).map_err(db_err)?;
+                for entry in by_user.range((uid, "")..).map_err(db_err)? {
+                    let (k, _) = entry.map_err(db_err)?;
+                    let (u, hash) = k.value();
+                    if u != uid {
+                        break;
+                    }
+                    hashes.push(hash.to_string());
+                }
+            }
+            revoke_tokens(&txn, &hashes)?;
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    // --- API keys ---
+
+    async fn insert_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let key = key.clone();
+        self.run(move |db| {
+            let id = key.id.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(API_KEYS).map_err(db_err)?;
+                let mut by_hash = txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
+                if keys.get(id).map_err(db_err)?.is_some() {
+                    return Err(StoreError::Conflict(format!("api key {} exists", key.id)));
+                }
+                if by_hash
+                    .get(key.key_hash.as_str())
+                    .map_err(db_err)?
+                    .is_some()
+                {
+                    return Err(StoreError::Conflict(
+                        "an api key with this hash exists".into(),
+                    ));
+                }
+                let bytes = encode("api key", &key)?;
+                keys.insert(id, bytes.as_slice()).map_err(db_err)?;
+                by_hash.insert(key.key_hash.as_str(), id).map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+        let hash = key_hash.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let by_hash = txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
+            let Some(id) = by_hash
+                .get(hash.as_str())
+                .map_err(db_err)?
+                .map(|g| g.value())
+            else {
+                return Ok(None);
+            };
+            let keys = txn.open_table(API_KEYS).map_err(db_err)?;
+            match keys.get(id).map_err(db_err)? {
+                Some(bytes) => decode("api key", bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let keys = txn.open_table(API_KEYS).map_err(db_err)?;
+            let mut out: Vec<ApiKey> = Vec::new();
+            for entry in keys.iter().map_err(db_err)? {
+                let (_, v) = entry.map_err(db_err)?;
+                out.push(decode("api key", v.value())?);
+            }
+            out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut keys = txn.open_table(API_KEYS).map_err(db_err)?;
+                let mut key: ApiKey = match keys.get(id.0.as_u128()).map_err(db_err)? {
+                    Some(bytes) => decode("api key", bytes.value())?,
+                    None => return Ok(false),
+                };
+                if key.revoked_at.is_some() {
+                    return Ok(false);
+                }
+                key.revoked_at = Some(at);
+                let bytes = encode("api key", &key)?;
+                keys.insert(id.0.as_u128(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+}

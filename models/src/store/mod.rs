@@ -8,6 +8,8 @@
 pub mod embedded;
 pub mod mongo;
 
+pub use embedded::EmbeddedStore;
+
 use async_trait::async_trait;
 
 use crate::customer::{Customer, Identifier};

@@ -1,0 +1,180 @@
+//! What only the embedded store has: a file that outlives the process, and a
+//! lock that keeps a second process away from it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use chrono::Duration;
+
+use crm_models::customer::{Customer, Identifier};
+use crm_models::email::Email;
+use crm_models::engagement::{Direction, Engagement, EngagementDetail, Source};
+use crm_models::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crm_models::phone::PhoneNumber;
+use crm_models::staff::{ApiKey, RefreshToken, Role, User};
+use crm_models::store::embedded::EmbeddedStore;
+use crm_models::store::{Claim, EngagementFilter, Store, StoreError};
+use crm_models::time;
+
+#[tokio::test]
+async fn everything_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = time::parse("2026-03-01T10:00:00Z").unwrap();
+    let mut customer = Customer::new(CustomerId::new(), Some("Ann Tan".into()), t);
+    customer
+        .phones
+        .push(PhoneNumber::parse("+6581226418", None).unwrap());
+    let engagements: Vec<Engagement> = (0..3)
+        .map(|i| Engagement {
+            id: EngagementId::new(),
+            customer_id: customer.id,
+            occurred_at: t + Duration::minutes(i),
+            recorded_at: t,
+            source: Source::default(),
+            detail: EngagementDetail::Sms {
+                direction: Direction::Inbound,
+                body: format!("m{i}"),
+            },
+        })
+        .collect();
+    let user = User {
+        id: UserId::new(),
+        email: Email::parse("admin@corp.example").unwrap(),
+        name: "Admin".into(),
+        role: Role::Admin,
+        password_hash: "$argon2id$...".into(),
+        active: true,
+        created_at: t,
+        updated_at: t,
+    };
+    let token = RefreshToken {
+        token_hash: "h1".into(),
+        user_id: user.id,
+        family_id: "f1".into(),
+        used: false,
+        revoked: false,
+        created_at: t,
+        expires_at: t + Duration::days(30),
+    };
+    let key = ApiKey {
+        id: ApiKeyId::new(),
+        name: "website".into(),
+        key_hash: "k1".into(),
+        prefix: "crm_1234".into(),
+        role: Role::Service,
+        created_by: user.id,
+        created_at: t,
+        revoked_at: None,
+    };
+    let phone_key = Identifier::Phone(customer.phones[0].clone()).key();
+
+    {
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        store.insert_customer(&customer).await.unwrap();
+        assert_eq!(
+            store.claim_identity(&phone_key, customer.id).await.unwrap(),
+            Claim::Claimed
+        );
+        store.insert_engagements(&engagements).await.unwrap();
+        store.insert_user(&user).await.unwrap();
+        store.insert_refresh_token(&token).await.unwrap();
+        assert!(store.use_refresh_token("h1").await.unwrap());
+        store.insert_api_key(&key).await.unwrap();
+    }
+    assert!(dir.path().join("crm.redb").is_file());
+
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    let stored = store.get_customer(customer.id).await.unwrap().unwrap();
+    assert_eq!(stored.counts.sms, 3);
+    assert_eq!(stored.last_engagement_at, Some(t + Duration::minutes(2)));
+    assert_eq!(
+        Customer {
+            counts: customer.counts,
+            last_engagement_at: None,
+            ..stored
+        },
+        customer
+    );
+    assert_eq!(store.list_customers(None, None, 10).await.unwrap().len(), 1);
+    assert_eq!(
+        store.identity_owner(&phone_key).await.unwrap(),
+        Some(customer.id)
+    );
+    assert_eq!(
+        store.identities_of(customer.id).await.unwrap(),
+        vec![phone_key]
+    );
+    let timeline = store
+        .list_engagements(customer.id, &EngagementFilter::default(), None, 10)
+        .await
+        .unwrap();
+    let mut expected = engagements.clone();
+    expected.reverse();
+    assert_eq!(timeline, expected);
+    assert_eq!(
+        store.get_engagement(engagements[0].id).await.unwrap(),
+        Some(engagements[0].clone())
+    );
+    assert_eq!(
+        store.get_user_by_email(&user.email).await.unwrap(),
+        Some(user.clone())
+    );
+    assert_eq!(store.count_users().await.unwrap(), 1);
+    assert!(store.get_refresh_token("h1").await.unwrap().unwrap().used);
+    assert!(!store.use_refresh_token("h1").await.unwrap());
+    assert_eq!(store.get_api_key_by_hash("k1").await.unwrap(), Some(key));
+    // Still writable after the restart.
+    let more = Engagement {
+        id: EngagementId::new(),
+        ..engagements[0].clone()
+    };
+    store.insert_engagements(&[more]).await.unwrap();
+    assert_eq!(
+        store
+            .get_customer(customer.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .counts
+            .sms,
+        4
+    );
+}
+
+#[tokio::test]
+async fn a_second_open_of_the_same_directory_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("nested").join("data");
+    let first = EmbeddedStore::open(&data).unwrap();
+    first.ping().await.unwrap();
+    assert_eq!(first.kind(), "embedded");
+
+    match EmbeddedStore::open(&data) {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(
+                message.contains("in use by another crm-api process"),
+                "{message}"
+            );
+            assert!(message.contains(&data.display().to_string()), "{message}");
+        }
+        Err(other) => panic!("expected Unavailable, got {other:?}"),
+        Ok(_) => panic!("a second open of {} succeeded", data.display()),
+    }
+    // The first store is unaffected, and the lock goes with it.
+    first.ping().await.unwrap();
+    drop(first);
+    let again = EmbeddedStore::open(&data).unwrap();
+    again.ping().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_data_directory_that_cannot_be_created_is_unavailable() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-directory");
+    std::fs::write(&file, b"x").unwrap();
+    match EmbeddedStore::open(&file.join("data")) {
+        Err(StoreError::Unavailable(message)) => {
+            assert!(message.contains("data directory"), "{message}")
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
