@@ -142,10 +142,20 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
-        if let ApiError::TooManyRequests { retry_after_s } = self {
-            if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
-                headers.insert(header::RETRY_AFTER, v);
+        match self {
+            ApiError::TooManyRequests { retry_after_s } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_s.to_string()) {
+                    headers.insert(header::RETRY_AFTER, v);
+                }
             }
+            // RFC 9110: a 401 names the scheme that would work.
+            ApiError::Unauthorized(_) => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"crm\""),
+                );
+            }
+            _ => {}
         }
         response
     }

@@ -1,0 +1,205 @@
+//! Access tokens (HS256 JWTs) and the random secrets behind refresh tokens and
+//! API keys, which are stored only as their SHA-256.
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use crm_models::staff::{Role, User};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use rand::RngCore;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// `iss` of every access token.
+pub const ISSUER: &str = "crm-api";
+/// `aud` of every access token.
+pub const AUDIENCE: &str = "crm";
+/// Clock skew tolerated on `exp`, between instances behind a load balancer.
+const LEEWAY_S: u64 = 30;
+
+/// What an access token says.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    /// The user id.
+    pub sub: String,
+    /// The role when the token was issued. Authentication uses the stored
+    /// role instead, so that a change takes effect at once.
+    pub role: Role,
+    pub iss: String,
+    pub aud: String,
+    pub exp: i64,
+    pub iat: i64,
+    pub jti: String,
+}
+
+/// Issues and checks access tokens with one HS256 secret.
+pub struct AccessTokens {
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    validation: Validation,
+    ttl_s: i64,
+}
+
+impl AccessTokens {
+    pub fn new(secret: &[u8], ttl_s: u64) -> Self {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256];
+        validation.leeway = LEEWAY_S;
+        validation.validate_exp = true;
+        validation.set_audience(&[AUDIENCE]);
+        validation.set_issuer(&[ISSUER]);
+        validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub"]);
+        AccessTokens {
+            encoding: EncodingKey::from_secret(secret),
+            decoding: DecodingKey::from_secret(secret),
+            validation,
+            ttl_s: i64::try_from(ttl_s).unwrap_or(i64::MAX).min(MAX_TTL_S),
+        }
+    }
+
+    /// Seconds an access token stays valid (`expires_in`).
+    pub fn ttl_s(&self) -> i64 {
+        self.ttl_s
+    }
+
+    /// A signed token for this user, valid from now for the TTL.
+    pub fn issue(&self, user: &User) -> Result<String, ApiError> {
+        let iat = chrono::Utc::now().timestamp();
+        let claims = Claims {
+            sub: user.id.to_string(),
+            role: user.role,
+            iss: ISSUER.into(),
+            aud: AUDIENCE.into(),
+            exp: iat.saturating_add(self.ttl_s),
+            iat,
+            jti: uuid::Uuid::new_v4().to_string(),
+        };
+        jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
+            .map_err(|e| ApiError::Internal(format!("signing an access token: {e}")))
+    }
+
+    /// The claims of a token this service signed and that is still valid.
+    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims)
+    }
+}
+
+/// Longest lifetime accepted for any token: ten years. Keeps time arithmetic
+/// far from overflow whatever the configuration says.
+pub const MAX_TTL_S: i64 = 10 * 365 * 24 * 3600;
+
+/// 32 random bytes from the OS, base64url without padding (43 characters).
+pub fn random_secret() -> String {
+    let mut raw = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut raw);
+    URL_SAFE_NO_PAD.encode(raw)
+}
+
+/// How secrets are stored and looked up: SHA-256, lowercase hex. A plain
+/// hash suffices: the secrets are 256 random bits, not guessable passwords.
+pub fn sha256_hex(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_models::ids::UserId;
+    use crm_models::Email;
+
+    fn user(role: Role) -> User {
+        let now = crm_models::time::now();
+        User {
+            id: UserId::new(),
+            email: Email::parse("ann@example.com").unwrap(),
+            name: "Ann".into(),
+            role,
+            password_hash: String::new(),
+            active: true,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    fn sign(claims: &serde_json::Value, secret: &[u8], alg: Algorithm) -> String {
+        jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+    }
+
+    const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn issued_tokens_verify_and_carry_the_claims() {
+        let tokens = AccessTokens::new(SECRET, 900);
+        let u = user(Role::Agent);
+        let claims = tokens.verify(&tokens.issue(&u).unwrap()).unwrap();
+        assert_eq!(claims.sub, u.id.to_string());
+        assert_eq!(claims.role, Role::Agent);
+        assert_eq!(
+            (claims.iss.as_str(), claims.aud.as_str()),
+            (ISSUER, AUDIENCE)
+        );
+        assert_eq!(claims.exp - claims.iat, 900);
+        assert_eq!(claims.jti.len(), 36);
+    }
+
+    #[test]
+    fn foreign_expired_and_misaddressed_tokens_are_refused() {
+        let tokens = AccessTokens::new(SECRET, 900);
+        let now = chrono::Utc::now().timestamp();
+        let good = serde_json::json!({
+            "sub": UserId::new().to_string(), "role": "admin", "iss": ISSUER, "aud": AUDIENCE,
+            "exp": now + 60, "iat": now, "jti": "x",
+        });
+        assert!(tokens
+            .verify(&sign(&good, SECRET, Algorithm::HS256))
+            .is_ok());
+        let other_secret = b"another secret, 32 bytes or more!!";
+        assert!(tokens
+            .verify(&sign(&good, other_secret, Algorithm::HS256))
+            .is_err());
+        assert!(tokens
+            .verify(&sign(&good, SECRET, Algorithm::HS512))
+            .is_err());
+        for (field, value) in [
+            ("exp", serde_json::json!(now - 120)),
+            ("aud", serde_json::json!("elsewhere")),
+            ("iss", serde_json::json!("someone-else")),
+        ] {
+            let mut bad = good.clone();
+            bad[field] = value;
+            assert!(
+                tokens
+                    .verify(&sign(&bad, SECRET, Algorithm::HS256))
+                    .is_err(),
+                "{field}"
+            );
+        }
+        for field in ["exp", "aud", "iss", "sub"] {
+            let mut bad = good.clone();
+            bad.as_object_mut().unwrap().remove(field);
+            assert!(
+                tokens
+                    .verify(&sign(&bad, SECRET, Algorithm::HS256))
+                    .is_err(),
+                "missing {field}"
+            );
+        }
+        // alg: none, no signature.
+        let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let payload = URL_SAFE_NO_PAD.encode(good.to_string());
+        assert!(tokens.verify(&format!("{header}.{payload}.")).is_err());
+    }
+
+    #[test]
+    fn secrets_are_random_and_stored_as_sha256_hex() {
+        let a = random_secret();
+        assert_eq!(a.len(), 43);
+        assert_ne!(a, random_secret());
+        assert!(URL_SAFE_NO_PAD.decode(&a).is_ok());
+        assert_eq!(
+            sha256_hex("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}
