@@ -7,6 +7,8 @@
 //! figures can be compared on whatever machine runs them. Client and servers
 //! share the process (and the machine's cores).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 

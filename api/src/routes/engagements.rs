@@ -29,6 +29,21 @@ pub const MAX_BATCH_ITEMS: usize = 1000;
 pub const BATCH_BODY_LIMIT: usize = 8 * 1024 * 1024;
 const MAX_TEXT: usize = 10_000;
 const MAX_SHORT: usize = 2_048;
+/// Every channel's own fields.
+const CHANNEL_FIELDS: [&str; 12] = [
+    "direction",
+    "url",
+    "view",
+    "view_desc",
+    "category",
+    "object_id",
+    "duration_s",
+    "status",
+    "body",
+    "payload_type",
+    "payload",
+    "subject",
+];
 /// Clock skew tolerated for `occurred_at` in the future.
 const MAX_FUTURE_HOURS: i64 = 24;
 
@@ -131,7 +146,16 @@ pub fn parse_engagement(
     {
         f.error("client_event_id", "must not be empty");
     }
-    let detail = channel.and_then(|c| parse_detail(&mut f, c));
+    let detail = match channel {
+        Some(c) => parse_detail(&mut f, c),
+        None => {
+            // Without a channel the channel fields cannot be judged; do not call them unknown.
+            for key in CHANNEL_FIELDS {
+                f.value(key);
+            }
+            None
+        }
+    };
     f.deny_unknown();
     match (target, detail) {
         (Some(target), Some(detail)) if f.errors.is_empty() => Ok(NewEngagement {
@@ -209,13 +233,18 @@ fn parse_detail(f: &mut Fields<'_>, channel: Channel) -> Option<EngagementDetail
         f.typed("direction", true, "inbound or outbound")
     };
     let detail = match channel {
-        Channel::Web => EngagementDetail::Web {
-            url: f.string("url", true, MAX_SHORT)?,
-            view: f.string("view", true, 200)?,
-            view_desc: f.string("view_desc", false, MAX_SHORT),
-            category: f.string("category", false, 200),
-            object_id: f.string("object_id", false, 200),
-        },
+        Channel::Web => {
+            // Read every field before giving up, so that all problems are reported.
+            let url = f.string("url", true, MAX_SHORT);
+            let view = f.string("view", true, 200);
+            EngagementDetail::Web {
+                view_desc: f.string("view_desc", false, MAX_SHORT),
+                category: f.string("category", false, 200),
+                object_id: f.string("object_id", false, 200),
+                url: url?,
+                view: view?,
+            }
+        }
         Channel::Call => {
             let duration_s: Option<u32> = f.typed("duration_s", true, "a whole number of seconds");
             let status: Option<CallStatus> = f.typed(
