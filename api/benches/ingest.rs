@@ -233,7 +233,13 @@ async fn login(client: &reqwest::Client, addr: SocketAddr) -> String {
 }
 
 fn phone(i: usize) -> String {
-    format!("+65 8{:03} {:04}", (i / 10_000) % 1000, i % 10_000)
+    // Singapore mobile numbers: 9 then 1..8, then six digits.
+    format!(
+        "+65 9{}{:02} {:04}",
+        1 + (i / 1_000_000) % 8,
+        (i / 10_000) % 100,
+        i % 10_000
+    )
 }
 
 async fn create_customers(

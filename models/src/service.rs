@@ -422,7 +422,27 @@ impl Crm {
         items: Vec<NewEngagement>,
     ) -> Vec<Result<Recorded, CrmError>> {
         let recorded_at = time::now();
-        let mut known: HashMap<CustomerId, bool> = HashMap::new();
+        // Which named customers exist, in one store round trip.
+        let named: Vec<CustomerId> = items
+            .iter()
+            .filter_map(|i| match i.target {
+                EngagementTarget::Customer(id) => Some(id),
+                EngagementTarget::Identify { .. } => None,
+            })
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let mut known: HashMap<CustomerId, bool> = named.iter().map(|id| (*id, false)).collect();
+        if !named.is_empty() {
+            match self.store.get_customers(&named).await {
+                Ok(found) => {
+                    for c in found {
+                        known.insert(c.id, true);
+                    }
+                }
+                Err(e) => return items.iter().map(|_| Err(e.clone().into())).collect(),
+            }
+        }
         let mut outcomes: Vec<Result<Recorded, CrmError>> = Vec::with_capacity(items.len());
         let mut to_insert: Vec<Engagement> = Vec::with_capacity(items.len());
         let mut slots: Vec<usize> = Vec::with_capacity(items.len());
@@ -430,18 +450,7 @@ impl Crm {
             let resolved = match item.target {
                 EngagementTarget::Customer(id) => match known.get(&id) {
                     Some(true) => Ok((id, false)),
-                    Some(false) => Err(CrmError::CustomerNotFound(id)),
-                    None => match self.store.get_customer(id).await {
-                        Ok(found) => {
-                            known.insert(id, found.is_some());
-                            if found.is_some() {
-                                Ok((id, false))
-                            } else {
-                                Err(CrmError::CustomerNotFound(id))
-                            }
-                        }
-                        Err(e) => Err(e.into()),
-                    },
+                    _ => Err(CrmError::CustomerNotFound(id)),
                 },
                 EngagementTarget::Identify { name, identifiers } => {
                     if identifiers.is_empty() {

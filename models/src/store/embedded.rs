@@ -323,6 +323,20 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn get_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>> {
+        let ids = ids.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+            let mut found = Vec::with_capacity(ids.len());
+            for id in ids {
+                found.extend(read_customer(&customers, id.0.as_u128())?);
+            }
+            Ok(found)
+        })
+        .await
+    }
+
     async fn update_profile(&self, customer: &Customer) -> StoreResult<()> {
         let customer = customer.clone();
         self.run(move |db| {

@@ -94,6 +94,10 @@ pub trait Store: Send + Sync + 'static {
 
     async fn get_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>>;
 
+    /// The customers with these ids that exist, in no particular order (one
+    /// round trip for a batch).
+    async fn get_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>>;
+
     /// Writes the profile fields (`name`, `emails`, `phones`, `social`, `status`,
     /// `merged_into`, `updated_at`). Never touches `counts` or
     /// `last_engagement_at`, which engagements maintain. `NotFound` when missing.

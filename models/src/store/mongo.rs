@@ -414,6 +414,22 @@ impl Store for MongoStore {
         found.map(|d| from_doc(d, "id")).transpose()
     }
 
+    async fn get_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let docs: Vec<Document> = self
+            .customers
+            .find(doc! { "_id": { "$in": ids } })
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.into_iter().map(|d| from_doc(d, "id")).collect()
+    }
+
     async fn update_profile(&self, customer: &Customer) -> StoreResult<()> {
         let full = to_doc(customer, "id")?;
         let mut set = Document::new();

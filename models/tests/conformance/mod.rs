@@ -97,6 +97,7 @@ macro_rules! store_suite {
             store_suite!(@tests $factory;
                 ping_and_kind,
                 customer_insert_get_and_duplicate_id,
+                get_customers_returns_those_that_exist,
                 update_profile_never_touches_counts,
                 add_identifiers_has_set_semantics,
                 list_customers_orders_filters_and_pages,
@@ -286,6 +287,27 @@ pub async fn ping_and_kind(store: Arc<dyn Store>) {
         matches!(store.kind(), "embedded" | "mongo"),
         "kind is {}",
         store.kind()
+    );
+}
+
+pub async fn get_customers_returns_those_that_exist(store: Arc<dyn Store>) {
+    let a = customer_at(at(10));
+    let b = customer_at(at(20));
+    store.insert_customer(&a).await.unwrap();
+    store.insert_customer(&b).await.unwrap();
+    let mut found = store
+        .get_customers(&[b.id, CustomerId::new(), a.id])
+        .await
+        .unwrap();
+    found.sort_by_key(|c| c.created_at);
+    assert_eq!(found, vec![a.clone(), b]);
+    assert_eq!(
+        store.get_customers(&[]).await.unwrap(),
+        Vec::<Customer>::new()
+    );
+    assert_eq!(
+        store.get_customers(&[CustomerId::new()]).await.unwrap(),
+        Vec::<Customer>::new()
     );
 }
 
