@@ -17,8 +17,6 @@
 //! - `rate_limit`: login throttling.
 
 mod api_keys;
-#[cfg(test)]
-mod fake_store;
 pub mod password;
 mod rate_limit;
 mod sessions;
@@ -312,15 +310,24 @@ mod tests {
 
     use axum::http::Request;
 
-    use super::fake_store::FakeStore;
     use super::*;
+    use crm_models::store::embedded::EmbeddedStore;
+
+    /// A fresh embedded store; the directory lives as long as the test.
+    fn fresh_store() -> Arc<EmbeddedStore> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = EmbeddedStore::open(dir.path()).unwrap();
+        // The store keeps its file open; the directory may go when the test ends.
+        std::mem::forget(dir);
+        Arc::new(store)
+    }
 
     const ADMIN: &str = "admin@example.com";
     const PASSWORD: &str = "correct horse battery";
     const CLIENT: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-    async fn auth() -> (Arc<FakeStore>, Auth) {
-        let store = Arc::new(FakeStore::default());
+    async fn auth() -> (Arc<EmbeddedStore>, Auth) {
+        let store = fresh_store();
         let config = Config::for_data_dir("unused".into());
         let auth = Auth::new(store.clone(), b"0123456789abcdef0123456789abcdef", &config);
         auth.ensure_first_admin(Some(ADMIN), Some(PASSWORD))
@@ -363,7 +370,7 @@ mod tests {
         assert!(admin.password_hash.starts_with("$argon2id$"));
 
         let empty = Auth::new(
-            Arc::new(FakeStore::default()),
+            fresh_store(),
             b"0123456789abcdef0123456789abcdef",
             &Config::for_data_dir("unused".into()),
         );
@@ -428,27 +435,34 @@ mod tests {
         let first = auth.login(ADMIN, PASSWORD.into(), CLIENT).await.unwrap();
         let second = auth.refresh(&first.refresh_token).await.unwrap();
         assert_ne!(second.refresh_token, first.refresh_token);
-        let families: std::collections::BTreeSet<String> = store
-            .refresh_tokens()
-            .into_iter()
-            .map(|t| t.family_id)
-            .collect();
-        assert_eq!(families.len(), 1);
+        let stored = |token: &str| {
+            let store = store.clone();
+            let hash = tokens::sha256_hex(token);
+            async move { store.get_refresh_token(&hash).await.unwrap().unwrap() }
+        };
+        let (a, b) = (
+            stored(&first.refresh_token).await,
+            stored(&second.refresh_token).await,
+        );
+        assert_eq!(a.family_id, b.family_id);
         // Nothing stored in clear.
         assert!(store
-            .refresh_tokens()
-            .iter()
-            .all(|t| t.token_hash != first.refresh_token && t.token_hash.len() == 64));
+            .get_refresh_token(&first.refresh_token)
+            .await
+            .unwrap()
+            .is_none());
+        assert_eq!(a.token_hash.len(), 64);
 
         assert!(is_unauthorized(auth.refresh(&first.refresh_token).await));
         assert!(is_unauthorized(auth.refresh(&second.refresh_token).await));
-        assert!(store.refresh_tokens().iter().all(|t| t.revoked));
+        assert!(stored(&first.refresh_token).await.revoked);
+        assert!(stored(&second.refresh_token).await.revoked);
         assert!(is_unauthorized(auth.refresh("made-up").await));
     }
 
     #[tokio::test]
     async fn expired_refresh_tokens_and_inactive_users_cannot_refresh() {
-        let store = Arc::new(FakeStore::default());
+        let store = fresh_store();
         let mut config = Config::for_data_dir("unused".into());
         config.refresh_token_ttl_s = 0;
         let auth = Auth::new(store.clone(), b"0123456789abcdef0123456789abcdef", &config);
@@ -549,11 +563,13 @@ mod tests {
         let patch = UserPatch::parse(None, None, None, Some(false)).unwrap();
         let updated = auth.update_user(admin_id, agent.id, patch).await.unwrap();
         assert!(!updated.active);
-        assert!(store
-            .refresh_tokens()
-            .iter()
-            .filter(|t| t.user_id == agent.id)
-            .all(|t| t.revoked));
+        let token = store
+            .get_refresh_token(&tokens::sha256_hex(&session.refresh_token))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(token.user_id, agent.id);
+        assert!(token.revoked);
         assert!(is_unauthorized(auth.refresh(&session.refresh_token).await));
 
         let self_lockout =
