@@ -123,7 +123,13 @@ impl Plan {
     }
 }
 
-fn name_plan(tokens: Vec<String>) -> Plan {
+/// Most name tokens a query uses: each one is a range read, and a pasted
+/// paragraph (or a long CJK text, which expands into substrings) must not
+/// become hundreds of them. Nobody types more to find a person.
+pub const MAX_QUERY_TOKENS: usize = 12;
+
+fn name_plan(mut tokens: Vec<String>) -> Plan {
+    tokens.truncate(MAX_QUERY_TOKENS);
     if tokens.is_empty() {
         Plan::Nothing
     } else {
@@ -370,6 +376,12 @@ mod tests {
             Plan::Name(vec!["tan".into(), "ann".into()])
         );
         assert_eq!(Plan::of(&Query::Any(" ,. ".into())), Plan::Nothing);
+        let pasted: Vec<String> = (0..40).map(|i| format!("word{i}")).collect();
+        let pasted = pasted.join(" ");
+        match Plan::of(&Query::Any(pasted)) {
+            Plan::Name(tokens) => assert_eq!(tokens.len(), MAX_QUERY_TOKENS),
+            other => panic!("{other:?}"),
+        }
         assert_eq!(
             Plan::of(&Query::Phone {
                 raw: "ann".into(),

@@ -171,6 +171,28 @@ async fn ann_prefix_and_multi_token(index: &dyn SearchIndex) {
     assert_eq!(any(index, "tan").await, vec![ann_tan.id, other.id]);
 }
 
+async fn a_rare_token_narrows_a_common_one(index: &dyn SearchIndex) {
+    // More customers share `tan` than one prefix range returns (500).
+    let common: Vec<IndexedCustomer> = (0..600)
+        .map(|i| doc(&customer(&format!("Tan {i}"), &[], &[])))
+        .collect();
+    let ann_tan = customer("Ann Tan", &[], &[]);
+    let all = common.into_iter().chain([doc(&ann_tan)]).map(Ok);
+    index.rebuild(stream::iter(all).boxed()).await.unwrap();
+
+    assert_eq!(any(index, "tan ann").await, vec![ann_tan.id]);
+    assert_eq!(any(index, "ta an").await, vec![ann_tan.id]);
+    assert_eq!(any(index, "tan 599").await.len(), 1);
+    assert_eq!(
+        index
+            .search(&Query::Any("tan".into()), 100)
+            .await
+            .unwrap()
+            .len(),
+        100
+    );
+}
+
 async fn cjk_names(index: &dyn SearchIndex) {
     let chen = customer("陈大文", &[], &[]);
     let kim = customer("김민수", &[], &[]);
@@ -608,6 +630,7 @@ macro_rules! suite {
             exact_then_prefix_then_typo,
             accents_fold,
             ann_prefix_and_multi_token,
+            a_rare_token_narrows_a_common_one,
             cjk_names,
             email_exact_and_prefix,
             phone_typed_any_way,
