@@ -1,3 +1,146 @@
-//! The search index: Redis inverted indexes for name, email and phone, and the
-//! per-customer caller-ID summary, fed by the domain event stream and
-//! rebuildable from the store. It reads the store; it never writes it.
+//! The search index: name, email and phone lookups and the per-customer
+//! caller-ID summary, derived from the store and rebuildable from it.
+//!
+//! It owns the Redis key schema, the ranking of search hits, rebuild and
+//! verify. It does not read the store: whoever feeds it (the event worker, the
+//! rebuild command) builds an [`IndexedCustomer`] from the store and hands it
+//! over. It knows nothing of HTTP.
+//!
+//! # Layout
+//! - [`SearchIndex`]: the trait; [`MemoryIndex`] (embedded, in-process) and
+//!   [`RedisIndex`] implement it, and `tests/index_conformance.rs` runs one
+//!   suite against both.
+//! - [`doc`]: what gets indexed ([`IndexedCustomer`]) and the caller-ID
+//!   summary it answers with ([`CustomerSummary`]).
+//! - [`query`]: [`Query`], [`SearchHit`] and the ranking both adapters share.
+//!
+//! # Redis keys
+//! Every key starts with a configurable prefix (default `crm:`, as written
+//! here; tests use one of their own). Index data lives under a generation `N`
+//! so that a rebuild can write a complete new index beside the live one and
+//! switch in one step:
+//!
+//! | key | type | holds |
+//! | --- | --- | --- |
+//! | `crm:gen` | HASH | `current`: the generation readers use (absent: 0); `building`: the one a rebuild is writing, if any |
+//! | `crm:g<N>:cust:<id>` | HASH | the caller-ID summary: `id name status phone email phones emails last_engagement_at count:<channel>... engagements`, plus `fingerprint` and `indexed` (the tokens, phones and emails it is indexed under, so that a re-upsert can remove what is gone) |
+//! | `crm:g<N>:ph:<e164>` | HASH | customer id → the caller-ID summary as JSON (a copy): a caller-ID lookup is one `HGETALL` |
+//! | `crm:g<N>:pn:<national number>` | SET | customer ids, for numbers typed without country code (`81226418`) |
+//! | `crm:g<N>:em:<email>` | SET | customer ids |
+//! | `crm:g<N>:ex` | ZSET | `<email>\0<id>`, score 0: email prefix search with `ZRANGEBYLEX` |
+//! | `crm:g<N>:nm:<token>` | SET | customer ids with that whole name token |
+//! | `crm:g<N>:nx` | ZSET | `<token>\0<id>`, score 0: name prefix (type-ahead) search with `ZRANGEBYLEX` |
+//! | `crm:g<N>:ty:<variant>` | SET | name tokens (not ids) having that deletion variant, or being it: one-typo matching |
+//! | `crm:g<N>:ids` | ZSET | every indexed customer id, score 0: verify lists them in order |
+//!
+//! Every command touches one key (pipelined, never `SINTER`/`SUNION`/`MGET`
+//! across keys; the two small Lua scripts touch only `crm:gen`), so the schema
+//! works on Redis Cluster as it is.
+
+pub mod doc;
+pub mod memory;
+pub mod query;
+pub mod redis;
+
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+
+use crm_models::{CustomerId, PhoneNumber};
+
+pub use crate::doc::{CustomerSummary, EngagementBrief, IndexedCustomer};
+pub use crate::memory::MemoryIndex;
+pub use crate::query::{MatchedOn, Query, SearchHit};
+pub use crate::redis::RedisIndex;
+
+/// Most engagements kept in a summary.
+pub const SUMMARY_ENGAGEMENTS: usize = 10;
+
+/// Largest `limit` a search answers.
+pub const MAX_SEARCH_LIMIT: usize = 100;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IndexError {
+    /// The backend cannot be reached (connection refused, dropped, timed out).
+    #[error("index unavailable: {0}")]
+    Unavailable(String),
+    /// A rebuild was given up: its source failed or was interrupted. The live
+    /// index is unchanged.
+    #[error("rebuild abandoned: {0}")]
+    RebuildAbandoned(String),
+    /// Anything else; the message is for logs.
+    #[error("index error: {0}")]
+    Internal(String),
+}
+
+pub type IndexResult<T> = Result<T, IndexError>;
+
+/// What a finished rebuild did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RebuildReport {
+    /// The generation now live.
+    pub generation: u64,
+    /// Customers written (merged ones are counted but not indexed).
+    pub customers: u64,
+}
+
+/// One indexed customer and the fingerprint of what is indexed for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexedFingerprint {
+    pub id: CustomerId,
+    /// Equal to [`IndexedCustomer::fingerprint`] of the document indexed.
+    pub fingerprint: String,
+}
+
+#[async_trait]
+pub trait SearchIndex: Send + Sync + 'static {
+    /// `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Succeeds when the index can serve requests (for `/readyz`).
+    async fn ping(&self) -> IndexResult<()>;
+
+    /// Indexes the customer as given, replacing whatever was indexed for it
+    /// before (tokens, phones and emails it no longer has are removed).
+    /// Idempotent. A customer with status `merged` is removed instead. While
+    /// a rebuild runs, the new generation is written too.
+    async fn upsert(&self, doc: &IndexedCustomer) -> IndexResult<()>;
+
+    /// Removes everything indexed for the customer. `identifiers` are its
+    /// identifier keys (`phone:+65...`, `email:...`), used as well as what the
+    /// index remembers, in case the two disagree.
+    async fn remove(&self, id: CustomerId, identifiers: &[String]) -> IndexResult<()>;
+
+    /// Best first: exact, then prefix, then one-typo matches; ties by most
+    /// recent engagement. At most `limit` (capped at [`MAX_SEARCH_LIMIT`]).
+    async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>>;
+
+    /// Caller ID: every customer with this number (several when it is
+    /// shared), most recently engaged first.
+    async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>>;
+
+    /// The caller-ID summary of one customer.
+    async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>>;
+
+    /// Builds a new generation from `docs` (every customer in the store) while
+    /// the live one keeps answering, then switches to it and deletes the old
+    /// one. Upserts that arrive meanwhile go to both. When `docs` yields an
+    /// error, or the returned future is dropped, the live generation stays as
+    /// it was (a dropped rebuild leaves its half-written generation behind
+    /// until the next rebuild deletes it).
+    async fn rebuild(
+        &self,
+        docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
+    ) -> IndexResult<RebuildReport>;
+
+    /// Indexed customers ordered by id, after `after`, at most `limit`, with
+    /// their fingerprints: compare with [`IndexedCustomer::fingerprint`] of
+    /// the store's documents to verify the index.
+    async fn fingerprints(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> IndexResult<Vec<IndexedFingerprint>>;
+}
+
+/// Documents written per batch while rebuilding.
+pub(crate) const REBUILD_BATCH: usize = 200;

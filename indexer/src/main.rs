@@ -29,7 +29,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run | Command::Rebuild | Command::Verify => {
             anyhow::bail!(
-                "the Redis index is not built yet; crm-api keeps no index in embedded mode"
+                "run, rebuild and verify are not wired to the store and the event stream yet"
             )
         }
     }

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`phone`], [`email`]: parse-once value types.
+//! - [`names`]: name tokens, typo variants and query classification for search.
 //! - [`customer`], [`engagement`], [`staff`], [`ids`], [`time`]: the records.
 //! - [`event`], [`events`]: domain events and the stream they go on.
 //! - [`store`]: the store trait and its adapters (`embedded` redb, `mongo`).
@@ -18,6 +19,7 @@ pub mod engagement;
 pub mod event;
 pub mod events;
 pub mod ids;
+pub mod names;
 pub mod phone;
 pub mod service;
 pub mod staff;

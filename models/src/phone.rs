@@ -143,6 +143,15 @@ impl PhoneNumber {
     pub fn digits(&self) -> &str {
         self.0.trim_start_matches('+')
     }
+
+    /// The national significant number (`81226418` for `+6581226418`,
+    /// `7911123456` for `+447911123456`): what people dial at home, without
+    /// country code, trunk prefix or leading zeros. `None` when the stored
+    /// value is not a number the metadata knows.
+    pub fn national_number(&self) -> Option<String> {
+        let n = phonenumber::parse(None, &self.0).ok()?;
+        Some(n.national().value().to_string())
+    }
 }
 
 impl fmt::Display for PhoneNumber {
@@ -200,6 +209,14 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn national_number_drops_country_code_and_trunk_prefix() {
+        let sg = PhoneNumber::parse("+65 8122 6418", None).unwrap();
+        assert_eq!(sg.national_number().as_deref(), Some("81226418"));
+        let gb = PhoneNumber::parse("+44 7911 123456", None).unwrap();
+        assert_eq!(gb.national_number().as_deref(), Some("7911123456"));
     }
 
     #[test]

@@ -1,0 +1,1056 @@
+//! The production index on Redis. The key schema is in the crate docs.
+//!
+//! - **Round trips.** Every read is one pipeline that also asks for the live
+//!   generation (`HGET crm:gen current`) beside the data commands, which use the
+//!   generation cached from the previous call. When the two agree (always,
+//!   except right after a rebuild switched), the answer is complete: a
+//!   caller-ID lookup is one `HGET` + one `HGETALL` in one round trip. When
+//!   they differ, the cache is updated and the pipeline sent again.
+//! - **Hot paths stay cheap.** No command takes several posting lists
+//!   (`SINTER` blocks Redis for milliseconds on big sets). A name search
+//!   reads each query token's prefix range of the `nx` sorted set with a
+//!   `LIMIT` (at most [`CANDIDATES`] members), takes candidates from the
+//!   narrowest token, reads their tokens with the summaries and checks every
+//!   other query token in process.
+//! - **Writes** are pipelined, not transactions (`MULTI` cannot span Cluster
+//!   slots): a reader may see a half-applied upsert for a moment; the next
+//!   upsert of the customer, or a rebuild, repairs any interrupted one.
+//!   Upserts of one customer must not run concurrently (the event worker
+//!   applies one customer's events in order).
+//! - The connection is a [`ConnectionManager`]: it reconnects by itself; a
+//!   command sent while Redis is down fails with [`IndexError::Unavailable`].
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{from_owned_redis_value, Pipeline, RedisError, Script, Value};
+use async_trait::async_trait;
+use futures::stream::BoxStream;
+use futures::StreamExt;
+
+use crm_models::time;
+use crm_models::{Channel, ChannelCounts, CustomerId, CustomerStatus, Email, PhoneNumber};
+
+use crate::doc::{CustomerSummary, EngagementBrief, IndexEntries, IndexedCustomer};
+use crate::memory::typo_keys;
+use crate::query::{self, Brief, Match, MatchedOn, NameCandidate, Plan, Query, SearchHit};
+use crate::{
+    IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex, REBUILD_BATCH,
+};
+
+/// Most members read from one prefix range, and most candidates of a name
+/// search. A prefix matching more (`a`) answers from the first ones in
+/// token order; longer prefixes narrow it.
+pub const CANDIDATES: usize = 500;
+
+/// Keys unlinked per pipeline when a generation is deleted.
+const DELETE_BATCH: usize = 500;
+
+/// The fields of `cust:<id>` a search hit needs.
+const BRIEF_FIELDS: [&str; 6] = [
+    "id",
+    "name",
+    "phones",
+    "emails",
+    "last_engagement_at",
+    "indexed",
+];
+
+/// Switches `crm:gen` to the rebuilt generation if it is still the one being
+/// built; returns the generation it replaced, or nil. One key, so it is
+/// Cluster-safe.
+const SWITCH: &str = r#"
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return false end
+local old = redis.call('HGET', KEYS[1], 'current') or '0'
+redis.call('HSET', KEYS[1], 'current', ARGV[1])
+redis.call('HDEL', KEYS[1], 'building')
+return old
+"#;
+
+/// Forgets the generation being built if it is still `ARGV[1]`.
+const ABANDON: &str = r#"
+if redis.call('HGET', KEYS[1], 'building') ~= ARGV[1] then return 0 end
+redis.call('HDEL', KEYS[1], 'building')
+return 1
+"#;
+
+pub struct RedisIndex {
+    conn: ConnectionManager,
+    prefix: String,
+    /// The live generation as last seen; checked on every read.
+    generation: AtomicU64,
+    switch: Script,
+    abandon: Script,
+}
+
+impl RedisIndex {
+    pub const DEFAULT_PREFIX: &'static str = "crm:";
+
+    /// Connects to `url` (`redis://host:6379/0`); keys start with `prefix`.
+    pub async fn connect(url: &str, prefix: &str) -> IndexResult<Self> {
+        let client = ::redis::Client::open(url).map_err(IndexError::from)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Duration::from_secs(2))
+            .set_response_timeout(Duration::from_secs(2))
+            .set_number_of_retries(3);
+        let conn = client
+            .get_connection_manager_with_config(config)
+            .await
+            .map_err(IndexError::from)?;
+        Ok(Self::new(conn, prefix))
+    }
+
+    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        RedisIndex {
+            conn,
+            prefix: prefix.to_string(),
+            generation: AtomicU64::new(0),
+            switch: Script::new(SWITCH),
+            abandon: Script::new(ABANDON),
+        }
+    }
+
+    fn gen_key(&self) -> String {
+        format!("{}gen", self.prefix)
+    }
+
+    fn keys(&self, generation: u64) -> Keys {
+        Keys {
+            base: format!("{}g{generation}:", self.prefix),
+        }
+    }
+
+    async fn query(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
+        let mut conn = self.conn.clone();
+        Ok(pipe.query_async(&mut conn).await?)
+    }
+
+    /// Runs the commands `build` adds against the live generation, in one
+    /// round trip unless a rebuild switched since the last call.
+    async fn read(&self, build: impl Fn(&Keys, &mut Pipeline)) -> IndexResult<(Keys, Vec<Value>)> {
+        let mut generation = self.generation.load(Ordering::Relaxed);
+        for _ in 0..3 {
+            let keys = self.keys(generation);
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("HGET").arg(self.gen_key()).arg("current");
+            build(&keys, &mut pipe);
+            let mut values = self.query(&pipe).await?;
+            if values.is_empty() {
+                return Err(IndexError::Internal("empty pipeline reply".into()));
+            }
+            let live = parse_generation(values.remove(0))?;
+            if live == generation {
+                return Ok((keys, values));
+            }
+            self.generation.store(live, Ordering::Relaxed);
+            generation = live;
+        }
+        Err(IndexError::Internal(
+            "the index generation changed three times during one read".into(),
+        ))
+    }
+
+    /// `(current, building)` from `crm:gen`.
+    async fn generations(&self) -> IndexResult<(u64, Option<u64>)> {
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HMGET")
+            .arg(self.gen_key())
+            .arg("current")
+            .arg("building");
+        let mut values = self.query(&pipe).await?;
+        let fields: Vec<Option<u64>> = match values.pop() {
+            Some(v) => from_owned_redis_value(v)?,
+            None => Vec::new(),
+        };
+        let current = fields.first().copied().flatten().unwrap_or(0);
+        let building = fields.get(1).copied().flatten();
+        self.generation.store(current, Ordering::Relaxed);
+        Ok((current, building))
+    }
+
+    /// Applies upserts and removals to each of `generations`: reads what
+    /// each customer is indexed under now, writes the difference, then drops
+    /// typo-table entries of tokens nobody has any more.
+    async fn apply(&self, generations: &[u64], changes: &[Change<'_>]) -> IndexResult<()> {
+        if changes.is_empty() || generations.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        for &g in generations {
+            let keys = self.keys(g);
+            for change in changes {
+                pipe.cmd("HGET").arg(keys.cust(change.id())).arg("indexed");
+            }
+        }
+        let previous = self.query(&pipe).await?;
+
+        let mut write = ::redis::pipe();
+        let mut orphan_candidates: Vec<(u64, String)> = Vec::new();
+        let mut previous = previous.into_iter();
+        for &g in generations {
+            let keys = self.keys(g);
+            for change in changes {
+                let old: IndexEntries = match previous.next() {
+                    Some(Value::Nil) | None => IndexEntries::default(),
+                    Some(v) => {
+                        let raw: String = from_owned_redis_value(v)?;
+                        serde_json::from_str(&raw).map_err(corrupt)?
+                    }
+                };
+                let gone = match change {
+                    Change::Upsert(doc) if doc.is_searchable() => {
+                        let new = doc.entries();
+                        let gone = old.minus(&new);
+                        keys.unindex(&mut write, doc.id(), &gone);
+                        keys.index(&mut write, doc, &new)?;
+                        gone
+                    }
+                    Change::Upsert(doc) => {
+                        keys.remove_customer(&mut write, doc.id());
+                        keys.unindex(&mut write, doc.id(), &old);
+                        old
+                    }
+                    Change::Remove(id, also) => {
+                        let gone = old.union(also);
+                        keys.remove_customer(&mut write, *id);
+                        keys.unindex(&mut write, *id, &gone);
+                        gone
+                    }
+                };
+                orphan_candidates.extend(
+                    gone.tokens
+                        .into_iter()
+                        .filter(|t| !typo_keys(t).is_empty())
+                        .map(|t| (g, t)),
+                );
+            }
+        }
+        write.query_async::<()>(&mut self.conn.clone()).await?;
+        self.drop_orphan_typos(orphan_candidates).await
+    }
+
+    /// Typo-table entries point at tokens, not customers: a token's entries
+    /// go when no customer has the token any more. (A customer getting the
+    /// token between the check and the removal loses typo matching on it
+    /// until its next upsert.)
+    async fn drop_orphan_typos(&self, tokens: Vec<(u64, String)>) -> IndexResult<()> {
+        if tokens.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = ::redis::pipe();
+        for (g, t) in &tokens {
+            pipe.cmd("SCARD").arg(self.keys(*g).nm(t));
+        }
+        let counts = self.query(&pipe).await?;
+        let mut cleanup = ::redis::pipe();
+        let mut any = false;
+        for ((g, t), count) in tokens.iter().zip(counts) {
+            let count: u64 = from_owned_redis_value(count)?;
+            if count == 0 {
+                let keys = self.keys(*g);
+                for v in typo_keys(t) {
+                    cleanup.cmd("SREM").arg(keys.ty(&v)).arg(t).ignore();
+                    any = true;
+                }
+            }
+        }
+        if any {
+            cleanup.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        Ok(())
+    }
+
+    /// Unlinks every key of a generation, a batch at a time, one key per
+    /// command (so it works on Cluster). Returns how many went.
+    async fn delete_generation(&self, generation: u64) -> IndexResult<u64> {
+        let pattern = format!("{}g{generation}:*", glob_escape(&self.prefix));
+        let mut conn = self.conn.clone();
+        let mut cursor: u64 = 0;
+        let mut deleted = 0u64;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(DELETE_BATCH)
+                .query_async(&mut conn)
+                .await?;
+            if !keys.is_empty() {
+                let mut pipe = ::redis::pipe();
+                for k in &keys {
+                    pipe.cmd("UNLINK").arg(k).ignore();
+                }
+                pipe.query_async::<()>(&mut conn).await?;
+                deleted += keys.len() as u64;
+            }
+            if next == 0 {
+                return Ok(deleted);
+            }
+            cursor = next;
+        }
+    }
+
+    async fn abandon_rebuild(&self, generation: u64) -> IndexResult<()> {
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .abandon
+            .key(self.gen_key())
+            .arg(generation)
+            .invoke_async(&mut conn)
+            .await?;
+        self.delete_generation(generation).await?;
+        Ok(())
+    }
+
+    /// Reads the brief of each id (one round trip); ids without a summary
+    /// (stale entries) are left out.
+    async fn briefs(
+        &self,
+        keys: &Keys,
+        ids: &[CustomerId],
+    ) -> IndexResult<Vec<(Brief, Vec<String>)>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HMGET").arg(keys.cust(*id)).arg(&BRIEF_FIELDS[..]);
+        }
+        let mut out = Vec::with_capacity(ids.len());
+        for v in self.query(&pipe).await? {
+            let fields: Vec<Option<String>> = from_owned_redis_value(v)?;
+            if let Some(brief) = brief_from_fields(&fields)? {
+                out.push(brief);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn search_names(&self, tokens: &[String]) -> IndexResult<Vec<SearchHit>> {
+        let (keys, values) = self
+            .read(|k, p| {
+                for q in tokens {
+                    zrange_prefix(p, &k.nx(), q.as_bytes());
+                    for v in typo_keys(q) {
+                        p.cmd("SMEMBERS").arg(k.ty(&v));
+                    }
+                }
+            })
+            .await?;
+        let mut values = values.into_iter();
+        // Per query token: ids from its prefix range, whether the range was
+        // cut at the limit, and tokens one typo away.
+        let mut per_token: Vec<(BTreeSet<CustomerId>, bool, BTreeSet<String>)> = Vec::new();
+        for q in tokens {
+            let members: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values)?)?;
+            let truncated = members.len() >= CANDIDATES;
+            let ids = members
+                .iter()
+                .filter_map(|m| split_member(m))
+                .map(|(_, id)| id)
+                .collect();
+            let mut typo_tokens = BTreeSet::new();
+            for _ in typo_keys(q) {
+                let found: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
+                typo_tokens.extend(found.into_iter().filter(|t| !t.starts_with(q.as_str())));
+            }
+            per_token.push((ids, truncated, typo_tokens));
+        }
+        // The narrowest token drives: a complete range beats a cut one.
+        let Some((mut candidates, _, typo_tokens)) = per_token
+            .into_iter()
+            .min_by_key(|(ids, truncated, typos)| (*truncated, ids.len() + typos.len()))
+        else {
+            return Ok(Vec::new());
+        };
+        if !typo_tokens.is_empty() && candidates.len() < CANDIDATES {
+            let mut pipe = ::redis::pipe();
+            for t in &typo_tokens {
+                let mut exact = t.as_bytes().to_vec();
+                exact.push(0);
+                zrange_prefix(&mut pipe, &keys.nx(), &exact);
+            }
+            for v in self.query(&pipe).await? {
+                let members: Vec<Vec<u8>> = from_owned_redis_value(v)?;
+                candidates.extend(
+                    members
+                        .iter()
+                        .filter_map(|m| split_member(m))
+                        .map(|(_, id)| id),
+                );
+            }
+        }
+        let ids: Vec<CustomerId> = candidates.into_iter().take(CANDIDATES).collect();
+        let candidates = self
+            .briefs(&keys, &ids)
+            .await?
+            .into_iter()
+            .map(|(brief, tokens)| NameCandidate { brief, tokens })
+            .collect();
+        Ok(query::rank_names(tokens, candidates))
+    }
+
+    async fn search_emails(&self, text: &str, exact: bool) -> IndexResult<Vec<SearchHit>> {
+        let (keys, values) = self
+            .read(|k, p| {
+                if exact {
+                    p.cmd("SMEMBERS").arg(k.em(text));
+                }
+                zrange_prefix(p, &k.ex(), text.as_bytes());
+            })
+            .await?;
+        let mut matches: HashMap<CustomerId, Match> = HashMap::new();
+        let mut values = values.into_iter();
+        if exact {
+            let ids: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
+            for id in ids.iter().filter_map(|s| s.parse().ok()) {
+                matches.insert(id, Match::Exact);
+            }
+        }
+        let members: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values)?)?;
+        for (email, id) in members.iter().filter_map(|m| split_member(m)) {
+            let m = if exact && email == text {
+                Match::Exact
+            } else {
+                Match::Prefix
+            };
+            let entry = matches.entry(id).or_insert(m);
+            *entry = (*entry).max(m);
+        }
+        self.rank_found(&keys, MatchedOn::Email, matches).await
+    }
+
+    async fn search_phones(
+        &self,
+        e164: &[String],
+        national: Option<&str>,
+    ) -> IndexResult<Vec<SearchHit>> {
+        let (keys, values) = self
+            .read(|k, p| {
+                for number in e164 {
+                    p.cmd("HKEYS").arg(k.ph(number));
+                }
+                if let Some(n) = national {
+                    p.cmd("SMEMBERS").arg(k.pn(n));
+                }
+            })
+            .await?;
+        let mut matches: HashMap<CustomerId, Match> = HashMap::new();
+        for (i, v) in values.into_iter().enumerate() {
+            let m = if i < e164.len() {
+                Match::Exact
+            } else {
+                Match::National
+            };
+            let ids: Vec<String> = from_owned_redis_value(v)?;
+            for id in ids.iter().filter_map(|s| s.parse().ok()) {
+                let entry = matches.entry(id).or_insert(m);
+                *entry = (*entry).max(m);
+            }
+        }
+        self.rank_found(&keys, MatchedOn::Phone, matches).await
+    }
+
+    async fn rank_found(
+        &self,
+        keys: &Keys,
+        on: MatchedOn,
+        matches: HashMap<CustomerId, Match>,
+    ) -> IndexResult<Vec<SearchHit>> {
+        let ids: Vec<CustomerId> = matches.keys().copied().collect();
+        let found = self
+            .briefs(keys, &ids)
+            .await?
+            .into_iter()
+            .filter_map(|(brief, _)| matches.get(&brief.id).map(|m| (brief, *m)))
+            .collect::<Vec<_>>();
+        Ok(query::rank_matches(on, found))
+    }
+}
+
+/// One change to apply.
+enum Change<'a> {
+    Upsert(&'a IndexedCustomer),
+    /// A customer to drop, and identifiers it had besides what the index knows.
+    Remove(CustomerId, IndexEntries),
+}
+
+impl Change<'_> {
+    fn id(&self) -> CustomerId {
+        match self {
+            Change::Upsert(doc) => doc.id(),
+            Change::Remove(id, _) => *id,
+        }
+    }
+}
+
+/// Key names of one generation.
+struct Keys {
+    /// `crm:g<N>:`
+    base: String,
+}
+
+impl Keys {
+    fn cust(&self, id: CustomerId) -> String {
+        format!("{}cust:{id}", self.base)
+    }
+    fn ph(&self, e164: &str) -> String {
+        format!("{}ph:{e164}", self.base)
+    }
+    fn pn(&self, national: &str) -> String {
+        format!("{}pn:{national}", self.base)
+    }
+    fn em(&self, email: &str) -> String {
+        format!("{}em:{email}", self.base)
+    }
+    fn ex(&self) -> String {
+        format!("{}ex", self.base)
+    }
+    fn nm(&self, token: &str) -> String {
+        format!("{}nm:{token}", self.base)
+    }
+    fn nx(&self) -> String {
+        format!("{}nx", self.base)
+    }
+    fn ty(&self, variant: &str) -> String {
+        format!("{}ty:{variant}", self.base)
+    }
+    fn ids(&self) -> String {
+        format!("{}ids", self.base)
+    }
+
+    /// Writes every key of `entries` and the summary (all idempotent).
+    fn index(
+        &self,
+        p: &mut Pipeline,
+        doc: &IndexedCustomer,
+        entries: &IndexEntries,
+    ) -> IndexResult<()> {
+        let id = doc.id();
+        let id_s = id.to_string();
+        let summary = doc.summary();
+        let summary_json = serde_json::to_string(&summary).map_err(corrupt)?;
+        for t in &entries.tokens {
+            p.cmd("SADD").arg(self.nm(t)).arg(&id_s).ignore();
+            p.cmd("ZADD")
+                .arg(self.nx())
+                .arg(0)
+                .arg(member(t, id))
+                .ignore();
+            for v in typo_keys(t) {
+                p.cmd("SADD").arg(self.ty(&v)).arg(t).ignore();
+            }
+        }
+        for e in &entries.emails {
+            p.cmd("SADD").arg(self.em(e)).arg(&id_s).ignore();
+            p.cmd("ZADD")
+                .arg(self.ex())
+                .arg(0)
+                .arg(member(e, id))
+                .ignore();
+        }
+        for ph in &entries.phones {
+            p.cmd("HSET")
+                .arg(self.ph(ph))
+                .arg(&id_s)
+                .arg(&summary_json)
+                .ignore();
+        }
+        for n in &entries.national {
+            p.cmd("SADD").arg(self.pn(n)).arg(&id_s).ignore();
+        }
+        let cust = self.cust(id);
+        let mut fields: Vec<(String, String)> = vec![
+            ("id".into(), id_s.clone()),
+            ("status".into(), status_str(summary.status).into()),
+            (
+                "phones".into(),
+                json_strings(summary.phones.iter().map(PhoneNumber::as_str))?,
+            ),
+            (
+                "emails".into(),
+                json_strings(summary.emails.iter().map(Email::as_str))?,
+            ),
+            (
+                "engagements".into(),
+                serde_json::to_string(&summary.last_engagements).map_err(corrupt)?,
+            ),
+            ("fingerprint".into(), crate::doc::fingerprint_of(&summary)),
+            (
+                "indexed".into(),
+                serde_json::to_string(entries).map_err(corrupt)?,
+            ),
+        ];
+        for channel in Channel::ALL {
+            fields.push((
+                format!("count:{channel}"),
+                count(&summary.counts, channel).to_string(),
+            ));
+        }
+        let mut absent: Vec<&str> = Vec::new();
+        let optional = [
+            ("name", summary.name.clone()),
+            (
+                "phone",
+                summary.phone.as_ref().map(|p| p.as_str().to_string()),
+            ),
+            (
+                "email",
+                summary.email.as_ref().map(|e| e.as_str().to_string()),
+            ),
+            (
+                "last_engagement_at",
+                summary.last_engagement_at.as_ref().map(time::format),
+            ),
+        ];
+        for (field, value) in optional {
+            match value {
+                Some(v) => fields.push((field.to_string(), v)),
+                None => absent.push(field),
+            }
+        }
+        p.cmd("HSET").arg(&cust).arg(&fields).ignore();
+        if !absent.is_empty() {
+            p.cmd("HDEL").arg(&cust).arg(&absent).ignore();
+        }
+        p.cmd("ZADD").arg(self.ids()).arg(0).arg(&id_s).ignore();
+        Ok(())
+    }
+
+    /// Removes the customer from the keys of `entries` (typo-table entries
+    /// are token-level; see `drop_orphan_typos`).
+    fn unindex(&self, p: &mut Pipeline, id: CustomerId, entries: &IndexEntries) {
+        let id_s = id.to_string();
+        for t in &entries.tokens {
+            p.cmd("SREM").arg(self.nm(t)).arg(&id_s).ignore();
+            p.cmd("ZREM").arg(self.nx()).arg(member(t, id)).ignore();
+        }
+        for e in &entries.emails {
+            p.cmd("SREM").arg(self.em(e)).arg(&id_s).ignore();
+            p.cmd("ZREM").arg(self.ex()).arg(member(e, id)).ignore();
+        }
+        for ph in &entries.phones {
+            p.cmd("HDEL").arg(self.ph(ph)).arg(&id_s).ignore();
+        }
+        for n in &entries.national {
+            p.cmd("SREM").arg(self.pn(n)).arg(&id_s).ignore();
+        }
+    }
+
+    fn remove_customer(&self, p: &mut Pipeline, id: CustomerId) {
+        p.cmd("DEL").arg(self.cust(id)).ignore();
+        p.cmd("ZREM").arg(self.ids()).arg(id.to_string()).ignore();
+    }
+}
+
+/// `<value>\0<id>`: a sorted-set member for prefix search.
+fn member(value: &str, id: CustomerId) -> String {
+    format!("{value}\0{id}")
+}
+
+fn split_member(m: &[u8]) -> Option<(&str, CustomerId)> {
+    let at = m.iter().position(|b| *b == 0)?;
+    let value = std::str::from_utf8(&m[..at]).ok()?;
+    let id = std::str::from_utf8(&m[at + 1..]).ok()?.parse().ok()?;
+    Some((value, id))
+}
+
+/// `ZRANGEBYLEX key [prefix (prefix\xff LIMIT 0 CANDIDATES`: members that
+/// start with `prefix` (UTF-8 never contains 0xff).
+fn zrange_prefix(p: &mut Pipeline, key: &str, prefix: &[u8]) {
+    let mut from = Vec::with_capacity(prefix.len() + 1);
+    from.push(b'[');
+    from.extend_from_slice(prefix);
+    let mut to = Vec::with_capacity(prefix.len() + 2);
+    to.push(b'(');
+    to.extend_from_slice(prefix);
+    to.push(0xff);
+    p.cmd("ZRANGEBYLEX")
+        .arg(key)
+        .arg(from)
+        .arg(to)
+        .arg("LIMIT")
+        .arg(0)
+        .arg(CANDIDATES);
+}
+
+fn next_value(values: &mut impl Iterator<Item = Value>) -> IndexResult<Value> {
+    values
+        .next()
+        .ok_or_else(|| IndexError::Internal("short pipeline reply".into()))
+}
+
+fn parse_generation(v: Value) -> IndexResult<u64> {
+    let g: Option<u64> = from_owned_redis_value(v)?;
+    Ok(g.unwrap_or(0))
+}
+
+fn status_str(s: CustomerStatus) -> &'static str {
+    match s {
+        CustomerStatus::Active => "active",
+        CustomerStatus::Inactive => "inactive",
+        CustomerStatus::Merged => "merged",
+    }
+}
+
+fn parse_status(s: &str) -> IndexResult<CustomerStatus> {
+    match s {
+        "active" => Ok(CustomerStatus::Active),
+        "inactive" => Ok(CustomerStatus::Inactive),
+        "merged" => Ok(CustomerStatus::Merged),
+        other => Err(IndexError::Internal(format!(
+            "unknown status {other:?} in summary"
+        ))),
+    }
+}
+
+fn count(counts: &ChannelCounts, channel: Channel) -> u64 {
+    let mut c = *counts;
+    *c.get_mut(channel)
+}
+
+fn json_strings<'a>(values: impl Iterator<Item = &'a str>) -> IndexResult<String> {
+    serde_json::to_string(&values.collect::<Vec<_>>()).map_err(corrupt)
+}
+
+fn corrupt(e: serde_json::Error) -> IndexError {
+    IndexError::Internal(format!("index data does not decode: {e}"))
+}
+
+fn string_list(raw: Option<&String>) -> IndexResult<Vec<String>> {
+    match raw {
+        Some(s) => serde_json::from_str(s).map_err(corrupt),
+        None => Ok(Vec::new()),
+    }
+}
+
+fn parse_time(raw: Option<&String>) -> IndexResult<Option<time::Timestamp>> {
+    raw.map(|s| time::parse(s))
+        .transpose()
+        .map_err(|e| IndexError::Internal(format!("bad time in summary: {e}")))
+}
+
+/// Values were normalised before they were written, so they are trusted.
+fn phones_of(raw: Option<&String>) -> IndexResult<Vec<PhoneNumber>> {
+    Ok(string_list(raw)?
+        .into_iter()
+        .map(PhoneNumber::from_e164_unchecked)
+        .collect())
+}
+
+fn emails_of(raw: Option<&String>) -> IndexResult<Vec<Email>> {
+    Ok(string_list(raw)?
+        .into_iter()
+        .map(Email::from_normalised_unchecked)
+        .collect())
+}
+
+/// `HMGET cust:<id> id name phones emails last_engagement_at indexed`.
+fn brief_from_fields(fields: &[Option<String>]) -> IndexResult<Option<(Brief, Vec<String>)>> {
+    let field = |i: usize| fields.get(i).and_then(Option::as_ref);
+    let Some(id) = field(0).and_then(|s| s.parse::<CustomerId>().ok()) else {
+        return Ok(None);
+    };
+    let tokens = match field(5) {
+        Some(raw) => {
+            serde_json::from_str::<IndexEntries>(raw)
+                .map_err(corrupt)?
+                .tokens
+        }
+        None => Vec::new(),
+    };
+    Ok(Some((
+        Brief {
+            id,
+            name: field(1).cloned(),
+            phones: phones_of(field(2))?,
+            emails: emails_of(field(3))?,
+            last_engagement_at: parse_time(field(4))?,
+        },
+        tokens,
+    )))
+}
+
+/// `HGETALL cust:<id>` → the summary; `None` for an empty hash.
+fn summary_from_hash(hash: &HashMap<String, String>) -> IndexResult<Option<CustomerSummary>> {
+    let Some(id) = hash.get("id").and_then(|s| s.parse::<CustomerId>().ok()) else {
+        return Ok(None);
+    };
+    let mut counts = ChannelCounts::default();
+    for channel in Channel::ALL {
+        if let Some(n) = hash
+            .get(&format!("count:{channel}"))
+            .and_then(|s| s.parse().ok())
+        {
+            *counts.get_mut(channel) = n;
+        }
+    }
+    let last_engagements: Vec<EngagementBrief> = match hash.get("engagements") {
+        Some(raw) => serde_json::from_str(raw).map_err(corrupt)?,
+        None => Vec::new(),
+    };
+    Ok(Some(CustomerSummary {
+        id,
+        name: hash.get("name").cloned(),
+        status: parse_status(hash.get("status").map_or("active", String::as_str))?,
+        phone: hash
+            .get("phone")
+            .cloned()
+            .map(PhoneNumber::from_e164_unchecked),
+        email: hash
+            .get("email")
+            .cloned()
+            .map(Email::from_normalised_unchecked),
+        phones: phones_of(hash.get("phones"))?,
+        emails: emails_of(hash.get("emails"))?,
+        counts,
+        last_engagement_at: parse_time(hash.get("last_engagement_at"))?,
+        last_engagements,
+    }))
+}
+
+/// Escapes the glob characters of `SCAN MATCH`.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+impl From<RedisError> for IndexError {
+    fn from(e: RedisError) -> Self {
+        if e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+            || e.is_connection_dropped()
+        {
+            IndexError::Unavailable(e.to_string())
+        } else {
+            IndexError::Internal(e.to_string())
+        }
+    }
+}
+
+#[async_trait]
+impl SearchIndex for RedisIndex {
+    fn kind(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn ping(&self) -> IndexResult<()> {
+        let mut conn = self.conn.clone();
+        let _: String = ::redis::cmd("PING").query_async(&mut conn).await?;
+        Ok(())
+    }
+
+    async fn upsert(&self, doc: &IndexedCustomer) -> IndexResult<()> {
+        let (current, building) = self.generations().await?;
+        let targets: Vec<u64> = std::iter::once(current).chain(building).collect();
+        self.apply(&targets, &[Change::Upsert(doc)]).await
+    }
+
+    async fn remove(&self, id: CustomerId, identifiers: &[String]) -> IndexResult<()> {
+        let (current, building) = self.generations().await?;
+        let targets: Vec<u64> = std::iter::once(current).chain(building).collect();
+        let also = IndexEntries::from_identifier_keys(identifiers);
+        self.apply(&targets, &[Change::Remove(id, also)]).await
+    }
+
+    async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>> {
+        let hits = match Plan::of(query) {
+            Plan::Nothing => Vec::new(),
+            Plan::Name(tokens) => self.search_names(&tokens).await?,
+            Plan::Email { text, exact } => self.search_emails(&text, exact).await?,
+            Plan::Phone { e164, national } => {
+                self.search_phones(&e164, national.as_deref()).await?
+            }
+        };
+        Ok(query::best_first(hits, limit))
+    }
+
+    async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
+        let (_, mut values) = self
+            .read(|k, p| {
+                p.cmd("HGETALL").arg(k.ph(phone.as_str()));
+            })
+            .await?;
+        let by_id: HashMap<String, String> =
+            from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+        let mut out = Vec::with_capacity(by_id.len());
+        for json in by_id.values() {
+            out.push(serde_json::from_str::<CustomerSummary>(json).map_err(corrupt)?);
+        }
+        Ok(query::most_recent_first(out))
+    }
+
+    async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>> {
+        let (_, mut values) = self
+            .read(|k, p| {
+                p.cmd("HGETALL").arg(k.cust(id));
+            })
+            .await?;
+        let hash: HashMap<String, String> =
+            from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+        summary_from_hash(&hash)
+    }
+
+    async fn rebuild(
+        &self,
+        mut docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
+    ) -> IndexResult<RebuildReport> {
+        let (current, building) = self.generations().await?;
+        let generation = current.max(building.unwrap_or(0)) + 1;
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HSET")
+            .arg(self.gen_key())
+            .arg("building")
+            .arg(generation)
+            .ignore();
+        self.query(&pipe).await?;
+        if let Some(stale) = building {
+            // A rebuild that died (or is being replaced) left this behind.
+            tracing::warn!(generation = stale, "deleting an unfinished rebuild");
+            self.delete_generation(stale).await?;
+        }
+        tracing::info!(generation, "rebuild started");
+
+        let mut customers = 0u64;
+        let mut batch: Vec<IndexedCustomer> = Vec::with_capacity(REBUILD_BATCH);
+        loop {
+            let item = docs.next().await;
+            let done = item.is_none();
+            match item {
+                Some(Ok(doc)) => batch.push(doc),
+                Some(Err(e)) => {
+                    self.abandon_rebuild(generation).await?;
+                    return Err(IndexError::RebuildAbandoned(e.to_string()));
+                }
+                None => {}
+            }
+            if batch.len() >= REBUILD_BATCH || (done && !batch.is_empty()) {
+                if self.generations().await?.1 != Some(generation) {
+                    return Err(IndexError::RebuildAbandoned(
+                        "another rebuild started".into(),
+                    ));
+                }
+                let changes: Vec<Change<'_>> = batch.iter().map(Change::Upsert).collect();
+                self.apply(&[generation], &changes).await?;
+                customers += batch.len() as u64;
+                batch.clear();
+                tracing::debug!(generation, customers, "rebuild progress");
+            }
+            if done {
+                break;
+            }
+        }
+
+        let mut conn = self.conn.clone();
+        let replaced: Option<u64> = self
+            .switch
+            .key(self.gen_key())
+            .arg(generation)
+            .invoke_async(&mut conn)
+            .await?;
+        let Some(old) = replaced else {
+            return Err(IndexError::RebuildAbandoned(
+                "another rebuild started".into(),
+            ));
+        };
+        self.generation.store(generation, Ordering::Relaxed);
+        // Readers with the old generation cached notice the switch on their
+        // next read, so the old keys can go at once.
+        let deleted = self.delete_generation(old).await?;
+        tracing::info!(
+            generation,
+            customers,
+            deleted_keys = deleted,
+            "rebuild switched"
+        );
+        Ok(RebuildReport {
+            generation,
+            customers,
+        })
+    }
+
+    async fn fingerprints(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> IndexResult<Vec<IndexedFingerprint>> {
+        let from = match after {
+            Some(id) => format!("({id}"),
+            None => "-".to_string(),
+        };
+        let (keys, mut values) = self
+            .read(|k, p| {
+                p.cmd("ZRANGEBYLEX")
+                    .arg(k.ids())
+                    .arg(&from)
+                    .arg("+")
+                    .arg("LIMIT")
+                    .arg(0)
+                    .arg(limit);
+            })
+            .await?;
+        let ids: Vec<String> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<CustomerId> = ids.iter().filter_map(|s| s.parse().ok()).collect();
+        let mut pipe = ::redis::pipe();
+        for id in &ids {
+            pipe.cmd("HGET").arg(keys.cust(*id)).arg("fingerprint");
+        }
+        let prints = self.query(&pipe).await?;
+        let mut out = Vec::with_capacity(ids.len());
+        for (id, v) in ids.into_iter().zip(prints) {
+            let fingerprint: Option<String> = from_owned_redis_value(v)?;
+            out.push(IndexedFingerprint {
+                id,
+                // An id without a summary is a broken entry: report it as such.
+                fingerprint: fingerprint.unwrap_or_default(),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_models::EngagementId;
+
+    #[test]
+    fn members_round_trip() {
+        let id = CustomerId::new();
+        let m = member("ann", id);
+        assert_eq!(split_member(m.as_bytes()), Some(("ann", id)));
+        assert_eq!(split_member(b"no-separator"), None);
+    }
+
+    #[test]
+    fn glob_characters_are_escaped() {
+        assert_eq!(glob_escape("crm:t[1]*?\\"), "crm:t\\[1\\]\\*\\?\\\\");
+    }
+
+    #[test]
+    fn engagement_ids_survive_the_summary_json() {
+        let brief = EngagementBrief {
+            id: EngagementId::new(),
+            channel: Channel::Sms,
+            direction: None,
+            occurred_at: time::now(),
+            preview: "hi".into(),
+        };
+        let json = serde_json::to_string(&vec![brief.clone()]).unwrap();
+        let back: Vec<EngagementBrief> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, vec![brief]);
+    }
+}
