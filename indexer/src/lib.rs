@@ -3,3 +3,4 @@
 //! rebuildable from the store. It reads the store; it never writes it.
 
 pub mod stream;
+pub mod worker;
