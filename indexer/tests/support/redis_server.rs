@@ -48,7 +48,7 @@ fn start() -> Server {
     // `sh` runs the server and stops it once its stdin (our pipe) closes.
     let mut child = Command::new("sh")
         .arg("-c")
-        .arg(r#"redis-server "$@" & pid=$!; cat >/dev/null; kill "$pid""#)
+        .arg(r#"redis-server "$@" & pid=$!; cat >/dev/null; kill "$pid"; wait "$pid""#)
         .arg("redis-server")
         .args(["--port", &port.to_string()])
         .args(["--bind", "127.0.0.1"])
