@@ -41,6 +41,8 @@ pub mod doc;
 pub mod memory;
 pub mod query;
 pub mod redis;
+pub mod stream;
+pub mod worker;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;

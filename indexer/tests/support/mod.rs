@@ -1,0 +1,3 @@
+//! Shared helpers of the indexer's integration tests.
+
+pub mod redis_server;
