@@ -39,6 +39,7 @@
 
 pub mod doc;
 pub mod memory;
+pub mod projector;
 pub mod query;
 pub mod redis;
 pub mod stream;

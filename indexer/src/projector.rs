@@ -1,0 +1,214 @@
+//! From the store to the index: builds each customer's [`IndexedCustomer`]
+//! from the store and writes it, for events (the worker's [`EventHandler`]),
+//! for a rebuild, and for verify.
+//!
+//! Events are only triggers: the document is always read fresh from the
+//! store, so applying an event twice, late, or out of order converges on what
+//! the store holds.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use futures::stream::{self, BoxStream, StreamExt};
+
+use crm_models::event::{DomainEvent, EventEnvelope};
+use crm_models::store::{CustomerCursor, EngagementFilter, Store, StoreError};
+use crm_models::CustomerId;
+
+use crate::worker::{ApplyError, EventHandler};
+use crate::{
+    IndexError, IndexResult, IndexedCustomer, RebuildReport, SearchIndex, SUMMARY_ENGAGEMENTS,
+};
+
+/// Customers read from the store per page while rebuilding or verifying.
+const PAGE: usize = 500;
+
+pub struct Projector {
+    store: Arc<dyn Store>,
+    index: Arc<dyn SearchIndex>,
+}
+
+/// What verify found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Customers the index should have.
+    pub expected: u64,
+    /// In the store (and searchable), not in the index.
+    pub missing: Vec<CustomerId>,
+    /// Indexed with content that differs from the store.
+    pub stale: Vec<CustomerId>,
+    /// In the index, not (or no longer searchable) in the store.
+    pub extra: Vec<CustomerId>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.missing.is_empty() && self.stale.is_empty() && self.extra.is_empty()
+    }
+}
+
+fn store_err(e: StoreError) -> IndexError {
+    match e {
+        StoreError::Unavailable(m) => IndexError::Unavailable(format!("store: {m}")),
+        other => IndexError::Internal(format!("store: {other}")),
+    }
+}
+
+fn apply_err(e: IndexError) -> ApplyError {
+    match e {
+        IndexError::Unavailable(m) => ApplyError::Unavailable(m),
+        other => ApplyError::Rejected(other.to_string()),
+    }
+}
+
+impl Projector {
+    pub fn new(store: Arc<dyn Store>, index: Arc<dyn SearchIndex>) -> Self {
+        Projector { store, index }
+    }
+
+    pub fn index(&self) -> &Arc<dyn SearchIndex> {
+        &self.index
+    }
+
+    /// The customer as the index should hold it, or `None` when it is gone.
+    pub async fn document(&self, id: CustomerId) -> IndexResult<Option<IndexedCustomer>> {
+        let Some(customer) = self.store.get_customer(id).await.map_err(store_err)? else {
+            return Ok(None);
+        };
+        let last = self
+            .store
+            .list_engagements(id, &EngagementFilter::default(), None, SUMMARY_ENGAGEMENTS)
+            .await
+            .map_err(store_err)?;
+        Ok(Some(IndexedCustomer::new(customer, last)))
+    }
+
+    /// Brings one customer's index entries in line with the store.
+    /// `identifiers` are keys it had, used when it is gone from the store.
+    pub async fn refresh(&self, id: CustomerId, identifiers: &[String]) -> IndexResult<()> {
+        match self.document(id).await? {
+            Some(doc) => self.index.upsert(&doc).await,
+            None => self.index.remove(id, identifiers).await,
+        }
+    }
+
+    /// Every customer in the store, as documents, page by page.
+    pub fn documents(&self) -> BoxStream<'_, IndexResult<IndexedCustomer>> {
+        let pages = stream::try_unfold(Some(None::<CustomerCursor>), move |cursor| async move {
+            let Some(after) = cursor else { return Ok(None) };
+            let customers = self
+                .store
+                .list_customers(None, after, PAGE)
+                .await
+                .map_err(store_err)?;
+            let next = (customers.len() == PAGE)
+                .then(|| {
+                    customers.last().map(|c| CustomerCursor {
+                        updated_at: c.updated_at,
+                        id: c.id,
+                    })
+                })
+                .flatten();
+            Ok::<_, IndexError>(Some((customers, next.map(Some))))
+        });
+        pages
+            .map(|page| {
+                stream::iter(
+                    page.map_or_else(|e| vec![Err(e)], |cs| cs.into_iter().map(Ok).collect()),
+                )
+            })
+            .flatten()
+            .then(move |customer| async move {
+                let customer = customer?;
+                let last = self
+                    .store
+                    .list_engagements(
+                        customer.id,
+                        &EngagementFilter::default(),
+                        None,
+                        SUMMARY_ENGAGEMENTS,
+                    )
+                    .await
+                    .map_err(store_err)?;
+                Ok(IndexedCustomer::new(customer, last))
+            })
+            .boxed()
+    }
+
+    /// Rebuilds the whole index from the store; `progress` is called with the
+    /// number of customers read so far, every page.
+    pub async fn rebuild(
+        &self,
+        progress: impl Fn(u64) + Send + Sync,
+    ) -> IndexResult<RebuildReport> {
+        let mut seen = 0u64;
+        let docs = self
+            .documents()
+            .inspect(move |_| {
+                seen += 1;
+                if seen.is_multiple_of(PAGE as u64) {
+                    progress(seen);
+                }
+            })
+            .boxed();
+        self.index.rebuild(docs).await
+    }
+
+    /// Compares the index with the store.
+    pub async fn verify(&self) -> IndexResult<VerifyReport> {
+        let mut expected: BTreeMap<CustomerId, String> = BTreeMap::new();
+        let mut docs = self.documents();
+        while let Some(doc) = docs.next().await {
+            let doc = doc?;
+            if doc.is_searchable() {
+                expected.insert(doc.id(), doc.fingerprint());
+            }
+        }
+        let mut report = VerifyReport {
+            expected: expected.len() as u64,
+            ..Default::default()
+        };
+        let mut after = None;
+        loop {
+            let page = self.index.fingerprints(after, PAGE).await?;
+            for f in &page {
+                match expected.remove(&f.id) {
+                    Some(fp) if fp == f.fingerprint => {}
+                    Some(_) => report.stale.push(f.id),
+                    None => report.extra.push(f.id),
+                }
+            }
+            if page.len() < PAGE {
+                break;
+            }
+            after = page.last().map(|f| f.id);
+        }
+        report.missing = expected.into_keys().collect();
+        Ok(report)
+    }
+}
+
+#[async_trait]
+impl EventHandler for Projector {
+    /// Refreshes each customer the events touch, once per batch.
+    async fn apply(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
+        let mut order: Vec<CustomerId> = Vec::new();
+        let mut identifiers: HashMap<CustomerId, Vec<String>> = HashMap::new();
+        for envelope in events {
+            let id = envelope.event.customer_id();
+            let keys = identifiers.entry(id).or_insert_with(|| {
+                order.push(id);
+                Vec::new()
+            });
+            if let DomainEvent::CustomerDeleted { identifiers, .. } = &envelope.event {
+                keys.extend(identifiers.iter().cloned());
+            }
+        }
+        for id in order {
+            let keys = identifiers.remove(&id).unwrap_or_default();
+            self.refresh(id, &keys).await.map_err(apply_err)?;
+        }
+        Ok(())
+    }
+}
