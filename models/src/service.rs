@@ -118,15 +118,42 @@ impl Crm {
         &self.store
     }
 
-    /// Publishes after a successful store write. A failure is logged: the
-    /// store is the source of truth and the index can be rebuilt from it.
+    /// Publishes after a successful store write. When the stream cannot take
+    /// the events they go to the store's outbox, and [`Crm::drain_outbox`]
+    /// publishes them later: the write has succeeded and no event is lost.
     async fn publish(&self, events: Vec<DomainEvent>) {
         if events.is_empty() {
             return;
         }
-        if let Err(e) = self.events.publish(envelopes(events)).await {
-            tracing::error!(error = %e, "event publish failed after a store write");
+        let envelopes = envelopes(events);
+        let Err(e) = self.events.publish(envelopes.clone()).await else {
+            return;
+        };
+        tracing::warn!(error = %e, count = envelopes.len(), "event stream unavailable; keeping events in the outbox");
+        if let Err(e) = self.store.outbox_push(&envelopes).await {
+            tracing::error!(error = %e, "events lost: neither the stream nor the outbox took them; run a rebuild");
         }
+    }
+
+    /// Publishes what the outbox holds, oldest first, up to `limit` events.
+    /// Returns how many were published; stops at the first failure.
+    pub async fn drain_outbox(&self, limit: usize) -> Result<usize, CrmError> {
+        let kept = self.store.outbox_peek(limit).await?;
+        if kept.is_empty() {
+            return Ok(0);
+        }
+        let (ids, events): (Vec<String>, Vec<_>) = kept.into_iter().unzip();
+        self.events
+            .publish(events)
+            .await
+            .map_err(|e| CrmError::Store(StoreError::Unavailable(e.to_string())))?;
+        self.store.outbox_remove(&ids).await?;
+        Ok(ids.len())
+    }
+
+    /// Events waiting in the outbox (for `/readyz`).
+    pub async fn outbox_len(&self) -> Result<u64, CrmError> {
+        Ok(self.store.outbox_len().await?)
     }
 
     /// Creates a customer, or when an identifier already belongs to one,

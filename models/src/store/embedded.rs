@@ -38,6 +38,7 @@ use super::{
 use crate::customer::{ChannelCounts, Customer, Identifier};
 use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
+use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
@@ -63,6 +64,7 @@ const REFRESH_BY_FAMILY: TableDefinition<(&str, &str), ()> =
 const REFRESH_BY_USER: TableDefinition<(u128, &str), ()> = TableDefinition::new("refresh_by_user");
 const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
 const API_KEYS_BY_HASH: TableDefinition<&str, u128> = TableDefinition::new("api_keys_by_hash");
+const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 
 /// The redb-backed [`Store`]. Cheap to share: clone the `Arc` around it.
 pub struct EmbeddedStore {
@@ -143,6 +145,7 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(REFRESH_BY_USER).map_err(db_err)?;
     txn.open_table(API_KEYS).map_err(db_err)?;
     txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
+    txn.open_table(OUTBOX).map_err(db_err)?;
     Ok(())
 }
 
@@ -1040,6 +1043,74 @@ impl Store for EmbeddedStore {
             }
             txn.commit().map_err(db_err)?;
             Ok(true)
+        })
+        .await
+    }
+
+    // --- outbox ---
+
+    async fn outbox_push(&self, events: &[EventEnvelope]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let events = events.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+                for (id, event) in super::outbox_ids(events.len()).into_iter().zip(&events) {
+                    let bytes = encode("event", event)?;
+                    outbox
+                        .insert(id.as_u128(), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn outbox_peek(&self, limit: usize) -> StoreResult<Vec<(String, EventEnvelope)>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in outbox.iter().map_err(db_err)?.take(limit) {
+                let (k, v) = entry.map_err(db_err)?;
+                out.push((
+                    uuid::Uuid::from_u128(k.value()).to_string(),
+                    decode("event", v.value())?,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn outbox_remove(&self, ids: &[String]) -> StoreResult<()> {
+        let keys: Vec<u128> = ids
+            .iter()
+            .filter_map(|id| uuid::Uuid::parse_str(id).ok())
+            .map(|u| u.as_u128())
+            .collect();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+                for k in keys {
+                    outbox.remove(k).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn outbox_len(&self) -> StoreResult<u64> {
+        self.run(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            outbox.len().map_err(db_err)
         })
         .await
     }

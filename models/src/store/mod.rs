@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use crate::customer::{Customer, Identifier};
 use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
+use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
@@ -190,4 +191,22 @@ pub trait Store: Send + Sync + 'static {
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>>;
     /// Sets `revoked_at`; false when there is no such key or it was revoked already.
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool>;
+
+    // --- outbox: events the event stream could not take yet ---
+
+    /// Keeps events, in order, until they can be published.
+    async fn outbox_push(&self, events: &[EventEnvelope]) -> StoreResult<()>;
+    /// The oldest kept events with their outbox ids, at most `limit`.
+    async fn outbox_peek(&self, limit: usize) -> StoreResult<Vec<(String, EventEnvelope)>>;
+    /// Forgets events that were published.
+    async fn outbox_remove(&self, ids: &[String]) -> StoreResult<()>;
+    async fn outbox_len(&self) -> StoreResult<u64>;
+}
+
+/// Ids for a batch of outbox entries: time-ordered, in batch order.
+pub(crate) fn outbox_ids(n: usize) -> Vec<uuid::Uuid> {
+    let base = uuid::Uuid::now_v7().as_u128();
+    (0..n as u128)
+        .map(|i| uuid::Uuid::from_u128(base + i))
+        .collect()
 }

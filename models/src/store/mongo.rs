@@ -28,6 +28,7 @@ use super::{
 use crate::customer::{Customer, Identifier};
 use crate::email::Email;
 use crate::engagement::Engagement;
+use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::{self, Timestamp};
@@ -49,6 +50,7 @@ const ENGAGEMENTS: &str = "engagements";
 const USERS: &str = "users";
 const REFRESH_TOKENS: &str = "refresh_tokens";
 const API_KEYS: &str = "api_keys";
+const OUTBOX: &str = "outbox";
 
 /// The profile fields `update_profile` writes.
 const PROFILE_FIELDS: [&str; 7] = [
@@ -72,6 +74,7 @@ pub struct MongoStore {
     users: Collection<Document>,
     refresh_tokens: Collection<Document>,
     api_keys: Collection<Document>,
+    outbox: Collection<Document>,
 }
 
 impl MongoStore {
@@ -107,6 +110,7 @@ impl MongoStore {
             users: db.collection(USERS),
             refresh_tokens: db.collection(REFRESH_TOKENS),
             api_keys: db.collection(API_KEYS),
+            outbox: db.collection(OUTBOX),
             client,
             db,
         };
@@ -900,6 +904,66 @@ impl Store for MongoStore {
             .await
             .map_err(map_err)?;
         Ok(result.modified_count == 1)
+    }
+
+    // --- outbox ---
+
+    async fn outbox_push(&self, events: &[EventEnvelope]) -> StoreResult<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut docs = Vec::with_capacity(events.len());
+        for (id, event) in super::outbox_ids(events.len()).into_iter().zip(events) {
+            let json = serde_json::to_string(event)
+                .map_err(|e| StoreError::Internal(format!("cannot encode an event: {e}")))?;
+            docs.push(doc! { "_id": id.to_string(), "event": json });
+        }
+        self.outbox.insert_many(docs).await.map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn outbox_peek(&self, limit: usize) -> StoreResult<Vec<(String, EventEnvelope)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let docs: Vec<Document> = self
+            .outbox
+            .find(doc! {})
+            .sort(doc! { "_id": 1 })
+            .limit(limit as i64)
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.into_iter()
+            .map(|d| {
+                let id = d
+                    .get_str("_id")
+                    .map_err(|e| StoreError::Internal(format!("outbox id: {e}")))?;
+                let json = d
+                    .get_str("event")
+                    .map_err(|e| StoreError::Internal(format!("outbox event: {e}")))?;
+                let event = serde_json::from_str(json)
+                    .map_err(|e| StoreError::Internal(format!("cannot decode an event: {e}")))?;
+                Ok((id.to_string(), event))
+            })
+            .collect()
+    }
+
+    async fn outbox_remove(&self, ids: &[String]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        self.outbox
+            .delete_many(doc! { "_id": { "$in": ids.to_vec() } })
+            .await
+            .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn outbox_len(&self) -> StoreResult<u64> {
+        self.outbox.count_documents(doc! {}).await.map_err(map_err)
     }
 }
 

@@ -115,11 +115,13 @@ macro_rules! store_suite {
                 refresh_token_concurrent_use_has_one_winner,
                 refresh_tokens_revoked_by_family_and_user,
                 api_keys_insert_get_list_revoke,
+                outbox_keeps_events_in_order_until_removed,
                 service_concurrent_records_of_one_phone_make_one_customer,
                 service_create_with_owned_email_attaches_the_phone,
                 service_identifiers_of_two_customers_conflict,
                 service_patch_with_a_taken_identifier_changes_nothing,
                 service_delete_frees_the_identifiers,
+                service_events_survive_an_unavailable_stream,
             );
         }
     };
@@ -309,6 +311,35 @@ pub async fn get_customers_returns_those_that_exist(store: Arc<dyn Store>) {
         store.get_customers(&[CustomerId::new()]).await.unwrap(),
         Vec::<Customer>::new()
     );
+}
+
+pub async fn outbox_keeps_events_in_order_until_removed(store: Arc<dyn Store>) {
+    use crm_models::event::{DomainEvent, EventEnvelope};
+    let events: Vec<EventEnvelope> = (0..5)
+        .map(|i| EventEnvelope {
+            at: at(i),
+            event: DomainEvent::CustomerCreated {
+                customer: customer_at(at(i)),
+            },
+        })
+        .collect();
+    assert_eq!(store.outbox_len().await.unwrap(), 0);
+    store.outbox_push(&events[..3]).await.unwrap();
+    store.outbox_push(&events[3..]).await.unwrap();
+    assert_eq!(store.outbox_len().await.unwrap(), 5);
+    let all = store.outbox_peek(10).await.unwrap();
+    assert_eq!(
+        all.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
+        events
+    );
+    let first_two = store.outbox_peek(2).await.unwrap();
+    assert_eq!(first_two, all[..2].to_vec());
+    let ids: Vec<String> = first_two.into_iter().map(|(id, _)| id).collect();
+    store.outbox_remove(&ids).await.unwrap();
+    store.outbox_remove(&ids).await.unwrap();
+    assert_eq!(store.outbox_len().await.unwrap(), 3);
+    let rest = store.outbox_peek(10).await.unwrap();
+    assert_eq!(rest, all[2..].to_vec());
 }
 
 pub async fn customer_insert_get_and_duplicate_id(store: Arc<dyn Store>) {
@@ -1613,4 +1644,53 @@ pub async fn service_delete_frees_the_identifiers(store: Arc<dyn Store>) {
         Some(again.id)
     );
     assert_eq!(again.counts.total(), 0);
+}
+
+/// An event stream that is down until switched on, recording what it took.
+#[derive(Default)]
+struct FlakyStream {
+    up: std::sync::atomic::AtomicBool,
+    taken: std::sync::Mutex<Vec<crm_models::event::EventEnvelope>>,
+}
+
+#[async_trait::async_trait]
+impl crm_models::events::EventStream for FlakyStream {
+    async fn publish(
+        &self,
+        events: Vec<crm_models::event::EventEnvelope>,
+    ) -> Result<(), crm_models::events::EventError> {
+        if !self.up.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(crm_models::events::EventError::Unavailable("down".into()));
+        }
+        self.taken.lock().unwrap().extend(events);
+        Ok(())
+    }
+}
+
+pub async fn service_events_survive_an_unavailable_stream(store: Arc<dyn Store>) {
+    let stream = Arc::new(FlakyStream::default());
+    let crm = Crm::new(store.clone(), stream.clone());
+    let (c, created) = crm
+        .create_customer(CustomerInput {
+            name: Some("Ann".into()),
+            identifiers: vec![Identifier::Email(email("ann@example.com"))],
+            status: None,
+        })
+        .await
+        .unwrap();
+    assert!(created, "the write succeeds while the stream is down");
+    assert_eq!(crm.outbox_len().await.unwrap(), 1);
+    assert!(crm.drain_outbox(10).await.is_err(), "still down");
+    assert_eq!(
+        crm.outbox_len().await.unwrap(),
+        1,
+        "nothing lost by a failed drain"
+    );
+
+    stream.up.store(true, std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(crm.drain_outbox(10).await.unwrap(), 1);
+    assert_eq!(crm.outbox_len().await.unwrap(), 0);
+    let taken = stream.taken.lock().unwrap().clone();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].event.customer_id(), c.id);
 }
