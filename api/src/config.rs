@@ -78,6 +78,21 @@ pub struct Config {
     /// Redis URL for the event stream and search index; unset means in-process.
     #[arg(long, env = "CRM_REDIS_URL", global = true, hide_env_values = true)]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key (stream and index).
+    #[arg(long, env = "CRM_REDIS_PREFIX", default_value = "crm:", global = true)]
+    pub redis_prefix: String,
+    /// Approximate length the Redis event stream is trimmed to.
+    #[arg(
+        long,
+        env = "CRM_REDIS_STREAM_MAXLEN",
+        default_value_t = 1_000_000,
+        global = true
+    )]
+    pub redis_stream_max_len: usize,
+    /// Run an index worker in this process (it shares the work with any
+    /// `crm-indexer run` through the consumer group).
+    #[arg(long, env = "CRM_INDEX_WORKER", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub index_worker: bool,
     /// HS256 secret for access tokens, at least 32 bytes. In embedded mode a
     /// random one is created once and kept in the data directory.
     #[arg(long, env = "CRM_JWT_SECRET", global = true, hide_env_values = true)]
@@ -130,6 +145,9 @@ impl Config {
             mongodb_uri: None,
             mongodb_database: "crm".into(),
             redis_url: None,
+            redis_prefix: "crm:".into(),
+            redis_stream_max_len: 1_000_000,
+            index_worker: true,
             jwt_secret: None,
             admin_email: None,
             admin_password: None,

@@ -31,13 +31,19 @@ use axum::http::{HeaderName, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
-use crm_models::events::{EventStream, MemoryEventStream};
+use crm_indexer::projector::Projector;
+use crm_indexer::stream::{RedisEventStream, RedisStreamConfig};
+use crm_indexer::worker::{default_consumer_name, run_worker, EventHandler, WorkerConfig};
+use crm_indexer::{MemoryIndex, RedisIndex, SearchIndex};
+use crm_models::events::{EventLog, EventStream, MemoryEventStream};
 use crm_models::service::Crm;
 use crm_models::store::embedded::EmbeddedStore;
 use crm_models::store::mongo::MongoStore;
 use crm_models::store::Store;
 use crm_models::Region;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -56,13 +62,24 @@ pub struct Application {
     listener: TcpListener,
     router: Router,
     state: AppState,
+    background: Background,
+}
+
+/// The index worker and the outbox drainer, stopped after the server.
+struct Background {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
 }
 
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
-        let events: Arc<dyn EventStream> = Arc::new(MemoryEventStream::default());
-        let state = build_state(config, store, events).await?;
+        let (events, log, index) = open_events_and_index(&config).await?;
+        let state = build_state(config, store, events, index).await?;
+        if state.config.redis_url.is_none() {
+            load_memory_index(&state.projector).await?;
+        }
+        let background = start_background(&state, log);
         let router = app(state.clone());
         let listener = TcpListener::bind(state.config.listen)
             .await
@@ -71,6 +88,7 @@ impl Application {
             listener,
             router,
             state,
+            background,
         })
     }
 
@@ -84,20 +102,31 @@ impl Application {
         &self.state
     }
 
-    /// Serves until `shutdown` completes, then finishes in-flight requests.
+    /// Serves until `shutdown` completes, then finishes in-flight requests and
+    /// lets the index worker finish its batch.
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.local_addr(), store = self.state.crm.store().kind(), "crm-api listening");
-        axum::serve(
+        tracing::info!(
+            addr = %self.local_addr(),
+            store = self.state.crm.store().kind(),
+            index = self.state.index.kind(),
+            "crm-api listening"
+        );
+        let served = axum::serve(
             self.listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(shutdown)
         .await
-        .context("server error")
+        .context("server error");
+        let _ = self.background.stop.send(true);
+        for task in self.background.tasks {
+            let _ = task.await;
+        }
+        served
     }
 }
 
@@ -109,11 +138,97 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     })
 }
 
-/// Wires the state: auth (and the first admin), the domain service, metrics.
+/// The Redis stream and index when `CRM_REDIS_URL` is set; otherwise an
+/// in-process log and index.
+async fn open_events_and_index(
+    config: &Config,
+) -> anyhow::Result<(
+    Arc<dyn EventStream>,
+    Arc<dyn EventLog>,
+    Arc<dyn SearchIndex>,
+)> {
+    Ok(match &config.redis_url {
+        Some(url) => {
+            let stream = Arc::new(
+                RedisEventStream::connect(
+                    url,
+                    RedisStreamConfig {
+                        prefix: config.redis_prefix.clone(),
+                        max_len: config.redis_stream_max_len,
+                    },
+                )
+                .await
+                .context("cannot reach Redis (CRM_REDIS_URL) for the event stream")?,
+            );
+            let index = RedisIndex::connect(url, &config.redis_prefix)
+                .await
+                .context("cannot reach Redis (CRM_REDIS_URL) for the index")?;
+            (stream.clone(), stream, Arc::new(index))
+        }
+        None => {
+            let log = Arc::new(MemoryEventStream::default());
+            (log.clone(), log, Arc::new(MemoryIndex::new()))
+        }
+    })
+}
+
+/// The in-process index starts empty: fill it from the store.
+async fn load_memory_index(projector: &Projector) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let report = projector
+        .rebuild(|done| tracing::info!(customers = done, "loading the search index"))
+        .await
+        .context("cannot load the search index from the store")?;
+    tracing::info!(
+        customers = report.customers,
+        seconds = started.elapsed().as_secs_f64(),
+        "search index loaded"
+    );
+    Ok(())
+}
+
+/// How often the outbox is checked for events to publish.
+const OUTBOX_INTERVAL: Duration = Duration::from_secs(1);
+
+fn start_background(state: &AppState, log: Arc<dyn EventLog>) -> Background {
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+    if state.config.index_worker {
+        let handler: Arc<dyn EventHandler> = state.projector.clone();
+        let mut stopped = stopped.clone();
+        let config = WorkerConfig::new(default_consumer_name());
+        tasks.push(tokio::spawn(async move {
+            run_worker(log, handler, config, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            })
+            .await;
+        }));
+    }
+    let crm = state.crm.clone();
+    let mut stopped = stopped;
+    tasks.push(tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(OUTBOX_INTERVAL) => {}
+            }
+            match crm.drain_outbox(512).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(events = n, "published events kept in the outbox"),
+                Err(e) => tracing::debug!(error = %e, "outbox not drained yet"),
+            }
+        }
+    }));
+    Background { stop, tasks }
+}
+
+/// Wires the state: auth (and the first admin), the domain service, the
+/// index, metrics.
 pub async fn build_state(
     config: Config,
     store: Arc<dyn Store>,
     events: Arc<dyn EventStream>,
+    index: Arc<dyn SearchIndex>,
 ) -> anyhow::Result<AppState> {
     let secret = jwt_secret(&config)?;
     let default_region = config
@@ -129,7 +244,9 @@ pub async fn build_state(
     )
     .await?;
     Ok(AppState {
-        crm: Crm::new(store, events),
+        crm: Crm::new(store.clone(), events),
+        projector: Arc::new(Projector::new(store, index.clone())),
+        index,
         auth,
         config: Arc::new(config),
         default_region,

@@ -2,6 +2,8 @@
 
 use std::sync::Arc;
 
+use crm_indexer::projector::Projector;
+use crm_indexer::SearchIndex;
 use crm_models::service::Crm;
 use crm_models::Region;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -12,6 +14,10 @@ use crate::config::Config;
 #[derive(Clone)]
 pub struct AppState {
     pub crm: Crm,
+    /// Search and caller-ID reads.
+    pub index: Arc<dyn SearchIndex>,
+    /// Reads a customer's index document from the store when the index misses.
+    pub projector: Arc<Projector>,
     pub auth: Arc<Auth>,
     pub config: Arc<Config>,
     /// Region for phone numbers typed without `+`.

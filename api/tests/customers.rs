@@ -672,7 +672,10 @@ async fn operations_endpoints_answer() {
         .json()
         .await
         .unwrap();
-    assert_eq!(ready, json!({"status": "ready", "store": "embedded"}));
+    assert_eq!(
+        ready,
+        json!({"status": "ready", "store": "embedded", "index": "memory", "index_reachable": true, "outbox": 0})
+    );
     let metrics = app
         .client
         .get(app.url("/metrics"))

@@ -23,13 +23,28 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when the store answers. The index being down (or events waiting in
+/// the outbox) makes it `degraded`: writes still work, search may be stale.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let store = state.crm.store();
     store.ping().await.map_err(|e| {
         tracing::warn!(error = %e, "store not ready");
         ApiError::Unavailable(format!("the {} store is not ready", store.kind()))
     })?;
-    Ok(Json(json!({ "status": "ready", "store": store.kind() })))
+    let index_ok = state.index.ping().await.is_ok();
+    let outbox = state.crm.outbox_len().await.unwrap_or(0);
+    let status = if index_ok && outbox == 0 {
+        "ready"
+    } else {
+        "degraded"
+    };
+    Ok(Json(json!({
+        "status": status,
+        "store": store.kind(),
+        "index": state.index.kind(),
+        "index_reachable": index_ok,
+        "outbox": outbox,
+    })))
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

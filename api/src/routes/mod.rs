@@ -8,6 +8,7 @@ pub mod engagements;
 pub mod health;
 pub mod input;
 pub mod pagination;
+pub mod search;
 pub mod users;
 
 use utoipa::OpenApi;
@@ -23,4 +24,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(api_keys::router())
         .merge(customers::router())
         .merge(engagements::router())
+        .merge(search::router())
 }

@@ -1,0 +1,237 @@
+//! Search and caller-ID: reads from the index, with the store as the fallback
+//! where an answer must not depend on the index being up.
+
+use axum::extract::State;
+use crm_indexer::{CustomerSummary, IndexError, Query, SearchHit, MAX_SEARCH_LIMIT};
+use crm_models::customer::Identifier;
+use crm_models::{CustomerId, PhoneNumber, Region};
+use serde::{Deserialize, Serialize};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::customers::parse_customer_id;
+use crate::auth::Staff;
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use crate::state::AppState;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(search))
+        .routes(routes!(summary))
+        .routes(routes!(lookup_phone))
+}
+
+fn index_err(e: IndexError) -> ApiError {
+    match e {
+        IndexError::Unavailable(m) => {
+            tracing::warn!(error = %m, "index unavailable");
+            ApiError::Unavailable("the search index is unavailable; try again".into())
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
+fn region(raw: Option<&str>, default: Option<Region>) -> Result<Option<Region>, ApiError> {
+    match raw {
+        Some(r) => Region::parse(r)
+            .map(Some)
+            .map_err(|e| ApiError::field("region", e)),
+        None => Ok(default),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct SearchParams {
+    /// Anything: a name fragment, an email (or its beginning, `ann@`), or a
+    /// phone number typed any way; classified automatically.
+    pub q: Option<String>,
+    /// Part of a name.
+    pub name: Option<String>,
+    /// An email or its beginning.
+    pub email: Option<String>,
+    /// A phone number typed any way.
+    pub phone: Option<String>,
+    /// ISO country for a number without `+` (default `CRM_DEFAULT_REGION`).
+    pub region: Option<String>,
+    /// 1 to 100, default 20.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SearchResults {
+    /// Best first: exact, then prefix, then one-typo matches; ties by the most
+    /// recent engagement.
+    pub items: Vec<SearchHit>,
+}
+
+/// Finds customers from whatever the user has.
+#[utoipa::path(
+    get, path = "/v1/search", tag = "search",
+    params(SearchParams),
+    responses(
+        (status = 200, body = SearchResults),
+        (status = 422, description = "`validation_failed`: give exactly one of q, name, email, phone", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: the index cannot be reached", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn search(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiQuery(params): ApiQuery<SearchParams>,
+) -> Result<ApiJson<SearchResults>, ApiError> {
+    let limit = match params.limit {
+        None => 20,
+        Some(n) if (1..=MAX_SEARCH_LIMIT).contains(&n) => n,
+        Some(_) => {
+            return Err(ApiError::field(
+                "limit",
+                format!("must be between 1 and {MAX_SEARCH_LIMIT}"),
+            ))
+        }
+    };
+    let given = [&params.q, &params.name, &params.email, &params.phone]
+        .iter()
+        .filter(|p| p.as_deref().is_some_and(|v| !v.trim().is_empty()))
+        .count();
+    if given != 1 {
+        return Err(ApiError::field(
+            "q",
+            "give exactly one of q, name, email or phone",
+        ));
+    }
+    let too_long = [&params.q, &params.name, &params.email, &params.phone]
+        .iter()
+        .any(|p| p.as_deref().is_some_and(|v| v.chars().count() > 200));
+    if too_long {
+        return Err(ApiError::field("q", "at most 200 characters"));
+    }
+    let region = region(params.region.as_deref(), state.default_region)?;
+    let query = if let Some(q) = params.q {
+        match (region, q.trim_start().starts_with('+') || q.contains('@')) {
+            // A number with the caller's region is a phone query; the index
+            // also finds national numbers without one.
+            (Some(region), false) if looks_like_phone(&q) => Query::Phone {
+                raw: q,
+                region: Some(region),
+            },
+            _ => Query::Any(q),
+        }
+    } else if let Some(name) = params.name {
+        Query::Name(name)
+    } else if let Some(email) = params.email {
+        Query::Email(email)
+    } else {
+        Query::Phone {
+            raw: params.phone.unwrap_or_default(),
+            region,
+        }
+    };
+    let items = state.index.search(&query, limit).await.map_err(index_err)?;
+    Ok(ApiJson(SearchResults { items }))
+}
+
+fn looks_like_phone(q: &str) -> bool {
+    let digits = q.chars().filter(char::is_ascii_digit).count();
+    digits >= 6
+        && q.chars()
+            .all(|c| c.is_ascii_digit() || " +-().".contains(c))
+}
+
+/// The customer's caller-ID summary: name, main phone and email, counts per
+/// channel and the last engagements. From the index; from the store when the
+/// index has no entry.
+#[utoipa::path(
+    get, path = "/v1/customers/{id}/summary", tag = "search",
+    params(("id" = String, Path, description = "Customer id")),
+    responses(
+        (status = 200, body = CustomerSummary),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn summary(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<CustomerSummary>, ApiError> {
+    let id = parse_customer_id(&id)?;
+    match state.index.summary(id).await {
+        Ok(Some(summary)) => return Ok(ApiJson(summary)),
+        Ok(None) => {}
+        Err(e) => {
+            tracing::warn!(error = %e, "index unavailable; reading the summary from the store")
+        }
+    }
+    from_store(&state, id).await?.map(ApiJson).ok_or_else(|| {
+        ApiError::not_found("customer_not_found", format!("customer {id} not found"))
+    })
+}
+
+async fn from_store(state: &AppState, id: CustomerId) -> Result<Option<CustomerSummary>, ApiError> {
+    match state.projector.document(id).await {
+        Ok(doc) => Ok(doc.filter(|d| d.is_searchable()).map(|d| d.summary())),
+        Err(e) => Err(index_err(e)),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct LookupParams {
+    /// ISO country for a number without `+` (default `CRM_DEFAULT_REGION`).
+    pub region: Option<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CallerMatch {
+    pub id: CustomerId,
+    pub name: Option<String>,
+    pub summary: CustomerSummary,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CallerLookup {
+    /// Zero, one, or several customers (several when a number is shared).
+    pub matches: Vec<CallerMatch>,
+}
+
+/// Caller ID: who has this number. Served from the index in one round trip;
+/// from the store when the index cannot be reached.
+#[utoipa::path(
+    get, path = "/v1/lookup/phone/{number}", tag = "search",
+    params(("number" = String, Path, description = "A phone number typed any way"), LookupParams),
+    responses(
+        (status = 200, body = CallerLookup),
+        (status = 422, description = "`validation_failed`: not a phone number", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn lookup_phone(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiPath(number): ApiPath<String>,
+    ApiQuery(params): ApiQuery<LookupParams>,
+) -> Result<ApiJson<CallerLookup>, ApiError> {
+    let region = region(params.region.as_deref(), state.default_region)?;
+    let phone = PhoneNumber::parse(&number, region).map_err(|e| ApiError::field("number", e))?;
+    let summaries = match state.index.lookup_phone(&phone).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, "index unavailable; caller-ID from the store");
+            let key = Identifier::Phone(phone).key();
+            match state.crm.store().identity_owner(&key).await? {
+                Some(owner) => from_store(&state, owner).await?.into_iter().collect(),
+                None => Vec::new(),
+            }
+        }
+    };
+    let matches = summaries
+        .into_iter()
+        .map(|summary| CallerMatch {
+            id: summary.id,
+            name: summary.name.clone(),
+            summary,
+        })
+        .collect();
+    Ok(ApiJson(CallerLookup { matches }))
+}
