@@ -258,15 +258,9 @@ async fn list_customers(
     let after = query
         .cursor
         .as_deref()
-        .map(|c| {
-            let parts = pagination::decode(c, 2)?;
-            let bad = || ApiError::field("cursor", "not a cursor this API issued");
-            Ok::<_, ApiError>(CustomerCursor {
-                updated_at: time::parse(&parts[0]).map_err(|_| bad())?,
-                id: parts[1].parse().map_err(|_| bad())?,
-            })
-        })
-        .transpose()?;
+        .map(pagination::decode_position)
+        .transpose()?
+        .map(|(updated_at, id)| CustomerCursor { updated_at, id });
     let items = state
         .crm
         .list_customers(updated_since, after, limit)
@@ -274,7 +268,7 @@ async fn list_customers(
     let next_cursor = (items.len() == limit)
         .then(|| items.last())
         .flatten()
-        .map(|c| pagination::encode(&[&time::format(&c.updated_at), &c.id.to_string()]));
+        .map(|c| pagination::encode_position(&c.updated_at, &c.id));
     Ok(ApiJson(Page { items, next_cursor }))
 }
 

@@ -473,15 +473,9 @@ async fn list_engagements(
     let after = query
         .cursor
         .as_deref()
-        .map(|c| {
-            let parts = pagination::decode(c, 2)?;
-            let bad = || ApiError::field("cursor", "not a cursor this API issued");
-            Ok::<_, ApiError>(EngagementCursor {
-                occurred_at: time::parse(&parts[0]).map_err(|_| bad())?,
-                id: parts[1].parse().map_err(|_| bad())?,
-            })
-        })
-        .transpose()?;
+        .map(pagination::decode_position)
+        .transpose()?
+        .map(|(occurred_at, id)| EngagementCursor { occurred_at, id });
     let items = state
         .crm
         .list_engagements(id, &filter, after, limit)
@@ -489,6 +483,6 @@ async fn list_engagements(
     let next_cursor = (items.len() == limit)
         .then(|| items.last())
         .flatten()
-        .map(|e| pagination::encode(&[&time::format(&e.occurred_at), &e.id.to_string()]));
+        .map(|e| pagination::encode_position(&e.occurred_at, &e.id));
     Ok(ApiJson(Page { items, next_cursor }))
 }

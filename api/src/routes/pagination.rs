@@ -47,6 +47,22 @@ pub fn decode(cursor: &str, n: usize) -> Result<Vec<String>, ApiError> {
     Ok(parts)
 }
 
+/// A position `(time, id)` as a cursor.
+pub fn encode_position(at: &crm_models::time::Timestamp, id: &impl std::fmt::Display) -> String {
+    encode(&[&crm_models::time::format(at), &id.to_string()])
+}
+
+/// Reads a cursor made by [`encode_position`].
+pub fn decode_position<I: std::str::FromStr>(
+    cursor: &str,
+) -> Result<(crm_models::time::Timestamp, I), ApiError> {
+    let parts = decode(cursor, 2)?;
+    let bad = || ApiError::field("cursor", "not a cursor this API issued");
+    let at = crm_models::time::parse(&parts[0]).map_err(|_| bad())?;
+    let id = parts[1].parse().map_err(|_| bad())?;
+    Ok((at, id))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
