@@ -154,7 +154,11 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
         "" | "s" => value,
         "m" => value * 60.0,
         "h" => value * 3600.0,
-        other => return Err(format!("unknown duration unit {other:?}: use ms, s, m or h")),
+        other => {
+            return Err(format!(
+                "unknown duration unit {other:?}: use ms, s, m or h"
+            ))
+        }
     };
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {raw:?}: {e}"))
 }
@@ -198,7 +202,11 @@ fn redis_url(config: &Config) -> anyhow::Result<&str> {
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match config.mongodb_uri.as_deref().filter(|u| !u.trim().is_empty()) {
+    match config
+        .mongodb_uri
+        .as_deref()
+        .filter(|u| !u.trim().is_empty())
+    {
         Some(uri) => {
             let store = MongoStore::connect(uri, &config.mongodb_database)
                 .await
@@ -231,7 +239,10 @@ async fn open_index(config: &Config) -> anyhow::Result<Arc<dyn SearchIndex>> {
     let index = RedisIndex::connect(redis_url(config)?, &config.redis_prefix)
         .await
         .context("cannot connect to the redis index")?;
-    index.ping().await.context("the redis index does not answer")?;
+    index
+        .ping()
+        .await
+        .context("the redis index does not answer")?;
     Ok(Arc::new(index))
 }
 
@@ -285,7 +296,10 @@ async fn rebuild(config: &Config) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         () = shutdown_signal() => {
-            eprintln!("rebuild interrupted; the live index is unchanged");
+            eprintln!(
+                "rebuild interrupted; the live index is unchanged (the next rebuild deletes \
+                 the half-written generation)"
+            );
             Ok(ExitCode::from(EXIT_INTERRUPTED))
         }
     }
@@ -385,7 +399,10 @@ mod tests {
             extra: Vec::new(),
         };
         let text = render_verify(&report);
-        assert_eq!(text.lines().filter(|l| l.starts_with("missing ")).count(), 51);
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("missing ")).count(),
+            51
+        );
         assert!(text.contains("missing ... and 3 more\n"));
         assert!(text.contains(&format!("stale {}\n", report.stale[0])));
         assert!(text.contains("customers expected: 60\n"));
