@@ -13,6 +13,8 @@
 //! - [`doc`]: what gets indexed ([`IndexedCustomer`]) and the caller-ID
 //!   summary it answers with ([`CustomerSummary`]).
 //! - [`query`]: [`Query`], [`SearchHit`] and the ranking both adapters share.
+//! - [`projector`], [`worker`], [`stream`]: from the store and the event
+//!   stream to the index; [`cli`]: the `crm-indexer` binary's commands.
 //!
 //! # Redis keys
 //! Every key starts with a configurable prefix (default `crm:`, as written
@@ -37,6 +39,7 @@
 //! across keys; the two small Lua scripts touch only `crm:gen`), so the schema
 //! works on Redis Cluster as it is.
 
+pub mod cli;
 pub mod doc;
 pub mod memory;
 pub mod projector;

@@ -1,36 +1,24 @@
 //! `crm-indexer`: applies domain events to the search index, and rebuilds or
-//! verifies it from the store.
+//! verifies it from the store. See [`crm_indexer::cli`] for the commands,
+//! their configuration and exit statuses.
 
-use clap::{Parser, Subcommand};
+use std::process::ExitCode;
 
-#[derive(Parser)]
-#[command(
-    name = "crm-indexer",
-    version,
-    about = "Keeps the CRM search index in step with the store"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
+use clap::Parser;
+use crm_indexer::cli::{self, Cli};
 
-#[derive(Subcommand)]
-enum Command {
-    /// Consume the event stream and apply it to the index.
-    Run,
-    /// Rebuild every index key from the store.
-    Rebuild,
-    /// Compare the index with the store; exit non-zero on any difference.
-    Verify,
-}
-
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Run | Command::Rebuild | Command::Verify => {
-            anyhow::bail!(
-                "run, rebuild and verify are not wired to the store and the event stream yet"
-            )
+    cli::init_tracing(&cli.config.log, cli.config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(cli::EXIT_ERROR);
         }
-    }
+    };
+    runtime.block_on(cli::execute(cli))
 }
