@@ -10,6 +10,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support {
+    #[path = "../../../models/tests/support/mongo_server.rs"]
     pub mod mongo_server;
     pub mod redis_server;
 }

@@ -96,8 +96,9 @@ fn start() -> Result<String, String> {
 }
 
 fn workspace_root() -> PathBuf {
-    let models = Path::new(env!("CARGO_MANIFEST_DIR"));
-    models.parent().unwrap_or(models).to_path_buf()
+    // Every crate's manifest sits one level below the workspace root.
+    let krate = Path::new(env!("CARGO_MANIFEST_DIR"));
+    krate.parent().unwrap_or(krate).to_path_buf()
 }
 
 fn find_server() -> Option<PathBuf> {
