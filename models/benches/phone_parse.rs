@@ -21,6 +21,9 @@ use rlibphonenumber::{PhoneNumberFormat, PHONE_NUMBER_UTIL};
 
 type RlibRegion = rlibphonenumber::Region;
 
+/// Parse, validate and format to E.164; `None` when refused.
+type ParseFn = fn(&Input) -> Option<String>;
+
 /// One input as the API would receive it: what was typed and the caller's region.
 struct Input {
     raw: String,
@@ -80,18 +83,12 @@ fn generate(n: usize) -> Vec<Input> {
                     input(raw, Some("SG"))
                 }
                 // UK mobiles with the trunk 0 (12%).
-                48..=59 => input(
-                    format!("07{} {}", rng.digits(3), rng.digits(6)),
-                    Some("GB"),
-                ),
+                48..=59 => input(format!("07{} {}", rng.digits(3), rng.digits(6)), Some("GB")),
                 // US numbers (12%).
                 60..=71 => {
                     let area = rng.pick(&["415", "212", "646", "312", "206", "617"]);
                     let exch = format!("{}{}", 2 + rng.below(8), rng.digits(2));
-                    input(
-                        format!("({area}) {exch}-{}", rng.digits(4)),
-                        Some("US"),
-                    )
+                    input(format!("({area}) {exch}-{}", rng.digits(4)), Some("US"))
                 }
                 // Indian mobiles typed with +91 by SG-based staff (12%).
                 72..=83 => input(format!("+91 98{}", rng.digits(8)), Some("SG")),
@@ -159,14 +156,18 @@ fn rlib_parse(raw: &str, region: Option<RlibRegion>) -> Option<String> {
 }
 
 fn rlib_international(digits: &str) -> Option<String> {
-    rlib_valid(PHONE_NUMBER_UTIL.parse(&format!("+{digits}"), None).ok()?)
+    rlib_valid(PHONE_NUMBER_UTIL.parse(format!("+{digits}"), None).ok()?)
 }
 
 fn rlib_valid(n: rlibphonenumber::PhoneNumber) -> Option<String> {
     if !PHONE_NUMBER_UTIL.is_valid_number(&n) {
         return None;
     }
-    Some(PHONE_NUMBER_UTIL.format(&n, PhoneNumberFormat::E164).into_owned())
+    Some(
+        PHONE_NUMBER_UTIL
+            .format(&n, PhoneNumberFormat::E164)
+            .into_owned(),
+    )
 }
 
 fn ours(i: &Input) -> Option<String> {
@@ -198,7 +199,7 @@ fn schedstat() -> Option<(u64, u64)> {
 }
 
 /// Runs `f` over every input on `threads` threads at once.
-fn measure(inputs: &[Input], threads: usize, f: fn(&Input) -> Option<String>) -> Measured {
+fn measure(inputs: &[Input], threads: usize, f: ParseFn) -> Measured {
     let n = inputs.len();
     let offset = |t: usize| t * n / threads;
 
@@ -316,7 +317,7 @@ fn main() {
     }
     println!();
 
-    let cases: [(&str, fn(&Input) -> Option<String>); 2] = [
+    let cases: [(&str, ParseFn); 2] = [
         ("crm_models::PhoneNumber::parse (phonenumber 0.3)", ours),
         ("same logic on rlibphonenumber 2.2", theirs),
     ];
