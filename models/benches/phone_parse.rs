@@ -1,5 +1,6 @@
-//! Phone parsing throughput: our `crm_models::PhoneNumber::parse` (on the
-//! `phonenumber` 0.3 crate) against the same logic written on `rlibphonenumber`.
+//! Phone parsing throughput: our `crm_models::PhoneNumber::parse` (on
+//! `rlibphonenumber`) against the same logic on the `phonenumber` 0.3 crate,
+//! which it was first written on and which this benchmark retired.
 //!
 //! Run with `cargo bench -p crm-models --bench phone_parse`.
 //! `PHONE_BENCH_N` sets the number of inputs (default 100000).
@@ -17,9 +18,9 @@ use std::sync::Barrier;
 use std::time::{Duration, Instant};
 
 use crm_models::{PhoneNumber, Region};
-use rlibphonenumber::{PhoneNumberFormat, PHONE_NUMBER_UTIL};
+use std::str::FromStr;
 
-type RlibRegion = rlibphonenumber::Region;
+use phonenumber::country;
 
 /// Parse, validate and format to E.164; `None` when refused.
 type ParseFn = fn(&Input) -> Option<String>;
@@ -28,7 +29,7 @@ type ParseFn = fn(&Input) -> Option<String>;
 struct Input {
     raw: String,
     region: Option<Region>,
-    rlib_region: Option<RlibRegion>,
+    pn_region: Option<country::Id>,
 }
 
 /// splitmix64: deterministic and dependency-free.
@@ -59,7 +60,7 @@ fn input(raw: String, region: Option<&str>) -> Input {
     Input {
         raw,
         region: region.map(|r| Region::parse(r).unwrap()),
-        rlib_region: region.map(|r| RlibRegion::from_code(r).unwrap()),
+        pn_region: region.map(|r| country::Id::from_str(r).unwrap()),
     }
 }
 
@@ -111,8 +112,8 @@ fn generate(n: usize) -> Vec<Input> {
         .collect()
 }
 
-/// `crm_models::PhoneNumber::parse`'s logic, step for step, on rlibphonenumber.
-fn rlib_parse(raw: &str, region: Option<RlibRegion>) -> Option<String> {
+/// `crm_models::PhoneNumber::parse`'s logic, step for step, on phonenumber 0.3.
+fn pn_parse(raw: &str, region: Option<country::Id>) -> Option<String> {
     let raw = raw.trim();
     if raw.is_empty() || raw.chars().count() > 40 {
         return None;
@@ -130,24 +131,24 @@ fn rlib_parse(raw: &str, region: Option<RlibRegion>) -> Option<String> {
         return None;
     }
     if raw.starts_with('+') {
-        return rlib_international(&digits);
+        return pn_international(&digits);
     }
     if let Some(rest) = digits.strip_prefix("00") {
-        if let Some(p) = rlib_international(rest) {
+        if let Some(p) = pn_international(rest) {
             return Some(p);
         }
     }
     let region = region?;
-    if let Some(p) = rlib_valid(PHONE_NUMBER_UTIL.parse(&digits, Some(region)).ok()?) {
+    if let Some(p) = pn_valid(phonenumber::parse(Some(region), &digits).ok()?) {
         return Some(p);
     }
-    if let Some(cc) = PHONE_NUMBER_UTIL
-        .get_country_code_for_region(region)
-        .map(|c| c.to_string())
+    if let Some(cc) = phonenumber::metadata::DATABASE
+        .by_id(region.as_ref())
+        .map(|m| m.country_code().to_string())
     {
         let without_zero = digits.strip_prefix('0').unwrap_or(&digits);
         if without_zero.starts_with(&cc) {
-            if let Some(p) = rlib_international(without_zero) {
+            if let Some(p) = pn_international(without_zero) {
                 return Some(p);
             }
         }
@@ -155,19 +156,15 @@ fn rlib_parse(raw: &str, region: Option<RlibRegion>) -> Option<String> {
     None
 }
 
-fn rlib_international(digits: &str) -> Option<String> {
-    rlib_valid(PHONE_NUMBER_UTIL.parse(format!("+{digits}"), None).ok()?)
+fn pn_international(digits: &str) -> Option<String> {
+    pn_valid(phonenumber::parse(None, format!("+{digits}")).ok()?)
 }
 
-fn rlib_valid(n: rlibphonenumber::PhoneNumber) -> Option<String> {
-    if !PHONE_NUMBER_UTIL.is_valid_number(&n) {
+fn pn_valid(n: phonenumber::PhoneNumber) -> Option<String> {
+    if !phonenumber::is_valid(&n) {
         return None;
     }
-    Some(
-        PHONE_NUMBER_UTIL
-            .format(&n, PhoneNumberFormat::E164)
-            .into_owned(),
-    )
+    Some(n.format().mode(phonenumber::Mode::E164).to_string())
 }
 
 fn ours(i: &Input) -> Option<String> {
@@ -177,7 +174,7 @@ fn ours(i: &Input) -> Option<String> {
 }
 
 fn theirs(i: &Input) -> Option<String> {
-    rlib_parse(&i.raw, i.rlib_region)
+    pn_parse(&i.raw, i.pn_region)
 }
 
 struct Measured {
@@ -296,9 +293,9 @@ fn main() {
         } else {
             differ += 1;
             if examples.len() < 8 {
-                let region = i.region.map(|r| r.code().to_owned());
+                let region = i.region.map(|r| r.to_string());
                 examples.push(format!(
-                    "  {:?} ({}): phonenumber={:?} rlibphonenumber={:?}",
+                    "  {:?} ({}): ours={:?} phonenumber={:?}",
                     i.raw,
                     region.as_deref().unwrap_or("-"),
                     a,
@@ -309,7 +306,7 @@ fn main() {
     }
     println!("inputs: {n} (deterministic mix)");
     println!(
-        "valid: phonenumber {valid_ours}, rlibphonenumber {valid_theirs}; \
+        "valid: ours (rlibphonenumber) {valid_ours}, phonenumber 0.3 {valid_theirs}; \
          same E.164 on {same}; disagreements: {differ}"
     );
     for e in &examples {
@@ -318,8 +315,8 @@ fn main() {
     println!();
 
     let cases: [(&str, ParseFn); 2] = [
-        ("crm_models::PhoneNumber::parse (phonenumber 0.3)", ours),
-        ("same logic on rlibphonenumber 2.2", theirs),
+        ("crm_models::PhoneNumber::parse (rlibphonenumber 2.2)", ours),
+        ("same logic on phonenumber 0.3", theirs),
     ];
     println!(
         "| implementation | threads | parses/s | p50 | p99 | parses per CPU-s | cores got | waiting for a core | blocked |"

@@ -1,38 +1,40 @@
 //! Phone numbers, parsed once at the edge and carried as E.164.
+//!
+//! Built on `rlibphonenumber`: `models/benches/phone_parse.rs` measured it at
+//! about nine times the parses per CPU-second of `phonenumber` 0.3 (whose
+//! regex cache also serialises threads), with the same E.164 result on every
+//! one of 100,000 mixed inputs.
 
 use std::fmt;
-use std::str::FromStr;
 
-use phonenumber::country;
+use rlibphonenumber::{PhoneNumberFormat, PHONE_NUMBER_UTIL};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// An ISO 3166-1 alpha-2 region (`SG`, `GB`, `US`) used for numbers typed without `+`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Region(country::Id);
+pub struct Region(rlibphonenumber::Region);
 
 impl Region {
     pub fn parse(raw: &str) -> Result<Self, PhoneError> {
         let code = raw.trim().to_ascii_uppercase();
-        country::Id::from_str(&code)
+        rlibphonenumber::Region::from_code(&code)
+            .ok()
+            .filter(|r| PHONE_NUMBER_UTIL.get_country_code_for_region(*r).is_some())
             .map(Region)
-            .map_err(|_| PhoneError::UnknownRegion(raw.trim().chars().take(8).collect()))
+            .ok_or_else(|| PhoneError::UnknownRegion(raw.trim().chars().take(8).collect()))
     }
 
     /// The country calling code, e.g. 65 for SG.
     pub fn calling_code(self) -> Option<u16> {
-        phonenumber::metadata::DATABASE
-            .by_id(self.0.as_ref())
-            .map(|m| m.country_code())
-    }
-
-    pub fn code(&self) -> &str {
-        self.0.as_ref()
+        PHONE_NUMBER_UTIL
+            .get_country_code_for_region(self.0)
+            .and_then(|c| u16::try_from(c).ok())
     }
 }
 
 impl fmt::Display for Region {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.0.as_ref())
+        self.0.fmt(f)
     }
 }
 
@@ -112,21 +114,23 @@ impl PhoneNumber {
     }
 
     fn international(digits: &str) -> Option<Self> {
-        let n = phonenumber::parse(None, format!("+{digits}")).ok()?;
+        let n = PHONE_NUMBER_UTIL.parse(format!("+{digits}"), None).ok()?;
         Self::from_valid(&n)
     }
 
     fn national(digits: &str, region: Region) -> Option<Self> {
-        let n = phonenumber::parse(Some(region.0), digits).ok()?;
+        let n = PHONE_NUMBER_UTIL.parse(digits, Some(region.0)).ok()?;
         Self::from_valid(&n)
     }
 
-    fn from_valid(n: &phonenumber::PhoneNumber) -> Option<Self> {
-        if !phonenumber::is_valid(n) {
+    fn from_valid(n: &rlibphonenumber::PhoneNumber) -> Option<Self> {
+        if !PHONE_NUMBER_UTIL.is_valid_number(n) {
             return None;
         }
         Some(PhoneNumber(
-            n.format().mode(phonenumber::Mode::E164).to_string(),
+            PHONE_NUMBER_UTIL
+                .format(n, PhoneNumberFormat::E164)
+                .into_owned(),
         ))
     }
 
@@ -149,8 +153,8 @@ impl PhoneNumber {
     /// country code, trunk prefix or leading zeros. `None` when the stored
     /// value is not a number the metadata knows.
     pub fn national_number(&self) -> Option<String> {
-        let n = phonenumber::parse(None, &self.0).ok()?;
-        Some(n.national().value().to_string())
+        let n = PHONE_NUMBER_UTIL.parse(&self.0, None).ok()?;
+        Some(n.get_national_significant_number())
     }
 }
 
