@@ -38,6 +38,7 @@
 //! works on Redis Cluster as it is.
 
 pub mod doc;
+pub mod generate;
 pub mod memory;
 pub mod projector;
 pub mod query;
