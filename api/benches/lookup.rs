@@ -411,7 +411,7 @@ async fn main() {
     }
     println!();
     println!(
-        "ratio lookup/bare: {:.2}, search/bare: {:.2}",
+        "ratio lookup/bare: {:.2}, search/bare: {:.3}",
         lookup.per_second / base.per_second,
         search.per_second / base.per_second
     );
