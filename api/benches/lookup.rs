@@ -212,7 +212,7 @@ async fn main() {
         generate::customers(args.seed, args.customers as usize)
             .enumerate()
             .map(move |(i, doc)| {
-                if (i as u64 + 1) % step == 0 {
+                if (i as u64 + 1).checked_rem(step) == Some(0) {
                     eprintln!("pre-loading the index: {} customers", i + 1);
                 }
                 IndexResult::Ok(doc)

@@ -239,7 +239,7 @@ async fn main() {
     let docs = futures::stream::iter(generate::customers(args.seed, args.customers as usize))
         .map(move |doc| {
             let n = progress.fetch_add(1, Ordering::Relaxed) + 1;
-            if n % step == 0 {
+            if n.checked_rem(step) == Some(0) {
                 eprintln!("rebuild: {n} customers");
             }
             IndexResult::Ok(doc)

@@ -8,9 +8,10 @@
 //!
 //! Customer `i` depends only on `(seed, i)` ([`customer`]), so a benchmark
 //! can regenerate any one of them (to look up its phone) without keeping the
-//! whole set. Each customer's first phone is unique among the first 16
-//! million customers of a seed (a permutation of the Singapore mobile range,
-//! or a number in a foreign range drawn from a much larger space).
+//! whole set. Singaporean first phones never repeat among the first 16
+//! million customers (a permutation of the mobile range over the customer
+//! index); foreign first phones and all second phones are drawn at random,
+//! so a few numbers are shared, as household numbers are.
 //!
 //! The PRNG is splitmix64: small, fast, and good enough for test data; it is
 //! not for anything that needs unpredictability.
