@@ -41,6 +41,7 @@
 
 pub mod cli;
 pub mod doc;
+pub mod generate;
 pub mod memory;
 pub mod projector;
 pub mod query;

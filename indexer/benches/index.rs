@@ -1,0 +1,497 @@
+//! The Redis search index at scale: rebuild, caller-ID, type-ahead.
+//!
+//! `cargo bench -p crm-indexer --bench index [-- --customers 1000000 --seconds 10 --concurrency 32]`
+//!
+//! Starts its own `redis-server` on a free loopback port (no persistence),
+//! rebuilds the index from `generate::customers(seed, N)`, then measures
+//! caller-ID lookups and searches at `--concurrency` tasks sharing one
+//! `RedisIndex` (one multiplexed connection, as in crm-api). The baseline,
+//! measured in the same run, is a plain `PING` and `GET` through the same
+//! redis client at the same concurrency: what one round trip costs here.
+//! Client and server share the machine's cores.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
+
+#[path = "support/redis_server.rs"]
+mod redis_server;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crm_indexer::generate::{self, SplitMix64};
+use crm_indexer::{IndexResult, IndexedCustomer, Query, RedisIndex, SearchIndex};
+use crm_models::names;
+use crm_models::{CustomerId, PhoneNumber};
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use redis::AsyncCommands;
+
+const PREFIX: &str = "bench:";
+/// Distinct customers the queries are drawn from.
+const SAMPLE: u64 = 20_000;
+/// Results asked for by a search, as a type-ahead list shows.
+const LIMIT: usize = 10;
+
+struct Args {
+    customers: u64,
+    seconds: f64,
+    concurrency: usize,
+    seed: u64,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        customers: 100_000,
+        seconds: 10.0,
+        concurrency: 32,
+        seed: 42,
+    };
+    let argv: Vec<String> = std::env::args().collect();
+    let mut i = 1;
+    while i < argv.len() {
+        let next = argv.get(i + 1);
+        match (argv[i].as_str(), next) {
+            ("--customers", Some(n)) => a.customers = n.replace('_', "").parse().unwrap(),
+            ("--seconds", Some(n)) => a.seconds = n.parse().unwrap(),
+            ("--concurrency", Some(n)) => a.concurrency = n.parse().unwrap(),
+            ("--seed", Some(n)) => a.seed = n.parse().unwrap(),
+            _ => {}
+        }
+        i += 1;
+    }
+    a
+}
+
+struct Stats {
+    ops: usize,
+    per_second: f64,
+    p50: Duration,
+    p99: Duration,
+    /// Share of operations whose check passed.
+    ok: f64,
+}
+
+type Op = Arc<dyn Fn(u64) -> BoxFuture<'static, bool> + Send + Sync>;
+
+/// Runs `op` from `concurrency` tasks for `seconds` (after a short warm-up);
+/// each call gets a distinct sequence number.
+async fn run(concurrency: usize, seconds: f64, op: Op) -> Stats {
+    let warm_up = Instant::now() + Duration::from_millis(500);
+    let seq = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (op, seq) = (op.clone(), seq.clone());
+        tasks.push(tokio::spawn(async move {
+            while Instant::now() < warm_up {
+                op(seq.fetch_add(1, Ordering::Relaxed)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs_f64(seconds);
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (op, seq) = (op.clone(), seq.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(1 << 16);
+            let mut ok = 0usize;
+            while Instant::now() < deadline {
+                let t = Instant::now();
+                ok += usize::from(op(seq.fetch_add(1, Ordering::Relaxed)).await);
+                latencies.push(t.elapsed());
+            }
+            (latencies, ok)
+        }));
+    }
+    let mut latencies = Vec::new();
+    let mut ok = 0;
+    for t in tasks {
+        let (l, o) = t.await.unwrap();
+        latencies.extend(l);
+        ok += o;
+    }
+    let elapsed = start.elapsed();
+    stats(latencies, ok, elapsed)
+}
+
+fn stats(mut latencies: Vec<Duration>, ok: usize, elapsed: Duration) -> Stats {
+    latencies.sort();
+    let n = latencies.len().max(1);
+    let pct = |p: f64| {
+        latencies
+            .get(((n as f64 * p) as usize).min(n - 1))
+            .copied()
+            .unwrap_or_default()
+    };
+    Stats {
+        ops: latencies.len(),
+        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
+        p50: pct(0.50),
+        p99: pct(0.99),
+        ok: ok as f64 / n as f64,
+    }
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+fn thousands(x: f64) -> String {
+    let s = format!("{:.0}", x);
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+async fn used_memory(conn: &mut redis::aio::ConnectionManager) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// A query that should find `doc`, with one typo in its longest word of
+/// five or more letters; `None` when the name has no such word.
+fn with_typo(name: &str, rng: &mut SplitMix64) -> Option<String> {
+    let words = names::words(name);
+    let word = words
+        .iter()
+        .filter(|w| w.chars().count() >= 5 && w.chars().all(|c| c.is_ascii_alphabetic()))
+        .max_by_key(|w| w.len())?;
+    let mut chars: Vec<char> = word.chars().collect();
+    let at = 1 + rng.below(chars.len() as u64 - 2) as usize;
+    match rng.below(3) {
+        // substitution
+        0 => chars[at] = if chars[at] == 'x' { 'q' } else { 'x' },
+        // deletion
+        1 => {
+            chars.remove(at);
+        }
+        // transposition
+        _ => chars.swap(at, at + 1),
+    }
+    let typo: String = chars.into_iter().collect();
+    Some(
+        words
+            .iter()
+            .map(|w| if w == word { typo.as_str() } else { w.as_str() })
+            .collect::<Vec<_>>()
+            .join(" "),
+    )
+}
+
+/// A 2-4 letter prefix of one of the name's words (1-2 characters of a Han name).
+fn prefix_of(name: &str, rng: &mut SplitMix64) -> String {
+    let mut words = names::words(name);
+    // Not the `s` and `o` of `s/o`: nobody types one letter and waits.
+    words.retain(|w| w.chars().count() >= 2 || !w.is_ascii());
+    let word = rng.pick(&words);
+    let chars: Vec<char> = word.chars().collect();
+    let cjk = chars.iter().any(|c| !c.is_ascii());
+    let want = if cjk && chars.iter().all(|c| *c > '\u{2e80}') {
+        1 + rng.below(2) as usize
+    } else {
+        2 + rng.below(3) as usize
+    };
+    chars[..want.min(chars.len())].iter().collect()
+}
+
+#[tokio::main]
+async fn main() {
+    let args = args();
+    let url = redis_server::start();
+    let index = Arc::new(RedisIndex::connect(&url, PREFIX).await.unwrap());
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_connection_manager().await.unwrap();
+    let before = used_memory(&mut conn).await;
+
+    // The generator alone, to tell its share of the rebuild time.
+    let gen_n = args.customers.min(100_000);
+    let t = Instant::now();
+    let mut sink = 0usize;
+    for doc in generate::customers(args.seed, gen_n as usize) {
+        sink += doc.last_engagements.len();
+    }
+    let gen_rate = gen_n as f64 / t.elapsed().as_secs_f64();
+    eprintln!(
+        "generator: {} customers/s ({sink} engagements in {gen_n} customers)",
+        thousands(gen_rate)
+    );
+
+    // Rebuild from the generated stream.
+    let done = Arc::new(AtomicU64::new(0));
+    let progress = done.clone();
+    let step = (args.customers / 10).max(1);
+    let docs = futures::stream::iter(generate::customers(args.seed, args.customers as usize))
+        .map(move |doc| {
+            let n = progress.fetch_add(1, Ordering::Relaxed) + 1;
+            if n.checked_rem(step) == Some(0) {
+                eprintln!("rebuild: {n} customers");
+            }
+            IndexResult::Ok(doc)
+        })
+        .boxed();
+    let t = Instant::now();
+    let report = index.rebuild(docs).await.unwrap();
+    let rebuild = t.elapsed();
+    assert_eq!(report.customers, args.customers);
+    let after = used_memory(&mut conn).await;
+    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    let per_customer = (after - before) as f64 / args.customers as f64;
+    eprintln!("rebuild: {:.1} s", rebuild.as_secs_f64());
+
+    // Queries from a sample of the customers.
+    let mut rng = SplitMix64::new(args.seed ^ 0x5eed);
+    let sample: Vec<IndexedCustomer> = (0..SAMPLE.min(args.customers))
+        .map(|_| generate::customer(args.seed, rng.below(args.customers)))
+        .collect();
+    let phones: Arc<Vec<PhoneNumber>> = Arc::new(
+        sample
+            .iter()
+            .map(|d| rng.pick(&d.customer.phones).clone())
+            .collect(),
+    );
+    let named: Vec<(CustomerId, String)> = sample
+        .iter()
+        .map(|d| (d.customer.id, d.customer.name.clone().unwrap()))
+        .collect();
+    let prefixes: Arc<Vec<String>> =
+        Arc::new(named.iter().map(|(_, n)| prefix_of(n, &mut rng)).collect());
+    let full: Arc<Vec<(CustomerId, String)>> = Arc::new(named.clone());
+    let typos: Arc<Vec<(CustomerId, String)>> = Arc::new(
+        named
+            .iter()
+            .filter_map(|(id, n)| with_typo(n, &mut rng).map(|q| (*id, q)))
+            .collect(),
+    );
+
+    let c = args.concurrency;
+    let secs = args.seconds;
+
+    conn.set::<_, _, ()>(format!("{PREFIX}baseline"), "x".repeat(200))
+        .await
+        .unwrap();
+    let ping = {
+        let conn = conn.clone();
+        run(
+            c,
+            secs,
+            Arc::new(move |_| {
+                let mut conn = conn.clone();
+                async move {
+                    let pong: String = redis::cmd("PING").query_async(&mut conn).await.unwrap();
+                    pong == "PONG"
+                }
+                .boxed()
+            }),
+        )
+        .await
+    };
+    let get = {
+        let conn = conn.clone();
+        run(
+            c,
+            secs,
+            Arc::new(move |_| {
+                let mut conn = conn.clone();
+                async move {
+                    let v: Option<String> = redis::cmd("GET")
+                        .arg(format!("{PREFIX}baseline"))
+                        .query_async(&mut conn)
+                        .await
+                        .unwrap();
+                    v.is_some()
+                }
+                .boxed()
+            }),
+        )
+        .await
+    };
+    let lookup = {
+        let index = index.clone();
+        run(
+            c,
+            secs,
+            Arc::new(move |i| {
+                let (index, phones) = (index.clone(), phones.clone());
+                async move {
+                    let p = &phones[i as usize % phones.len()];
+                    !index.lookup_phone(p).await.unwrap().is_empty()
+                }
+                .boxed()
+            }),
+        )
+        .await
+    };
+    let search_secs = (secs / 2.0).max(1.0);
+    let prefix = {
+        let index = index.clone();
+        let prefixes = prefixes.clone();
+        run(
+            c,
+            search_secs,
+            Arc::new(move |i| {
+                let (index, prefixes) = (index.clone(), prefixes.clone());
+                async move {
+                    let q = Query::Any(prefixes[i as usize % prefixes.len()].clone());
+                    !index.search(&q, LIMIT).await.unwrap().is_empty()
+                }
+                .boxed()
+            }),
+        )
+        .await
+    };
+    let prefix_1 = {
+        let index = index.clone();
+        let prefixes = prefixes.clone();
+        run(
+            1,
+            search_secs,
+            Arc::new(move |i| {
+                let (index, prefixes) = (index.clone(), prefixes.clone());
+                async move {
+                    let q = Query::Any(prefixes[i as usize % prefixes.len()].clone());
+                    !index.search(&q, LIMIT).await.unwrap().is_empty()
+                }
+                .boxed()
+            }),
+        )
+        .await
+    };
+    let full_name = search_run(index.clone(), c, search_secs, full.clone()).await;
+    let full_name_1 = search_run(index.clone(), 1, search_secs, full).await;
+    let typo = search_run(index.clone(), c, search_secs, typos.clone()).await;
+    let typo_1 = search_run(index.clone(), 1, search_secs, typos).await;
+
+    // Event-to-searchable at the index level: upsert a new customer, then
+    // look its number up (one client, while nothing else runs).
+    let mut fresh = Vec::new();
+    let mut fresh_ok = 0;
+    let start = Instant::now();
+    for k in 0..500u64 {
+        let doc = generate::customer(args.seed, args.customers + k);
+        let t = Instant::now();
+        index.upsert(&doc).await.unwrap();
+        let found = index.lookup_phone(&doc.customer.phones[0]).await.unwrap();
+        fresh.push(t.elapsed());
+        fresh_ok += usize::from(found.iter().any(|s| s.id == doc.customer.id));
+    }
+    let fresh = stats(fresh, fresh_ok, start.elapsed());
+
+    println!(
+        "search index on Redis: {} customers (seed {}), {c} concurrent tasks on one connection, {secs} s per row ({search_secs} s for searches)",
+        thousands(args.customers as f64),
+        args.seed
+    );
+    println!();
+    println!("machine: {}", redis_server::machine());
+    println!("{}", redis_server::version());
+    println!();
+    println!(
+        "rebuild: {:.1} s, {} customers/s (generator alone: {} customers/s); \
+         Redis used_memory {:.1} MiB -> {:.1} MiB, {:.0} bytes per customer, {} keys",
+        rebuild.as_secs_f64(),
+        thousands(args.customers as f64 / rebuild.as_secs_f64()),
+        thousands(gen_rate),
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per_customer,
+        thousands(keys as f64)
+    );
+    println!();
+    println!("| operation | clients | ops | ops/s | p50 | p99 | check |");
+    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    let one = 1;
+    for (name, clients, s, check) in [
+        ("baseline: redis `PING`", &c, &ping, "PONG"),
+        ("baseline: redis `GET` (200 B value)", &c, &get, "value"),
+        ("caller ID: `lookup_phone`", &c, &lookup, "found"),
+        (
+            "type-ahead: `search(Any(2-4 letter prefix))`",
+            &c,
+            &prefix,
+            "any hit",
+        ),
+        (
+            "type-ahead: `search(Any(2-4 letter prefix))`",
+            &one,
+            &prefix_1,
+            "any hit",
+        ),
+        ("search: full name", &c, &full_name, "customer in top 10"),
+        (
+            "search: full name",
+            &one,
+            &full_name_1,
+            "customer in top 10",
+        ),
+        (
+            "search: full name with one typo",
+            &c,
+            &typo,
+            "customer in top 10",
+        ),
+        (
+            "search: full name with one typo",
+            &one,
+            &typo_1,
+            "customer in top 10",
+        ),
+        (
+            "freshness: `upsert` then `lookup_phone`",
+            &one,
+            &fresh,
+            "found",
+        ),
+    ] {
+        println!(
+            "| {name} | {clients} | {} | {} | {} | {} | {check} {:.1}% |",
+            thousands(s.ops as f64),
+            thousands(s.per_second),
+            ms(s.p50),
+            ms(s.p99),
+            s.ok * 100.0
+        );
+    }
+    println!();
+    println!(
+        "caller ID / GET throughput: {:.2}",
+        lookup.per_second / get.per_second
+    );
+}
+
+async fn search_run(
+    index: Arc<RedisIndex>,
+    concurrency: usize,
+    seconds: f64,
+    queries: Arc<Vec<(CustomerId, String)>>,
+) -> Stats {
+    run(
+        concurrency,
+        seconds,
+        Arc::new(move |i| {
+            let (index, queries) = (index.clone(), queries.clone());
+            async move {
+                let (id, q) = &queries[i as usize % queries.len()];
+                let hits = index.search(&Query::Any(q.clone()), LIMIT).await.unwrap();
+                hits.iter().any(|h| h.id == *id)
+            }
+            .boxed()
+        }),
+    )
+    .await
+}
