@@ -13,13 +13,16 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
 
+#[path = "../../indexer/benches/support/load.rs"]
+mod load;
 #[path = "../../indexer/benches/support/redis_server.rs"]
 mod redis_server;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use load::{ms, run, stats, thousands, Op};
 
 use axum::extract::Path;
 use axum::routing::get;
@@ -29,7 +32,6 @@ use crm_api::Application;
 use crm_indexer::generate::{self, SplitMix64};
 use crm_indexer::{IndexResult, RedisIndex, SearchIndex};
 use crm_models::names;
-use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use serde_json::{json, Value};
 
@@ -69,85 +71,6 @@ fn args() -> Args {
     a
 }
 
-struct Stats {
-    ops: usize,
-    per_second: f64,
-    p50: Duration,
-    p99: Duration,
-    ok: f64,
-}
-
-type Op = Arc<dyn Fn(u64) -> BoxFuture<'static, bool> + Send + Sync>;
-
-/// Runs `op` from `concurrency` tasks for `seconds` after a short warm-up.
-async fn run(concurrency: usize, seconds: f64, op: Op) -> Stats {
-    let seq = Arc::new(AtomicU64::new(0));
-    for (phase, secs) in [(0, 0.5), (1, seconds)] {
-        let start = Instant::now();
-        let deadline = start + Duration::from_secs_f64(secs);
-        let mut tasks = Vec::new();
-        for _ in 0..concurrency {
-            let (op, seq) = (op.clone(), seq.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut latencies = Vec::with_capacity(1 << 14);
-                let mut ok = 0usize;
-                while Instant::now() < deadline {
-                    let t = Instant::now();
-                    ok += usize::from(op(seq.fetch_add(1, Ordering::Relaxed)).await);
-                    latencies.push(t.elapsed());
-                }
-                (latencies, ok)
-            }));
-        }
-        let mut latencies = Vec::new();
-        let mut ok = 0;
-        for t in tasks {
-            let (l, o) = t.await.unwrap();
-            latencies.extend(l);
-            ok += o;
-        }
-        if phase == 1 {
-            return stats(latencies, ok, start.elapsed());
-        }
-    }
-    unreachable!()
-}
-
-fn stats(mut latencies: Vec<Duration>, ok: usize, elapsed: Duration) -> Stats {
-    latencies.sort();
-    let n = latencies.len().max(1);
-    let pct = |p: f64| {
-        latencies
-            .get(((n as f64 * p) as usize).min(n - 1))
-            .copied()
-            .unwrap_or_default()
-    };
-    Stats {
-        ops: latencies.len(),
-        per_second: latencies.len() as f64 / elapsed.as_secs_f64(),
-        p50: pct(0.50),
-        p99: pct(0.99),
-        ok: ok as f64 / n as f64,
-    }
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
-}
-
-fn thousands(x: f64) -> String {
-    let s = format!("{:.0}", x);
-    let mut out = String::new();
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Percent-encodes everything but RFC 3986 unreserved characters.
 fn encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len() * 3);
     for b in s.bytes() {
