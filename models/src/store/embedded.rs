@@ -149,6 +149,26 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     Ok(())
 }
 
+/// Reads a record through a unique secondary index (`email → id → user`).
+fn read_via_index<T: DeserializeOwned>(
+    db: &Database,
+    index: TableDefinition<'static, &'static str, u128>,
+    records: TableDefinition<'static, u128, &'static [u8]>,
+    key: &str,
+    what: &str,
+) -> StoreResult<Option<T>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let ids = txn.open_table(index).map_err(db_err)?;
+    let Some(id) = ids.get(key).map_err(db_err)?.map(|g| g.value()) else {
+        return Ok(None);
+    };
+    let records = txn.open_table(records).map_err(db_err)?;
+    match records.get(id).map_err(db_err)? {
+        Some(bytes) => decode(what, bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
 // --- encoding ---
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
@@ -765,23 +785,8 @@ impl Store for EmbeddedStore {
 
     async fn get_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
         let email = email.clone();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let by_email = txn.open_table(USERS_BY_EMAIL).map_err(db_err)?;
-            let Some(id) = by_email
-                .get(email.as_str())
-                .map_err(db_err)?
-                .map(|g| g.value())
-            else {
-                return Ok(None);
-            };
-            let users = txn.open_table(USERS).map_err(db_err)?;
-            match users.get(id).map_err(db_err)? {
-                Some(bytes) => decode("user", bytes.value()).map(Some),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.run(move |db| read_via_index(db, USERS_BY_EMAIL, USERS, email.as_str(), "user"))
+            .await
     }
 
     async fn update_user(&self, user: &User) -> StoreResult<()> {
@@ -990,23 +995,8 @@ impl Store for EmbeddedStore {
 
     async fn get_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
         let hash = key_hash.to_string();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let by_hash = txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
-            let Some(id) = by_hash
-                .get(hash.as_str())
-                .map_err(db_err)?
-                .map(|g| g.value())
-            else {
-                return Ok(None);
-            };
-            let keys = txn.open_table(API_KEYS).map_err(db_err)?;
-            match keys.get(id).map_err(db_err)? {
-                Some(bytes) => decode("api key", bytes.value()).map(Some),
-                None => Ok(None),
-            }
-        })
-        .await
+        self.run(move |db| read_via_index(db, API_KEYS_BY_HASH, API_KEYS, hash.as_str(), "api key"))
+            .await
     }
 
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
