@@ -196,6 +196,14 @@ impl From<CrmError> for ApiError {
                 detail: e.to_string(),
                 customers: Vec::new(),
             },
+            CrmError::MergeNotFound(id) => {
+                ApiError::not_found("merge_not_found", format!("merge {id} not found"))
+            }
+            CrmError::Refused(detail) => ApiError::Conflict {
+                code: "merge_refused",
+                detail,
+                customers: Vec::new(),
+            },
             CrmError::Store(s) => s.into(),
         }
     }

@@ -196,13 +196,14 @@ impl EventHandler for Projector {
         let mut order: Vec<CustomerId> = Vec::new();
         let mut identifiers: HashMap<CustomerId, Vec<String>> = HashMap::new();
         for envelope in events {
-            let id = envelope.event.customer_id();
-            let keys = identifiers.entry(id).or_insert_with(|| {
-                order.push(id);
-                Vec::new()
-            });
-            if let DomainEvent::CustomerDeleted { identifiers, .. } = &envelope.event {
-                keys.extend(identifiers.iter().cloned());
+            for id in envelope.event.customer_ids() {
+                let keys = identifiers.entry(id).or_insert_with(|| {
+                    order.push(id);
+                    Vec::new()
+                });
+                if let DomainEvent::CustomerDeleted { identifiers, .. } = &envelope.event {
+                    keys.extend(identifiers.iter().cloned());
+                }
             }
         }
         for id in order {

@@ -172,6 +172,11 @@ pub struct Source {
     /// The staff user or API key that recorded it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
+    /// The identifier key that named the customer (`phone:+65...`), when the
+    /// writer gave identifiers rather than a customer id. Undoing a merge
+    /// sends the engagement to whichever customer owns it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 impl Source {
@@ -246,11 +251,13 @@ mod tests {
             device_id: Some(d),
             client_event_id: Some("1".into()),
             user_id: None,
+            via: None,
         };
         let b = Source {
             device_id: Some(d),
             client_event_id: Some("2".into()),
             user_id: None,
+            via: None,
         };
         let c = Source {
             device_id: Some(DeviceId::new()),

@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::customer::Customer;
 use crate::engagement::Engagement;
-use crate::ids::CustomerId;
+use crate::ids::{CustomerId, MergeId};
 use crate::time::{self, Timestamp};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -23,6 +23,19 @@ pub enum DomainEvent {
     },
     /// An engagement was stored.
     EngagementRecorded { engagement: Engagement },
+    /// Customers were merged into a survivor (or a merge was finished after
+    /// a concurrent one): identities and engagements moved to it.
+    CustomersMerged {
+        #[serde(default)]
+        merge_id: Option<MergeId>,
+        survivor_id: CustomerId,
+        merged_ids: Vec<CustomerId>,
+    },
+    /// A merge was undone: the customers are separate again.
+    CustomersUnmerged {
+        merge_id: MergeId,
+        customer_ids: Vec<CustomerId>,
+    },
 }
 
 impl DomainEvent {
@@ -33,6 +46,25 @@ impl DomainEvent {
             | DomainEvent::CustomerUpdated { customer } => customer.id,
             DomainEvent::CustomerDeleted { customer_id, .. } => *customer_id,
             DomainEvent::EngagementRecorded { engagement } => engagement.customer_id,
+            DomainEvent::CustomersMerged { survivor_id, .. } => *survivor_id,
+            DomainEvent::CustomersUnmerged { customer_ids, .. } => {
+                customer_ids.first().copied().unwrap_or_default()
+            }
+        }
+    }
+
+    /// Every customer the event changes (the index refreshes each).
+    pub fn customer_ids(&self) -> Vec<CustomerId> {
+        match self {
+            DomainEvent::CustomersMerged {
+                survivor_id,
+                merged_ids,
+                ..
+            } => std::iter::once(*survivor_id)
+                .chain(merged_ids.iter().copied())
+                .collect(),
+            DomainEvent::CustomersUnmerged { customer_ids, .. } => customer_ids.clone(),
+            other => vec![other.customer_id()],
         }
     }
 
@@ -42,6 +74,8 @@ impl DomainEvent {
             DomainEvent::CustomerUpdated { .. } => "CustomerUpdated",
             DomainEvent::CustomerDeleted { .. } => "CustomerDeleted",
             DomainEvent::EngagementRecorded { .. } => "EngagementRecorded",
+            DomainEvent::CustomersMerged { .. } => "CustomersMerged",
+            DomainEvent::CustomersUnmerged { .. } => "CustomersUnmerged",
         }
     }
 }

@@ -62,3 +62,7 @@ id_type!(
     /// An enrolled Android device.
     DeviceId
 );
+id_type!(
+    /// One merge of customers (automatic or by hand).
+    MergeId
+);

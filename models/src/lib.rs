@@ -11,6 +11,7 @@
 //! - [`customer`], [`engagement`], [`staff`], [`ids`], [`time`]: the records.
 //! - [`event`], [`events`]: domain events and the stream they go on.
 //! - [`store`]: the store trait and its adapters (`embedded` redb, `mongo`).
+//! - [`linking`]: merge records, suggestions and the linking policy.
 //! - [`service`]: the operations handlers call ([`service::Crm`]).
 
 pub mod customer;
@@ -19,6 +20,7 @@ pub mod engagement;
 pub mod event;
 pub mod events;
 pub mod ids;
+pub mod linking;
 pub mod names;
 pub mod phone;
 pub mod service;

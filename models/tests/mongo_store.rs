@@ -583,6 +583,7 @@ async fn duplicate_engagements_are_reported_and_not_counted() {
         device_id: Some(device),
         client_event_id: Some("ev-1".into()),
         user_id: None,
+        via: None,
     };
     let mut again = from_device.clone();
     again.id = EngagementId::new();
@@ -608,12 +609,14 @@ async fn duplicate_engagements_are_reported_and_not_counted() {
         device_id: Some(DeviceId::new()),
         client_event_id: Some("ev-1".into()),
         user_id: None,
+        via: None,
     };
     let mut user_a = sms(ann.id, t(42), "z");
     user_a.source = Source {
         device_id: None,
         client_event_id: Some("ev-1".into()),
         user_id: Some("u1".into()),
+        via: None,
     };
     let mut user_b = user_a.clone();
     user_b.id = EngagementId::new();

@@ -165,6 +165,7 @@ pub fn parse_engagement(
                 device_id: None,
                 client_event_id,
                 user_id: Some(actor.to_string()),
+                via: None,
             },
             detail,
         }),

@@ -13,6 +13,8 @@
 //!   JSON, so a prefix scan is a timeline; `engagement_ids`: id → that key.
 //! - `users`, `users_by_email`; `refresh_tokens` (hash → JSON),
 //!   `refresh_by_family`, `refresh_by_user`; `api_keys`, `api_keys_by_hash`.
+//! - `identities_shared`: keys marked shared; `merges` (id → JSON) with
+//!   `merges_by_customer`; `suggestions` (pair key → JSON).
 //!
 //! Times in keys are microseconds since the epoch with the sign bit flipped, so
 //! that the big-endian bytes sort in time order (negative times too).
@@ -32,14 +34,16 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::{
-    Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
-    StoreResult,
+    Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, MarkMerged, Store,
+    StoreError, StoreResult,
 };
+use crate::customer::CustomerStatus;
 use crate::customer::{ChannelCounts, Customer, Identifier};
 use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
 use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
 
@@ -65,6 +69,11 @@ const REFRESH_BY_USER: TableDefinition<(u128, &str), ()> = TableDefinition::new(
 const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
 const API_KEYS_BY_HASH: TableDefinition<&str, u128> = TableDefinition::new("api_keys_by_hash");
 const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
+const IDENTITIES_SHARED: TableDefinition<&str, ()> = TableDefinition::new("identities_shared");
+const MERGES: TableDefinition<u128, &[u8]> = TableDefinition::new("merges");
+const MERGES_BY_CUSTOMER: TableDefinition<(u128, u128), ()> =
+    TableDefinition::new("merges_by_customer");
+const SUGGESTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("suggestions");
 
 /// The redb-backed [`Store`]. Cheap to share: clone the `Arc` around it.
 pub struct EmbeddedStore {
@@ -146,6 +155,10 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(API_KEYS).map_err(db_err)?;
     txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
     txn.open_table(OUTBOX).map_err(db_err)?;
+    txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
+    txn.open_table(MERGES).map_err(db_err)?;
+    txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
+    txn.open_table(SUGGESTIONS).map_err(db_err)?;
     Ok(())
 }
 
@@ -609,6 +622,324 @@ impl Store for EmbeddedStore {
                 keys.push(key.to_string());
             }
             Ok(keys)
+        })
+        .await
+    }
+
+    async fn identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let owner = txn
+                .open_table(IDENTITIES)
+                .map_err(db_err)?
+                .get(key.as_str())
+                .map_err(db_err)?
+                .map(|g| customer_id(g.value()));
+            let shared = txn
+                .open_table(IDENTITIES_SHARED)
+                .map_err(db_err)?
+                .get(key.as_str())
+                .map_err(db_err)?
+                .is_some();
+            Ok((owner.is_some() || shared).then_some(IdentityInfo { owner, shared }))
+        })
+        .await
+    }
+
+    async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()> {
+        let key = key.to_string();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
+                if shared {
+                    table.insert(key.as_str(), ()).map_err(db_err)?;
+                } else {
+                    table.remove(key.as_str()).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    // --- merging ---
+
+    async fn mark_merged(
+        &self,
+        id: CustomerId,
+        into: CustomerId,
+        at: Timestamp,
+    ) -> StoreResult<MarkMerged> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let stored = {
+                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                read_customer(&customers, id.0.as_u128())?
+            };
+            let Some(stored) = stored else {
+                return Ok(MarkMerged::NotFound);
+            };
+            if stored.status == CustomerStatus::Merged {
+                return Ok(MarkMerged::AlreadyMerged(stored.merged_into));
+            }
+            let mut next = stored.clone();
+            next.status = CustomerStatus::Merged;
+            next.merged_into = Some(into);
+            next.updated_at = at;
+            write_customer(&txn, Some(&stored), &next)?;
+            txn.commit().map_err(db_err)?;
+            Ok(MarkMerged::Marked(Box::new(stored)))
+        })
+        .await
+    }
+
+    async fn move_identities(
+        &self,
+        from: CustomerId,
+        to: CustomerId,
+        keys: Option<&[String]>,
+    ) -> StoreResult<Vec<String>> {
+        let keys = keys.map(<[String]>::to_vec);
+        self.run(move |db| {
+            let (f, t) = (from.0.as_u128(), to.0.as_u128());
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut moved = Vec::new();
+            {
+                let mut by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
+                let mut owned = Vec::new();
+                for entry in by_customer.range((f, "")..).map_err(db_err)? {
+                    let (k, _) = entry.map_err(db_err)?;
+                    let (owner, key) = k.value();
+                    if owner != f {
+                        break;
+                    }
+                    owned.push(key.to_string());
+                }
+                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+                for key in owned {
+                    if keys.as_ref().is_some_and(|wanted| !wanted.contains(&key)) {
+                        continue;
+                    }
+                    by_customer.remove((f, key.as_str())).map_err(db_err)?;
+                    by_customer.insert((t, key.as_str()), ()).map_err(db_err)?;
+                    identities.insert(key.as_str(), t).map_err(db_err)?;
+                    moved.push(key);
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            moved.sort();
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn move_engagements(
+        &self,
+        from: CustomerId,
+        to: CustomerId,
+        ids: Option<&[EngagementId]>,
+    ) -> StoreResult<Vec<EngagementId>> {
+        let wanted: Option<std::collections::HashSet<u128>> =
+            ids.map(|ids| ids.iter().map(|i| i.0.as_u128()).collect());
+        self.run(move |db| {
+            let f = from.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut moved = Vec::new();
+            let mut delta = ChannelCounts::default();
+            let mut latest: Option<Timestamp> = None;
+            let mut newest_left: Option<Timestamp> = None;
+            {
+                let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+                let mut index = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+                let mut found: Vec<(EngagementKey, Engagement)> = Vec::new();
+                for entry in engagements
+                    .range((f, 0u64, 0u128)..=(f, u64::MAX, u128::MAX))
+                    .map_err(db_err)?
+                {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let key = k.value();
+                    let e = decode_engagement(v.value())?;
+                    if wanted
+                        .as_ref()
+                        .is_some_and(|w| !w.contains(&e.id.0.as_u128()))
+                    {
+                        if newest_left.is_none() {
+                            newest_left = Some(e.occurred_at);
+                        }
+                        continue;
+                    }
+                    found.push((key, e));
+                }
+                for (key, mut e) in found {
+                    engagements.remove(key).map_err(db_err)?;
+                    e.customer_id = to;
+                    let new_key = engagement_key(to, &e.occurred_at, e.id);
+                    let bytes = encode_engagement(&e)?;
+                    engagements
+                        .insert(new_key, bytes.as_slice())
+                        .map_err(db_err)?;
+                    index.insert(e.id.0.as_u128(), new_key).map_err(db_err)?;
+                    *delta.get_mut(e.channel()) += 1;
+                    latest = latest.max(Some(e.occurred_at));
+                    moved.push(e.id);
+                }
+            }
+            if !moved.is_empty() {
+                let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                if let Some(mut c) = read_customer(&customers, f)? {
+                    for channel in Channel::ALL {
+                        let n = c.counts.get_mut(channel);
+                        *n = n.saturating_sub(*delta.get_mut(channel));
+                    }
+                    c.last_engagement_at = newest_left;
+                    let bytes = encode("customer", &c)?;
+                    customers.insert(f, bytes.as_slice()).map_err(db_err)?;
+                }
+                if let Some(mut c) = read_customer(&customers, to.0.as_u128())? {
+                    for channel in Channel::ALL {
+                        *c.counts.get_mut(channel) += *delta.get_mut(channel);
+                    }
+                    c.last_engagement_at = c.last_engagement_at.max(latest);
+                    let bytes = encode("customer", &c)?;
+                    customers
+                        .insert(to.0.as_u128(), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(moved)
+        })
+        .await
+    }
+
+    async fn insert_merge(&self, merge: &MergeRecord) -> StoreResult<()> {
+        let merge = merge.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let bytes = encode("merge", &merge)?;
+                let mid = merge.id.0.as_u128();
+                txn.open_table(MERGES)
+                    .map_err(db_err)?
+                    .insert(mid, bytes.as_slice())
+                    .map_err(db_err)?;
+                let mut by_customer = txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
+                for c in merge.customer_ids() {
+                    by_customer
+                        .insert((c.0.as_u128(), mid), ())
+                        .map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let merges = txn.open_table(MERGES).map_err(db_err)?;
+            match merges.get(id.0.as_u128()).map_err(db_err)? {
+                Some(bytes) => decode("merge", bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn mark_merge_undone(&self, id: MergeId, at: Timestamp, by: &str) -> StoreResult<bool> {
+        let by = by.to_string();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut merges = txn.open_table(MERGES).map_err(db_err)?;
+                let stored: Option<MergeRecord> =
+                    match merges.get(id.0.as_u128()).map_err(db_err)? {
+                        Some(bytes) => Some(decode("merge", bytes.value())?),
+                        None => None,
+                    };
+                let Some(mut merge) = stored else {
+                    return Ok(false);
+                };
+                if merge.undone_at.is_some() {
+                    return Ok(false);
+                }
+                merge.undone_at = Some(at);
+                merge.undone_by = Some(by);
+                let bytes = encode("merge", &merge)?;
+                merges
+                    .insert(id.0.as_u128(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>> {
+        self.run(move |db| {
+            let c = customer.0.as_u128();
+            let txn = db.begin_read().map_err(db_err)?;
+            let by_customer = txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
+            let merges = txn.open_table(MERGES).map_err(db_err)?;
+            let mut out: Vec<MergeRecord> = Vec::new();
+            for entry in by_customer
+                .range((c, 0u128)..=(c, u128::MAX))
+                .map_err(db_err)?
+            {
+                let (k, _) = entry.map_err(db_err)?;
+                if let Some(bytes) = merges.get(k.value().1).map_err(db_err)? {
+                    out.push(decode("merge", bytes.value())?);
+                }
+            }
+            out.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
+        let suggestion = suggestion.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let bytes = encode("suggestion", &suggestion)?;
+                txn.open_table(SUGGESTIONS)
+                    .map_err(db_err)?
+                    .insert(suggestion.key().as_str(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_suggestions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Suggestion>> {
+        let after = after.map(str::to_string);
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(SUGGESTIONS).map_err(db_err)?;
+            let start: Bound<&str> = match &after {
+                Some(a) => Bound::Excluded(a.as_str()),
+                None => Bound::Unbounded,
+            };
+            let mut out = Vec::new();
+            for entry in table
+                .range::<&str>((start, Bound::Unbounded))
+                .map_err(db_err)?
+                .take(limit)
+            {
+                let (_, v) = entry.map_err(db_err)?;
+                out.push(decode("suggestion", v.value())?);
+            }
+            Ok(out)
         })
         .await
     }

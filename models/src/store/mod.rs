@@ -17,6 +17,7 @@ use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
 use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
 
@@ -64,6 +65,16 @@ pub struct EngagementFilter {
     pub since: Option<Timestamp>,
     /// Exclusive upper bound on `occurred_at`.
     pub until: Option<Timestamp>,
+}
+
+/// The outcome of [`Store::mark_merged`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum MarkMerged {
+    /// The customer is now merged; this is how it was before.
+    Marked(Box<Customer>),
+    /// It was merged already, into this customer.
+    AlreadyMerged(Option<CustomerId>),
+    NotFound,
 }
 
 /// Position in a timeline: the last engagement of the previous page.
@@ -140,6 +151,59 @@ pub trait Store: Send + Sync + 'static {
 
     /// Every identifier key the customer owns, sorted.
     async fn identities_of(&self, customer: CustomerId) -> StoreResult<Vec<String>>;
+
+    /// The identity record: its owner (none when only marked shared) and
+    /// whether it is shared.
+    async fn identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>>;
+
+    /// Marks an identifier shared (or not), creating the record when needed.
+    async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()>;
+
+    // --- merging (each step atomic on its own; the service orders them) ---
+
+    /// Marks `id` merged into `into` unless it is merged already.
+    async fn mark_merged(
+        &self,
+        id: CustomerId,
+        into: CustomerId,
+        at: Timestamp,
+    ) -> StoreResult<MarkMerged>;
+
+    /// Moves identities owned by `from` to `to`: the given keys, or all of
+    /// them. Only keys `from` still owns move. Returns the keys moved, sorted.
+    async fn move_identities(
+        &self,
+        from: CustomerId,
+        to: CustomerId,
+        keys: Option<&[String]>,
+    ) -> StoreResult<Vec<String>>;
+
+    /// Moves engagements of `from` to `to`: the given ids, or all of them.
+    /// Only engagements `from` still has move. Counts move with them, and
+    /// both customers' `last_engagement_at` follow. Returns the ids moved.
+    async fn move_engagements(
+        &self,
+        from: CustomerId,
+        to: CustomerId,
+        ids: Option<&[EngagementId]>,
+    ) -> StoreResult<Vec<EngagementId>>;
+
+    async fn insert_merge(&self, merge: &MergeRecord) -> StoreResult<()>;
+    async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>>;
+    /// Sets `undone_at` and `undone_by` if the merge is not undone yet; true
+    /// when this call did it (of two concurrent calls exactly one).
+    async fn mark_merge_undone(&self, id: MergeId, at: Timestamp, by: &str) -> StoreResult<bool>;
+    /// Merges that involve the customer (as survivor or merged), oldest first.
+    async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>>;
+
+    /// Keeps a suggestion, replacing the one for the same pair.
+    async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()>;
+    /// Suggestions by pair key, after the given key, at most `limit`.
+    async fn list_suggestions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Suggestion>>;
 
     // --- engagements ---
 

@@ -22,14 +22,16 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::{
-    Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
-    StoreResult,
+    Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, MarkMerged, Store,
+    StoreError, StoreResult,
 };
+use crate::customer::CustomerStatus;
 use crate::customer::{Customer, Identifier};
 use crate::email::Email;
 use crate::engagement::Engagement;
 use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::{self, Timestamp};
 
@@ -51,6 +53,8 @@ const USERS: &str = "users";
 const REFRESH_TOKENS: &str = "refresh_tokens";
 const API_KEYS: &str = "api_keys";
 const OUTBOX: &str = "outbox";
+const MERGES: &str = "merges";
+const SUGGESTIONS: &str = "suggestions";
 
 /// The profile fields `update_profile` writes.
 const PROFILE_FIELDS: [&str; 7] = [
@@ -75,6 +79,8 @@ pub struct MongoStore {
     refresh_tokens: Collection<Document>,
     api_keys: Collection<Document>,
     outbox: Collection<Document>,
+    merges: Collection<Document>,
+    suggestions: Collection<Document>,
 }
 
 impl MongoStore {
@@ -111,6 +117,8 @@ impl MongoStore {
             refresh_tokens: db.collection(REFRESH_TOKENS),
             api_keys: db.collection(API_KEYS),
             outbox: db.collection(OUTBOX),
+            merges: db.collection(MERGES),
+            suggestions: db.collection(SUGGESTIONS),
             client,
             db,
         };
@@ -168,6 +176,13 @@ impl MongoStore {
                     .keys(doc! { "source.device_id": 1, "source.client_event_id": 1 })
                     .options(client_event)
                     .build(),
+            ])
+            .await
+            .map_err(map_err)?;
+        self.merges
+            .create_indexes([
+                plain(doc! { "survivor_id": 1 }),
+                plain(doc! { "merged_ids": 1 }),
             ])
             .await
             .map_err(map_err)?;
@@ -568,6 +583,18 @@ impl Store for MongoStore {
                     if let Some(owner) = self.identity_owner(key).await? {
                         return Ok(Claim::OwnedBy(owner));
                     }
+                    // A record marked shared before anybody owned it.
+                    let taken = self
+                        .identities
+                        .update_one(
+                            doc! { "_id": key, "customer_id": { "$exists": false } },
+                            doc! { "$set": { "customer_id": customer.to_string() } },
+                        )
+                        .await
+                        .map_err(map_err)?;
+                    if taken.modified_count == 1 {
+                        return Ok(Claim::Claimed);
+                    }
                     // Released between our insert and our read: try again.
                 }
                 Err(e) => return Err(map_err(e)),
@@ -584,7 +611,10 @@ impl Store for MongoStore {
             .find_one(doc! { "_id": key })
             .await
             .map_err(map_err)?;
-        found.map(|d| parse_id(&d, "customer_id")).transpose()
+        match found {
+            Some(d) if d.contains_key("customer_id") => parse_id(&d, "customer_id").map(Some),
+            _ => Ok(None),
+        }
     }
 
     async fn release_identity(&self, key: &str, customer: CustomerId) -> StoreResult<()> {
@@ -615,6 +645,274 @@ impl Store for MongoStore {
         // The server sorts already; make "sorted" not depend on its collation.
         keys.sort();
         Ok(keys)
+    }
+
+    async fn identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>> {
+        let found = self
+            .identities
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(map_err)?;
+        let Some(d) = found else {
+            return Ok(None);
+        };
+        let owner = if d.contains_key("customer_id") {
+            Some(parse_id(&d, "customer_id")?)
+        } else {
+            None
+        };
+        Ok(Some(IdentityInfo {
+            owner,
+            shared: d.get_bool("shared").unwrap_or(false),
+        }))
+    }
+
+    async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()> {
+        self.identities
+            .update_one(doc! { "_id": key }, doc! { "$set": { "shared": shared } })
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    // --- merging ---
+
+    async fn mark_merged(
+        &self,
+        id: CustomerId,
+        into: CustomerId,
+        at: Timestamp,
+    ) -> StoreResult<MarkMerged> {
+        let before = self
+            .customers
+            .find_one_and_update(
+                doc! { "_id": id.to_string(), "status": { "$ne": "merged" } },
+                doc! { "$set": {
+                    "status": "merged",
+                    "merged_into": into.to_string(),
+                    "updated_at": time::format(&at),
+                } },
+            )
+            .return_document(ReturnDocument::Before)
+            .await
+            .map_err(map_err)?;
+        if let Some(d) = before {
+            return Ok(MarkMerged::Marked(Box::new(from_doc(d, "id")?)));
+        }
+        Ok(match self.get_customer(id).await? {
+            None => MarkMerged::NotFound,
+            Some(c) if c.status == CustomerStatus::Merged => {
+                MarkMerged::AlreadyMerged(c.merged_into)
+            }
+            // Changed back between our two reads: the caller tries again.
+            Some(_) => MarkMerged::AlreadyMerged(None),
+        })
+    }
+
+    async fn move_identities(
+        &self,
+        from: CustomerId,
+        to: CustomerId,
+        keys: Option<&[String]>,
+    ) -> StoreResult<Vec<String>> {
+        let owned = self.identities_of(from).await?;
+        let mut moved = Vec::new();
+        for key in owned {
+            if keys.is_some_and(|wanted| !wanted.contains(&key)) {
+                continue;
+            }
+            let r = self
+                .identities
+                .update_one(
+                    doc! { "_id": &key, "customer_id": from.to_string() },
+                    doc! { "$set": { "customer_id": to.to_string() } },
+                )
+                .await
+                .map_err(map_err)?;
+            if r.modified_count == 1 {
+                moved.push(key);
+            }
+        }
+        Ok(moved)
+    }
+
+    async fn move_engagements(
+        &self,
+        from: CustomerId,
+        to: CustomerId,
+        ids: Option<&[EngagementId]>,
+    ) -> StoreResult<Vec<EngagementId>> {
+        let mut filter = doc! { "customer_id": from.to_string() };
+        if let Some(ids) = ids {
+            let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+            filter.insert("_id", doc! { "$in": ids });
+        }
+        let docs: Vec<Document> = self
+            .engagements
+            .find(filter)
+            .projection(doc! { "_id": 1, "channel": 1, "occurred_at": 1 })
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        // Per channel, so that the counters move by what really moved.
+        let mut by_channel: BTreeMap<String, (Vec<String>, String)> = BTreeMap::new();
+        for d in &docs {
+            let id = d
+                .get_str("_id")
+                .map_err(|_| StoreError::Internal("engagement with a non-string _id".into()))?;
+            let channel = d.get_str("channel").unwrap_or("web").to_string();
+            let at = d.get_str("occurred_at").unwrap_or_default().to_string();
+            let entry = by_channel.entry(channel).or_default();
+            entry.0.push(id.to_string());
+            if at > entry.1 {
+                entry.1 = at;
+            }
+        }
+        let mut moved = Vec::new();
+        for (channel, (ids, latest)) in by_channel {
+            let r = self
+                .engagements
+                .update_many(
+                    doc! { "_id": { "$in": &ids }, "customer_id": from.to_string() },
+                    doc! { "$set": { "customer_id": to.to_string() } },
+                )
+                .await
+                .map_err(map_err)?;
+            let n = i64::try_from(r.modified_count).unwrap_or(i64::MAX);
+            if n == 0 {
+                continue;
+            }
+            let field = format!("counts.{channel}");
+            self.customers
+                .update_one(
+                    doc! { "_id": from.to_string() },
+                    doc! { "$inc": { &field: -n } },
+                )
+                .await
+                .map_err(map_err)?;
+            self.customers
+                .update_one(
+                    doc! { "_id": to.to_string() },
+                    doc! { "$inc": { &field: n }, "$max": { "last_engagement_at": latest } },
+                )
+                .await
+                .map_err(map_err)?;
+            for id in ids {
+                moved.extend(id.parse().ok().map(EngagementId));
+            }
+        }
+        if !moved.is_empty() {
+            let newest = self
+                .engagements
+                .find_one(doc! { "customer_id": from.to_string() })
+                .sort(doc! { "customer_id": 1, "occurred_at": -1, "_id": -1 })
+                .projection(doc! { "occurred_at": 1 })
+                .await
+                .map_err(map_err)?;
+            let newest = newest
+                .and_then(|d| {
+                    d.get_str("occurred_at")
+                        .ok()
+                        .map(|s| Bson::String(s.into()))
+                })
+                .unwrap_or(Bson::Null);
+            self.customers
+                .update_one(
+                    doc! { "_id": from.to_string() },
+                    doc! { "$set": { "last_engagement_at": newest } },
+                )
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(moved)
+    }
+
+    async fn insert_merge(&self, merge: &MergeRecord) -> StoreResult<()> {
+        let doc = to_doc(merge, "id")?;
+        self.merges
+            .insert_one(doc)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_conflict(e, &format!("merge {} exists", merge.id)))
+    }
+
+    async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
+        let found = self
+            .merges
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "id")).transpose()
+    }
+
+    async fn mark_merge_undone(&self, id: MergeId, at: Timestamp, by: &str) -> StoreResult<bool> {
+        let r = self
+            .merges
+            .update_one(
+                doc! { "_id": id.to_string(), "undone_at": Bson::Null },
+                doc! { "$set": { "undone_at": time::format(&at), "undone_by": by } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(r.modified_count == 1)
+    }
+
+    async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>> {
+        let c = customer.to_string();
+        let cursor = self
+            .merges
+            .find(doc! { "$or": [ { "survivor_id": &c }, { "merged_ids": &c } ] })
+            .await
+            .map_err(map_err)?;
+        let mut merges: Vec<MergeRecord> = collect(cursor, "id").await?;
+        merges.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+        Ok(merges)
+    }
+
+    async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
+        let mut doc = bson::to_document(suggestion)
+            .map_err(|e| StoreError::Internal(format!("cannot encode a suggestion: {e}")))?;
+        doc.insert("_id", suggestion.key());
+        self.suggestions
+            .replace_one(doc! { "_id": suggestion.key() }, doc)
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn list_suggestions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Suggestion>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = match after {
+            Some(a) => doc! { "_id": { "$gt": a } },
+            None => Document::new(),
+        };
+        let docs: Vec<Document> = self
+            .suggestions
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit_of(limit))
+            .await
+            .map_err(map_err)?
+            .try_collect()
+            .await
+            .map_err(map_err)?;
+        docs.into_iter()
+            .map(|mut d| {
+                d.remove("_id");
+                bson::from_document(d)
+                    .map_err(|e| StoreError::Internal(format!("cannot decode a suggestion: {e}")))
+            })
+            .collect()
     }
 
     // --- engagements ---
@@ -993,6 +1291,7 @@ mod tests {
                 device_id: Some(DeviceId::new()),
                 client_event_id: Some("7".into()),
                 user_id: None,
+                via: None,
             },
             detail: EngagementDetail::Call {
                 direction: Direction::Inbound,

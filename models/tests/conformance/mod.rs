@@ -118,8 +118,18 @@ macro_rules! store_suite {
                 outbox_keeps_events_in_order_until_removed,
                 service_concurrent_records_of_one_phone_make_one_customer,
                 service_create_with_owned_email_attaches_the_phone,
-                service_identifiers_of_two_customers_conflict,
-                service_patch_with_a_taken_identifier_changes_nothing,
+                identity_shared_flag_and_owner,
+                mark_merged_takes_a_customer_once,
+                move_identities_and_engagements_carry_counts,
+                merge_records_history_and_undo_once,
+                suggestions_are_kept_once_per_pair,
+                service_call_sms_whatsapp_from_one_number_make_one_customer,
+                service_one_event_naming_two_customers_merges_and_undo_restores,
+                service_web_visitor_logs_in_then_calls,
+                service_blocked_and_shared_identifiers_never_link,
+                service_cap_turns_a_merge_into_a_suggestion,
+                service_patch_with_a_taken_identifier_merges,
+                service_concurrent_overlapping_links_make_one_customer,
                 service_delete_frees_the_identifiers,
                 service_events_survive_an_unavailable_stream,
             );
@@ -136,6 +146,9 @@ macro_rules! store_suite {
         )+
     };
 }
+
+mod linking;
+pub use linking::*;
 
 // --- helpers ---
 
@@ -1462,135 +1475,6 @@ pub async fn service_create_with_owned_email_attaches_the_phone(store: Arc<dyn S
         vec!["email:ann@example.com", "phone:+6581226418"]
     );
     assert_eq!(store.list_customers(None, None, 10).await.unwrap().len(), 1);
-}
-
-pub async fn service_identifiers_of_two_customers_conflict(store: Arc<dyn Store>) {
-    let crm = crm(Arc::clone(&store));
-    let em = Identifier::Email(email("ann@example.com"));
-    let ph = Identifier::Phone(phone("+6581226418"));
-    let (a, _) = crm
-        .create_customer(CustomerInput {
-            identifiers: vec![em.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    let (b, _) = crm
-        .create_customer(CustomerInput {
-            identifiers: vec![ph.clone()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-    assert_ne!(a.id, b.id);
-
-    match crm
-        .create_customer(CustomerInput {
-            identifiers: vec![em.clone(), ph.clone()],
-            ..Default::default()
-        })
-        .await
-    {
-        Err(CrmError::IdentifiersConflict { customers }) => {
-            let got: BTreeSet<_> = customers.into_iter().collect();
-            assert_eq!(got, BTreeSet::from([a.id, b.id]));
-        }
-        other => panic!("expected IdentifiersConflict, got {other:?}"),
-    }
-    let new = Identifier::Email(email("new@example.com"));
-    let result = crm
-        .record_engagement(NewEngagement {
-            target: EngagementTarget::Identify {
-                name: None,
-                identifiers: vec![em, ph, new.clone()],
-            },
-            occurred_at: at(1),
-            source: Source::default(),
-            detail: EngagementDetail::Email {
-                direction: Direction::Inbound,
-                subject: "hi".into(),
-            },
-        })
-        .await;
-    assert!(
-        matches!(result, Err(CrmError::IdentifiersConflict { .. })),
-        "{result:?}"
-    );
-    assert_eq!(
-        store.identity_owner(&new.key()).await.unwrap(),
-        None,
-        "nothing claimed"
-    );
-    assert_eq!(store.get_customer(a.id).await.unwrap(), Some(a));
-    assert_eq!(store.get_customer(b.id).await.unwrap(), Some(b));
-    assert_eq!(store.list_customers(None, None, 10).await.unwrap().len(), 2);
-}
-
-pub async fn service_patch_with_a_taken_identifier_changes_nothing(store: Arc<dyn Store>) {
-    let crm = crm(Arc::clone(&store));
-    let (a, _) = crm
-        .create_customer(CustomerInput {
-            name: Some("Ann".into()),
-            identifiers: vec![Identifier::Email(email("ann@example.com"))],
-            status: None,
-        })
-        .await
-        .unwrap();
-    let (b, _) = crm
-        .create_customer(CustomerInput {
-            name: Some("Bob".into()),
-            identifiers: vec![Identifier::Email(email("bob@example.com"))],
-            status: None,
-        })
-        .await
-        .unwrap();
-
-    // A free phone (claimed first) and an email that B owns: the conflict must
-    // also give the phone back.
-    let patch = CustomerPatch {
-        name: Some(Some("Ann Tan".into())),
-        emails: Some(vec![email("ann@example.com"), email("bob@example.com")]),
-        phones: Some(vec![phone("+6591234567")]),
-        ..Default::default()
-    };
-    match crm.patch_customer(a.id, patch).await {
-        Err(CrmError::IdentifiersConflict { customers }) => {
-            assert!(customers.contains(&b.id), "{customers:?}");
-        }
-        other => panic!("expected IdentifiersConflict, got {other:?}"),
-    }
-    assert_eq!(store.get_customer(a.id).await.unwrap(), Some(a.clone()));
-    assert_eq!(store.get_customer(b.id).await.unwrap(), Some(b.clone()));
-    assert_eq!(
-        store.identities_of(a.id).await.unwrap(),
-        vec!["email:ann@example.com"]
-    );
-    assert_eq!(
-        store.identities_of(b.id).await.unwrap(),
-        vec!["email:bob@example.com"]
-    );
-    assert_eq!(
-        store.identity_owner("phone:+6591234567").await.unwrap(),
-        None
-    );
-
-    // Without the taken email it goes through, and a replaced email is freed.
-    let patch = CustomerPatch {
-        emails: Some(vec![email("ann.tan@example.com")]),
-        phones: Some(vec![phone("+6591234567")]),
-        ..Default::default()
-    };
-    let patched = crm.patch_customer(a.id, patch).await.unwrap();
-    assert_eq!(patched.emails, vec![email("ann.tan@example.com")]);
-    assert_eq!(patched.phones, vec![phone("+6591234567")]);
-    assert_eq!(
-        store.identities_of(a.id).await.unwrap(),
-        vec!["email:ann.tan@example.com", "phone:+6591234567"]
-    );
-    assert_eq!(
-        store.identity_owner("email:ann@example.com").await.unwrap(),
-        None
-    );
 }
 
 pub async fn service_delete_frees_the_identifiers(store: Arc<dyn Store>) {

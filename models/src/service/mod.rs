@@ -7,14 +7,19 @@
 //! a writer that loses a claim erases its fresh customer and resolves again,
 //! now finding the winner.
 
+mod linking;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+
+pub use linking::{HistoryEntry, MergeOutcome};
 
 use crate::customer::{Customer, CustomerStatus, Identifier};
 use crate::engagement::{Engagement, EngagementDetail, Source};
 use crate::event::DomainEvent;
 use crate::events::{envelopes, EventStream};
-use crate::ids::{CustomerId, EngagementId};
+use crate::ids::{CustomerId, EngagementId, MergeId};
+use crate::linking::LinkPolicy;
 use crate::store::{
     Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
 };
@@ -34,6 +39,12 @@ pub enum CrmError {
     Invalid(Vec<FieldError>),
     #[error("too many concurrent changes to the same identifiers; try again")]
     Contention,
+    #[error("merge {0} not found")]
+    MergeNotFound(MergeId),
+    /// The request cannot be carried out in the current state (a merge
+    /// already undone, nothing left to merge).
+    #[error("{0}")]
+    Refused(String),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -83,6 +94,12 @@ pub enum EngagementTarget {
         name: Option<String>,
         identifiers: Vec<Identifier>,
     },
+    /// This customer, which the identifiers also name: identifiers owned by
+    /// other customers link them (a web visitor who logs in).
+    CustomerWith {
+        id: CustomerId,
+        identifiers: Vec<Identifier>,
+    },
 }
 
 #[derive(Debug, Clone)]
@@ -107,11 +124,26 @@ pub struct Recorded {
 pub struct Crm {
     store: Arc<dyn Store>,
     events: Arc<dyn EventStream>,
+    policy: Arc<LinkPolicy>,
 }
 
 impl Crm {
     pub fn new(store: Arc<dyn Store>, events: Arc<dyn EventStream>) -> Self {
-        Crm { store, events }
+        Crm {
+            store,
+            events,
+            policy: Arc::new(LinkPolicy::default()),
+        }
+    }
+
+    /// The same service with other linking safeguards.
+    pub fn with_policy(mut self, policy: LinkPolicy) -> Self {
+        self.policy = Arc::new(policy);
+        self
+    }
+
+    pub fn policy(&self) -> &LinkPolicy {
+        &self.policy
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -185,12 +217,25 @@ impl Crm {
     }
 
     /// Finds the one customer the identifiers name, attaching the ones it does
-    /// not own yet, or creates a customer for them.
+    /// not own yet, or creates a customer for them. When they name several
+    /// customers, those are merged into the oldest (unless a safeguard stops
+    /// it: then the oldest is used and a suggestion is kept).
     pub async fn resolve(
         &self,
         name: Option<&str>,
         identifiers: &[Identifier],
         status: Option<CustomerStatus>,
+    ) -> Result<(Customer, bool), CrmError> {
+        self.resolve_with(name, identifiers, status, None).await
+    }
+
+    /// [`Crm::resolve`], with a customer the identifiers are known to name too.
+    async fn resolve_with(
+        &self,
+        name: Option<&str>,
+        identifiers: &[Identifier],
+        status: Option<CustomerStatus>,
+        pinned: Option<CustomerId>,
     ) -> Result<(Customer, bool), CrmError> {
         let identifiers: Vec<Identifier> = identifiers
             .iter()
@@ -199,52 +244,90 @@ impl Crm {
             .into_iter()
             .collect();
         for _ in 0..MAX_RESOLVE_ATTEMPTS {
-            let mut owners = BTreeSet::new();
-            let mut unowned = Vec::new();
-            for identifier in &identifiers {
-                match self.store.identity_owner(&identifier.key()).await? {
-                    Some(owner) => {
-                        owners.insert(owner);
+            let lookup = self.look_up(&identifiers).await?;
+            // The customers named, as they are now (merged ones followed).
+            let mut named: BTreeMap<CustomerId, Customer> = BTreeMap::new();
+            // (customer now, identifier key) for each owned identifier.
+            let mut owners: Vec<(CustomerId, &str)> = Vec::new();
+            let mut gone = false;
+            for (owner, key) in &lookup.owned {
+                match self.current_opt(*owner).await? {
+                    Some(c) => {
+                        if c.id != *owner {
+                            // An identity left behind by a concurrent merge.
+                            self.settle(*owner).await?;
+                        }
+                        owners.push((c.id, key));
+                        named.insert(c.id, c);
                     }
-                    None => unowned.push(identifier.clone()),
+                    None => {
+                        // The owner was erased between our reads.
+                        self.store.release_identity(key, *owner).await?;
+                        gone = true;
+                    }
                 }
             }
-            let owner = match owners.len() {
+            if gone {
+                continue;
+            }
+            if let Some(pinned) = pinned {
+                let c = self.current(pinned).await?;
+                named.insert(c.id, c);
+            }
+            // The identifier that names a customer other than the oldest: the
+            // one that links them (for the merge record).
+            let oldest = named
+                .values()
+                .min_by_key(|c| (c.created_at, c.id))
+                .map(|c| c.id);
+            let linked_by = owners
+                .iter()
+                .find(|(c, _)| Some(*c) != oldest)
+                .or(owners.first())
+                .map(|(_, k)| k.to_string());
+            let target = match named.len() {
                 0 => {
-                    if let Some(created) = self.try_create(name, &identifiers, status).await? {
+                    if let Some(created) = self
+                        .try_create(name, &lookup.free, &lookup.unlinkable, status)
+                        .await?
+                    {
                         return Ok((created, true));
                     }
                     continue;
                 }
-                1 => owners.into_iter().next().ok_or(CrmError::Contention)?,
+                1 => named.into_values().next().ok_or(CrmError::Contention)?,
                 _ => {
-                    return Err(CrmError::IdentifiersConflict {
-                        customers: owners.into_iter().collect(),
-                    })
+                    let identifier = linked_by.unwrap_or_default();
+                    match self
+                        .merge_auto(named.into_values().collect(), &identifier)
+                        .await?
+                    {
+                        MergeOutcome::Merged(c) | MergeOutcome::Refused(c) => c,
+                    }
                 }
             };
-            let Some(customer) = self.store.get_customer(owner).await? else {
-                // The owner was erased between our reads; its identities go with it.
-                for identifier in &identifiers {
-                    self.store
-                        .release_identity(&identifier.key(), owner)
-                        .await?;
-                }
-                continue;
-            };
+            let owner = target.id;
             let mut attached = Vec::new();
             let mut lost = false;
-            for identifier in &unowned {
+            for identifier in &lookup.free {
                 match self.store.claim_identity(&identifier.key(), owner).await? {
                     Claim::Claimed => attached.push(identifier.clone()),
                     Claim::OwnedBy(o) if o == owner => {}
                     Claim::OwnedBy(_) => lost = true,
                 }
             }
-            let customer = self.attach(customer, &attached, name).await?;
-            if lost {
-                // Someone else took an identifier meanwhile: look again, which
-                // now sees two owners and reports the conflict.
+            for identifier in &lookup.unlinkable {
+                if !has_identifier(&target, identifier) {
+                    attached.push(identifier.clone());
+                }
+            }
+            let customer = self.attach(target, &attached, name).await?;
+            if lost || customer.status == CustomerStatus::Merged {
+                // Someone else took an identifier, or merged our customer,
+                // meanwhile: look again, which now sees where things are.
+                if customer.status == CustomerStatus::Merged {
+                    self.settle(customer.id).await?;
+                }
                 continue;
             }
             return Ok((customer, false));
@@ -258,11 +341,12 @@ impl Crm {
         &self,
         name: Option<&str>,
         identifiers: &[Identifier],
+        unlinkable: &[Identifier],
         status: Option<CustomerStatus>,
     ) -> Result<Option<Customer>, CrmError> {
         let mut c = Customer::new(CustomerId::new(), name.map(str::to_string), time::now());
         c.status = status.unwrap_or_default();
-        for identifier in identifiers {
+        for identifier in identifiers.iter().chain(unlinkable) {
             c.add_identifier(identifier);
         }
         self.store.insert_customer(&c).await?;
@@ -318,11 +402,9 @@ impl Crm {
         Ok(customer)
     }
 
+    /// The customer, or the one it was merged into.
     pub async fn get_customer(&self, id: CustomerId) -> Result<Customer, CrmError> {
-        self.store
-            .get_customer(id)
-            .await?
-            .ok_or(CrmError::CustomerNotFound(id))
+        self.current(id).await
     }
 
     pub async fn list_customers(
@@ -344,7 +426,8 @@ impl Crm {
         id: CustomerId,
         patch: CustomerPatch,
     ) -> Result<Customer, CrmError> {
-        let current = self.get_customer(id).await?;
+        let current = self.current(id).await?;
+        let id = current.id;
         let mut next = current.clone();
         if let Some(name) = &patch.name {
             next.name = clean_name(name.as_deref(), "name")?;
@@ -377,8 +460,34 @@ impl Crm {
         }
         let before: BTreeSet<Identifier> = current.identifiers().into_iter().collect();
         let after: BTreeSet<Identifier> = next.identifiers().into_iter().collect();
+        let added: Vec<Identifier> = after.difference(&before).cloned().collect();
+        let lookup = self.look_up(&added).await?;
+        // Identifiers that other customers own: the patch links them, so
+        // they are merged (checked against the safeguards before any write).
+        let mut others: BTreeMap<CustomerId, Customer> = BTreeMap::new();
+        let mut linked_by = String::new();
+        for (owner, key) in &lookup.owned {
+            if let Some(c) = self.current_opt(*owner).await? {
+                if c.id != id {
+                    if linked_by.is_empty() {
+                        linked_by = key.clone();
+                    }
+                    others.insert(c.id, c);
+                }
+            }
+        }
+        if !others.is_empty() {
+            let mut all = vec![current.clone()];
+            all.extend(others.values().cloned());
+            if let Some(refusal) = self.merge_blocker(&all).await? {
+                self.suggest(&all, refusal.0, &refusal.1).await?;
+                let mut customers = vec![id];
+                customers.extend(others.keys().copied());
+                return Err(CrmError::IdentifiersConflict { customers });
+            }
+        }
         let mut claimed = Vec::new();
-        for added in after.difference(&before) {
+        for added in &lookup.free {
             match self.store.claim_identity(&added.key(), id).await? {
                 Claim::Claimed => claimed.push(added.key()),
                 Claim::OwnedBy(o) if o == id => {}
@@ -397,12 +506,19 @@ impl Crm {
         for removed in before.difference(&after) {
             self.store.release_identity(&removed.key(), id).await?;
         }
-        let stored = self.get_customer(id).await?;
+        let stored = self.current(id).await?;
         self.publish(vec![DomainEvent::CustomerUpdated {
             customer: stored.clone(),
         }])
         .await;
-        Ok(stored)
+        if others.is_empty() {
+            return Ok(stored);
+        }
+        let mut all = vec![stored];
+        all.extend(others.into_values());
+        match self.merge_auto(all, &linked_by).await? {
+            MergeOutcome::Merged(c) | MergeOutcome::Refused(c) => Ok(c),
+        }
     }
 
     /// Erases the customer, its identities and its engagements.
@@ -449,22 +565,30 @@ impl Crm {
         items: Vec<NewEngagement>,
     ) -> Vec<Result<Recorded, CrmError>> {
         let recorded_at = time::now();
-        // Which named customers exist, in one store round trip.
+        // Which named customers exist (and where merged ones went), in one
+        // store round trip for the usual case.
         let named: Vec<CustomerId> = items
             .iter()
             .filter_map(|i| match i.target {
                 EngagementTarget::Customer(id) => Some(id),
-                EngagementTarget::Identify { .. } => None,
+                _ => None,
             })
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let mut known: HashMap<CustomerId, bool> = named.iter().map(|id| (*id, false)).collect();
+        let mut known: HashMap<CustomerId, CustomerId> = HashMap::new();
         if !named.is_empty() {
             match self.store.get_customers(&named).await {
                 Ok(found) => {
                     for c in found {
-                        known.insert(c.id, true);
+                        if c.status == CustomerStatus::Merged {
+                            match self.current(c.id).await {
+                                Ok(current) => known.insert(c.id, current.id),
+                                Err(e) => return items.iter().map(|_| Err(e.clone())).collect(),
+                            };
+                        } else {
+                            known.insert(c.id, c.id);
+                        }
                     }
                 }
                 Err(e) => return items.iter().map(|_| Err(e.clone().into())).collect(),
@@ -473,11 +597,11 @@ impl Crm {
         let mut outcomes: Vec<Result<Recorded, CrmError>> = Vec::with_capacity(items.len());
         let mut to_insert: Vec<Engagement> = Vec::with_capacity(items.len());
         let mut slots: Vec<usize> = Vec::with_capacity(items.len());
-        for item in items {
+        for mut item in items {
             let resolved = match item.target {
                 EngagementTarget::Customer(id) => match known.get(&id) {
-                    Some(true) => Ok((id, false)),
-                    _ => Err(CrmError::CustomerNotFound(id)),
+                    Some(current) => Ok((*current, false)),
+                    None => Err(CrmError::CustomerNotFound(id)),
                 },
                 EngagementTarget::Identify { name, identifiers } => {
                     if identifiers.is_empty() {
@@ -486,6 +610,7 @@ impl Crm {
                             "give a phone or an email to identify the customer",
                         )]))
                     } else {
+                        item.source.via = self.via(&identifiers);
                         match clean_name(name.as_deref(), "customer.name") {
                             Ok(name) => self
                                 .resolve(name.as_deref(), &identifiers, None)
@@ -495,10 +620,16 @@ impl Crm {
                         }
                     }
                 }
+                EngagementTarget::CustomerWith { id, identifiers } => {
+                    item.source.via = self.via(&identifiers);
+                    self.resolve_with(None, &identifiers, None, Some(id))
+                        .await
+                        .map(|(c, created)| (c.id, created))
+                }
             };
             match resolved {
                 Ok((customer_id, customer_created)) => {
-                    known.insert(customer_id, true);
+                    known.insert(customer_id, customer_id);
                     let id = item.source.idempotent_id().unwrap_or_default();
                     to_insert.push(Engagement {
                         id,
@@ -522,10 +653,20 @@ impl Crm {
         if to_insert.is_empty() {
             return outcomes;
         }
+        let targets: Vec<CustomerId> = to_insert
+            .iter()
+            .map(|e| e.customer_id)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
         match self.store.insert_engagements(&to_insert).await {
             Ok(results) => {
                 let mut events = Vec::new();
-                for ((engagement, result), slot) in to_insert.into_iter().zip(results).zip(slots) {
+                for ((engagement, result), slot) in to_insert
+                    .into_iter()
+                    .zip(results)
+                    .zip(slots.iter().copied())
+                {
                     match result {
                         EngagementInsert::Created => {
                             events.push(DomainEvent::EngagementRecorded { engagement });
@@ -544,9 +685,51 @@ impl Crm {
                 for slot in slots {
                     outcomes[slot] = Err(e.clone().into());
                 }
+                return outcomes;
+            }
+        }
+        // A customer merged while we wrote: its new engagements follow it.
+        if let Ok(now) = self.store.get_customers(&targets).await {
+            for c in now
+                .into_iter()
+                .filter(|c| c.status == CustomerStatus::Merged)
+            {
+                match self.settle(c.id).await {
+                    Ok(survivor) => {
+                        for r in outcomes.iter_mut().flatten() {
+                            if r.customer_id == c.id {
+                                r.customer_id = survivor.id;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, customer = %c.id, "cannot move engagements of a merged customer yet")
+                    }
+                }
             }
         }
         outcomes
+    }
+
+    /// The identifier key an engagement came through: the first one that can
+    /// link (not anonymous when there is another).
+    fn via(&self, identifiers: &[Identifier]) -> Option<String> {
+        identifiers
+            .iter()
+            .filter(|i| self.policy.blocked_reason(i).is_none())
+            .min_by_key(|i| matches!(i, Identifier::Anonymous(_)))
+            .or_else(|| identifiers.first())
+            .map(Identifier::key)
+    }
+}
+
+/// True when the profile lists the identifier.
+fn has_identifier(customer: &Customer, identifier: &Identifier) -> bool {
+    match identifier {
+        Identifier::Phone(p) => customer.phones.contains(p),
+        Identifier::Email(e) => customer.emails.contains(e),
+        Identifier::Social { network, id } => customer.social.get(network) == Some(id),
+        Identifier::Anonymous(_) => true,
     }
 }
 
