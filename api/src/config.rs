@@ -134,6 +134,42 @@ pub struct Config {
     /// Refresh token lifetime in seconds.
     #[arg(long, env = "CRM_REFRESH_TOKEN_TTL", default_value_t = 30 * 24 * 3600, global = true)]
     pub refresh_token_ttl_s: u64,
+    /// Phones and emails that never link customers, comma-separated (any
+    /// format; numbers without `+` use CRM_DEFAULT_REGION).
+    #[arg(long, env = "CRM_LINK_BLOCKED", value_delimiter = ',', global = true)]
+    pub link_blocked: Vec<String>,
+    /// Email local parts that name a role, not a person, comma-separated
+    /// (replaces the default list: test, noreply, info, admin, support, sales, ...).
+    #[arg(
+        long,
+        env = "CRM_LINK_ROLE_EMAILS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub link_role_emails: Option<Vec<String>>,
+    /// Email domains that never link (placeholders), comma-separated.
+    #[arg(
+        long,
+        env = "CRM_LINK_BLOCKED_DOMAINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub link_blocked_domains: Vec<String>,
+    /// Numbers with fewer significant digits never link.
+    #[arg(
+        long,
+        env = "CRM_LINK_MIN_PHONE_DIGITS",
+        default_value_t = 6,
+        global = true
+    )]
+    pub link_min_phone_digits: usize,
+    /// Most phones a customer may have after an automatic merge; a merge
+    /// beyond it becomes a suggestion.
+    #[arg(long, env = "CRM_LINK_MAX_PHONES", default_value_t = 10, global = true)]
+    pub link_max_phones: usize,
+    /// Most emails a customer may have after an automatic merge.
+    #[arg(long, env = "CRM_LINK_MAX_EMAILS", default_value_t = 10, global = true)]
+    pub link_max_emails: usize,
 }
 
 impl Config {
@@ -156,6 +192,61 @@ impl Config {
             log_format: LogFormat::Text,
             access_token_ttl_s: 900,
             refresh_token_ttl_s: 30 * 24 * 3600,
+            link_blocked: Vec::new(),
+            link_role_emails: None,
+            link_blocked_domains: Vec::new(),
+            link_min_phone_digits: 6,
+            link_max_phones: 10,
+            link_max_emails: 10,
         }
+    }
+}
+
+impl Config {
+    /// The linking safeguards, with blocked values normalised.
+    pub fn link_policy(
+        &self,
+        region: Option<crm_models::Region>,
+    ) -> anyhow::Result<crm_models::linking::LinkPolicy> {
+        use crm_models::{Email, Identifier, PhoneNumber};
+        let mut policy = crm_models::linking::LinkPolicy {
+            min_phone_digits: self.link_min_phone_digits,
+            max_phones: self.link_max_phones,
+            max_emails: self.link_max_emails,
+            ..Default::default()
+        };
+        if let Some(locals) = &self.link_role_emails {
+            policy.role_locals = locals
+                .iter()
+                .map(|l| l.trim().to_lowercase())
+                .filter(|l| !l.is_empty())
+                .collect();
+        }
+        policy.placeholder_domains.extend(
+            self.link_blocked_domains
+                .iter()
+                .map(|d| d.trim().to_lowercase())
+                .filter(|d| !d.is_empty()),
+        );
+        for raw in self
+            .link_blocked
+            .iter()
+            .map(|r| r.trim())
+            .filter(|r| !r.is_empty())
+        {
+            let identifier = if raw.contains('@') {
+                Identifier::Email(
+                    Email::parse(raw)
+                        .map_err(|e| anyhow::anyhow!("CRM_LINK_BLOCKED: {raw:?}: {e}"))?,
+                )
+            } else {
+                Identifier::Phone(
+                    PhoneNumber::parse(raw, region)
+                        .map_err(|e| anyhow::anyhow!("CRM_LINK_BLOCKED: {raw:?}: {e}"))?,
+                )
+            };
+            policy.blocked.insert(identifier.key());
+        }
+        Ok(policy)
     }
 }

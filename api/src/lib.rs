@@ -237,6 +237,7 @@ pub async fn build_state(
         .map(Region::parse)
         .transpose()
         .context("CRM_DEFAULT_REGION")?;
+    let policy = config.link_policy(default_region)?;
     let auth = Arc::new(Auth::new(store.clone(), &secret, &config));
     auth.ensure_first_admin(
         config.admin_email.as_deref(),
@@ -244,7 +245,7 @@ pub async fn build_state(
     )
     .await?;
     Ok(AppState {
-        crm: Crm::new(store.clone(), events),
+        crm: Crm::new(store.clone(), events).with_policy(policy),
         projector: Arc::new(Projector::new(store, index.clone())),
         index,
         auth,

@@ -44,7 +44,8 @@ async fn a_known_phone_links_instead_of_creating() {
     assert_eq!(linked["emails"], json!(["ann@example.com"]));
     assert_eq!(linked["name"], "Ann Tan");
 
-    // Identifiers of two different customers: 409 naming both.
+    // Identifiers of two different customers: they are one person, merged
+    // into the older; the other id answers with the survivor.
     let other: Value = expect_json(
         app.post(
             "/v1/customers",
@@ -55,30 +56,37 @@ async fn a_known_phone_links_instead_of_creating() {
         StatusCode::CREATED,
     )
     .await;
-    let problem = expect_problem(
+    let merged: Value = expect_json(
         app.post(
             "/v1/customers",
             &token,
             &json!({"emails": ["bob@example.com", "ann@example.com"]}),
         )
         .await,
-        StatusCode::CONFLICT,
-        "identifiers_conflict",
+        StatusCode::OK,
     )
     .await;
-    let ids: BTreeSet<&str> = problem["customers"]
+    assert_eq!(merged["id"], created["id"]);
+    let emails: BTreeSet<&str> = merged["emails"]
         .as_array()
         .unwrap()
         .iter()
         .map(|v| v.as_str().unwrap())
         .collect();
     assert_eq!(
-        ids,
-        BTreeSet::from([
-            created["id"].as_str().unwrap(),
-            other["id"].as_str().unwrap()
-        ])
+        emails,
+        BTreeSet::from(["ann@example.com", "bob@example.com"])
     );
+    let via_old_id: Value = expect_json(
+        app.get(
+            &format!("/v1/customers/{}", other["id"].as_str().unwrap()),
+            &token,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(via_old_id["id"], created["id"]);
 }
 
 #[tokio::test]
@@ -157,7 +165,13 @@ async fn bad_input_gets_per_field_problems_and_writes_nothing() {
 
 #[tokio::test]
 async fn patch_keeps_identities_consistent_and_delete_erases() {
-    let app = spawn_app_with(sg).await;
+    // One phone per customer at most: taking another customer's number would
+    // merge past the cap, so it is refused.
+    let app = spawn_app_with(|c| {
+        sg(c);
+        c.link_max_phones = 1;
+    })
+    .await;
     let token = app.admin_token().await;
     let ann: Value = expect_json(
         app.post(
@@ -181,7 +195,7 @@ async fn patch_keeps_identities_consistent_and_delete_erases() {
     )
     .await;
 
-    // Taking Bob's number is refused and changes nothing.
+    // Taking Bob's number would merge them past the cap: refused, nothing changes.
     expect_problem(
         app.patch(
             &format!("/v1/customers/{id}"),

@@ -7,6 +7,7 @@ pub mod customers;
 pub mod engagements;
 pub mod health;
 pub mod input;
+pub mod linking;
 pub mod pagination;
 pub mod search;
 pub mod users;
@@ -25,4 +26,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(customers::router())
         .merge(engagements::router())
         .merge(search::router())
+        .merge(linking::router())
 }

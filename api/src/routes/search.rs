@@ -163,9 +163,19 @@ async fn summary(
             tracing::warn!(error = %e, "index unavailable; reading the summary from the store")
         }
     }
-    from_store(&state, id).await?.map(ApiJson).ok_or_else(|| {
-        ApiError::not_found("customer_not_found", format!("customer {id} not found"))
-    })
+    // A merged customer answers with the one it was merged into.
+    let current = state.crm.get_customer(id).await?.id;
+    if current != id {
+        if let Ok(Some(summary)) = state.index.summary(current).await {
+            return Ok(ApiJson(summary));
+        }
+    }
+    from_store(&state, current)
+        .await?
+        .map(ApiJson)
+        .ok_or_else(|| {
+            ApiError::not_found("customer_not_found", format!("customer {id} not found"))
+        })
 }
 
 async fn from_store(state: &AppState, id: CustomerId) -> Result<Option<CustomerSummary>, ApiError> {

@@ -544,7 +544,7 @@ impl Crm {
         after: Option<EngagementCursor>,
         limit: usize,
     ) -> Result<Vec<Engagement>, CrmError> {
-        self.get_customer(customer).await?;
+        let customer = self.current(customer).await?.id;
         Ok(self
             .store
             .list_engagements(customer, filter, after, limit)

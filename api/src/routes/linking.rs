@@ -1,0 +1,421 @@
+//! Identity linking over HTTP: merge by hand, history, undo, suggested
+//! duplicates, shared identifiers, and web page views (`/v1/track`), which
+//! stitch an anonymous visitor to the customer who logs in.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use chrono::Duration;
+use crm_models::customer::{Customer, Identifier};
+use crm_models::engagement::{EngagementDetail, Source};
+use crm_models::ids::{CustomerId, MergeId};
+use crm_models::linking::{Suggestion, SuggestionReason};
+use crm_models::service::{EngagementTarget, HistoryEntry, NewEngagement};
+use crm_models::{time, Email, PhoneNumber};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::customers::parse_customer_id;
+use super::engagements::RecordedEngagement;
+use super::input::Fields;
+use crate::auth::{AdminOnly, Ingest, Staff};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use crate::state::AppState;
+
+/// Most customers one merge request may name.
+const MAX_MERGE_IDS: usize = 50;
+const MAX_SHORT: usize = 2_048;
+/// Clock skew tolerated for `occurred_at` in the future.
+const MAX_FUTURE_HOURS: i64 = 24;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(merge_customers))
+        .routes(routes!(customer_history))
+        .routes(routes!(undo_merge))
+        .routes(routes!(list_duplicates))
+        .routes(routes!(mark_shared))
+        .routes(routes!(track))
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MergeRequest {
+    /// The customers to merge into the one in the path (1 to 50).
+    pub ids: Vec<String>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct MergeResponse {
+    pub merge_id: MergeId,
+    /// The customer after the merge.
+    pub customer: Customer,
+    pub merged_ids: Vec<CustomerId>,
+}
+
+/// Merges customers into this one by hand. Its own values win; its empty
+/// fields are filled from the others; their identities and engagements move to
+/// it. Undo with `POST /v1/merges/{merge_id}/undo`.
+#[utoipa::path(
+    post, path = "/v1/customers/{id}/merge", tag = "linking",
+    params(("id" = String, Path, description = "The customer that stays")),
+    request_body = MergeRequest,
+    responses(
+        (status = 200, body = MergeResponse),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`merge_refused`: nothing left to merge", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn merge_customers(
+    State(state): State<AppState>,
+    Staff(caller): Staff,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<MergeRequest>,
+) -> Result<ApiJson<MergeResponse>, ApiError> {
+    let survivor = parse_customer_id(&id)?;
+    if body.ids.is_empty() || body.ids.len() > MAX_MERGE_IDS {
+        return Err(ApiError::field(
+            "ids",
+            format!("give 1 to {MAX_MERGE_IDS} customer ids"),
+        ));
+    }
+    let mut ids = Vec::with_capacity(body.ids.len());
+    for (i, raw) in body.ids.iter().enumerate() {
+        match raw.parse::<CustomerId>() {
+            Ok(id) => ids.push(id),
+            Err(_) => return Err(ApiError::field(&format!("ids[{i}]"), "must be a UUID")),
+        }
+    }
+    let (record, customer) = state
+        .crm
+        .merge_customers(survivor, &ids, &caller.actor())
+        .await?;
+    tracing::info!(merge = %record.id, survivor = %customer.id, actor = %caller.actor(), "customers merged by hand");
+    Ok(ApiJson(MergeResponse {
+        merge_id: record.id,
+        merged_ids: record.merged_ids,
+        customer,
+    }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct HistoryPage {
+    pub items: Vec<HistoryEntry>,
+}
+
+/// Merges and un-merges that touched this customer, oldest first: when, by
+/// whom (a user, or `auto` with the identifier that linked them), which ids.
+#[utoipa::path(
+    get, path = "/v1/customers/{id}/history", tag = "linking",
+    params(("id" = String, Path, description = "Customer id (a merged one too)")),
+    responses(
+        (status = 200, body = HistoryPage),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn customer_history(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiPath(id): ApiPath<String>,
+) -> Result<ApiJson<HistoryPage>, ApiError> {
+    let id = parse_customer_id(&id)?;
+    Ok(ApiJson(HistoryPage {
+        items: state.crm.history(id).await?,
+    }))
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct UndoResponse {
+    pub merge_id: MergeId,
+    /// The customers as they are again, the merge's survivor first.
+    pub customers: Vec<Customer>,
+}
+
+/// Undoes a merge: the merged customers come back with the identities, profile
+/// fields and engagements they had; engagements recorded since go to
+/// whichever of them owns the identifier they came through. The same
+/// identifiers no longer merge them automatically (a merge by hand still can).
+#[utoipa::path(
+    post, path = "/v1/merges/{merge_id}/undo", tag = "linking",
+    params(("merge_id" = String, Path, description = "The merge, from a history or a merge response")),
+    responses(
+        (status = 200, body = UndoResponse),
+        (status = 403, description = "Admins only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`merge_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`merge_refused`: undone already", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn undo_merge(
+    State(state): State<AppState>,
+    AdminOnly(caller): AdminOnly,
+    ApiPath(raw): ApiPath<String>,
+) -> Result<ApiJson<UndoResponse>, ApiError> {
+    let merge_id: MergeId = raw
+        .parse()
+        .map_err(|_| ApiError::not_found("merge_not_found", format!("merge {raw:?} not found")))?;
+    let customers = state.crm.undo_merge(merge_id, &caller.actor()).await?;
+    tracing::info!(merge = %merge_id, actor = %caller.actor(), "merge undone");
+    Ok(ApiJson(UndoResponse {
+        merge_id,
+        customers,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct DuplicatesQuery {
+    /// 1 to 200, default 50.
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DuplicateItem {
+    pub customer_ids: Vec<CustomerId>,
+    pub reason: SuggestionReason,
+    pub detail: String,
+    /// 0 to 1; higher is more likely one person.
+    pub score: f64,
+    #[schema(value_type = String, format = DateTime)]
+    pub suggested_at: String,
+}
+
+impl From<Suggestion> for DuplicateItem {
+    fn from(s: Suggestion) -> Self {
+        DuplicateItem {
+            customer_ids: s.customer_ids.to_vec(),
+            reason: s.reason,
+            detail: s.detail,
+            score: s.score,
+            suggested_at: time::format(&s.at),
+        }
+    }
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DuplicatesPage {
+    pub items: Vec<DuplicateItem>,
+}
+
+/// Suggested duplicates that were not merged, most likely first: the same or
+/// a one-typo full name with a shared email domain or phone prefix
+/// (`similar_profile`), a merge the cap on identifiers stopped
+/// (`identifier_cap`), or a pair whose merge was undone (`undone_merge`).
+#[utoipa::path(
+    get, path = "/v1/duplicates", tag = "linking",
+    params(DuplicatesQuery),
+    responses(
+        (status = 200, body = DuplicatesPage),
+        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_duplicates(
+    State(state): State<AppState>,
+    _caller: Staff,
+    ApiQuery(query): ApiQuery<DuplicatesQuery>,
+) -> Result<ApiJson<DuplicatesPage>, ApiError> {
+    let limit = query.limit.unwrap_or(50);
+    if !(1..=200).contains(&limit) {
+        return Err(ApiError::field("limit", "must be between 1 and 200"));
+    }
+    let items = state.crm.duplicates(limit).await?;
+    Ok(ApiJson(DuplicatesPage {
+        items: items.into_iter().map(DuplicateItem::from).collect(),
+    }))
+}
+
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SharedRequest {
+    /// `false` makes it link again. Default `true`.
+    pub shared: Option<bool>,
+}
+
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SharedResponse {
+    /// The normalised identifier key (`phone:+6563388888`).
+    pub identifier: String,
+    pub shared: bool,
+}
+
+/// Marks an identifier shared (e.g. a hotel switchboard): it never links
+/// customers, and new customers may list it too; lookups still find all of
+/// them. The path is `phone:<number>`, `email:<address>`, or a bare number or
+/// address.
+#[utoipa::path(
+    post, path = "/v1/identities/{identifier}/shared", tag = "linking",
+    params(("identifier" = String, Path, description = "`phone:+6563388888`, `email:front@hotel.com`, or the bare value")),
+    request_body(content = Option<SharedRequest>, description = "Optional; `{\"shared\": false}` to undo"),
+    responses(
+        (status = 200, body = SharedResponse),
+        (status = 403, description = "Admins only", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: not a phone or an email", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn mark_shared(
+    State(state): State<AppState>,
+    AdminOnly(caller): AdminOnly,
+    ApiPath(raw): ApiPath<String>,
+    body: axum::body::Bytes,
+) -> Result<ApiJson<SharedResponse>, ApiError> {
+    let request: SharedRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        SharedRequest::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?
+    };
+    let identifier = parse_identifier(&raw, &state)?;
+    let shared = request.shared.unwrap_or(true);
+    state.crm.set_shared(&identifier, shared).await?;
+    tracing::info!(shared, actor = %caller.actor(), "identifier sharing changed");
+    Ok(ApiJson(SharedResponse {
+        identifier: identifier.key(),
+        shared,
+    }))
+}
+
+fn parse_identifier(raw: &str, state: &AppState) -> Result<Identifier, ApiError> {
+    let (kind, value) = match raw.split_once(':') {
+        Some((k @ ("phone" | "email"), v)) => (k, v),
+        _ if raw.contains('@') => ("email", raw),
+        _ => ("phone", raw),
+    };
+    match kind {
+        "email" => Email::parse(value)
+            .map(Identifier::Email)
+            .map_err(|e| ApiError::field("identifier", e)),
+        _ => PhoneNumber::parse(value, state.default_region)
+            .map(Identifier::Phone)
+            .map_err(|e| ApiError::field("identifier", e)),
+    }
+}
+
+/// A page view from the website. Fields as in `EngagementRequest` for `web`,
+/// plus who: `anonymous_id` (the site's visitor id), `customer_id`, `email`,
+/// `phone`, at least one of them. Views under an `anonymous_id` are kept on a
+/// customer of their own until an event carries that `anonymous_id` with an
+/// email, a phone or a `customer_id`: then that history joins the customer.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"anonymous_id": "v-7f3a", "email": "ann@example.com", "url": "https://shop.example/p/42", "view": "product", "view_desc": "Blue shoes", "category": "shoes", "object_id": "42", "occurred_at": "2026-11-21T09:30:00Z"}))]
+pub struct TrackRequest {
+    pub anonymous_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub email: Option<String>,
+    pub phone: Option<String>,
+    pub url: String,
+    pub view: String,
+    pub view_desc: Option<String>,
+    pub category: Option<String>,
+    pub object_id: Option<String>,
+    /// Default: now.
+    pub occurred_at: Option<String>,
+    /// Retries with the same id are stored once.
+    pub client_event_id: Option<String>,
+}
+
+/// Records a web page view and stitches the visitor's identity.
+#[utoipa::path(
+    post, path = "/v1/track", tag = "linking",
+    request_body = TrackRequest,
+    responses(
+        (status = 201, description = "Recorded", body = RecordedEngagement),
+        (status = 200, description = "Already recorded under this `client_event_id`", body = RecordedEngagement),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with per-field `errors`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn track(
+    State(state): State<AppState>,
+    Ingest(caller): Ingest,
+    ApiJson(body): ApiJson<Value>,
+) -> Result<Response, ApiError> {
+    let item = parse_track(&body, &state, &caller.actor()).map_err(ApiError::Validation)?;
+    let recorded = state.crm.record_engagement(item).await?;
+    let status = if recorded.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, ApiJson(RecordedEngagement::from(recorded))).into_response())
+}
+
+fn parse_track(
+    value: &Value,
+    state: &AppState,
+    actor: &str,
+) -> Result<NewEngagement, Vec<crm_models::service::FieldError>> {
+    let mut f = Fields::new(value, "").map_err(|e| vec![e])?;
+    let anonymous = f.string("anonymous_id", false, 128);
+    if anonymous.as_deref().is_some_and(|a| a.trim().is_empty()) {
+        f.error("anonymous_id", "must not be empty");
+    }
+    let customer_id = f.string("customer_id", false, 64);
+    let customer_id = match customer_id.map(|raw| raw.parse::<CustomerId>()) {
+        Some(Ok(id)) => Some(id),
+        Some(Err(_)) => {
+            f.error("customer_id", "must be a UUID");
+            None
+        }
+        None => None,
+    };
+    let email = f.email("email");
+    let phone = f.phone("phone", state.default_region);
+    let url = f.string("url", true, MAX_SHORT);
+    let view = f.string("view", true, 200);
+    let view_desc = f.string("view_desc", false, MAX_SHORT);
+    let category = f.string("category", false, 200);
+    let object_id = f.string("object_id", false, 200);
+    let occurred_at = f.timestamp("occurred_at", false).unwrap_or_else(time::now);
+    if occurred_at > time::now() + Duration::hours(MAX_FUTURE_HOURS) {
+        f.error(
+            "occurred_at",
+            format!("must not be more than {MAX_FUTURE_HOURS} hours in the future"),
+        );
+    }
+    let client_event_id = f.string("client_event_id", false, 128);
+    f.deny_unknown();
+    let mut identifiers = Vec::new();
+    identifiers.extend(anonymous.map(|a| Identifier::Anonymous(a.trim().to_string())));
+    identifiers.extend(email.map(Identifier::Email));
+    identifiers.extend(phone.map(Identifier::Phone));
+    if identifiers.is_empty() && customer_id.is_none() && f.errors.is_empty() {
+        f.error(
+            "anonymous_id",
+            "give anonymous_id, customer_id, email or phone",
+        );
+    }
+    let (Some(url), Some(view)) = (url, view) else {
+        return Err(f.errors);
+    };
+    if !f.errors.is_empty() {
+        return Err(f.errors);
+    }
+    let target = match customer_id {
+        Some(id) if identifiers.is_empty() => EngagementTarget::Customer(id),
+        Some(id) => EngagementTarget::CustomerWith { id, identifiers },
+        None => EngagementTarget::Identify {
+            name: None,
+            identifiers,
+        },
+    };
+    Ok(NewEngagement {
+        target,
+        occurred_at,
+        source: Source {
+            device_id: None,
+            client_event_id,
+            user_id: Some(actor.to_string()),
+            via: None,
+        },
+        detail: EngagementDetail::Web {
+            url,
+            view,
+            view_desc,
+            category,
+            object_id,
+        },
+    })
+}
