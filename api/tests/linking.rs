@@ -569,3 +569,42 @@ async fn track_validates_and_is_for_ingest_roles() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn similar_profiles_are_suggested_not_merged() {
+    let app = spawn_app_with(sg).await;
+    let agent = app.agent_token("agent@example.com").await;
+    let mut ids = BTreeSet::new();
+    for body in [
+        json!({"name": "Tan Wei Ming", "emails": ["weiming@acme.com"]}),
+        json!({"name": "Wei Ming Tan", "emails": ["wm.tan@acme.com"]}),
+        json!({"name": "Wei Ming Tan", "emails": ["wm.tan@gmail.com"]}),
+        json!({"name": "Tan Wei Jie", "emails": ["weijie@acme.com"]}),
+    ] {
+        let c: Value = expect_json(
+            app.post("/v1/customers", &agent, &body).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        ids.insert(id(&c));
+    }
+    assert_eq!(ids.len(), 4, "nothing was merged");
+    let started = Instant::now();
+    let dupes = loop {
+        let dupes: Value =
+            expect_json(app.get("/v1/duplicates", &agent).await, StatusCode::OK).await;
+        if !dupes["items"].as_array().unwrap().is_empty() {
+            break dupes;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no suggestion appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    let items = dupes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "only the pair at one company: {dupes}");
+    assert_eq!(items[0]["reason"], "similar_profile");
+    assert!(items[0]["detail"].as_str().unwrap().contains("acme.com"));
+    index_agrees(&app).await;
+}

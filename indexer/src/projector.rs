@@ -13,9 +13,11 @@ use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
 
 use crm_models::event::{DomainEvent, EventEnvelope};
+use crm_models::linking::{similar_profiles, Suggestion, SuggestionReason};
 use crm_models::store::{CustomerCursor, EngagementFilter, Store, StoreError};
-use crm_models::CustomerId;
+use crm_models::{CustomerId, CustomerStatus};
 
+use crate::query::Query;
 use crate::worker::{ApplyError, EventHandler};
 use crate::{
     IndexError, IndexResult, IndexedCustomer, RebuildReport, SearchIndex, SUMMARY_ENGAGEMENTS,
@@ -210,6 +212,67 @@ impl EventHandler for Projector {
             let keys = identifiers.remove(&id).unwrap_or_default();
             self.refresh(id, &keys).await.map_err(apply_err)?;
         }
+        // Look for likely duplicates of customers whose profile changed. A
+        // failure here costs a suggestion, never the event.
+        for envelope in events {
+            if let DomainEvent::CustomerCreated { customer }
+            | DomainEvent::CustomerUpdated { customer } = &envelope.event
+            {
+                if let Err(e) = self.suggest_duplicates(customer.id).await {
+                    tracing::warn!(error = %e, customer = %customer.id, "duplicate check failed");
+                }
+            }
+        }
         Ok(())
+    }
+}
+
+/// Candidates read per duplicate check.
+const DUPLICATE_CANDIDATES: usize = 20;
+
+impl Projector {
+    /// Finds customers with the same (or a one-typo) full name and a shared
+    /// email domain or phone prefix, and keeps a suggestion for each pair
+    /// (`GET /v1/duplicates`). Candidates come from the name index.
+    pub async fn suggest_duplicates(&self, id: CustomerId) -> IndexResult<usize> {
+        let Some(customer) = self.store.get_customer(id).await.map_err(store_err)? else {
+            return Ok(0);
+        };
+        let Some(name) = customer.name.clone() else {
+            return Ok(0);
+        };
+        if customer.status == CustomerStatus::Merged || crm_models::names::words(&name).len() < 2 {
+            return Ok(0);
+        }
+        let hits = self
+            .index
+            .search(&Query::Name(name), DUPLICATE_CANDIDATES)
+            .await?;
+        let ids: Vec<CustomerId> = hits.iter().map(|h| h.id).filter(|h| *h != id).collect();
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let others = self.store.get_customers(&ids).await.map_err(store_err)?;
+        let mut kept = 0;
+        for other in others {
+            if other.status == CustomerStatus::Merged {
+                continue;
+            }
+            if let Some((score, detail)) = similar_profiles(&customer, &other) {
+                let suggestion = Suggestion::new(
+                    customer.id,
+                    other.id,
+                    SuggestionReason::SimilarProfile,
+                    detail,
+                    score,
+                );
+                self.store
+                    .upsert_suggestion(&suggestion)
+                    .await
+                    .map_err(store_err)?;
+                kept += 1;
+            }
+        }
+        Ok(kept)
     }
 }

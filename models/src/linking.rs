@@ -230,6 +230,113 @@ impl LinkPolicy {
     }
 }
 
+/// Mail providers whose domain says nothing about who someone works for.
+pub const FREE_MAIL_DOMAINS: &[&str] = &[
+    "gmail.com",
+    "googlemail.com",
+    "yahoo.com",
+    "yahoo.com.sg",
+    "yahoo.co.in",
+    "hotmail.com",
+    "outlook.com",
+    "live.com",
+    "msn.com",
+    "icloud.com",
+    "me.com",
+    "aol.com",
+    "proton.me",
+    "protonmail.com",
+    "qq.com",
+    "163.com",
+    "126.com",
+    "singnet.com.sg",
+    "rediffmail.com",
+    "gmx.com",
+    "mail.com",
+];
+
+/// Digits a phone prefix leaves out: numbers that differ only in their last
+/// four digits share a prefix (one company's extensions, one family's lines).
+const PHONE_SUFFIX_DIGITS: usize = 4;
+
+/// How alike two names are: `Some(true)` for the same words in any order,
+/// `Some(false)` for the same words but one a typo away, `None` otherwise.
+/// Names of one word never count (too many people share one).
+pub fn names_alike(a: &str, b: &str) -> Option<bool> {
+    let mut wa = crate::names::words(a);
+    let mut wb = crate::names::words(b);
+    if wa.len() < 2 || wa.len() != wb.len() {
+        return None;
+    }
+    wa.sort();
+    wb.sort();
+    if wa == wb {
+        return Some(true);
+    }
+    // One word differs by one typo; match the rest exactly.
+    let mut rest_b = wb.clone();
+    let mut unmatched = Vec::new();
+    for w in &wa {
+        match rest_b.iter().position(|x| x == w) {
+            Some(i) => {
+                rest_b.remove(i);
+            }
+            None => unmatched.push(w.clone()),
+        }
+    }
+    match (unmatched.as_slice(), rest_b.as_slice()) {
+        ([x], [y]) if crate::names::one_typo_apart(x, y) => Some(false),
+        _ => None,
+    }
+}
+
+/// Why two customers look like one person: the same (or a one-typo) full
+/// name and a shared company email domain or phone prefix. A score in 0..1
+/// and a human-readable reason, or `None`.
+pub fn similar_profiles(a: &Customer, b: &Customer) -> Option<(f64, String)> {
+    let (Some(na), Some(nb)) = (a.name.as_deref(), b.name.as_deref()) else {
+        return None;
+    };
+    let exact = names_alike(na, nb)?;
+    let mut score: f64 = if exact { 0.6 } else { 0.45 };
+    let mut why = vec![if exact {
+        "same name".to_string()
+    } else {
+        "names one typo apart".to_string()
+    }];
+    let domains = |c: &Customer| -> BTreeSet<String> {
+        c.emails
+            .iter()
+            .map(|e| e.domain().to_string())
+            .filter(|d| !FREE_MAIL_DOMAINS.contains(&d.as_str()))
+            .collect()
+    };
+    let shared_domain = domains(a).intersection(&domains(b)).next().cloned();
+    let prefixes = |c: &Customer| -> BTreeSet<String> {
+        c.phones
+            .iter()
+            .filter_map(|p| {
+                let s = p.as_str();
+                (s.len() > PHONE_SUFFIX_DIGITS + 4)
+                    .then(|| s[..s.len() - PHONE_SUFFIX_DIGITS].to_string())
+            })
+            .collect()
+    };
+    let shared_prefix = prefixes(a).intersection(&prefixes(b)).next().cloned();
+    if shared_domain.is_none() && shared_prefix.is_none() {
+        return None;
+    }
+    if let Some(d) = shared_domain {
+        score += 0.2;
+        why.push(format!("both at {d}"));
+    }
+    if let Some(p) = shared_prefix {
+        score += 0.15;
+        why.push(format!("phones both start {p}"));
+    }
+    Some((score.min(0.95), why.join("; ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -265,6 +372,40 @@ mod tests {
         // A number the metadata does not know falls back to its digits.
         let short = Identifier::Phone(PhoneNumber::from_e164_unchecked("+6512345".into()));
         assert!(policy.blocked_reason(&short).is_some());
+    }
+
+    fn person(name: &str, emails: &[&str], phones: &[&str]) -> Customer {
+        let mut c = Customer::new(CustomerId::new(), Some(name.into()), time::now());
+        c.emails = emails.iter().map(|e| Email::parse(e).unwrap()).collect();
+        c.phones = phones
+            .iter()
+            .map(|p| PhoneNumber::parse(p, None).unwrap())
+            .collect();
+        c
+    }
+
+    #[test]
+    fn similar_profiles_need_a_name_and_a_shared_domain_or_prefix() {
+        let a = person("Tan Wei Ming", &["weiming@acme.com"], &[]);
+        let b = person("Wei Ming Tan", &["wm@acme.com"], &[]);
+        let (score, why) = similar_profiles(&a, &b).unwrap();
+        assert!(score > 0.7, "{score}");
+        assert!(why.contains("acme.com"), "{why}");
+        let typo = person("Tan Wei Mingg", &["x@acme.com"], &[]);
+        let (typo_score, _) = similar_profiles(&a, &typo).unwrap();
+        assert!(typo_score < score);
+        // Free mail says nothing; a phone prefix does.
+        let g1 = person("Ann Lee", &["ann@gmail.com"], &["+6581226418"]);
+        let g2 = person("Ann Lee", &["ann.lee@gmail.com"], &["+6591234567"]);
+        assert_eq!(similar_profiles(&g1, &g2), None);
+        let g3 = person("Ann Lee", &["lee.ann@gmail.com"], &["+6581220000"]);
+        assert!(similar_profiles(&g1, &g3).unwrap().1.contains("+658122"));
+        // Other names, or one-word names, never.
+        let other = person("Tan Wei Jie", &["wj@acme.com"], &[]);
+        assert_eq!(similar_profiles(&a, &other), None);
+        let mono = person("Ann", &["a@acme.com"], &[]);
+        let mono2 = person("Ann", &["b@acme.com"], &[]);
+        assert_eq!(similar_profiles(&mono, &mono2), None);
     }
 
     #[test]
