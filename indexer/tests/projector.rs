@@ -146,3 +146,85 @@ async fn events_keep_the_index_in_step_and_verify_sees_drift() {
     assert!(s.projector.verify().await.unwrap().is_clean());
     assert_eq!(index.summary(ann.id).await.unwrap().unwrap().counts.sms, 2);
 }
+
+/// Merges, concurrent merges and an undo: after each, the index agrees with
+/// the store, merged ids are gone from it and the survivor is found by every
+/// identifier of every merged customer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn merges_and_undo_keep_the_index_in_step() {
+    let s = setup();
+    let index = s.projector.index().clone();
+    let numbers = [
+        "+65 8122 6418",
+        "+65 9123 4567",
+        "+65 9000 0001",
+        "+65 9000 0002",
+    ];
+    let mut ids = Vec::new();
+    for (i, n) in numbers.iter().enumerate() {
+        let (c, _) = s
+            .crm
+            .create_customer(CustomerInput {
+                name: Some(format!("Person {}", ["Ann", "Bob", "Cat", "Dan"][i])),
+                identifiers: vec![phone(n)],
+                status: None,
+            })
+            .await
+            .unwrap();
+        ids.push(c.id);
+    }
+    drain(&s).await;
+    assert!(s.projector.verify().await.unwrap().is_clean());
+
+    // Overlapping links raced: (0,1), (1,2), (2,3).
+    let tasks: Vec<_> = (0..3)
+        .map(|i| {
+            let crm = s.crm.clone();
+            let pair = EngagementTarget::Identify {
+                name: None,
+                identifiers: vec![phone(numbers[i]), phone(numbers[i + 1])],
+            };
+            tokio::spawn(async move { crm.record_engagement(sms(pair, "linked")).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    drain(&s).await;
+    let report = s.projector.verify().await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    for n in numbers {
+        let found = index
+            .lookup_phone(&PhoneNumber::parse(n, None).unwrap())
+            .await
+            .unwrap();
+        let found: Vec<_> = found.iter().map(|c| c.id).collect();
+        assert_eq!(found, vec![ids[0]], "{n} finds the survivor only");
+    }
+    let hits = index
+        .search(&Query::Name("Person".into()), 10)
+        .await
+        .unwrap();
+    assert_eq!(
+        hits.iter().map(|h| h.id).collect::<Vec<_>>(),
+        vec![ids[0]],
+        "merged ids are gone from search"
+    );
+
+    // Undo the merge that took Bob (whichever write made it).
+    let history = s.crm.history(ids[1]).await.unwrap();
+    let merge = history
+        .iter()
+        .find(|h| h.merged_ids.contains(&ids[1]))
+        .unwrap()
+        .merge_id;
+    s.crm.undo_merge(merge, "admin").await.unwrap();
+    drain(&s).await;
+    let report = s.projector.verify().await.unwrap();
+    assert!(report.is_clean(), "{report:?}");
+    let bob = index
+        .lookup_phone(&PhoneNumber::parse(numbers[1], None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(bob.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[1]]);
+}
