@@ -158,12 +158,17 @@ impl IndexedCustomer {
 }
 
 pub(crate) fn fingerprint_of(summary: &CustomerSummary) -> String {
+    // Serialising these plain structs cannot fail; an empty body would still
+    // give a stable (if useless) fingerprint.
+    fingerprint_of_json(&serde_json::to_vec(summary).unwrap_or_default())
+}
+
+/// [`fingerprint_of`] the summary serialised as `json` (by `serde_json`).
+pub(crate) fn fingerprint_of_json(json: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(FINGERPRINT_VERSION.as_bytes());
     hasher.update(b"\n");
-    // Serialising these plain structs cannot fail; an empty body would still
-    // give a stable (if useless) fingerprint.
-    hasher.update(serde_json::to_vec(summary).unwrap_or_default());
+    hasher.update(json);
     hex::encode(&hasher.finalize()[..16])
 }
 

@@ -261,16 +261,24 @@ pub(crate) const PARTIAL_NAME_PENALTY: f64 = 0.05;
 /// [`PARTIAL_NAME_PENALTY`] unless every word is a query token. Rounded as
 /// hits show it, so that adapters comparing scores agree with the ranking.
 pub(crate) fn name_score(query: &[String], tokens: &[String], words: &[String]) -> Option<f64> {
+    name_score_with(query, tokens, words, |i, t| token_match(&query[i], t))
+}
+
+/// [`name_score`] with `matches(i, token)` deciding how `query[i]` matches a
+/// token (it must agree with [`token_match`]; the Redis index remembers the
+/// answers during one search, since typo checks allocate).
+pub(crate) fn name_score_with(
+    query: &[String],
+    tokens: &[String],
+    words: &[String],
+    mut matches: impl FnMut(usize, &str) -> Option<Match>,
+) -> Option<f64> {
     if query.is_empty() {
         return None;
     }
     let mut total = 0.0;
-    for q in query {
-        total += tokens
-            .iter()
-            .filter_map(|t| token_match(q, t))
-            .max()?
-            .score();
+    for i in 0..query.len() {
+        total += tokens.iter().filter_map(|t| matches(i, t)).max()?.score();
     }
     let whole = words.iter().all(|w| query.contains(w));
     let penalty = if whole { 0.0 } else { PARTIAL_NAME_PENALTY };

@@ -63,7 +63,7 @@ pub const MAX_EXPANSIONS: usize = 64;
 /// proven its top `limit` by then answers with the best it has read (at one
 /// million generated customers this happens to queries of two or more
 /// common partial tokens whose combination is rare).
-pub const MAX_SCANNED: usize = 4_000;
+pub const MAX_SCANNED: usize = 1_500;
 
 /// Entries read per posting list in the first round of a multi-token
 /// search; each further round reads four times as many.
@@ -509,27 +509,52 @@ impl RedisIndex {
             return Ok(Vec::new());
         }
 
-        // The driver: the query token with the fewest posting-list entries.
-        let driver = if tokens.len() == 1 {
-            0
-        } else {
+        // The driver: the query token with the fewest posting-list entries;
+        // in the same round trip, the whole names the query names with its
+        // typos corrected (`tan wei mnig` → `wn:ming tan wei`).
+        let corrected: Vec<String> = typo_whole_name_keys(tokens, &expansions)
+            .into_iter()
+            .filter(|k| !whole_keys.contains(k))
+            .collect();
+        let many = tokens.len() > 1;
+        let mut driver = 0;
+        if many || !corrected.is_empty() {
             let mut pipe = ::redis::pipe();
-            for found in &expansions {
-                for (t, _) in found {
-                    pipe.cmd("ZCARD").arg(keys.nm(t));
+            if many {
+                for found in &expansions {
+                    for (t, _) in found {
+                        pipe.cmd("ZCARD").arg(keys.nm(t));
+                    }
                 }
             }
-            let mut cards = self.query(&pipe).await?.into_iter();
-            let mut sizes = Vec::with_capacity(expansions.len());
-            for found in &expansions {
-                let mut total = 0u64;
-                for _ in found {
-                    total += from_owned_redis_value::<u64>(next_value(&mut cards)?)?;
-                }
-                sizes.push(total);
+            for w in &corrected {
+                pipe.cmd("ZRANGE")
+                    .arg(keys.wn(w))
+                    .arg(0)
+                    .arg(limit - 1)
+                    .arg("REV")
+                    .arg("WITHSCORES");
             }
-            (0..sizes.len()).min_by_key(|&i| sizes[i]).unwrap_or(0)
-        };
+            let mut replies = self.query(&pipe).await?.into_iter();
+            if many {
+                let mut sizes = Vec::with_capacity(expansions.len());
+                for found in &expansions {
+                    let mut total = 0u64;
+                    for _ in found {
+                        total += from_owned_redis_value::<u64>(next_value(&mut replies)?)?;
+                    }
+                    sizes.push(total);
+                }
+                driver = (0..sizes.len()).min_by_key(|&i| sizes[i]).unwrap_or(0);
+            }
+            for _ in &corrected {
+                let entries: Vec<(Vec<u8>, f64)> =
+                    from_owned_redis_value(next_value(&mut replies)?)?;
+                for (m, recency) in entries {
+                    let _ = best.offer(tokens, &m, recency);
+                }
+            }
+        }
 
         let mut lists: Vec<Cursor> = expansions[driver]
             .iter()
@@ -541,7 +566,7 @@ impl RedisIndex {
                 done: false,
             })
             .collect();
-        let mut chunk = if tokens.len() == 1 {
+        let mut next_chunk = if tokens.len() == 1 {
             limit
         } else {
             FIRST_CHUNK.max(limit)
@@ -558,6 +583,8 @@ impl RedisIndex {
                 tracing::debug!(?tokens, scanned, "name search stopped at its read budget");
                 break;
             }
+            // This round's share of what is left of the budget.
+            let chunk = next_chunk.min(((MAX_SCANNED - scanned) / open.len()).max(limit));
             let mut pipe = ::redis::pipe();
             for &i in &open {
                 let c = &lists[i];
@@ -584,7 +611,7 @@ impl RedisIndex {
                     }
                 }
             }
-            chunk = chunk.saturating_mul(4);
+            next_chunk = next_chunk.saturating_mul(4);
         }
 
         let top = best.into_sorted();
@@ -827,7 +854,10 @@ impl Keys {
                 "engagements".into(),
                 serde_json::to_string(&summary.last_engagements).map_err(corrupt)?,
             ),
-            ("fingerprint".into(), crate::doc::fingerprint_of(&summary)),
+            (
+                "fingerprint".into(),
+                crate::doc::fingerprint_of_json(summary_json.as_bytes()),
+            ),
             (
                 "indexed".into(),
                 serde_json::to_string(entries).map_err(corrupt)?,
@@ -961,6 +991,9 @@ fn better(a: (f64, f64, CustomerId), b: (f64, f64, CustomerId)) -> bool {
 struct Ranked {
     limit: usize,
     found: HashMap<CustomerId, Scored>,
+    /// `matches[i][token]`: how query token `i` matches a token, as found
+    /// so far.
+    matches: Vec<HashMap<String, Option<Match>>>,
 }
 
 impl Ranked {
@@ -968,6 +1001,7 @@ impl Ranked {
         Ranked {
             limit,
             found: HashMap::new(),
+            matches: Vec::new(),
         }
     }
 
@@ -977,7 +1011,19 @@ impl Ranked {
     fn offer(&mut self, query: &[String], member: &[u8], recency: f64) -> Option<CustomerId> {
         let (id, tokens, words) = parse_name_member(member)?;
         if let std::collections::hash_map::Entry::Vacant(slot) = self.found.entry(id) {
-            if let Some(score) = query::name_score(query, &tokens, &words) {
+            let memo = &mut self.matches;
+            if memo.len() < query.len() {
+                memo.resize_with(query.len(), HashMap::new);
+            }
+            let score = query::name_score_with(query, &tokens, &words, |i, t| {
+                if let Some(m) = memo[i].get(t) {
+                    return *m;
+                }
+                let m = query::token_match(&query[i], t);
+                memo[i].insert(t.to_string(), m);
+                m
+            });
+            if let Some(score) = score {
                 slot.insert(Scored {
                     id,
                     tokens,
@@ -1114,6 +1160,60 @@ fn whole_name_keys(tokens: &[String], words: &[String]) -> Vec<String> {
         keys.extend(whole_name(tokens));
     }
     keys.extend(whole_name(words));
+    keys.into_iter().collect()
+}
+
+/// Typo corrections tried per query token for whole-name lookups.
+const CORRECTIONS_PER_TOKEN: usize = 4;
+
+/// Most whole-name lookups of corrected queries.
+const MAX_CORRECTED: usize = 16;
+
+/// Whole names the query names once its typos are corrected: each query
+/// token that is not itself a known token is replaced by the known tokens
+/// one typo from it (the first [`CORRECTIONS_PER_TOKEN`]). Empty when no
+/// token needs correcting, when one matches neither exactly nor by a typo (a
+/// prefix names no whole word), or when there would be more than
+/// [`MAX_CORRECTED`] combinations. Their entries score alike (same tokens),
+/// so their first `limit` entries are their best.
+fn typo_whole_name_keys(tokens: &[String], expansions: &[Vec<(String, Match)>]) -> Vec<String> {
+    let mut choices: Vec<Vec<&String>> = Vec::with_capacity(tokens.len());
+    let mut corrected = false;
+    for (q, found) in tokens.iter().zip(expansions) {
+        if found.iter().any(|(t, m)| *m == Match::Exact && t == q) {
+            choices.push(vec![q]);
+            continue;
+        }
+        let typos: Vec<&String> = found
+            .iter()
+            .filter(|(_, m)| *m == Match::Typo)
+            .map(|(t, _)| t)
+            .take(CORRECTIONS_PER_TOKEN)
+            .collect();
+        if typos.is_empty() {
+            return Vec::new();
+        }
+        corrected = true;
+        choices.push(typos);
+    }
+    let combinations = choices.iter().map(Vec::len).product::<usize>();
+    if !corrected || combinations > MAX_CORRECTED {
+        return Vec::new();
+    }
+    let mut combos: Vec<Vec<String>> = vec![Vec::new()];
+    for options in &choices {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                options.iter().map(move |t| {
+                    let mut c = c.clone();
+                    c.push((*t).clone());
+                    c
+                })
+            })
+            .collect();
+    }
+    let keys: BTreeSet<String> = combos.iter().filter_map(|c| whole_name(c)).collect();
     keys.into_iter().collect()
 }
 
@@ -1522,6 +1622,58 @@ mod tests {
         let m = member("ann", id);
         assert_eq!(split_member(m.as_bytes()), Some(("ann", id)));
         assert_eq!(split_member(b"no-separator"), None);
+    }
+
+    #[test]
+    fn typos_are_corrected_for_whole_name_lookups() {
+        let q = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let exp = |v: &[(&str, Match)]| {
+            v.iter()
+                .map(|(t, m)| (t.to_string(), *m))
+                .collect::<Vec<_>>()
+        };
+        let tokens = q(&["tan", "wei", "mnig"]);
+        let expansions = vec![
+            exp(&[("tan", Match::Exact), ("tanaka", Match::Prefix)]),
+            exp(&[("wei", Match::Exact)]),
+            exp(&[("ming", Match::Typo), ("mnigx", Match::Prefix)]),
+        ];
+        assert_eq!(
+            typo_whole_name_keys(&tokens, &expansions),
+            vec!["ming tan wei"]
+        );
+        // Nothing to correct, or a token that is only a prefix.
+        let exact = vec![expansions[0].clone(), expansions[1].clone()];
+        assert!(typo_whole_name_keys(&tokens[..2], &exact).is_empty());
+        let prefix_only = vec![exp(&[("tanaka", Match::Prefix)]), expansions[2].clone()];
+        assert!(typo_whole_name_keys(&q(&["tana", "mnig"]), &prefix_only).is_empty());
+    }
+
+    #[test]
+    fn name_members_round_trip() {
+        let id = CustomerId::new();
+        let latin = IndexEntries {
+            tokens: vec!["ann".into(), "tan".into()],
+            words: vec!["ann".into(), "tan".into()],
+            ..IndexEntries::default()
+        };
+        let m = name_member(id, &latin);
+        assert_eq!(m, format!("{id}\0ann tan"));
+        assert_eq!(
+            parse_name_member(m.as_bytes()),
+            Some((id, latin.tokens.clone(), latin.words.clone()))
+        );
+        let cjk = IndexEntries {
+            tokens: vec!["陈大".into(), "陈".into(), "大".into()],
+            words: vec!["陈大".into()],
+            ..IndexEntries::default()
+        };
+        let m = name_member(id, &cjk);
+        assert_eq!(
+            parse_name_member(m.as_bytes()),
+            Some((id, cjk.tokens.clone(), cjk.words.clone()))
+        );
+        assert_eq!(parse_name_member(b"not-an-id\0ann"), None);
     }
 
     #[test]

@@ -238,6 +238,8 @@ async fn full_names_among_many_namesakes(index: &dyn SearchIndex) {
         any(index, "ming tan wei").await[..2],
         [ming.id, ming_jun.id]
     );
+    // With a typo, the whole name and the longer one score alike: recency.
+    assert_eq!(any(index, "tan wei mnig").await, vec![ming_jun.id, ming.id]);
     // Two tokens that each have 700 customers, and one customer with both.
     assert_eq!(any(index, "lim kumar").await, vec![lim_kumar.id]);
     assert_eq!(any(index, "kumar li").await, vec![lim_kumar.id]);
