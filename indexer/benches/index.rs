@@ -286,6 +286,15 @@ async fn main() {
         )
         .await
     };
+    // Search quality, one query at a time (not timed): is the customer
+    // whose name (or name with a typo) was typed in the top 10? And if not,
+    // are the top 10 all namesakes (customers with the same words in their
+    // name, which rank the same and go by recency)?
+    let names_by_id: std::collections::HashMap<CustomerId, String> =
+        named.iter().cloned().collect();
+    let full_recall = recall(&index, &full, &names_by_id).await;
+    let typo_recall = recall(&index, &typos, &names_by_id).await;
+
     let full_name = search_run(index.clone(), c, search_secs, full.clone()).await;
     let full_name_1 = search_run(index.clone(), 1, search_secs, full).await;
     let typo = search_run(index.clone(), c, search_secs, typos.clone()).await;
@@ -386,6 +395,51 @@ async fn main() {
         "caller ID / GET throughput: {:.2}",
         lookup.per_second / get.per_second
     );
+    println!();
+    println!("| search quality (top 10, one query at a time) | queries | customer in top 10 | customer or 10 namesakes in top 10 |");
+    println!("| --- | --- | --- | --- |");
+    for (name, r) in [
+        ("full name", &full_recall),
+        ("full name with one typo", &typo_recall),
+    ] {
+        println!(
+            "| {name} | {} | {:.1}% | {:.1}% |",
+            thousands(r.0 as f64),
+            r.1 * 100.0,
+            r.2 * 100.0
+        );
+    }
+}
+
+/// `(queries, share with the customer in the top 10, share with the
+/// customer or ten namesakes in the top 10)` over the first
+/// `RECALL_QUERIES` queries.
+async fn recall(
+    index: &RedisIndex,
+    queries: &[(CustomerId, String)],
+    names: &std::collections::HashMap<CustomerId, String>,
+) -> (usize, f64, f64) {
+    const RECALL_QUERIES: usize = 2_000;
+    let word_set = |name: &str| {
+        names::words(name)
+            .into_iter()
+            .collect::<std::collections::BTreeSet<_>>()
+    };
+    let (mut found, mut namesakes, mut n) = (0usize, 0usize, 0usize);
+    for (id, q) in queries.iter().take(RECALL_QUERIES) {
+        let hits = index.search(&Query::Any(q.clone()), LIMIT).await.unwrap();
+        let own = word_set(&names[id]);
+        let hit = hits.iter().any(|h| h.id == *id);
+        let all_namesakes = hits.len() == LIMIT
+            && hits
+                .iter()
+                .all(|h| h.name.as_deref().map(word_set).as_ref() == Some(&own));
+        found += usize::from(hit);
+        namesakes += usize::from(hit || all_namesakes);
+        n += 1;
+    }
+    let share = |k: usize| k as f64 / n.max(1) as f64;
+    (n, share(found), share(namesakes))
 }
 
 async fn search_run(

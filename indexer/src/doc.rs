@@ -17,7 +17,7 @@ const MAX_NAME_TOKENS: usize = 64;
 
 /// Bumped when what is indexed for the same document changes (the tokenizer,
 /// the summary), so that verify reports every customer as stale.
-const FINGERPRINT_VERSION: &str = "index-v1";
+const FINGERPRINT_VERSION: &str = "index-v2";
 
 /// A customer as the index sees it: the profile and its latest engagements.
 /// Built by the caller from the store; the index never reads the store.
@@ -73,6 +73,10 @@ pub struct CustomerSummary {
 pub(crate) struct IndexEntries {
     /// Name tokens.
     pub tokens: Vec<String>,
+    /// The name's words ([`names::words`]): a whole-name match is one that
+    /// names every word.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub words: Vec<String>,
     /// E.164 numbers.
     pub phones: Vec<String>,
     /// National significant numbers of those phones.
@@ -141,8 +145,11 @@ impl IndexedCustomer {
         let c = &self.customer;
         let mut tokens = c.name.as_deref().map(names::tokenize).unwrap_or_default();
         tokens.truncate(MAX_NAME_TOKENS);
+        let mut words = c.name.as_deref().map(names::words).unwrap_or_default();
+        words.truncate(MAX_NAME_TOKENS);
         IndexEntries {
             tokens,
+            words,
             phones: c.phones.iter().map(|p| p.as_str().to_string()).collect(),
             national: national_numbers(&c.phones),
             emails: c.emails.iter().map(|e| e.as_str().to_string()).collect(),
@@ -151,12 +158,17 @@ impl IndexedCustomer {
 }
 
 pub(crate) fn fingerprint_of(summary: &CustomerSummary) -> String {
+    // Serialising these plain structs cannot fail; an empty body would still
+    // give a stable (if useless) fingerprint.
+    fingerprint_of_json(&serde_json::to_vec(summary).unwrap_or_default())
+}
+
+/// [`fingerprint_of`] the summary serialised as `json` (by `serde_json`).
+pub(crate) fn fingerprint_of_json(json: &[u8]) -> String {
     let mut hasher = Sha256::new();
     hasher.update(FINGERPRINT_VERSION.as_bytes());
     hasher.update(b"\n");
-    // Serialising these plain structs cannot fail; an empty body would still
-    // give a stable (if useless) fingerprint.
-    hasher.update(serde_json::to_vec(summary).unwrap_or_default());
+    hasher.update(json);
     hex::encode(&hasher.finalize()[..16])
 }
 
@@ -185,6 +197,7 @@ impl IndexEntries {
         }
         IndexEntries {
             tokens: Vec::new(),
+            words: Vec::new(),
             national: national_numbers(&phones),
             phones: phones.iter().map(|p| p.as_str().to_string()).collect(),
             emails,
@@ -214,6 +227,7 @@ impl IndexEntries {
         }
         IndexEntries {
             tokens: diff(&self.tokens, &newer.tokens),
+            words: Vec::new(),
             phones: diff(&self.phones, &newer.phones),
             national: diff(&self.national, &newer.national),
             emails: diff(&self.emails, &newer.emails),
@@ -279,6 +293,7 @@ mod tests {
             phones: vec!["+6581226418".into()],
             national: vec!["81226418".into()],
             emails: vec![],
+            ..IndexEntries::default()
         };
         let new = IndexEntries {
             tokens: vec!["ann".into(), "lee".into()],

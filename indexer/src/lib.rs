@@ -30,14 +30,20 @@
 //! | `crm:g<N>:pn:<national number>` | SET | customer ids, for numbers typed without country code (`81226418`) |
 //! | `crm:g<N>:em:<email>` | SET | customer ids |
 //! | `crm:g<N>:ex` | ZSET | `<email>\0<id>`, score 0: email prefix search with `ZRANGEBYLEX` |
-//! | `crm:g<N>:nm:<token>` | SET | customer ids with that whole name token |
-//! | `crm:g<N>:nx` | ZSET | `<token>\0<id>`, score 0: name prefix (type-ahead) search with `ZRANGEBYLEX` |
+//! | `crm:g<N>:nm:<token>` | ZSET | the customers with that name token: member `<id>\0<tokens>[\0<words>]` (the customer's name tokens, space-separated, and its words when they differ), score the last engagement in µs since 1970 (never: -9e18); read most recent first |
+//! | `crm:g<N>:tk` | ZSET | every name token, score 0: the vocabulary; a query token's prefix range (`ZRANGEBYLEX`) gives the posting lists it matches |
+//! | `crm:g<N>:wn:<words>` | ZSET | the customers whose name has exactly these words (sorted, space-separated), as in `nm:`: whole-name matches without scanning |
 //! | `crm:g<N>:ty:<variant>` | SET | name tokens (not ids) having that deletion variant, or being it: one-typo matching |
 //! | `crm:g<N>:ids` | ZSET | every indexed customer id, score 0: verify lists them in order |
 //!
 //! Every command touches one key (pipelined, never `SINTER`/`SUNION`/`MGET`
 //! across keys; the two small Lua scripts touch only `crm:gen`), so the schema
 //! works on Redis Cluster as it is.
+//!
+//! The layout of `nm:`, `tk` and `wn:` changed from the first version (a SET
+//! of ids per token and one `nx` ZSET of `<token>\0<id>`): an index written
+//! before needs `crm-indexer rebuild` (verify reports every customer stale,
+//! since the fingerprint version changed with it).
 
 pub mod cli;
 pub mod doc;
@@ -150,4 +156,4 @@ pub trait SearchIndex: Send + Sync + 'static {
 }
 
 /// Documents written per batch while rebuilding.
-pub(crate) const REBUILD_BATCH: usize = 200;
+pub(crate) const REBUILD_BATCH: usize = 500;

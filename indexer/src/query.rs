@@ -66,7 +66,7 @@ pub(crate) enum Match {
 }
 
 impl Match {
-    fn score(self) -> f64 {
+    pub(crate) fn score(self) -> f64 {
         match self {
             Match::Exact => 1.0,
             Match::National => 0.9,
@@ -190,6 +190,17 @@ fn phone_plan(raw: &str, region: Option<Region>) -> Plan {
     }
 }
 
+/// The words of a name query as typed (a CJK run stays one word), for
+/// whole-name lookups; empty for other queries.
+pub(crate) fn query_words(query: &Query) -> Vec<String> {
+    let mut words = match query {
+        Query::Any(q) | Query::Name(q) => names::words(q),
+        Query::Email(_) | Query::Phone { .. } => Vec::new(),
+    };
+    words.truncate(MAX_QUERY_TOKENS);
+    words
+}
+
 /// What a hit shows of a customer; adapters read only this much.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct Brief {
@@ -222,37 +233,70 @@ pub(crate) struct NameCandidate {
 /// Keeps the candidates whose tokens match every query token, scored.
 pub(crate) fn rank_names(query: &[String], candidates: Vec<NameCandidate>) -> Vec<SearchHit> {
     let mut hits = Vec::new();
-    'candidates: for c in candidates {
-        let mut total = 0.0;
-        for q in query {
-            let best = c.tokens.iter().filter_map(|t| token_match(q, t)).max();
-            match best {
-                Some(m) => total += m.score(),
-                None => continue 'candidates,
-            }
-        }
-        let mean = total / query.len() as f64;
-        // A whole-name match ranks above a partial one of the same kind:
-        // `ann` finds `Ann` before `Ann Tan`. The penalty stays below the gap
-        // between match kinds, so kinds still come first.
+    for c in candidates {
         let words = c
             .brief
             .name
             .as_deref()
             .map(names::words)
             .unwrap_or_default();
-        let covered = words.iter().filter(|w| query.contains(w)).count();
-        let coverage = if words.is_empty() {
-            1.0
-        } else {
-            covered as f64 / words.len() as f64
-        };
-        hits.push(hit(c.brief, MatchedOn::Name, mean - 0.1 * (1.0 - coverage)));
+        if let Some(score) = name_score(query, &c.tokens, &words) {
+            hits.push(hit(c.brief, MatchedOn::Name, score));
+        }
     }
     hits
 }
 
-fn token_match(query: &str, token: &str) -> Option<Match> {
+/// Taken off the score of a name match unless every word of the name was
+/// typed exactly: `ann` finds `Ann` (1.0) before `Ann Tan` (0.95). It stays
+/// below the gap between match kinds, so kinds still come first; and it is
+/// the same for every partial match, so among those of one kind the most
+/// recent engagement decides (which lets an index read its posting lists in
+/// recency order and stop early).
+pub(crate) const PARTIAL_NAME_PENALTY: f64 = 0.05;
+
+/// The score of a customer with these name `tokens` and `words` for the
+/// query tokens, or `None` when some query token matches none of its tokens:
+/// the mean of each query token's best match, less
+/// [`PARTIAL_NAME_PENALTY`] unless every word is a query token. Rounded as
+/// hits show it, so that adapters comparing scores agree with the ranking.
+pub(crate) fn name_score(query: &[String], tokens: &[String], words: &[String]) -> Option<f64> {
+    name_score_with(query, tokens, words, |i, t| token_match(&query[i], t))
+}
+
+/// [`name_score`] with `matches(i, token)` deciding how `query[i]` matches a
+/// token (it must agree with [`token_match`]; the Redis index remembers the
+/// answers during one search, since typo checks allocate).
+pub(crate) fn name_score_with(
+    query: &[String],
+    tokens: &[String],
+    words: &[String],
+    mut matches: impl FnMut(usize, &str) -> Option<Match>,
+) -> Option<f64> {
+    if query.is_empty() {
+        return None;
+    }
+    let mut total = 0.0;
+    for i in 0..query.len() {
+        total += tokens.iter().filter_map(|t| matches(i, t)).max()?.score();
+    }
+    let whole = words.iter().all(|w| query.contains(w));
+    let penalty = if whole { 0.0 } else { PARTIAL_NAME_PENALTY };
+    Some(round_score(total / query.len() as f64 - penalty))
+}
+
+/// The best score a partial-name match can reach when one query token
+/// matches as `kind` and every other one exactly.
+pub(crate) fn best_partial_score(query_tokens: usize, kind: Match) -> f64 {
+    let n = query_tokens.max(1) as f64;
+    round_score((kind.score() + (n - 1.0)) / n - PARTIAL_NAME_PENALTY)
+}
+
+fn round_score(score: f64) -> f64 {
+    (score * 1000.0).round() / 1000.0
+}
+
+pub(crate) fn token_match(query: &str, token: &str) -> Option<Match> {
     if token == query {
         Some(Match::Exact)
     } else if token.starts_with(query) {
@@ -293,18 +337,20 @@ fn hit(s: Brief, matched_on: MatchedOn, score: f64) -> SearchHit {
         phones: s.phones,
         last_engagement_at: s.last_engagement_at,
         matched_on,
-        score: (score * 1000.0).round() / 1000.0,
+        score: round_score(score),
     }
 }
 
-/// Best first, ties by most recent engagement, then by id so the order is stable.
+/// Best first, ties by most recent engagement, then by id, highest first
+/// (ids are time-ordered, so the newest customer), so the order is stable.
+/// The Redis index keeps its posting lists in the same order.
 pub(crate) fn best_first(mut hits: Vec<SearchHit>, limit: usize) -> Vec<SearchHit> {
     hits.sort_by(|a, b| {
         b.score
             .partial_cmp(&a.score)
             .unwrap_or(Ordering::Equal)
             .then_with(|| b.last_engagement_at.cmp(&a.last_engagement_at))
-            .then_with(|| a.id.cmp(&b.id))
+            .then_with(|| b.id.cmp(&a.id))
     });
     hits.truncate(limit.min(MAX_SEARCH_LIMIT));
     hits

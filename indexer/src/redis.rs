@@ -8,10 +8,14 @@
 //!   they differ, the cache is updated and the pipeline sent again.
 //! - **Hot paths stay cheap.** No command takes several posting lists
 //!   (`SINTER` blocks Redis for milliseconds on big sets). A name search
-//!   reads each query token's prefix range of the `nx` sorted set with a
-//!   `LIMIT` (at most [`CANDIDATES`] members), takes candidates from the
-//!   narrowest token, reads their tokens with the summaries and checks every
-//!   other query token in process.
+//!   (see [`RedisIndex::search_names`]) expands each query token to the
+//!   vocabulary tokens it matches (`tk` prefix range, typo table), reads the
+//!   whole-name lists `wn:` the query could name, then reads the posting
+//!   lists `nm:<token>` of the query token with the fewest entries in
+//!   ranking order (most recent first) a chunk at a time, checking the other
+//!   query tokens against the tokens each entry carries, and stops as soon as
+//!   nothing unread can enter the top `limit` (or after [`MAX_SCANNED`]
+//!   entries). Only the `limit` hits it answers with have their summary read.
 //! - **Writes** are pipelined, not transactions (`MULTI` cannot span Cluster
 //!   slots): a reader may see a half-applied upsert for a moment; the next
 //!   upsert of the customer, or a rebuild, repairs any interrupted one.
@@ -20,9 +24,15 @@
 //! - The connection is a [`ConnectionManager`]: it reconnects by itself; a
 //!   command sent while Redis is down fails with [`IndexError::Unavailable`].
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use parking_lot::Mutex;
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{from_owned_redis_value, Pipeline, RedisError, Script, Value};
@@ -40,23 +50,38 @@ use crate::{
     IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex, REBUILD_BATCH,
 };
 
-/// Most members read from one prefix range, and most candidates of a name
-/// search. A prefix matching more (`a`) answers from the first ones in
-/// token order; longer prefixes narrow it.
+/// Most members read from one email prefix range. A prefix matching more
+/// (`a`) answers from the first ones in address order.
 pub const CANDIDATES: usize = 500;
+
+/// Most vocabulary tokens one query token stands for: the tokens it is a
+/// prefix of (from `tk`, in token order), and as many one-typo neighbours.
+/// `t` alone may start thousands of tokens; the first ones are used.
+pub const MAX_EXPANSIONS: usize = 64;
+
+/// Most posting-list entries one name search reads. A search that has not
+/// proven its top `limit` by then answers with the best it has read (at one
+/// million generated customers this happens to queries of two or more
+/// common partial tokens whose combination is rare).
+pub const MAX_SCANNED: usize = 1_500;
+
+/// Entries read per posting list in the first round of a multi-token
+/// search; each further round reads four times as many.
+const FIRST_CHUNK: usize = 64;
+
+/// Batches a rebuild writes at the same time, each on its own task: the
+/// documents are produced (read from the store) while earlier batches are
+/// encoded and written.
+const REBUILD_WRITERS: usize = 4;
+
+/// The recency score of a customer that never engaged: below every date.
+const NEVER: f64 = -9.0e18;
 
 /// Keys unlinked per pipeline when a generation is deleted.
 const DELETE_BATCH: usize = 500;
 
 /// The fields of `cust:<id>` a search hit needs.
-const BRIEF_FIELDS: [&str; 6] = [
-    "id",
-    "name",
-    "phones",
-    "emails",
-    "last_engagement_at",
-    "indexed",
-];
+const BRIEF_FIELDS: [&str; 5] = ["id", "name", "phones", "emails", "last_engagement_at"];
 
 /// Switches `crm:gen` to the rebuilt generation if it is still the one being
 /// built; returns the generation it replaced, or nil. One key, so it is
@@ -152,6 +177,52 @@ impl RedisIndex {
         ))
     }
 
+    /// Another handle on the same connection and keys, for writer tasks.
+    fn sibling(&self) -> RedisIndex {
+        RedisIndex::new(self.conn.clone(), &self.prefix)
+    }
+
+    /// Writes one rebuild batch into `generation`, unless another rebuild
+    /// took over. Returns how many documents it wrote.
+    async fn write_batch(
+        self: Arc<Self>,
+        generation: u64,
+        batch: Vec<IndexedCustomer>,
+        vocabulary: Arc<Mutex<HashSet<String>>>,
+    ) -> IndexResult<u64> {
+        if self.generations().await?.1 != Some(generation) {
+            return Err(IndexError::RebuildAbandoned(
+                "another rebuild started".into(),
+            ));
+        }
+        let changes: Vec<Change<'_>> = batch.iter().map(Change::Upsert).collect();
+        self.apply_to(&[generation], &changes, Some(&vocabulary))
+            .await?;
+        Ok(batch.len() as u64)
+    }
+
+    /// The token-level keys of every token a rebuild wrote, for those that
+    /// still have customers (an upsert during the rebuild may have taken a
+    /// token's last one away).
+    async fn write_vocabulary(&self, generation: u64, tokens: &[String]) -> IndexResult<()> {
+        let keys = self.keys(generation);
+        for chunk in tokens.chunks(DELETE_BATCH) {
+            let mut pipe = ::redis::pipe();
+            for t in chunk {
+                pipe.cmd("ZCARD").arg(keys.nm(t));
+            }
+            let counts = self.query(&pipe).await?;
+            let mut write = ::redis::pipe();
+            for (t, count) in chunk.iter().zip(counts) {
+                if from_owned_redis_value::<u64>(count)? > 0 {
+                    keys.add_token(&mut write, t);
+                }
+            }
+            write.query_async::<()>(&mut self.conn.clone()).await?;
+        }
+        Ok(())
+    }
+
     /// `(current, building)` from `crm:gen`.
     async fn generations(&self) -> IndexResult<(u64, Option<u64>)> {
         let mut pipe = ::redis::pipe();
@@ -174,6 +245,18 @@ impl RedisIndex {
     /// each customer is indexed under now, writes the difference, then drops
     /// typo-table entries of tokens nobody has any more.
     async fn apply(&self, generations: &[u64], changes: &[Change<'_>]) -> IndexResult<()> {
+        self.apply_to(generations, changes, None).await
+    }
+
+    /// [`Self::apply`]; with `vocabulary`, the token-level keys (`tk`, the
+    /// typo table) are not written but the tokens are added to it, for a
+    /// rebuild to write each token's once at the end.
+    async fn apply_to(
+        &self,
+        generations: &[u64],
+        changes: &[Change<'_>],
+        vocabulary: Option<&Mutex<HashSet<String>>>,
+    ) -> IndexResult<()> {
         if changes.is_empty() || generations.is_empty() {
             return Ok(());
         }
@@ -203,45 +286,55 @@ impl RedisIndex {
                     Change::Upsert(doc) if doc.is_searchable() => {
                         let new = doc.entries();
                         let gone = old.minus(&new);
+                        if name_member(doc.id(), &old) != name_member(doc.id(), &new) {
+                            keys.unindex_name(&mut write, doc.id(), &old);
+                        }
                         keys.unindex(&mut write, doc.id(), &gone);
-                        keys.index(&mut write, doc, &new)?;
+                        keys.index(&mut write, doc, &new, vocabulary.is_none())?;
+                        if let Some(v) = vocabulary {
+                            let mut v = v.lock();
+                            for t in &new.tokens {
+                                if !v.contains(t) {
+                                    v.insert(t.clone());
+                                }
+                            }
+                        }
                         gone
                     }
                     Change::Upsert(doc) => {
                         keys.remove_customer(&mut write, doc.id());
+                        keys.unindex_name(&mut write, doc.id(), &old);
                         keys.unindex(&mut write, doc.id(), &old);
                         old
                     }
                     Change::Remove(id, also) => {
+                        keys.unindex_name(&mut write, *id, &old);
                         let gone = old.union(also);
                         keys.remove_customer(&mut write, *id);
                         keys.unindex(&mut write, *id, &gone);
                         gone
                     }
                 };
-                orphan_candidates.extend(
-                    gone.tokens
-                        .into_iter()
-                        .filter(|t| !typo_keys(t).is_empty())
-                        .map(|t| (g, t)),
-                );
+                orphan_candidates.extend(gone.tokens.into_iter().map(|t| (g, t)));
             }
         }
         write.query_async::<()>(&mut self.conn.clone()).await?;
-        self.drop_orphan_typos(orphan_candidates).await
+        self.drop_orphan_tokens(orphan_candidates).await
     }
 
-    /// Typo-table entries point at tokens, not customers: a token's entries
-    /// go when no customer has the token any more. (A customer getting the
-    /// token between the check and the removal loses typo matching on it
-    /// until its next upsert.)
-    async fn drop_orphan_typos(&self, tokens: Vec<(u64, String)>) -> IndexResult<()> {
+    /// Vocabulary (`tk`) and typo-table entries point at tokens, not
+    /// customers: a token's entries go when no customer has the token any
+    /// more. (A customer getting the token between the check and the removal
+    /// loses prefix and typo matching on it until its next upsert; exact
+    /// matching by that token goes too, since the vocabulary is how a query
+    /// token finds its posting list.)
+    async fn drop_orphan_tokens(&self, tokens: Vec<(u64, String)>) -> IndexResult<()> {
         if tokens.is_empty() {
             return Ok(());
         }
         let mut pipe = ::redis::pipe();
         for (g, t) in &tokens {
-            pipe.cmd("SCARD").arg(self.keys(*g).nm(t));
+            pipe.cmd("ZCARD").arg(self.keys(*g).nm(t));
         }
         let counts = self.query(&pipe).await?;
         let mut cleanup = ::redis::pipe();
@@ -250,6 +343,8 @@ impl RedisIndex {
             let count: u64 = from_owned_redis_value(count)?;
             if count == 0 {
                 let keys = self.keys(*g);
+                cleanup.cmd("ZREM").arg(keys.tk()).arg(t).ignore();
+                any = true;
                 for v in typo_keys(t) {
                     cleanup.cmd("SREM").arg(keys.ty(&v)).arg(t).ignore();
                     any = true;
@@ -307,11 +402,7 @@ impl RedisIndex {
 
     /// Reads the brief of each id (one round trip); ids without a summary
     /// (stale entries) are left out.
-    async fn briefs(
-        &self,
-        keys: &Keys,
-        ids: &[CustomerId],
-    ) -> IndexResult<Vec<(Brief, Vec<String>)>> {
+    async fn briefs(&self, keys: &Keys, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -329,66 +420,212 @@ impl RedisIndex {
         Ok(out)
     }
 
-    async fn search_names(&self, tokens: &[String]) -> IndexResult<Vec<SearchHit>> {
+    /// Name search, best first, at most `limit` hits.
+    ///
+    /// 1. One round trip: each query token's vocabulary (`tk` prefix range and
+    ///    typo-table entries), and the whole-name lists `wn:` of the query's
+    ///    word sets (see [`whole_name_keys`]), `limit` entries each. Every
+    ///    entry of one `wn:` list has the same tokens, so the same score: its
+    ///    first `limit` entries are its best.
+    /// 2. For several query tokens, `ZCARD` of every expansion: the query
+    ///    token with the fewest entries drives.
+    /// 3. The driver's expansions' posting lists are read in their order
+    ///    (most recent engagement first), a chunk at a time. Each entry
+    ///    carries the customer's tokens, so it is scored in process. An
+    ///    unread entry of a list can score at most
+    ///    [`query::best_partial_score`] (whole-name matches come from step
+    ///    1), with a recency no better than the last one read: once the
+    ///    `limit`-th best read beats that for every list, the answer is
+    ///    exact. [`MAX_SCANNED`] bounds the work.
+    /// 4. The briefs of the best `limit` (one `HMGET` each), ranked as the
+    ///    memory index ranks them.
+    pub(crate) async fn search_names(
+        &self,
+        tokens: &[String],
+        words: &[String],
+        limit: usize,
+    ) -> IndexResult<Vec<SearchHit>> {
+        let limit = limit.clamp(1, crate::MAX_SEARCH_LIMIT);
+        let whole_keys = whole_name_keys(tokens, words);
         let (keys, values) = self
             .read(|k, p| {
                 for q in tokens {
-                    zrange_prefix(p, &k.nx(), q.as_bytes());
+                    p.cmd("ZRANGEBYLEX")
+                        .arg(k.tk())
+                        .arg(lex_from(q.as_bytes()))
+                        .arg(lex_to(q.as_bytes()))
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(MAX_EXPANSIONS);
                     for v in typo_keys(q) {
                         p.cmd("SMEMBERS").arg(k.ty(&v));
                     }
                 }
+                for w in &whole_keys {
+                    p.cmd("ZRANGE")
+                        .arg(k.wn(w))
+                        .arg(0)
+                        .arg(limit - 1)
+                        .arg("REV")
+                        .arg("WITHSCORES");
+                }
             })
             .await?;
         let mut values = values.into_iter();
-        // Per query token: ids from its prefix range, whether the range was
-        // cut at the limit, and tokens one typo away.
-        let mut per_token: Vec<(BTreeSet<CustomerId>, bool, BTreeSet<String>)> = Vec::new();
+        // Per query token: the vocabulary tokens it matches, and how.
+        let mut expansions: Vec<Vec<(String, Match)>> = Vec::with_capacity(tokens.len());
         for q in tokens {
-            let members: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values)?)?;
-            let truncated = members.len() >= CANDIDATES;
-            let ids = members
-                .iter()
-                .filter_map(|m| split_member(m))
-                .map(|(_, id)| id)
+            let prefixed: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
+            let mut found: Vec<(String, Match)> = prefixed
+                .into_iter()
+                .map(|t| {
+                    let m = if &t == q { Match::Exact } else { Match::Prefix };
+                    (t, m)
+                })
                 .collect();
-            let mut typo_tokens = BTreeSet::new();
+            let mut typos = BTreeSet::new();
             for _ in typo_keys(q) {
-                let found: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
-                typo_tokens.extend(found.into_iter().filter(|t| !t.starts_with(q.as_str())));
+                let near: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
+                typos.extend(near.into_iter().filter(|t| !t.starts_with(q.as_str())));
             }
-            per_token.push((ids, truncated, typo_tokens));
+            found.extend(
+                typos
+                    .into_iter()
+                    .filter(|t| query::token_match(q, t) == Some(Match::Typo))
+                    .take(MAX_EXPANSIONS)
+                    .map(|t| (t, Match::Typo)),
+            );
+            expansions.push(found);
         }
-        // The narrowest token drives: a complete range beats a cut one.
-        let Some((mut candidates, _, typo_tokens)) = per_token
-            .into_iter()
-            .min_by_key(|(ids, truncated, typos)| (*truncated, ids.len() + typos.len()))
-        else {
+        let mut best = Ranked::new(limit);
+        for _ in &whole_keys {
+            let entries: Vec<(Vec<u8>, f64)> = from_owned_redis_value(next_value(&mut values)?)?;
+            for (m, recency) in entries {
+                let _ = best.offer(tokens, &m, recency);
+            }
+        }
+        if expansions.iter().any(Vec::is_empty) {
+            // Some query token matches nothing: nobody has every token.
             return Ok(Vec::new());
-        };
-        if !typo_tokens.is_empty() && candidates.len() < CANDIDATES {
+        }
+
+        // The driver: the query token with the fewest posting-list entries;
+        // in the same round trip, the whole names the query names with its
+        // typos corrected (`tan wei mnig` → `wn:ming tan wei`).
+        let corrected: Vec<String> = typo_whole_name_keys(tokens, &expansions)
+            .into_iter()
+            .filter(|k| !whole_keys.contains(k))
+            .collect();
+        let many = tokens.len() > 1;
+        let mut driver = 0;
+        if many || !corrected.is_empty() {
             let mut pipe = ::redis::pipe();
-            for t in &typo_tokens {
-                let mut exact = t.as_bytes().to_vec();
-                exact.push(0);
-                zrange_prefix(&mut pipe, &keys.nx(), &exact);
+            if many {
+                for found in &expansions {
+                    for (t, _) in found {
+                        pipe.cmd("ZCARD").arg(keys.nm(t));
+                    }
+                }
             }
-            for v in self.query(&pipe).await? {
-                let members: Vec<Vec<u8>> = from_owned_redis_value(v)?;
-                candidates.extend(
-                    members
-                        .iter()
-                        .filter_map(|m| split_member(m))
-                        .map(|(_, id)| id),
-                );
+            for w in &corrected {
+                pipe.cmd("ZRANGE")
+                    .arg(keys.wn(w))
+                    .arg(0)
+                    .arg(limit - 1)
+                    .arg("REV")
+                    .arg("WITHSCORES");
+            }
+            let mut replies = self.query(&pipe).await?.into_iter();
+            if many {
+                let mut sizes = Vec::with_capacity(expansions.len());
+                for found in &expansions {
+                    let mut total = 0u64;
+                    for _ in found {
+                        total += from_owned_redis_value::<u64>(next_value(&mut replies)?)?;
+                    }
+                    sizes.push(total);
+                }
+                driver = (0..sizes.len()).min_by_key(|&i| sizes[i]).unwrap_or(0);
+            }
+            for _ in &corrected {
+                let entries: Vec<(Vec<u8>, f64)> =
+                    from_owned_redis_value(next_value(&mut replies)?)?;
+                for (m, recency) in entries {
+                    let _ = best.offer(tokens, &m, recency);
+                }
             }
         }
-        let ids: Vec<CustomerId> = candidates.into_iter().take(CANDIDATES).collect();
+
+        let mut lists: Vec<Cursor> = expansions[driver]
+            .iter()
+            .map(|(t, m)| Cursor {
+                key: keys.nm(t),
+                bound: query::best_partial_score(tokens.len(), *m),
+                read: 0,
+                last: None,
+                done: false,
+            })
+            .collect();
+        let mut next_chunk = if tokens.len() == 1 {
+            limit
+        } else {
+            FIRST_CHUNK.max(limit)
+        };
+        let mut scanned = 0usize;
+        loop {
+            let open: Vec<usize> = (0..lists.len())
+                .filter(|&i| !lists[i].done && best.may_improve(&lists[i]))
+                .collect();
+            if open.is_empty() {
+                break;
+            }
+            if scanned >= MAX_SCANNED {
+                tracing::debug!(?tokens, scanned, "name search stopped at its read budget");
+                break;
+            }
+            // This round's share of what is left of the budget.
+            let chunk = next_chunk.min(((MAX_SCANNED - scanned) / open.len()).max(limit));
+            let mut pipe = ::redis::pipe();
+            for &i in &open {
+                let c = &lists[i];
+                pipe.cmd("ZRANGE")
+                    .arg(&c.key)
+                    .arg(c.read)
+                    .arg(c.read + chunk - 1)
+                    .arg("REV")
+                    .arg("WITHSCORES");
+            }
+            let replies = self.query(&pipe).await?;
+            for (&i, v) in open.iter().zip(replies) {
+                let entries: Vec<(Vec<u8>, f64)> = from_owned_redis_value(v)?;
+                let c = &mut lists[i];
+                c.read += entries.len();
+                c.done = entries.len() < chunk;
+                scanned += entries.len();
+                for (m, recency) in entries {
+                    if let Some(id) = best.offer(tokens, &m, recency) {
+                        c.last = Some((recency, id));
+                    } else {
+                        // An entry that does not parse: end the list here.
+                        c.done = true;
+                    }
+                }
+            }
+            next_chunk = next_chunk.saturating_mul(4);
+        }
+
+        let top = best.into_sorted();
+        let ids: Vec<CustomerId> = top.iter().map(|c| c.id).collect();
+        let mut tokens_of: HashMap<CustomerId, Vec<String>> =
+            top.into_iter().map(|c| (c.id, c.tokens)).collect();
         let candidates = self
             .briefs(&keys, &ids)
             .await?
             .into_iter()
-            .map(|(brief, tokens)| NameCandidate { brief, tokens })
+            .map(|brief| NameCandidate {
+                tokens: tokens_of.remove(&brief.id).unwrap_or_default(),
+                brief,
+            })
             .collect();
         Ok(query::rank_names(tokens, candidates))
     }
@@ -465,9 +702,34 @@ impl RedisIndex {
             .briefs(keys, &ids)
             .await?
             .into_iter()
-            .filter_map(|(brief, _)| matches.get(&brief.id).map(|m| (brief, *m)))
+            .filter_map(|brief| matches.get(&brief.id).map(|m| (brief, *m)))
             .collect::<Vec<_>>();
         Ok(query::rank_matches(on, found))
+    }
+}
+
+/// Why a rebuild stopped.
+enum RebuildFailure {
+    /// The documents' source failed: the rebuild is abandoned.
+    Source(IndexError),
+    /// Writing failed.
+    Write(IndexError),
+}
+
+/// A spawned task that is cancelled when its handle is dropped (a rebuild
+/// given up stops its writers).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> Future for AbortOnDrop<T> {
+    type Output = Result<T, tokio::task::JoinError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
     }
 }
 
@@ -512,8 +774,11 @@ impl Keys {
     fn nm(&self, token: &str) -> String {
         format!("{}nm:{token}", self.base)
     }
-    fn nx(&self) -> String {
-        format!("{}nx", self.base)
+    fn tk(&self) -> String {
+        format!("{}tk", self.base)
+    }
+    fn wn(&self, whole_name: &str) -> String {
+        format!("{}wn:{whole_name}", self.base)
     }
     fn ty(&self, variant: &str) -> String {
         format!("{}ty:{variant}", self.base)
@@ -528,20 +793,31 @@ impl Keys {
         p: &mut Pipeline,
         doc: &IndexedCustomer,
         entries: &IndexEntries,
+        vocabulary: bool,
     ) -> IndexResult<()> {
         let id = doc.id();
         let id_s = id.to_string();
         let summary = doc.summary();
         let summary_json = serde_json::to_string(&summary).map_err(corrupt)?;
-        for t in &entries.tokens {
-            p.cmd("SADD").arg(self.nm(t)).arg(&id_s).ignore();
-            p.cmd("ZADD")
-                .arg(self.nx())
-                .arg(0)
-                .arg(member(t, id))
-                .ignore();
-            for v in typo_keys(t) {
-                p.cmd("SADD").arg(self.ty(&v)).arg(t).ignore();
+        if !entries.tokens.is_empty() {
+            let recency = recency_score(summary.last_engagement_at.as_ref());
+            let entry = name_member(id, entries);
+            for t in &entries.tokens {
+                p.cmd("ZADD")
+                    .arg(self.nm(t))
+                    .arg(recency)
+                    .arg(&entry)
+                    .ignore();
+                if vocabulary {
+                    self.add_token(p, t);
+                }
+            }
+            if let Some(whole) = whole_name(&entries.words) {
+                p.cmd("ZADD")
+                    .arg(self.wn(&whole))
+                    .arg(recency)
+                    .arg(&entry)
+                    .ignore();
             }
         }
         for e in &entries.emails {
@@ -578,7 +854,10 @@ impl Keys {
                 "engagements".into(),
                 serde_json::to_string(&summary.last_engagements).map_err(corrupt)?,
             ),
-            ("fingerprint".into(), crate::doc::fingerprint_of(&summary)),
+            (
+                "fingerprint".into(),
+                crate::doc::fingerprint_of_json(summary_json.as_bytes()),
+            ),
             (
                 "indexed".into(),
                 serde_json::to_string(entries).map_err(corrupt)?,
@@ -620,14 +899,35 @@ impl Keys {
         Ok(())
     }
 
-    /// Removes the customer from the keys of `entries` (typo-table entries
-    /// are token-level; see `drop_orphan_typos`).
+    /// The token-level entries of `t`: the vocabulary and the typo table.
+    fn add_token(&self, p: &mut Pipeline, t: &str) {
+        p.cmd("ZADD").arg(self.tk()).arg(0).arg(t).ignore();
+        for v in typo_keys(t) {
+            p.cmd("SADD").arg(self.ty(&v)).arg(t).ignore();
+        }
+    }
+
+    /// Removes the customer's name entries as written for `indexed` (what
+    /// it was indexed under): its posting-list entry under each token and its
+    /// whole-name entry.
+    fn unindex_name(&self, p: &mut Pipeline, id: CustomerId, indexed: &IndexEntries) {
+        if indexed.tokens.is_empty() {
+            return;
+        }
+        let entry = name_member(id, indexed);
+        for t in &indexed.tokens {
+            p.cmd("ZREM").arg(self.nm(t)).arg(&entry).ignore();
+        }
+        if let Some(whole) = whole_name(&indexed.words) {
+            p.cmd("ZREM").arg(self.wn(&whole)).arg(&entry).ignore();
+        }
+    }
+
+    /// Removes the customer from the identifier keys of `entries` (name
+    /// entries go with `unindex_name`; typo-table and vocabulary entries are
+    /// token-level, see `drop_orphan_tokens`).
     fn unindex(&self, p: &mut Pipeline, id: CustomerId, entries: &IndexEntries) {
         let id_s = id.to_string();
-        for t in &entries.tokens {
-            p.cmd("SREM").arg(self.nm(t)).arg(&id_s).ignore();
-            p.cmd("ZREM").arg(self.nx()).arg(member(t, id)).ignore();
-        }
         for e in &entries.emails {
             p.cmd("SREM").arg(self.em(e)).arg(&id_s).ignore();
             p.cmd("ZREM").arg(self.ex()).arg(member(e, id)).ignore();
@@ -646,6 +946,298 @@ impl Keys {
     }
 }
 
+/// One posting list being read for a name search.
+struct Cursor {
+    key: String,
+    /// The best score an unread entry can have ([`query::best_partial_score`]).
+    bound: f64,
+    /// Entries read so far.
+    read: usize,
+    /// The recency and id of the last entry read.
+    last: Option<(f64, CustomerId)>,
+    /// Nothing left to read.
+    done: bool,
+}
+
+/// A customer read from a posting list, scored.
+struct Scored {
+    id: CustomerId,
+    tokens: Vec<String>,
+    score: f64,
+    recency: f64,
+}
+
+impl Scored {
+    /// The ranking order: score, recency, id, each highest first (the
+    /// order of [`query::best_first`] and of the posting lists).
+    fn key(&self) -> (f64, f64, CustomerId) {
+        (self.score, self.recency, self.id)
+    }
+}
+
+fn better(a: (f64, f64, CustomerId), b: (f64, f64, CustomerId)) -> bool {
+    match a.0.partial_cmp(&b.0) {
+        Some(std::cmp::Ordering::Greater) => true,
+        Some(std::cmp::Ordering::Less) | None => false,
+        Some(std::cmp::Ordering::Equal) => match a.1.partial_cmp(&b.1) {
+            Some(std::cmp::Ordering::Greater) => true,
+            Some(std::cmp::Ordering::Less) | None => false,
+            Some(std::cmp::Ordering::Equal) => a.2 > b.2,
+        },
+    }
+}
+
+/// The best `limit` name candidates read so far.
+struct Ranked {
+    limit: usize,
+    found: HashMap<CustomerId, Scored>,
+    /// `matches[i][token]`: how query token `i` matches a token, as found
+    /// so far.
+    matches: Vec<HashMap<String, Option<Match>>>,
+}
+
+impl Ranked {
+    fn new(limit: usize) -> Self {
+        Ranked {
+            limit,
+            found: HashMap::new(),
+            matches: Vec::new(),
+        }
+    }
+
+    /// Scores the posting-list entry `member` (`<id>\0<tokens>[\0<words>]`)
+    /// and keeps it if it matches every query token. Returns its id, or
+    /// `None` when the entry does not parse.
+    fn offer(&mut self, query: &[String], member: &[u8], recency: f64) -> Option<CustomerId> {
+        let (id, tokens, words) = parse_name_member(member)?;
+        if let std::collections::hash_map::Entry::Vacant(slot) = self.found.entry(id) {
+            let memo = &mut self.matches;
+            if memo.len() < query.len() {
+                memo.resize_with(query.len(), HashMap::new);
+            }
+            let score = query::name_score_with(query, &tokens, &words, |i, t| {
+                if let Some(m) = memo[i].get(t) {
+                    return *m;
+                }
+                let m = query::token_match(&query[i], t);
+                memo[i].insert(t.to_string(), m);
+                m
+            });
+            if let Some(score) = score {
+                slot.insert(Scored {
+                    id,
+                    tokens,
+                    score,
+                    recency,
+                });
+                if self.found.len() > 4 * self.limit + 64 {
+                    self.trim();
+                }
+            }
+        }
+        Some(id)
+    }
+
+    /// Keeps the best `limit`.
+    fn trim(&mut self) {
+        let kept = std::mem::take(&mut self.found)
+            .into_values()
+            .collect::<Vec<_>>();
+        self.found = sorted(kept, self.limit)
+            .into_iter()
+            .map(|c| (c.id, c))
+            .collect();
+    }
+
+    /// The `limit`-th best so far, if there are that many.
+    fn threshold(&self) -> Option<(f64, f64, CustomerId)> {
+        if self.found.len() < self.limit {
+            return None;
+        }
+        let mut keys: Vec<(f64, f64, CustomerId)> = self.found.values().map(Scored::key).collect();
+        keys.sort_by(|a, b| {
+            if better(*a, *b) {
+                std::cmp::Ordering::Less
+            } else if better(*b, *a) {
+                std::cmp::Ordering::Greater
+            } else {
+                std::cmp::Ordering::Equal
+            }
+        });
+        keys.get(self.limit - 1).copied()
+    }
+
+    /// Whether an unread entry of `list` could enter the best `limit`.
+    fn may_improve(&self, list: &Cursor) -> bool {
+        let (Some(kth), Some((recency, id))) = (self.threshold(), list.last) else {
+            return true;
+        };
+        better((list.bound, recency, id), kth)
+    }
+
+    fn into_sorted(self) -> Vec<Scored> {
+        let limit = self.limit;
+        sorted(self.found.into_values().collect(), limit)
+    }
+}
+
+fn sorted(mut v: Vec<Scored>, limit: usize) -> Vec<Scored> {
+    v.sort_by(|a, b| {
+        if better(a.key(), b.key()) {
+            std::cmp::Ordering::Less
+        } else if better(b.key(), a.key()) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    });
+    v.truncate(limit);
+    v
+}
+
+/// A posting-list entry: `<id>\0<tokens>`, and `\0<words>` when the words
+/// differ from the tokens (CJK substrings), space-separated (neither has
+/// spaces). It carries what scoring needs, so no summary is read for
+/// candidates that are not answered.
+fn name_member(id: CustomerId, entries: &IndexEntries) -> String {
+    let mut m = format!("{id}\0{}", entries.tokens.join(" "));
+    if entries.words != entries.tokens {
+        m.push('\0');
+        m.push_str(&entries.words.join(" "));
+    }
+    m
+}
+
+fn parse_name_member(m: &[u8]) -> Option<(CustomerId, Vec<String>, Vec<String>)> {
+    let text = std::str::from_utf8(m).ok()?;
+    let mut parts = text.split('\0');
+    let id = parts.next()?.parse().ok()?;
+    let split = |s: &str| -> Vec<String> {
+        s.split(' ')
+            .filter(|t| !t.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let tokens = split(parts.next()?);
+    let words = match parts.next() {
+        Some(w) => split(w),
+        None => tokens.clone(),
+    };
+    Some((id, tokens, words))
+}
+
+/// The `wn:` key name of a set of words: sorted, each once, space-separated.
+fn whole_name(words: &[String]) -> Option<String> {
+    let set: BTreeSet<&str> = words.iter().map(String::as_str).collect();
+    if set.is_empty() {
+        None
+    } else {
+        Some(set.into_iter().collect::<Vec<_>>().join(" "))
+    }
+}
+
+/// Most query tokens whose every subset is looked up as a whole name.
+const WHOLE_NAME_SUBSETS: usize = 4;
+
+/// The whole names a query can match with no penalty: names whose every word
+/// is a query token. Every subset of the query's tokens when there are at most
+/// [`WHOLE_NAME_SUBSETS`] (`ann an` names `Ann`); otherwise the tokens and
+/// the words as typed (`陈大文`).
+fn whole_name_keys(tokens: &[String], words: &[String]) -> Vec<String> {
+    let distinct: Vec<&String> = tokens.iter().collect::<BTreeSet<_>>().into_iter().collect();
+    let mut keys = BTreeSet::new();
+    if distinct.len() <= WHOLE_NAME_SUBSETS {
+        for mask in 1u32..(1 << distinct.len()) {
+            let subset: Vec<String> = distinct
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| mask & (1 << i) != 0)
+                .map(|(_, t)| (*t).clone())
+                .collect();
+            keys.extend(whole_name(&subset));
+        }
+    } else {
+        keys.extend(whole_name(tokens));
+    }
+    keys.extend(whole_name(words));
+    keys.into_iter().collect()
+}
+
+/// Typo corrections tried per query token for whole-name lookups.
+const CORRECTIONS_PER_TOKEN: usize = 4;
+
+/// Most whole-name lookups of corrected queries.
+const MAX_CORRECTED: usize = 16;
+
+/// Whole names the query names once its typos are corrected: each query
+/// token that is not itself a known token is replaced by the known tokens
+/// one typo from it (the first [`CORRECTIONS_PER_TOKEN`]). Empty when no
+/// token needs correcting, when one matches neither exactly nor by a typo (a
+/// prefix names no whole word), or when there would be more than
+/// [`MAX_CORRECTED`] combinations. Their entries score alike (same tokens),
+/// so their first `limit` entries are their best.
+fn typo_whole_name_keys(tokens: &[String], expansions: &[Vec<(String, Match)>]) -> Vec<String> {
+    let mut choices: Vec<Vec<&String>> = Vec::with_capacity(tokens.len());
+    let mut corrected = false;
+    for (q, found) in tokens.iter().zip(expansions) {
+        if found.iter().any(|(t, m)| *m == Match::Exact && t == q) {
+            choices.push(vec![q]);
+            continue;
+        }
+        let typos: Vec<&String> = found
+            .iter()
+            .filter(|(_, m)| *m == Match::Typo)
+            .map(|(t, _)| t)
+            .take(CORRECTIONS_PER_TOKEN)
+            .collect();
+        if typos.is_empty() {
+            return Vec::new();
+        }
+        corrected = true;
+        choices.push(typos);
+    }
+    let combinations = choices.iter().map(Vec::len).product::<usize>();
+    if !corrected || combinations > MAX_CORRECTED {
+        return Vec::new();
+    }
+    let mut combos: Vec<Vec<String>> = vec![Vec::new()];
+    for options in &choices {
+        combos = combos
+            .into_iter()
+            .flat_map(|c| {
+                options.iter().map(move |t| {
+                    let mut c = c.clone();
+                    c.push((*t).clone());
+                    c
+                })
+            })
+            .collect();
+    }
+    let keys: BTreeSet<String> = combos.iter().filter_map(|c| whole_name(c)).collect();
+    keys.into_iter().collect()
+}
+
+/// A posting list's score: the last engagement in microseconds, so that the
+/// list's order is the ranking's tie-break.
+fn recency_score(at: Option<&time::Timestamp>) -> f64 {
+    at.map_or(NEVER, |t| t.timestamp_micros() as f64)
+}
+
+fn lex_from(prefix: &[u8]) -> Vec<u8> {
+    let mut from = Vec::with_capacity(prefix.len() + 1);
+    from.push(b'[');
+    from.extend_from_slice(prefix);
+    from
+}
+
+fn lex_to(prefix: &[u8]) -> Vec<u8> {
+    let mut to = Vec::with_capacity(prefix.len() + 2);
+    to.push(b'(');
+    to.extend_from_slice(prefix);
+    to.push(0xff);
+    to
+}
+
 /// `<value>\0<id>`: a sorted-set member for prefix search.
 fn member(value: &str, id: CustomerId) -> String {
     format!("{value}\0{id}")
@@ -661,17 +1253,10 @@ fn split_member(m: &[u8]) -> Option<(&str, CustomerId)> {
 /// `ZRANGEBYLEX key [prefix (prefix\xff LIMIT 0 CANDIDATES`: members that
 /// start with `prefix` (UTF-8 never contains 0xff).
 fn zrange_prefix(p: &mut Pipeline, key: &str, prefix: &[u8]) {
-    let mut from = Vec::with_capacity(prefix.len() + 1);
-    from.push(b'[');
-    from.extend_from_slice(prefix);
-    let mut to = Vec::with_capacity(prefix.len() + 2);
-    to.push(b'(');
-    to.extend_from_slice(prefix);
-    to.push(0xff);
     p.cmd("ZRANGEBYLEX")
         .arg(key)
-        .arg(from)
-        .arg(to)
+        .arg(lex_from(prefix))
+        .arg(lex_to(prefix))
         .arg("LIMIT")
         .arg(0)
         .arg(CANDIDATES);
@@ -748,30 +1333,19 @@ fn emails_of(raw: Option<&String>) -> IndexResult<Vec<Email>> {
         .collect())
 }
 
-/// `HMGET cust:<id> id name phones emails last_engagement_at indexed`.
-fn brief_from_fields(fields: &[Option<String>]) -> IndexResult<Option<(Brief, Vec<String>)>> {
+/// `HMGET cust:<id> id name phones emails last_engagement_at`.
+fn brief_from_fields(fields: &[Option<String>]) -> IndexResult<Option<Brief>> {
     let field = |i: usize| fields.get(i).and_then(Option::as_ref);
     let Some(id) = field(0).and_then(|s| s.parse::<CustomerId>().ok()) else {
         return Ok(None);
     };
-    let tokens = match field(5) {
-        Some(raw) => {
-            serde_json::from_str::<IndexEntries>(raw)
-                .map_err(corrupt)?
-                .tokens
-        }
-        None => Vec::new(),
-    };
-    Ok(Some((
-        Brief {
-            id,
-            name: field(1).cloned(),
-            phones: phones_of(field(2))?,
-            emails: emails_of(field(3))?,
-            last_engagement_at: parse_time(field(4))?,
-        },
-        tokens,
-    )))
+    Ok(Some(Brief {
+        id,
+        name: field(1).cloned(),
+        phones: phones_of(field(2))?,
+        emails: emails_of(field(3))?,
+        last_engagement_at: parse_time(field(4))?,
+    }))
 }
 
 /// `HGETALL cust:<id>` → the summary; `None` for an empty hash.
@@ -866,7 +1440,10 @@ impl SearchIndex for RedisIndex {
     async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>> {
         let hits = match Plan::of(query) {
             Plan::Nothing => Vec::new(),
-            Plan::Name(tokens) => self.search_names(&tokens).await?,
+            Plan::Name(tokens) => {
+                let words = query::query_words(query);
+                self.search_names(&tokens, &words, limit).await?
+            }
             Plan::Email { text, exact } => self.search_emails(&text, exact).await?,
             Plan::Phone { e164, national } => {
                 self.search_phones(&e164, national.as_deref()).await?
@@ -903,7 +1480,7 @@ impl SearchIndex for RedisIndex {
 
     async fn rebuild(
         &self,
-        mut docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
+        docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
     ) -> IndexResult<RebuildReport> {
         let (current, building) = self.generations().await?;
         let generation = current.max(building.unwrap_or(0)) + 1;
@@ -921,35 +1498,47 @@ impl SearchIndex for RedisIndex {
         }
         tracing::info!(generation, "rebuild started");
 
+        // Batches are written by up to REBUILD_WRITERS tasks at once while
+        // the next documents are read; token-level keys are written once per
+        // token at the end instead of once per customer.
+        let writer = Arc::new(self.sibling());
+        let vocabulary = Arc::new(Mutex::new(HashSet::new()));
+        let mut written = docs
+            .chunks(REBUILD_BATCH)
+            .map(|items| {
+                let writer = writer.clone();
+                let vocabulary = vocabulary.clone();
+                async move {
+                    let batch = items
+                        .into_iter()
+                        .collect::<IndexResult<Vec<_>>>()
+                        .map_err(RebuildFailure::Source)?;
+                    let task = tokio::spawn(writer.write_batch(generation, batch, vocabulary));
+                    AbortOnDrop(task)
+                        .await
+                        .map_err(|e| RebuildFailure::Write(IndexError::Internal(e.to_string())))?
+                        .map_err(RebuildFailure::Write)
+                }
+            })
+            .buffer_unordered(REBUILD_WRITERS);
         let mut customers = 0u64;
-        let mut batch: Vec<IndexedCustomer> = Vec::with_capacity(REBUILD_BATCH);
-        loop {
-            let item = docs.next().await;
-            let done = item.is_none();
-            match item {
-                Some(Ok(doc)) => batch.push(doc),
-                Some(Err(e)) => {
+        while let Some(batch) = written.next().await {
+            match batch {
+                Ok(n) => {
+                    customers += n;
+                    tracing::debug!(generation, customers, "rebuild progress");
+                }
+                Err(RebuildFailure::Source(e)) => {
+                    drop(written);
                     self.abandon_rebuild(generation).await?;
                     return Err(IndexError::RebuildAbandoned(e.to_string()));
                 }
-                None => {}
-            }
-            if batch.len() >= REBUILD_BATCH || (done && !batch.is_empty()) {
-                if self.generations().await?.1 != Some(generation) {
-                    return Err(IndexError::RebuildAbandoned(
-                        "another rebuild started".into(),
-                    ));
-                }
-                let changes: Vec<Change<'_>> = batch.iter().map(Change::Upsert).collect();
-                self.apply(&[generation], &changes).await?;
-                customers += batch.len() as u64;
-                batch.clear();
-                tracing::debug!(generation, customers, "rebuild progress");
-            }
-            if done {
-                break;
+                Err(RebuildFailure::Write(e)) => return Err(e),
             }
         }
+        drop(written);
+        let tokens: Vec<String> = vocabulary.lock().drain().collect();
+        self.write_vocabulary(generation, &tokens).await?;
 
         let mut conn = self.conn.clone();
         let replaced: Option<u64> = self
@@ -1033,6 +1622,58 @@ mod tests {
         let m = member("ann", id);
         assert_eq!(split_member(m.as_bytes()), Some(("ann", id)));
         assert_eq!(split_member(b"no-separator"), None);
+    }
+
+    #[test]
+    fn typos_are_corrected_for_whole_name_lookups() {
+        let q = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let exp = |v: &[(&str, Match)]| {
+            v.iter()
+                .map(|(t, m)| (t.to_string(), *m))
+                .collect::<Vec<_>>()
+        };
+        let tokens = q(&["tan", "wei", "mnig"]);
+        let expansions = vec![
+            exp(&[("tan", Match::Exact), ("tanaka", Match::Prefix)]),
+            exp(&[("wei", Match::Exact)]),
+            exp(&[("ming", Match::Typo), ("mnigx", Match::Prefix)]),
+        ];
+        assert_eq!(
+            typo_whole_name_keys(&tokens, &expansions),
+            vec!["ming tan wei"]
+        );
+        // Nothing to correct, or a token that is only a prefix.
+        let exact = vec![expansions[0].clone(), expansions[1].clone()];
+        assert!(typo_whole_name_keys(&tokens[..2], &exact).is_empty());
+        let prefix_only = vec![exp(&[("tanaka", Match::Prefix)]), expansions[2].clone()];
+        assert!(typo_whole_name_keys(&q(&["tana", "mnig"]), &prefix_only).is_empty());
+    }
+
+    #[test]
+    fn name_members_round_trip() {
+        let id = CustomerId::new();
+        let latin = IndexEntries {
+            tokens: vec!["ann".into(), "tan".into()],
+            words: vec!["ann".into(), "tan".into()],
+            ..IndexEntries::default()
+        };
+        let m = name_member(id, &latin);
+        assert_eq!(m, format!("{id}\0ann tan"));
+        assert_eq!(
+            parse_name_member(m.as_bytes()),
+            Some((id, latin.tokens.clone(), latin.words.clone()))
+        );
+        let cjk = IndexEntries {
+            tokens: vec!["陈大".into(), "陈".into(), "大".into()],
+            words: vec!["陈大".into()],
+            ..IndexEntries::default()
+        };
+        let m = name_member(id, &cjk);
+        assert_eq!(
+            parse_name_member(m.as_bytes()),
+            Some((id, cjk.tokens.clone(), cjk.words.clone()))
+        );
+        assert_eq!(parse_name_member(b"not-an-id\0ann"), None);
     }
 
     #[test]

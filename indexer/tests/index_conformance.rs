@@ -193,6 +193,68 @@ async fn a_rare_token_narrows_a_common_one(index: &dyn SearchIndex) {
     );
 }
 
+async fn full_names_among_many_namesakes(index: &dyn SearchIndex) {
+    // Minutes after 2026-03-01, so that every customer has its own time.
+    let when = |i: usize| {
+        format!(
+            "2026-03-{:02}T{:02}:{:02}:00Z",
+            1 + i / 1440,
+            (i / 60) % 24,
+            i % 60
+        )
+    };
+    let given = ["Wei", "Mei", "Hui", "Jun", "Kai", "Ling", "Hao", "Xin"];
+    let mut tans = Vec::new();
+    for i in 0..800 {
+        let name = format!("Tan {} {}", given[i % 8], given[(i / 8) % 8]);
+        tans.push(engaged(customer(&name, &[], &[]), &when(i)));
+    }
+    let limkumars: Vec<Customer> = (0..1400)
+        .map(|i| {
+            let name = if i % 2 == 0 { "Lim" } else { "Kumar" };
+            engaged(customer(&format!("{name} {i}"), &[], &[]), &when(i))
+        })
+        .collect();
+    // The customers looked for engaged before everybody else.
+    let ming = engaged(customer("Tan Wei Ming", &[], &[]), "2025-01-01T00:00:00Z");
+    let lim_kumar = engaged(customer("Lim Kumar Raj", &[], &[]), "2025-01-01T00:00:00Z");
+    // Has every word typed, but one more: ranks after the whole name.
+    let ming_jun = engaged(customer("Tan Wei Ming Jun", &[], &[]), &when(2000));
+    let all = tans
+        .iter()
+        .chain(&limkumars)
+        .chain([&ming, &lim_kumar, &ming_jun])
+        .map(|c| Ok(doc(c)))
+        .collect::<Vec<_>>();
+    index.rebuild(stream::iter(all).boxed()).await.unwrap();
+
+    // `ming` is one typo from `ling`: the `Tan Wei Ling`s follow, lower.
+    let hits = find(index, Query::Any("Tan Wei Ming".into())).await;
+    assert_eq!(ids(&hits[..2]), vec![ming.id, ming_jun.id]);
+    assert_eq!(hits[0].score, 1.0);
+    assert!(hits[1].score < 1.0);
+    assert!(hits[2..].iter().all(|h| h.score < hits[1].score));
+    assert_eq!(
+        any(index, "ming tan wei").await[..2],
+        [ming.id, ming_jun.id]
+    );
+    // With a typo, the whole name and the longer one score alike: recency.
+    assert_eq!(any(index, "tan wei mnig").await, vec![ming_jun.id, ming.id]);
+    // Two tokens that each have 700 customers, and one customer with both.
+    assert_eq!(any(index, "lim kumar").await, vec![lim_kumar.id]);
+    assert_eq!(any(index, "kumar li").await, vec![lim_kumar.id]);
+    // A prefix: every Tan matches equally, the most recent first.
+    let mut expected = vec![ming_jun.id];
+    expected.extend(tans.iter().rev().take(9).map(|c| c.id));
+    let top = index.search(&Query::Any("ta".into()), 10).await.unwrap();
+    assert_eq!(ids(&top), expected);
+    // Nothing but the exact token `tan`: the Tans are partial names, so
+    // they tie, most recent first; `Tan Wei Ming` is a partial name here too.
+    let top = index.search(&Query::Any("tan".into()), 3).await.unwrap();
+    assert_eq!(ids(&top), expected[..3].to_vec());
+    assert_eq!(top[0].score, 0.95);
+}
+
 async fn cjk_names(index: &dyn SearchIndex) {
     let chen = customer("陈大文", &[], &[]);
     let kim = customer("김민수", &[], &[]);
@@ -631,6 +693,7 @@ macro_rules! suite {
             accents_fold,
             ann_prefix_and_multi_token,
             a_rare_token_narrows_a_common_one,
+            full_names_among_many_namesakes,
             cjk_names,
             email_exact_and_prefix,
             phone_typed_any_way,
@@ -710,9 +773,10 @@ async fn redis_key_schema() {
         p("ids"),
         p("nm:ann"),
         p("nm:tanaka"),
-        p("nx"),
         p("ph:+6581226418"),
         p("pn:81226418"),
+        p("tk"),
+        p("wn:ann tanaka"),
     ];
     for v in [
         "tanaka", "anaka", "tnaka", "taaka", "tanka", "tanaa", "tanak",
@@ -722,17 +786,25 @@ async fn redis_key_schema() {
     expected.sort();
     assert_eq!(keys, expected);
 
-    let nx: Vec<String> = redis::cmd("ZRANGE")
-        .arg(p("nx"))
-        .arg(0)
-        .arg(-1)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(
-        nx,
-        vec![format!("ann\0{}", ann.id), format!("tanaka\0{}", ann.id)]
-    );
+    let zconn = conn.clone();
+    let zrange = |key: String| {
+        let mut conn = zconn.clone();
+        async move {
+            let members: Vec<String> = redis::cmd("ZRANGE")
+                .arg(key)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            members
+        }
+    };
+    assert_eq!(zrange(p("tk")).await, vec!["ann", "tanaka"]);
+    let entry = format!("{}\0ann tanaka", ann.id);
+    assert_eq!(zrange(p("nm:ann")).await, vec![entry.clone()]);
+    assert_eq!(zrange(p("nm:tanaka")).await, vec![entry.clone()]);
+    assert_eq!(zrange(p("wn:ann tanaka")).await, vec![entry]);
     let name: String = redis::cmd("HGET")
         .arg(p(&format!("cust:{}", ann.id)))
         .arg("name")
@@ -757,4 +829,7 @@ async fn redis_key_schema() {
         .await
         .unwrap();
     assert!(typo_left.is_empty(), "{typo_left:?}");
+    assert_eq!(zrange(p("tk")).await, vec!["ann"]);
+    assert_eq!(zrange(p("nm:ann")).await, vec![format!("{}\0ann", ann.id)]);
+    assert_eq!(zrange(p("wn:ann")).await, vec![format!("{}\0ann", ann.id)]);
 }
