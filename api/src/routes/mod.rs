@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod customers;
+pub mod devices;
 pub mod engagements;
 pub mod health;
 pub mod input;
@@ -25,4 +26,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(customers::router())
         .merge(engagements::router())
         .merge(search::router())
+        .merge(devices::router())
 }
