@@ -110,6 +110,7 @@ pub struct DeviceView {
     #[serde(with = "time::rfc3339_option", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub revoked_at: Option<Timestamp>,
+    /// When the device last uploaded events (to the minute).
     #[serde(with = "time::rfc3339_option", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_upload_at: Option<Timestamp>,

@@ -30,6 +30,8 @@ pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
 pub const MAX_CLIENT_EVENT_ID_CHARS: usize = 128;
 /// Longest SMS or WhatsApp text, in characters.
 pub const MAX_BODY_CHARS: usize = 10_000;
+/// How stale a device's `last_upload_at` may get before an upload updates it.
+const LAST_UPLOAD_PRECISION_S: i64 = 60;
 /// Clock skew tolerated for `occurred_at` in the future.
 const MAX_FUTURE_HOURS: i64 = 24;
 /// The fields an event may carry; others are refused.
@@ -416,12 +418,14 @@ impl MobileBridge {
                 }
             }
         }
-        if !events.is_empty() {
-            if let Err(e) = self
-                .store()
-                .set_device_last_upload(device.id, time::now())
-                .await
-            {
+        // To the minute: a write per batch would double the store commits of
+        // a busy device.
+        let now = time::now();
+        let stale = device
+            .last_upload_at
+            .is_none_or(|t| now - t >= Duration::seconds(LAST_UPLOAD_PRECISION_S));
+        if !events.is_empty() && stale {
+            if let Err(e) = self.store().set_device_last_upload(device.id, now).await {
                 tracing::warn!(device_id = %device.id, error = %e, "cannot record the device's last upload");
             }
         }

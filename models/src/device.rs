@@ -28,7 +28,7 @@ pub struct Device {
     pub created_at: Timestamp,
     #[serde(default, with = "time::rfc3339_option")]
     pub revoked_at: Option<Timestamp>,
-    /// When the device last uploaded a batch.
+    /// When the device last uploaded a batch (to the minute).
     #[serde(default, with = "time::rfc3339_option")]
     pub last_upload_at: Option<Timestamp>,
 }
