@@ -69,7 +69,7 @@ impl MobileBridge {
             Ok(found) => found,
             Err(IndexError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "index unavailable; caller-ID from the store");
-                self.from_store(&phone).await?
+                self.owners_from_store(&phone).await?
             }
             Err(e) => return Err(e.into()),
         };
@@ -90,7 +90,10 @@ impl MobileBridge {
         })
     }
 
-    async fn from_store(&self, phone: &PhoneNumber) -> Result<Vec<CustomerSummary>, MobileError> {
+    async fn owners_from_store(
+        &self,
+        phone: &PhoneNumber,
+    ) -> Result<Vec<CustomerSummary>, MobileError> {
         let key = Identifier::Phone(phone.clone()).key();
         let Some(owner) = self.store().identity_owner(&key).await? else {
             return Ok(Vec::new());

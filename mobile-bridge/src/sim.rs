@@ -172,10 +172,16 @@ pub fn contacts(device: usize, n: usize, seed: u64) -> Vec<(String, String)> {
             let subscriber: u32 = if rng.gen_bool(0.5) {
                 rng.gen_range(0..5_000)
             } else {
-                rng.gen_range(0..10_000_000)
+                rng.gen_range(0..14_000_000)
             };
-            let lead = if subscriber % 2 == 0 { 8 } else { 9 };
-            let digits = format!("{lead}{:07}", subscriber % 10_000_000);
+            // Mobile ranges in use: 81-88 and 91-97, then six digits.
+            let block = subscriber / 1_000_000;
+            let lead = if block < 7 {
+                81 + block
+            } else {
+                91 + (block - 7)
+            };
+            let digits = format!("{lead}{:06}", subscriber % 1_000_000);
             let typed = match rng.gen_range(0..3) {
                 0 => format!("{} {}", &digits[..4], &digits[4..]),
                 1 => format!("+65 {} {}", &digits[..4], &digits[4..]),
@@ -404,6 +410,19 @@ pub async fn caller_id_fleet(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_contact_number_is_a_valid_singapore_number() {
+        let sg = crm_models::Region::parse("SG").ok();
+        for device in 0..8 {
+            for (number, name) in contacts(device, 500, 42) {
+                assert!(
+                    crm_models::PhoneNumber::parse(&number, sg).is_ok(),
+                    "{number} ({name})"
+                );
+            }
+        }
+    }
 
     #[test]
     fn logs_are_deterministic_and_batches_overlap_and_repeat() {
