@@ -31,6 +31,8 @@ pub struct UploadPlan {
     /// Distinct counterparts per device.
     pub contacts: usize,
     pub seed: u64,
+    /// A later pass sends new events (new ids) to the same contacts.
+    pub pass: u32,
 }
 
 impl Default for UploadPlan {
@@ -42,6 +44,7 @@ impl Default for UploadPlan {
             resend_rate: 0.1,
             contacts: 200,
             seed: 42,
+            pass: 0,
         }
     }
 }
@@ -202,7 +205,11 @@ pub fn contacts(device: usize, n: usize, seed: u64) -> Vec<(String, String)> {
 /// the device.
 pub fn synthetic_log(device: usize, n: usize, plan: &UploadPlan, end: DateTime<Utc>) -> Vec<Value> {
     let people = contacts(device, plan.contacts.max(1), plan.seed);
-    let mut rng = StdRng::seed_from_u64(plan.seed.wrapping_add(device as u64));
+    let mut rng = StdRng::seed_from_u64(
+        plan.seed
+            .wrapping_add(device as u64)
+            .wrapping_add(u64::from(plan.pass) << 32),
+    );
     let start = end - chrono::Duration::days(30);
     let step = 30 * 24 * 3600 / n.max(1) as i64;
     (0..n)
@@ -211,7 +218,7 @@ pub fn synthetic_log(device: usize, n: usize, plan: &UploadPlan, end: DateTime<U
             let at = start + chrono::Duration::seconds(step * i as i64 + rng.gen_range(0..step.max(1)));
             let occurred_at = at.to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             let direction = if rng.gen_bool(0.5) { "inbound" } else { "outbound" };
-            let id = format!("d{device}-e{i}");
+            let id = format!("d{device}-p{}-e{i}", plan.pass);
             let contact = rng.gen_bool(0.7).then_some(name.as_str());
             match rng.gen_range(0..10) {
                 0..=4 => json!({

@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
         resend_rate: args.resend_rate,
         contacts: args.contacts,
         seed: args.seed,
+        pass: 0,
     };
     let up = sim::upload_fleet(&client, &base, &tokens, &plan).await?;
     println!(
