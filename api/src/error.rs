@@ -209,6 +209,22 @@ impl From<CrmError> for ApiError {
     }
 }
 
+impl From<crm_mobile_bridge::MobileError> for ApiError {
+    fn from(e: crm_mobile_bridge::MobileError) -> Self {
+        use crm_mobile_bridge::MobileError as M;
+        match e {
+            M::Validation(errors) => ApiError::Validation(errors),
+            M::BadRequest { code, detail } => ApiError::BadRequest { code, detail },
+            M::Unauthorized(m) => ApiError::Unauthorized(m),
+            M::NotFound { code, detail } => ApiError::NotFound { code, detail },
+            M::PayloadTooLarge(m) => ApiError::PayloadTooLarge(m),
+            M::UnsupportedMediaType(m) => ApiError::UnsupportedMediaType(m),
+            M::Unavailable(m) => ApiError::Unavailable(m),
+            M::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 impl From<JsonRejection> for ApiError {
     fn from(r: JsonRejection) -> Self {
         match r {

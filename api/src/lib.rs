@@ -244,10 +244,19 @@ pub async fn build_state(
         config.admin_password.as_deref(),
     )
     .await?;
+    let crm = Crm::new(store.clone(), events).with_policy(policy);
+    let projector = Arc::new(Projector::new(store, index.clone()));
+    let mobile = crm_mobile_bridge::MobileBridge::new(
+        crm.clone(),
+        index.clone(),
+        projector.clone(),
+        default_region,
+    );
     Ok(AppState {
-        crm: Crm::new(store.clone(), events).with_policy(policy),
-        projector: Arc::new(Projector::new(store, index.clone())),
+        crm,
+        projector,
         index,
+        mobile,
         auth,
         config: Arc::new(config),
         default_region,
@@ -305,7 +314,8 @@ fn secret_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 pub fn app(state: AppState) -> Router {
     let (api, _) = routes::api_router().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
-    api.nest("/v1/mobile", crm_mobile_bridge::router())
+    let mobile = crm_mobile_bridge::router(state.mobile.clone());
+    api.nest("/v1/mobile", mobile)
         .merge(routes::health::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)

@@ -31,7 +31,7 @@ impl Modify for BearerAuth {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "A staff JWT access token, or an integration's API key",
+                        "A staff JWT access token, an integration's API key, or (on /v1/mobile only) a device token",
                     ))
                     .build(),
             ),
@@ -41,7 +41,9 @@ impl Modify for BearerAuth {
 
 /// The whole document.
 pub fn document() -> utoipa::openapi::OpenApi {
-    crate::routes::api_router().split_for_parts().1
+    let mut doc = crate::routes::api_router().split_for_parts().1;
+    doc.merge(crm_mobile_bridge::openapi());
+    doc
 }
 
 /// The document as YAML, rendered once.

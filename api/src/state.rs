@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use crm_indexer::projector::Projector;
 use crm_indexer::SearchIndex;
+use crm_mobile_bridge::MobileBridge;
 use crm_models::service::Crm;
 use crm_models::Region;
 use metrics_exporter_prometheus::PrometheusHandle;
@@ -23,4 +24,6 @@ pub struct AppState {
     /// Region for phone numbers typed without `+`.
     pub default_region: Option<Region>,
     pub metrics: PrometheusHandle,
+    /// Devices, their uploads and caller-ID (`/v1/mobile`, `/v1/devices`).
+    pub mobile: MobileBridge,
 }

@@ -25,6 +25,11 @@ fn every_route_is_documented_with_its_problem_codes() {
         "/v1/customers/{id}/engagements",
         "/v1/engagements",
         "/v1/engagements/batch",
+        "/v1/devices",
+        "/v1/devices/{id}",
+        "/v1/calls/incoming",
+        "/v1/mobile/events",
+        "/v1/mobile/caller-id",
     ] {
         assert!(
             paths.iter().any(|p| p.as_str() == expected),

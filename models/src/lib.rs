@@ -8,13 +8,14 @@
 //! # Layout
 //! - [`phone`], [`email`]: parse-once value types.
 //! - [`names`]: name tokens, typo variants and query classification for search.
-//! - [`customer`], [`engagement`], [`staff`], [`ids`], [`time`]: the records.
+//! - [`customer`], [`engagement`], [`staff`], [`device`], [`ids`], [`time`]: the records.
 //! - [`event`], [`events`]: domain events and the stream they go on.
 //! - [`store`]: the store trait and its adapters (`embedded` redb, `mongo`).
 //! - [`linking`]: merge records, suggestions and the linking policy.
 //! - [`service`]: the operations handlers call ([`service::Crm`]).
 
 pub mod customer;
+pub mod device;
 pub mod email;
 pub mod engagement;
 pub mod event;

@@ -29,6 +29,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use axum::http::HeaderMap;
+use crm_mobile_bridge::DEVICE_TOKEN_PREFIX;
 use crm_models::ids::{ApiKeyId, UserId};
 use crm_models::staff::{ApiKey, Role, User};
 use crm_models::store::Store;
@@ -47,6 +48,7 @@ pub const API_KEY_HEADER: &str = "x-api-key";
 
 const MISSING: &str = "missing credentials: send `Authorization: Bearer <token>`";
 const INVALID: &str = "invalid, expired or revoked credentials";
+const DEVICE_ONLY: &str = "device tokens work only on /v1/mobile/*";
 
 /// Everything auth needs: keys, settings and the store.
 pub struct Auth {
@@ -164,6 +166,8 @@ enum Credential<'a> {
 }
 
 /// `Authorization: Bearer <jwt or crm_key_...>`, else `X-Api-Key: crm_key_...`.
+/// Device tokens (`crm_dev_...`) are refused before any lookup: they work on
+/// `/v1/mobile/*` only, where the mobile bridge authenticates them.
 fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
     let invalid = || ApiError::Unauthorized(INVALID);
     if let Some(value) = headers.get(AUTHORIZATION) {
@@ -172,6 +176,9 @@ fn credential(headers: &HeaderMap) -> Result<Credential<'_>, ApiError> {
         let token = token.trim();
         if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
             return Err(invalid());
+        }
+        if token.starts_with(DEVICE_TOKEN_PREFIX) {
+            return Err(ApiError::Unauthorized(DEVICE_ONLY));
         }
         return Ok(if token.starts_with(KEY_PREFIX) {
             Credential::ApiKey(token)
@@ -529,6 +536,7 @@ mod tests {
             parts("authorization", "Bearer"),
             parts("authorization", "Bearer not.a.jwt"),
             parts("authorization", "Bearer crm_key_unknown"),
+            parts("authorization", "Bearer crm_dev_anything"),
             parts(API_KEY_HEADER, "not-a-key"),
         ] {
             assert!(is_unauthorized(auth.authenticate(&p).await));

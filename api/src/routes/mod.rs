@@ -4,6 +4,7 @@
 pub mod api_keys;
 pub mod auth;
 pub mod customers;
+pub mod devices;
 pub mod engagements;
 pub mod health;
 pub mod input;
@@ -27,4 +28,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(engagements::router())
         .merge(search::router())
         .merge(linking::router())
+        .merge(devices::router())
 }

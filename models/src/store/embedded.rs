@@ -15,6 +15,8 @@
 //!   `refresh_by_family`, `refresh_by_user`; `api_keys`, `api_keys_by_hash`.
 //! - `identities_shared`: keys marked shared; `merges` (id → JSON) with
 //!   `merges_by_customer`; `suggestions` (pair key → JSON).
+//! - `devices` (id → JSON), `devices_by_hash` (token hash → id).
+//! - `call_signals`: (time, id) → JSON, so a range scan reads them in time order.
 //!
 //! Times in keys are microseconds since the epoch with the sign bit flipped, so
 //! that the big-endian bytes sort in time order (negative times too).
@@ -39,10 +41,11 @@ use super::{
 };
 use crate::customer::CustomerStatus;
 use crate::customer::{ChannelCounts, Customer, Identifier};
+use crate::device::{CallSignal, Device};
 use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
 use crate::event::EventEnvelope;
-use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
@@ -74,6 +77,9 @@ const MERGES: TableDefinition<u128, &[u8]> = TableDefinition::new("merges");
 const MERGES_BY_CUSTOMER: TableDefinition<(u128, u128), ()> =
     TableDefinition::new("merges_by_customer");
 const SUGGESTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("suggestions");
+const DEVICES: TableDefinition<u128, &[u8]> = TableDefinition::new("devices");
+const DEVICES_BY_HASH: TableDefinition<&str, u128> = TableDefinition::new("devices_by_hash");
+const CALL_SIGNALS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("call_signals");
 
 /// The redb-backed [`Store`]. Cheap to share: clone the `Arc` around it.
 pub struct EmbeddedStore {
@@ -159,6 +165,9 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(MERGES).map_err(db_err)?;
     txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
     txn.open_table(SUGGESTIONS).map_err(db_err)?;
+    txn.open_table(DEVICES).map_err(db_err)?;
+    txn.open_table(DEVICES_BY_HASH).map_err(db_err)?;
+    txn.open_table(CALL_SIGNALS).map_err(db_err)?;
     Ok(())
 }
 
@@ -1432,6 +1441,172 @@ impl Store for EmbeddedStore {
             let txn = db.begin_read().map_err(db_err)?;
             let outbox = txn.open_table(OUTBOX).map_err(db_err)?;
             outbox.len().map_err(db_err)
+        })
+        .await
+    }
+
+    // --- devices ---
+
+    async fn insert_device(&self, device: &Device) -> StoreResult<()> {
+        let device = device.clone();
+        self.run(move |db| {
+            let id = device.id.0.as_u128();
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut devices = txn.open_table(DEVICES).map_err(db_err)?;
+                let mut by_hash = txn.open_table(DEVICES_BY_HASH).map_err(db_err)?;
+                if devices.get(id).map_err(db_err)?.is_some() {
+                    return Err(StoreError::Conflict(format!("device {} exists", device.id)));
+                }
+                if by_hash
+                    .get(device.token_hash.as_str())
+                    .map_err(db_err)?
+                    .is_some()
+                {
+                    return Err(StoreError::Conflict(
+                        "a device with this token hash exists".into(),
+                    ));
+                }
+                let bytes = encode("device", &device)?;
+                devices.insert(id, bytes.as_slice()).map_err(db_err)?;
+                by_hash
+                    .insert(device.token_hash.as_str(), id)
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn get_device(&self, id: DeviceId) -> StoreResult<Option<Device>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let devices = txn.open_table(DEVICES).map_err(db_err)?;
+            match devices.get(id.0.as_u128()).map_err(db_err)? {
+                Some(bytes) => decode("device", bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn get_device_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Device>> {
+        let hash = token_hash.to_string();
+        self.run(move |db| read_via_index(db, DEVICES_BY_HASH, DEVICES, hash.as_str(), "device"))
+            .await
+    }
+
+    async fn list_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let devices = txn.open_table(DEVICES).map_err(db_err)?;
+            let mut out: Vec<Device> = Vec::new();
+            for entry in devices.iter().map_err(db_err)? {
+                let (_, v) = entry.map_err(db_err)?;
+                let device: Device = decode("device", v.value())?;
+                if user.is_none_or(|u| u == device.user_id) {
+                    out.push(device);
+                }
+            }
+            out.sort_by(|a, b| a.created_at.cmp(&b.created_at).then(a.id.cmp(&b.id)));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut devices = txn.open_table(DEVICES).map_err(db_err)?;
+                let mut device: Device = match devices.get(id.0.as_u128()).map_err(db_err)? {
+                    Some(bytes) => decode("device", bytes.value())?,
+                    None => return Ok(false),
+                };
+                if device.revoked_at.is_some() {
+                    return Ok(false);
+                }
+                device.revoked_at = Some(at);
+                let bytes = encode("device", &device)?;
+                devices
+                    .insert(id.0.as_u128(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut devices = txn.open_table(DEVICES).map_err(db_err)?;
+                let mut device: Device = match devices.get(id.0.as_u128()).map_err(db_err)? {
+                    Some(bytes) => decode("device", bytes.value())?,
+                    None => return Err(StoreError::NotFound),
+                };
+                device.last_upload_at = Some(at);
+                let bytes = encode("device", &device)?;
+                devices
+                    .insert(id.0.as_u128(), bytes.as_slice())
+                    .map_err(db_err)?;
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    // --- incoming-call signals ---
+
+    async fn insert_call_signals(&self, signals: &[CallSignal]) -> StoreResult<()> {
+        if signals.is_empty() {
+            return Ok(());
+        }
+        let signals = signals.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            {
+                let mut table = txn.open_table(CALL_SIGNALS).map_err(db_err)?;
+                for signal in &signals {
+                    let key = (time_key(&signal.at), signal.id.as_u128());
+                    if table.get(key).map_err(db_err)?.is_some() {
+                        continue;
+                    }
+                    let bytes = encode("call signal", signal)?;
+                    table.insert(key, bytes.as_slice()).map_err(db_err)?;
+                }
+            }
+            txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn list_call_signals(
+        &self,
+        user: Option<UserId>,
+        since: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<CallSignal>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = txn.open_table(CALL_SIGNALS).map_err(db_err)?;
+            let mut out = Vec::new();
+            if limit == 0 {
+                return Ok(out);
+            }
+            for entry in table.range((time_key(&since), 0u128)..).map_err(db_err)? {
+                let (_, v) = entry.map_err(db_err)?;
+                let signal: CallSignal = decode("call signal", v.value())?;
+                if user.is_none_or(|u| u == signal.user_id) {
+                    out.push(signal);
+                    if out.len() == limit {
+                        break;
+                    }
+                }
+            }
+            Ok(out)
         })
         .await
     }

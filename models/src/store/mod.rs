@@ -13,10 +13,11 @@ pub use embedded::EmbeddedStore;
 use async_trait::async_trait;
 
 use crate::customer::{Customer, Identifier};
+use crate::device::{CallSignal, Device};
 use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
 use crate::event::EventEnvelope;
-use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
@@ -265,6 +266,33 @@ pub trait Store: Send + Sync + 'static {
     /// Forgets events that were published.
     async fn outbox_remove(&self, ids: &[String]) -> StoreResult<()>;
     async fn outbox_len(&self) -> StoreResult<u64>;
+
+    // --- devices (by SHA-256 of the device token) ---
+
+    /// `Conflict` when the id or the token hash exists.
+    async fn insert_device(&self, device: &Device) -> StoreResult<()>;
+    async fn get_device(&self, id: DeviceId) -> StoreResult<Option<Device>>;
+    async fn get_device_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Device>>;
+    /// The user's devices, or every device for `None`; revoked ones too,
+    /// by creation time.
+    async fn list_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>>;
+    /// Sets `revoked_at`; false when there is no such device or it was revoked already.
+    async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool>;
+    /// Sets `last_upload_at`; `NotFound` when there is no such device.
+    async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()>;
+
+    // --- incoming-call signals ---
+
+    /// Keeps the signals (ids are unique; an existing id is left as it is).
+    async fn insert_call_signals(&self, signals: &[CallSignal]) -> StoreResult<()>;
+    /// Signals at or after `since`, of one user's devices or of all (`None`),
+    /// oldest first (ties by id), at most `limit`.
+    async fn list_call_signals(
+        &self,
+        user: Option<UserId>,
+        since: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<CallSignal>>;
 }
 
 /// Ids for a batch of outbox entries: time-ordered, in batch order.

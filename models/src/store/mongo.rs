@@ -27,10 +27,11 @@ use super::{
 };
 use crate::customer::CustomerStatus;
 use crate::customer::{Customer, Identifier};
+use crate::device::{CallSignal, Device};
 use crate::email::Email;
 use crate::engagement::Engagement;
 use crate::event::EventEnvelope;
-use crate::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crate::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::{self, Timestamp};
@@ -55,6 +56,8 @@ const API_KEYS: &str = "api_keys";
 const OUTBOX: &str = "outbox";
 const MERGES: &str = "merges";
 const SUGGESTIONS: &str = "suggestions";
+const DEVICES: &str = "devices";
+const CALL_SIGNALS: &str = "call_signals";
 
 /// The profile fields `update_profile` writes.
 const PROFILE_FIELDS: [&str; 7] = [
@@ -81,6 +84,8 @@ pub struct MongoStore {
     outbox: Collection<Document>,
     merges: Collection<Document>,
     suggestions: Collection<Document>,
+    devices: Collection<Document>,
+    call_signals: Collection<Document>,
 }
 
 impl MongoStore {
@@ -119,6 +124,8 @@ impl MongoStore {
             outbox: db.collection(OUTBOX),
             merges: db.collection(MERGES),
             suggestions: db.collection(SUGGESTIONS),
+            devices: db.collection(DEVICES),
+            call_signals: db.collection(CALL_SIGNALS),
             client,
             db,
         };
@@ -202,6 +209,20 @@ impl MongoStore {
                 .keys(doc! { "key_hash": 1 })
                 .options(unique())
                 .build()])
+            .await
+            .map_err(map_err)?;
+        self.devices
+            .create_indexes([
+                IndexModel::builder()
+                    .keys(doc! { "token_hash": 1 })
+                    .options(unique())
+                    .build(),
+                plain(doc! { "user_id": 1, "created_at": 1 }),
+            ])
+            .await
+            .map_err(map_err)?;
+        self.call_signals
+            .create_indexes([plain(doc! { "at": 1, "_id": 1 })])
             .await
             .map_err(map_err)?;
         Ok(())
@@ -1262,6 +1283,113 @@ impl Store for MongoStore {
 
     async fn outbox_len(&self) -> StoreResult<u64> {
         self.outbox.count_documents(doc! {}).await.map_err(map_err)
+    }
+
+    // --- devices ---
+
+    async fn insert_device(&self, device: &Device) -> StoreResult<()> {
+        let doc = to_doc(device, "id")?;
+        self.devices
+            .insert_one(doc)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_conflict(e, "a device with this id or token hash exists"))
+    }
+
+    async fn get_device(&self, id: DeviceId) -> StoreResult<Option<Device>> {
+        let found = self
+            .devices
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "id")).transpose()
+    }
+
+    async fn get_device_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Device>> {
+        let found = self
+            .devices
+            .find_one(doc! { "token_hash": token_hash })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "id")).transpose()
+    }
+
+    async fn list_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>> {
+        let filter = match user {
+            Some(u) => doc! { "user_id": u.to_string() },
+            None => Document::new(),
+        };
+        let cursor = self
+            .devices
+            .find(filter)
+            .sort(doc! { "created_at": 1, "_id": 1 })
+            .await
+            .map_err(map_err)?;
+        collect(cursor, "id").await
+    }
+
+    async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
+        let result = self
+            .devices
+            .update_one(
+                doc! { "_id": id.to_string(), "revoked_at": Bson::Null },
+                doc! { "$set": { "revoked_at": time::format(&at) } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(result.modified_count == 1)
+    }
+
+    async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()> {
+        let result = self
+            .devices
+            .update_one(
+                doc! { "_id": id.to_string() },
+                doc! { "$set": { "last_upload_at": time::format(&at) } },
+            )
+            .await
+            .map_err(map_err)?;
+        if result.matched_count == 0 {
+            return Err(StoreError::NotFound);
+        }
+        Ok(())
+    }
+
+    // --- incoming-call signals ---
+
+    async fn insert_call_signals(&self, signals: &[CallSignal]) -> StoreResult<()> {
+        for signal in signals {
+            let doc = to_doc(signal, "id")?;
+            match self.call_signals.insert_one(doc).await {
+                Ok(_) => {}
+                Err(e) if is_duplicate_key(&e) => {}
+                Err(e) => return Err(map_err(e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn list_call_signals(
+        &self,
+        user: Option<UserId>,
+        since: Timestamp,
+        limit: usize,
+    ) -> StoreResult<Vec<CallSignal>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut filter = doc! { "at": { "$gte": time::format(&since) } };
+        if let Some(u) = user {
+            filter.insert("user_id", u.to_string());
+        }
+        let cursor = self
+            .call_signals
+            .find(filter)
+            .sort(doc! { "at": 1, "_id": 1 })
+            .limit(limit_of(limit))
+            .await
+            .map_err(map_err)?;
+        collect(cursor, "id").await
     }
 }
 

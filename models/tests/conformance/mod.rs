@@ -40,12 +40,13 @@ use chrono::Duration;
 use uuid::Uuid;
 
 use crm_models::customer::{Customer, CustomerStatus, Identifier};
+use crm_models::device::{CallSignal, Device};
 use crm_models::email::Email;
 use crm_models::engagement::{
     CallStatus, Channel, Direction, Engagement, EngagementDetail, Source,
 };
 use crm_models::events::MemoryEventStream;
-use crm_models::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
+use crm_models::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crm_models::phone::{PhoneNumber, Region};
 use crm_models::service::{
     Crm, CrmError, CustomerInput, CustomerPatch, EngagementTarget, NewEngagement,
@@ -115,6 +116,8 @@ macro_rules! store_suite {
                 refresh_token_concurrent_use_has_one_winner,
                 refresh_tokens_revoked_by_family_and_user,
                 api_keys_insert_get_list_revoke,
+                devices_insert_get_list_revoke,
+                call_signals_by_time_and_user,
                 outbox_keeps_events_in_order_until_removed,
                 service_concurrent_records_of_one_phone_make_one_customer,
                 service_create_with_owned_email_attaches_the_phone,
@@ -1356,6 +1359,152 @@ pub async fn api_keys_insert_get_list_revoke(store: Arc<dyn Store>) {
         ],
         "revoked keys are listed too"
     );
+}
+
+// --- devices ---
+
+fn device(name: &str, user: UserId, hash: &str, created: Timestamp) -> Device {
+    Device {
+        id: DeviceId(Uuid::new_v4()),
+        user_id: user,
+        name: name.into(),
+        default_region: Some("SG".into()),
+        token_hash: hash.into(),
+        token_prefix: "crm_dev_abcd".into(),
+        created_at: created,
+        revoked_at: None,
+        last_upload_at: None,
+    }
+}
+
+pub async fn devices_insert_get_list_revoke(store: Arc<dyn Store>) {
+    let (ann, bob) = (UserId::new(), UserId::new());
+    assert!(store.list_devices(None).await.unwrap().is_empty());
+    let late = device("Ann's Pixel", ann, "dev-late", at(20));
+    let early = device("Ann's old phone", ann, "dev-early", at(10));
+    let other = device("Bob's phone", bob, "dev-bob", at(15));
+    for d in [&late, &early, &other] {
+        store.insert_device(d).await.unwrap();
+    }
+    assert!(matches!(
+        store.insert_device(&late).await,
+        Err(StoreError::Conflict(_))
+    ));
+    let same_hash = device("copy", bob, "dev-late", at(30));
+    assert!(matches!(
+        store.insert_device(&same_hash).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    assert_eq!(store.get_device(late.id).await.unwrap(), Some(late.clone()));
+    assert_eq!(store.get_device(DeviceId::new()).await.unwrap(), None);
+    assert_eq!(
+        store.get_device_by_token_hash("dev-late").await.unwrap(),
+        Some(late.clone())
+    );
+    assert_eq!(
+        store.get_device_by_token_hash("dev-none").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.list_devices(Some(ann)).await.unwrap(),
+        vec![early.clone(), late.clone()]
+    );
+    assert_eq!(
+        store.list_devices(None).await.unwrap(),
+        vec![early.clone(), other.clone(), late.clone()]
+    );
+    assert!(store
+        .list_devices(Some(UserId::new()))
+        .await
+        .unwrap()
+        .is_empty());
+
+    store.set_device_last_upload(late.id, at(25)).await.unwrap();
+    assert_eq!(
+        store.set_device_last_upload(DeviceId::new(), at(25)).await,
+        Err(StoreError::NotFound)
+    );
+    assert!(store.revoke_device(late.id, at(30)).await.unwrap());
+    assert!(!store.revoke_device(late.id, at(40)).await.unwrap());
+    assert!(!store.revoke_device(DeviceId::new(), at(40)).await.unwrap());
+    let revoked = store
+        .get_device_by_token_hash("dev-late")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        revoked,
+        Device {
+            revoked_at: Some(at(30)),
+            last_upload_at: Some(at(25)),
+            ..late
+        },
+        "revoked devices are kept, with their last upload"
+    );
+    assert_eq!(store.list_devices(Some(ann)).await.unwrap().len(), 2);
+}
+
+fn signal(user: UserId, when: Timestamp) -> CallSignal {
+    CallSignal {
+        id: Uuid::now_v7(),
+        customer_id: CustomerId::new(),
+        device_id: DeviceId::new(),
+        user_id: user,
+        number: PhoneNumber::parse("+6581226418", None).unwrap(),
+        at: when,
+    }
+}
+
+pub async fn call_signals_by_time_and_user(store: Arc<dyn Store>) {
+    let (ann, bob) = (UserId::new(), UserId::new());
+    assert!(store
+        .list_call_signals(None, at(0), 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let a1 = signal(ann, at(10));
+    let b1 = signal(bob, at(20));
+    let a2 = signal(ann, at(30));
+    let a3 = signal(ann, at(40));
+    store
+        .insert_call_signals(&[a3.clone(), a1.clone()])
+        .await
+        .unwrap();
+    store.insert_call_signals(&[]).await.unwrap();
+    // A repeated signal is kept once.
+    store
+        .insert_call_signals(&[b1.clone(), a2.clone(), a1.clone()])
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_call_signals(None, at(0), 10).await.unwrap(),
+        vec![a1.clone(), b1.clone(), a2.clone(), a3.clone()]
+    );
+    assert_eq!(
+        store
+            .list_call_signals(Some(ann), at(10), 10)
+            .await
+            .unwrap(),
+        vec![a1.clone(), a2.clone(), a3.clone()],
+        "since is inclusive"
+    );
+    assert_eq!(
+        store.list_call_signals(Some(ann), at(11), 1).await.unwrap(),
+        vec![a2]
+    );
+    assert_eq!(
+        store
+            .list_call_signals(Some(bob), at(21), 10)
+            .await
+            .unwrap(),
+        vec![]
+    );
+    assert!(store
+        .list_call_signals(None, at(0), 0)
+        .await
+        .unwrap()
+        .is_empty());
 }
 
 // --- the service over the store ---

@@ -1,0 +1,543 @@
+//! `POST /v1/mobile/events`: a phone's SMS and call log, in batches.
+//!
+//! Each event is checked on its own and a bad one is rejected with its
+//! reasons while the others are stored. The good ones go through the same
+//! domain call as every other engagement ([`Crm::record_engagements`]), so
+//! the counterpart is resolved by identity linking. `(device,
+//! client_event_id)` names the engagement (a UUIDv5 primary key), which is
+//! what stores each event once however often, and however concurrently, the
+//! phone retries.
+//!
+//! [`Crm::record_engagements`]: crm_models::service::Crm::record_engagements
+
+use chrono::Duration;
+use crm_models::device::Device;
+use crm_models::engagement::{CallStatus, Direction, EngagementDetail, PayloadType, Source};
+use crm_models::ids::{CustomerId, EngagementId};
+use crm_models::service::{clean_name, CrmError, EngagementTarget, FieldError, NewEngagement};
+use crm_models::{time, Identifier, PhoneNumber, Region};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::error::MobileError;
+use crate::MobileBridge;
+
+/// Most events in one batch.
+pub const MAX_BATCH_EVENTS: usize = 500;
+/// Largest batch body, in bytes (1 MiB).
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Longest `client_event_id`, in characters.
+pub const MAX_CLIENT_EVENT_ID_CHARS: usize = 128;
+/// Longest SMS or WhatsApp text, in characters.
+pub const MAX_BODY_CHARS: usize = 10_000;
+/// How stale a device's `last_upload_at` may get before an upload updates it.
+const LAST_UPLOAD_PRECISION_S: i64 = 60;
+/// Clock skew tolerated for `occurred_at` in the future.
+const MAX_FUTURE_HOURS: i64 = 24;
+/// The fields an event may carry; others are refused.
+const EVENT_FIELDS: [&str; 9] = [
+    "client_event_id",
+    "kind",
+    "direction",
+    "number",
+    "occurred_at",
+    "body",
+    "duration_s",
+    "status",
+    "contact_name",
+];
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[schema(example = json!({"events": [
+    {"client_event_id": "sms-1842", "kind": "sms", "direction": "inbound", "number": "8122 6418",
+     "occurred_at": "2026-11-21T09:30:00Z", "body": "Is the flat still available?", "contact_name": "Ann Tan"},
+    {"client_event_id": "call-977", "kind": "call", "direction": "outbound", "number": "+65 8122 6418",
+     "occurred_at": "2026-11-21T09:41:07Z", "duration_s": 184, "status": "answered"}
+]}))]
+pub struct UploadRequest {
+    /// Up to 500 events (and 1 MiB).
+    #[schema(value_type = Vec<MobileEvent>)]
+    pub events: Vec<Value>,
+}
+
+/// One event as the phone reports it. Only `client_event_id`, `kind`,
+/// `direction`, `number` and `occurred_at` are required.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+pub struct MobileEvent {
+    /// The phone's own id for the event, unique per device (at most 128
+    /// characters): a retry with the same id is stored once.
+    pub client_event_id: String,
+    pub kind: EventKind,
+    pub direction: Direction,
+    /// The other party's number, typed any way; numbers without `+` are read
+    /// with the device's region.
+    pub number: String,
+    /// When it happened (RFC 3339). Old events are fine: they land in the
+    /// timeline at this time.
+    pub occurred_at: String,
+    /// sms, whatsapp: the text.
+    pub body: Option<String>,
+    /// call: seconds (default 0).
+    pub duration_s: Option<u32>,
+    /// call: default `answered` when it lasted, else `missed`.
+    pub status: Option<CallStatus>,
+    /// The name in the phone's contacts: names a customer created for an unknown number.
+    pub contact_name: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventKind {
+    Sms,
+    Call,
+    Whatsapp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EventStatus {
+    Created,
+    Duplicate,
+    Rejected,
+}
+
+/// Why an event was rejected.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventError {
+    /// `invalid_event`, or `contention`/`unavailable` (retry those later).
+    pub code: String,
+    pub detail: String,
+    /// The fields at fault.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<FieldError>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct EventResult {
+    /// Position in the batch.
+    pub index: usize,
+    /// As sent; absent when the event had none.
+    pub client_event_id: Option<String>,
+    pub status: EventStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub engagement_id: Option<EngagementId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub customer_id: Option<CustomerId>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<EventError>,
+}
+
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct UploadResponse {
+    /// One result per event, in order.
+    pub results: Vec<EventResult>,
+}
+
+fn invalid(errors: Vec<FieldError>) -> EventError {
+    let detail = errors
+        .iter()
+        .map(|e| format!("{}: {}", e.field, e.message))
+        .collect::<Vec<_>>()
+        .join("; ");
+    EventError {
+        code: "invalid_event".into(),
+        detail,
+        errors,
+    }
+}
+
+/// Reads one event; every problem is reported, with its field.
+pub fn parse_event(
+    value: &Value,
+    device: &Device,
+    region: Option<Region>,
+) -> Result<NewEngagement, Vec<FieldError>> {
+    let Some(obj) = value.as_object() else {
+        return Err(vec![FieldError::new("event", "must be a JSON object")]);
+    };
+    let mut errors = Vec::new();
+    for key in obj.keys() {
+        if !EVENT_FIELDS.contains(&key.as_str()) {
+            errors.push(FieldError::new(key.clone(), "unknown field"));
+        }
+    }
+    let client_event_id = match text(obj, "client_event_id", true, &mut errors) {
+        Some(id) if id.trim().is_empty() => {
+            errors.push(FieldError::new("client_event_id", "must not be empty"));
+            None
+        }
+        Some(id) if id.chars().count() > MAX_CLIENT_EVENT_ID_CHARS => {
+            errors.push(FieldError::new(
+                "client_event_id",
+                format!("must be at most {MAX_CLIENT_EVENT_ID_CHARS} characters long"),
+            ));
+            None
+        }
+        Some(id) if id.chars().any(char::is_control) => {
+            errors.push(FieldError::new(
+                "client_event_id",
+                "must not contain control characters",
+            ));
+            None
+        }
+        other => other,
+    };
+    let kind: Option<EventKind> = typed(obj, "kind", "one of sms, call, whatsapp", &mut errors);
+    let direction: Option<Direction> = typed(obj, "direction", "inbound or outbound", &mut errors);
+    let number = text(obj, "number", true, &mut errors).and_then(|raw| {
+        PhoneNumber::parse(&raw, region)
+            .map_err(|e| errors.push(FieldError::new("number", e)))
+            .ok()
+    });
+    let occurred_at =
+        text(obj, "occurred_at", true, &mut errors).and_then(|raw| match time::parse(&raw) {
+            Ok(t) if t > time::now() + Duration::hours(MAX_FUTURE_HOURS) => {
+                errors.push(FieldError::new(
+                    "occurred_at",
+                    format!("must not be more than {MAX_FUTURE_HOURS} hours in the future"),
+                ));
+                None
+            }
+            Ok(t) => Some(t),
+            Err(_) => {
+                errors.push(FieldError::new("occurred_at", "must be an RFC 3339 time"));
+                None
+            }
+        });
+    let body = text(obj, "body", false, &mut errors);
+    if body
+        .as_deref()
+        .is_some_and(|b| b.chars().count() > MAX_BODY_CHARS)
+    {
+        errors.push(FieldError::new(
+            "body",
+            format!("must be at most {MAX_BODY_CHARS} characters long"),
+        ));
+    }
+    let duration_s: Option<u32> =
+        optional(obj, "duration_s", "a whole number of seconds", &mut errors);
+    let status: Option<CallStatus> = optional(
+        obj,
+        "status",
+        "one of answered, missed, rejected, voicemail",
+        &mut errors,
+    );
+    if kind.is_some_and(|k| k != EventKind::Call) {
+        for field in ["duration_s", "status"] {
+            if obj.get(field).is_some_and(|v| !v.is_null()) {
+                errors.push(FieldError::new(field, "only calls have this field"));
+            }
+        }
+    }
+    let contact_name = text(obj, "contact_name", false, &mut errors).and_then(|n| {
+        clean_name(Some(n.as_str()), "contact_name")
+            .map_err(|e| match e {
+                CrmError::Invalid(mut e) => errors.append(&mut e),
+                other => errors.push(FieldError::new("contact_name", other)),
+            })
+            .ok()
+            .flatten()
+    });
+    let (Some(client_event_id), Some(kind), Some(direction), Some(number), Some(occurred_at)) =
+        (client_event_id, kind, direction, number, occurred_at)
+    else {
+        return Err(errors);
+    };
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    let detail = match kind {
+        EventKind::Sms => EngagementDetail::Sms {
+            direction,
+            body: body.unwrap_or_default(),
+        },
+        EventKind::Whatsapp => EngagementDetail::Whatsapp {
+            direction,
+            payload_type: PayloadType::Text,
+            payload: body.unwrap_or_default(),
+        },
+        EventKind::Call => {
+            let duration_s = duration_s.unwrap_or(0);
+            EngagementDetail::Call {
+                direction,
+                duration_s,
+                status: status.unwrap_or(if duration_s > 0 {
+                    CallStatus::Answered
+                } else {
+                    CallStatus::Missed
+                }),
+            }
+        }
+    };
+    Ok(NewEngagement {
+        target: EngagementTarget::Identify {
+            name: contact_name,
+            identifiers: vec![Identifier::Phone(number)],
+        },
+        occurred_at,
+        source: Source {
+            device_id: Some(device.id),
+            client_event_id: Some(client_event_id),
+            user_id: Some(format!("user:{}", device.user_id)),
+            via: None,
+        },
+        detail,
+    })
+}
+
+/// A string field; `None` (and an error when required) if absent or not a string.
+fn text(
+    obj: &Map<String, Value>,
+    field: &str,
+    required: bool,
+    errors: &mut Vec<FieldError>,
+) -> Option<String> {
+    match obj.get(field) {
+        None | Some(Value::Null) => {
+            if required {
+                errors.push(FieldError::new(field, "is required"));
+            }
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => {
+            errors.push(FieldError::new(field, "must be a string"));
+            None
+        }
+    }
+}
+
+/// A required field of a serde type.
+fn typed<T: serde::de::DeserializeOwned>(
+    obj: &Map<String, Value>,
+    field: &str,
+    expected: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    if obj.get(field).is_none_or(Value::is_null) {
+        errors.push(FieldError::new(field, "is required"));
+        return None;
+    }
+    optional(obj, field, expected, errors)
+}
+
+fn optional<T: serde::de::DeserializeOwned>(
+    obj: &Map<String, Value>,
+    field: &str,
+    expected: &str,
+    errors: &mut Vec<FieldError>,
+) -> Option<T> {
+    match obj.get(field) {
+        None | Some(Value::Null) => None,
+        Some(v) => match T::deserialize(v) {
+            Ok(t) => Some(t),
+            Err(_) => {
+                errors.push(FieldError::new(field, format!("must be {expected}")));
+                None
+            }
+        },
+    }
+}
+
+fn client_event_id_of(value: &Value) -> Option<String> {
+    value
+        .get("client_event_id")
+        .and_then(Value::as_str)
+        .map(|s| s.chars().take(MAX_CLIENT_EVENT_ID_CHARS).collect())
+}
+
+impl MobileBridge {
+    /// Records a batch from `device`: one result per event, in order. Fails
+    /// as a whole only when the store cannot be written (the phone retries;
+    /// nothing is stored twice).
+    pub async fn upload(
+        &self,
+        device: &Device,
+        events: Vec<Value>,
+    ) -> Result<UploadResponse, MobileError> {
+        if events.len() > MAX_BATCH_EVENTS {
+            return Err(MobileError::PayloadTooLarge(format!(
+                "a batch holds at most {MAX_BATCH_EVENTS} events; this one has {}: split it",
+                events.len()
+            )));
+        }
+        let region = self.region_of(device);
+        let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
+        let mut parsed = Vec::new();
+        let mut slots = Vec::new();
+        for (index, value) in events.iter().enumerate() {
+            let client_event_id = client_event_id_of(value);
+            match parse_event(value, device, region) {
+                Ok(item) => {
+                    parsed.push(item);
+                    slots.push(index);
+                    results.push(EventResult {
+                        index,
+                        client_event_id,
+                        status: EventStatus::Rejected,
+                        engagement_id: None,
+                        customer_id: None,
+                        error: None,
+                    });
+                }
+                Err(errors) => results.push(EventResult {
+                    index,
+                    client_event_id,
+                    status: EventStatus::Rejected,
+                    engagement_id: None,
+                    customer_id: None,
+                    error: Some(invalid(errors)),
+                }),
+            }
+        }
+        let rejected = results.len() - parsed.len();
+        let outcomes = self.crm().record_engagements(parsed).await;
+        for (slot, outcome) in slots.into_iter().zip(outcomes) {
+            let result = &mut results[slot];
+            match outcome {
+                Ok(r) => {
+                    result.status = if r.duplicate {
+                        EventStatus::Duplicate
+                    } else {
+                        EventStatus::Created
+                    };
+                    result.engagement_id = Some(r.id);
+                    result.customer_id = Some(r.customer_id);
+                }
+                Err(CrmError::Store(e)) => return Err(e.into()),
+                Err(CrmError::Invalid(errors)) => result.error = Some(invalid(errors)),
+                Err(other) => {
+                    let code = match other {
+                        CrmError::Contention => "contention",
+                        _ => "unavailable",
+                    };
+                    result.error = Some(EventError {
+                        code: code.into(),
+                        detail: other.to_string(),
+                        errors: Vec::new(),
+                    });
+                }
+            }
+        }
+        // To the minute: a write per batch would double the store commits of
+        // a busy device.
+        let now = time::now();
+        let stale = device
+            .last_upload_at
+            .is_none_or(|t| now - t >= Duration::seconds(LAST_UPLOAD_PRECISION_S));
+        if !events.is_empty() && stale {
+            if let Err(e) = self.store().set_device_last_upload(device.id, now).await {
+                tracing::warn!(device_id = %device.id, error = %e, "cannot record the device's last upload");
+            }
+        }
+        tracing::info!(
+            device_id = %device.id,
+            events = events.len(),
+            rejected,
+            "mobile events uploaded"
+        );
+        Ok(UploadResponse { results })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crm_models::ids::{DeviceId, UserId};
+    use serde_json::json;
+
+    fn device() -> Device {
+        Device {
+            id: DeviceId::new(),
+            user_id: UserId::new(),
+            name: "phone".into(),
+            default_region: Some("SG".into()),
+            token_hash: "h".into(),
+            token_prefix: "crm_dev_".into(),
+            created_at: time::now(),
+            revoked_at: None,
+            last_upload_at: None,
+        }
+    }
+
+    fn sg() -> Option<Region> {
+        Some(Region::parse("SG").unwrap())
+    }
+
+    fn fields(r: Result<NewEngagement, Vec<FieldError>>) -> Vec<String> {
+        r.unwrap_err().into_iter().map(|e| e.field).collect()
+    }
+
+    #[test]
+    fn a_national_number_is_read_with_the_device_region() {
+        let d = device();
+        let e = parse_event(
+            &json!({"client_event_id": "1", "kind": "call", "direction": "inbound",
+                    "number": "8122 6418", "occurred_at": "2026-01-02T03:04:05Z",
+                    "duration_s": 0, "contact_name": " Ann "}),
+            &d,
+            sg(),
+        )
+        .unwrap();
+        match e.target {
+            EngagementTarget::Identify { name, identifiers } => {
+                assert_eq!(name.as_deref(), Some("Ann"));
+                assert_eq!(identifiers[0].key(), "phone:+6581226418");
+            }
+            other => panic!("unexpected target {other:?}"),
+        }
+        assert_eq!(
+            e.detail,
+            EngagementDetail::Call {
+                direction: Direction::Inbound,
+                duration_s: 0,
+                status: CallStatus::Missed
+            }
+        );
+        assert_eq!(e.source.device_id, Some(d.id));
+        assert!(e.source.idempotent_id().is_some());
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_field() {
+        let d = device();
+        assert_eq!(
+            fields(parse_event(
+                &json!({"kind": "fax", "direction": "sideways", "number": "not a number",
+                        "occurred_at": "yesterday", "extra": 1}),
+                &d,
+                sg()
+            )),
+            [
+                "extra",
+                "client_event_id",
+                "kind",
+                "direction",
+                "number",
+                "occurred_at"
+            ]
+        );
+        assert_eq!(
+            fields(parse_event(
+                &json!({"client_event_id": "2", "kind": "sms", "direction": "inbound",
+                        "number": "81226418", "occurred_at": "2026-01-02T03:04:05Z"}),
+                &d,
+                None
+            )),
+            ["number"],
+            "a national number needs a region"
+        );
+        assert_eq!(
+            fields(parse_event(
+                &json!({"client_event_id": "3", "kind": "sms", "direction": "inbound",
+                        "number": "+6581226418", "occurred_at": "2026-01-02T03:04:05Z",
+                        "duration_s": 3}),
+                &d,
+                None
+            )),
+            ["duration_s"]
+        );
+        assert_eq!(fields(parse_event(&json!("text"), &d, None)), ["event"]);
+    }
+}
