@@ -594,6 +594,9 @@ impl Crm {
                 Err(e) => return items.iter().map(|_| Err(e.clone().into())).collect(),
             }
         }
+        // Identifier sets already resolved in this batch (a phone's upload
+        // names a few dozen counterparts in hundreds of events).
+        let mut resolved_in_batch: HashMap<Vec<String>, (CustomerId, bool)> = HashMap::new();
         let mut outcomes: Vec<Result<Recorded, CrmError>> = Vec::with_capacity(items.len());
         let mut to_insert: Vec<Engagement> = Vec::with_capacity(items.len());
         let mut slots: Vec<usize> = Vec::with_capacity(items.len());
@@ -611,12 +614,30 @@ impl Crm {
                         )]))
                     } else {
                         item.source.via = self.via(&identifiers);
-                        match clean_name(name.as_deref(), "customer.name") {
-                            Ok(name) => self
+                        let memo_key: Vec<String> = identifiers
+                            .iter()
+                            .map(Identifier::key)
+                            .collect::<BTreeSet<_>>()
+                            .into_iter()
+                            .collect();
+                        match (
+                            clean_name(name.as_deref(), "customer.name"),
+                            resolved_in_batch.get(&memo_key).copied(),
+                        ) {
+                            (Err(e), _) => Err(e),
+                            // The same identifiers earlier in this batch: the
+                            // same customer, without resolving again (unless
+                            // this item could give it the name it lacks).
+                            (Ok(name), Some((id, named))) if named || name.is_none() => {
+                                Ok((id, false))
+                            }
+                            (Ok(name), _) => self
                                 .resolve(name.as_deref(), &identifiers, None)
                                 .await
-                                .map(|(c, created)| (c.id, created)),
-                            Err(e) => Err(e),
+                                .map(|(c, created)| {
+                                    resolved_in_batch.insert(memo_key, (c.id, c.name.is_some()));
+                                    (c.id, created)
+                                }),
                         }
                     }
                 }
