@@ -251,6 +251,11 @@ impl Crm {
             let mut owners: Vec<(CustomerId, &str)> = Vec::new();
             let mut gone = false;
             for (owner, key) in &lookup.owned {
+                // Identifiers of one customer (a phone and an email): read it once.
+                if let Some(c) = named.get(owner) {
+                    owners.push((c.id, key));
+                    continue;
+                }
                 match self.current_opt(*owner).await? {
                     Some(c) => {
                         if c.id != *owner {
