@@ -451,6 +451,17 @@ async fn shared_and_blocked_numbers_never_merge() {
         "validation_failed",
     )
     .await;
+    expect_problem(
+        app.post(
+            "/v1/identities/6338%208888/shared",
+            &admin,
+            &json!({"shared": "yes"}),
+        )
+        .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
     let shared: Value = expect_json(
         app.post("/v1/identities/6338%208888/shared", &admin, &json!({}))
             .await,

@@ -264,8 +264,13 @@ async fn mark_shared(
     let request: SharedRequest = if body.iter().all(u8::is_ascii_whitespace) {
         SharedRequest::default()
     } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request("malformed_json", e.to_string()))?
+        serde_json::from_slice(&body).map_err(|e| {
+            if e.is_data() {
+                ApiError::field("body", e)
+            } else {
+                ApiError::bad_request("malformed_json", e.to_string())
+            }
+        })?
     };
     let identifier = parse_identifier(&raw, &state)?;
     let shared = request.shared.unwrap_or(true);
