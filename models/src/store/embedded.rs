@@ -191,6 +191,35 @@ fn read_via_index<T: DeserializeOwned>(
     }
 }
 
+/// Inserts a record with a unique hash (an API key's, a device token's) and
+/// its `hash → id` index entry; `Conflict` when the id or the hash is taken.
+fn insert_with_unique_hash(
+    db: &Database,
+    records: TableDefinition<'static, u128, &'static [u8]>,
+    index: TableDefinition<'static, &'static str, u128>,
+    id: u128,
+    hash: &str,
+    bytes: &[u8],
+    label: &str,
+) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut records = txn.open_table(records).map_err(db_err)?;
+        let mut by_hash = txn.open_table(index).map_err(db_err)?;
+        if records.get(id).map_err(db_err)?.is_some() {
+            return Err(StoreError::Conflict(format!("{label} exists")));
+        }
+        if by_hash.get(hash).map_err(db_err)?.is_some() {
+            return Err(StoreError::Conflict(format!(
+                "{label}: its hash belongs to another record"
+            )));
+        }
+        records.insert(id, bytes).map_err(db_err)?;
+        by_hash.insert(hash, id).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)
+}
+
 // --- encoding ---
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
@@ -1305,30 +1334,11 @@ impl Store for EmbeddedStore {
     // --- API keys ---
 
     async fn insert_api_key(&self, key: &ApiKey) -> StoreResult<()> {
-        let key = key.clone();
+        let bytes = encode("api key", key)?;
+        let (id, hash) = (key.id.0.as_u128(), key.key_hash.clone());
+        let label = format!("api key {}", key.id);
         self.run(move |db| {
-            let id = key.id.0.as_u128();
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut keys = txn.open_table(API_KEYS).map_err(db_err)?;
-                let mut by_hash = txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
-                if keys.get(id).map_err(db_err)?.is_some() {
-                    return Err(StoreError::Conflict(format!("api key {} exists", key.id)));
-                }
-                if by_hash
-                    .get(key.key_hash.as_str())
-                    .map_err(db_err)?
-                    .is_some()
-                {
-                    return Err(StoreError::Conflict(
-                        "an api key with this hash exists".into(),
-                    ));
-                }
-                let bytes = encode("api key", &key)?;
-                keys.insert(id, bytes.as_slice()).map_err(db_err)?;
-                by_hash.insert(key.key_hash.as_str(), id).map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
+            insert_with_unique_hash(db, API_KEYS, API_KEYS_BY_HASH, id, &hash, &bytes, &label)
         })
         .await
     }
@@ -1448,32 +1458,11 @@ impl Store for EmbeddedStore {
     // --- devices ---
 
     async fn insert_device(&self, device: &Device) -> StoreResult<()> {
-        let device = device.clone();
+        let bytes = encode("device", device)?;
+        let (id, hash) = (device.id.0.as_u128(), device.token_hash.clone());
+        let label = format!("device {}", device.id);
         self.run(move |db| {
-            let id = device.id.0.as_u128();
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut devices = txn.open_table(DEVICES).map_err(db_err)?;
-                let mut by_hash = txn.open_table(DEVICES_BY_HASH).map_err(db_err)?;
-                if devices.get(id).map_err(db_err)?.is_some() {
-                    return Err(StoreError::Conflict(format!("device {} exists", device.id)));
-                }
-                if by_hash
-                    .get(device.token_hash.as_str())
-                    .map_err(db_err)?
-                    .is_some()
-                {
-                    return Err(StoreError::Conflict(
-                        "a device with this token hash exists".into(),
-                    ));
-                }
-                let bytes = encode("device", &device)?;
-                devices.insert(id, bytes.as_slice()).map_err(db_err)?;
-                by_hash
-                    .insert(device.token_hash.as_str(), id)
-                    .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
+            insert_with_unique_hash(db, DEVICES, DEVICES_BY_HASH, id, &hash, &bytes, &label)
         })
         .await
     }
