@@ -577,6 +577,17 @@ async fn caller_id_answers_known_unknown_and_shared_numbers_and_signals_the_desk
     events.push(call("c1", "81226418", "2026-11-20T11:00:00Z"));
     let results = upload(&app, &token, events).await;
     let customer = results[0]["customer_id"].as_str().unwrap().to_string();
+    // Wait until the index worker has applied every engagement (without
+    // asking caller-ID, which would record more signals than this test counts).
+    let id: CustomerId = customer.parse().unwrap();
+    for attempt in 0.. {
+        let summary = app.state.index.summary(id).await.unwrap();
+        if summary.is_some_and(|s| s.counts.total() == 8) {
+            break;
+        }
+        assert!(attempt < 200, "the index never caught up with the upload");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 
     let answer = caller_id_until_known(&app, &token, "8122%206418").await;
     let customers = answer["customers"].as_array().unwrap();
