@@ -228,6 +228,32 @@ fn insert_with_unique_hash(
     txn.commit().map_err(db_err)
 }
 
+/// Changes one JSON record in place: `change` says whether it changed
+/// anything, and only then is it written. False when there is no record.
+fn update_record<T: Serialize + DeserializeOwned>(
+    db: &Database,
+    table: TableDefinition<'static, u128, &'static [u8]>,
+    id: u128,
+    what: &str,
+    change: impl FnOnce(&mut T) -> bool,
+) -> StoreResult<bool> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut records = txn.open_table(table).map_err(db_err)?;
+        let mut record: T = match records.get(id).map_err(db_err)? {
+            Some(bytes) => decode(what, bytes.value())?,
+            None => return Ok(false),
+        };
+        if !change(&mut record) {
+            return Ok(false);
+        }
+        let bytes = encode(what, &record)?;
+        records.insert(id, bytes.as_slice()).map_err(db_err)?;
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(true)
+}
+
 // --- encoding ---
 
 fn db_err(e: impl Into<redb::Error>) -> StoreError {
@@ -1371,23 +1397,17 @@ impl Store for EmbeddedStore {
 
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool> {
         self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut keys = txn.open_table(API_KEYS).map_err(db_err)?;
-                let mut key: ApiKey = match keys.get(id.0.as_u128()).map_err(db_err)? {
-                    Some(bytes) => decode("api key", bytes.value())?,
-                    None => return Ok(false),
-                };
-                if key.revoked_at.is_some() {
-                    return Ok(false);
-                }
-                key.revoked_at = Some(at);
-                let bytes = encode("api key", &key)?;
-                keys.insert(id.0.as_u128(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(true)
+            update_record(
+                db,
+                API_KEYS,
+                id.0.as_u128(),
+                "api key",
+                |key: &mut ApiKey| {
+                    let fresh = key.revoked_at.is_none();
+                    key.revoked_at = key.revoked_at.or(Some(at));
+                    fresh
+                },
+            )
         })
         .await
     }
@@ -1508,24 +1528,17 @@ impl Store for EmbeddedStore {
 
     async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
         self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut devices = txn.open_table(DEVICES).map_err(db_err)?;
-                let mut device: Device = match devices.get(id.0.as_u128()).map_err(db_err)? {
-                    Some(bytes) => decode("device", bytes.value())?,
-                    None => return Ok(false),
-                };
-                if device.revoked_at.is_some() {
-                    return Ok(false);
-                }
-                device.revoked_at = Some(at);
-                let bytes = encode("device", &device)?;
-                devices
-                    .insert(id.0.as_u128(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(true)
+            update_record(
+                db,
+                DEVICES,
+                id.0.as_u128(),
+                "device",
+                |device: &mut Device| {
+                    let fresh = device.revoked_at.is_none();
+                    device.revoked_at = device.revoked_at.or(Some(at));
+                    fresh
+                },
+            )
         })
         .await
     }
