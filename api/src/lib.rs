@@ -53,6 +53,13 @@ use crate::config::Config;
 use crate::error::ApiError;
 use crate::state::AppState;
 
+/// The allocator of every program that links crm-api (the server, its
+/// benchmarks and tests). Request handling allocates many small, short-lived
+/// buffers on several threads, where glibc's allocator spent about a third
+/// of the upload benchmark's CPU time (BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Largest JSON body accepted, except where a route says otherwise.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
