@@ -170,11 +170,30 @@ impl Serialize for PhoneNumber {
     }
 }
 
+/// Reads what this crate wrote (the store, the index, the event stream):
+/// a value already in E.164 form is taken as it is, since validating it
+/// again through the number metadata costs more than the rest of decoding a
+/// customer; anything else is parsed like input. Request bodies never
+/// deserialize a `PhoneNumber`: the routes parse strings with a region.
 impl<'de> Deserialize<'de> for PhoneNumber {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let raw = String::deserialize(d)?;
+        if looks_e164(&raw) {
+            return Ok(PhoneNumber(raw));
+        }
         PhoneNumber::parse(&raw, None).map_err(serde::de::Error::custom)
     }
+}
+
+/// `+`, then 4 to 15 digits, the first not zero: the shape of
+/// [`PhoneNumber::as_str`].
+fn looks_e164(s: &str) -> bool {
+    let Some(digits) = s.strip_prefix('+') else {
+        return false;
+    };
+    (4..=15).contains(&digits.len())
+        && !digits.starts_with('0')
+        && digits.bytes().all(|b| b.is_ascii_digit())
 }
 
 impl utoipa::PartialSchema for PhoneNumber {
@@ -195,6 +214,29 @@ mod tests {
 
     fn sg() -> Option<Region> {
         Some(Region::parse("SG").unwrap())
+    }
+
+    #[test]
+    fn stored_e164_is_read_as_is_and_other_text_is_parsed() {
+        let read = |s: &str| serde_json::from_value::<PhoneNumber>(serde_json::json!(s));
+        assert_eq!(read("+6581226418").unwrap().as_str(), "+6581226418");
+        // Not in stored form: parsed (and normalised) like input.
+        assert_eq!(read("+65 8122 6418").unwrap().as_str(), "+6581226418");
+        assert_eq!(read("0065 81226418").unwrap().as_str(), "+6581226418");
+        // Not a number at all, or one without a country: refused.
+        assert!(read("+65-abc").is_err());
+        assert!(read("81226418").is_err());
+        assert!(read("+0123456").is_err());
+        for s in [
+            "+123",
+            "+1234567890123456",
+            "+06581226418",
+            "6581226418",
+            "+65 8122",
+        ] {
+            assert!(!looks_e164(s), "{s}");
+        }
+        assert!(looks_e164("+6581226418"));
     }
 
     #[test]
