@@ -7,6 +7,7 @@
 //! a writer that loses a claim erases its fresh customer and resolves again,
 //! now finding the winner.
 
+mod batch;
 mod linking;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -349,26 +350,14 @@ impl Crm {
         unlinkable: &[Identifier],
         status: Option<CustomerStatus>,
     ) -> Result<Option<Customer>, CrmError> {
-        let mut c = Customer::new(CustomerId::new(), name.map(str::to_string), time::now());
-        c.status = status.unwrap_or_default();
-        for identifier in identifiers.iter().chain(unlinkable) {
-            c.add_identifier(identifier);
-        }
-        self.store.insert_customer(&c).await?;
-        for identifier in identifiers {
-            match self.store.claim_identity(&identifier.key(), c.id).await {
-                Ok(Claim::Claimed) => {}
-                Ok(Claim::OwnedBy(o)) if o == c.id => {}
-                Ok(Claim::OwnedBy(_)) => {
-                    self.store.delete_customer(c.id).await?;
-                    return Ok(None);
-                }
-                Err(e) => {
-                    // Leave nothing half-written behind.
-                    let _ = self.store.delete_customer(c.id).await;
-                    return Err(e.into());
-                }
-            }
+        let c = new_customer(name, identifiers.iter().chain(unlinkable), status);
+        let keys = identifiers.iter().map(Identifier::key).collect();
+        let created = self
+            .store
+            .insert_customers_owning(&[(c.clone(), keys)])
+            .await?;
+        if created.first() != Some(&true) {
+            return Ok(None);
         }
         self.publish(vec![DomainEvent::CustomerCreated {
             customer: c.clone(),
@@ -600,8 +589,12 @@ impl Crm {
             }
         }
         // Identifier sets already resolved in this batch (a phone's upload
-        // names a few dozen counterparts in hundreds of events).
-        let mut resolved_in_batch: HashMap<Vec<String>, (CustomerId, bool)> = HashMap::new();
+        // names a few dozen counterparts in hundreds of events): the known
+        // and the new ones at once, the others as they come.
+        let batch::Preresolved {
+            found: mut resolved_in_batch,
+            mut created,
+        } = self.preresolve(&items).await;
         let mut outcomes: Vec<Result<Recorded, CrmError>> = Vec::with_capacity(items.len());
         let mut to_insert: Vec<Engagement> = Vec::with_capacity(items.len());
         let mut slots: Vec<usize> = Vec::with_capacity(items.len());
@@ -619,12 +612,7 @@ impl Crm {
                         )]))
                     } else {
                         item.source.via = self.via(&identifiers);
-                        let memo_key: Vec<String> = identifiers
-                            .iter()
-                            .map(Identifier::key)
-                            .collect::<BTreeSet<_>>()
-                            .into_iter()
-                            .collect();
+                        let memo_key = batch::memo_key(&identifiers);
                         match (
                             clean_name(name.as_deref(), "customer.name"),
                             resolved_in_batch.get(&memo_key).copied(),
@@ -634,7 +622,7 @@ impl Crm {
                             // same customer, without resolving again (unless
                             // this item could give it the name it lacks).
                             (Ok(name), Some((id, named))) if named || name.is_none() => {
-                                Ok((id, false))
+                                Ok((id, created.remove(&id)))
                             }
                             (Ok(name), _) => self
                                 .resolve(name.as_deref(), &identifiers, None)
@@ -747,6 +735,20 @@ impl Crm {
             .or_else(|| identifiers.first())
             .map(Identifier::key)
     }
+}
+
+/// A new customer with these identifiers on its profile.
+fn new_customer<'a>(
+    name: Option<&str>,
+    identifiers: impl Iterator<Item = &'a Identifier>,
+    status: Option<CustomerStatus>,
+) -> Customer {
+    let mut c = Customer::new(CustomerId::new(), name.map(str::to_string), time::now());
+    c.status = status.unwrap_or_default();
+    for identifier in identifiers {
+        c.add_identifier(identifier);
+    }
+    c
 }
 
 /// True when the profile lists the identifier.

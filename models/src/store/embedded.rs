@@ -2,7 +2,8 @@
 //!
 //! redb is synchronous, so every operation runs on tokio's blocking pool. Each
 //! write is one redb write transaction (durable on commit, and serialised by
-//! redb, which is what makes claims and token rotation race-free). Records are
+//! redb, which is what makes claims and token rotation race-free); engagement
+//! batches that wait for the write lock together share one (`group_commit`). Records are
 //! stored as JSON; the secondary tables hold only keys.
 //!
 //! # Tables
@@ -35,6 +36,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+use super::group_commit::GroupCommit;
 use super::{
     Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, MarkMerged, Store,
     StoreError, StoreResult,
@@ -85,6 +87,8 @@ const CALL_SIGNALS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("
 pub struct EmbeddedStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Engagement batches waiting for the next commit.
+    engagement_writes: Arc<GroupCommit<Engagement, EngagementInsert>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -125,6 +129,7 @@ impl EmbeddedStore {
         Ok(EmbeddedStore {
             db: Arc::new(db),
             path,
+            engagement_writes: Arc::new(GroupCommit::new(write_engagements)),
         })
     }
 
@@ -136,7 +141,8 @@ impl EmbeddedStore {
     /// Runs a read of a few keys on the calling thread: a redb read
     /// transaction takes no lock and, with the pages cached, costs a few
     /// microseconds, less than a hop to the blocking pool and back (two
-    /// thread wake-ups). Only for the point reads every request makes.
+    /// thread wake-ups). Only for point reads: the ones every request makes
+    /// and the ones resolving an identifier makes.
     fn read_now<T>(&self, f: impl FnOnce(&Database) -> StoreResult<T>) -> StoreResult<T> {
         f(&self.db)
     }
@@ -152,6 +158,69 @@ impl EmbeddedStore {
             .await
             .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))?
     }
+}
+
+/// Stores batches of engagements in one transaction, in order, with the
+/// per-customer counters (see [`GroupCommit`]): each batch's answers, one
+/// per engagement.
+fn write_engagements(
+    db: &Database,
+    batches: &[Vec<Engagement>],
+) -> StoreResult<Vec<Vec<EngagementInsert>>> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let mut out = Vec::with_capacity(batches.len());
+    // Per customer: counts to add and the latest occurred_at.
+    let mut totals: HashMap<u128, (ChannelCounts, Timestamp)> = HashMap::new();
+    {
+        let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+        let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+        for items in batches {
+            let mut results = Vec::with_capacity(items.len());
+            for e in items {
+                let id = e.id.0.as_u128();
+                let existing = ids.get(id).map_err(db_err)?.map(|g| g.value());
+                if let Some((owner, _, _)) = existing {
+                    results.push(EngagementInsert::Duplicate {
+                        customer_id: customer_id(owner),
+                    });
+                    continue;
+                }
+                let key = engagement_key(e.customer_id, &e.occurred_at, e.id);
+                let bytes = encode_engagement(e)?;
+                engagements.insert(key, bytes.as_slice()).map_err(db_err)?;
+                ids.insert(id, key).map_err(db_err)?;
+                let total = totals
+                    .entry(e.customer_id.0.as_u128())
+                    .or_insert((ChannelCounts::default(), e.occurred_at));
+                *total.0.get_mut(e.channel()) += 1;
+                if e.occurred_at > total.1 {
+                    total.1 = e.occurred_at;
+                }
+                results.push(EngagementInsert::Created);
+            }
+            out.push(results);
+        }
+    }
+    {
+        let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+        for (cid, (mut added, latest)) in totals {
+            // An engagement for a missing customer is kept, uncounted.
+            let Some(mut c) = read_customer(&customers, cid)? else {
+                continue;
+            };
+            for channel in Channel::ALL {
+                *c.counts.get_mut(channel) += *added.get_mut(channel);
+            }
+            c.last_engagement_at = Some(match c.last_engagement_at {
+                Some(t) if t > latest => t,
+                _ => latest,
+            });
+            let bytes = encode("customer", &c)?;
+            customers.insert(cid, bytes.as_slice()).map_err(db_err)?;
+        }
+    }
+    txn.commit().map_err(db_err)?;
+    Ok(out)
 }
 
 fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
@@ -423,12 +492,12 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>> {
-        self.run(move |db| {
+        // A point read: resolving an identifier makes one per owner.
+        self.read_now(|db| {
             let txn = db.begin_read().map_err(db_err)?;
             let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
             read_customer(&customers, id.0.as_u128())
         })
-        .await
     }
 
     async fn get_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>> {
@@ -699,22 +768,82 @@ impl Store for EmbeddedStore {
     }
 
     async fn identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>> {
-        let key = key.to_string();
-        self.run(move |db| {
+        // A point read: every identifier of every write is looked up.
+        self.read_now(|db| {
             let txn = db.begin_read().map_err(db_err)?;
             let owner = txn
                 .open_table(IDENTITIES)
                 .map_err(db_err)?
-                .get(key.as_str())
+                .get(key)
                 .map_err(db_err)?
                 .map(|g| customer_id(g.value()));
             let shared = txn
                 .open_table(IDENTITIES_SHARED)
                 .map_err(db_err)?
-                .get(key.as_str())
+                .get(key)
                 .map_err(db_err)?
                 .is_some();
             Ok((owner.is_some() || shared).then_some(IdentityInfo { owner, shared }))
+        })
+    }
+
+    async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>> {
+        let keys = keys.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let owners = txn.open_table(IDENTITIES).map_err(db_err)?;
+            let shared = txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
+            let mut out = Vec::with_capacity(keys.len());
+            for key in &keys {
+                let owner = owners
+                    .get(key.as_str())
+                    .map_err(db_err)?
+                    .map(|g| customer_id(g.value()));
+                let shared = shared.get(key.as_str()).map_err(db_err)?.is_some();
+                out.push((owner.is_some() || shared).then_some(IdentityInfo { owner, shared }));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn insert_customers_owning(
+        &self,
+        new: &[(Customer, Vec<String>)],
+    ) -> StoreResult<Vec<bool>> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let new = new.to_vec();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut created = Vec::with_capacity(new.len());
+            for (customer, keys) in &new {
+                let cid = customer.id.0.as_u128();
+                let free = {
+                    let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                    let identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+                    let mut free = customers.get(cid).map_err(db_err)?.is_none();
+                    for key in keys {
+                        free = free && identities.get(key.as_str()).map_err(db_err)?.is_none();
+                    }
+                    free
+                };
+                if free {
+                    write_customer(&txn, None, customer)?;
+                    let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
+                    let mut by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
+                    for key in keys {
+                        identities.insert(key.as_str(), cid).map_err(db_err)?;
+                        by_customer
+                            .insert((cid, key.as_str()), ())
+                            .map_err(db_err)?;
+                    }
+                }
+                created.push(free);
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(created)
         })
         .await
     }
@@ -1022,60 +1151,9 @@ impl Store for EmbeddedStore {
         if items.is_empty() {
             return Ok(Vec::new());
         }
-        let items = items.to_vec();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let mut results = Vec::with_capacity(items.len());
-            // Per customer: counts to add and the latest occurred_at.
-            let mut totals: HashMap<u128, (ChannelCounts, Timestamp)> = HashMap::new();
-            {
-                let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
-                let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
-                for e in &items {
-                    let id = e.id.0.as_u128();
-                    let existing = ids.get(id).map_err(db_err)?.map(|g| g.value());
-                    if let Some((owner, _, _)) = existing {
-                        results.push(EngagementInsert::Duplicate {
-                            customer_id: customer_id(owner),
-                        });
-                        continue;
-                    }
-                    let key = engagement_key(e.customer_id, &e.occurred_at, e.id);
-                    let bytes = encode_engagement(e)?;
-                    engagements.insert(key, bytes.as_slice()).map_err(db_err)?;
-                    ids.insert(id, key).map_err(db_err)?;
-                    let total = totals
-                        .entry(e.customer_id.0.as_u128())
-                        .or_insert((ChannelCounts::default(), e.occurred_at));
-                    *total.0.get_mut(e.channel()) += 1;
-                    if e.occurred_at > total.1 {
-                        total.1 = e.occurred_at;
-                    }
-                    results.push(EngagementInsert::Created);
-                }
-            }
-            {
-                let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-                for (cid, (mut added, latest)) in totals {
-                    // An engagement for a missing customer is kept, uncounted.
-                    let Some(mut c) = read_customer(&customers, cid)? else {
-                        continue;
-                    };
-                    for channel in Channel::ALL {
-                        *c.counts.get_mut(channel) += *added.get_mut(channel);
-                    }
-                    c.last_engagement_at = Some(match c.last_engagement_at {
-                        Some(t) if t > latest => t,
-                        _ => latest,
-                    });
-                    let bytes = encode("customer", &c)?;
-                    customers.insert(cid, bytes.as_slice()).map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(results)
-        })
-        .await
+        self.engagement_writes
+            .submit(&self.db, items.to_vec())
+            .await
     }
 
     async fn get_engagement(&self, id: EngagementId) -> StoreResult<Option<Engagement>> {

@@ -6,6 +6,7 @@
 //! passes the same conformance suite (`models/tests/store_conformance.rs`).
 
 pub mod embedded;
+mod group_commit;
 pub mod mongo;
 
 pub use embedded::EmbeddedStore;
@@ -159,6 +160,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Marks an identifier shared (or not), creating the record when needed.
     async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()>;
+
+    /// [`Store::identity`] of several keys, in their order (one read where
+    /// the adapter can).
+    async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>>;
+
+    /// Inserts each customer owning its identity keys, all or nothing per
+    /// customer: a customer is inserted, and its keys claimed, only when
+    /// none of them has an owner (keys taken by an earlier entry of the same
+    /// call count as owned). `true` for each one created. Race-free like
+    /// [`Store::claim_identity`]; the embedded store writes the whole call
+    /// in one transaction.
+    async fn insert_customers_owning(
+        &self,
+        new: &[(Customer, Vec<String>)],
+    ) -> StoreResult<Vec<bool>>;
 
     // --- merging (each step atomic on its own; the service orders them) ---
 

@@ -688,6 +688,72 @@ impl Store for MongoStore {
         }))
     }
 
+    async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cursor = self
+            .identities
+            .find(doc! { "_id": { "$in": keys } })
+            .await
+            .map_err(map_err)?;
+        let mut found: HashMap<String, IdentityInfo> = HashMap::with_capacity(keys.len());
+        while let Some(d) = cursor.try_next().await.map_err(map_err)? {
+            let Ok(key) = d.get_str("_id").map(str::to_string) else {
+                continue;
+            };
+            let owner = if d.contains_key("customer_id") {
+                Some(parse_id(&d, "customer_id")?)
+            } else {
+                None
+            };
+            let shared = d.get_bool("shared").unwrap_or(false);
+            found.insert(key, IdentityInfo { owner, shared });
+        }
+        Ok(keys.iter().map(|k| found.get(k).copied()).collect())
+    }
+
+    async fn insert_customers_owning(
+        &self,
+        new: &[(Customer, Vec<String>)],
+    ) -> StoreResult<Vec<bool>> {
+        // No multi-document transactions here: each customer is inserted,
+        // then claims its keys; losing a claim erases it again (which
+        // releases what it had claimed).
+        let mut created = Vec::with_capacity(new.len());
+        for (customer, keys) in new {
+            match self.insert_customer(customer).await {
+                Ok(()) => {}
+                Err(StoreError::Conflict(_)) => {
+                    created.push(false);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let mut won = true;
+            for key in keys {
+                match self.claim_identity(key, customer.id).await {
+                    Ok(Claim::Claimed) => {}
+                    Ok(Claim::OwnedBy(o)) if o == customer.id => {}
+                    Ok(Claim::OwnedBy(_)) => {
+                        won = false;
+                        break;
+                    }
+                    Err(e) => {
+                        // Leave nothing half-written behind.
+                        let _ = self.delete_customer(customer.id).await;
+                        return Err(e);
+                    }
+                }
+            }
+            if !won {
+                self.delete_customer(customer.id).await?;
+            }
+            created.push(won);
+        }
+        Ok(created)
+    }
+
     async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()> {
         self.identities
             .update_one(doc! { "_id": key }, doc! { "$set": { "shared": shared } })

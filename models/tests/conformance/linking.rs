@@ -4,7 +4,7 @@
 use super::*;
 
 use crm_models::linking::{
-    LinkPolicy, MergeActor, MergeRecord, MergedPart, Suggestion, SuggestionReason,
+    IdentityInfo, LinkPolicy, MergeActor, MergeRecord, MergedPart, Suggestion, SuggestionReason,
 };
 use crm_models::service::HistoryEntry;
 use crm_models::store::MarkMerged;
@@ -882,5 +882,215 @@ pub async fn service_concurrent_overlapping_links_make_one_customer(store: Arc<d
             survivor.id
         );
     }
+    assert_consistent(&store).await;
+}
+
+// --- bulk resolution ---
+
+pub async fn identities_are_read_in_bulk(store: Arc<dyn Store>) {
+    let a = CustomerId::new();
+    let b = CustomerId::new();
+    store.claim_identity("phone:+6581226418", a).await.unwrap();
+    store.claim_identity("email:bob@acme.com", b).await.unwrap();
+    store
+        .set_identity_shared("phone:+6562220000", true)
+        .await
+        .unwrap();
+    store
+        .set_identity_shared("email:bob@acme.com", true)
+        .await
+        .unwrap();
+    let keys: Vec<String> = [
+        "email:bob@acme.com",
+        "phone:+6599999999",
+        "phone:+6581226418",
+        "phone:+6562220000",
+        "phone:+6581226418",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let infos = store.identities(&keys).await.unwrap();
+    let expected = vec![
+        Some(IdentityInfo {
+            owner: Some(b),
+            shared: true,
+        }),
+        None,
+        Some(IdentityInfo {
+            owner: Some(a),
+            shared: false,
+        }),
+        Some(IdentityInfo {
+            owner: None,
+            shared: true,
+        }),
+        Some(IdentityInfo {
+            owner: Some(a),
+            shared: false,
+        }),
+    ];
+    assert_eq!(infos, expected);
+    // Each answer is what the single read says.
+    for (key, info) in keys.iter().zip(&infos) {
+        assert_eq!(&store.identity(key).await.unwrap(), info, "{key}");
+    }
+    assert!(store.identities(&[]).await.unwrap().is_empty());
+}
+
+pub async fn customers_owning_their_keys_are_created_all_or_nothing(store: Arc<dyn Store>) {
+    let taken_by = customer_at(at(0));
+    store.insert_customer(&taken_by).await.unwrap();
+    store
+        .claim_identity("phone:+6591110004", taken_by.id)
+        .await
+        .unwrap();
+    let a = customer_at(at(1));
+    let b = customer_at(at(2));
+    let c = customer_at(at(3));
+    let d = customer_at(at(4));
+    let keys = |ks: &[&str]| ks.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    let created = store
+        .insert_customers_owning(&[
+            (a.clone(), keys(&["phone:+6591110001", "email:a@acme.com"])),
+            // Shares a key with `a`, which took it first.
+            (b.clone(), keys(&["phone:+6591110003", "email:a@acme.com"])),
+            // Owned before the call.
+            (c.clone(), keys(&["phone:+6591110004"])),
+            (d.clone(), keys(&["phone:+6591110005"])),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(created, vec![true, false, false, true]);
+    assert_eq!(store.get_customer(a.id).await.unwrap(), Some(a.clone()));
+    assert_eq!(store.get_customer(d.id).await.unwrap(), Some(d.clone()));
+    assert_eq!(store.get_customer(b.id).await.unwrap(), None);
+    assert_eq!(store.get_customer(c.id).await.unwrap(), None);
+    assert_eq!(
+        store.identities_of(a.id).await.unwrap(),
+        vec!["email:a@acme.com", "phone:+6591110001"]
+    );
+    assert_eq!(
+        store.identities_of(d.id).await.unwrap(),
+        vec!["phone:+6591110005"]
+    );
+    // A refused customer claims nothing, not even its free keys.
+    assert!(store.identities_of(b.id).await.unwrap().is_empty());
+    assert_eq!(
+        store.identity_owner("phone:+6591110003").await.unwrap(),
+        None
+    );
+    assert_eq!(
+        store.identity_owner("phone:+6591110004").await.unwrap(),
+        Some(taken_by.id)
+    );
+    // An id that exists is refused too.
+    let again = store
+        .insert_customers_owning(&[(a.clone(), keys(&["phone:+6591110009"]))])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![false]);
+    assert_eq!(
+        store.identity_owner("phone:+6591110009").await.unwrap(),
+        None
+    );
+    assert!(store.insert_customers_owning(&[]).await.unwrap().is_empty());
+}
+
+/// A batch mixing new, known and linking identifier sets resolves each as
+/// one item at a time would: one customer per number, the first item naming
+/// a new customer reports it created, a name fills a nameless customer, and
+/// a set joining a new number to an email attaches the email.
+pub async fn service_batch_resolves_new_known_and_linking_sets(store: Arc<dyn Store>) {
+    let crm = crm(Arc::clone(&store));
+    let known_phone = Identifier::Phone(phone("+6581226418"));
+    let nameless_phone = Identifier::Phone(phone("+6591234567"));
+    let (known, _) = crm
+        .create_customer(CustomerInput {
+            name: Some("Ann Tan".into()),
+            identifiers: vec![known_phone.clone()],
+            status: None,
+        })
+        .await
+        .unwrap();
+    let (nameless, _) = crm
+        .create_customer(CustomerInput {
+            name: None,
+            identifiers: vec![nameless_phone.clone()],
+            status: None,
+        })
+        .await
+        .unwrap();
+    let new_phone = Identifier::Phone(phone("+6590001111"));
+    let other_new = Identifier::Phone(phone("+6590002222"));
+    let new_mail = Identifier::Email(email("new.person@acme.com"));
+    let named = |mut e: NewEngagement, n: &str| {
+        if let EngagementTarget::Identify { name, .. } = &mut e.target {
+            *name = Some(n.to_string());
+        }
+        e
+    };
+    let items = vec![
+        new_sms(vec![new_phone.clone()], 1),
+        new_sms(vec![known_phone.clone()], 2),
+        named(new_sms(vec![new_phone.clone()], 3), "Wei Ming"),
+        named(new_sms(vec![nameless_phone.clone()], 4), "Bob Lee"),
+        new_sms(vec![other_new.clone()], 5),
+        new_sms(vec![new_phone.clone(), new_mail.clone()], 6),
+        new_sms(vec![known_phone.clone()], 7),
+        new_sms(vec![other_new.clone()], 8),
+    ];
+    let out: Vec<_> = crm
+        .record_engagements(items)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    let new_id = out[0].customer_id;
+    let other_id = out[4].customer_id;
+    let ids: Vec<CustomerId> = out.iter().map(|r| r.customer_id).collect();
+    assert_eq!(
+        ids,
+        vec![
+            new_id,
+            known.id,
+            new_id,
+            nameless.id,
+            other_id,
+            new_id,
+            known.id,
+            other_id
+        ]
+    );
+    let created: Vec<bool> = out.iter().map(|r| r.customer_created).collect();
+    assert_eq!(
+        created,
+        vec![true, false, false, false, true, false, false, false]
+    );
+    assert!(new_id != other_id && new_id != known.id && other_id != nameless.id);
+
+    let new_customer = store.get_customer(new_id).await.unwrap().unwrap();
+    assert_eq!(new_customer.name.as_deref(), Some("Wei Ming"));
+    assert_eq!(new_customer.counts.sms, 3);
+    assert_eq!(
+        store.identity_owner(&new_mail.key()).await.unwrap(),
+        Some(new_id)
+    );
+    assert_eq!(new_customer.emails, vec![email("new.person@acme.com")]);
+    let nameless_now = store.get_customer(nameless.id).await.unwrap().unwrap();
+    assert_eq!(nameless_now.name.as_deref(), Some("Bob Lee"));
+    let other = store.get_customer(other_id).await.unwrap().unwrap();
+    assert_eq!((other.name.clone(), other.counts.sms), (None, 2));
+    assert_eq!(
+        store
+            .get_customer(known.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .counts
+            .sms,
+        2
+    );
+    assert_eq!(store.list_customers(None, None, 10).await.unwrap().len(), 4);
     assert_consistent(&store).await;
 }

@@ -135,6 +135,9 @@ macro_rules! store_suite {
                 service_concurrent_overlapping_links_make_one_customer,
                 service_delete_frees_the_identifiers,
                 service_events_survive_an_unavailable_stream,
+                identities_are_read_in_bulk,
+                customers_owning_their_keys_are_created_all_or_nothing,
+                service_batch_resolves_new_known_and_linking_sets,
             );
         }
     };
