@@ -13,6 +13,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "../../indexer/benches/support/load.rs"]
 mod load;
 #[path = "../../indexer/benches/support/redis_server.rs"]
@@ -210,12 +212,14 @@ async fn main() {
 
     let c = args.concurrency;
     let secs = args.seconds;
+    let cpu_before = cpu::process();
     let base = run(
         c,
         secs,
         get_op(&client, None, bare, |v| v["matches"].is_array()),
     )
     .await;
+    let (cpu_between, redis_before) = (cpu::process(), cpu::redis(&url).await);
     let lookup = run(
         c,
         secs,
@@ -224,6 +228,7 @@ async fn main() {
         }),
     )
     .await;
+    let (cpu_after, redis_after) = (cpu::process(), cpu::redis(&url).await);
     let search = run(
         c,
         secs,
@@ -337,5 +342,12 @@ async fn main() {
         "ratio lookup/bare: {:.2}, search/bare: {:.3}",
         lookup.per_second / base.per_second,
         search.per_second / base.per_second
+    );
+    println!(
+        "CPU per request (this process: clients and server together; the Redis server apart): \
+         bare route {:.0} µs; lookup {:.0} µs + Redis {:.0} µs",
+        cpu::per_op(cpu_between - cpu_before, base.ops as u64),
+        cpu::per_op(cpu_after - cpu_between, lookup.ops as u64),
+        cpu::per_op(redis_after - redis_before, lookup.ops as u64),
     );
 }

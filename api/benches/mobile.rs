@@ -20,6 +20,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
 
+#[path = "support/cpu.rs"]
+mod cpu;
 #[path = "../../indexer/benches/support/redis_server.rs"]
 mod redis_server;
 
@@ -281,13 +283,16 @@ async fn main() {
             numbers.push(generate::typed_phone(phone, variant));
         }
         let numbers = Arc::new(numbers);
+        let cpu_before = cpu::process();
         let base_report =
             sim::caller_id_fleet(&client, &bare, &bare_tokens, numbers.clone(), args.seconds)
                 .await
                 .unwrap();
+        let (cpu_between, redis_before) = (cpu::process(), cpu::redis(&url).await);
         let report = sim::caller_id_fleet(&client, &base, &tokens, numbers, args.seconds)
             .await
             .unwrap();
+        let (cpu_after, redis_after) = (cpu::process(), cpu::redis(&url).await);
         println!();
         println!("| caller-ID target | devices | lookups | lookups/s | p50 | p99 | known |");
         println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -299,6 +304,14 @@ async fn main() {
             ),
             args.devices,
             &report,
+        );
+        println!();
+        println!(
+            "CPU per lookup (this process: simulated devices and server together; the Redis server apart): \
+             bare route {:.0} µs; caller-ID {:.0} µs + Redis {:.0} µs",
+            cpu::per_op(cpu_between - cpu_before, base_report.lookups as u64),
+            cpu::per_op(cpu_after - cpu_between, report.lookups as u64),
+            cpu::per_op(redis_after - redis_before, report.lookups as u64),
         );
     }
 }
