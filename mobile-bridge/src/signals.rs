@@ -1,9 +1,11 @@
 //! Incoming-call signals: each caller-ID hit, kept so that the desktop can
 //! show a popup. Recording must not slow the lookup, so it goes through a
 //! bounded queue to one background writer that stores them in batches (what
-//! arrives within [`LINGER`] of the first); when
-//! the queue is full (the store is slow or down) signals are dropped and
-//! counted, never waited for.
+//! arrives within [`LINGER`] of the first); when the queue is full (the
+//! store is slow or down) signals are dropped and counted, never waited for.
+//! The writer also deletes signals older than [`RETENTION`], at most once
+//! every [`PRUNE_EVERY`]: a popup is about the call ringing now, and the
+//! engagement the app uploads afterwards is the lasting record of it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,6 +23,10 @@ const BATCH: usize = 1024;
 /// handful of lookups (each commit is an fsync). A desktop popup shows a
 /// tenth of a second later; the caller-ID answer itself never waits.
 const LINGER: Duration = Duration::from_millis(100);
+/// How long signals are kept.
+pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
+/// How often old signals are deleted (while calls come in).
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 #[derive(Clone)]
 pub(crate) struct SignalRecorder {
@@ -34,7 +40,12 @@ impl SignalRecorder {
         let (queue, mut rx) = mpsc::channel::<CallSignal>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
+            let mut pruned_at: Option<tokio::time::Instant> = None;
             while rx.recv_many(&mut batch, BATCH).await > 0 {
+                if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
+                    pruned_at = Some(tokio::time::Instant::now());
+                    prune(store.as_ref()).await;
+                }
                 if batch.len() < BATCH {
                     tokio::time::sleep(LINGER).await;
                     while batch.len() < BATCH {
@@ -61,5 +72,75 @@ impl SignalRecorder {
             metrics::counter!("crm_call_signals_dropped_total").increment(1);
             tracing::debug!("incoming-call signal queue full; signal dropped");
         }
+    }
+}
+
+/// Deletes the signals older than [`RETENTION`].
+async fn prune(store: &dyn Store) {
+    let Ok(keep) = chrono::Duration::from_std(RETENTION) else {
+        return;
+    };
+    match store
+        .delete_call_signals_before(crm_models::time::now() - keep)
+        .await
+    {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(signals = n, "deleted incoming-call signals past retention"),
+        Err(e) => tracing::warn!(error = %e, "cannot delete old incoming-call signals yet"),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crm_models::ids::{CustomerId, DeviceId, UserId};
+    use crm_models::store::embedded::EmbeddedStore;
+    use crm_models::PhoneNumber;
+
+    fn signal(at: crm_models::time::Timestamp) -> CallSignal {
+        CallSignal {
+            id: uuid::Uuid::now_v7(),
+            customer_id: CustomerId::new(),
+            device_id: DeviceId::new(),
+            user_id: UserId::new(),
+            number: PhoneNumber::parse("+6581226418", None).unwrap(),
+            at,
+        }
+    }
+
+    #[tokio::test]
+    async fn signals_are_written_together_and_old_ones_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let now = crm_models::time::now();
+        let old = signal(now - chrono::Duration::days(8));
+        let recent = signal(now - chrono::Duration::days(6));
+        store
+            .insert_call_signals(&[old.clone(), recent.clone()])
+            .await
+            .unwrap();
+
+        let recorder = SignalRecorder::start(store.clone());
+        let fresh: Vec<CallSignal> = (0..3).map(|_| signal(now)).collect();
+        for s in &fresh {
+            recorder.record(s.clone());
+        }
+        let since = now - chrono::Duration::days(30);
+        let mut stored = Vec::new();
+        for _ in 0..100 {
+            stored = store.list_call_signals(None, since, 10).await.unwrap();
+            if stored.len() == 4 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut expected = vec![recent];
+        expected.extend(fresh);
+        expected.sort_by_key(|s| (s.at, s.id));
+        assert_eq!(
+            stored, expected,
+            "the 8-day-old signal is gone, the rest kept"
+        );
     }
 }

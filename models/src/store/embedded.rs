@@ -57,6 +57,9 @@ pub const FILE_NAME: &str = "crm.redb";
 
 type EngagementKey = (u128, u64, u128);
 
+/// Most records one pruning transaction deletes.
+const DELETE_CHUNK: usize = 10_000;
+
 const CUSTOMERS: TableDefinition<u128, &[u8]> = TableDefinition::new("customers");
 const CUSTOMERS_BY_UPDATED: TableDefinition<(u64, u128), ()> =
     TableDefinition::new("customers_by_updated");
@@ -1690,6 +1693,39 @@ impl Store for EmbeddedStore {
                 }
             }
             Ok(out)
+        })
+        .await
+    }
+
+    async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64> {
+        self.run(move |db| {
+            let end = (time_key(&before), 0u128);
+            let mut deleted = 0u64;
+            // In bounded transactions, so that a long backlog does not hold
+            // the write lock for long.
+            loop {
+                let txn = db.begin_write().map_err(db_err)?;
+                let done = {
+                    let mut table = txn.open_table(CALL_SIGNALS).map_err(db_err)?;
+                    let mut keys = Vec::new();
+                    for entry in table.range(..end).map_err(db_err)? {
+                        let (k, _) = entry.map_err(db_err)?;
+                        keys.push(k.value());
+                        if keys.len() == DELETE_CHUNK {
+                            break;
+                        }
+                    }
+                    for key in &keys {
+                        table.remove(key).map_err(db_err)?;
+                    }
+                    deleted += keys.len() as u64;
+                    keys.len() < DELETE_CHUNK
+                };
+                txn.commit().map_err(db_err)?;
+                if done {
+                    return Ok(deleted);
+                }
+            }
         })
         .await
     }

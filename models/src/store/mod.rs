@@ -309,6 +309,8 @@ pub trait Store: Send + Sync + 'static {
         since: Timestamp,
         limit: usize,
     ) -> StoreResult<Vec<CallSignal>>;
+    /// Deletes the signals from before `before`; returns how many went.
+    async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64>;
 }
 
 /// Ids for a batch of outbox entries: time-ordered, in batch order.

@@ -1457,6 +1457,14 @@ impl Store for MongoStore {
             .map_err(map_err)?;
         collect(cursor, "id").await
     }
+
+    async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64> {
+        self.call_signals
+            .delete_many(doc! { "at": { "$lt": time::format(&before) } })
+            .await
+            .map(|r| r.deleted_count)
+            .map_err(map_err)
+    }
 }
 
 #[cfg(test)]

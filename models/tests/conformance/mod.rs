@@ -1492,6 +1492,7 @@ pub async fn call_signals_by_time_and_user(store: Arc<dyn Store>) {
         vec![a1.clone(), a2.clone(), a3.clone()],
         "since is inclusive"
     );
+    let a2_kept = a2.clone();
     assert_eq!(
         store.list_call_signals(Some(ann), at(11), 1).await.unwrap(),
         vec![a2]
@@ -1505,6 +1506,20 @@ pub async fn call_signals_by_time_and_user(store: Arc<dyn Store>) {
     );
     assert!(store
         .list_call_signals(None, at(0), 0)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // Retention: what came before the cut goes, the rest stays.
+    assert_eq!(store.delete_call_signals_before(at(30)).await.unwrap(), 2);
+    assert_eq!(
+        store.list_call_signals(None, at(0), 10).await.unwrap(),
+        vec![a2_kept, a3.clone()]
+    );
+    assert_eq!(store.delete_call_signals_before(at(30)).await.unwrap(), 0);
+    assert_eq!(store.delete_call_signals_before(at(41)).await.unwrap(), 2);
+    assert!(store
+        .list_call_signals(None, at(0), 10)
         .await
         .unwrap()
         .is_empty());
