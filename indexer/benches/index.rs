@@ -1,6 +1,6 @@
 //! The Redis search index at scale: rebuild, caller-ID, type-ahead.
 //!
-//! `cargo bench -p crm-indexer --bench index [-- --customers 1000000 --seconds 10 --concurrency 32]`
+//! `cargo bench -p crm-indexer --bench index [-- --customers 1000000 --seconds 10 --concurrency 32 --rebuild-only]`
 //!
 //! Starts its own `redis-server` on a free loopback port (no persistence),
 //! rebuilds the index from `generate::customers(seed, N)`, then measures
@@ -8,7 +8,9 @@
 //! `RedisIndex` (one multiplexed connection, as in crm-api). The baseline,
 //! measured in the same run, is a plain `PING` and `GET` through the same
 //! redis client at the same concurrency: what one round trip costs here.
-//! Client and server share the machine's cores.
+//! Client and server share the machine's cores; the rebuild line says how
+//! much CPU time each of them spent on it. `--rebuild-only` stops after the
+//! rebuild line (and prints Redis's `INFO commandstats` to stderr).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
 
@@ -41,6 +43,7 @@ struct Args {
     seconds: f64,
     concurrency: usize,
     seed: u64,
+    rebuild_only: bool,
 }
 
 fn args() -> Args {
@@ -49,6 +52,7 @@ fn args() -> Args {
         seconds: 10.0,
         concurrency: 32,
         seed: 42,
+        rebuild_only: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -59,6 +63,7 @@ fn args() -> Args {
             ("--seconds", Some(n)) => a.seconds = n.parse().unwrap(),
             ("--concurrency", Some(n)) => a.concurrency = n.parse().unwrap(),
             ("--seed", Some(n)) => a.seed = n.parse().unwrap(),
+            ("--rebuild-only", _) => a.rebuild_only = true,
             _ => {}
         }
         i += 1;
@@ -76,6 +81,38 @@ async fn used_memory(conn: &mut redis::aio::ConnectionManager) -> u64 {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
+}
+
+/// `redis-server`'s process id, from `INFO server`.
+async fn server_pid(conn: &mut redis::aio::ConnectionManager) -> u32 {
+    let info: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("process_id:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+/// CPU time (user + system) a process has used so far, from
+/// `/proc/<pid>/stat`; zero where there is no such file.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The fields after the command name, which is in parentheses.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 here.
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks / 100.0
 }
 
 /// A query that should find `doc`, with one typo in its longest word of
@@ -132,6 +169,7 @@ async fn main() {
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_connection_manager().await.unwrap();
     let before = used_memory(&mut conn).await;
+    let server = server_pid(&mut conn).await.to_string();
 
     // The generator alone, to tell its share of the rebuild time.
     let gen_n = args.customers.min(100_000);
@@ -159,14 +197,44 @@ async fn main() {
             IndexResult::Ok(doc)
         })
         .boxed();
+    let (client_cpu, server_cpu) = (cpu_seconds("self"), cpu_seconds(&server));
     let t = Instant::now();
     let report = index.rebuild(docs).await.unwrap();
     let rebuild = t.elapsed();
+    let client_cpu = cpu_seconds("self") - client_cpu;
+    let server_cpu = cpu_seconds(&server) - server_cpu;
     assert_eq!(report.customers, args.customers);
     let after = used_memory(&mut conn).await;
     let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
     let per_customer = (after - before) as f64 / args.customers as f64;
     eprintln!("rebuild: {:.1} s", rebuild.as_secs_f64());
+    let rebuild_line = format!(
+        "rebuild: {:.1} s, {} customers/s (generator alone: {} customers/s); \
+         CPU time: bench {:.1} s, redis-server {:.1} s; \
+         Redis used_memory {:.1} MiB -> {:.1} MiB, {:.0} bytes per customer, {} keys",
+        rebuild.as_secs_f64(),
+        thousands(args.customers as f64 / rebuild.as_secs_f64()),
+        thousands(gen_rate),
+        client_cpu,
+        server_cpu,
+        before as f64 / 1048576.0,
+        after as f64 / 1048576.0,
+        per_customer,
+        thousands(keys as f64)
+    );
+    if args.rebuild_only {
+        // Where Redis spent its time: calls and microseconds per command.
+        let stats: String = redis::cmd("INFO")
+            .arg("commandstats")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+            eprintln!("{line}");
+        }
+        println!("{rebuild_line}");
+        return;
+    }
 
     // Queries from a sample of the customers.
     let mut rng = SplitMix64::new(args.seed ^ 0x5eed);
@@ -324,17 +392,7 @@ async fn main() {
     println!("machine: {}", redis_server::machine());
     println!("{}", redis_server::version());
     println!();
-    println!(
-        "rebuild: {:.1} s, {} customers/s (generator alone: {} customers/s); \
-         Redis used_memory {:.1} MiB -> {:.1} MiB, {:.0} bytes per customer, {} keys",
-        rebuild.as_secs_f64(),
-        thousands(args.customers as f64 / rebuild.as_secs_f64()),
-        thousands(gen_rate),
-        before as f64 / 1048576.0,
-        after as f64 / 1048576.0,
-        per_customer,
-        thousands(keys as f64)
-    );
+    println!("{rebuild_line}");
     println!();
     println!("| operation | clients | ops | ops/s | p50 | p99 | check |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");

@@ -25,7 +25,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `crm:gen` | HASH | `current`: the generation readers use (absent: 0); `building`: the one a rebuild is writing, if any |
-//! | `crm:g<N>:cust:<id>` | HASH | the caller-ID summary: `id name status phone email phones emails last_engagement_at count:<channel>... engagements`, plus `fingerprint` and `indexed` (the tokens, phones and emails it is indexed under, so that a re-upsert can remove what is gone) |
+//! | `crm:g<N>:cust:<id>` | HASH | the caller-ID summary: `id name status phone email phones emails last_engagement_at count:<channel>... engagements`, plus `fingerprint` and `indexed` (the tokens, phones and emails it is indexed under, so that a re-upsert can remove what is gone); `live` when an upsert or removal wrote it while a rebuild was building this generation (a removal leaves only `live`), so that the rebuild does not overwrite it with a document it read earlier |
 //! | `crm:g<N>:ph:<e164>` | HASH | customer id → the caller-ID summary as JSON (a copy): a caller-ID lookup is one `HGETALL` |
 //! | `crm:g<N>:pn:<national number>` | SET | customer ids, for numbers typed without country code (`81226418`) |
 //! | `crm:g<N>:em:<email>` | SET | customer ids |
@@ -156,4 +156,4 @@ pub trait SearchIndex: Send + Sync + 'static {
 }
 
 /// Documents written per batch while rebuilding.
-pub(crate) const REBUILD_BATCH: usize = 500;
+pub(crate) const REBUILD_BATCH: usize = 2000;

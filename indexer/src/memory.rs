@@ -1,7 +1,7 @@
 //! The embedded index: the same behaviour as the Redis one, in process
 //! memory, for the single-binary deployment and for tests.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
 
 use async_trait::async_trait;
@@ -42,6 +42,10 @@ struct Generation {
     emails: BTreeMap<String, BTreeSet<CustomerId>>,
     phones: HashMap<String, BTreeSet<CustomerId>>,
     national: HashMap<String, BTreeSet<CustomerId>>,
+    /// While this generation is being built: the customers upserts and
+    /// removals wrote into it, which the rebuild then leaves as they are
+    /// (its document may have been read before theirs).
+    live: HashSet<CustomerId>,
 }
 
 struct Stored {
@@ -254,8 +258,14 @@ fn drop_hashed(map: &mut HashMap<String, BTreeSet<CustomerId>>, key: &str, id: &
 }
 
 impl State {
-    fn targets(&mut self) -> impl Iterator<Item = &mut Generation> {
-        std::iter::once(&mut self.current).chain(self.building.as_mut().map(|(_, g)| g))
+    /// Applies a change to the live generation and to the one being built,
+    /// where it marks the customer live.
+    fn apply(&mut self, id: CustomerId, change: impl Fn(&mut Generation)) {
+        change(&mut self.current);
+        if let Some((_, building)) = self.building.as_mut() {
+            change(building);
+            building.live.insert(id);
+        }
     }
 }
 
@@ -270,19 +280,13 @@ impl SearchIndex for MemoryIndex {
     }
 
     async fn upsert(&self, doc: &IndexedCustomer) -> IndexResult<()> {
-        let mut state = self.state.write();
-        for g in state.targets() {
-            g.upsert(doc);
-        }
+        self.state.write().apply(doc.id(), |g| g.upsert(doc));
         Ok(())
     }
 
     async fn remove(&self, id: CustomerId, identifiers: &[String]) -> IndexResult<()> {
         let also = IndexEntries::from_identifier_keys(identifiers);
-        let mut state = self.state.write();
-        for g in state.targets() {
-            g.remove(id, &also);
-        }
+        self.state.write().apply(id, |g| g.remove(id, &also));
         Ok(())
     }
 
@@ -328,7 +332,11 @@ impl SearchIndex for MemoryIndex {
             };
             let mut state = self.state.write();
             match state.building.as_mut() {
-                Some((g, building)) if *g == generation => building.upsert(&doc),
+                Some((g, building)) if *g == generation => {
+                    if !building.live.contains(&doc.id()) {
+                        building.upsert(&doc);
+                    }
+                }
                 _ => {
                     return Err(IndexError::RebuildAbandoned(
                         "another rebuild started".to_string(),
@@ -339,7 +347,8 @@ impl SearchIndex for MemoryIndex {
         }
         let mut state = self.state.write();
         match state.building.take() {
-            Some((g, building)) if g == generation => {
+            Some((g, mut building)) if g == generation => {
+                building.live.clear();
                 state.current = building;
                 state.generation = generation;
                 Ok(RebuildReport {

@@ -21,6 +21,13 @@
 //!   upsert of the customer, or a rebuild, repairs any interrupted one.
 //!   Upserts of one customer must not run concurrently (the event worker
 //!   applies one customer's events in order).
+//! - **Rebuild** writes batches of `REBUILD_BATCH` documents into the new
+//!   generation from up to `REBUILD_WRITERS` tasks, two round trips a
+//!   batch: one reads what the generation already holds for those customers,
+//!   one writes. Customers new to the generation (nearly all) are written
+//!   with one command per key and batch, sorted-set members in order
+//!   (see `NewCustomers`); upserts and removals applied meanwhile win over
+//!   the rebuild's copy (see `LIVE_FIELD`).
 //! - The connection is a [`ConnectionManager`]: it reconnects by itself; a
 //!   command sent while Redis is down fails with [`IndexError::Unavailable`].
 
@@ -183,22 +190,85 @@ impl RedisIndex {
     }
 
     /// Writes one rebuild batch into `generation`, unless another rebuild
-    /// took over. Returns how many documents it wrote.
+    /// took over. Returns how many documents it handled.
+    ///
+    /// One round trip reads whether this rebuild is still the one building
+    /// and what the generation holds for each customer of the batch; a second
+    /// writes. A customer the generation does not have yet (nearly all of
+    /// them) is written without removing anything first, its entries gathered
+    /// per key with the rest of the batch ([`NewCustomers`]). A customer a
+    /// live upsert or removal already wrote into the generation is skipped:
+    /// the live write read the store after its event, while the batch may
+    /// hold a copy read before it, and any later change brings another
+    /// event. (A live write landing between this read and the write below
+    /// can still be overwritten, as before.) A customer the
+    /// rebuild wrote before (the source gave it twice, having seen it change)
+    /// is replaced as an upsert replaces it.
     async fn write_batch(
         self: Arc<Self>,
         generation: u64,
         batch: Vec<IndexedCustomer>,
         vocabulary: Arc<Mutex<HashSet<String>>>,
     ) -> IndexResult<u64> {
-        if self.generations().await?.1 != Some(generation) {
+        let handled = batch.len() as u64;
+        let batch = latest_per_customer(batch);
+        let keys = self.keys(generation);
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGET").arg(self.gen_key()).arg("building");
+        for doc in &batch {
+            pipe.cmd("HMGET")
+                .arg(keys.cust(doc.id()))
+                .arg("indexed")
+                .arg(LIVE_FIELD);
+        }
+        let mut replies = self.query(&pipe).await?.into_iter();
+        let building: Option<u64> = from_owned_redis_value(next_value(&mut replies)?)?;
+        if building != Some(generation) {
             return Err(IndexError::RebuildAbandoned(
                 "another rebuild started".into(),
             ));
         }
-        let changes: Vec<Change<'_>> = batch.iter().map(Change::Upsert).collect();
-        self.apply_to(&[generation], &changes, Some(&vocabulary))
-            .await?;
-        Ok(batch.len() as u64)
+
+        let mut new = NewCustomers::default();
+        let mut write = ::redis::pipe();
+        let mut tokens: Vec<String> = Vec::new();
+        for doc in &batch {
+            let (indexed, live): (Option<String>, Option<String>) =
+                from_owned_redis_value(next_value(&mut replies)?)?;
+            if live.is_some() {
+                continue;
+            }
+            match indexed {
+                None if doc.is_searchable() => {
+                    let entries = doc.entries();
+                    new.add(&keys, doc, &entries)?;
+                    tokens.extend(entries.tokens);
+                }
+                // Not indexed, and not to be.
+                None => {}
+                Some(raw) => {
+                    let old: IndexEntries = serde_json::from_str(&raw).map_err(corrupt)?;
+                    // Tokens this leaves without customers keep their
+                    // token-level keys out: `write_vocabulary` checks.
+                    let _ = keys.write_change(
+                        &mut write,
+                        &Change::Upsert(doc),
+                        old,
+                        false,
+                        Some(&mut tokens),
+                    )?;
+                }
+            }
+        }
+        new.write(&mut write);
+        write.query_async::<()>(&mut self.conn.clone()).await?;
+        let mut v = vocabulary.lock();
+        for t in tokens {
+            if !v.contains(&t) {
+                v.insert(t);
+            }
+        }
+        Ok(handled)
     }
 
     /// The token-level keys of every token a rebuild wrote, for those that
@@ -241,27 +311,26 @@ impl RedisIndex {
         Ok((current, building))
     }
 
-    /// Applies upserts and removals to each of `generations`: reads what
-    /// each customer is indexed under now, writes the difference, then drops
-    /// typo-table entries of tokens nobody has any more.
-    async fn apply(&self, generations: &[u64], changes: &[Change<'_>]) -> IndexResult<()> {
-        self.apply_to(generations, changes, None).await
-    }
-
-    /// [`Self::apply`]; with `vocabulary`, the token-level keys (`tk`, the
-    /// typo table) are not written but the tokens are added to it, for a
-    /// rebuild to write each token's once at the end.
-    async fn apply_to(
+    /// Applies upserts and removals to the live generation and to the one
+    /// being built, if any: reads what each customer is indexed under now,
+    /// writes the difference, then drops typo-table entries of tokens nobody
+    /// has any more. In the generation being built, every customer written
+    /// (or removed) is marked live, so that the rebuild does not overwrite it
+    /// with a document it read earlier.
+    async fn apply(
         &self,
-        generations: &[u64],
+        current: u64,
+        building: Option<u64>,
         changes: &[Change<'_>],
-        vocabulary: Option<&Mutex<HashSet<String>>>,
     ) -> IndexResult<()> {
-        if changes.is_empty() || generations.is_empty() {
+        if changes.is_empty() {
             return Ok(());
         }
+        let targets: Vec<(u64, bool)> = std::iter::once((current, false))
+            .chain(building.filter(|b| *b != current).map(|b| (b, true)))
+            .collect();
         let mut pipe = ::redis::pipe();
-        for &g in generations {
+        for &(g, _) in &targets {
             let keys = self.keys(g);
             for change in changes {
                 pipe.cmd("HGET").arg(keys.cust(change.id())).arg("indexed");
@@ -272,7 +341,7 @@ impl RedisIndex {
         let mut write = ::redis::pipe();
         let mut orphan_candidates: Vec<(u64, String)> = Vec::new();
         let mut previous = previous.into_iter();
-        for &g in generations {
+        for &(g, live) in &targets {
             let keys = self.keys(g);
             for change in changes {
                 let old: IndexEntries = match previous.next() {
@@ -282,40 +351,8 @@ impl RedisIndex {
                         serde_json::from_str(&raw).map_err(corrupt)?
                     }
                 };
-                let gone = match change {
-                    Change::Upsert(doc) if doc.is_searchable() => {
-                        let new = doc.entries();
-                        let gone = old.minus(&new);
-                        if name_member(doc.id(), &old) != name_member(doc.id(), &new) {
-                            keys.unindex_name(&mut write, doc.id(), &old);
-                        }
-                        keys.unindex(&mut write, doc.id(), &gone);
-                        keys.index(&mut write, doc, &new, vocabulary.is_none())?;
-                        if let Some(v) = vocabulary {
-                            let mut v = v.lock();
-                            for t in &new.tokens {
-                                if !v.contains(t) {
-                                    v.insert(t.clone());
-                                }
-                            }
-                        }
-                        gone
-                    }
-                    Change::Upsert(doc) => {
-                        keys.remove_customer(&mut write, doc.id());
-                        keys.unindex_name(&mut write, doc.id(), &old);
-                        keys.unindex(&mut write, doc.id(), &old);
-                        old
-                    }
-                    Change::Remove(id, also) => {
-                        keys.unindex_name(&mut write, *id, &old);
-                        let gone = old.union(also);
-                        keys.remove_customer(&mut write, *id);
-                        keys.unindex(&mut write, *id, &gone);
-                        gone
-                    }
-                };
-                orphan_candidates.extend(gone.tokens.into_iter().map(|t| (g, t)));
+                let gone = keys.write_change(&mut write, change, old, live, None)?;
+                orphan_candidates.extend(gone.into_iter().map(|t| (g, t)));
             }
         }
         write.query_async::<()>(&mut self.conn.clone()).await?;
@@ -756,35 +793,88 @@ struct Keys {
 }
 
 impl Keys {
+    /// `<base><kind><name>`, without `format!` (a rebuild builds millions).
+    fn key(&self, kind: &str, name: &str) -> String {
+        let mut k = String::with_capacity(self.base.len() + kind.len() + name.len());
+        k.push_str(&self.base);
+        k.push_str(kind);
+        k.push_str(name);
+        k
+    }
     fn cust(&self, id: CustomerId) -> String {
-        format!("{}cust:{id}", self.base)
+        self.key("cust:", &id.to_string())
     }
     fn ph(&self, e164: &str) -> String {
-        format!("{}ph:{e164}", self.base)
+        self.key("ph:", e164)
     }
     fn pn(&self, national: &str) -> String {
-        format!("{}pn:{national}", self.base)
+        self.key("pn:", national)
     }
     fn em(&self, email: &str) -> String {
-        format!("{}em:{email}", self.base)
+        self.key("em:", email)
     }
     fn ex(&self) -> String {
-        format!("{}ex", self.base)
+        self.key("ex", "")
     }
     fn nm(&self, token: &str) -> String {
-        format!("{}nm:{token}", self.base)
+        self.key("nm:", token)
     }
     fn tk(&self) -> String {
-        format!("{}tk", self.base)
+        self.key("tk", "")
     }
     fn wn(&self, whole_name: &str) -> String {
-        format!("{}wn:{whole_name}", self.base)
+        self.key("wn:", whole_name)
     }
     fn ty(&self, variant: &str) -> String {
-        format!("{}ty:{variant}", self.base)
+        self.key("ty:", variant)
     }
     fn ids(&self) -> String {
-        format!("{}ids", self.base)
+        self.key("ids", "")
+    }
+
+    /// Writes one change given what the customer is indexed under now
+    /// (`old`): removes what it no longer has, writes the rest. `live` marks
+    /// the customer in a generation being built (see [`LIVE_FIELD`]). With
+    /// `vocabulary`, the token-level keys are not written but the tokens are
+    /// added to it (a rebuild writes them once at the end). Returns the tokens
+    /// that may have lost their last customer.
+    fn write_change(
+        &self,
+        p: &mut Pipeline,
+        change: &Change<'_>,
+        old: IndexEntries,
+        live: bool,
+        vocabulary: Option<&mut Vec<String>>,
+    ) -> IndexResult<Vec<String>> {
+        let gone = match change {
+            Change::Upsert(doc) if doc.is_searchable() => {
+                let new = doc.entries();
+                let gone = old.minus(&new);
+                if name_member(doc.id(), &old) != name_member(doc.id(), &new) {
+                    self.unindex_name(p, doc.id(), &old);
+                }
+                self.unindex(p, doc.id(), &gone);
+                self.index(p, doc, &new, live, vocabulary.is_none())?;
+                if let Some(v) = vocabulary {
+                    v.extend(new.tokens.iter().cloned());
+                }
+                gone
+            }
+            Change::Upsert(doc) => {
+                self.remove_customer(p, doc.id(), live);
+                self.unindex_name(p, doc.id(), &old);
+                self.unindex(p, doc.id(), &old);
+                old
+            }
+            Change::Remove(id, also) => {
+                self.unindex_name(p, *id, &old);
+                let gone = old.union(also);
+                self.remove_customer(p, *id, live);
+                self.unindex(p, *id, &gone);
+                gone
+            }
+        };
+        Ok(gone.tokens)
     }
 
     /// Writes every key of `entries` and the summary (all idempotent).
@@ -793,6 +883,7 @@ impl Keys {
         p: &mut Pipeline,
         doc: &IndexedCustomer,
         entries: &IndexEntries,
+        live: bool,
         vocabulary: bool,
     ) -> IndexResult<()> {
         let id = doc.id();
@@ -839,57 +930,9 @@ impl Keys {
             p.cmd("SADD").arg(self.pn(n)).arg(&id_s).ignore();
         }
         let cust = self.cust(id);
-        let mut fields: Vec<(String, String)> = vec![
-            ("id".into(), id_s.clone()),
-            ("status".into(), status_str(summary.status).into()),
-            (
-                "phones".into(),
-                json_strings(summary.phones.iter().map(PhoneNumber::as_str))?,
-            ),
-            (
-                "emails".into(),
-                json_strings(summary.emails.iter().map(Email::as_str))?,
-            ),
-            (
-                "engagements".into(),
-                serde_json::to_string(&summary.last_engagements).map_err(corrupt)?,
-            ),
-            (
-                "fingerprint".into(),
-                crate::doc::fingerprint_of_json(summary_json.as_bytes()),
-            ),
-            (
-                "indexed".into(),
-                serde_json::to_string(entries).map_err(corrupt)?,
-            ),
-        ];
-        for channel in Channel::ALL {
-            fields.push((
-                format!("count:{channel}"),
-                count(&summary.counts, channel).to_string(),
-            ));
-        }
-        let mut absent: Vec<&str> = Vec::new();
-        let optional = [
-            ("name", summary.name.clone()),
-            (
-                "phone",
-                summary.phone.as_ref().map(|p| p.as_str().to_string()),
-            ),
-            (
-                "email",
-                summary.email.as_ref().map(|e| e.as_str().to_string()),
-            ),
-            (
-                "last_engagement_at",
-                summary.last_engagement_at.as_ref().map(time::format),
-            ),
-        ];
-        for (field, value) in optional {
-            match value {
-                Some(v) => fields.push((field.to_string(), v)),
-                None => absent.push(field),
-            }
+        let (mut fields, absent) = summary_fields(&id_s, &summary, &summary_json, entries)?;
+        if live {
+            fields.push((LIVE_FIELD, "1".into()));
         }
         p.cmd("HSET").arg(&cust).arg(&fields).ignore();
         if !absent.is_empty() {
@@ -940,9 +983,225 @@ impl Keys {
         }
     }
 
-    fn remove_customer(&self, p: &mut Pipeline, id: CustomerId) {
-        p.cmd("DEL").arg(self.cust(id)).ignore();
+    /// Deletes the summary and the id; `live` leaves a marked, empty
+    /// summary behind (see [`LIVE_FIELD`]).
+    fn remove_customer(&self, p: &mut Pipeline, id: CustomerId, live: bool) {
+        let cust = self.cust(id);
+        p.cmd("DEL").arg(&cust).ignore();
+        if live {
+            p.cmd("HSET").arg(&cust).arg(LIVE_FIELD).arg("1").ignore();
+        }
         p.cmd("ZREM").arg(self.ids()).arg(id.to_string()).ignore();
+    }
+}
+
+/// The field of `cust:<id>` that marks a customer written into a generation
+/// being built by a live upsert or removal (a removal leaves a `cust:<id>`
+/// holding only this field, which readers take for no summary): the rebuild
+/// leaves such a customer as it is.
+const LIVE_FIELD: &str = "live";
+
+/// Field names and values of a `cust:<id>` hash.
+type Fields = Vec<(&'static str, String)>;
+
+/// The `cust:<id>` fields of a summary (`summary_json` is its JSON), and the
+/// optional ones it does not have.
+fn summary_fields(
+    id: &str,
+    summary: &CustomerSummary,
+    summary_json: &str,
+    entries: &IndexEntries,
+) -> IndexResult<(Fields, Vec<&'static str>)> {
+    let mut fields: Fields = Vec::with_capacity(17);
+    fields.push(("id", id.to_string()));
+    fields.push(("status", status_str(summary.status).to_string()));
+    fields.push((
+        "phones",
+        json_strings(summary.phones.iter().map(PhoneNumber::as_str))?,
+    ));
+    fields.push((
+        "emails",
+        json_strings(summary.emails.iter().map(Email::as_str))?,
+    ));
+    let engagements = match engagements_json(summary_json) {
+        Some(json) => json.to_string(),
+        None => serde_json::to_string(&summary.last_engagements).map_err(corrupt)?,
+    };
+    fields.push(("engagements", engagements));
+    fields.push((
+        "fingerprint",
+        crate::doc::fingerprint_of_json(summary_json.as_bytes()),
+    ));
+    fields.push(("indexed", serde_json::to_string(entries).map_err(corrupt)?));
+    for channel in Channel::ALL {
+        fields.push((
+            count_field(channel),
+            count(&summary.counts, channel).to_string(),
+        ));
+    }
+    let mut absent: Vec<&'static str> = Vec::new();
+    let optional = [
+        ("name", summary.name.clone()),
+        (
+            "phone",
+            summary.phone.as_ref().map(|p| p.as_str().to_string()),
+        ),
+        (
+            "email",
+            summary.email.as_ref().map(|e| e.as_str().to_string()),
+        ),
+        (
+            "last_engagement_at",
+            summary.last_engagement_at.as_ref().map(time::format),
+        ),
+    ];
+    for (field, value) in optional {
+        match value {
+            Some(v) => fields.push((field, v)),
+            None => absent.push(field),
+        }
+    }
+    Ok((fields, absent))
+}
+
+/// The `last_engagements` array of a summary's JSON, which serialises it
+/// last: `{...,"last_engagements":[...]}`. A `"` inside a string is
+/// escaped, so the key found last is the field's.
+fn engagements_json(summary_json: &str) -> Option<&str> {
+    const KEY: &str = ",\"last_engagements\":";
+    let at = summary_json.rfind(KEY)? + KEY.len();
+    let array = summary_json.get(at..summary_json.len().checked_sub(1)?)?;
+    (array.starts_with('[') && array.ends_with(']') && summary_json.ends_with('}')).then_some(array)
+}
+
+/// `count:<channel>`.
+fn count_field(channel: Channel) -> &'static str {
+    match channel {
+        Channel::Web => "count:web",
+        Channel::Call => "count:call",
+        Channel::Sms => "count:sms",
+        Channel::Whatsapp => "count:whatsapp",
+        Channel::Email => "count:email",
+    }
+}
+
+/// The batch without earlier copies of a customer it has twice (the source
+/// read it again after a change: the later copy is the newer).
+fn latest_per_customer(batch: Vec<IndexedCustomer>) -> Vec<IndexedCustomer> {
+    let mut last: HashMap<CustomerId, usize> = HashMap::with_capacity(batch.len());
+    for (i, doc) in batch.iter().enumerate() {
+        last.insert(doc.id(), i);
+    }
+    if last.len() == batch.len() {
+        return batch;
+    }
+    batch
+        .into_iter()
+        .enumerate()
+        .filter(|(i, doc)| last.get(&doc.id()) == Some(i))
+        .map(|(_, doc)| doc)
+        .collect()
+}
+
+/// What a rebuild batch writes for customers the generation does not have
+/// yet, gathered per key: one command per key and batch instead of one per
+/// customer, with nothing to remove first (no `HDEL` of absent fields, no
+/// old entries). Sorted-set members go in their sort order, so that
+/// consecutive inserts walk mostly the same path of the set's skip list
+/// (Redis spends most of a rebuild inserting into the big sets: `ids`, `ex`,
+/// the posting lists).
+#[derive(Default)]
+struct NewCustomers {
+    /// Sorted-set key → (score, member).
+    sorted: HashMap<String, Vec<(f64, String)>>,
+    /// Set key → members.
+    sets: HashMap<String, Vec<String>>,
+    /// `ph:<e164>` → the customers (indexes into `customers`) with it.
+    phones: HashMap<String, Vec<usize>>,
+    /// Per customer: its id, `cust:<id>` and its fields, the summary JSON.
+    customers: Vec<NewCustomer>,
+}
+
+struct NewCustomer {
+    id: String,
+    key: String,
+    fields: Fields,
+    summary_json: String,
+}
+
+impl NewCustomers {
+    fn add(
+        &mut self,
+        keys: &Keys,
+        doc: &IndexedCustomer,
+        entries: &IndexEntries,
+    ) -> IndexResult<()> {
+        let id = doc.id().to_string();
+        let summary = doc.summary();
+        let summary_json = serde_json::to_string(&summary).map_err(corrupt)?;
+        if !entries.tokens.is_empty() {
+            let recency = recency_score(summary.last_engagement_at.as_ref());
+            let entry = name_member_of(&id, entries);
+            for t in &entries.tokens {
+                self.zadd(keys.nm(t), recency, entry.clone());
+            }
+            if let Some(whole) = whole_name(&entries.words) {
+                self.zadd(keys.wn(&whole), recency, entry);
+            }
+        }
+        for e in &entries.emails {
+            self.sadd(keys.em(e), id.clone());
+            self.zadd(keys.ex(), 0.0, member_of(e, &id));
+        }
+        for n in &entries.national {
+            self.sadd(keys.pn(n), id.clone());
+        }
+        let at = self.customers.len();
+        for ph in &entries.phones {
+            self.phones.entry(keys.ph(ph)).or_default().push(at);
+        }
+        let (fields, _absent) = summary_fields(&id, &summary, &summary_json, entries)?;
+        self.zadd(keys.ids(), 0.0, id.clone());
+        self.customers.push(NewCustomer {
+            key: keys.key("cust:", &id),
+            id,
+            fields,
+            summary_json,
+        });
+        Ok(())
+    }
+
+    fn zadd(&mut self, key: String, score: f64, member: String) {
+        self.sorted.entry(key).or_default().push((score, member));
+    }
+
+    fn sadd(&mut self, key: String, member: String) {
+        self.sets.entry(key).or_default().push(member);
+    }
+
+    fn write(self, p: &mut Pipeline) {
+        for c in &self.customers {
+            p.cmd("HSET").arg(&c.key).arg(&c.fields).ignore();
+        }
+        for (key, at) in &self.phones {
+            p.cmd("HSET").arg(key);
+            for &i in at {
+                let c = &self.customers[i];
+                p.arg(&c.id).arg(&c.summary_json);
+            }
+            p.ignore();
+        }
+        for (key, members) in &self.sets {
+            p.cmd("SADD").arg(key).arg(members).ignore();
+        }
+        for (key, mut members) in self.sorted {
+            members.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
+            p.cmd("ZADD").arg(&key);
+            for (score, m) in &members {
+                p.arg(*score).arg(m);
+            }
+            p.ignore();
+        }
     }
 }
 
@@ -1100,10 +1359,26 @@ fn sorted(mut v: Vec<Scored>, limit: usize) -> Vec<Scored> {
 /// spaces). It carries what scoring needs, so no summary is read for
 /// candidates that are not answered.
 fn name_member(id: CustomerId, entries: &IndexEntries) -> String {
-    let mut m = format!("{id}\0{}", entries.tokens.join(" "));
+    name_member_of(&id.to_string(), entries)
+}
+
+/// [`name_member`] with the id as text.
+fn name_member_of(id: &str, entries: &IndexEntries) -> String {
+    let joined = |words: &[String], m: &mut String| {
+        for (i, w) in words.iter().enumerate() {
+            if i > 0 {
+                m.push(' ');
+            }
+            m.push_str(w);
+        }
+    };
+    let mut m = String::with_capacity(id.len() + 64);
+    m.push_str(id);
+    m.push('\0');
+    joined(&entries.tokens, &mut m);
     if entries.words != entries.tokens {
         m.push('\0');
-        m.push_str(&entries.words.join(" "));
+        joined(&entries.words, &mut m);
     }
     m
 }
@@ -1240,7 +1515,16 @@ fn lex_to(prefix: &[u8]) -> Vec<u8> {
 
 /// `<value>\0<id>`: a sorted-set member for prefix search.
 fn member(value: &str, id: CustomerId) -> String {
-    format!("{value}\0{id}")
+    member_of(value, &id.to_string())
+}
+
+/// [`member`] with the id as text.
+fn member_of(value: &str, id: &str) -> String {
+    let mut m = String::with_capacity(value.len() + 1 + id.len());
+    m.push_str(value);
+    m.push('\0');
+    m.push_str(id);
+    m
 }
 
 fn split_member(m: &[u8]) -> Option<(&str, CustomerId)> {
@@ -1426,15 +1710,14 @@ impl SearchIndex for RedisIndex {
 
     async fn upsert(&self, doc: &IndexedCustomer) -> IndexResult<()> {
         let (current, building) = self.generations().await?;
-        let targets: Vec<u64> = std::iter::once(current).chain(building).collect();
-        self.apply(&targets, &[Change::Upsert(doc)]).await
+        self.apply(current, building, &[Change::Upsert(doc)]).await
     }
 
     async fn remove(&self, id: CustomerId, identifiers: &[String]) -> IndexResult<()> {
         let (current, building) = self.generations().await?;
-        let targets: Vec<u64> = std::iter::once(current).chain(building).collect();
         let also = IndexEntries::from_identifier_keys(identifiers);
-        self.apply(&targets, &[Change::Remove(id, also)]).await
+        self.apply(current, building, &[Change::Remove(id, also)])
+            .await
     }
 
     async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>> {
@@ -1674,6 +1957,64 @@ mod tests {
             Some((id, cjk.tokens.clone(), cjk.words.clone()))
         );
         assert_eq!(parse_name_member(b"not-an-id\0ann"), None);
+    }
+
+    #[test]
+    fn engagements_are_cut_from_the_summary_json() {
+        let brief = |preview: &str| EngagementBrief {
+            id: EngagementId::new(),
+            channel: Channel::Sms,
+            direction: None,
+            occurred_at: time::now(),
+            preview: preview.into(),
+        };
+        let mut summary = CustomerSummary {
+            id: CustomerId::new(),
+            name: Some("Ann \"last_engagements\":[] Tan".into()),
+            status: CustomerStatus::Active,
+            phone: None,
+            email: None,
+            phones: vec![],
+            emails: vec![],
+            counts: ChannelCounts::default(),
+            last_engagement_at: None,
+            last_engagements: vec![],
+        };
+        for engagements in [
+            vec![],
+            vec![brief("hi"), brief(",\"last_engagements\":[1]}")],
+        ] {
+            summary.last_engagements = engagements;
+            let json = serde_json::to_string(&summary).unwrap();
+            let want = serde_json::to_string(&summary.last_engagements).unwrap();
+            assert_eq!(engagements_json(&json), Some(want.as_str()));
+        }
+        assert_eq!(engagements_json("{\"id\":1}"), None);
+    }
+
+    #[test]
+    fn count_fields_name_their_channel() {
+        for channel in Channel::ALL {
+            assert_eq!(count_field(channel), format!("count:{channel}"));
+        }
+    }
+
+    #[test]
+    fn name_members_with_text_ids_match() {
+        let id = CustomerId::new();
+        let entries = IndexEntries {
+            tokens: vec!["陈大".into(), "陈".into()],
+            words: vec!["陈大".into()],
+            ..IndexEntries::default()
+        };
+        assert_eq!(
+            name_member_of(&id.to_string(), &entries),
+            format!("{id}\0陈大 陈\0陈大")
+        );
+        assert_eq!(
+            member("ann@example.com", id),
+            format!("ann@example.com\0{id}")
+        );
     }
 
     #[test]

@@ -561,6 +561,84 @@ async fn rebuild_switches_generations(index: &dyn SearchIndex) {
     assert!(any(index, "cara").await.is_empty());
 }
 
+async fn rebuild_leaves_live_writes_alone(index: &dyn SearchIndex) {
+    let ann = customer("Ann Tan", &["+6581226418"], &[]);
+    let bob = customer("Bob Lee", &["+6591234567"], &["bob@example.com"]);
+    let cara = customer("Cara Lim", &[], &[]);
+    put(index, &[&ann, &bob]).await;
+
+    // The rebuild read Ann and Bob (and Cara, twice: she changed while the
+    // source was being read), but before it wrote them Ann moved and
+    // changed her name and Bob was deleted, and those events were applied.
+    let mut moved = ann.clone();
+    moved.name = Some("Annie Ng".into());
+    moved.phones = vec![PhoneNumber::parse("+6582223333", None).unwrap()];
+    let mut cara_later = cara.clone();
+    cara_later.name = Some("Cara Ong".into());
+    let read = vec![doc(&ann), doc(&cara), doc(&bob), doc(&cara_later)];
+    let (live_ann, bob_id) = (doc(&moved), bob.id);
+    let docs = stream::iter(read.into_iter().enumerate()).then(move |(i, d)| {
+        let live_ann = live_ann.clone();
+        async move {
+            if i == 0 {
+                index.upsert(&live_ann).await.unwrap();
+                index
+                    .remove(bob_id, &["phone:+6591234567".to_string()])
+                    .await
+                    .unwrap();
+            }
+            Ok::<_, IndexError>(d)
+        }
+    });
+    let report = index.rebuild(docs.boxed()).await.unwrap();
+    assert_eq!(report.customers, 4);
+
+    // The live writes stand: nothing of Ann's old name or number, no Bob.
+    assert!(any(index, "tan").await.is_empty());
+    assert_eq!(any(index, "annie ng").await, vec![ann.id]);
+    let old_phone = PhoneNumber::parse("+6581226418", None).unwrap();
+    assert!(index.lookup_phone(&old_phone).await.unwrap().is_empty());
+    let new_phone = PhoneNumber::parse("+6582223333", None).unwrap();
+    let callers = index.lookup_phone(&new_phone).await.unwrap();
+    assert_eq!(callers.len(), 1);
+    assert_eq!(callers[0].name.as_deref(), Some("Annie Ng"));
+    assert!(any(index, "bob").await.is_empty());
+    assert!(any(index, "bob@example.com").await.is_empty());
+    assert!(index.summary(bob.id).await.unwrap().is_none());
+    let bob_phone = PhoneNumber::parse("+6591234567", None).unwrap();
+    assert!(index.lookup_phone(&bob_phone).await.unwrap().is_empty());
+    // Cara as the source gave her last.
+    assert!(any(index, "lim").await.is_empty());
+    assert_eq!(any(index, "cara ong").await, vec![cara.id]);
+    let mut ids: Vec<CustomerId> = index
+        .fingerprints(None, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|f| f.id)
+        .collect();
+    ids.sort();
+    let mut expected = vec![ann.id, cara.id];
+    expected.sort();
+    assert_eq!(ids, expected);
+    let prints = index.fingerprints(None, 10).await.unwrap();
+    for f in prints {
+        let want = if f.id == ann.id {
+            doc(&moved).fingerprint()
+        } else {
+            doc(&cara_later).fingerprint()
+        };
+        assert_eq!(f.fingerprint, want);
+    }
+
+    // After the switch, the generation behaves as any other: Bob can be
+    // written again, Ann updated.
+    put(index, &[&bob, &ann]).await;
+    assert_eq!(any(index, "bob").await, vec![bob.id]);
+    assert_eq!(any(index, "tan").await, vec![ann.id]);
+    assert!(any(index, "annie").await.is_empty());
+}
+
 async fn failed_rebuild_keeps_the_live_index(index: &dyn SearchIndex) {
     let ann = customer("Ann Tan", &[], &[]);
     put(index, &[&ann]).await;
@@ -704,6 +782,7 @@ macro_rules! suite {
             upsert_is_idempotent,
             summary_content,
             rebuild_switches_generations,
+            rebuild_leaves_live_writes_alone,
             failed_rebuild_keeps_the_live_index,
             verify_fingerprints,
             nothing_to_search_and_limits,
