@@ -14,6 +14,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
 
+/// As the `crm-indexer` and `crm-api` programs run.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[path = "support/load.rs"]
 mod load;
 #[path = "support/redis_server.rs"]

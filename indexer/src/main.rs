@@ -7,6 +7,11 @@ use std::process::ExitCode;
 use clap::Parser;
 use crm_indexer::cli::{self, Cli};
 
+/// The allocator crm-api uses too: a rebuild encodes millions of short-lived
+/// strings and commands on several threads.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     cli::init_tracing(&cli.config.log, cli.config.log_format);
