@@ -342,6 +342,23 @@ fn from_doc<T: DeserializeOwned>(mut doc: Document, key: &str) -> StoreResult<T>
         .map_err(|e| StoreError::Internal(format!("cannot decode a record: {e}")))
 }
 
+/// Sets `revoked_at` on the record unless it is revoked already: `true` when
+/// this call revoked it (API keys, devices).
+async fn revoke_once(
+    records: &Collection<Document>,
+    id: String,
+    at: &Timestamp,
+) -> StoreResult<bool> {
+    let result = records
+        .update_one(
+            doc! { "_id": id, "revoked_at": Bson::Null },
+            doc! { "$set": { "revoked_at": time::format(at) } },
+        )
+        .await
+        .map_err(map_err)?;
+    Ok(result.modified_count == 1)
+}
+
 fn parse_id<I: std::str::FromStr>(doc: &Document, field: &str) -> StoreResult<I> {
     doc.get_str(field)
         .ok()
@@ -1280,15 +1297,7 @@ impl Store for MongoStore {
     }
 
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool> {
-        let result = self
-            .api_keys
-            .update_one(
-                doc! { "_id": id.to_string(), "revoked_at": Bson::Null },
-                doc! { "$set": { "revoked_at": time::format(&at) } },
-            )
-            .await
-            .map_err(map_err)?;
-        Ok(result.modified_count == 1)
+        revoke_once(&self.api_keys, id.to_string(), &at).await
     }
 
     // --- outbox ---
@@ -1395,15 +1404,7 @@ impl Store for MongoStore {
     }
 
     async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
-        let result = self
-            .devices
-            .update_one(
-                doc! { "_id": id.to_string(), "revoked_at": Bson::Null },
-                doc! { "$set": { "revoked_at": time::format(&at) } },
-            )
-            .await
-            .map_err(map_err)?;
-        Ok(result.modified_count == 1)
+        revoke_once(&self.devices, id.to_string(), &at).await
     }
 
     async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()> {
