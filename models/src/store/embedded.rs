@@ -163,6 +163,40 @@ impl EmbeddedStore {
     }
 }
 
+/// The identity records of `keys`, in order (see [`Store::identity`]).
+fn read_identities<K: AsRef<str>>(
+    db: &Database,
+    keys: &[K],
+) -> StoreResult<Vec<Option<IdentityInfo>>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let owners = txn.open_table(IDENTITIES).map_err(db_err)?;
+    let shared = txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
+    let mut out = Vec::with_capacity(keys.len());
+    for key in keys {
+        let key = key.as_ref();
+        let owner = owners
+            .get(key)
+            .map_err(db_err)?
+            .map(|g| customer_id(g.value()));
+        let shared = shared.get(key).map_err(db_err)?.is_some();
+        out.push((owner.is_some() || shared).then_some(IdentityInfo { owner, shared }));
+    }
+    Ok(out)
+}
+
+/// Records `key` as owned by `customer` (the caller checked it is free).
+fn write_claim(txn: &WriteTransaction, key: &str, customer: u128) -> StoreResult<()> {
+    txn.open_table(IDENTITIES)
+        .map_err(db_err)?
+        .insert(key, customer)
+        .map_err(db_err)?;
+    txn.open_table(IDENTITIES_BY_CUSTOMER)
+        .map_err(db_err)?
+        .insert((customer, key), ())
+        .map_err(db_err)?;
+    Ok(())
+}
+
 /// Stores batches of engagements in one transaction, in order, with the
 /// per-customer counters (see [`GroupCommit`]): each batch's answers, one
 /// per engagement.
@@ -689,23 +723,16 @@ impl Store for EmbeddedStore {
         let key = key.to_string();
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
-                let owner = identities
-                    .get(key.as_str())
-                    .map_err(db_err)?
-                    .map(|g| g.value());
-                if let Some(owner) = owner {
-                    return Ok(Claim::OwnedBy(customer_id(owner)));
-                }
-                identities
-                    .insert(key.as_str(), customer.0.as_u128())
-                    .map_err(db_err)?;
-                txn.open_table(IDENTITIES_BY_CUSTOMER)
-                    .map_err(db_err)?
-                    .insert((customer.0.as_u128(), key.as_str()), ())
-                    .map_err(db_err)?;
+            let owner = txn
+                .open_table(IDENTITIES)
+                .map_err(db_err)?
+                .get(key.as_str())
+                .map_err(db_err)?
+                .map(|g| g.value());
+            if let Some(owner) = owner {
+                return Ok(Claim::OwnedBy(customer_id(owner)));
             }
+            write_claim(&txn, &key, customer.0.as_u128())?;
             txn.commit().map_err(db_err)?;
             Ok(Claim::Claimed)
         })
@@ -772,42 +799,12 @@ impl Store for EmbeddedStore {
 
     async fn identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>> {
         // A point read: every identifier of every write is looked up.
-        self.read_now(|db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let owner = txn
-                .open_table(IDENTITIES)
-                .map_err(db_err)?
-                .get(key)
-                .map_err(db_err)?
-                .map(|g| customer_id(g.value()));
-            let shared = txn
-                .open_table(IDENTITIES_SHARED)
-                .map_err(db_err)?
-                .get(key)
-                .map_err(db_err)?
-                .is_some();
-            Ok((owner.is_some() || shared).then_some(IdentityInfo { owner, shared }))
-        })
+        self.read_now(|db| Ok(read_identities(db, &[key])?.pop().flatten()))
     }
 
     async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>> {
         let keys = keys.to_vec();
-        self.run(move |db| {
-            let txn = db.begin_read().map_err(db_err)?;
-            let owners = txn.open_table(IDENTITIES).map_err(db_err)?;
-            let shared = txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
-            let mut out = Vec::with_capacity(keys.len());
-            for key in &keys {
-                let owner = owners
-                    .get(key.as_str())
-                    .map_err(db_err)?
-                    .map(|g| customer_id(g.value()));
-                let shared = shared.get(key.as_str()).map_err(db_err)?.is_some();
-                out.push((owner.is_some() || shared).then_some(IdentityInfo { owner, shared }));
-            }
-            Ok(out)
-        })
-        .await
+        self.run(move |db| read_identities(db, &keys)).await
     }
 
     async fn insert_customers_owning(
@@ -834,13 +831,8 @@ impl Store for EmbeddedStore {
                 };
                 if free {
                     write_customer(&txn, None, customer)?;
-                    let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
-                    let mut by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
                     for key in keys {
-                        identities.insert(key.as_str(), cid).map_err(db_err)?;
-                        by_customer
-                            .insert((cid, key.as_str()), ())
-                            .map_err(db_err)?;
+                        write_claim(&txn, key, cid)?;
                     }
                 }
                 created.push(free);

@@ -342,6 +342,19 @@ fn from_doc<T: DeserializeOwned>(mut doc: Document, key: &str) -> StoreResult<T>
         .map_err(|e| StoreError::Internal(format!("cannot decode a record: {e}")))
 }
 
+/// An identity record: its owner (none when only marked shared) and flag.
+fn identity_info(d: &Document) -> StoreResult<IdentityInfo> {
+    let owner = if d.contains_key("customer_id") {
+        Some(parse_id(d, "customer_id")?)
+    } else {
+        None
+    };
+    Ok(IdentityInfo {
+        owner,
+        shared: d.get_bool("shared").unwrap_or(false),
+    })
+}
+
 /// Sets `revoked_at` on the record unless it is revoked already: `true` when
 /// this call revoked it (API keys, devices).
 async fn revoke_once(
@@ -691,18 +704,7 @@ impl Store for MongoStore {
             .find_one(doc! { "_id": key })
             .await
             .map_err(map_err)?;
-        let Some(d) = found else {
-            return Ok(None);
-        };
-        let owner = if d.contains_key("customer_id") {
-            Some(parse_id(&d, "customer_id")?)
-        } else {
-            None
-        };
-        Ok(Some(IdentityInfo {
-            owner,
-            shared: d.get_bool("shared").unwrap_or(false),
-        }))
+        found.as_ref().map(identity_info).transpose()
     }
 
     async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>> {
@@ -719,13 +721,7 @@ impl Store for MongoStore {
             let Ok(key) = d.get_str("_id").map(str::to_string) else {
                 continue;
             };
-            let owner = if d.contains_key("customer_id") {
-                Some(parse_id(&d, "customer_id")?)
-            } else {
-                None
-            };
-            let shared = d.get_bool("shared").unwrap_or(false);
-            found.insert(key, IdentityInfo { owner, shared });
+            found.insert(key, identity_info(&d)?);
         }
         Ok(keys.iter().map(|k| found.get(k).copied()).collect())
     }
