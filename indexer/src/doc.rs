@@ -67,6 +67,56 @@ pub struct CustomerSummary {
     pub last_engagements: Vec<EngagementBrief>,
 }
 
+/// A caller-ID summary as the index keeps it: the JSON of a
+/// [`CustomerSummary`]. The caller-ID routes answer with it as it is, reading
+/// only the fields they reshape ([`SummaryJson::view`]), instead of decoding
+/// every engagement and encoding it again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SummaryJson {
+    pub id: CustomerId,
+    pub json: String,
+}
+
+impl SummaryJson {
+    pub fn of(summary: &CustomerSummary) -> Result<Self, serde_json::Error> {
+        Ok(SummaryJson {
+            id: summary.id,
+            json: serde_json::to_string(summary)?,
+        })
+    }
+
+    /// The fields `T` names, borrowing from the JSON (`&RawValue` fields copy
+    /// nothing). Fails when the JSON is not well formed.
+    pub fn view<'a, T: Deserialize<'a>>(&'a self) -> Result<T, serde_json::Error> {
+        serde_json::from_str(&self.json)
+    }
+
+    /// The whole summary, decoded.
+    pub fn decode(&self) -> Result<CustomerSummary, serde_json::Error> {
+        self.view()
+    }
+}
+
+/// Most recently engaged first, then by id: the order of caller-ID answers.
+pub(crate) fn most_recent_json_first(
+    mut found: Vec<SummaryJson>,
+) -> Result<Vec<SummaryJson>, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Recency {
+        #[serde(default, with = "time::rfc3339_option")]
+        last_engagement_at: Option<Timestamp>,
+    }
+    if found.len() < 2 {
+        return Ok(found);
+    }
+    let mut keyed = found
+        .drain(..)
+        .map(|s| Ok((s.view::<Recency>()?.last_engagement_at, s)))
+        .collect::<Result<Vec<_>, serde_json::Error>>()?;
+    keyed.sort_by(|(a_at, a), (b_at, b)| b_at.cmp(a_at).then_with(|| a.id.cmp(&b.id)));
+    Ok(keyed.into_iter().map(|(_, s)| s).collect())
+}
+
 /// The keys a customer is indexed under. Kept with the summary so that a
 /// re-upsert removes what the customer no longer has.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -271,6 +321,52 @@ mod tests {
             Some(time::parse("2026-01-01T00:00:11Z").unwrap())
         );
         assert_eq!(s.phone.unwrap().as_str(), "+6581226418");
+    }
+
+    #[test]
+    fn summary_json_decodes_to_the_summary_and_orders_like_the_decoded_ones() {
+        let summaries: Vec<CustomerSummary> = (0..6)
+            .map(|i| {
+                let mut c = Customer::new(CustomerId::new(), Some(format!("C{i}")), time::now());
+                c.phones
+                    .push(PhoneNumber::parse("+6581226418", None).unwrap());
+                // Two never engaged; the others at different times.
+                let engagements = match i % 3 {
+                    0 => vec![],
+                    n => vec![sms(c.id, &format!("2026-01-0{}T00:00:00Z", n + i), "hi")],
+                };
+                IndexedCustomer::new(c, engagements).summary()
+            })
+            .collect();
+        let json: Vec<SummaryJson> = summaries
+            .iter()
+            .map(|s| SummaryJson::of(s).unwrap())
+            .collect();
+        for (j, s) in json.iter().zip(&summaries) {
+            assert_eq!(&j.decode().unwrap(), s);
+        }
+        let ordered: Vec<CustomerId> = crate::query::most_recent_first(summaries)
+            .iter()
+            .map(|s| s.id)
+            .collect();
+        let ordered_json: Vec<CustomerId> =
+            most_recent_json_first(json.into_iter().rev().collect())
+                .unwrap()
+                .iter()
+                .map(|s| s.id)
+                .collect();
+        assert_eq!(ordered_json, ordered);
+        let broken = vec![
+            SummaryJson {
+                id: CustomerId::new(),
+                json: "{\"last_engagement_at\":".into(),
+            },
+            SummaryJson {
+                id: CustomerId::new(),
+                json: "{}".into(),
+            },
+        ];
+        assert!(most_recent_json_first(broken).is_err());
     }
 
     #[test]

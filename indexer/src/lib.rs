@@ -58,9 +58,9 @@ pub mod worker;
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
-use crm_models::{CustomerId, PhoneNumber};
+use crm_models::{CustomerId, PhoneError, PhoneNumber, Region};
 
-pub use crate::doc::{CustomerSummary, EngagementBrief, IndexedCustomer};
+pub use crate::doc::{CustomerSummary, EngagementBrief, IndexedCustomer, SummaryJson};
 pub use crate::memory::MemoryIndex;
 pub use crate::query::{MatchedOn, Query, SearchHit};
 pub use crate::redis::RedisIndex;
@@ -131,6 +131,16 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// shared), most recently engaged first.
     async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>>;
 
+    /// [`lookup_phone`](Self::lookup_phone) without decoding: the summaries
+    /// as JSON, in the same order. The caller-ID routes' hot path.
+    async fn lookup_phone_json(&self, phone: &PhoneNumber) -> IndexResult<Vec<SummaryJson>> {
+        self.lookup_phone(phone)
+            .await?
+            .iter()
+            .map(|s| SummaryJson::of(s).map_err(|e| IndexError::Internal(e.to_string())))
+            .collect()
+    }
+
     /// The caller-ID summary of one customer.
     async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>>;
 
@@ -155,5 +165,86 @@ pub trait SearchIndex: Send + Sync + 'static {
     ) -> IndexResult<Vec<IndexedFingerprint>>;
 }
 
+/// Caller ID for a number as typed: the number read (with `region` for one
+/// without country code) and the index's answer for it
+/// ([`SearchIndex::lookup_phone_json`]). A number written internationally
+/// (`+65 8122 6418`, as phones report callers) is looked up as written
+/// first, and parsed only when nobody has it: only parsed numbers are
+/// indexed, so a hit is a valid number and parsing it would give it back.
+/// Fails only on a number that does not parse.
+pub async fn lookup_typed_phone(
+    index: &dyn SearchIndex,
+    raw: &str,
+    region: Option<Region>,
+) -> Result<(PhoneNumber, IndexResult<Vec<SummaryJson>>), PhoneError> {
+    let tried = match PhoneNumber::international_form(raw) {
+        Some(key) => {
+            let found = index.lookup_phone_json(&key).await;
+            if found.as_ref().is_ok_and(|f| !f.is_empty()) {
+                return Ok((key, found));
+            }
+            Some((key, found))
+        }
+        None => None,
+    };
+    let phone = PhoneNumber::parse(raw, region)?;
+    match tried {
+        Some((key, found)) if key == phone => Ok((phone, found)),
+        _ => {
+            let found = index.lookup_phone_json(&phone).await;
+            Ok((phone, found))
+        }
+    }
+}
+
 /// Documents written per batch while rebuilding.
 pub(crate) const REBUILD_BATCH: usize = 2000;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn typed_numbers_find_their_owner_however_written() {
+        let index = MemoryIndex::new();
+        let mut doc = generate::customer(5, 0);
+        doc.customer.phones = vec![
+            PhoneNumber::parse("+6581226418", None).unwrap(),
+            PhoneNumber::parse("+447911123456", None).unwrap(),
+        ];
+        index.upsert(&doc).await.unwrap();
+        let sg = Region::parse("SG").ok();
+        for (raw, region, e164) in [
+            ("+65 8122 6418", None, "+6581226418"),
+            ("0065 8122 6418", None, "+6581226418"),
+            ("8122 6418", sg, "+6581226418"),
+            ("(065) 8122-6418", sg, "+6581226418"),
+            // Written internationally but with the trunk prefix: not a key
+            // as written; parsing finds it.
+            ("+44 07911 123456", None, "+447911123456"),
+        ] {
+            let (phone, found) = lookup_typed_phone(&index, raw, region).await.unwrap();
+            assert_eq!(phone.as_str(), e164, "{raw}");
+            let found = found.unwrap();
+            assert_eq!(found.len(), 1, "{raw}");
+            assert_eq!(found[0].id, doc.customer.id);
+        }
+        let (phone, found) = lookup_typed_phone(&index, "+65 9123 4567", None)
+            .await
+            .unwrap();
+        assert_eq!((phone.as_str(), found.unwrap().len()), ("+6591234567", 0));
+        assert_eq!(
+            lookup_typed_phone(&index, "+65 0000", None)
+                .await
+                .unwrap_err(),
+            PhoneError::Invalid
+        );
+        assert_eq!(
+            lookup_typed_phone(&index, "8122 6418", None)
+                .await
+                .unwrap_err(),
+            PhoneError::NoRegion
+        );
+    }
+}

@@ -50,7 +50,7 @@ use futures::StreamExt;
 use crm_models::time;
 use crm_models::{Channel, ChannelCounts, CustomerId, CustomerStatus, Email, PhoneNumber};
 
-use crate::doc::{CustomerSummary, EngagementBrief, IndexEntries, IndexedCustomer};
+use crate::doc::{CustomerSummary, EngagementBrief, IndexEntries, IndexedCustomer, SummaryJson};
 use crate::memory::typo_keys;
 use crate::query::{self, Brief, Match, MatchedOn, NameCandidate, Plan, Query, SearchHit};
 use crate::{
@@ -1736,18 +1736,31 @@ impl SearchIndex for RedisIndex {
     }
 
     async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
+        self.lookup_phone_json(phone)
+            .await?
+            .iter()
+            .map(|s| s.decode().map_err(corrupt))
+            .collect()
+    }
+
+    async fn lookup_phone_json(&self, phone: &PhoneNumber) -> IndexResult<Vec<SummaryJson>> {
         let (_, mut values) = self
             .read(|k, p| {
                 p.cmd("HGETALL").arg(k.ph(phone.as_str()));
             })
             .await?;
-        let by_id: HashMap<String, String> =
+        let by_id: Vec<(String, String)> =
             from_owned_redis_value(next_value(&mut values.drain(..))?)?;
-        let mut out = Vec::with_capacity(by_id.len());
-        for json in by_id.values() {
-            out.push(serde_json::from_str::<CustomerSummary>(json).map_err(corrupt)?);
-        }
-        Ok(query::most_recent_first(out))
+        let found = by_id
+            .into_iter()
+            .map(|(id, json)| {
+                let id = id
+                    .parse()
+                    .map_err(|_| IndexError::Internal(format!("index data: bad id {id:?}")))?;
+                Ok(SummaryJson { id, json })
+            })
+            .collect::<IndexResult<Vec<_>>>()?;
+        crate::doc::most_recent_json_first(found).map_err(corrupt)
     }
 
     async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>> {

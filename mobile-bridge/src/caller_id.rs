@@ -3,10 +3,11 @@
 //! summaries), then the lookup is handed to the signal recorder without
 //! waiting for it.
 
-use crm_indexer::{CustomerSummary, EngagementBrief, IndexError};
+use crm_indexer::{CustomerSummary, EngagementBrief, IndexError, SummaryJson};
 use crm_models::device::{CallSignal, Device};
 use crm_models::{ChannelCounts, CustomerId, Email, Identifier, PhoneNumber};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 
 use crate::error::MobileError;
 use crate::MobileBridge;
@@ -58,23 +59,91 @@ impl From<CustomerSummary> for CallerIdCustomer {
     }
 }
 
+/// A [`CallerId`] as sent: each customer written from the summary JSON the
+/// index keeps, reading only the fields the popup shows (no engagement is
+/// decoded and encoded again).
+#[derive(Debug, Clone, Serialize)]
+pub struct CallerIdJson {
+    pub known: bool,
+    pub customers: Vec<Box<RawValue>>,
+}
+
+/// The fields of a stored [`CustomerSummary`] the popup shows, borrowed.
+#[derive(Deserialize)]
+struct PopupView<'a> {
+    #[serde(default, borrow)]
+    name: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    phone: Option<&'a RawValue>,
+    #[serde(default, borrow)]
+    email: Option<&'a RawValue>,
+    #[serde(borrow)]
+    counts: &'a RawValue,
+    #[serde(borrow)]
+    last_engagements: Vec<&'a RawValue>,
+}
+
+/// One customer of a [`CallerId`], as [`CallerIdCustomer`] serializes.
+#[derive(Serialize)]
+struct PopupCustomer<'a> {
+    id: CustomerId,
+    name: Option<&'a RawValue>,
+    main_phone: Option<&'a RawValue>,
+    main_email: Option<&'a RawValue>,
+    counts: &'a RawValue,
+    last_engagements: &'a [&'a RawValue],
+}
+
+fn popup_customer(summary: &SummaryJson) -> Result<Box<RawValue>, serde_json::Error> {
+    let view: PopupView = summary.view()?;
+    let shown = view.last_engagements.len().min(CALLER_ID_ENGAGEMENTS);
+    serde_json::value::to_raw_value(&PopupCustomer {
+        id: summary.id,
+        name: view.name,
+        main_phone: view.phone,
+        main_email: view.email,
+        counts: view.counts,
+        last_engagements: &view.last_engagements[..shown],
+    })
+}
+
 impl MobileBridge {
     /// Who has this number. From the index; from the store when the index
     /// cannot be reached. Each customer found is recorded as an incoming-call
     /// signal for the device's owner.
-    pub async fn caller_id(&self, device: &Device, number: &str) -> Result<CallerId, MobileError> {
-        let phone = PhoneNumber::parse(number, self.region_of(device))
-            .map_err(|e| MobileError::field("number", e))?;
-        let summaries = match self.index().lookup_phone(&phone).await {
+    pub async fn caller_id(
+        &self,
+        device: &Device,
+        number: &str,
+    ) -> Result<CallerIdJson, MobileError> {
+        let (phone, found) =
+            crm_indexer::lookup_typed_phone(self.index().as_ref(), number, self.region_of(device))
+                .await
+                .map_err(|e| MobileError::field("number", e))?;
+        let found = match found {
             Ok(found) => found,
             Err(IndexError::Unavailable(e)) => {
                 tracing::warn!(error = %e, "index unavailable; caller-ID from the store");
-                self.owners_from_store(&phone).await?
+                self.owners_from_store(&phone)
+                    .await?
+                    .iter()
+                    .map(SummaryJson::of)
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| MobileError::from(IndexError::Internal(e.to_string())))?
             }
             Err(e) => return Err(e.into()),
         };
+        let customers = found
+            .iter()
+            .map(popup_customer)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| {
+                MobileError::from(IndexError::Internal(format!(
+                    "index data does not decode: {e}"
+                )))
+            })?;
         let now = crm_models::time::now();
-        for summary in &summaries {
+        for summary in &found {
             self.signals().record(CallSignal {
                 id: uuid::Uuid::now_v7(),
                 customer_id: summary.id,
@@ -84,9 +153,9 @@ impl MobileBridge {
                 at: now,
             });
         }
-        Ok(CallerId {
-            known: !summaries.is_empty(),
-            customers: summaries.into_iter().map(CallerIdCustomer::from).collect(),
+        Ok(CallerIdJson {
+            known: !customers.is_empty(),
+            customers,
         })
     }
 
@@ -108,5 +177,38 @@ impl MobileBridge {
             .map(|d| d.summary())
             .into_iter()
             .collect())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_popup_from_summary_json_is_what_serializing_the_decoded_summary_gives() {
+        for i in 0..20 {
+            let mut summary = crm_indexer::generate::customer(11, i).summary();
+            match i % 4 {
+                0 => summary.name = None,
+                1 => summary.email = None,
+                2 => summary.phone = None,
+                _ => {}
+            }
+            let fast = popup_customer(&SummaryJson::of(&summary).unwrap()).unwrap();
+            let fast: serde_json::Value = serde_json::from_str(fast.get()).unwrap();
+            let shown = summary.last_engagements.len().min(CALLER_ID_ENGAGEMENTS);
+            let decoded = serde_json::to_value(CallerIdCustomer::from(summary)).unwrap();
+            assert_eq!(fast, decoded);
+            assert_eq!(fast["last_engagements"].as_array().unwrap().len(), shown);
+        }
+        let broken = SummaryJson {
+            id: CustomerId::new(),
+            json: r#"{"counts":{}}"#.into(),
+        };
+        assert!(
+            popup_customer(&broken).is_err(),
+            "last_engagements is required"
+        );
     }
 }

@@ -40,7 +40,7 @@ use crm_models::{Region, UserId};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-pub use caller_id::{CallerId, CallerIdCustomer};
+pub use caller_id::{CallerId, CallerIdCustomer, CallerIdJson};
 pub use devices::{DeviceCaller, DeviceView, EnrolledDevice, NewDevice, DEVICE_TOKEN_PREFIX};
 pub use error::{MobileError, Problem};
 pub use upload::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
@@ -186,7 +186,7 @@ async fn caller_id(
     State(bridge): State<MobileBridge>,
     DeviceCaller(device): DeviceCaller,
     MobileQuery(params): MobileQuery<CallerIdParams>,
-) -> Result<MobileJson<CallerId>, MobileError> {
+) -> Result<MobileJson<CallerIdJson>, MobileError> {
     bridge
         .caller_id(&device, &params.number)
         .await

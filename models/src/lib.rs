@@ -35,4 +35,4 @@ pub use engagement::{
     CallStatus, Channel, Direction, Engagement, EngagementDetail, PayloadType, Source,
 };
 pub use ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
-pub use phone::{PhoneNumber, Region};
+pub use phone::{PhoneError, PhoneNumber, Region};

@@ -113,6 +113,29 @@ impl PhoneNumber {
         Err(PhoneError::Invalid)
     }
 
+    /// The E.164 form `raw` has if it is written internationally (`+65 8122
+    /// 6418`, `0065 81226418`), without checking it against the numbering
+    /// plan: a key to look up before paying for [`PhoneNumber::parse`]. Only
+    /// a key found among stored (hence parsed) numbers is known to be one.
+    pub fn international_form(raw: &str) -> Option<Self> {
+        let raw = raw.trim();
+        let rest = raw.strip_prefix('+').or_else(|| raw.strip_prefix("00"))?;
+        let mut e164 = String::with_capacity(16);
+        e164.push('+');
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => e164.push(c),
+                ' ' | '-' | '(' | ')' | '.' | '/' | '\u{a0}' => {}
+                _ => return None,
+            }
+            if e164.len() > 16 {
+                return None;
+            }
+        }
+        let digits = e164.len() - 1;
+        (digits >= 4 && !e164[1..].starts_with('0')).then_some(PhoneNumber(e164))
+    }
+
     fn international(digits: &str) -> Option<Self> {
         let n = PHONE_NUMBER_UTIL.parse(format!("+{digits}"), None).ok()?;
         Self::from_valid(&n)
@@ -255,6 +278,34 @@ mod tests {
                 "{raw}"
             );
         }
+    }
+
+    #[test]
+    fn international_form_is_a_key_to_try_not_a_verdict() {
+        let form = |raw: &str| PhoneNumber::international_form(raw).map(|p| p.0);
+        for raw in [
+            "+65 8122 6418",
+            "0065 81226418",
+            "+65-8122-6418",
+            " +6581226418 ",
+        ] {
+            assert_eq!(form(raw).as_deref(), Some("+6581226418"), "{raw}");
+            assert_eq!(PhoneNumber::parse(raw, None).unwrap().0, "+6581226418");
+        }
+        // Not written internationally, or not digits: no key.
+        for raw in [
+            "8122 6418",
+            "(065) 8122-6418",
+            "+65 8122 64x8",
+            "+0123456",
+            "+12",
+            "+1234567890123456",
+        ] {
+            assert_eq!(form(raw), None, "{raw}");
+        }
+        // A key, but not a number: only parsing says so.
+        assert_eq!(form("+65 0000").as_deref(), Some("+650000"));
+        assert!(PhoneNumber::parse("+65 0000", None).is_err());
     }
 
     #[test]

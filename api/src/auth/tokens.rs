@@ -1,10 +1,13 @@
 //! Access tokens (HS256 JWTs) and the random secrets behind refresh tokens and
 //! API keys, which are stored only as their SHA-256.
 
+use std::collections::HashMap;
+
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use crm_models::staff::{Role, User};
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use parking_lot::Mutex;
 use rand::RngCore;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -39,7 +42,15 @@ pub struct AccessTokens {
     decoding: DecodingKey,
     validation: Validation,
     ttl_s: i64,
+    /// Tokens whose signature and claims were checked, by their exact text:
+    /// a client sends the same token with every request until it expires,
+    /// and only the expiry can change the answer.
+    verified: Mutex<HashMap<String, Claims>>,
 }
+
+/// Most verified tokens remembered; when full, the memory starts again
+/// empty.
+const VERIFIED_CAPACITY: usize = 4096;
 
 impl AccessTokens {
     pub fn new(secret: &[u8], ttl_s: u64) -> Self {
@@ -55,6 +66,7 @@ impl AccessTokens {
             decoding: DecodingKey::from_secret(secret),
             validation,
             ttl_s: i64::try_from(ttl_s).unwrap_or(i64::MAX).min(MAX_TTL_S),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -81,7 +93,28 @@ impl AccessTokens {
 
     /// The claims of a token this service signed and that is still valid.
     pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation).map(|d| d.claims)
+        self.verify_at(token, chrono::Utc::now().timestamp())
+    }
+
+    fn verify_at(&self, token: &str, now: i64) -> Result<Claims, jsonwebtoken::errors::Error> {
+        let unexpired = |c: &Claims| c.exp.saturating_add(LEEWAY_S as i64) >= now;
+        if let Some(claims) = self.verified.lock().get(token) {
+            if unexpired(claims) {
+                return Ok(claims.clone());
+            }
+        }
+        let claims =
+            jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
+        if !unexpired(&claims) {
+            return Err(jsonwebtoken::errors::ErrorKind::ExpiredSignature.into());
+        }
+        let mut verified = self.verified.lock();
+        if verified.len() >= VERIFIED_CAPACITY {
+            // Also forgets the expired ones.
+            verified.clear();
+        }
+        verified.insert(token.to_string(), claims.clone());
+        Ok(claims)
     }
 }
 
@@ -141,6 +174,26 @@ mod tests {
         );
         assert_eq!(claims.exp - claims.iat, 900);
         assert_eq!(claims.jti.len(), 36);
+    }
+
+    #[test]
+    fn a_token_verified_before_is_refused_once_it_expires() {
+        let tokens = AccessTokens::new(SECRET, 900);
+        let token = tokens.issue(&user(Role::Agent)).unwrap();
+        let exp = tokens.verify(&token).unwrap().exp;
+        let last_second = exp + LEEWAY_S as i64;
+        assert!(tokens.verify_at(&token, last_second).is_ok());
+        for _ in 0..2 {
+            // Remembered or not, an expired token is refused.
+            assert!(tokens.verify_at(&token, last_second + 1).is_err());
+        }
+        let (signed, signature) = token.rsplit_once('.').unwrap();
+        let flipped = if signature.starts_with('A') { 'B' } else { 'A' };
+        let tampered = format!("{signed}.{flipped}{}", &signature[1..]);
+        assert!(
+            tokens.verify(&tampered).is_err(),
+            "only the exact text is remembered"
+        );
     }
 
     #[test]

@@ -2,10 +2,14 @@
 //! where an answer must not depend on the index being up.
 
 use axum::extract::State;
-use crm_indexer::{CustomerSummary, IndexError, Query, SearchHit, MAX_SEARCH_LIMIT};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
+use crm_indexer::{CustomerSummary, IndexError, Query, SearchHit, SummaryJson, MAX_SEARCH_LIMIT};
 use crm_models::customer::Identifier;
-use crm_models::{CustomerId, PhoneNumber, Region};
+use crm_models::{CustomerId, Region};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -221,27 +225,104 @@ async fn lookup_phone(
     _caller: Staff,
     ApiPath(number): ApiPath<String>,
     ApiQuery(params): ApiQuery<LookupParams>,
-) -> Result<ApiJson<CallerLookup>, ApiError> {
+) -> Result<Response, ApiError> {
     let region = region(params.region.as_deref(), state.default_region)?;
-    let phone = PhoneNumber::parse(&number, region).map_err(|e| ApiError::field("number", e))?;
-    let summaries = match state.index.lookup_phone(&phone).await {
-        Ok(found) => found,
-        Err(e) => {
-            tracing::warn!(error = %e, "index unavailable; caller-ID from the store");
-            let key = Identifier::Phone(phone).key();
-            match state.crm.store().identity_owner(&key).await? {
-                Some(owner) => from_store(&state, owner).await?.into_iter().collect(),
-                None => Vec::new(),
+    let (phone, found) = crm_indexer::lookup_typed_phone(state.index.as_ref(), &number, region)
+        .await
+        .map_err(|e| ApiError::field("number", e))?;
+    let found =
+        match found {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!(error = %e, "index unavailable; caller-ID from the store");
+                let key = Identifier::Phone(phone).key();
+                match state.crm.store().identity_owner(&key).await? {
+                    Some(owner) => match from_store(&state, owner).await? {
+                        Some(summary) => vec![SummaryJson::of(&summary)
+                            .map_err(|e| ApiError::Internal(e.to_string()))?],
+                        None => Vec::new(),
+                    },
+                    None => Vec::new(),
+                }
             }
+        };
+    let body = caller_lookup_json(&found).map_err(|e| {
+        index_err(IndexError::Internal(format!(
+            "index data does not decode: {e}"
+        )))
+    })?;
+    Ok((
+        [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        body,
+    )
+        .into_response())
+}
+
+/// A [`CallerLookup`] written around the summaries' JSON as the index keeps
+/// it: only each name is read out of it; nothing is decoded and encoded
+/// again.
+fn caller_lookup_json(found: &[SummaryJson]) -> Result<String, serde_json::Error> {
+    #[derive(Deserialize)]
+    struct Name<'a> {
+        #[serde(default, borrow)]
+        name: Option<&'a RawValue>,
+    }
+    let mut body =
+        String::with_capacity(16 + found.iter().map(|s| s.json.len() + 80).sum::<usize>());
+    body.push_str(r#"{"matches":["#);
+    for (i, summary) in found.iter().enumerate() {
+        // Reading the name also checks that the JSON is well formed.
+        let name = summary.view::<Name>()?.name;
+        if i > 0 {
+            body.push(',');
         }
-    };
-    let matches = summaries
-        .into_iter()
-        .map(|summary| CallerMatch {
-            id: summary.id,
-            name: summary.name.clone(),
-            summary,
-        })
-        .collect();
-    Ok(ApiJson(CallerLookup { matches }))
+        body.push_str(r#"{"id":""#);
+        body.push_str(&summary.id.to_string());
+        body.push_str(r#"","name":"#);
+        body.push_str(name.map_or("null", RawValue::get));
+        body.push_str(r#","summary":"#);
+        body.push_str(&summary.json);
+        body.push('}');
+    }
+    body.push_str("]}");
+    Ok(body)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn caller_lookup_json_is_what_serializing_the_decoded_summaries_gives() {
+        let mut summaries: Vec<CustomerSummary> = (0..3)
+            .map(|i| crm_indexer::generate::customer(7, i).summary())
+            .collect();
+        summaries[1].name = None;
+        summaries[2].name = Some("Zoë \"Quote\" Tan".into());
+        for n in 0..=summaries.len() {
+            let found: Vec<SummaryJson> = summaries[..n]
+                .iter()
+                .map(|s| SummaryJson::of(s).unwrap())
+                .collect();
+            let fast: serde_json::Value =
+                serde_json::from_str(&caller_lookup_json(&found).unwrap()).unwrap();
+            let decoded = CallerLookup {
+                matches: summaries[..n]
+                    .iter()
+                    .map(|s| CallerMatch {
+                        id: s.id,
+                        name: s.name.clone(),
+                        summary: s.clone(),
+                    })
+                    .collect(),
+            };
+            assert_eq!(fast, serde_json::to_value(&decoded).unwrap(), "{n} matches");
+        }
+        let broken = [SummaryJson {
+            id: summaries[0].id,
+            json: r#"{"name":"Ann""#.into(),
+        }];
+        assert!(caller_lookup_json(&broken).is_err());
+    }
 }

@@ -37,6 +37,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 use super::group_commit::GroupCommit;
+use super::record_cache::RecordCache;
 use super::{
     Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, MarkMerged, Store,
     StoreError, StoreResult,
@@ -92,6 +93,10 @@ pub struct EmbeddedStore {
     path: PathBuf,
     /// Engagement batches waiting for the next commit.
     engagement_writes: Arc<GroupCommit<Engagement, EngagementInsert>>,
+    /// Staff users by id, and devices by token hash: read by every staff and
+    /// every mobile request.
+    users: Arc<RecordCache<UserId, User>>,
+    devices: Arc<RecordCache<String, Device>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -133,6 +138,8 @@ impl EmbeddedStore {
             db: Arc::new(db),
             path,
             engagement_writes: Arc::new(GroupCommit::new(write_engagements)),
+            users: Arc::new(RecordCache::new()),
+            devices: Arc::new(RecordCache::new()),
         })
     }
 
@@ -148,6 +155,25 @@ impl EmbeddedStore {
     /// and the ones resolving an identifier makes.
     fn read_now<T>(&self, f: impl FnOnce(&Database) -> StoreResult<T>) -> StoreResult<T> {
         f(&self.db)
+    }
+
+    /// [`run`](Self::run) for a write to records `cache` keeps: the cache
+    /// is cleared once the write has committed or failed, on the blocking
+    /// thread, so that it happens even when the caller stops waiting.
+    async fn run_clearing<T, K, V, F>(&self, cache: &Arc<RecordCache<K, V>>, f: F) -> StoreResult<T>
+    where
+        T: Send + 'static,
+        K: Eq + std::hash::Hash + Send + Sync + 'static,
+        V: Clone + Send + Sync + 'static,
+        F: FnOnce(&Database) -> StoreResult<T> + Send + 'static,
+    {
+        let cache = Arc::clone(cache);
+        self.run(move |db| {
+            let result = f(db);
+            cache.clear();
+            result
+        })
+        .await
     }
 
     /// Runs a synchronous operation on the blocking pool.
@@ -1226,7 +1252,7 @@ impl Store for EmbeddedStore {
 
     async fn insert_user(&self, user: &User) -> StoreResult<()> {
         let user = user.clone();
-        self.run(move |db| {
+        self.run_clearing(&self.users, move |db| {
             let id = user.id.0.as_u128();
             let txn = db.begin_write().map_err(db_err)?;
             {
@@ -1248,14 +1274,22 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_user(&self, id: UserId) -> StoreResult<Option<User>> {
-        self.read_now(|db| {
+        let epoch = match self.users.get(&id) {
+            Ok(user) => return Ok(Some(user)),
+            Err(epoch) => epoch,
+        };
+        let user: Option<User> = self.read_now(|db| {
             let txn = db.begin_read().map_err(db_err)?;
             let users = txn.open_table(USERS).map_err(db_err)?;
             match users.get(id.0.as_u128()).map_err(db_err)? {
                 Some(bytes) => decode("user", bytes.value()).map(Some),
                 None => Ok(None),
             }
-        })
+        })?;
+        if let Some(user) = &user {
+            self.users.keep(epoch, id, user.clone());
+        }
+        Ok(user)
     }
 
     async fn get_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
@@ -1266,7 +1300,7 @@ impl Store for EmbeddedStore {
 
     async fn update_user(&self, user: &User) -> StoreResult<()> {
         let user = user.clone();
-        self.run(move |db| {
+        self.run_clearing(&self.users, move |db| {
             let id = user.id.0.as_u128();
             let txn = db.begin_write().map_err(db_err)?;
             {
@@ -1559,7 +1593,7 @@ impl Store for EmbeddedStore {
         let bytes = encode("device", device)?;
         let (id, hash) = (device.id.0.as_u128(), device.token_hash.clone());
         let label = format!("device {}", device.id);
-        self.run(move |db| {
+        self.run_clearing(&self.devices, move |db| {
             insert_with_unique_hash(db, DEVICES, DEVICES_BY_HASH, id, &hash, &bytes, &label)
         })
         .await
@@ -1578,7 +1612,17 @@ impl Store for EmbeddedStore {
     }
 
     async fn get_device_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Device>> {
-        self.read_now(|db| read_via_index(db, DEVICES_BY_HASH, DEVICES, token_hash, "device"))
+        let epoch = match self.devices.get(token_hash) {
+            Ok(device) => return Ok(Some(device)),
+            Err(epoch) => epoch,
+        };
+        let device: Option<Device> =
+            self.read_now(|db| read_via_index(db, DEVICES_BY_HASH, DEVICES, token_hash, "device"))?;
+        if let Some(device) = &device {
+            self.devices
+                .keep(epoch, token_hash.to_string(), device.clone());
+        }
+        Ok(device)
     }
 
     async fn list_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>> {
@@ -1600,7 +1644,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
-        self.run(move |db| {
+        self.run_clearing(&self.devices, move |db| {
             update_record(
                 db,
                 DEVICES,
@@ -1617,7 +1661,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()> {
-        self.run(move |db| {
+        self.run_clearing(&self.devices, move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut devices = txn.open_table(DEVICES).map_err(db_err)?;

@@ -8,6 +8,7 @@
 pub mod embedded;
 mod group_commit;
 pub mod mongo;
+mod record_cache;
 
 pub use embedded::EmbeddedStore;
 
