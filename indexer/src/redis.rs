@@ -108,13 +108,17 @@ redis.call('HDEL', KEYS[1], 'building')
 return 1
 "#;
 
+mod phone_reads;
+
 pub struct RedisIndex {
     conn: ConnectionManager,
     prefix: String,
     /// The live generation as last seen; checked on every read.
-    generation: AtomicU64,
+    generation: Arc<AtomicU64>,
     switch: Script,
     abandon: Script,
+    /// Caller-ID lookups, pipelined together.
+    phone_reads: phone_reads::PhoneReads,
 }
 
 impl RedisIndex {
@@ -135,10 +139,16 @@ impl RedisIndex {
     }
 
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        let generation = Arc::new(AtomicU64::new(0));
         RedisIndex {
+            phone_reads: phone_reads::PhoneReads::new(phone_reads::Target {
+                conn: conn.clone(),
+                prefix: prefix.to_string(),
+                generation: generation.clone(),
+            }),
             conn,
             prefix: prefix.to_string(),
-            generation: AtomicU64::new(0),
+            generation,
             switch: Script::new(SWITCH),
             abandon: Script::new(ABANDON),
         }
@@ -1744,13 +1754,8 @@ impl SearchIndex for RedisIndex {
     }
 
     async fn lookup_phone_json(&self, phone: &PhoneNumber) -> IndexResult<Vec<SummaryJson>> {
-        let (_, mut values) = self
-            .read(|k, p| {
-                p.cmd("HGETALL").arg(k.ph(phone.as_str()));
-            })
-            .await?;
         let by_id: Vec<(String, String)> =
-            from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+            from_owned_redis_value(self.phone_reads.hgetall(phone.as_str()).await?)?;
         let found = by_id
             .into_iter()
             .map(|(id, json)| {

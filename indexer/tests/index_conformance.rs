@@ -356,6 +356,32 @@ async fn shared_number_gives_every_customer(index: &dyn SearchIndex) {
     assert_eq!(any(index, "6222 3333").await.len(), 2);
 }
 
+/// Many lookups at once (the Redis adapter sends them together in one
+/// pipeline): each gets the answer for its own number.
+async fn concurrent_lookups_get_their_own_answers(index: &dyn SearchIndex) {
+    let customers: Vec<Customer> = (0..60)
+        .map(|i| customer(&format!("Caller {i}"), &[&format!("+65812{i:05}")], &[]))
+        .collect();
+    put(index, &customers.iter().collect::<Vec<_>>()).await;
+    let lookups = (0..300).map(|k| async move {
+        // Every fifth number is nobody's.
+        let i = k % 75;
+        let number = PhoneNumber::parse(&format!("+65812{i:05}"), None).unwrap();
+        let found = index.lookup_phone_json(&number).await.unwrap();
+        (i, found)
+    });
+    for (i, found) in futures::future::join_all(lookups).await {
+        match customers.get(i) {
+            Some(c) => {
+                assert_eq!(found.len(), 1, "number {i}");
+                assert_eq!(found[0].id, c.id);
+                assert_eq!(found[0].decode().unwrap().name, c.name);
+            }
+            None => assert!(found.is_empty(), "number {i} is nobody's"),
+        }
+    }
+}
+
 async fn renaming_removes_the_old_keys(index: &dyn SearchIndex) {
     let mut c = customer("Narendra Kumar", &["+6581226418"], &["nk@example.com"]);
     put(index, &[&c]).await;
@@ -776,6 +802,7 @@ macro_rules! suite {
             email_exact_and_prefix,
             phone_typed_any_way,
             shared_number_gives_every_customer,
+            concurrent_lookups_get_their_own_answers,
             renaming_removes_the_old_keys,
             removing_a_customer,
             merged_customers_leave_the_index,

@@ -1,0 +1,147 @@
+//! Caller-ID reads share round trips (automatic pipelining).
+//!
+//! Each caller-ID lookup is one `HGETALL` of a `ph:` key, plus the check of
+//! the live generation that every read makes. Sent one by one, every lookup
+//! costs Redis (and this process) a socket read and a socket write, which
+//! under load cost more than the commands. Here lookups queue for one task
+//! that sends whatever has queued as one pipeline: one generation check,
+//! then one `HGETALL` per lookup, and hands each lookup its reply. While a
+//! pipeline is in flight the next lookups queue, so batches grow with the
+//! load; a lone lookup is sent at once.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use ::redis::aio::ConnectionManager;
+use ::redis::Value;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{parse_generation, Keys};
+use crate::{IndexError, IndexResult};
+
+/// Most lookups sent in one pipeline.
+const MAX_BATCH: usize = 256;
+
+struct Lookup {
+    e164: String,
+    reply: oneshot::Sender<IndexResult<Value>>,
+}
+
+/// What the batching task needs, shared with the index that owns it.
+#[derive(Clone)]
+pub(super) struct Target {
+    pub conn: ConnectionManager,
+    pub prefix: String,
+    pub generation: Arc<AtomicU64>,
+}
+
+pub(super) struct PhoneReads {
+    target: Target,
+    /// The queue of the running task; replaced when that task is gone (its
+    /// runtime shut down).
+    queue: Mutex<Option<mpsc::UnboundedSender<Lookup>>>,
+}
+
+impl PhoneReads {
+    pub(super) fn new(target: Target) -> Self {
+        PhoneReads {
+            target,
+            queue: Mutex::new(None),
+        }
+    }
+
+    /// The raw `HGETALL` reply of `ph:<e164>` in the live generation.
+    pub(super) async fn hgetall(&self, e164: &str) -> IndexResult<Value> {
+        let (reply, answer) = oneshot::channel();
+        self.enqueue(Lookup {
+            e164: e164.to_string(),
+            reply,
+        });
+        wait(answer).await
+    }
+
+    fn enqueue(&self, lookup: Lookup) {
+        let mut queue = self.queue.lock();
+        let lookup = match queue.as_ref() {
+            Some(tx) => match tx.send(lookup) {
+                Ok(()) => return,
+                Err(mpsc::error::SendError(back)) => back,
+            },
+            None => lookup,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(serve(self.target.clone(), rx));
+        // Cannot fail: the receiver was just handed to the task.
+        let _ = tx.send(lookup);
+        *queue = Some(tx);
+    }
+}
+
+async fn wait(answer: oneshot::Receiver<IndexResult<Value>>) -> IndexResult<Value> {
+    answer
+        .await
+        .map_err(|_| IndexError::Unavailable("the caller-ID read task stopped".into()))?
+}
+
+/// Sends what has queued, waits for the replies, and again; ends when the
+/// index (the only sender) is dropped.
+async fn serve(target: Target, mut queue: mpsc::UnboundedReceiver<Lookup>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = queue.recv().await {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match queue.try_recv() {
+                Ok(next) => batch.push(next),
+                Err(_) => break,
+            }
+        }
+        match read(&target, &batch).await {
+            Ok(values) => {
+                for (lookup, value) in batch.drain(..).zip(values) {
+                    let _ = lookup.reply.send(Ok(value));
+                }
+            }
+            Err(e) => {
+                for lookup in batch.drain(..) {
+                    let _ = lookup.reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// One pipeline for the batch, against the live generation (again if a
+/// rebuild switched it meanwhile). One reply per lookup, in order.
+async fn read(target: &Target, batch: &[Lookup]) -> IndexResult<Vec<Value>> {
+    let gen_key = format!("{}gen", target.prefix);
+    let mut generation = target.generation.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        let keys = Keys {
+            base: format!("{}g{generation}:", target.prefix),
+        };
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGET").arg(&gen_key).arg("current");
+        for lookup in batch {
+            pipe.cmd("HGETALL").arg(keys.ph(&lookup.e164));
+        }
+        let mut conn = target.conn.clone();
+        let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
+        if values.len() != batch.len() + 1 {
+            return Err(IndexError::Internal(format!(
+                "{} replies to {} commands",
+                values.len(),
+                batch.len() + 1
+            )));
+        }
+        let live = parse_generation(values.remove(0))?;
+        if live == generation {
+            return Ok(values);
+        }
+        target.generation.store(live, Ordering::Relaxed);
+        generation = live;
+    }
+    Err(IndexError::Internal(
+        "the index generation changed three times during one read".into(),
+    ))
+}
