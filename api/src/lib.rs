@@ -15,6 +15,7 @@ pub mod auth;
 pub mod config;
 pub mod error;
 pub mod openapi;
+pub mod request_metrics;
 pub mod routes;
 pub mod state;
 pub mod telemetry;
@@ -26,9 +27,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode};
-use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use crm_indexer::projector::Projector;
@@ -345,7 +345,7 @@ pub fn app(state: AppState) -> Router {
                     REQUEST_TIMEOUT,
                 ))
                 .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
-                .layer(middleware::from_fn(track_metrics)),
+                .layer(request_metrics::RequestMetricsLayer),
         )
         .with_state(state)
 }
@@ -362,23 +362,6 @@ async fn method_not_allowed() -> Response {
     .into_response();
     *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
     r
-}
-
-async fn track_metrics(req: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let path = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let method = req.method().to_string();
-    let response = next.run(req).await;
-    let status = response.status().as_u16().to_string();
-    let labels = [("method", method), ("path", path), ("status", status)];
-    metrics::counter!("http_requests_total", &labels).increment(1);
-    metrics::histogram!("http_request_duration_seconds", &labels)
-        .record(start.elapsed().as_secs_f64());
-    response
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

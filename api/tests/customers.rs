@@ -699,7 +699,15 @@ async fn operations_endpoints_answer() {
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("http_requests_total"), "{metrics}");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("http_requests_total{")
+                && l.contains(r#"method="GET""#)
+                && l.contains(r#"path="/readyz""#)
+                && l.contains(r#"status="200""#)),
+        "{metrics}"
+    );
     let yaml = app
         .client
         .get(app.url("/openapi.yaml"))

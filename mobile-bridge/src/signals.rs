@@ -16,8 +16,11 @@ use tokio::sync::mpsc;
 
 /// Signals waiting to be written before new ones are dropped.
 const QUEUE: usize = 4096;
-/// Most signals written in one store call.
-const BATCH: usize = 1024;
+/// Most signals written in one store call. Under load batches fill at
+/// once; a smaller batch keeps each write short (writing 1,024 took a few
+/// milliseconds of CPU, long enough to show in caller-ID latency on two
+/// cores) for a few more commits a second.
+const BATCH: usize = 256;
 /// How long a signal waits for others to share its write: at most ten
 /// durable commits a second while calls come in, instead of one per
 /// handful of lookups (each commit is an fsync). A desktop popup shows a
