@@ -94,6 +94,9 @@ pub struct RebuildReport {
     pub generation: u64,
     /// Customers written (merged ones are counted but not indexed).
     pub customers: u64,
+    /// From the start until the new generation was live (answering every
+    /// read); deleting the replaced one came after.
+    pub live_after: std::time::Duration,
 }
 
 /// One indexed customer and the fingerprint of what is indexed for it.

@@ -312,6 +312,7 @@ impl SearchIndex for MemoryIndex {
         &self,
         mut docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
     ) -> IndexResult<RebuildReport> {
+        let started = std::time::Instant::now();
         let generation = {
             let mut state = self.state.write();
             let next = state
@@ -354,6 +355,7 @@ impl SearchIndex for MemoryIndex {
                 Ok(RebuildReport {
                     generation,
                     customers,
+                    live_after: started.elapsed(),
                 })
             }
             other => {

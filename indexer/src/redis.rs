@@ -435,6 +435,20 @@ impl RedisIndex {
         }
     }
 
+    /// Whether a live generation holds any customer's keys: `ids` lists
+    /// every indexed customer and `tk` every name token in use, and removing
+    /// a customer removes its keys. (Not for a generation a rebuild left
+    /// half-written.)
+    async fn ever_indexed(&self, generation: u64) -> IndexResult<bool> {
+        let keys = self.keys(generation);
+        let present: u64 = ::redis::cmd("EXISTS")
+            .arg(keys.ids())
+            .arg(keys.tk())
+            .query_async(&mut self.conn.clone())
+            .await?;
+        Ok(present > 0)
+    }
+
     async fn abandon_rebuild(&self, generation: u64) -> IndexResult<()> {
         let mut conn = self.conn.clone();
         let _: i64 = self
@@ -1783,6 +1797,7 @@ impl SearchIndex for RedisIndex {
         &self,
         docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
     ) -> IndexResult<RebuildReport> {
+        let started = std::time::Instant::now();
         let (current, building) = self.generations().await?;
         let generation = current.max(building.unwrap_or(0)) + 1;
         let mut pipe = ::redis::pipe();
@@ -1854,9 +1869,16 @@ impl SearchIndex for RedisIndex {
             ));
         };
         self.generation.store(generation, Ordering::Relaxed);
+        let live_after = started.elapsed();
         // Readers with the old generation cached notice the switch on their
-        // next read, so the old keys can go at once.
-        let deleted = self.delete_generation(old).await?;
+        // next read, so the old keys can go at once. A generation that never
+        // indexed anyone (before the first rebuild, on a new deployment) has
+        // nothing to delete: that saves walking the whole keyspace.
+        let deleted = if self.ever_indexed(old).await? {
+            self.delete_generation(old).await?
+        } else {
+            0
+        };
         tracing::info!(
             generation,
             customers,
@@ -1866,6 +1888,7 @@ impl SearchIndex for RedisIndex {
         Ok(RebuildReport {
             generation,
             customers,
+            live_after,
         })
     }
 

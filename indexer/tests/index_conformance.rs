@@ -850,6 +850,47 @@ async fn redis_reader_with_a_stale_generation_follows_a_rebuild() {
     assert_eq!(any(&reader, "annie").await, vec![ann.id]);
 }
 
+/// A rebuild deletes every key of the generation it replaced, and reports
+/// when the new one went live.
+#[tokio::test]
+async fn redis_rebuild_deletes_the_replaced_generation() {
+    let url = support::redis_server::url();
+    let prefix = support::redis_server::unique_prefix();
+    let index = RedisIndex::connect(&url, &prefix).await.unwrap();
+    let _cleanup = DeleteOnDrop {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let client = redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let ann = customer("Ann Tan", &["+6581226418"], &["ann@example.com"]);
+    let bob = customer("Bob Lee", &["+6591234567"], &["bob@example.com"]);
+    index.upsert(&doc(&ann)).await.unwrap();
+    for (generation, docs) in [(1u64, vec![&bob]), (2, vec![]), (3, vec![&ann, &bob])] {
+        let t = std::time::Instant::now();
+        let report = index
+            .rebuild(stream::iter(docs.iter().map(|c| Ok(doc(c))).collect::<Vec<_>>()).boxed())
+            .await
+            .unwrap();
+        assert_eq!(
+            (report.generation, report.customers),
+            (generation, docs.len() as u64)
+        );
+        assert!(report.live_after <= t.elapsed());
+        let old: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{prefix}g{}:*", generation - 1))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(old.is_empty(), "generation {}: {old:?}", generation - 1);
+        let found = index
+            .lookup_phone(&PhoneNumber::parse("+6591234567", None).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(found.len(), usize::from(generation != 2));
+    }
+}
+
 /// The keys are the documented schema.
 #[tokio::test]
 async fn redis_key_schema() {
