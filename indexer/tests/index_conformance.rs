@@ -769,10 +769,8 @@ async fn memory_adapter() -> Adapter {
 }
 
 async fn redis_adapter() -> Adapter {
-    let url = support::redis_server::url();
-    let prefix = support::redis_server::unique_prefix();
-    let index = RedisIndex::connect(&url, &prefix).await.unwrap();
-    (Box::new(index), Some(DeleteOnDrop { url, prefix }))
+    let (index, cleanup) = redis_index().await;
+    (Box::new(index), Some(cleanup))
 }
 
 macro_rules! conformance {
@@ -822,17 +820,20 @@ suite!(redis_adapter);
 
 // --- Redis only ---
 
+/// A Redis index under a prefix of its own, deleted when the guard drops.
+async fn redis_index() -> (RedisIndex, DeleteOnDrop) {
+    let url = support::redis_server::url();
+    let prefix = support::redis_server::unique_prefix();
+    let index = RedisIndex::connect(&url, &prefix).await.unwrap();
+    (index, DeleteOnDrop { url, prefix })
+}
+
 /// Another process (here: another connection) that cached the old
 /// generation follows the switch on its next read.
 #[tokio::test]
 async fn redis_reader_with_a_stale_generation_follows_a_rebuild() {
-    let url = support::redis_server::url();
-    let prefix = support::redis_server::unique_prefix();
-    let writer = RedisIndex::connect(&url, &prefix).await.unwrap();
-    let _cleanup = DeleteOnDrop {
-        url: url.clone(),
-        prefix: prefix.clone(),
-    };
+    let (writer, cleanup) = redis_index().await;
+    let (url, prefix) = (cleanup.url.clone(), cleanup.prefix.clone());
     let reader = RedisIndex::connect(&url, &prefix).await.unwrap();
     let ann = customer("Ann Tan", &["+6581226418"], &[]);
     writer.upsert(&doc(&ann)).await.unwrap();
@@ -854,13 +855,8 @@ async fn redis_reader_with_a_stale_generation_follows_a_rebuild() {
 /// when the new one went live.
 #[tokio::test]
 async fn redis_rebuild_deletes_the_replaced_generation() {
-    let url = support::redis_server::url();
-    let prefix = support::redis_server::unique_prefix();
-    let index = RedisIndex::connect(&url, &prefix).await.unwrap();
-    let _cleanup = DeleteOnDrop {
-        url: url.clone(),
-        prefix: prefix.clone(),
-    };
+    let (index, cleanup) = redis_index().await;
+    let (url, prefix) = (cleanup.url.clone(), cleanup.prefix.clone());
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let ann = customer("Ann Tan", &["+6581226418"], &["ann@example.com"]);
@@ -894,13 +890,8 @@ async fn redis_rebuild_deletes_the_replaced_generation() {
 /// The keys are the documented schema.
 #[tokio::test]
 async fn redis_key_schema() {
-    let url = support::redis_server::url();
-    let prefix = support::redis_server::unique_prefix();
-    let index = RedisIndex::connect(&url, &prefix).await.unwrap();
-    let _cleanup = DeleteOnDrop {
-        url: url.clone(),
-        prefix: prefix.clone(),
-    };
+    let (index, cleanup) = redis_index().await;
+    let (url, prefix) = (cleanup.url.clone(), cleanup.prefix.clone());
     let ann = customer("Ann Tanaka", &["+6581226418"], &["ann@example.com"]);
     index.upsert(&doc(&ann)).await.unwrap();
 
