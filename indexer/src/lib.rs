@@ -174,7 +174,8 @@ pub trait SearchIndex: Send + Sync + 'static {
 /// (`+65 8122 6418`, as phones report callers) is looked up as written
 /// first, and parsed only when nobody has it: only parsed numbers are
 /// indexed, so a hit is a valid number and parsing it would give it back.
-/// Fails only on a number that does not parse.
+/// Fails only on a number that does not parse; an index error comes back as
+/// the answer, for the caller to fall back on the store.
 pub async fn lookup_typed_phone(
     index: &dyn SearchIndex,
     raw: &str,
@@ -192,7 +193,9 @@ pub async fn lookup_typed_phone(
     };
     let phone = PhoneNumber::parse(raw, region)?;
     match tried {
-        Some((key, found)) if key == phone => Ok((phone, found)),
+        // The same number, or an index that cannot answer: asking again
+        // would give the same answer (or wait for the same timeout).
+        Some((key, found)) if key == phone || found.is_err() => Ok((phone, found)),
         _ => {
             let found = index.lookup_phone_json(&phone).await;
             Ok((phone, found))
