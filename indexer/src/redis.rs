@@ -84,6 +84,30 @@ const REBUILD_WRITERS: usize = 4;
 /// The recency score of a customer that never engaged: below every date.
 const NEVER: f64 = -9.0e18;
 
+/// How long a read may take before the index counts as unreachable (the
+/// routes then answer from the store). The connection manager keeps
+/// retrying a refused connection for far longer than a caller can wait.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// The same for writes, whose pipelines can be large (a rebuild batch).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Runs `pipe`, giving up after `limit` as unreachable.
+async fn query_within(
+    conn: &ConnectionManager,
+    pipe: &Pipeline,
+    limit: Duration,
+) -> IndexResult<Vec<Value>> {
+    let mut conn = conn.clone();
+    match tokio::time::timeout(limit, pipe.query_async(&mut conn)).await {
+        Ok(replies) => Ok(replies?),
+        Err(_) => Err(IndexError::Unavailable(format!(
+            "Redis did not answer within {} ms",
+            limit.as_millis()
+        ))),
+    }
+}
+
 /// Keys unlinked per pipeline when a generation is deleted.
 const DELETE_BATCH: usize = 500;
 
@@ -165,8 +189,7 @@ impl RedisIndex {
     }
 
     async fn query(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
-        let mut conn = self.conn.clone();
-        Ok(pipe.query_async(&mut conn).await?)
+        query_within(&self.conn, pipe, WRITE_TIMEOUT).await
     }
 
     /// Runs the commands `build` adds against the live generation, in one
@@ -178,7 +201,7 @@ impl RedisIndex {
             let mut pipe = ::redis::pipe();
             pipe.cmd("HGET").arg(self.gen_key()).arg("current");
             build(&keys, &mut pipe);
-            let mut values = self.query(&pipe).await?;
+            let mut values = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
             if values.is_empty() {
                 return Err(IndexError::Internal("empty pipeline reply".into()));
             }

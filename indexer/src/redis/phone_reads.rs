@@ -17,7 +17,7 @@ use ::redis::Value;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{parse_generation, Keys};
+use super::{parse_generation, query_within, Keys, READ_TIMEOUT};
 use crate::{IndexError, IndexResult};
 
 /// Most lookups sent in one pipeline.
@@ -129,8 +129,7 @@ async fn read(target: &Target, batch: &[Lookup]) -> IndexResult<Vec<Value>> {
         for lookup in batch {
             pipe.cmd("HGETALL").arg(keys.ph(&lookup.e164));
         }
-        let mut conn = target.conn.clone();
-        let mut values: Vec<Value> = pipe.query_async(&mut conn).await?;
+        let mut values = query_within(&target.conn, &pipe, READ_TIMEOUT).await?;
         if values.len() != batch.len() + 1 {
             return Err(IndexError::Internal(format!(
                 "{} replies to {} commands",
