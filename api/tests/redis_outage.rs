@@ -80,7 +80,7 @@ async fn writes_survive_a_redis_outage_and_are_indexed_when_it_returns() {
         app.post(
             "/v1/customers",
             &token,
-            &json!({"name": "Outage Olsen", "emails": ["olsen@example.com"]}),
+            &json!({"name": "Outage Olsen", "emails": ["olsen@example.com"], "phones": ["+6581226418"]}),
         )
         .await,
         StatusCode::CREATED,
@@ -105,6 +105,19 @@ async fn writes_survive_a_redis_outage_and_are_indexed_when_it_returns() {
         StatusCode::OK,
     )
     .await;
+    // Caller-ID answers from the store, however the number is typed (each
+    // index read gives up after a second). These reads must not keep the
+    // index from recovering below.
+    for typed in ["%2B65%208122%206418", "8122%206418?region=SG"] {
+        let found: Value = expect_json(
+            app.get(&format!("/v1/lookup/phone/{typed}"), &token).await,
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(found["matches"][0]["id"], id, "{typed}: {found}");
+        assert_eq!(found["matches"][0]["summary"]["name"], "Outage Olsen");
+    }
+
     let _redis = OwnRedis::start(redis.port);
     let started = Instant::now();
     loop {
@@ -133,43 +146,4 @@ async fn writes_survive_a_redis_outage_and_are_indexed_when_it_returns() {
         .unwrap();
     assert_eq!(ready["outbox"], 0, "{ready}");
     assert_eq!(ready["status"], "ready", "{ready}");
-}
-
-/// While Redis is down, caller-ID answers from the store within about a
-/// second (each index read gives up after one). Not checked here: that the
-/// index recovers once Redis is back after such reads (it does not yet; see
-/// issue 3).
-#[tokio::test]
-async fn caller_id_answers_from_the_store_while_redis_is_down() {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut redis = OwnRedis::start(port);
-    let url = format!("redis://127.0.0.1:{port}");
-    let app = spawn_app_with(move |c| c.redis_url = Some(url)).await;
-    let token = app.admin_token().await;
-    redis.stop();
-    let created: Value = expect_json(
-        app.post(
-            "/v1/customers",
-            &token,
-            &json!({"name": "Outage Olsen", "phones": ["+6581226418"]}),
-        )
-        .await,
-        StatusCode::CREATED,
-    )
-    .await;
-    let id = created["id"].as_str().unwrap();
-    // However the number is typed.
-    for typed in ["%2B65%208122%206418", "8122%206418?region=SG"] {
-        let found: Value = expect_json(
-            app.get(&format!("/v1/lookup/phone/{typed}"), &token).await,
-            StatusCode::OK,
-        )
-        .await;
-        assert_eq!(found["matches"][0]["id"], id, "{typed}: {found}");
-        assert_eq!(found["matches"][0]["summary"]["name"], "Outage Olsen");
-    }
 }

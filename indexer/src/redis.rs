@@ -41,7 +41,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::aio::ConnectionManager;
 use ::redis::{from_owned_redis_value, Pipeline, RedisError, Script, Value};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -94,18 +94,22 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Runs `pipe`, giving up after `limit` as unreachable.
 async fn query_within(
-    conn: &ConnectionManager,
+    conn: &Arc<Connection>,
     pipe: &Pipeline,
     limit: Duration,
 ) -> IndexResult<Vec<Value>> {
-    let mut conn = conn.clone();
-    match tokio::time::timeout(limit, pipe.query_async(&mut conn)).await {
-        Ok(replies) => Ok(replies?),
+    let mut manager = conn.get();
+    let result = match tokio::time::timeout(limit, pipe.query_async(&mut manager)).await {
+        Ok(replies) => replies.map_err(IndexError::from),
         Err(_) => Err(IndexError::Unavailable(format!(
             "Redis did not answer within {} ms",
             limit.as_millis()
         ))),
+    };
+    if let Err(IndexError::Unavailable(_)) = &result {
+        conn.unreachable();
     }
+    result
 }
 
 /// Keys unlinked per pipeline when a generation is deleted.
@@ -132,10 +136,13 @@ redis.call('HDEL', KEYS[1], 'building')
 return 1
 "#;
 
+mod connection;
 mod phone_reads;
 
+use connection::Connection;
+
 pub struct RedisIndex {
-    conn: ConnectionManager,
+    conn: Arc<Connection>,
     prefix: String,
     /// The live generation as last seen; checked on every read.
     generation: Arc<AtomicU64>,
@@ -150,19 +157,18 @@ impl RedisIndex {
 
     /// Connects to `url` (`redis://host:6379/0`); keys start with `prefix`.
     pub async fn connect(url: &str, prefix: &str) -> IndexResult<Self> {
-        let client = ::redis::Client::open(url).map_err(IndexError::from)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Duration::from_secs(2))
-            .set_response_timeout(Duration::from_secs(2))
-            .set_number_of_retries(3);
-        let conn = client
-            .get_connection_manager_with_config(config)
-            .await
-            .map_err(IndexError::from)?;
-        Ok(Self::new(conn, prefix))
+        Ok(Self::with_connection(
+            Arc::new(Connection::open(url).await?),
+            prefix,
+        ))
     }
 
+    /// An index on a connection manager of the caller's (never renewed).
     pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
+        Self::with_connection(Arc::new(Connection::given(conn)), prefix)
+    }
+
+    fn with_connection(conn: Arc<Connection>, prefix: &str) -> Self {
         let generation = Arc::new(AtomicU64::new(0));
         RedisIndex {
             phone_reads: phone_reads::PhoneReads::new(phone_reads::Target {
@@ -219,7 +225,7 @@ impl RedisIndex {
 
     /// Another handle on the same connection and keys, for writer tasks.
     fn sibling(&self) -> RedisIndex {
-        RedisIndex::new(self.conn.clone(), &self.prefix)
+        RedisIndex::with_connection(self.conn.clone(), &self.prefix)
     }
 
     /// Writes one rebuild batch into `generation`, unless another rebuild
@@ -294,7 +300,7 @@ impl RedisIndex {
             }
         }
         new.write(&mut write);
-        write.query_async::<()>(&mut self.conn.clone()).await?;
+        query_within(&self.conn, &write, WRITE_TIMEOUT).await?;
         let mut v = vocabulary.lock();
         for t in tokens {
             if !v.contains(&t) {
@@ -321,7 +327,7 @@ impl RedisIndex {
                     keys.add_token(&mut write, t);
                 }
             }
-            write.query_async::<()>(&mut self.conn.clone()).await?;
+            query_within(&self.conn, &write, WRITE_TIMEOUT).await?;
         }
         Ok(())
     }
@@ -388,7 +394,7 @@ impl RedisIndex {
                 orphan_candidates.extend(gone.into_iter().map(|t| (g, t)));
             }
         }
-        write.query_async::<()>(&mut self.conn.clone()).await?;
+        query_within(&self.conn, &write, WRITE_TIMEOUT).await?;
         self.drop_orphan_tokens(orphan_candidates).await
     }
 
@@ -422,7 +428,7 @@ impl RedisIndex {
             }
         }
         if any {
-            cleanup.query_async::<()>(&mut self.conn.clone()).await?;
+            query_within(&self.conn, &cleanup, WRITE_TIMEOUT).await?;
         }
         Ok(())
     }
@@ -431,7 +437,7 @@ impl RedisIndex {
     /// command (so it works on Cluster). Returns how many went.
     async fn delete_generation(&self, generation: u64) -> IndexResult<u64> {
         let pattern = format!("{}g{generation}:*", glob_escape(&self.prefix));
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let mut cursor: u64 = 0;
         let mut deleted = 0u64;
         loop {
@@ -467,13 +473,13 @@ impl RedisIndex {
         let present: u64 = ::redis::cmd("EXISTS")
             .arg(keys.ids())
             .arg(keys.tk())
-            .query_async(&mut self.conn.clone())
+            .query_async(&mut self.conn.get())
             .await?;
         Ok(present > 0)
     }
 
     async fn abandon_rebuild(&self, generation: u64) -> IndexResult<()> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let _: i64 = self
             .abandon
             .key(self.gen_key())
@@ -1750,8 +1756,9 @@ impl SearchIndex for RedisIndex {
     }
 
     async fn ping(&self) -> IndexResult<()> {
-        let mut conn = self.conn.clone();
-        let _: String = ::redis::cmd("PING").query_async(&mut conn).await?;
+        let mut ping = ::redis::pipe();
+        ping.cmd("PING");
+        query_within(&self.conn, &ping, READ_TIMEOUT).await?;
         Ok(())
     }
 
@@ -1879,7 +1886,7 @@ impl SearchIndex for RedisIndex {
         let tokens: Vec<String> = vocabulary.lock().drain().collect();
         self.write_vocabulary(generation, &tokens).await?;
 
-        let mut conn = self.conn.clone();
+        let mut conn = self.conn.get();
         let replaced: Option<u64> = self
             .switch
             .key(self.gen_key())

@@ -12,12 +12,11 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::Value;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{parse_generation, query_within, Keys, READ_TIMEOUT};
+use super::{parse_generation, query_within, Connection, Keys, READ_TIMEOUT};
 use crate::{IndexError, IndexResult};
 
 /// Most lookups sent in one pipeline.
@@ -31,7 +30,7 @@ struct Lookup {
 /// What the batching task needs, shared with the index that owns it.
 #[derive(Clone)]
 pub(super) struct Target {
-    pub conn: ConnectionManager,
+    pub conn: Arc<Connection>,
     pub prefix: String,
     pub generation: Arc<AtomicU64>,
 }

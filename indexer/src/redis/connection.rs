@@ -1,0 +1,105 @@
+//! The index's connection to Redis, renewed when Redis stops answering.
+//!
+//! A `ConnectionManager` reconnects by itself after most failures, but
+//! after commands sent while Redis was down it stayed unusable once Redis
+//! was back: its reconnection never finished, and every command waited on
+//! it until its timeout. So a command that finds Redis unreachable also
+//! asks for a fresh connection manager, built in the background at most once
+//! a second and given two seconds to connect; until one connects, the
+//! current one keeps being used.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::Client;
+use parking_lot::{Mutex, RwLock};
+
+use crate::{IndexError, IndexResult};
+
+/// Least time between two attempts at a fresh connection.
+const RENEW_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest wait for a fresh connection.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub(crate) struct Connection {
+    /// Absent when the index was given a connection manager: then it is
+    /// never renewed.
+    client: Option<Client>,
+    current: RwLock<ConnectionManager>,
+    renewing: AtomicBool,
+    last_attempt: Mutex<Option<Instant>>,
+}
+
+fn config() -> ConnectionManagerConfig {
+    ConnectionManagerConfig::new()
+        .set_connection_timeout(Duration::from_secs(2))
+        .set_response_timeout(Duration::from_secs(2))
+        .set_number_of_retries(3)
+}
+
+impl Connection {
+    pub(crate) async fn open(url: &str) -> IndexResult<Self> {
+        let client = Client::open(url).map_err(IndexError::from)?;
+        let manager = client
+            .get_connection_manager_with_config(config())
+            .await
+            .map_err(IndexError::from)?;
+        Ok(Connection {
+            client: Some(client),
+            ..Connection::given(manager)
+        })
+    }
+
+    pub(crate) fn given(manager: ConnectionManager) -> Self {
+        Connection {
+            client: None,
+            current: RwLock::new(manager),
+            renewing: AtomicBool::new(false),
+            last_attempt: Mutex::new(None),
+        }
+    }
+
+    /// A handle on the current connection manager.
+    pub(crate) fn get(&self) -> ConnectionManager {
+        self.current.read().clone()
+    }
+
+    /// Redis did not answer: start building a fresh connection manager,
+    /// unless one is being built or the last attempt was under a second ago.
+    pub(crate) fn unreachable(self: &Arc<Self>) {
+        let Some(client) = self.client.clone() else {
+            return;
+        };
+        {
+            let mut last = self.last_attempt.lock();
+            if last.is_some_and(|t| t.elapsed() < RENEW_EVERY) {
+                return;
+            }
+            if self.renewing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let this = Arc::clone(self);
+        tokio::spawn(async move {
+            // Connecting can hang while Redis is down, hence the bound.
+            let fresh = tokio::time::timeout(
+                CONNECT_TIMEOUT,
+                client.get_connection_manager_with_config(config()),
+            )
+            .await;
+            match fresh {
+                Ok(Ok(manager)) => {
+                    *this.current.write() = manager;
+                    tracing::info!("index: a fresh connection to Redis is in use");
+                }
+                Ok(Err(e)) => tracing::debug!(error = %e, "index: Redis still unreachable"),
+                Err(_) => tracing::debug!("index: Redis still unreachable (connect timed out)"),
+            }
+            this.renewing.store(false, Ordering::Release);
+        });
+    }
+}
