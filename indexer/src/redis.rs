@@ -112,6 +112,40 @@ async fn query_within(
     result
 }
 
+/// Runs the commands `build` adds against the live generation of the index
+/// under `prefix`, in one round trip unless a rebuild switched since the
+/// generation was last seen (`generation_seen`, updated here). The replies
+/// are those of `build`'s commands.
+async fn read_live(
+    conn: &Arc<Connection>,
+    prefix: &str,
+    generation_seen: &AtomicU64,
+    build: impl Fn(&Keys, &mut Pipeline),
+) -> IndexResult<(Keys, Vec<Value>)> {
+    let mut generation = generation_seen.load(Ordering::Relaxed);
+    for _ in 0..3 {
+        let keys = Keys {
+            base: format!("{prefix}g{generation}:"),
+        };
+        let mut pipe = ::redis::pipe();
+        pipe.cmd("HGET").arg(format!("{prefix}gen")).arg("current");
+        build(&keys, &mut pipe);
+        let mut values = query_within(conn, &pipe, READ_TIMEOUT).await?;
+        if values.is_empty() {
+            return Err(IndexError::Internal("empty pipeline reply".into()));
+        }
+        let live = parse_generation(values.remove(0))?;
+        if live == generation {
+            return Ok((keys, values));
+        }
+        generation_seen.store(live, Ordering::Relaxed);
+        generation = live;
+    }
+    Err(IndexError::Internal(
+        "the index generation changed three times during one read".into(),
+    ))
+}
+
 /// Keys unlinked per pipeline when a generation is deleted.
 const DELETE_BATCH: usize = 500;
 
@@ -201,26 +235,7 @@ impl RedisIndex {
     /// Runs the commands `build` adds against the live generation, in one
     /// round trip unless a rebuild switched since the last call.
     async fn read(&self, build: impl Fn(&Keys, &mut Pipeline)) -> IndexResult<(Keys, Vec<Value>)> {
-        let mut generation = self.generation.load(Ordering::Relaxed);
-        for _ in 0..3 {
-            let keys = self.keys(generation);
-            let mut pipe = ::redis::pipe();
-            pipe.cmd("HGET").arg(self.gen_key()).arg("current");
-            build(&keys, &mut pipe);
-            let mut values = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
-            if values.is_empty() {
-                return Err(IndexError::Internal("empty pipeline reply".into()));
-            }
-            let live = parse_generation(values.remove(0))?;
-            if live == generation {
-                return Ok((keys, values));
-            }
-            self.generation.store(live, Ordering::Relaxed);
-            generation = live;
-        }
-        Err(IndexError::Internal(
-            "the index generation changed three times during one read".into(),
-        ))
+        read_live(&self.conn, &self.prefix, &self.generation, build).await
     }
 
     /// Another handle on the same connection and keys, for writer tasks.

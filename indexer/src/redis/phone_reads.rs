@@ -9,14 +9,14 @@
 //! pipeline is in flight the next lookups queue, so batches grow with the
 //! load; a lone lookup is sent at once.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use ::redis::Value;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{parse_generation, query_within, Connection, Keys, READ_TIMEOUT};
+use super::{read_live, Connection};
 use crate::{IndexError, IndexResult};
 
 /// Most lookups sent in one pipeline.
@@ -114,36 +114,26 @@ async fn serve(target: Target, mut queue: mpsc::UnboundedReceiver<Lookup>) {
     }
 }
 
-/// One pipeline for the batch, against the live generation (again if a
-/// rebuild switched it meanwhile). One reply per lookup, in order.
+/// One pipeline for the batch, against the live generation. One reply per
+/// lookup, in order.
 async fn read(target: &Target, batch: &[Lookup]) -> IndexResult<Vec<Value>> {
-    let gen_key = format!("{}gen", target.prefix);
-    let mut generation = target.generation.load(Ordering::Relaxed);
-    for _ in 0..3 {
-        let keys = Keys {
-            base: format!("{}g{generation}:", target.prefix),
-        };
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("HGET").arg(&gen_key).arg("current");
-        for lookup in batch {
-            pipe.cmd("HGETALL").arg(keys.ph(&lookup.e164));
-        }
-        let mut values = query_within(&target.conn, &pipe, READ_TIMEOUT).await?;
-        if values.len() != batch.len() + 1 {
-            return Err(IndexError::Internal(format!(
-                "{} replies to {} commands",
-                values.len(),
-                batch.len() + 1
-            )));
-        }
-        let live = parse_generation(values.remove(0))?;
-        if live == generation {
-            return Ok(values);
-        }
-        target.generation.store(live, Ordering::Relaxed);
-        generation = live;
+    let (_, values) = read_live(
+        &target.conn,
+        &target.prefix,
+        &target.generation,
+        |keys, pipe| {
+            for lookup in batch {
+                pipe.cmd("HGETALL").arg(keys.ph(&lookup.e164));
+            }
+        },
+    )
+    .await?;
+    if values.len() != batch.len() {
+        return Err(IndexError::Internal(format!(
+            "{} replies to {} lookups",
+            values.len(),
+            batch.len()
+        )));
     }
-    Err(IndexError::Internal(
-        "the index generation changed three times during one read".into(),
-    ))
+    Ok(values)
 }
