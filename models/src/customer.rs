@@ -21,18 +21,45 @@ pub enum CustomerStatus {
 }
 
 /// Engagement counts per channel.
+///
+/// A stored counter may read below zero for a moment: on MongoDB an
+/// engagement is inserted before its customer's counter is raised, and a
+/// merge that moves it in between lowers the old owner's counter first. Such
+/// a reading decodes as 0 instead of failing the whole record; the counter
+/// is right again once the raise lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChannelCounts {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub web: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub call: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub sms: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub whatsapp: u64,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "count")]
     pub email: u64,
+}
+
+/// A counter, signed or not; below zero reads as 0 (see [`ChannelCounts`]).
+fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+    struct Count;
+    impl serde::de::Visitor<'_> for Count {
+        type Value = u64;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("an integer count")
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<u64, E> {
+            Ok(v)
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<u64, E> {
+            Ok(u64::try_from(v).unwrap_or(0))
+        }
+        fn visit_i32<E: serde::de::Error>(self, v: i32) -> Result<u64, E> {
+            self.visit_i64(i64::from(v))
+        }
+    }
+    d.deserialize_i64(Count)
 }
 
 impl ChannelCounts {
@@ -181,6 +208,16 @@ pub fn valid_social_network(network: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_below_zero_read_as_zero() {
+        let c: ChannelCounts =
+            serde_json::from_str(r#"{"web":3,"call":-1,"sms":18446744073709551615}"#).unwrap();
+        assert_eq!((c.web, c.call, c.sms, c.email), (3, 0, u64::MAX, 0));
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<ChannelCounts>(&json).unwrap(), c);
+        assert!(serde_json::from_str::<ChannelCounts>(r#"{"web":"x"}"#).is_err());
+    }
 
     #[test]
     fn identifier_keys_round_trip() {

@@ -1503,4 +1503,20 @@ mod tests {
         assert_eq!(doc.get_str("customer_id").unwrap(), c.id.to_string());
         assert_eq!(from_doc::<Engagement>(doc, "id").unwrap(), e);
     }
+
+    /// A merge that moves an engagement between its insert and its counter's
+    /// `$inc` leaves the old owner at -1 for a moment; reading it then works.
+    #[test]
+    fn a_counter_caught_below_zero_reads_as_zero() {
+        let mut c = Customer::new(CustomerId::new(), None, time::now());
+        c.counts.sms = 2;
+        let mut doc = to_doc(&c, "id").unwrap();
+        let counts = doc.get_document_mut("counts").unwrap();
+        counts.insert("call", Bson::Int64(-1));
+        counts.insert("web", Bson::Int32(-2));
+        let read = from_doc::<Customer>(doc, "id").unwrap();
+        assert_eq!(read.counts.call, 0);
+        assert_eq!(read.counts.web, 0);
+        assert_eq!(read.counts.sms, 2);
+    }
 }
