@@ -25,7 +25,7 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `crm:gen` | HASH | `current`: the generation readers use (absent: 0); `building`: the one a rebuild is writing, if any |
-//! | `crm:g<N>:cust:<id>` | HASH | the caller-ID summary: `id name status phone email phones emails last_engagement_at count:<channel>... engagements`, plus `fingerprint` and `indexed` (the tokens, phones and emails it is indexed under, so that a re-upsert can remove what is gone); `live` when an upsert or removal wrote it while a rebuild was building this generation (a removal leaves only `live`), so that the rebuild does not overwrite it with a document it read earlier |
+//! | `crm:g<N>:cust:<id>` | HASH | `summary`: the caller-ID summary as JSON; `fingerprint`; `indexed`: the tokens, phones and emails it is indexed under, so that a re-upsert can remove what is gone; `live` when an upsert or removal wrote it while a rebuild was building this generation (a removal leaves only `live`), so that the rebuild does not overwrite it with a document it read earlier |
 //! | `crm:g<N>:ph:<e164>` | HASH | customer id → the caller-ID summary as JSON (a copy): a caller-ID lookup is one `HGETALL` |
 //! | `crm:g<N>:pn:<national number>` | SET | customer ids, for numbers typed without country code (`81226418`) |
 //! | `crm:g<N>:em:<email>` | SET | customer ids |
@@ -34,7 +34,7 @@
 //! | `crm:g<N>:tk` | ZSET | every name token, score 0: the vocabulary; a query token's prefix range (`ZRANGEBYLEX`) gives the posting lists it matches |
 //! | `crm:g<N>:wn:<words>` | ZSET | the customers whose name has exactly these words (sorted, space-separated), as in `nm:`: whole-name matches without scanning |
 //! | `crm:g<N>:ty:<variant>` | SET | name tokens (not ids) having that deletion variant, or being it: one-typo matching |
-//! | `crm:g<N>:ids` | ZSET | every indexed customer id, score 0: verify lists them in order |
+//! | `crm:g<N>:used` | STRING | set when a customer is written into the generation: replacing a generation without it deletes nothing (versions before kept every customer id in a `crm:g<N>:ids` ZSET, looked for too). Verify walks the `cust:` keys with `SCAN` |
 //!
 //! Every command touches one key (pipelined, never `SINTER`/`SUNION`/`MGET`
 //! across keys; the two small Lua scripts touch only `crm:gen`), so the schema
@@ -43,7 +43,8 @@
 //! The layout of `nm:`, `tk` and `wn:` changed from the first version (a SET
 //! of ids per token and one `nx` ZSET of `<token>\0<id>`): an index written
 //! before needs `crm-indexer rebuild` (verify reports every customer stale,
-//! since the fingerprint version changed with it).
+//! since the fingerprint version changed with it). So did `cust:<id>`, which
+//! held one field per summary field before the summary became one JSON field.
 
 pub mod cli;
 pub mod doc;
@@ -107,6 +108,14 @@ pub struct IndexedFingerprint {
     pub fingerprint: String,
 }
 
+/// A page of [`SearchIndex::fingerprints`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FingerprintPage {
+    pub items: Vec<IndexedFingerprint>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<String>,
+}
+
 #[async_trait]
 pub trait SearchIndex: Send + Sync + 'static {
     /// `memory` or `redis`.
@@ -158,15 +167,43 @@ pub trait SearchIndex: Send + Sync + 'static {
         docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
     ) -> IndexResult<RebuildReport>;
 
-    /// Indexed customers ordered by id, after `after`, at most `limit`, with
-    /// their fingerprints: compare with [`IndexedCustomer::fingerprint`] of
-    /// the store's documents to verify the index.
+    /// Indexed customers with their fingerprints, to compare with
+    /// [`IndexedCustomer::fingerprint`] of the store's documents (verify), a
+    /// page at a time in an order of the adapter's choosing: start with
+    /// `None`, then pass each page's `next` until it is `None`. A page holds
+    /// about `limit` customers (it may be empty without being the last). A
+    /// customer indexed for the whole walk comes at least once, maybe more
+    /// than once (Redis's `SCAN` may repeat keys); one written or removed
+    /// meanwhile may or may not come.
     async fn fingerprints(
         &self,
-        after: Option<CustomerId>,
+        cursor: Option<String>,
         limit: usize,
-    ) -> IndexResult<Vec<IndexedFingerprint>>;
+    ) -> IndexResult<FingerprintPage>;
+
+    /// Every indexed customer's fingerprint, once each, ordered by id.
+    async fn all_fingerprints(&self) -> IndexResult<Vec<IndexedFingerprint>> {
+        let mut all = std::collections::BTreeMap::new();
+        let mut cursor = None;
+        loop {
+            let page = self.fingerprints(cursor, FINGERPRINT_PAGE).await?;
+            for f in page.items {
+                all.insert(f.id, f.fingerprint);
+            }
+            match page.next {
+                Some(next) => cursor = Some(next),
+                None => break,
+            }
+        }
+        Ok(all
+            .into_iter()
+            .map(|(id, fingerprint)| IndexedFingerprint { id, fingerprint })
+            .collect())
+    }
 }
+
+/// Customers per page when verify walks the index's fingerprints.
+pub const FINGERPRINT_PAGE: usize = 1_000;
 
 /// Caller ID for a number as typed: the number read (with `region` for one
 /// without country code) and the index's answer for it

@@ -14,7 +14,9 @@ use crm_models::{CustomerId, PhoneNumber};
 
 use crate::doc::{fingerprint_of, CustomerSummary, IndexEntries, IndexedCustomer};
 use crate::query::{self, Brief, Match, MatchedOn, NameCandidate, Plan, Query, SearchHit};
-use crate::{IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex};
+use crate::{
+    FingerprintPage, IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex,
+};
 
 /// In-process index behind one lock. Searches take the read lock, upserts the
 /// write lock; every operation is short.
@@ -369,15 +371,19 @@ impl SearchIndex for MemoryIndex {
 
     async fn fingerprints(
         &self,
-        after: Option<CustomerId>,
+        cursor: Option<String>,
         limit: usize,
-    ) -> IndexResult<Vec<IndexedFingerprint>> {
+    ) -> IndexResult<FingerprintPage> {
+        let lower =
+            match cursor {
+                Some(c) => Bound::Excluded(c.parse::<CustomerId>().map_err(|_| {
+                    IndexError::Internal(format!("not a fingerprint cursor: {c:?}"))
+                })?),
+                None => Bound::Unbounded,
+            };
+        let limit = limit.max(1);
         let state = self.state.read();
-        let lower = match after {
-            Some(id) => Bound::Excluded(id),
-            None => Bound::Unbounded,
-        };
-        Ok(state
+        let items: Vec<IndexedFingerprint> = state
             .current
             .customers
             .range((lower, Bound::Unbounded))
@@ -386,7 +392,11 @@ impl SearchIndex for MemoryIndex {
                 id: *id,
                 fingerprint: s.fingerprint.clone(),
             })
-            .collect())
+            .collect();
+        let next = (items.len() == limit)
+            .then(|| items.last().map(|f| f.id.to_string()))
+            .flatten();
+        Ok(FingerprintPage { items, next })
     }
 }
 

@@ -171,20 +171,12 @@ impl Projector {
             expected: expected.len() as u64,
             ..Default::default()
         };
-        let mut after = None;
-        loop {
-            let page = self.index.fingerprints(after, PAGE).await?;
-            for f in &page {
-                match expected.remove(&f.id) {
-                    Some(fp) if fp == f.fingerprint => {}
-                    Some(_) => report.stale.push(f.id),
-                    None => report.extra.push(f.id),
-                }
+        for f in self.index.all_fingerprints().await? {
+            match expected.remove(&f.id) {
+                Some(fp) if fp == f.fingerprint => {}
+                Some(_) => report.stale.push(f.id),
+                None => report.extra.push(f.id),
             }
-            if page.len() < PAGE {
-                break;
-            }
-            after = page.last().map(|f| f.id);
         }
         report.missing = expected.into_keys().collect();
         Ok(report)

@@ -48,13 +48,14 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 
 use crm_models::time;
-use crm_models::{Channel, ChannelCounts, CustomerId, CustomerStatus, Email, PhoneNumber};
+use crm_models::{CustomerId, Email, PhoneNumber};
 
-use crate::doc::{CustomerSummary, EngagementBrief, IndexEntries, IndexedCustomer, SummaryJson};
+use crate::doc::{CustomerSummary, IndexEntries, IndexedCustomer, SummaryJson};
 use crate::memory::typo_keys;
 use crate::query::{self, Brief, Match, MatchedOn, NameCandidate, Plan, Query, SearchHit};
 use crate::{
-    IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex, REBUILD_BATCH,
+    FingerprintPage, IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex,
+    REBUILD_BATCH,
 };
 
 /// Most members read from one email prefix range. A prefix matching more
@@ -150,8 +151,6 @@ async fn read_live(
 const DELETE_BATCH: usize = 500;
 
 /// The fields of `cust:<id>` a search hit needs.
-const BRIEF_FIELDS: [&str; 5] = ["id", "name", "phones", "emails", "last_engagement_at"];
-
 /// Switches `crm:gen` to the rebuilt generation if it is still the one being
 /// built; returns the generation it replaced, or nil. One key, so it is
 /// Cluster-safe.
@@ -314,7 +313,7 @@ impl RedisIndex {
                 }
             }
         }
-        new.write(&mut write);
+        new.write(&keys, &mut write);
         query_within(&self.conn, &write, WRITE_TIMEOUT).await?;
         let mut v = vocabulary.lock();
         for t in tokens {
@@ -479,13 +478,13 @@ impl RedisIndex {
         }
     }
 
-    /// Whether a live generation holds any customer's keys: `ids` lists
-    /// every indexed customer and `tk` every name token in use, and removing
-    /// a customer removes its keys. (Not for a generation a rebuild left
-    /// half-written.)
+    /// Whether a live generation may hold customers' keys: `used` is set by
+    /// every customer written into it (`ids` by older versions), and never
+    /// unset. (Not for a generation a rebuild left half-written.)
     async fn ever_indexed(&self, generation: u64) -> IndexResult<bool> {
         let keys = self.keys(generation);
         let present: u64 = ::redis::cmd("EXISTS")
+            .arg(keys.used())
             .arg(keys.ids())
             .arg(keys.tk())
             .query_async(&mut self.conn.get())
@@ -513,13 +512,13 @@ impl RedisIndex {
         }
         let mut pipe = ::redis::pipe();
         for id in ids {
-            pipe.cmd("HMGET").arg(keys.cust(*id)).arg(&BRIEF_FIELDS[..]);
+            pipe.cmd("HGET").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
         }
         let mut out = Vec::with_capacity(ids.len());
         for v in self.query(&pipe).await? {
-            let fields: Vec<Option<String>> = from_owned_redis_value(v)?;
-            if let Some(brief) = brief_from_fields(&fields)? {
-                out.push(brief);
+            let json: Option<Vec<u8>> = from_owned_redis_value(v)?;
+            if let Some(json) = json {
+                out.push(brief_of_json(&json)?);
             }
         }
         Ok(out)
@@ -872,6 +871,10 @@ impl Keys {
     fn cust(&self, id: CustomerId) -> String {
         self.key("cust:", &id.to_string())
     }
+    /// What every `cust:<id>` key of the generation starts with.
+    fn cust_prefix(&self) -> String {
+        self.key("cust:", "")
+    }
     fn ph(&self, e164: &str) -> String {
         self.key("ph:", e164)
     }
@@ -896,8 +899,13 @@ impl Keys {
     fn ty(&self, variant: &str) -> String {
         self.key("ty:", variant)
     }
+    /// Written by the versions that kept every customer id in one sorted
+    /// set; only looked for now (see `ever_indexed`).
     fn ids(&self) -> String {
         self.key("ids", "")
+    }
+    fn used(&self) -> String {
+        self.key("used", "")
     }
 
     /// Writes one change given what the customer is indexed under now
@@ -997,16 +1005,12 @@ impl Keys {
         for n in &entries.national {
             p.cmd("SADD").arg(self.pn(n)).arg(&id_s).ignore();
         }
-        let cust = self.cust(id);
-        let (mut fields, absent) = summary_fields(&id_s, &summary, &summary_json, entries)?;
+        let mut fields = summary_fields(summary_json, entries)?;
         if live {
             fields.push((LIVE_FIELD, "1".into()));
         }
-        p.cmd("HSET").arg(&cust).arg(&fields).ignore();
-        if !absent.is_empty() {
-            p.cmd("HDEL").arg(&cust).arg(&absent).ignore();
-        }
-        p.cmd("ZADD").arg(self.ids()).arg(0).arg(&id_s).ignore();
+        p.cmd("HSET").arg(self.cust(id)).arg(&fields).ignore();
+        p.cmd("SET").arg(self.used()).arg(1).ignore();
         Ok(())
     }
 
@@ -1059,7 +1063,6 @@ impl Keys {
         if live {
             p.cmd("HSET").arg(&cust).arg(LIVE_FIELD).arg("1").ignore();
         }
-        p.cmd("ZREM").arg(self.ids()).arg(id.to_string()).ignore();
     }
 }
 
@@ -1072,85 +1075,21 @@ const LIVE_FIELD: &str = "live";
 /// Field names and values of a `cust:<id>` hash.
 type Fields = Vec<(&'static str, String)>;
 
-/// The `cust:<id>` fields of a summary (`summary_json` is its JSON), and the
-/// optional ones it does not have.
-fn summary_fields(
-    id: &str,
-    summary: &CustomerSummary,
-    summary_json: &str,
-    entries: &IndexEntries,
-) -> IndexResult<(Fields, Vec<&'static str>)> {
-    let mut fields: Fields = Vec::with_capacity(17);
-    fields.push(("id", id.to_string()));
-    fields.push(("status", status_str(summary.status).to_string()));
-    fields.push((
-        "phones",
-        json_strings(summary.phones.iter().map(PhoneNumber::as_str))?,
-    ));
-    fields.push((
-        "emails",
-        json_strings(summary.emails.iter().map(Email::as_str))?,
-    ));
-    let engagements = match engagements_json(summary_json) {
-        Some(json) => json.to_string(),
-        None => serde_json::to_string(&summary.last_engagements).map_err(corrupt)?,
-    };
-    fields.push(("engagements", engagements));
-    fields.push((
-        "fingerprint",
-        crate::doc::fingerprint_of_json(summary_json.as_bytes()),
-    ));
-    fields.push(("indexed", serde_json::to_string(entries).map_err(corrupt)?));
-    for channel in Channel::ALL {
-        fields.push((
-            count_field(channel),
-            count(&summary.counts, channel).to_string(),
-        ));
-    }
-    let mut absent: Vec<&'static str> = Vec::new();
-    let optional = [
-        ("name", summary.name.clone()),
-        (
-            "phone",
-            summary.phone.as_ref().map(|p| p.as_str().to_string()),
-        ),
-        (
-            "email",
-            summary.email.as_ref().map(|e| e.as_str().to_string()),
-        ),
-        (
-            "last_engagement_at",
-            summary.last_engagement_at.as_ref().map(time::format),
-        ),
-    ];
-    for (field, value) in optional {
-        match value {
-            Some(v) => fields.push((field, v)),
-            None => absent.push(field),
-        }
-    }
-    Ok((fields, absent))
-}
+/// The field of `cust:<id>` holding the caller-ID summary as JSON.
+const SUMMARY_FIELD: &str = "summary";
 
-/// The `last_engagements` array of a summary's JSON, which serialises it
-/// last: `{...,"last_engagements":[...]}`. A `"` inside a string is
-/// escaped, so the key found last is the field's.
-fn engagements_json(summary_json: &str) -> Option<&str> {
-    const KEY: &str = ",\"last_engagements\":";
-    let at = summary_json.rfind(KEY)? + KEY.len();
-    let array = summary_json.get(at..summary_json.len().checked_sub(1)?)?;
-    (array.starts_with('[') && array.ends_with(']') && summary_json.ends_with('}')).then_some(array)
-}
-
-/// `count:<channel>`.
-fn count_field(channel: Channel) -> &'static str {
-    match channel {
-        Channel::Web => "count:web",
-        Channel::Call => "count:call",
-        Channel::Sms => "count:sms",
-        Channel::Whatsapp => "count:whatsapp",
-        Channel::Email => "count:email",
-    }
+/// The `cust:<id>` fields of a summary (`summary_json` is its JSON): the
+/// summary, its fingerprint and what it is indexed under. Three fields
+/// instead of one per summary field: Redis keeps a hash with a value over
+/// 64 bytes as a hash table, an entry per field, and writing those entries
+/// was most of a rebuild's `HSET` time.
+fn summary_fields(summary_json: String, entries: &IndexEntries) -> IndexResult<Fields> {
+    let fingerprint = crate::doc::fingerprint_of_json(summary_json.as_bytes());
+    Ok(vec![
+        (SUMMARY_FIELD, summary_json),
+        ("fingerprint", fingerprint),
+        ("indexed", serde_json::to_string(entries).map_err(corrupt)?),
+    ])
 }
 
 /// The batch without earlier copies of a customer it has twice (the source
@@ -1186,15 +1125,15 @@ struct NewCustomers {
     sets: HashMap<String, Vec<String>>,
     /// `ph:<e164>` → the customers (indexes into `customers`) with it.
     phones: HashMap<String, Vec<usize>>,
-    /// Per customer: its id, `cust:<id>` and its fields, the summary JSON.
+    /// Per customer: its id, `cust:<id>` and its fields.
     customers: Vec<NewCustomer>,
 }
 
 struct NewCustomer {
     id: String,
     key: String,
+    /// [`summary_fields`]: the summary JSON first.
     fields: Fields,
-    summary_json: String,
 }
 
 impl NewCustomers {
@@ -1228,13 +1167,10 @@ impl NewCustomers {
         for ph in &entries.phones {
             self.phones.entry(keys.ph(ph)).or_default().push(at);
         }
-        let (fields, _absent) = summary_fields(&id, &summary, &summary_json, entries)?;
-        self.zadd(keys.ids(), 0.0, id.clone());
         self.customers.push(NewCustomer {
             key: keys.key("cust:", &id),
             id,
-            fields,
-            summary_json,
+            fields: summary_fields(summary_json, entries)?,
         });
         Ok(())
     }
@@ -1247,7 +1183,10 @@ impl NewCustomers {
         self.sets.entry(key).or_default().push(member);
     }
 
-    fn write(self, p: &mut Pipeline) {
+    fn write(self, keys: &Keys, p: &mut Pipeline) {
+        if !self.customers.is_empty() {
+            p.cmd("SET").arg(keys.used()).arg(1).ignore();
+        }
         for c in &self.customers {
             p.cmd("HSET").arg(&c.key).arg(&c.fields).ignore();
         }
@@ -1255,7 +1194,7 @@ impl NewCustomers {
             p.cmd("HSET").arg(key);
             for &i in at {
                 let c = &self.customers[i];
-                p.arg(&c.id).arg(&c.summary_json);
+                p.arg(&c.id).arg(&c.fields[0].1);
             }
             p.ignore();
         }
@@ -1625,117 +1564,40 @@ fn parse_generation(v: Value) -> IndexResult<u64> {
     Ok(g.unwrap_or(0))
 }
 
-fn status_str(s: CustomerStatus) -> &'static str {
-    match s {
-        CustomerStatus::Active => "active",
-        CustomerStatus::Inactive => "inactive",
-        CustomerStatus::Merged => "merged",
-    }
-}
-
-fn parse_status(s: &str) -> IndexResult<CustomerStatus> {
-    match s {
-        "active" => Ok(CustomerStatus::Active),
-        "inactive" => Ok(CustomerStatus::Inactive),
-        "merged" => Ok(CustomerStatus::Merged),
-        other => Err(IndexError::Internal(format!(
-            "unknown status {other:?} in summary"
-        ))),
-    }
-}
-
-fn count(counts: &ChannelCounts, channel: Channel) -> u64 {
-    let mut c = *counts;
-    *c.get_mut(channel)
-}
-
-fn json_strings<'a>(values: impl Iterator<Item = &'a str>) -> IndexResult<String> {
-    serde_json::to_string(&values.collect::<Vec<_>>()).map_err(corrupt)
-}
-
 fn corrupt(e: serde_json::Error) -> IndexError {
     IndexError::Internal(format!("index data does not decode: {e}"))
 }
 
-fn string_list(raw: Option<&String>) -> IndexResult<Vec<String>> {
-    match raw {
-        Some(s) => serde_json::from_str(s).map_err(corrupt),
-        None => Ok(Vec::new()),
+/// What a search hit shows, read from a summary's JSON (the rest of it is
+/// skipped). Its values were normalised before they were written, so they
+/// are trusted.
+fn brief_of_json(json: &[u8]) -> IndexResult<Brief> {
+    #[derive(serde::Deserialize)]
+    struct Stored {
+        id: CustomerId,
+        #[serde(default)]
+        name: Option<String>,
+        phones: Vec<String>,
+        emails: Vec<String>,
+        #[serde(default, with = "time::rfc3339_option")]
+        last_engagement_at: Option<time::Timestamp>,
     }
-}
-
-fn parse_time(raw: Option<&String>) -> IndexResult<Option<time::Timestamp>> {
-    raw.map(|s| time::parse(s))
-        .transpose()
-        .map_err(|e| IndexError::Internal(format!("bad time in summary: {e}")))
-}
-
-/// Values were normalised before they were written, so they are trusted.
-fn phones_of(raw: Option<&String>) -> IndexResult<Vec<PhoneNumber>> {
-    Ok(string_list(raw)?
-        .into_iter()
-        .map(PhoneNumber::from_e164_unchecked)
-        .collect())
-}
-
-fn emails_of(raw: Option<&String>) -> IndexResult<Vec<Email>> {
-    Ok(string_list(raw)?
-        .into_iter()
-        .map(Email::from_normalised_unchecked)
-        .collect())
-}
-
-/// `HMGET cust:<id> id name phones emails last_engagement_at`.
-fn brief_from_fields(fields: &[Option<String>]) -> IndexResult<Option<Brief>> {
-    let field = |i: usize| fields.get(i).and_then(Option::as_ref);
-    let Some(id) = field(0).and_then(|s| s.parse::<CustomerId>().ok()) else {
-        return Ok(None);
-    };
-    Ok(Some(Brief {
-        id,
-        name: field(1).cloned(),
-        phones: phones_of(field(2))?,
-        emails: emails_of(field(3))?,
-        last_engagement_at: parse_time(field(4))?,
-    }))
-}
-
-/// `HGETALL cust:<id>` → the summary; `None` for an empty hash.
-fn summary_from_hash(hash: &HashMap<String, String>) -> IndexResult<Option<CustomerSummary>> {
-    let Some(id) = hash.get("id").and_then(|s| s.parse::<CustomerId>().ok()) else {
-        return Ok(None);
-    };
-    let mut counts = ChannelCounts::default();
-    for channel in Channel::ALL {
-        if let Some(n) = hash
-            .get(&format!("count:{channel}"))
-            .and_then(|s| s.parse().ok())
-        {
-            *counts.get_mut(channel) = n;
-        }
-    }
-    let last_engagements: Vec<EngagementBrief> = match hash.get("engagements") {
-        Some(raw) => serde_json::from_str(raw).map_err(corrupt)?,
-        None => Vec::new(),
-    };
-    Ok(Some(CustomerSummary {
-        id,
-        name: hash.get("name").cloned(),
-        status: parse_status(hash.get("status").map_or("active", String::as_str))?,
-        phone: hash
-            .get("phone")
-            .cloned()
-            .map(PhoneNumber::from_e164_unchecked),
-        email: hash
-            .get("email")
-            .cloned()
-            .map(Email::from_normalised_unchecked),
-        phones: phones_of(hash.get("phones"))?,
-        emails: emails_of(hash.get("emails"))?,
-        counts,
-        last_engagement_at: parse_time(hash.get("last_engagement_at"))?,
-        last_engagements,
-    }))
+    let s: Stored = serde_json::from_slice(json).map_err(corrupt)?;
+    Ok(Brief {
+        id: s.id,
+        name: s.name,
+        phones: s
+            .phones
+            .into_iter()
+            .map(PhoneNumber::from_e164_unchecked)
+            .collect(),
+        emails: s
+            .emails
+            .into_iter()
+            .map(Email::from_normalised_unchecked)
+            .collect(),
+        last_engagement_at: s.last_engagement_at,
+    })
 }
 
 /// Escapes the glob characters of `SCAN MATCH`.
@@ -1830,12 +1692,12 @@ impl SearchIndex for RedisIndex {
     async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>> {
         let (_, mut values) = self
             .read(|k, p| {
-                p.cmd("HGETALL").arg(k.cust(id));
+                p.cmd("HGET").arg(k.cust(id)).arg(SUMMARY_FIELD);
             })
             .await?;
-        let hash: HashMap<String, String> =
-            from_owned_redis_value(next_value(&mut values.drain(..))?)?;
-        summary_from_hash(&hash)
+        let json: Option<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+        json.map(|json| serde_json::from_slice(&json).map_err(corrupt))
+            .transpose()
     }
 
     async fn rebuild(
@@ -1937,53 +1799,63 @@ impl SearchIndex for RedisIndex {
         })
     }
 
+    /// Walks the live generation's `cust:<id>` keys with `SCAN` (the cursor
+    /// is `<generation>:<SCAN cursor>`, so a walk stays in the generation it
+    /// started in) and reads each one's fingerprint. A `cust:<id>` without
+    /// one holds only the `live` mark of a removal: nobody to report.
     async fn fingerprints(
         &self,
-        after: Option<CustomerId>,
+        cursor: Option<String>,
         limit: usize,
-    ) -> IndexResult<Vec<IndexedFingerprint>> {
-        let from = match after {
-            Some(id) => format!("({id}"),
-            None => "-".to_string(),
+    ) -> IndexResult<FingerprintPage> {
+        let (generation, scan) = match cursor {
+            None => (self.generations().await?.0, 0u64),
+            Some(c) => c
+                .split_once(':')
+                .and_then(|(g, s)| Some((g.parse().ok()?, s.parse().ok()?)))
+                .ok_or_else(|| IndexError::Internal(format!("not a fingerprint cursor: {c:?}")))?,
         };
-        let (keys, mut values) = self
-            .read(|k, p| {
-                p.cmd("ZRANGEBYLEX")
-                    .arg(k.ids())
-                    .arg(&from)
-                    .arg("+")
-                    .arg("LIMIT")
-                    .arg(0)
-                    .arg(limit);
-            })
-            .await?;
-        let ids: Vec<String> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let ids: Vec<CustomerId> = ids.iter().filter_map(|s| s.parse().ok()).collect();
+        let keys = self.keys(generation);
+        let prefix = keys.cust_prefix();
         let mut pipe = ::redis::pipe();
-        for id in &ids {
-            pipe.cmd("HGET").arg(keys.cust(*id)).arg("fingerprint");
+        pipe.cmd("SCAN")
+            .arg(scan)
+            .arg("MATCH")
+            .arg(format!("{}*", glob_escape(&prefix)))
+            .arg("COUNT")
+            .arg(limit.max(1));
+        let mut replies = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
+        let (next, found): (u64, Vec<String>) =
+            from_owned_redis_value(next_value(&mut replies.drain(..))?)?;
+        let ids: Vec<CustomerId> = found
+            .iter()
+            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+            .collect();
+        let mut items = Vec::with_capacity(ids.len());
+        if !ids.is_empty() {
+            let mut pipe = ::redis::pipe();
+            for id in &ids {
+                pipe.cmd("HGET").arg(keys.cust(*id)).arg("fingerprint");
+            }
+            let prints = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
+            for (id, v) in ids.into_iter().zip(prints) {
+                if let Some(fingerprint) = from_owned_redis_value::<Option<String>>(v)? {
+                    items.push(IndexedFingerprint { id, fingerprint });
+                }
+            }
         }
-        let prints = self.query(&pipe).await?;
-        let mut out = Vec::with_capacity(ids.len());
-        for (id, v) in ids.into_iter().zip(prints) {
-            let fingerprint: Option<String> = from_owned_redis_value(v)?;
-            out.push(IndexedFingerprint {
-                id,
-                // An id without a summary is a broken entry: report it as such.
-                fingerprint: fingerprint.unwrap_or_default(),
-            });
-        }
-        Ok(out)
+        Ok(FingerprintPage {
+            items,
+            next: (next != 0).then(|| format!("{generation}:{next}")),
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crm_models::EngagementId;
+    use crate::doc::EngagementBrief;
+    use crm_models::{Channel, EngagementId};
 
     #[test]
     fn members_round_trip() {
@@ -2046,43 +1918,32 @@ mod tests {
     }
 
     #[test]
-    fn engagements_are_cut_from_the_summary_json() {
-        let brief = |preview: &str| EngagementBrief {
-            id: EngagementId::new(),
-            channel: Channel::Sms,
-            direction: None,
-            occurred_at: time::now(),
-            preview: preview.into(),
-        };
+    fn briefs_are_read_from_the_summary_json() {
         let mut summary = CustomerSummary {
             id: CustomerId::new(),
-            name: Some("Ann \"last_engagements\":[] Tan".into()),
-            status: CustomerStatus::Active,
+            name: Some("Ann \"phones\":[] Tan".into()),
+            status: crm_models::CustomerStatus::Active,
             phone: None,
             email: None,
-            phones: vec![],
-            emails: vec![],
-            counts: ChannelCounts::default(),
-            last_engagement_at: None,
-            last_engagements: vec![],
+            phones: vec![PhoneNumber::parse("+6581226418", None).unwrap()],
+            emails: vec![Email::parse("ann@example.com").unwrap()],
+            counts: crm_models::ChannelCounts::default(),
+            last_engagement_at: Some(time::now()),
+            last_engagements: vec![EngagementBrief {
+                id: EngagementId::new(),
+                channel: Channel::Sms,
+                direction: None,
+                occurred_at: time::now(),
+                preview: "{\"emails\":[\"x@y.z\"]}".into(),
+            }],
         };
-        for engagements in [
-            vec![],
-            vec![brief("hi"), brief(",\"last_engagements\":[1]}")],
-        ] {
-            summary.last_engagements = engagements;
-            let json = serde_json::to_string(&summary).unwrap();
-            let want = serde_json::to_string(&summary.last_engagements).unwrap();
-            assert_eq!(engagements_json(&json), Some(want.as_str()));
-        }
-        assert_eq!(engagements_json("{\"id\":1}"), None);
-    }
-
-    #[test]
-    fn count_fields_name_their_channel() {
-        for channel in Channel::ALL {
-            assert_eq!(count_field(channel), format!("count:{channel}"));
-        }
+        let json = serde_json::to_vec(&summary).unwrap();
+        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
+        summary.name = None;
+        summary.last_engagement_at = None;
+        let json = serde_json::to_vec(&summary).unwrap();
+        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
+        assert!(brief_of_json(b"{\"id\":1}").is_err());
     }
 
     #[test]

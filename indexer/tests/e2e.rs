@@ -562,8 +562,9 @@ async fn verify_names_drifted_customers_and_rebuild_mends_them() {
     let verify = indexers.once(&backends, &["verify"]).await;
     assert_eq!(verify.status.code(), Some(1), "{}", describe(&verify));
     let stdout = String::from_utf8_lossy(&verify.stdout);
-    assert!(stdout.contains("stale: 2\n"), "{stdout}");
-    assert!(stdout.contains(&format!("stale {gone}\n")), "{stdout}");
+    assert!(stdout.contains("stale: 1\n"), "{stdout}");
+    assert!(stdout.contains("missing: 1\n"), "{stdout}");
+    assert!(stdout.contains(&format!("missing {gone}\n")), "{stdout}");
     assert!(stdout.contains(&format!("stale {missed}\n")), "{stdout}");
 
     let rebuild = indexers.once(&backends, &["rebuild"]).await;
