@@ -238,7 +238,8 @@ async fn main() {
     // Bare route and lookup take turns, `rounds` times: the machine's speed
     // drifts, and each ratio compares two runs a few seconds apart.
     let mut rounds = Vec::new();
-    for _ in 0..args.rounds {
+    for round in 1..=args.rounds {
+        eprintln!("round {round}: bare route");
         let cpu_before = cpu::process();
         let base = run(
             c,
@@ -247,6 +248,7 @@ async fn main() {
         )
         .await;
         let (cpu_between, redis_before) = (cpu::process(), cpu::redis(&url).await);
+        eprintln!("round {round}: lookup");
         let lookup = run(
             c,
             secs,

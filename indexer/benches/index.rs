@@ -239,8 +239,11 @@ async fn main() {
             eprintln!("{line}");
         }
         println!("{rebuild_line}");
+        println!("{}", verify_walk(&index, args.customers).await);
         return;
     }
+
+    println!("{}", verify_walk(&index, args.customers).await);
 
     // Queries from a sample of the customers.
     let mut rng = SplitMix64::new(args.seed ^ 0x5eed);
@@ -526,4 +529,17 @@ async fn search_run(
         }),
     )
     .await
+}
+
+/// How long `crm-indexer verify` takes to read the index's side: every
+/// fingerprint (a `SCAN` of the keyspace and an `HGET` per customer).
+async fn verify_walk(index: &RedisIndex, customers: u64) -> String {
+    let t = Instant::now();
+    let prints = index.all_fingerprints().await.unwrap();
+    assert_eq!(prints.len() as u64, customers, "every customer once");
+    format!(
+        "verify walk: {} fingerprints read in {:.1} s",
+        thousands(prints.len() as f64),
+        t.elapsed().as_secs_f64()
+    )
 }
