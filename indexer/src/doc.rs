@@ -1,6 +1,7 @@
 //! What gets indexed for a customer, and the caller-ID summary it answers with.
 
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 
 use crm_models::names;
@@ -95,6 +96,33 @@ impl SummaryJson {
     /// The whole summary, decoded.
     pub fn decode(&self) -> Result<CustomerSummary, serde_json::Error> {
         self.view()
+    }
+
+    /// The `name` field as written (a JSON string), `None` when absent.
+    /// The summary JSON starts `{"id":"<id>","name":` or, without a name,
+    /// `{"id":"<id>","status":`: only the name is read then, not the ten
+    /// engagements after it. JSON of another shape is read whole.
+    pub fn name(&self) -> Result<Option<&RawValue>, serde_json::Error> {
+        #[derive(Deserialize)]
+        struct Name<'a> {
+            #[serde(default, borrow)]
+            name: Option<&'a RawValue>,
+        }
+        let after_id = self
+            .json
+            .strip_prefix(r#"{"id":""#)
+            .and_then(|rest| Some(&rest[rest.find('"')? + 1..]))
+            .filter(|_| self.json.ends_with('}'));
+        if let Some(rest) = after_id {
+            if let Some(value) = rest.strip_prefix(r#","name":"#) {
+                let mut de = serde_json::Deserializer::from_str(value);
+                return Option::<&RawValue>::deserialize(&mut de);
+            }
+            if rest.starts_with(r#","status":"#) {
+                return Ok(None);
+            }
+        }
+        Ok(self.view::<Name>()?.name)
     }
 }
 
@@ -290,6 +318,39 @@ impl IndexEntries {
 mod tests {
     use super::*;
     use crm_models::{EngagementDetail, Source};
+
+    #[test]
+    fn the_name_is_read_as_the_whole_json_would_give_it() {
+        #[derive(Deserialize)]
+        struct Name<'a> {
+            #[serde(borrow)]
+            name: Option<&'a RawValue>,
+        }
+        let mut c = Customer::new(CustomerId::new(), None, time::now());
+        let last = vec![sms(c.id, "2026-01-01T00:00:00Z", r#"{"name":"not me"}"#)];
+        for name in [None, Some("Ann Tan"), Some("Zoë \"Q\" 陈\\"), Some("")] {
+            c.name = name.map(str::to_string);
+            let summary =
+                SummaryJson::of(&IndexedCustomer::new(c.clone(), last.clone()).summary()).unwrap();
+            let fast = summary.name().unwrap().map(RawValue::get);
+            let whole = summary.view::<Name>().unwrap().name.map(RawValue::get);
+            assert_eq!(fast, whole, "{name:?}");
+            let read: Option<String> = fast.map(|raw| serde_json::from_str(raw).unwrap());
+            assert_eq!(read.as_deref(), name);
+        }
+        // Another field order is read whole; broken JSON fails.
+        let other = |json: &str| SummaryJson {
+            id: c.id,
+            json: json.into(),
+        };
+        let reordered = other(r#"{"status":"active","name":"Bo","id":"x"}"#);
+        assert_eq!(
+            reordered.name().unwrap().map(RawValue::get),
+            Some(r#""Bo""#)
+        );
+        assert!(other(r#"{"id":"x","name":"Bo"#).name().is_err());
+        assert!(other(r#"{"id":"x","name":Bo}"#).name().is_err());
+    }
 
     fn sms(customer: CustomerId, at: &str, body: &str) -> Engagement {
         Engagement {

@@ -208,9 +208,11 @@ pub const FINGERPRINT_PAGE: usize = 1_000;
 /// Caller ID for a number as typed: the number read (with `region` for one
 /// without country code) and the index's answer for it
 /// ([`SearchIndex::lookup_phone_json`]). A number written internationally
-/// (`+65 8122 6418`, as phones report callers) is looked up as written
-/// first, and parsed only when nobody has it: only parsed numbers are
-/// indexed, so a hit is a valid number and parsing it would give it back.
+/// (`+65 8122 6418`, as phones report callers), or nationally without trunk
+/// prefix (`8122 6418` with region SG), is looked up as written first
+/// ([`PhoneNumber::international_form`], [`PhoneNumber::national_form`]),
+/// and parsed only when nobody has it: only parsed numbers are indexed, so
+/// a hit is a valid number and parsing it would give it back.
 /// Fails only on a number that does not parse; an index error comes back as
 /// the answer, for the caller to fall back on the store.
 pub async fn lookup_typed_phone(
@@ -218,7 +220,9 @@ pub async fn lookup_typed_phone(
     raw: &str,
     region: Option<Region>,
 ) -> Result<(PhoneNumber, IndexResult<Vec<SummaryJson>>), PhoneError> {
-    let tried = match PhoneNumber::international_form(raw) {
+    let as_written = PhoneNumber::international_form(raw)
+        .or_else(|| region.and_then(|r| PhoneNumber::national_form(raw, r)));
+    let tried = match as_written {
         Some(key) => {
             let found = index.lookup_phone_json(&key).await;
             if found.as_ref().is_ok_and(|f| !f.is_empty()) {
@@ -258,6 +262,7 @@ mod tests {
         ];
         index.upsert(&doc).await.unwrap();
         let sg = Region::parse("SG").ok();
+        let gb = Region::parse("GB").ok();
         for (raw, region, e164) in [
             ("+65 8122 6418", None, "+6581226418"),
             ("0065 8122 6418", None, "+6581226418"),
@@ -266,6 +271,11 @@ mod tests {
             // Written internationally but with the trunk prefix: not a key
             // as written; parsing finds it.
             ("+44 07911 123456", None, "+447911123456"),
+            // Nationally, with and without the trunk prefix.
+            ("7911 123456", gb, "+447911123456"),
+            ("07911 123-456", gb, "+447911123456"),
+            // The country code without `+`: not a key as written.
+            ("65 8122 6418", sg, "+6581226418"),
         ] {
             let (phone, found) = lookup_typed_phone(&index, raw, region).await.unwrap();
             assert_eq!(phone.as_str(), e164, "{raw}");
@@ -276,6 +286,8 @@ mod tests {
         let (phone, found) = lookup_typed_phone(&index, "+65 9123 4567", None)
             .await
             .unwrap();
+        assert_eq!((phone.as_str(), found.unwrap().len()), ("+6591234567", 0));
+        let (phone, found) = lookup_typed_phone(&index, "9123 4567", sg).await.unwrap();
         assert_eq!((phone.as_str(), found.unwrap().len()), ("+6591234567", 0));
         assert_eq!(
             lookup_typed_phone(&index, "+65 0000", None)

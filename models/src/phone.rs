@@ -136,6 +136,30 @@ impl PhoneNumber {
         (digits >= 4 && !e164[1..].starts_with('0')).then_some(PhoneNumber(e164))
     }
 
+    /// The E.164 form `raw` has if it is a national number of `region`
+    /// written without trunk prefix (`8122 6418` in SG): `+`, the region's
+    /// calling code, the digits. Like [`PhoneNumber::international_form`], a
+    /// key to look up before paying for [`PhoneNumber::parse`], not checked
+    /// against the numbering plan. `None` for digits starting with 0 (the
+    /// trunk prefix of most plans), which only parsing reads right.
+    pub fn national_form(raw: &str, region: Region) -> Option<Self> {
+        let cc = region.calling_code()?;
+        let mut e164 = format!("+{cc}");
+        let start = e164.len();
+        for c in raw.trim().chars() {
+            match c {
+                '0'..='9' => e164.push(c),
+                ' ' | '-' | '(' | ')' | '.' | '/' | '\u{a0}' => {}
+                _ => return None,
+            }
+            if e164.len() > 16 {
+                return None;
+            }
+        }
+        let national = &e164[start..];
+        (national.len() >= 4 && !national.starts_with('0')).then_some(PhoneNumber(e164))
+    }
+
     fn international(digits: &str) -> Option<Self> {
         let n = PHONE_NUMBER_UTIL.parse(format!("+{digits}"), None).ok()?;
         Self::from_valid(&n)
@@ -306,6 +330,31 @@ mod tests {
         // A key, but not a number: only parsing says so.
         assert_eq!(form("+65 0000").as_deref(), Some("+650000"));
         assert!(PhoneNumber::parse("+65 0000", None).is_err());
+    }
+
+    #[test]
+    fn national_form_prefixes_the_calling_code_and_leaves_trunk_zeros_to_parsing() {
+        let sg = Region::parse("SG").unwrap();
+        let gb = Region::parse("GB").unwrap();
+        let form = |raw: &str, r| PhoneNumber::national_form(raw, r).map(|p| p.0);
+        for (raw, region, e164) in [
+            ("8122 6418", sg, "+6581226418"),
+            (" 8122-6418 ", sg, "+6581226418"),
+            ("7911 123456", gb, "+447911123456"),
+        ] {
+            assert_eq!(form(raw, region).as_deref(), Some(e164), "{raw}");
+            assert_eq!(PhoneNumber::parse(raw, Some(region)).unwrap().0, e164);
+        }
+        for (raw, region) in [
+            ("07911 123456", gb),
+            ("(065) 8122-6418", sg),
+            ("+65 8122 6418", sg),
+            ("8122 64x8", sg),
+            ("812", sg),
+            ("1234567890123456", sg),
+        ] {
+            assert_eq!(form(raw, region), None, "{raw}");
+        }
     }
 
     #[test]

@@ -262,17 +262,11 @@ async fn lookup_phone(
 /// it: only each name is read out of it; nothing is decoded and encoded
 /// again.
 fn caller_lookup_json(found: &[SummaryJson]) -> Result<String, serde_json::Error> {
-    #[derive(Deserialize)]
-    struct Name<'a> {
-        #[serde(default, borrow)]
-        name: Option<&'a RawValue>,
-    }
     let mut body =
         String::with_capacity(16 + found.iter().map(|s| s.json.len() + 80).sum::<usize>());
     body.push_str(r#"{"matches":["#);
     for (i, summary) in found.iter().enumerate() {
-        // Reading the name also checks that the JSON is well formed.
-        let name = summary.view::<Name>()?.name;
+        let name = summary.name()?;
         if i > 0 {
             body.push(',');
         }
