@@ -1,7 +1,7 @@
 //! The mobile bridge under a fleet of simulated devices (`crm-device-sim`'s
 //! logic, `crm_mobile_bridge::sim`).
 //!
-//! `cargo bench -p crm-api --bench mobile [-- --devices 32 --events 3000 --customers 100000 --seconds 10]`
+//! `cargo bench -p crm-api --bench mobile [-- --devices 32 --events 3000 --customers 100000 --seconds 10 --paced-rate 3200]`
 //!
 //! 1. Upload: crm-api in-process on a fresh embedded store (redb) with the
 //!    in-process index, as the single-binary deployment runs; `--devices`
@@ -14,7 +14,9 @@
 //!    `benches/lookup.rs` does), crm-api on Redis; `--devices` devices ask
 //!    `GET /v1/mobile/caller-id` one request at a time each, for `--seconds`.
 //!    Baseline: the same fleet against a bare axum route answering a small
-//!    JSON body.
+//!    JSON body. Then both again with the devices paced, `--paced-rate`
+//!    lookups a second in all, each timed from when it was due: the latency
+//!    of a lookup on a server that is not saturated.
 //!
 //! Client, servers and Redis share the machine's cores.
 
@@ -52,6 +54,8 @@ struct Args {
     seed: u64,
     upload: bool,
     caller_id: bool,
+    /// Lookups a second, all devices together, for the paced caller-ID rows.
+    paced_rate: f64,
 }
 
 fn args() -> Args {
@@ -63,6 +67,7 @@ fn args() -> Args {
         seed: 42,
         upload: true,
         caller_id: true,
+        paced_rate: 3_200.0,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -76,6 +81,7 @@ fn args() -> Args {
             ("--seed", Some(n)) => a.seed = n.parse().unwrap(),
             ("--only-upload", _) => a.caller_id = false,
             ("--only-caller-id", _) => a.upload = false,
+            ("--paced-rate", Some(n)) => a.paced_rate = n.replace('_', "").parse().unwrap(),
             _ => {}
         }
         i += 1;
@@ -284,15 +290,42 @@ async fn main() {
         }
         let numbers = Arc::new(numbers);
         let cpu_before = cpu::process();
-        let base_report =
-            sim::caller_id_fleet(&client, &bare, &bare_tokens, numbers.clone(), args.seconds)
+        eprintln!("caller-ID: bare route");
+        let base_report = sim::caller_id_fleet(
+            &client,
+            &bare,
+            &bare_tokens,
+            numbers.clone(),
+            args.seconds,
+            None,
+        )
+        .await
+        .unwrap();
+        let (cpu_between, redis_before) = (cpu::process(), cpu::redis(&url).await);
+        eprintln!("caller-ID: /v1/mobile/caller-id");
+        let report =
+            sim::caller_id_fleet(&client, &base, &tokens, numbers.clone(), args.seconds, None)
                 .await
                 .unwrap();
-        let (cpu_between, redis_before) = (cpu::process(), cpu::redis(&url).await);
-        let report = sim::caller_id_fleet(&client, &base, &tokens, numbers, args.seconds)
+        let (cpu_after, redis_after) = (cpu::process(), cpu::redis(&url).await);
+        // The same devices at a steady rate, well below what saturates the
+        // machine: the latency a ringing phone sees when the server is not
+        // flooded.
+        let pace = sim::pace(args.paced_rate, args.devices);
+        eprintln!("caller-ID: paced, {} lookups/s", args.paced_rate);
+        let paced_bare = sim::caller_id_fleet(
+            &client,
+            &bare,
+            &bare_tokens,
+            numbers.clone(),
+            args.seconds,
+            pace,
+        )
+        .await
+        .unwrap();
+        let paced = sim::caller_id_fleet(&client, &base, &tokens, numbers, args.seconds, pace)
             .await
             .unwrap();
-        let (cpu_after, redis_after) = (cpu::process(), cpu::redis(&url).await);
         println!();
         println!("| caller-ID target | devices | lookups | lookups/s | p50 | p99 | known |");
         println!("| --- | --- | --- | --- | --- | --- | --- |");
@@ -304,6 +337,20 @@ async fn main() {
             ),
             args.devices,
             &report,
+        );
+        let rate = thousands(args.paced_rate);
+        lookup_row(
+            &format!("bare axum JSON route, paced at {rate} lookups/s"),
+            args.devices,
+            &paced_bare,
+        );
+        lookup_row(
+            &format!(
+                "`GET /v1/mobile/caller-id`, Redis, {} customers, paced at {rate} lookups/s",
+                thousands(args.customers as f64)
+            ),
+            args.devices,
+            &paced,
         );
         println!();
         println!(

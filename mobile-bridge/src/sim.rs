@@ -368,30 +368,62 @@ struct Known {
     known: bool,
 }
 
+/// The interval between one device's lookups for `rate` lookups a second
+/// from `devices` devices together; `None` (as fast as answers come) for a
+/// rate that is not positive.
+pub fn pace(rate: f64, devices: usize) -> Option<Duration> {
+    (rate > 0.0 && rate.is_finite())
+        .then(|| Duration::try_from_secs_f64(devices.max(1) as f64 / rate).ok())
+        .flatten()
+}
+
 /// Every device asks caller-ID for numbers from `numbers` in turn, for
-/// `seconds`, one request at a time per device.
+/// `seconds`, one request at a time per device: as fast as answers come
+/// (`pace` `None`), or one every `pace` per device, the devices' schedules
+/// spread over the interval. A paced lookup that is due while the device
+/// still waits for the previous answer is timed from when it was due, so
+/// that a slow answer also counts against the lookups it held up.
 pub async fn caller_id_fleet(
     client: &reqwest::Client,
     base: &str,
     tokens: &[String],
     numbers: Arc<Vec<String>>,
     seconds: f64,
+    pace: Option<Duration>,
 ) -> anyhow::Result<LookupReport> {
     anyhow::ensure!(!numbers.is_empty(), "no numbers to look up");
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
+    let devices = u32::try_from(tokens.len().max(1)).unwrap_or(u32::MAX);
     let mut tasks = Vec::new();
     for (d, token) in tokens.iter().enumerate() {
         let (client, token, numbers) = (client.clone(), token.clone(), numbers.clone());
         let url = format!("{base}/v1/mobile/caller-id");
+        let first = pace.map(|p| started + p * u32::try_from(d).unwrap_or(0) / devices);
         tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut known = 0usize;
             let mut i = d * 7919;
+            let mut due = first;
             while Instant::now() < deadline {
                 let number = &numbers[i % numbers.len()];
                 i += 1;
-                let t = Instant::now();
+                let t = match (due, pace) {
+                    (Some(at), Some(p)) => {
+                        due = Some(at + p);
+                        if Instant::now() < at {
+                            // On time: the clock starts when the timer
+                            // (1 ms granularity) lets the request go.
+                            tokio::time::sleep_until(at.into()).await;
+                            Instant::now()
+                        } else {
+                            // Behind schedule, because the previous
+                            // answer was late: the wait counts.
+                            at
+                        }
+                    }
+                    _ => Instant::now(),
+                };
                 let resp = client
                     .get(&url)
                     .bearer_auth(&token)
@@ -423,6 +455,15 @@ pub async fn caller_id_fleet(
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_is_shared_by_the_devices() {
+        assert_eq!(pace(3_200.0, 32), Some(Duration::from_millis(10)));
+        assert_eq!(pace(10.0, 0), Some(Duration::from_millis(100)));
+        assert_eq!(pace(0.0, 32), None);
+        assert_eq!(pace(-1.0, 32), None);
+        assert_eq!(pace(f64::NAN, 32), None);
+    }
 
     #[test]
     fn every_contact_number_is_a_valid_singapore_number() {

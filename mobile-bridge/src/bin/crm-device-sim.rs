@@ -51,6 +51,10 @@ struct Args {
     /// Seconds of caller-ID lookups after the upload (0: none).
     #[arg(long, default_value_t = 10.0)]
     lookup_seconds: f64,
+    /// Caller-ID lookups per second, all devices together, spread evenly
+    /// (0: each device asks again as soon as it has its answer).
+    #[arg(long, default_value_t = 0.0)]
+    lookup_rate: f64,
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
@@ -104,6 +108,7 @@ async fn main() -> anyhow::Result<()> {
             &tokens,
             Arc::new(numbers),
             args.lookup_seconds,
+            sim::pace(args.lookup_rate, tokens.len()),
         )
         .await?;
         println!(
