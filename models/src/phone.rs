@@ -120,20 +120,7 @@ impl PhoneNumber {
     pub fn international_form(raw: &str) -> Option<Self> {
         let raw = raw.trim();
         let rest = raw.strip_prefix('+').or_else(|| raw.strip_prefix("00"))?;
-        let mut e164 = String::with_capacity(16);
-        e164.push('+');
-        for c in rest.chars() {
-            match c {
-                '0'..='9' => e164.push(c),
-                ' ' | '-' | '(' | ')' | '.' | '/' | '\u{a0}' => {}
-                _ => return None,
-            }
-            if e164.len() > 16 {
-                return None;
-            }
-        }
-        let digits = e164.len() - 1;
-        (digits >= 4 && !e164[1..].starts_with('0')).then_some(PhoneNumber(e164))
+        Self::key_with_digits(String::from("+"), rest)
     }
 
     /// The E.164 form `raw` has if it is a national number of `region`
@@ -144,20 +131,26 @@ impl PhoneNumber {
     /// trunk prefix of most plans), which only parsing reads right.
     pub fn national_form(raw: &str, region: Region) -> Option<Self> {
         let cc = region.calling_code()?;
-        let mut e164 = format!("+{cc}");
-        let start = e164.len();
-        for c in raw.trim().chars() {
+        Self::key_with_digits(format!("+{cc}"), raw.trim())
+    }
+
+    /// `head` followed by the digits of `rest` (separators skipped): `None`
+    /// when `rest` holds anything else, has fewer than 4 digits or starts
+    /// with 0, or the whole is longer than E.164 allows.
+    fn key_with_digits(mut head: String, rest: &str) -> Option<Self> {
+        let start = head.len();
+        for c in rest.chars() {
             match c {
-                '0'..='9' => e164.push(c),
+                '0'..='9' => head.push(c),
                 ' ' | '-' | '(' | ')' | '.' | '/' | '\u{a0}' => {}
                 _ => return None,
             }
-            if e164.len() > 16 {
+            if head.len() > 16 {
                 return None;
             }
         }
-        let national = &e164[start..];
-        (national.len() >= 4 && !national.starts_with('0')).then_some(PhoneNumber(e164))
+        let digits = &head[start..];
+        (digits.len() >= 4 && !digits.starts_with('0')).then_some(PhoneNumber(head))
     }
 
     fn international(digits: &str) -> Option<Self> {
