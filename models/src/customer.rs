@@ -20,13 +20,13 @@ pub enum CustomerStatus {
     Merged,
 }
 
+// A stored counter may read below zero for a moment: on MongoDB an
+// engagement is inserted before its customer's counter is raised, and a
+// merge that moves it in between lowers the old owner's counter first. Such
+// a reading decodes as 0 (`count`) instead of failing the whole record; the
+// counter is right again once the raise lands.
+
 /// Engagement counts per channel.
-///
-/// A stored counter may read below zero for a moment: on MongoDB an
-/// engagement is inserted before its customer's counter is raised, and a
-/// merge that moves it in between lowers the old owner's counter first. Such
-/// a reading decodes as 0 instead of failing the whole record; the counter
-/// is right again once the raise lands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChannelCounts {
     #[serde(default, deserialize_with = "count")]
@@ -41,7 +41,8 @@ pub struct ChannelCounts {
     pub email: u64,
 }
 
-/// A counter, signed or not; below zero reads as 0 (see [`ChannelCounts`]).
+/// A counter, signed or not; below zero reads as 0 (a counter caught
+/// between an engagement's move and its raise, see above).
 fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct Count;
     impl serde::de::Visitor<'_> for Count {
