@@ -203,7 +203,7 @@ pub trait SearchIndex: Send + Sync + 'static {
 }
 
 /// Customers per page when verify walks the index's fingerprints.
-pub const FINGERPRINT_PAGE: usize = 1_000;
+const FINGERPRINT_PAGE: usize = 1_000;
 
 /// Caller ID for a number as typed: the number read (with `region` for one
 /// without country code) and the index's answer for it
