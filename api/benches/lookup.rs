@@ -1,13 +1,14 @@
 //! Caller-ID lookup, search and freshness through HTTP, on Redis.
 //!
-//! `cargo bench -p crm-api --bench lookup [-- --customers 1000000 --seconds 10 --concurrency 32 --rounds 3]`
+//! `cargo bench -p crm-api --bench lookup [-- --customers 1000000 --seconds 10 --concurrency 32 --rounds 3 --no-settle]`
 //!
 //! Starts its own `redis-server` on a free loopback port, writes N generated
 //! customers straight into the index (`RedisIndex::rebuild` under the prefix
 //! crm-api is then configured with), and starts crm-api in-process on Redis
 //! (stream, index, index worker) with a nearly empty embedded store: the
 //! index holds N customers, the store only the admin and the customers the
-//! freshness run creates. In the same run a bare axum route returning a
+//! freshness run creates. Redis is then let finish resizing its key table
+//! (see `finish_resizing`; `--no-settle` measures without waiting). In the same run a bare axum route returning a
 //! small JSON body is measured as the baseline, taking turns with the
 //! lookup for `--rounds` rounds; the table shows the round with the median
 //! ratio. Client, servers and Redis share the machine's cores.
@@ -48,6 +49,8 @@ struct Args {
     freshness: usize,
     rounds: usize,
     seed: u64,
+    /// Let Redis finish resizing its key table before measuring.
+    settle: bool,
 }
 
 fn args() -> Args {
@@ -58,6 +61,7 @@ fn args() -> Args {
         freshness: 200,
         rounds: 3,
         seed: 42,
+        settle: true,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -70,6 +74,7 @@ fn args() -> Args {
             ("--freshness", Some(n)) => a.freshness = n.parse().unwrap(),
             ("--rounds", Some(n)) => a.rounds = n.parse::<usize>().unwrap().max(1),
             ("--seed", Some(n)) => a.seed = n.parse().unwrap(),
+            ("--no-settle", _) => a.settle = false,
             _ => {}
         }
         i += 1;
@@ -170,6 +175,12 @@ async fn main() {
     let t = Instant::now();
     index.rebuild(docs).await.unwrap();
     let preload = t.elapsed();
+    let settle = if args.settle {
+        eprintln!("letting Redis finish resizing its key table");
+        Some(redis_server::finish_resizing(&url).await)
+    } else {
+        None
+    };
 
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::for_data_dir(dir.path().to_path_buf());
@@ -337,6 +348,13 @@ async fn main() {
         preload.as_secs_f64(),
         args.freshness
     );
+    match settle {
+        Some(t) => println!(
+            "(Redis then finished resizing its key table, as a long-running Redis has, in {:.1} s)",
+            t.as_secs_f64()
+        ),
+        None => println!("(--no-settle: measured while Redis may still be resizing its key table)"),
+    }
     println!();
     println!("machine: {}", redis_server::machine());
     println!("{}", redis_server::version());

@@ -11,7 +11,8 @@
 //!    parses the batch and answers one result per event.
 //! 2. Caller-ID: a `redis-server` of its own, `--customers` generated
 //!    customers written straight into the index (`RedisIndex::rebuild`, as
-//!    `benches/lookup.rs` does), crm-api on Redis; `--devices` devices ask
+//!    `benches/lookup.rs` does, then Redis let finish resizing its key
+//!    table), crm-api on Redis; `--devices` devices ask
 //!    `GET /v1/mobile/caller-id` one request at a time each, for `--seconds`.
 //!    Baseline: the same fleet against a bare axum route answering a small
 //!    JSON body. Then both again with the devices paced, `--paced-rate`
@@ -265,6 +266,11 @@ async fn main() {
             "index pre-loaded with {} customers in {:.1} s",
             thousands(args.customers as f64),
             t.elapsed().as_secs_f64()
+        );
+        eprintln!("letting Redis finish resizing its key table");
+        println!(
+            "Redis then finished resizing its key table, as a long-running Redis has, in {:.1} s",
+            redis_server::finish_resizing(&url).await.as_secs_f64()
         );
 
         let dir = tempfile::tempdir().unwrap();

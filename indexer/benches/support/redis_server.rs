@@ -1,6 +1,8 @@
 //! A private `redis-server` for a benchmark: a free port, no persistence,
 //! stopped by a watchdog shell when the benchmark process is gone.
 
+#![allow(dead_code)]
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
@@ -11,6 +13,7 @@ const HOW_TO_FIX: &str = "this benchmark starts its own redis-server: run the RE
     benchmark again";
 
 /// Starts `redis-server --port <free> --save '' --appendonly no`; returns its URL.
+/// `DEBUG` is allowed from loopback, for [`finish_resizing`].
 pub fn start() -> String {
     match Command::new("redis-server").arg("--version").output() {
         Ok(out) if out.status.success() => {}
@@ -26,7 +29,7 @@ pub fn start() -> String {
         .unwrap_or_else(|e| panic!("no free port: {e}"));
     let script = format!(
         "redis-server --port {port} --bind 127.0.0.1 --save '' --appendonly no --daemonize no \
-           --protected-mode yes --logfile '' >/dev/null 2>&1 & r=$!; \
+           --protected-mode yes --enable-debug-command local --logfile '' >/dev/null 2>&1 & r=$!; \
          trap 'kill $r 2>/dev/null' EXIT INT TERM; \
          while kill -0 {pid} 2>/dev/null && kill -0 $r 2>/dev/null; do sleep 0.5; done",
         pid = std::process::id()
@@ -89,4 +92,40 @@ pub fn machine() -> String {
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0 / 1024.0);
     format!("{cpus} CPUs (nproc), {model}, {mem_gib:.0} GiB RAM")
+}
+
+/// Whether Redis is moving its key table to a bigger one (`DEBUG HTSTATS`).
+async fn resizing(conn: &mut redis::aio::MultiplexedConnection) -> bool {
+    let stats: String = redis::cmd("DEBUG")
+        .arg("HTSTATS")
+        .arg(0)
+        .query_async(conn)
+        .await
+        .unwrap();
+    stats.contains("rehashing target")
+}
+
+/// Brings Redis to the state it spends its life in before a measurement.
+///
+/// Redis grows its key table when the key count passes a power of two and
+/// then moves the keys over a step at a time: one step per key read or
+/// written, plus 1 ms every 100 ms when idle. A pre-load of a million
+/// customers (about 5 million keys) ends in the middle of such a move, which
+/// idle would take a minute or more, and during which every key read looks
+/// in both tables and pays for a step. A long-running Redis is past it until
+/// its key count doubles again. This drives the move to its end with cheap
+/// reads (`EXISTS` of a key that is not there, each a step) and returns how
+/// long that took.
+pub async fn finish_resizing(url: &str) -> std::time::Duration {
+    let client = redis::Client::open(url).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let t = Instant::now();
+    while resizing(&mut conn).await {
+        let mut pipe = redis::pipe();
+        for _ in 0..100 {
+            pipe.cmd("EXISTS").arg(&["bench:absent"; 1000]).ignore();
+        }
+        let () = pipe.query_async(&mut conn).await.unwrap();
+    }
+    t.elapsed()
 }

@@ -5,8 +5,8 @@
 //! costs Redis (and this process) a socket read and a socket write, which
 //! under load cost more than the commands. Here lookups queue for one task
 //! that sends whatever has queued as one pipeline: one generation check,
-//! then one `HGETALL` per lookup, and hands each lookup its reply. While a
-//! pipeline is in flight the next lookups queue, so batches grow with the
+//! then one `HGETALL` per lookup, and hands each lookup its reply. While two
+//! pipelines are in flight the next lookups queue, so batches grow with the
 //! load; a lone lookup is sent at once.
 
 use std::sync::atomic::AtomicU64;
@@ -21,6 +21,12 @@ use crate::{IndexError, IndexResult};
 
 /// Most lookups sent in one pipeline.
 const MAX_BATCH: usize = 256;
+
+/// Most pipelines awaiting their replies. With one, lookups that queue while
+/// a pipeline is out wait for all of its replies, however late (Redis shares
+/// the cores with this process); with two, they go out as soon as the task
+/// has them. More would shrink batches: each costs Redis a read and a write.
+const MAX_IN_FLIGHT: usize = 2;
 
 struct Lookup {
     e164: String,
@@ -83,32 +89,58 @@ async fn wait(answer: oneshot::Receiver<IndexResult<Value>>) -> IndexResult<Valu
         .map_err(|_| IndexError::Unavailable("the caller-ID read task stopped".into()))?
 }
 
-/// Sends what has queued, waits for the replies, and again; ends when the
-/// index (the only sender) is dropped.
+/// Sends what has queued as one pipeline, with up to [`MAX_IN_FLIGHT`]
+/// pipelines awaiting their replies; ends when the index (the only sender)
+/// is dropped and every pipeline sent has been answered.
 async fn serve(target: Target, mut queue: mpsc::UnboundedReceiver<Lookup>) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while let Some(first) = queue.recv().await {
-        // Let the requests already runnable on this runtime queue their
-        // lookups too (under load, several are): they go in this pipeline
-        // instead of each in one of their own. Idle, this costs nothing.
-        tokio::task::yield_now().await;
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
-            match queue.try_recv() {
-                Ok(next) => batch.push(next),
-                Err(_) => break,
+    use futures::stream::{FuturesUnordered, StreamExt};
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        let room = open && in_flight.len() < MAX_IN_FLIGHT;
+        tokio::select! {
+            biased;
+            Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                answer(batch, result);
+            }
+            first = queue.recv(), if room => {
+                let Some(first) = first else {
+                    open = false;
+                    continue;
+                };
+                // Let the requests already runnable on this runtime queue
+                // their lookups too (under load, several are): they go in
+                // this pipeline instead of each in one of their own. Idle,
+                // this costs nothing.
+                tokio::task::yield_now().await;
+                let mut batch = Vec::with_capacity(MAX_BATCH);
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let target = target.clone();
+                in_flight.push(async move {
+                    let result = read(&target, &batch).await;
+                    (batch, result)
+                });
             }
         }
-        match read(&target, &batch).await {
-            Ok(values) => {
-                for (lookup, value) in batch.drain(..).zip(values) {
-                    let _ = lookup.reply.send(Ok(value));
-                }
+    }
+}
+
+fn answer(batch: Vec<Lookup>, result: IndexResult<Vec<Value>>) {
+    match result {
+        Ok(values) => {
+            for (lookup, value) in batch.into_iter().zip(values) {
+                let _ = lookup.reply.send(Ok(value));
             }
-            Err(e) => {
-                for lookup in batch.drain(..) {
-                    let _ = lookup.reply.send(Err(e.clone()));
-                }
+        }
+        Err(e) => {
+            for lookup in batch {
+                let _ = lookup.reply.send(Err(e.clone()));
             }
         }
     }
