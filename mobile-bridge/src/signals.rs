@@ -58,12 +58,12 @@ impl SignalRecorder {
                         }
                     }
                 }
-                if let Err(e) = store.insert_call_signals(&batch).await {
-                    metrics::counter!("crm_call_signals_dropped_total")
-                        .increment(batch.len() as u64);
-                    tracing::warn!(error = %e, signals = batch.len(), "incoming-call signals not stored");
+                let signals = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+                let count = signals.len();
+                if let Err(e) = store.insert_call_signals(signals).await {
+                    metrics::counter!("crm_call_signals_dropped_total").increment(count as u64);
+                    tracing::warn!(error = %e, signals = count, "incoming-call signals not stored");
                 }
-                batch.clear();
             }
         });
         SignalRecorder { queue }
@@ -120,7 +120,7 @@ mod tests {
         let old = signal(now - chrono::Duration::days(8));
         let recent = signal(now - chrono::Duration::days(6));
         store
-            .insert_call_signals(&[old.clone(), recent.clone()])
+            .insert_call_signals(vec![old.clone(), recent.clone()])
             .await
             .unwrap();
 

@@ -301,7 +301,8 @@ pub trait Store: Send + Sync + 'static {
     // --- incoming-call signals ---
 
     /// Keeps the signals (ids are unique; an existing id is left as it is).
-    async fn insert_call_signals(&self, signals: &[CallSignal]) -> StoreResult<()>;
+    /// Takes them by value: the embedded store writes them on another thread.
+    async fn insert_call_signals(&self, signals: Vec<CallSignal>) -> StoreResult<()>;
     /// Signals at or after `since`, of one user's devices or of all (`None`),
     /// oldest first (ties by id), at most `limit`.
     async fn list_call_signals(

@@ -1420,8 +1420,8 @@ impl Store for MongoStore {
 
     // --- incoming-call signals ---
 
-    async fn insert_call_signals(&self, signals: &[CallSignal]) -> StoreResult<()> {
-        for signal in signals {
+    async fn insert_call_signals(&self, signals: Vec<CallSignal>) -> StoreResult<()> {
+        for signal in &signals {
             let doc = to_doc(signal, "id")?;
             match self.call_signals.insert_one(doc).await {
                 Ok(_) => {}

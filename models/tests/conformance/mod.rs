@@ -1471,13 +1471,13 @@ pub async fn call_signals_by_time_and_user(store: Arc<dyn Store>) {
     let a2 = signal(ann, at(30));
     let a3 = signal(ann, at(40));
     store
-        .insert_call_signals(&[a3.clone(), a1.clone()])
+        .insert_call_signals(vec![a3.clone(), a1.clone()])
         .await
         .unwrap();
-    store.insert_call_signals(&[]).await.unwrap();
+    store.insert_call_signals(Vec::new()).await.unwrap();
     // A repeated signal is kept once.
     store
-        .insert_call_signals(&[b1.clone(), a2.clone(), a1.clone()])
+        .insert_call_signals(vec![b1.clone(), a2.clone(), a1.clone()])
         .await
         .unwrap();
     assert_eq!(
