@@ -1421,15 +1421,30 @@ impl Store for MongoStore {
     // --- incoming-call signals ---
 
     async fn insert_call_signals(&self, signals: Vec<CallSignal>) -> StoreResult<()> {
-        for signal in &signals {
-            let doc = to_doc(signal, "id")?;
-            match self.call_signals.insert_one(doc).await {
-                Ok(_) => {}
-                Err(e) if is_duplicate_key(&e) => {}
-                Err(e) => return Err(map_err(e)),
-            }
+        if signals.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let docs = signals
+            .iter()
+            .map(|s| to_doc(s, "id"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        // One round trip for the batch, unordered so that a signal stored
+        // before (a retried batch) does not stop the ones after it.
+        match self.call_signals.insert_many(docs).ordered(false).await {
+            Ok(_) => Ok(()),
+            Err(e) => match e.kind.as_ref() {
+                ErrorKind::InsertMany(m)
+                    if m.write_concern_error.is_none()
+                        && m.write_errors
+                            .iter()
+                            .flatten()
+                            .all(|w| DUPLICATE_KEY.contains(&w.code)) =>
+                {
+                    Ok(())
+                }
+                _ => Err(map_err(e)),
+            },
+        }
     }
 
     async fn list_call_signals(
