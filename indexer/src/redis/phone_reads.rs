@@ -13,6 +13,7 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use ::redis::Value;
+use futures::stream::{FuturesUnordered, StreamExt};
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot};
 
@@ -93,7 +94,6 @@ async fn wait(answer: oneshot::Receiver<IndexResult<Value>>) -> IndexResult<Valu
 /// pipelines awaiting their replies; ends when the index (the only sender)
 /// is dropped and every pipeline sent has been answered.
 async fn serve(target: Target, mut queue: mpsc::UnboundedReceiver<Lookup>) {
-    use futures::stream::{FuturesUnordered, StreamExt};
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {

@@ -1435,10 +1435,9 @@ impl Store for MongoStore {
             Err(e) => match e.kind.as_ref() {
                 ErrorKind::InsertMany(m)
                     if m.write_concern_error.is_none()
-                        && m.write_errors
-                            .iter()
-                            .flatten()
-                            .all(|w| DUPLICATE_KEY.contains(&w.code)) =>
+                        && m.write_errors.as_ref().is_some_and(|errors| {
+                            errors.iter().all(|w| DUPLICATE_KEY.contains(&w.code))
+                        }) =>
                 {
                     Ok(())
                 }
