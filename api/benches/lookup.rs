@@ -19,6 +19,8 @@
 mod cpu;
 #[path = "../../indexer/benches/support/load.rs"]
 mod load;
+#[path = "support/preload.rs"]
+mod preload;
 #[path = "../../indexer/benches/support/redis_server.rs"]
 mod redis_server;
 
@@ -34,9 +36,8 @@ use axum::{Json, Router};
 use crm_api::config::Config;
 use crm_api::Application;
 use crm_indexer::generate::{self, SplitMix64};
-use crm_indexer::{IndexResult, RedisIndex, SearchIndex};
 use crm_models::names;
-use futures::{FutureExt, StreamExt};
+use futures::FutureExt;
 use serde_json::{json, Value};
 
 const PREFIX: &str = "crmbench:";
@@ -159,22 +160,7 @@ async fn main() {
     let url = redis_server::start();
 
     // The index: N customers written straight into Redis.
-    let index = RedisIndex::connect(&url, PREFIX).await.unwrap();
-    let step = (args.customers / 10).max(1);
-    let docs = futures::stream::iter(
-        generate::customers(args.seed, args.customers as usize)
-            .enumerate()
-            .map(move |(i, doc)| {
-                if (i as u64 + 1).checked_rem(step) == Some(0) {
-                    eprintln!("pre-loading the index: {} customers", i + 1);
-                }
-                IndexResult::Ok(doc)
-            }),
-    )
-    .boxed();
-    let t = Instant::now();
-    index.rebuild(docs).await.unwrap();
-    let preload = t.elapsed();
+    let preload = preload::preload(&url, PREFIX, args.customers, args.seed).await;
     let settle = if args.settle {
         eprintln!("letting Redis finish resizing its key table");
         Some(redis_server::finish_resizing(&url).await)

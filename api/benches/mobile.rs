@@ -25,21 +25,20 @@
 
 #[path = "support/cpu.rs"]
 mod cpu;
+#[path = "support/preload.rs"]
+mod preload;
 #[path = "../../indexer/benches/support/redis_server.rs"]
 mod redis_server;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use crm_api::config::Config;
 use crm_api::Application;
 use crm_indexer::generate::{self, SplitMix64};
-use crm_indexer::{IndexResult, RedisIndex, SearchIndex};
 use crm_mobile_bridge::sim::{self, percentile, LookupReport, UploadPlan, UploadReport};
-use futures::StreamExt;
 use serde_json::{json, Value};
 
 const PREFIX: &str = "crmbench:";
@@ -247,25 +246,11 @@ async fn main() {
     if args.caller_id {
         let url = redis_server::start();
         println!("redis: {}", redis_server::version());
-        let index = RedisIndex::connect(&url, PREFIX).await.unwrap();
-        let step = (args.customers / 10).max(1);
-        let docs = futures::stream::iter(
-            generate::customers(args.seed, args.customers as usize)
-                .enumerate()
-                .map(move |(i, doc)| {
-                    if (i as u64 + 1).checked_rem(step) == Some(0) {
-                        eprintln!("pre-loading the index: {} customers", i + 1);
-                    }
-                    IndexResult::Ok(doc)
-                }),
-        )
-        .boxed();
-        let t = Instant::now();
-        index.rebuild(docs).await.unwrap();
+        let preloaded = preload::preload(&url, PREFIX, args.customers, args.seed).await;
         println!(
             "index pre-loaded with {} customers in {:.1} s",
             thousands(args.customers as f64),
-            t.elapsed().as_secs_f64()
+            preloaded.as_secs_f64()
         );
         eprintln!("letting Redis finish resizing its key table");
         println!(
