@@ -28,8 +28,10 @@
 //!   with one command per key and batch, sorted-set members in order
 //!   (see `NewCustomers`); upserts and removals applied meanwhile win over
 //!   the rebuild's copy (see `LIVE_FIELD`).
-//! - The connection is a [`ConnectionManager`]: it reconnects by itself; a
-//!   command sent while Redis is down fails with [`IndexError::Unavailable`].
+//! - The connection is a `ConnectionManager` (see `connection`): it
+//!   reconnects by itself; a command sent while Redis is down fails with
+//!   [`IndexError::Unavailable`]. Caller-ID reads have a connection of their
+//!   own (see `phone_reads`).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
@@ -41,7 +43,6 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use ::redis::aio::ConnectionManager;
 use ::redis::{from_owned_redis_value, Pipeline, RedisError, Script, Value};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
@@ -170,6 +171,7 @@ return 1
 
 mod connection;
 mod phone_reads;
+mod resp;
 
 use connection::Connection;
 
@@ -195,16 +197,11 @@ impl RedisIndex {
         ))
     }
 
-    /// An index on a connection manager of the caller's (never renewed).
-    pub fn new(conn: ConnectionManager, prefix: &str) -> Self {
-        Self::with_connection(Arc::new(Connection::given(conn)), prefix)
-    }
-
     fn with_connection(conn: Arc<Connection>, prefix: &str) -> Self {
         let generation = Arc::new(AtomicU64::new(0));
         RedisIndex {
             phone_reads: phone_reads::PhoneReads::new(phone_reads::Target {
-                conn: conn.clone(),
+                info: conn.info().clone(),
                 prefix: prefix.to_string(),
                 generation: generation.clone(),
             }),
@@ -1674,9 +1671,10 @@ impl SearchIndex for RedisIndex {
     }
 
     async fn lookup_phone_json(&self, phone: &PhoneNumber) -> IndexResult<Vec<SummaryJson>> {
-        let by_id: Vec<(String, String)> =
-            from_owned_redis_value(self.phone_reads.hgetall(phone.as_str()).await?)?;
-        let found = by_id
+        let found = self
+            .phone_reads
+            .hgetall(phone.as_str())
+            .await?
             .into_iter()
             .map(|(id, json)| {
                 let id = id

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::Client;
+use ::redis::{Client, ConnectionInfo};
 use parking_lot::{Mutex, RwLock};
 
 use crate::{IndexError, IndexResult};
@@ -25,9 +25,7 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Connection {
-    /// Absent when the index was given a connection manager: then it is
-    /// never renewed.
-    client: Option<Client>,
+    client: Client,
     current: RwLock<ConnectionManager>,
     renewing: AtomicBool,
     last_attempt: Mutex<Option<Instant>>,
@@ -48,18 +46,16 @@ impl Connection {
             .await
             .map_err(IndexError::from)?;
         Ok(Connection {
-            client: Some(client),
-            ..Connection::given(manager)
-        })
-    }
-
-    pub(crate) fn given(manager: ConnectionManager) -> Self {
-        Connection {
-            client: None,
+            client,
             current: RwLock::new(manager),
             renewing: AtomicBool::new(false),
             last_attempt: Mutex::new(None),
-        }
+        })
+    }
+
+    /// Where Redis is and how to log in, as the URL said.
+    pub(crate) fn info(&self) -> &ConnectionInfo {
+        self.client.get_connection_info()
     }
 
     /// A handle on the current connection manager.
@@ -70,9 +66,7 @@ impl Connection {
     /// Redis did not answer: start building a fresh connection manager,
     /// unless one is being built or the last attempt was under a second ago.
     pub(crate) fn unreachable(self: &Arc<Self>) {
-        let Some(client) = self.client.clone() else {
-            return;
-        };
+        let client = self.client.clone();
         {
             let mut last = self.last_attempt.lock();
             if last.is_some_and(|t| t.elapsed() < RENEW_EVERY) {

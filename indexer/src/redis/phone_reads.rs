@@ -1,23 +1,36 @@
-//! Caller-ID reads share round trips (automatic pipelining).
+//! Caller-ID reads share round trips (automatic pipelining), on a connection
+//! of their own.
 //!
 //! Each caller-ID lookup is one `HGETALL` of a `ph:` key, plus the check of
 //! the live generation that every read makes. Sent one by one, every lookup
 //! costs Redis (and this process) a socket read and a socket write, which
 //! under load cost more than the commands. Here lookups queue for one task
 //! that sends whatever has queued as one pipeline: one generation check,
-//! then one `HGETALL` per lookup, and hands each lookup its reply. While two
-//! pipelines are in flight the next lookups queue, so batches grow with the
-//! load; a lone lookup is sent at once.
+//! then one `HGETALL` per lookup, and hands each lookup its reply as soon as
+//! it is read. While two pipelines are in flight the next lookups queue, so
+//! batches grow with the load; a lone lookup is sent at once.
+//!
+//! The task owns its connection and speaks the protocol itself ([`resp`]):
+//! no hop to the `redis` crate's connection task, and each reply is read
+//! once, straight into the strings the lookup needs. A connection that
+//! fails, closes, or leaves a pipeline unanswered for [`READ_TIMEOUT`] is
+//! dropped, every lookup awaiting it fails as unavailable (crm-api then
+//! answers from the store), and the next pipeline connects afresh, at most
+//! once per [`RECONNECT_EVERY`].
 
-use std::sync::atomic::AtomicU64;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
-use ::redis::Value;
-use futures::stream::{FuturesUnordered, StreamExt};
+use ::redis::{ConnectionAddr, ConnectionInfo};
 use parking_lot::Mutex;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
 
-use super::{read_live, Connection};
+use super::resp::{self, Frame};
+use super::{Keys, READ_TIMEOUT};
 use crate::{IndexError, IndexResult};
 
 /// Most lookups sent in one pipeline.
@@ -29,15 +42,29 @@ const MAX_BATCH: usize = 256;
 /// has them. More would shrink batches: each costs Redis a read and a write.
 const MAX_IN_FLIGHT: usize = 2;
 
+/// Least time between two attempts to connect after one failed: meanwhile
+/// lookups fail at once instead of each waiting for a connection.
+const RECONNECT_EVERY: Duration = Duration::from_millis(500);
+
+/// A pipeline whose generation check found another generation live is sent
+/// again, at most this many times in all.
+const MAX_ATTEMPTS: u8 = 3;
+
+/// A hash's `(field, value)` pairs: for a `ph:` key, customer id and
+/// summary JSON.
+pub(super) type Entries = Vec<(String, String)>;
+
 struct Lookup {
     e164: String,
-    reply: oneshot::Sender<IndexResult<Value>>,
+    attempts: u8,
+    reply: oneshot::Sender<IndexResult<Entries>>,
 }
 
 /// What the batching task needs, shared with the index that owns it.
 #[derive(Clone)]
 pub(super) struct Target {
-    pub conn: Arc<Connection>,
+    /// Where Redis is, and how to log in and select the database.
+    pub info: ConnectionInfo,
     pub prefix: String,
     pub generation: Arc<AtomicU64>,
 }
@@ -57,14 +84,17 @@ impl PhoneReads {
         }
     }
 
-    /// The raw `HGETALL` reply of `ph:<e164>` in the live generation.
-    pub(super) async fn hgetall(&self, e164: &str) -> IndexResult<Value> {
+    /// The entries of `ph:<e164>` in the live generation.
+    pub(super) async fn hgetall(&self, e164: &str) -> IndexResult<Entries> {
         let (reply, answer) = oneshot::channel();
         self.enqueue(Lookup {
             e164: e164.to_string(),
+            attempts: 0,
             reply,
         });
-        wait(answer).await
+        answer
+            .await
+            .map_err(|_| IndexError::Unavailable("the caller-ID read task stopped".into()))?
     }
 
     fn enqueue(&self, lookup: Lookup) {
@@ -84,24 +114,69 @@ impl PhoneReads {
     }
 }
 
-async fn wait(answer: oneshot::Receiver<IndexResult<Value>>) -> IndexResult<Value> {
-    answer
-        .await
-        .map_err(|_| IndexError::Unavailable("the caller-ID read task stopped".into()))?
+/// An open connection: its two halves and what has been read but not yet
+/// parsed.
+struct Link {
+    reader: Box<dyn AsyncRead + Send + Unpin>,
+    writer: Box<dyn AsyncWrite + Send + Unpin>,
+    buf: Vec<u8>,
+}
+
+/// A pipeline sent and not fully answered.
+struct Sent {
+    /// The generation its keys are in.
+    generation: u64,
+    /// Its generation check has not been answered yet.
+    check_pending: bool,
+    /// The check found another generation live: its lookups go again.
+    stale: bool,
+    /// The check failed: so do its lookups.
+    failed: Option<IndexError>,
+    /// The lookups not answered yet, in the order their commands were sent.
+    lookups: VecDeque<Lookup>,
+    deadline: Instant,
+}
+
+/// The batching task's state.
+struct Reads {
+    target: Target,
+    link: Option<Link>,
+    in_flight: VecDeque<Sent>,
+    /// When connecting last failed.
+    refused_at: Option<Instant>,
+    /// Lookups to send again against the new live generation.
+    again: Vec<Lookup>,
 }
 
 /// Sends what has queued as one pipeline, with up to [`MAX_IN_FLIGHT`]
 /// pipelines awaiting their replies; ends when the index (the only sender)
 /// is dropped and every pipeline sent has been answered.
 async fn serve(target: Target, mut queue: mpsc::UnboundedReceiver<Lookup>) {
-    let mut in_flight = FuturesUnordered::new();
+    let mut reads = Reads {
+        target,
+        link: None,
+        in_flight: VecDeque::new(),
+        refused_at: None,
+        again: Vec::new(),
+    };
     let mut open = true;
-    while open || !in_flight.is_empty() {
-        let room = open && in_flight.len() < MAX_IN_FLIGHT;
+    while open || !reads.in_flight.is_empty() {
+        let room = open && reads.in_flight.len() < MAX_IN_FLIGHT;
+        let deadline = reads.in_flight.front().map(|s| s.deadline);
         tokio::select! {
             biased;
-            Some((batch, result)) = in_flight.next(), if !in_flight.is_empty() => {
-                answer(batch, result);
+            read = read_more(reads.link.as_mut()), if deadline.is_some() => {
+                reads.received(read);
+                if !reads.again.is_empty() {
+                    let again = std::mem::take(&mut reads.again);
+                    reads.send(again).await;
+                }
+            }
+            () = sleep_until(deadline), if deadline.is_some() => {
+                reads.drop_link(&IndexError::Unavailable(format!(
+                    "Redis did not answer within {} ms",
+                    READ_TIMEOUT.as_millis()
+                )));
             }
             first = queue.recv(), if room => {
                 let Some(first) = first else {
@@ -121,51 +196,577 @@ async fn serve(target: Target, mut queue: mpsc::UnboundedReceiver<Lookup>) {
                         Err(_) => break,
                     }
                 }
-                let target = target.clone();
-                in_flight.push(async move {
-                    let result = read(&target, &batch).await;
-                    (batch, result)
+                reads.send(batch).await;
+            }
+        }
+    }
+}
+
+async fn read_more(link: Option<&mut Link>) -> std::io::Result<usize> {
+    match link {
+        Some(link) => {
+            if link.buf.capacity() - link.buf.len() < 16 * 1024 {
+                link.buf.reserve(64 * 1024);
+            }
+            link.reader.read_buf(&mut link.buf).await
+        }
+        // Not reached: pipelines in flight have a link.
+        None => Err(std::io::ErrorKind::NotConnected.into()),
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Reads {
+    /// Sends `batch` as one pipeline, connecting first if need be; on
+    /// failure, its lookups (and any in flight) fail.
+    async fn send(&mut self, batch: Vec<Lookup>) {
+        let mut batch = batch;
+        batch.retain(|l| !l.reply.is_closed());
+        if batch.is_empty() {
+            return;
+        }
+        if self.link.is_none() {
+            if self
+                .refused_at
+                .is_some_and(|at| at.elapsed() < RECONNECT_EVERY)
+            {
+                fail(
+                    batch,
+                    &IndexError::Unavailable("Redis is unreachable".into()),
+                );
+                return;
+            }
+            match tokio::time::timeout(READ_TIMEOUT, connect(&self.target.info)).await {
+                Ok(Ok(link)) => {
+                    self.link = Some(link);
+                    self.refused_at = None;
+                }
+                Ok(Err(e)) => {
+                    self.refused_at = Some(Instant::now());
+                    fail(batch, &e);
+                    return;
+                }
+                Err(_) => {
+                    self.refused_at = Some(Instant::now());
+                    let e = IndexError::Unavailable(format!(
+                        "could not connect to Redis within {} ms",
+                        READ_TIMEOUT.as_millis()
+                    ));
+                    fail(batch, &e);
+                    return;
+                }
+            }
+        }
+        let generation = self.target.generation.load(Ordering::Relaxed);
+        let keys = Keys {
+            base: format!("{}g{generation}:", self.target.prefix),
+        };
+        let gen_key = format!("{}gen", self.target.prefix);
+        let mut out = Vec::with_capacity(64 + batch.len() * (keys.base.len() + 40));
+        resp::command(&mut out, &[b"HGET", gen_key.as_bytes(), b"current"]);
+        for lookup in &batch {
+            resp::command(&mut out, &[b"HGETALL", keys.ph(&lookup.e164).as_bytes()]);
+        }
+        self.in_flight.push_back(Sent {
+            generation,
+            check_pending: true,
+            stale: false,
+            failed: None,
+            lookups: batch.into(),
+            deadline: Instant::now() + READ_TIMEOUT,
+        });
+        let written = match self.link.as_mut() {
+            Some(link) => tokio::time::timeout(READ_TIMEOUT, link.writer.write_all(&out)).await,
+            None => return,
+        };
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.drop_link(&IndexError::Unavailable(format!(
+                "writing to Redis failed: {e}"
+            ))),
+            Err(_) => self.drop_link(&IndexError::Unavailable(format!(
+                "Redis did not take a pipeline within {} ms",
+                READ_TIMEOUT.as_millis()
+            ))),
+        }
+    }
+
+    /// Hands out the replies that `read` completed.
+    fn received(&mut self, read: std::io::Result<usize>) {
+        match read {
+            Ok(0) => {
+                return self.drop_link(&IndexError::Unavailable(
+                    "Redis closed the connection".into(),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => {
+                return self.drop_link(&IndexError::Unavailable(format!(
+                    "reading from Redis failed: {e}"
+                )))
+            }
+        }
+        let Some(link) = self.link.as_mut() else {
+            return;
+        };
+        let mut used = 0;
+        let outcome = loop {
+            match resp::parse(&link.buf[used..]) {
+                Ok(Some((frame, len))) => {
+                    used += len;
+                    if let Err(e) = deliver(
+                        &mut self.in_flight,
+                        &mut self.again,
+                        &self.target.generation,
+                        frame,
+                    ) {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(format!("Redis sent an unreadable reply: {}", e.0)),
+            }
+        };
+        link.buf.drain(..used);
+        if let Err(e) = outcome {
+            self.drop_link(&IndexError::Unavailable(e));
+        }
+    }
+
+    /// Closes the connection; every lookup awaiting it gets `e`.
+    fn drop_link(&mut self, e: &IndexError) {
+        self.link = None;
+        for sent in self.in_flight.drain(..) {
+            fail(sent.lookups, e);
+        }
+        for lookup in self.again.drain(..) {
+            let _ = lookup.reply.send(Err(e.clone()));
+        }
+    }
+}
+
+/// The next reply goes to the oldest pipeline in flight: first its
+/// generation check, then its lookups in order. A reply nothing awaits means
+/// the connection is out of step.
+fn deliver(
+    in_flight: &mut VecDeque<Sent>,
+    again: &mut Vec<Lookup>,
+    generation_seen: &AtomicU64,
+    frame: Frame<'_>,
+) -> Result<(), String> {
+    let Some(sent) = in_flight.front_mut() else {
+        return Err("Redis sent a reply nothing asked for".into());
+    };
+    if sent.check_pending {
+        sent.check_pending = false;
+        match generation_of(&frame) {
+            Ok(live) if live == sent.generation => {}
+            Ok(live) => {
+                generation_seen.store(live, Ordering::Relaxed);
+                sent.stale = true;
+            }
+            Err(e) => sent.failed = Some(e),
+        }
+    } else {
+        let Some(mut lookup) = sent.lookups.pop_front() else {
+            return Err("Redis sent more replies than commands".into());
+        };
+        if let Some(e) = &sent.failed {
+            let _ = lookup.reply.send(Err(e.clone()));
+        } else if sent.stale {
+            lookup.attempts += 1;
+            if lookup.attempts >= MAX_ATTEMPTS {
+                let _ = lookup.reply.send(Err(IndexError::Internal(
+                    "the index generation changed three times during one read".into(),
+                )));
+            } else {
+                again.push(lookup);
+            }
+        } else {
+            let _ = lookup.reply.send(entries_of(&frame));
+        }
+    }
+    if !sent.check_pending && sent.lookups.is_empty() {
+        in_flight.pop_front();
+    }
+    Ok(())
+}
+
+fn fail(lookups: impl IntoIterator<Item = Lookup>, e: &IndexError) {
+    for lookup in lookups {
+        let _ = lookup.reply.send(Err(e.clone()));
+    }
+}
+
+/// `HGET <prefix>gen current`: the live generation, 0 before any rebuild.
+fn generation_of(frame: &Frame<'_>) -> IndexResult<u64> {
+    match frame {
+        Frame::Bulk(None) => Ok(0),
+        Frame::Bulk(Some(digits)) => std::str::from_utf8(digits)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| IndexError::Internal("index data: a malformed generation".into())),
+        Frame::Error(e) => Err(redis_error(e)),
+        _ => Err(IndexError::Internal(
+            "Redis answered the generation check with something else".into(),
+        )),
+    }
+}
+
+/// An `HGETALL` reply: pairs of strings.
+fn entries_of(frame: &Frame<'_>) -> IndexResult<Entries> {
+    let items = match frame {
+        Frame::Array(Some(items)) if items.len() % 2 == 0 => items,
+        Frame::Error(e) => return Err(redis_error(e)),
+        _ => {
+            return Err(IndexError::Internal(
+                "Redis answered HGETALL with something else".into(),
+            ))
+        }
+    };
+    let text = |f: &Frame<'_>| match f {
+        Frame::Bulk(Some(bytes)) => String::from_utf8(bytes.to_vec())
+            .map_err(|_| IndexError::Internal("index data: not UTF-8".into())),
+        _ => Err(IndexError::Internal(
+            "Redis answered HGETALL with something else".into(),
+        )),
+    };
+    items
+        .chunks_exact(2)
+        .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
+        .collect()
+}
+
+fn redis_error(message: &[u8]) -> IndexError {
+    IndexError::Internal(format!("Redis: {}", String::from_utf8_lossy(message)))
+}
+
+/// Opens a connection to Redis and logs in, as the index's URL says.
+async fn connect(info: &ConnectionInfo) -> IndexResult<Link> {
+    let unreachable = |e: std::io::Error| IndexError::Unavailable(format!("Redis: {e}"));
+    let mut link = match &info.addr {
+        ConnectionAddr::Tcp(host, port) => {
+            let stream = tokio::net::TcpStream::connect((host.as_str(), *port))
+                .await
+                .map_err(unreachable)?;
+            stream.set_nodelay(true).map_err(unreachable)?;
+            let (reader, writer) = stream.into_split();
+            Link {
+                reader: Box::new(reader),
+                writer: Box::new(writer),
+                buf: Vec::with_capacity(64 * 1024),
+            }
+        }
+        #[cfg(unix)]
+        ConnectionAddr::Unix(path) => {
+            let stream = tokio::net::UnixStream::connect(path)
+                .await
+                .map_err(unreachable)?;
+            let (reader, writer) = stream.into_split();
+            Link {
+                reader: Box::new(reader),
+                writer: Box::new(writer),
+                buf: Vec::with_capacity(64 * 1024),
+            }
+        }
+        #[allow(unreachable_patterns)]
+        _ => {
+            return Err(IndexError::Unavailable(
+                "caller-ID reads connect to Redis over TCP or a Unix socket only".into(),
+            ))
+        }
+    };
+    let redis = &info.redis;
+    let mut hello = Vec::new();
+    let mut expected = 0;
+    if let Some(password) = &redis.password {
+        match &redis.username {
+            Some(user) => {
+                resp::command(&mut hello, &[b"AUTH", user.as_bytes(), password.as_bytes()])
+            }
+            None => resp::command(&mut hello, &[b"AUTH", password.as_bytes()]),
+        }
+        expected += 1;
+    }
+    if redis.db != 0 {
+        resp::command(&mut hello, &[b"SELECT", redis.db.to_string().as_bytes()]);
+        expected += 1;
+    }
+    if expected == 0 {
+        return Ok(link);
+    }
+    link.writer.write_all(&hello).await.map_err(unreachable)?;
+    let mut answered = 0;
+    while answered < expected {
+        let n = link
+            .reader
+            .read_buf(&mut link.buf)
+            .await
+            .map_err(unreachable)?;
+        if n == 0 {
+            return Err(IndexError::Unavailable(
+                "Redis closed the connection while logging in".into(),
+            ));
+        }
+        let mut used = 0;
+        while answered < expected {
+            match resp::parse(&link.buf[used..]) {
+                Ok(Some((Frame::Simple(_), len))) => {
+                    used += len;
+                    answered += 1;
+                }
+                Ok(Some((Frame::Error(e), _))) => {
+                    return Err(IndexError::Unavailable(format!(
+                        "Redis refused the caller-ID connection: {}",
+                        String::from_utf8_lossy(e)
+                    )))
+                }
+                Ok(Some(_)) | Err(_) => {
+                    return Err(IndexError::Unavailable(
+                        "Redis answered the log-in with something else".into(),
+                    ))
+                }
+                Ok(None) => break,
+            }
+        }
+        link.buf.drain(..used);
+    }
+    Ok(link)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use ::redis::IntoConnectionInfo;
+    use std::collections::HashMap;
+
+    /// What a fake Redis does with one command of connection `conn`: the
+    /// bytes to answer (maybe none), or `None` to close the connection.
+    type Handler = Arc<dyn Fn(usize, &[Vec<u8>]) -> Option<Vec<u8>> + Send + Sync>;
+
+    /// The commands a fake Redis received, each with its connection's number.
+    type Log = Arc<Mutex<Vec<(usize, Vec<String>)>>>;
+
+    /// A server speaking just enough RESP to stand in for Redis; returns
+    /// its URL address part (`127.0.0.1:<port>`).
+    async fn fake_redis(handler: Handler) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            let mut conn = 0;
+            while let Ok((mut stream, _)) = listener.accept().await {
+                conn += 1;
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let mut buf = Vec::new();
+                    loop {
+                        if stream.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        let mut used = 0;
+                        while let Some((frame, len)) = resp::parse(&buf[used..]).unwrap() {
+                            used += len;
+                            let Frame::Array(Some(items)) = frame else {
+                                panic!("not a command")
+                            };
+                            let args: Vec<Vec<u8>> = items
+                                .iter()
+                                .map(|i| match i {
+                                    Frame::Bulk(Some(b)) => b.to_vec(),
+                                    other => panic!("not an argument: {other:?}"),
+                                })
+                                .collect();
+                            match handler(conn, &args) {
+                                Some(reply) => stream.write_all(&reply).await.unwrap(),
+                                None => return,
+                            }
+                        }
+                        buf.drain(..used);
+                    }
                 });
             }
-        }
+        });
+        addr
     }
-}
 
-fn answer(batch: Vec<Lookup>, result: IndexResult<Vec<Value>>) {
-    match result {
-        Ok(values) => {
-            for (lookup, value) in batch.into_iter().zip(values) {
-                let _ = lookup.reply.send(Ok(value));
-            }
-        }
-        Err(e) => {
-            for lookup in batch {
-                let _ = lookup.reply.send(Err(e.clone()));
-            }
-        }
+    fn reads(url: &str) -> PhoneReads {
+        PhoneReads::new(Target {
+            info: url.into_connection_info().unwrap(),
+            prefix: "p:".into(),
+            generation: Arc::new(AtomicU64::new(0)),
+        })
     }
-}
 
-/// One pipeline for the batch, against the live generation. One reply per
-/// lookup, in order.
-async fn read(target: &Target, batch: &[Lookup]) -> IndexResult<Vec<Value>> {
-    let (_, values) = read_live(
-        &target.conn,
-        &target.prefix,
-        &target.generation,
-        |keys, pipe| {
-            for lookup in batch {
-                pipe.cmd("HGETALL").arg(keys.ph(&lookup.e164));
-            }
-        },
-    )
-    .await?;
-    if values.len() != batch.len() {
-        return Err(IndexError::Internal(format!(
-            "{} replies to {} lookups",
-            values.len(),
-            batch.len()
-        )));
+    fn bulk(s: &str) -> Vec<u8> {
+        format!("${}\r\n{s}\r\n", s.len()).into_bytes()
     }
-    Ok(values)
+
+    fn text(args: &[Vec<u8>]) -> Vec<String> {
+        args.iter()
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect()
+    }
+
+    /// Answers like Redis holding `hashes` (key to one field and value)
+    /// and `p:gen current` from `live`; records every command.
+    fn store(
+        hashes: HashMap<String, (String, String)>,
+        live: Arc<Mutex<Option<u64>>>,
+        log: Log,
+    ) -> Handler {
+        Arc::new(move |conn, args| {
+            let args = text(args);
+            log.lock().push((conn, args.clone()));
+            let reply = match args[0].as_str() {
+                "AUTH" | "SELECT" => b"+OK\r\n".to_vec(),
+                "HGET" => match *live.lock() {
+                    Some(g) => bulk(&g.to_string()),
+                    None => b"$-1\r\n".to_vec(),
+                },
+                "HGETALL" => match hashes.get(&args[1]) {
+                    Some((f, v)) => [b"*2\r\n".to_vec(), bulk(f), bulk(v)].concat(),
+                    None => b"*0\r\n".to_vec(),
+                },
+                _ => b"-ERR unknown command\r\n".to_vec(),
+            };
+            Some(reply)
+        })
+    }
+
+    #[tokio::test]
+    async fn lookups_log_in_select_the_database_and_follow_the_live_generation() {
+        let hashes = HashMap::from([
+            (
+                "p:g2:ph:+6581226418".to_string(),
+                ("id-2".into(), "{\"g\":2}".into()),
+            ),
+            (
+                "p:g3:ph:+6581226418".to_string(),
+                ("id-3".into(), "{\"g\":3}".into()),
+            ),
+            (
+                "p:g3:ph:+6590000000".to_string(),
+                ("id-9".into(), "{}".into()),
+            ),
+        ]);
+        let live = Arc::new(Mutex::new(Some(2)));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let addr = fake_redis(store(hashes, live.clone(), log.clone())).await;
+        let reads = reads(&format!("redis://ann:s3cret@{addr}/3"));
+
+        // The first read finds generation 2 live (it assumed 0) and goes
+        // again against it.
+        let found = reads.hgetall("+6581226418").await.unwrap();
+        assert_eq!(found, [("id-2".to_string(), "{\"g\":2}".to_string())]);
+        assert_eq!(reads.hgetall("+6500000000").await.unwrap(), []);
+        *live.lock() = Some(3);
+        let (a, b) = tokio::join!(reads.hgetall("+6581226418"), reads.hgetall("+6590000000"));
+        assert_eq!(a.unwrap()[0].0, "id-3");
+        assert_eq!(b.unwrap()[0].0, "id-9");
+
+        let log = log.lock();
+        assert!(log.iter().all(|(conn, _)| *conn == 1), "one connection");
+        assert_eq!(log[0].1, ["AUTH", "ann", "s3cret"]);
+        assert_eq!(log[1].1, ["SELECT", "3"]);
+        assert_eq!(log[2].1, ["HGET", "p:gen", "current"]);
+        assert_eq!(log[3].1, ["HGETALL", "p:g0:ph:+6581226418"]);
+        assert_eq!(log[4].1, ["HGET", "p:gen", "current"]);
+        assert_eq!(log[5].1, ["HGETALL", "p:g2:ph:+6581226418"]);
+    }
+
+    #[tokio::test]
+    async fn a_refused_log_in_or_a_missing_generation_key_is_an_answer_too() {
+        let refuse: Handler = Arc::new(|_, args| {
+            Some(match args[0].as_slice() {
+                b"AUTH" => b"-WRONGPASS invalid username-password pair\r\n".to_vec(),
+                _ => b"*0\r\n".to_vec(),
+            })
+        });
+        let addr = fake_redis(refuse).await;
+        let err = reads(&format!("redis://:wrong@{addr}"))
+            .hgetall("+6581226418")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Unavailable(m) if m.contains("WRONGPASS")),
+            "{err:?}"
+        );
+
+        // No rebuild yet: generation 0, and a key of the wrong type is an
+        // error for its lookup only.
+        let wrongtype: Handler = Arc::new(|_, args| {
+            Some(match (args[0].as_slice(), args.get(1).map(Vec::as_slice)) {
+                (b"HGET", _) => b"$-1\r\n".to_vec(),
+                (b"HGETALL", Some(b"p:g0:ph:+1")) => {
+                    b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
+                        .to_vec()
+                }
+                _ => [b"*2\r\n".to_vec(), bulk("id"), bulk("{}")].concat(),
+            })
+        });
+        let addr = fake_redis(wrongtype).await;
+        let reads = reads(&format!("redis://{addr}"));
+        let (bad, good) = tokio::join!(reads.hgetall("+1"), reads.hgetall("+2"));
+        assert!(
+            matches!(&bad, Err(IndexError::Internal(m)) if m.contains("WRONGTYPE")),
+            "{bad:?}"
+        );
+        assert_eq!(good.unwrap(), [("id".to_string(), "{}".to_string())]);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_fails_its_lookups_and_the_next_one_reconnects() {
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let seen = log.clone();
+        // The first connection closes when asked for a hash; later ones answer.
+        let handler: Handler = Arc::new(move |conn, args| {
+            seen.lock().push(conn);
+            match args[0].as_slice() {
+                b"HGET" => Some(b"$-1\r\n".to_vec()),
+                _ if conn == 1 => None,
+                _ => Some([b"*2\r\n".to_vec(), bulk("id"), bulk("{}")].concat()),
+            }
+        });
+        let addr = fake_redis(handler).await;
+        let reads = reads(&format!("redis://{addr}"));
+        let err = reads.hgetall("+6581226418").await.unwrap_err();
+        assert!(matches!(err, IndexError::Unavailable(_)), "{err:?}");
+        let found = reads.hgetall("+6581226418").await.unwrap();
+        assert_eq!(found.len(), 1);
+        assert_eq!(log.lock().last(), Some(&2), "a second connection");
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_pipeline_fails_as_unavailable_and_an_unreachable_redis_at_once() {
+        let silent: Handler = Arc::new(|_, _| Some(Vec::new()));
+        let addr = fake_redis(silent).await;
+        let reads_silent = reads(&format!("redis://{addr}"));
+        let err =
+            tokio::time::timeout(Duration::from_secs(30), reads_silent.hgetall("+6581226418"))
+                .await
+                .expect("the read gives up by itself")
+                .unwrap_err();
+        assert!(
+            matches!(&err, IndexError::Unavailable(m) if m.contains("did not answer")),
+            "{err:?}"
+        );
+
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let reads = reads(&format!("redis://127.0.0.1:{port}"));
+        for _ in 0..2 {
+            let err = reads.hgetall("+6581226418").await.unwrap_err();
+            assert!(matches!(err, IndexError::Unavailable(_)), "{err:?}");
+        }
+    }
 }
