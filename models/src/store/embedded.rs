@@ -17,7 +17,9 @@
 //! - `identities_shared`: keys marked shared; `merges` (id → JSON) with
 //!   `merges_by_customer`; `suggestions` (pair key → JSON).
 //! - `devices` (id → JSON), `devices_by_hash` (token hash → id).
-//! - `call_signals`: (time, id) → JSON, so a range scan reads them in time order.
+//! - `call_signals`: (time, id) of a batch's newest signal → the batch's signals
+//!   in a binary form, so a range scan reads them in time order (see
+//!   `call_signals`).
 //!
 //! Times in keys are microseconds since the epoch with the sign bit flipped, so
 //! that the big-endian bytes sort in time order (negative times too).
@@ -36,6 +38,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+mod call_signals;
+
 use super::group_commit::GroupCommit;
 use super::record_cache::RecordCache;
 use super::{
@@ -50,7 +54,6 @@ use crate::engagement::{Channel, Engagement};
 use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
-use crate::phone::PhoneNumber;
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
 
@@ -402,57 +405,6 @@ fn encode<T: Serialize>(what: &str, value: &T) -> StoreResult<Vec<u8>> {
 fn decode<T: DeserializeOwned>(what: &str, bytes: &[u8]) -> StoreResult<T> {
     serde_json::from_slice(bytes)
         .map_err(|e| StoreError::Internal(format!("corrupt {what} record: {e}")))
-}
-
-/// The first byte of a call signal in [`encode_signal`]'s form. Signals
-/// stored before it were JSON, which starts with `{`.
-const SIGNAL_FORMAT: u8 = 1;
-
-/// A call signal in 73 bytes and the number: the format byte, the four ids
-/// (16 bytes each), the time (microseconds since the epoch, 8 bytes, big
-/// endian), then the E.164 number. Every lookup that finds a customer writes
-/// one, so they are written without JSON: encoding four ids and a time as
-/// text cost more than the insert.
-fn encode_signal(s: &CallSignal) -> Vec<u8> {
-    let number = s.number.as_str().as_bytes();
-    let mut out = Vec::with_capacity(73 + number.len());
-    out.push(SIGNAL_FORMAT);
-    for id in [s.id, s.customer_id.0, s.device_id.0, s.user_id.0] {
-        out.extend_from_slice(id.as_bytes());
-    }
-    out.extend_from_slice(&s.at.timestamp_micros().to_be_bytes());
-    out.extend_from_slice(number);
-    out
-}
-
-fn decode_signal(bytes: &[u8]) -> StoreResult<CallSignal> {
-    if bytes.first() == Some(&b'{') {
-        return decode("call signal", bytes);
-    }
-    let corrupt = |why: &str| StoreError::Internal(format!("corrupt call signal record: {why}"));
-    let (head, number) = match bytes.split_first() {
-        Some((&SIGNAL_FORMAT, rest)) if rest.len() > 72 => rest.split_at(72),
-        Some((&SIGNAL_FORMAT, _)) => return Err(corrupt("too short")),
-        _ => return Err(corrupt("unknown format")),
-    };
-    let id = |i: usize| {
-        let mut raw = [0u8; 16];
-        raw.copy_from_slice(&head[16 * i..16 * (i + 1)]);
-        Uuid::from_bytes(raw)
-    };
-    let mut micros = [0u8; 8];
-    micros.copy_from_slice(&head[64..72]);
-    let at = Timestamp::from_timestamp_micros(i64::from_be_bytes(micros))
-        .ok_or_else(|| corrupt("time out of range"))?;
-    let number = std::str::from_utf8(number).map_err(|_| corrupt("number is not text"))?;
-    Ok(CallSignal {
-        id: id(0),
-        customer_id: CustomerId(id(1)),
-        device_id: DeviceId(id(2)),
-        user_id: UserId(id(3)),
-        number: PhoneNumber::from_e164_unchecked(number.to_string()),
-        at,
-    })
 }
 
 /// Microseconds since the epoch, mapped so that unsigned order is time order.
@@ -1742,14 +1694,11 @@ impl Store for EmbeddedStore {
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut table = txn.open_table(CALL_SIGNALS).map_err(db_err)?;
-                for signal in &signals {
-                    // A signal stored before (a retried batch) has the same
-                    // key and the same content: writing it again changes
-                    // nothing, and costs less than looking first.
-                    let key = (time_key(&signal.at), signal.id.as_u128());
-                    table
-                        .insert(key, encode_signal(signal).as_slice())
-                        .map_err(db_err)?;
+                // A record written before (a retried batch) has the same key
+                // and content: writing it again changes nothing, and costs
+                // less than looking first.
+                for (key, record) in call_signals::records(signals) {
+                    table.insert(key, record.as_slice()).map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)
@@ -1766,96 +1715,33 @@ impl Store for EmbeddedStore {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let table = txn.open_table(CALL_SIGNALS).map_err(db_err)?;
-            let mut out = Vec::new();
-            if limit == 0 {
-                return Ok(out);
-            }
-            for entry in table.range((time_key(&since), 0u128)..).map_err(db_err)? {
-                let (_, v) = entry.map_err(db_err)?;
-                let signal = decode_signal(v.value())?;
-                if user.is_none_or(|u| u == signal.user_id) {
-                    out.push(signal);
-                    if out.len() == limit {
-                        break;
-                    }
-                }
-            }
-            Ok(out)
+            call_signals::list(&table, user, since, limit)
         })
         .await
     }
 
     async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64> {
         self.run(move |db| {
-            let end = (time_key(&before), 0u128);
-            let mut deleted = 0u64;
+            let mut deleted = std::collections::HashSet::new();
             // In bounded transactions, so that a long backlog does not hold
             // the write lock for long.
             loop {
                 let txn = db.begin_write().map_err(db_err)?;
                 let done = {
                     let mut table = txn.open_table(CALL_SIGNALS).map_err(db_err)?;
-                    let mut keys = Vec::new();
-                    for entry in table.range(..end).map_err(db_err)? {
-                        let (k, _) = entry.map_err(db_err)?;
-                        keys.push(k.value());
-                        if keys.len() == DELETE_CHUNK {
-                            break;
-                        }
+                    let n =
+                        call_signals::delete_whole(&mut table, before, DELETE_CHUNK, &mut deleted)?;
+                    if n < DELETE_CHUNK {
+                        call_signals::trim_straddling(&mut table, before, &mut deleted)?;
                     }
-                    for key in &keys {
-                        table.remove(key).map_err(db_err)?;
-                    }
-                    deleted += keys.len() as u64;
-                    keys.len() < DELETE_CHUNK
+                    n < DELETE_CHUNK
                 };
                 txn.commit().map_err(db_err)?;
                 if done {
-                    return Ok(deleted);
+                    return Ok(deleted.len() as u64);
                 }
             }
         })
         .await
-    }
-}
-
-#[cfg(test)]
-#[allow(clippy::unwrap_used)]
-mod tests {
-    use super::*;
-
-    fn signal() -> CallSignal {
-        CallSignal {
-            id: Uuid::now_v7(),
-            customer_id: CustomerId::new(),
-            device_id: DeviceId::new(),
-            user_id: UserId::new(),
-            number: PhoneNumber::parse("+447911123456", None).unwrap(),
-            at: crate::time::now(),
-        }
-    }
-
-    #[test]
-    fn call_signals_read_back_in_both_stored_forms() {
-        let s = signal();
-        let bytes = encode_signal(&s);
-        assert_eq!(bytes.len(), 73 + "+447911123456".len());
-        assert_eq!(decode_signal(&bytes).unwrap(), s);
-        // Signals stored as JSON before the binary form still read.
-        let json = serde_json::to_vec(&s).unwrap();
-        assert_eq!(decode_signal(&json).unwrap(), s);
-    }
-
-    #[test]
-    fn a_damaged_call_signal_is_an_error_not_a_panic() {
-        let bytes = encode_signal(&signal());
-        for bad in [&bytes[..72], &bytes[..0], &[9u8, 1, 2][..]] {
-            let err = decode_signal(bad).unwrap_err();
-            assert!(err.to_string().contains("corrupt call signal"), "{err}");
-        }
-        let mut not_text = bytes.clone();
-        not_text.truncate(73);
-        not_text.push(0xff);
-        assert!(decode_signal(&not_text).is_err());
     }
 }

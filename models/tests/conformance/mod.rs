@@ -118,6 +118,7 @@ macro_rules! store_suite {
                 api_keys_insert_get_list_revoke,
                 devices_insert_get_list_revoke,
                 call_signals_by_time_and_user,
+                call_signals_a_moment_apart_list_and_prune_exactly,
                 outbox_keeps_events_in_order_until_removed,
                 service_concurrent_records_of_one_phone_make_one_customer,
                 service_create_with_owned_email_attaches_the_phone,
@@ -1520,6 +1521,69 @@ pub async fn call_signals_by_time_and_user(store: Arc<dyn Store>) {
     assert_eq!(store.delete_call_signals_before(at(41)).await.unwrap(), 2);
     assert!(store
         .list_call_signals(None, at(0), 10)
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// Signals milliseconds apart, as the caller-ID writer batches them: listing
+/// and pruning are exact to the microsecond whatever records hold them.
+pub async fn call_signals_a_moment_apart_list_and_prune_exactly(store: Arc<dyn Store>) {
+    let (ann, bob) = (UserId::new(), UserId::new());
+    let ms = |n: i64| at(100) + Duration::milliseconds(n);
+    let all: Vec<CallSignal> = (0..10)
+        .map(|n| signal(if n % 2 == 0 { ann } else { bob }, ms(n)))
+        .collect();
+    // One batch out of order, then a retried part of it with one more.
+    let mut first: Vec<CallSignal> = all[..8].to_vec();
+    first.reverse();
+    first.swap(2, 5);
+    store.insert_call_signals(first).await.unwrap();
+    store
+        .insert_call_signals(vec![all[9].clone(), all[6].clone(), all[7].clone()])
+        .await
+        .unwrap();
+    // A signal from long before, written late (its phone was offline).
+    let late = signal(ann, at(99));
+    store
+        .insert_call_signals(vec![late.clone(), all[8].clone()])
+        .await
+        .unwrap();
+
+    let mut expected = vec![late.clone()];
+    expected.extend(all.iter().cloned());
+    assert_eq!(
+        store.list_call_signals(None, at(0), 20).await.unwrap(),
+        expected
+    );
+    assert_eq!(
+        store.list_call_signals(None, ms(3), 3).await.unwrap(),
+        all[3..6].to_vec(),
+        "since is inclusive; at most limit, the oldest"
+    );
+    let anns: Vec<CallSignal> = all.iter().filter(|s| s.user_id == ann).cloned().collect();
+    assert_eq!(
+        store.list_call_signals(Some(ann), ms(1), 10).await.unwrap(),
+        anns[1..].to_vec()
+    );
+
+    assert_eq!(
+        store.delete_call_signals_before(ms(5)).await.unwrap(),
+        6,
+        "the late one and five"
+    );
+    assert_eq!(
+        store.list_call_signals(None, at(0), 20).await.unwrap(),
+        all[5..].to_vec()
+    );
+    assert_eq!(store.delete_call_signals_before(ms(5)).await.unwrap(), 0);
+    assert_eq!(
+        store.list_call_signals(Some(bob), at(0), 1).await.unwrap(),
+        vec![all[5].clone()]
+    );
+    assert_eq!(store.delete_call_signals_before(ms(10)).await.unwrap(), 5);
+    assert!(store
+        .list_call_signals(None, at(0), 20)
         .await
         .unwrap()
         .is_empty());
