@@ -122,6 +122,19 @@ struct Link {
     buf: Vec<u8>,
 }
 
+impl Link {
+    fn new(
+        reader: impl AsyncRead + Send + Unpin + 'static,
+        writer: impl AsyncWrite + Send + Unpin + 'static,
+    ) -> Self {
+        Link {
+            reader: Box::new(reader),
+            writer: Box::new(writer),
+            buf: Vec::with_capacity(64 * 1024),
+        }
+    }
+}
+
 /// A pipeline sent and not fully answered.
 struct Sent {
     /// The generation its keys are in.
@@ -457,11 +470,7 @@ async fn connect(info: &ConnectionInfo) -> IndexResult<Link> {
                 .map_err(unreachable)?;
             stream.set_nodelay(true).map_err(unreachable)?;
             let (reader, writer) = stream.into_split();
-            Link {
-                reader: Box::new(reader),
-                writer: Box::new(writer),
-                buf: Vec::with_capacity(64 * 1024),
-            }
+            Link::new(reader, writer)
         }
         #[cfg(unix)]
         ConnectionAddr::Unix(path) => {
@@ -469,11 +478,7 @@ async fn connect(info: &ConnectionInfo) -> IndexResult<Link> {
                 .await
                 .map_err(unreachable)?;
             let (reader, writer) = stream.into_split();
-            Link {
-                reader: Box::new(reader),
-                writer: Box::new(writer),
-                buf: Vec::with_capacity(64 * 1024),
-            }
+            Link::new(reader, writer)
         }
         #[allow(unreachable_patterns)]
         _ => {

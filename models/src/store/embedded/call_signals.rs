@@ -57,8 +57,7 @@ fn key_of(s: &CallSignal) -> Key {
 /// record would span more than [`SPAN`].
 pub(super) fn records(mut signals: Vec<CallSignal>) -> Vec<(Key, Vec<u8>)> {
     signals.sort_by_key(key_of);
-    signals.dedup_by_key(|s| s.id);
-    // A repeated id with another time (not a retry) keeps its first copy.
+    // A repeated id keeps its oldest copy.
     let mut seen = HashSet::with_capacity(signals.len());
     signals.retain(|s| seen.insert(s.id));
     let mut out = Vec::new();
