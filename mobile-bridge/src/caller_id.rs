@@ -3,6 +3,9 @@
 //! summaries), then the lookup is handed to the signal recorder without
 //! waiting for it.
 
+use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use crm_indexer::{CustomerSummary, EngagementBrief, IndexError, SummaryJson};
 use crm_models::device::{CallSignal, Device};
 use crm_models::{ChannelCounts, CustomerId, Email, Identifier, PhoneNumber};
@@ -60,12 +63,45 @@ impl From<CustomerSummary> for CallerIdCustomer {
 }
 
 /// A [`CallerId`] as sent: each customer written from the summary JSON the
-/// index keeps, reading only the fields the popup shows (no engagement is
-/// decoded and encoded again).
-#[derive(Debug, Clone, Serialize)]
-pub struct CallerIdJson {
-    pub known: bool,
-    pub customers: Vec<Box<RawValue>>,
+/// index keeps, straight into the body, reading only the fields the popup
+/// shows (no engagement is decoded and encoded again).
+#[derive(Debug, Clone)]
+pub struct CallerIdJson(String);
+
+impl CallerIdJson {
+    /// The answer to a lookup that found `found`.
+    fn of(found: &[SummaryJson]) -> Result<Self, serde_json::Error> {
+        let mut body =
+            String::with_capacity(32 + found.iter().map(|s| s.json.len() + 64).sum::<usize>());
+        body.push_str(if found.is_empty() {
+            r#"{"known":false,"customers":["#
+        } else {
+            r#"{"known":true,"customers":["#
+        });
+        for (i, summary) in found.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            push_popup_customer(&mut body, summary)?;
+        }
+        body.push_str("]}");
+        Ok(CallerIdJson(body))
+    }
+
+    /// The JSON body.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl IntoResponse for CallerIdJson {
+    fn into_response(self) -> Response {
+        (
+            [(CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            self.0,
+        )
+            .into_response()
+    }
 }
 
 /// The fields of a stored [`CustomerSummary`] the popup shows, borrowed.
@@ -83,28 +119,38 @@ struct PopupView<'a> {
     last_engagements: Vec<&'a RawValue>,
 }
 
-/// One customer of a [`CallerId`], as [`CallerIdCustomer`] serializes.
-#[derive(Serialize)]
-struct PopupCustomer<'a> {
-    id: CustomerId,
-    name: Option<&'a RawValue>,
-    main_phone: Option<&'a RawValue>,
-    main_email: Option<&'a RawValue>,
-    counts: &'a RawValue,
-    last_engagements: &'a [&'a RawValue],
+fn raw_or_null(v: Option<&RawValue>) -> &str {
+    v.map_or("null", RawValue::get)
 }
 
-fn popup_customer(summary: &SummaryJson) -> Result<Box<RawValue>, serde_json::Error> {
+/// Appends one customer of a [`CallerId`], as [`CallerIdCustomer`]
+/// serializes.
+fn push_popup_customer(body: &mut String, summary: &SummaryJson) -> Result<(), serde_json::Error> {
     let view: PopupView = summary.view()?;
-    let shown = view.last_engagements.len().min(CALLER_ID_ENGAGEMENTS);
-    serde_json::value::to_raw_value(&PopupCustomer {
-        id: summary.id,
-        name: view.name,
-        main_phone: view.phone,
-        main_email: view.email,
-        counts: view.counts,
-        last_engagements: &view.last_engagements[..shown],
-    })
+    body.push_str(r#"{"id":""#);
+    body.push_str(&summary.id.to_string());
+    body.push_str(r#"","name":"#);
+    body.push_str(raw_or_null(view.name));
+    body.push_str(r#","main_phone":"#);
+    body.push_str(raw_or_null(view.phone));
+    body.push_str(r#","main_email":"#);
+    body.push_str(raw_or_null(view.email));
+    body.push_str(r#","counts":"#);
+    body.push_str(view.counts.get());
+    body.push_str(r#","last_engagements":["#);
+    for (i, e) in view
+        .last_engagements
+        .iter()
+        .take(CALLER_ID_ENGAGEMENTS)
+        .enumerate()
+    {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(e.get());
+    }
+    body.push_str("]}");
+    Ok(())
 }
 
 impl MobileBridge {
@@ -133,15 +179,11 @@ impl MobileBridge {
             }
             Err(e) => return Err(e.into()),
         };
-        let customers = found
-            .iter()
-            .map(popup_customer)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| {
-                MobileError::from(IndexError::Internal(format!(
-                    "index data does not decode: {e}"
-                )))
-            })?;
+        let answer = CallerIdJson::of(&found).map_err(|e| {
+            MobileError::from(IndexError::Internal(format!(
+                "index data does not decode: {e}"
+            )))
+        })?;
         let now = crm_models::time::now();
         for summary in &found {
             self.signals().record(CallSignal {
@@ -153,10 +195,7 @@ impl MobileBridge {
                 at: now,
             });
         }
-        Ok(CallerIdJson {
-            known: !customers.is_empty(),
-            customers,
-        })
+        Ok(answer)
     }
 
     async fn owners_from_store(
@@ -186,28 +225,49 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_popup_from_summary_json_is_what_serializing_the_decoded_summary_gives() {
-        for i in 0..20 {
-            let mut summary = crm_indexer::generate::customer(11, i).summary();
+    fn the_popup_from_summary_json_is_what_serializing_the_decoded_summaries_gives() {
+        let mut summaries: Vec<CustomerSummary> = (0..20)
+            .map(|i| crm_indexer::generate::customer(11, i).summary())
+            .collect();
+        for (i, summary) in summaries.iter_mut().enumerate() {
             match i % 4 {
                 0 => summary.name = None,
                 1 => summary.email = None,
                 2 => summary.phone = None,
-                _ => {}
+                _ => summary.name = Some("Zoë \"Quote\" Tan".into()),
             }
-            let fast = popup_customer(&SummaryJson::of(&summary).unwrap()).unwrap();
-            let fast: serde_json::Value = serde_json::from_str(fast.get()).unwrap();
-            let shown = summary.last_engagements.len().min(CALLER_ID_ENGAGEMENTS);
-            let decoded = serde_json::to_value(CallerIdCustomer::from(summary)).unwrap();
-            assert_eq!(fast, decoded);
-            assert_eq!(fast["last_engagements"].as_array().unwrap().len(), shown);
+        }
+        for n in [0, 1, 3, 20] {
+            let found: Vec<SummaryJson> = summaries[..n]
+                .iter()
+                .map(|s| SummaryJson::of(s).unwrap())
+                .collect();
+            let fast: serde_json::Value =
+                serde_json::from_str(CallerIdJson::of(&found).unwrap().as_str()).unwrap();
+            let decoded = CallerId {
+                known: n > 0,
+                customers: summaries[..n]
+                    .iter()
+                    .cloned()
+                    .map(CallerIdCustomer::from)
+                    .collect(),
+            };
+            assert_eq!(
+                fast,
+                serde_json::to_value(&decoded).unwrap(),
+                "{n} customers"
+            );
+            for (c, s) in fast["customers"].as_array().unwrap().iter().zip(&summaries) {
+                let shown = s.last_engagements.len().min(CALLER_ID_ENGAGEMENTS);
+                assert_eq!(c["last_engagements"].as_array().unwrap().len(), shown);
+            }
         }
         let broken = SummaryJson {
             id: CustomerId::new(),
             json: r#"{"counts":{}}"#.into(),
         };
         assert!(
-            popup_customer(&broken).is_err(),
+            CallerIdJson::of(&[broken]).is_err(),
             "last_engagements is required"
         );
     }

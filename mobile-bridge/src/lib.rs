@@ -186,9 +186,6 @@ async fn caller_id(
     State(bridge): State<MobileBridge>,
     DeviceCaller(device): DeviceCaller,
     MobileQuery(params): MobileQuery<CallerIdParams>,
-) -> Result<MobileJson<CallerIdJson>, MobileError> {
-    bridge
-        .caller_id(&device, &params.number)
-        .await
-        .map(MobileJson)
+) -> Result<CallerIdJson, MobileError> {
+    bridge.caller_id(&device, &params.number).await
 }
