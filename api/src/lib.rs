@@ -322,7 +322,7 @@ pub fn app(state: AppState) -> Router {
     let (api, _) = routes::api_router().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     let mobile = crm_mobile_bridge::router(state.mobile.clone());
-    api.nest("/v1/mobile", mobile)
+    api.merge(mobile)
         .merge(routes::health::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
