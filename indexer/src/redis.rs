@@ -126,11 +126,9 @@ async fn read_live(
 ) -> IndexResult<(Keys, Vec<Value>)> {
     let mut generation = generation_seen.load(Ordering::Relaxed);
     for _ in 0..3 {
-        let keys = Keys {
-            base: format!("{prefix}g{generation}:"),
-        };
+        let keys = Keys::of(prefix, generation);
         let mut pipe = ::redis::pipe();
-        pipe.cmd("HGET").arg(format!("{prefix}gen")).arg("current");
+        pipe.cmd("HGET").arg(gen_key(prefix)).arg("current");
         build(&keys, &mut pipe);
         let mut values = query_within(conn, &pipe, READ_TIMEOUT).await?;
         if values.is_empty() {
@@ -214,13 +212,11 @@ impl RedisIndex {
     }
 
     fn gen_key(&self) -> String {
-        format!("{}gen", self.prefix)
+        gen_key(&self.prefix)
     }
 
     fn keys(&self, generation: u64) -> Keys {
-        Keys {
-            base: format!("{}g{generation}:", self.prefix),
-        }
+        Keys::of(&self.prefix, generation)
     }
 
     async fn query(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
@@ -855,7 +851,19 @@ struct Keys {
     base: String,
 }
 
+/// `<prefix>gen`: the live generation (`current`) and the one being built.
+fn gen_key(prefix: &str) -> String {
+    format!("{prefix}gen")
+}
+
 impl Keys {
+    /// The keys of `generation` under `prefix`.
+    fn of(prefix: &str, generation: u64) -> Keys {
+        Keys {
+            base: format!("{prefix}g{generation}:"),
+        }
+    }
+
     /// `<base><kind><name>`, without `format!` (a rebuild builds millions).
     fn key(&self, kind: &str, name: &str) -> String {
         let mut k = String::with_capacity(self.base.len() + kind.len() + name.len());

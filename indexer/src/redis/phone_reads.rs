@@ -30,7 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::resp::{self, Frame};
-use super::{Keys, READ_TIMEOUT};
+use super::{gen_key, Keys, READ_TIMEOUT};
 use crate::{IndexError, IndexResult};
 
 /// Most lookups sent in one pipeline.
@@ -277,10 +277,8 @@ impl Reads {
             }
         }
         let generation = self.target.generation.load(Ordering::Relaxed);
-        let keys = Keys {
-            base: format!("{}g{generation}:", self.target.prefix),
-        };
-        let gen_key = format!("{}gen", self.target.prefix);
+        let keys = Keys::of(&self.target.prefix, generation);
+        let gen_key = gen_key(&self.target.prefix);
         let mut out = Vec::with_capacity(64 + batch.len() * (keys.base.len() + 40));
         resp::command(&mut out, &[b"HGET", gen_key.as_bytes(), b"current"]);
         for lookup in &batch {

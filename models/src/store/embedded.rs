@@ -24,7 +24,7 @@
 //! Times in keys are microseconds since the epoch with the sign bit flipped, so
 //! that the big-endian bytes sort in time order (negative times too).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::ops::Bound;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -1722,7 +1722,7 @@ impl Store for EmbeddedStore {
 
     async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64> {
         self.run(move |db| {
-            let mut deleted = std::collections::HashSet::new();
+            let mut deleted = HashSet::new();
             // In bounded transactions, so that a long backlog does not hold
             // the write lock for long.
             loop {
