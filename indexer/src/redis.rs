@@ -74,6 +74,9 @@ pub const MAX_EXPANSIONS: usize = 64;
 /// common partial tokens whose combination is rare).
 pub const MAX_SCANNED: usize = 1_500;
 
+/// Most `SCAN` calls one page of [`SearchIndex::fingerprints`] makes.
+const SCANS_PER_PAGE: usize = 256;
+
 /// Entries read per posting list in the first round of a multi-token
 /// search; each further round reads four times as many.
 const FIRST_CHUNK: usize = 64;
@@ -1822,16 +1825,30 @@ impl SearchIndex for RedisIndex {
         };
         let keys = self.keys(generation);
         let prefix = keys.cust_prefix();
-        let mut pipe = ::redis::pipe();
-        pipe.cmd("SCAN")
-            .arg(scan)
-            .arg("MATCH")
-            .arg(format!("{}*", glob_escape(&prefix)))
-            .arg("COUNT")
-            .arg(limit.max(1));
-        let mut replies = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
-        let (next, found): (u64, Vec<String>) =
-            from_owned_redis_value(next_value(&mut replies.drain(..))?)?;
+        let pattern = format!("{}*", glob_escape(&prefix));
+        // `COUNT` bounds the buckets one `SCAN` looks at, not the matches: on
+        // a Redis shared with other data most calls find nothing. Scan on
+        // until the page has `limit` keys, the walk ends, or
+        // `SCANS_PER_PAGE` calls were made.
+        let mut found: Vec<String> = Vec::new();
+        let mut next = scan;
+        for _ in 0..SCANS_PER_PAGE {
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("SCAN")
+                .arg(next)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(limit.max(1));
+            let mut replies = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
+            let (after, keys): (u64, Vec<String>) =
+                from_owned_redis_value(next_value(&mut replies.drain(..))?)?;
+            found.extend(keys);
+            next = after;
+            if next == 0 || found.len() >= limit {
+                break;
+            }
+        }
         let ids: Vec<CustomerId> = found
             .iter()
             .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
