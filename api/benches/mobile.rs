@@ -187,7 +187,7 @@ fn lookup_row(name: &str, devices: usize, r: &LookupReport) {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let client = reqwest::Client::new();
+    let client = sim::client().unwrap();
     let baseline = spawn_baseline().await;
     let bare = format!("http://{baseline}");
     let bare_tokens: Vec<String> = (0..args.devices)
@@ -282,39 +282,26 @@ async fn main() {
         let numbers = Arc::new(numbers);
         let cpu_before = cpu::process();
         eprintln!("caller-ID: bare route");
-        let base_report = sim::caller_id_fleet(
-            &client,
-            &bare,
-            &bare_tokens,
-            numbers.clone(),
-            args.seconds,
-            None,
-        )
-        .await
-        .unwrap();
-        let (cpu_between, redis_before) = (cpu::process(), cpu::redis(&url).await);
-        eprintln!("caller-ID: /v1/mobile/caller-id");
-        let report =
-            sim::caller_id_fleet(&client, &base, &tokens, numbers.clone(), args.seconds, None)
+        let base_report =
+            sim::caller_id_fleet(&bare, &bare_tokens, numbers.clone(), args.seconds, None)
                 .await
                 .unwrap();
+        let (cpu_between, redis_before) = (cpu::process(), cpu::redis(&url).await);
+        eprintln!("caller-ID: /v1/mobile/caller-id");
+        let report = sim::caller_id_fleet(&base, &tokens, numbers.clone(), args.seconds, None)
+            .await
+            .unwrap();
         let (cpu_after, redis_after) = (cpu::process(), cpu::redis(&url).await);
         // The same devices at a steady rate, well below what saturates the
         // machine: the latency a ringing phone sees when the server is not
         // flooded.
         let pace = sim::pace(args.paced_rate, args.devices);
         eprintln!("caller-ID: paced, {} lookups/s", args.paced_rate);
-        let paced_bare = sim::caller_id_fleet(
-            &client,
-            &bare,
-            &bare_tokens,
-            numbers.clone(),
-            args.seconds,
-            pace,
-        )
-        .await
-        .unwrap();
-        let paced = sim::caller_id_fleet(&client, &base, &tokens, numbers, args.seconds, pace)
+        let paced_bare =
+            sim::caller_id_fleet(&bare, &bare_tokens, numbers.clone(), args.seconds, pace)
+                .await
+                .unwrap();
+        let paced = sim::caller_id_fleet(&base, &tokens, numbers, args.seconds, pace)
             .await
             .unwrap();
         println!();

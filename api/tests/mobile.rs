@@ -690,3 +690,45 @@ async fn caller_id_answers_known_unknown_and_shared_numbers_and_signals_the_desk
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_device_simulator_counts_known_and_unknown_caller_id_answers() {
+    let app = spawn_app_with(|c| c.default_region = Some("SG".into())).await;
+    let ann = app.agent_token("ann@example.com").await;
+    let (_, token) = enroll(&app, &ann, "Ann's Pixel").await;
+    upload(
+        &app,
+        &token,
+        vec![sms("s1", "81226418", "2026-11-20T10:00:00Z")],
+    )
+    .await;
+    caller_id_until_known(&app, &token, "81226418").await;
+
+    // One device asks for a known number (typed with a space, sent
+    // percent-encoded) and an unknown one in turn.
+    let numbers = std::sync::Arc::new(vec!["8122 6418".to_string(), "+6590000000".to_string()]);
+    let report = crm_mobile_bridge::sim::caller_id_fleet(
+        &app.address,
+        std::slice::from_ref(&token),
+        numbers.clone(),
+        0.3,
+        None,
+    )
+    .await
+    .unwrap();
+    assert!(report.lookups >= 2, "{} lookups", report.lookups);
+    assert_eq!(report.latencies.len(), report.lookups);
+    assert_eq!(report.known, report.lookups.div_ceil(2));
+
+    // A refused lookup stops the device with the status.
+    let refused = crm_mobile_bridge::sim::caller_id_fleet(
+        &app.address,
+        &["crm_dev_not-a-token".to_string()],
+        numbers,
+        0.3,
+        None,
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.to_string().contains("401"), "{refused:#}");
+}

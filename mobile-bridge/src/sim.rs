@@ -14,6 +14,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::Bytes;
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -95,6 +99,15 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     }
     let i = ((sorted.len() as f64 * p) as usize).min(sorted.len() - 1);
     sorted[i]
+}
+
+/// The HTTP client a simulated device uses: an Android app's, which follows
+/// no redirects from its own backend.
+pub fn client() -> anyhow::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("HTTP client")
 }
 
 /// A staff access token.
@@ -363,6 +376,43 @@ pub async fn upload_fleet(
     Ok(total)
 }
 
+/// A device's keep-alive HTTP/1.1 connection for its caller-ID lookups, as
+/// the app keeps one open. Lighter than a pooled client: the simulated
+/// devices share the server's cores, and their HTTP stack's work is
+/// counted against the server's latency.
+struct Line {
+    send: http1::SendRequest<Empty<Bytes>>,
+}
+
+impl Line {
+    async fn open(address: &str) -> anyhow::Result<Line> {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .with_context(|| format!("connecting to {address}"))?;
+        stream.set_nodelay(true)?;
+        let (send, connection) = http1::handshake(TokioIo::new(stream)).await?;
+        tokio::spawn(connection);
+        Ok(Line { send })
+    }
+
+    /// Sends one request and reads the whole answer; a connection the
+    /// server has closed is opened again once, as a phone's would be.
+    async fn send(
+        &mut self,
+        address: &str,
+        request: hyper::Request<Empty<Bytes>>,
+    ) -> anyhow::Result<(hyper::StatusCode, Bytes)> {
+        if self.send.ready().await.is_err() {
+            *self = Line::open(address).await?;
+            self.send.ready().await?;
+        }
+        let response = self.send.send_request(request).await?;
+        let status = response.status();
+        let body = response.into_body().collect().await?.to_bytes();
+        Ok((status, body))
+    }
+}
+
 #[derive(serde::Deserialize)]
 struct Known {
     known: bool,
@@ -382,9 +432,9 @@ pub fn pace(rate: f64, devices: usize) -> Option<Duration> {
 /// (`pace` `None`), or one every `pace` per device, the devices' schedules
 /// spread over the interval. A paced lookup that is due while the device
 /// still waits for the previous answer is timed from when it was due, so
-/// that a slow answer also counts against the lookups it held up.
+/// that a slow answer also counts against the lookups it held up. Each
+/// device keeps one connection of its own (plain HTTP).
 pub async fn caller_id_fleet(
-    client: &reqwest::Client,
     base: &str,
     tokens: &[String],
     numbers: Arc<Vec<String>>,
@@ -395,18 +445,50 @@ pub async fn caller_id_fleet(
     let started = Instant::now();
     let deadline = started + Duration::from_secs_f64(seconds);
     let devices = u32::try_from(tokens.len().max(1)).unwrap_or(u32::MAX);
+    let endpoint =
+        reqwest::Url::parse(&format!("{base}/v1/mobile/caller-id")).context("caller-ID URL")?;
+    anyhow::ensure!(
+        endpoint.scheme() == "http",
+        "caller-ID lookups are simulated over plain HTTP, not {}",
+        endpoint.scheme()
+    );
+    let host = endpoint.host_str().context("caller-ID URL has no host")?;
+    let authority = match endpoint.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    };
+    let address = format!("{host}:{}", endpoint.port().unwrap_or(80));
+    // Each number's request target, built once: a phone builds one per
+    // ringing call, and building it here, on the server's cores, is not
+    // the server's work.
+    let targets = numbers
+        .iter()
+        .map(|n| {
+            let mut url = endpoint.clone();
+            url.query_pairs_mut().append_pair("number", n);
+            hyper::Uri::try_from(format!(
+                "{}?{}",
+                url.path(),
+                url.query().unwrap_or_default()
+            ))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .context("caller-ID request target")?;
+    let targets = Arc::new(targets);
     let mut tasks = Vec::new();
     for (d, token) in tokens.iter().enumerate() {
-        let (client, token, numbers) = (client.clone(), token.clone(), numbers.clone());
-        let url = format!("{base}/v1/mobile/caller-id");
+        let (targets, authority, address) = (targets.clone(), authority.clone(), address.clone());
+        let bearer = hyper::header::HeaderValue::try_from(format!("Bearer {token}"))
+            .context("device token")?;
         let first = pace.map(|p| started + p * u32::try_from(d).unwrap_or(0) / devices);
         tasks.push(tokio::spawn(async move {
+            let mut line = Line::open(&address).await?;
             let mut latencies = Vec::new();
             let mut known = 0usize;
             let mut i = d * 7919;
             let mut due = first;
             while Instant::now() < deadline {
-                let number = &numbers[i % numbers.len()];
+                let target = &targets[i % targets.len()];
                 i += 1;
                 let t = match (due, pace) {
                     (Some(at), Some(p)) => {
@@ -424,15 +506,14 @@ pub async fn caller_id_fleet(
                     }
                     _ => Instant::now(),
                 };
-                let resp = client
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .query(&[("number", number.as_str())])
-                    .send()
-                    .await?;
-                anyhow::ensure!(resp.status().is_success(), "caller-id: {}", resp.status());
+                let request = hyper::Request::get(target.clone())
+                    .header(hyper::header::HOST, authority.as_str())
+                    .header(hyper::header::AUTHORIZATION, bearer.clone())
+                    .body(Empty::<Bytes>::new())?;
+                let (status, body) = line.send(&address, request).await?;
+                anyhow::ensure!(status.is_success(), "caller-id: {status}");
                 // Only `known` is read; the customers are parsed, not built.
-                let answer: Known = serde_json::from_slice(&resp.bytes().await?)?;
+                let answer: Known = serde_json::from_slice(&body)?;
                 latencies.push(t.elapsed());
                 known += usize::from(answer.known);
             }

@@ -67,7 +67,7 @@ fn ms(d: std::time::Duration) -> String {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let base = args.url.trim_end_matches('/').to_string();
-    let client = reqwest::Client::new();
+    let client = sim::client()?;
     let staff = sim::login(&client, &base, &args.email, &args.password).await?;
     let tokens = sim::enroll(&client, &base, &staff, args.devices, Some(&args.region)).await?;
     println!("enrolled {} devices", tokens.len());
@@ -103,7 +103,6 @@ async fn main() -> anyhow::Result<()> {
         // And some nobody has: caller-ID answers `known: false` for them.
         numbers.extend((0..numbers.len() / 10).map(|i| format!("+65 6{:07}", i)));
         let report = sim::caller_id_fleet(
-            &client,
             &base,
             &tokens,
             Arc::new(numbers),
