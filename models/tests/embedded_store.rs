@@ -178,3 +178,53 @@ async fn a_data_directory_that_cannot_be_created_is_unavailable() {
         other => panic!("expected Unavailable, got {other:?}"),
     }
 }
+
+#[tokio::test]
+async fn call_signals_between_durable_commits_are_read_at_once_and_kept_by_a_clean_close() {
+    use crm_models::device::CallSignal;
+    use crm_models::ids::DeviceId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let user = UserId::new();
+    let now = time::now();
+    let batch = |n: i64| -> Vec<CallSignal> {
+        (0..3)
+            .map(|i| CallSignal {
+                id: uuid::Uuid::now_v7(),
+                customer_id: CustomerId::new(),
+                device_id: DeviceId::new(),
+                user_id: user,
+                number: PhoneNumber::parse("+6581226418", None).unwrap(),
+                at: now - Duration::milliseconds(100 * n + i),
+            })
+            .collect()
+    };
+    let (a, b, c) = (batch(3), batch(2), batch(1));
+    let store = EmbeddedStore::open(dir.path()).unwrap();
+    // The first commit is durable; the next two, within a second of it,
+    // are not, and are read at once all the same.
+    for signals in [&a, &b, &c] {
+        store.insert_call_signals(signals.clone()).await.unwrap();
+    }
+    let mut expected: Vec<CallSignal> = a.iter().chain(&b).chain(&c).cloned().collect();
+    expected.sort_by_key(|s| (s.at, s.id));
+    let since = now - Duration::days(1);
+    assert_eq!(
+        store
+            .list_call_signals(Some(user), since, 100)
+            .await
+            .unwrap(),
+        expected
+    );
+    drop(store);
+
+    let reopened = EmbeddedStore::open(dir.path()).unwrap();
+    assert_eq!(
+        reopened
+            .list_call_signals(Some(user), since, 100)
+            .await
+            .unwrap(),
+        expected,
+        "closing the store keeps the signals of non-durable commits"
+    );
+}

@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use redb::{
-    Database, DatabaseError, ReadableTable, ReadableTableMetadata, TableDefinition,
+    Database, DatabaseError, Durability, ReadableTable, ReadableTableMetadata, TableDefinition,
     WriteTransaction,
 };
 use serde::de::DeserializeOwned;
@@ -91,6 +91,16 @@ const DEVICES: TableDefinition<u128, &[u8]> = TableDefinition::new("devices");
 const DEVICES_BY_HASH: TableDefinition<&str, u128> = TableDefinition::new("devices_by_hash");
 const CALL_SIGNALS: TableDefinition<(u64, u128), &[u8]> = TableDefinition::new("call_signals");
 
+/// How often a commit of incoming-call signals is made durable (written and
+/// synced to disk); the ones in between are kept in memory until the next
+/// durable commit of any write, or until the store closes. Under caller-ID
+/// load signals are committed many times a second, and a sync each time
+/// cost more than the inserts. A signal is for a popup about the call
+/// ringing now: a crash may lose the last second of them, never anything
+/// else (every other write is durable on commit, and makes the signals
+/// before it durable too).
+pub const SIGNALS_SYNC_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// The redb-backed [`Store`]. Cheap to share: clone the `Arc` around it.
 pub struct EmbeddedStore {
     db: Arc<Database>,
@@ -101,6 +111,8 @@ pub struct EmbeddedStore {
     /// every mobile request.
     users: Arc<RecordCache<UserId, User>>,
     devices: Arc<RecordCache<String, Device>>,
+    /// When incoming-call signals were last committed durably.
+    signals_synced: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -144,6 +156,7 @@ impl EmbeddedStore {
             engagement_writes: Arc::new(GroupCommit::new(write_engagements)),
             users: Arc::new(RecordCache::new()),
             devices: Arc::new(RecordCache::new()),
+            signals_synced: Arc::new(parking_lot::Mutex::new(None)),
         })
     }
 
@@ -1690,8 +1703,16 @@ impl Store for EmbeddedStore {
         if signals.is_empty() {
             return Ok(());
         }
+        let synced = Arc::clone(&self.signals_synced);
         self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
+            // Write transactions take turns anyway: holding the lock across
+            // one costs nothing.
+            let mut synced = synced.lock();
+            let durable = synced.is_none_or(|at| at.elapsed() >= SIGNALS_SYNC_EVERY);
+            let mut txn = db.begin_write().map_err(db_err)?;
+            if !durable {
+                txn.set_durability(Durability::None);
+            }
             {
                 let mut table = txn.open_table(CALL_SIGNALS).map_err(db_err)?;
                 // A record written before (a retried batch) has the same key
@@ -1701,7 +1722,11 @@ impl Store for EmbeddedStore {
                     table.insert(key, record.as_slice()).map_err(db_err)?;
                 }
             }
-            txn.commit().map_err(db_err)
+            txn.commit().map_err(db_err)?;
+            if durable {
+                *synced = Some(std::time::Instant::now());
+            }
+            Ok(())
         })
         .await
     }
