@@ -13,7 +13,8 @@
 //!    customers written straight into the index (`RedisIndex::rebuild`, as
 //!    `benches/lookup.rs` does, then Redis let finish resizing its key
 //!    table), crm-api on Redis; `--devices` devices ask
-//!    `GET /v1/mobile/caller-id` one request at a time each, for `--seconds`.
+//!    `GET /v1/mobile/caller-id` one request at a time each, on a keep-alive
+//!    connection of its own, for `--seconds`.
 //!    Baseline: the same fleet against a bare axum route answering a small
 //!    JSON body. Then both again with the devices paced, `--paced-rate`
 //!    lookups a second in all, each timed from when it was due: the latency
