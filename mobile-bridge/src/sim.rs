@@ -453,10 +453,7 @@ pub async fn caller_id_fleet(
         endpoint.scheme()
     );
     let host = endpoint.host_str().context("caller-ID URL has no host")?;
-    let authority = match endpoint.port() {
-        Some(port) => format!("{host}:{port}"),
-        None => host.to_string(),
-    };
+    // The address to connect to, also sent as the `Host` header.
     let address = format!("{host}:{}", endpoint.port().unwrap_or(80));
     // Each number's request target, built once: a phone builds one per
     // ringing call, and building it here, on the server's cores, is not
@@ -477,7 +474,7 @@ pub async fn caller_id_fleet(
     let targets = Arc::new(targets);
     let mut tasks = Vec::new();
     for (d, token) in tokens.iter().enumerate() {
-        let (targets, authority, address) = (targets.clone(), authority.clone(), address.clone());
+        let (targets, address) = (targets.clone(), address.clone());
         let bearer = hyper::header::HeaderValue::try_from(format!("Bearer {token}"))
             .context("device token")?;
         let first = pace.map(|p| started + p * u32::try_from(d).unwrap_or(0) / devices);
@@ -507,7 +504,7 @@ pub async fn caller_id_fleet(
                     _ => Instant::now(),
                 };
                 let request = hyper::Request::get(target.clone())
-                    .header(hyper::header::HOST, authority.as_str())
+                    .header(hyper::header::HOST, address.as_str())
                     .header(hyper::header::AUTHORIZATION, bearer.clone())
                     .body(Empty::<Bytes>::new())?;
                 let (status, body) = line.send(&address, request).await?;
