@@ -89,6 +89,14 @@ pub struct Config {
         global = true
     )]
     pub redis_stream_max_len: usize,
+    /// Days relayed events are kept in the store's event log.
+    #[arg(
+        long,
+        env = "CRM_EVENT_RETENTION_DAYS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub event_retention_days: u32,
     /// Run an index worker in this process (it shares the work with any
     /// `crm-indexer run` through the consumer group).
     #[arg(long, env = "CRM_INDEX_WORKER", default_value_t = true, action = clap::ArgAction::Set, global = true)]
@@ -183,6 +191,7 @@ impl Config {
             redis_url: None,
             redis_prefix: "crm:".into(),
             redis_stream_max_len: 1_000_000,
+            event_retention_days: 30,
             index_worker: true,
             jwt_secret: None,
             admin_email: None,

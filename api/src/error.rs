@@ -174,6 +174,11 @@ impl From<StoreError> for ApiError {
                 tracing::error!(error = %m, "store unavailable");
                 ApiError::Unavailable("the store is unavailable; try again".into())
             }
+            StoreError::Contention(detail) => ApiError::Conflict {
+                code: "contention",
+                detail,
+                customers: Vec::new(),
+            },
             StoreError::Internal(m) => ApiError::Internal(m),
         }
     }

@@ -36,6 +36,7 @@ use crm_indexer::stream::{RedisEventStream, RedisStreamConfig};
 use crm_indexer::worker::{default_consumer_name, run_worker, EventHandler, WorkerConfig};
 use crm_indexer::{MemoryIndex, RedisIndex, SearchIndex};
 use crm_models::events::{EventLog, EventStream, MemoryEventStream};
+use crm_models::relay::Relay;
 use crm_models::service::Crm;
 use crm_models::store::embedded::EmbeddedStore;
 use crm_models::store::mongo::MongoStore;
@@ -72,7 +73,7 @@ pub struct Application {
     background: Background,
 }
 
-/// The index worker and the outbox drainer, stopped after the server.
+/// The index worker and the event relay, stopped after the server.
 struct Background {
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
@@ -82,11 +83,11 @@ impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
         let (events, log, index) = open_events_and_index(&config).await?;
-        let state = build_state(config, store, events, index).await?;
+        let state = build_state(config, store, index).await?;
         if state.config.redis_url.is_none() {
             load_memory_index(&state.projector).await?;
         }
-        let background = start_background(&state, log);
+        let background = start_background(&state, events, log);
         let router = app(state.clone());
         let listener = TcpListener::bind(state.config.listen)
             .await
@@ -194,10 +195,11 @@ async fn load_memory_index(projector: &Projector) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How often the outbox is checked for events to publish.
-const OUTBOX_INTERVAL: Duration = Duration::from_secs(1);
-
-fn start_background(state: &AppState, log: Arc<dyn EventLog>) -> Background {
+fn start_background(
+    state: &AppState,
+    events: Arc<dyn EventStream>,
+    log: Arc<dyn EventLog>,
+) -> Background {
     let (stop, stopped) = watch::channel(false);
     let mut tasks = Vec::new();
     if state.config.index_worker {
@@ -211,21 +213,15 @@ fn start_background(state: &AppState, log: Arc<dyn EventLog>) -> Background {
             .await;
         }));
     }
-    let crm = state.crm.clone();
+    let relay = Relay::new(state.crm.store().clone(), events, state.crm.relay_wake())
+        .with_retention(Duration::from_secs(
+            u64::from(state.config.event_retention_days) * 86_400,
+        ))
+        .sharing_health(state.relay_healthy.clone());
     let mut stopped = stopped;
-    tasks.push(tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = stopped.wait_for(|s| *s) => return,
-                _ = tokio::time::sleep(OUTBOX_INTERVAL) => {}
-            }
-            match crm.drain_outbox(512).await {
-                Ok(0) => {}
-                Ok(n) => tracing::info!(events = n, "published events kept in the outbox"),
-                Err(e) => tracing::debug!(error = %e, "outbox not drained yet"),
-            }
-        }
-    }));
+    tasks.push(tokio::spawn(relay.run(async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    })));
     Background { stop, tasks }
 }
 
@@ -234,7 +230,6 @@ fn start_background(state: &AppState, log: Arc<dyn EventLog>) -> Background {
 pub async fn build_state(
     config: Config,
     store: Arc<dyn Store>,
-    events: Arc<dyn EventStream>,
     index: Arc<dyn SearchIndex>,
 ) -> anyhow::Result<AppState> {
     let secret = jwt_secret(&config)?;
@@ -251,7 +246,7 @@ pub async fn build_state(
         config.admin_password.as_deref(),
     )
     .await?;
-    let crm = Crm::new(store.clone(), events).with_policy(policy);
+    let crm = Crm::new(store.clone()).with_policy(policy);
     let projector = Arc::new(Projector::new(store, index.clone()));
     let mobile = crm_mobile_bridge::MobileBridge::new(
         crm.clone(),
@@ -268,6 +263,7 @@ pub async fn build_state(
         config: Arc::new(config),
         default_region,
         metrics: telemetry::metrics_handle(),
+        relay_healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
     })
 }
 

@@ -26,4 +26,6 @@ pub struct AppState {
     pub metrics: PrometheusHandle,
     /// Devices, their uploads and caller-ID (`/v1/mobile`, `/v1/devices`).
     pub mobile: MobileBridge,
+    /// False while the relay cannot publish events (for `/readyz`).
+    pub relay_healthy: Arc<std::sync::atomic::AtomicBool>,
 }

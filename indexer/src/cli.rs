@@ -253,7 +253,8 @@ async fn projector(config: &Config) -> anyhow::Result<Projector> {
 }
 
 async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let projector = projector(config).await?;
+    let store = open_store(config).await?;
+    let projector = Projector::new(store.clone(), open_index(config).await?);
     let stream = RedisEventStream::connect(
         redis_url(config)?,
         RedisStreamConfig {
@@ -263,12 +264,20 @@ async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("cannot connect to the redis event stream")?;
-    let log: Arc<dyn EventLog> = Arc::new(stream);
+    let stream = Arc::new(stream);
+    // The relay moves what writers committed to the store's event log onto
+    // the stream; with several relays (crm-api instances) a lease in the
+    // store lets one publish at a time.
+    let relay =
+        crm_models::relay::Relay::new(store, stream.clone(), Arc::new(tokio::sync::Notify::new()));
+    let relaying = tokio::spawn(relay.run(shutdown_signal()));
+    let log: Arc<dyn EventLog> = stream;
     let mut worker = WorkerConfig::new(args.consumer.unwrap_or_else(default_consumer_name));
     worker.min_idle = args.min_idle;
     worker.claim_interval = args.claim_interval;
     worker.batch_size = args.batch_size as usize;
     run_worker(log, Arc::new(projector), worker, shutdown_signal()).await;
+    let _ = relaying.await;
     Ok(ExitCode::SUCCESS)
 }
 

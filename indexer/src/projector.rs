@@ -6,7 +6,7 @@
 //! store, so applying an event twice, late, or out of order converges on what
 //! the store holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -188,30 +188,28 @@ impl EventHandler for Projector {
     /// Refreshes each customer the events touch, once per batch.
     async fn apply(&self, events: &[EventEnvelope]) -> Result<(), ApplyError> {
         let mut order: Vec<CustomerId> = Vec::new();
-        let mut identifiers: HashMap<CustomerId, Vec<String>> = HashMap::new();
         for envelope in events {
-            for id in envelope.event.customer_ids() {
-                let keys = identifiers.entry(id).or_insert_with(|| {
+            for id in envelope.customer_ids() {
+                if !order.contains(&id) {
                     order.push(id);
-                    Vec::new()
-                });
-                if let DomainEvent::CustomerDeleted { identifiers, .. } = &envelope.event {
-                    keys.extend(identifiers.iter().cloned());
                 }
             }
         }
-        for id in order {
-            let keys = identifiers.remove(&id).unwrap_or_default();
-            self.refresh(id, &keys).await.map_err(apply_err)?;
+        for id in &order {
+            // A customer gone from the store is removed with the keys the
+            // index holds for it.
+            self.refresh(*id, &[]).await.map_err(apply_err)?;
         }
         // Look for likely duplicates of customers whose profile changed. A
         // failure here costs a suggestion, never the event.
         for envelope in events {
-            if let DomainEvent::CustomerCreated { customer }
-            | DomainEvent::CustomerUpdated { customer } = &envelope.event
+            if let (
+                DomainEvent::CustomerCreated {} | DomainEvent::CustomerUpdated { .. },
+                Some(id),
+            ) = (&envelope.event, envelope.customer_id)
             {
-                if let Err(e) = self.suggest_duplicates(customer.id).await {
-                    tracing::warn!(error = %e, customer = %customer.id, "duplicate check failed");
+                if let Err(e) = self.suggest_duplicates(id).await {
+                    tracing::warn!(error = %e, customer = %id, "duplicate check failed");
                 }
             }
         }

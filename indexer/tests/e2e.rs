@@ -21,9 +21,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crm_indexer::stream::{RedisEventStream, RedisStreamConfig};
 use crm_indexer::{RedisIndex, SearchIndex};
-use crm_models::events::{EventStream, MemoryEventStream};
 use crm_models::service::{Crm, CustomerInput, EngagementTarget, NewEngagement};
 use crm_models::store::mongo::MongoStore;
 use crm_models::store::{CustomerCursor, Store};
@@ -76,18 +74,11 @@ impl Backends {
         }
     }
 
-    /// The domain service as crm-api builds it: Mongo store, Redis stream.
+    /// The domain service as crm-api builds it on a Mongo store.
+    /// Its events reach the Redis stream through the relay of the
+    /// `crm-indexer run` processes.
     async fn crm(&self) -> Crm {
-        let stream = RedisEventStream::connect(
-            &self.redis_url,
-            RedisStreamConfig {
-                prefix: self.prefix.clone(),
-                ..RedisStreamConfig::default()
-            },
-        )
-        .await
-        .unwrap();
-        Crm::new(self.store.clone(), Arc::new(stream))
+        Crm::new(self.store.clone())
     }
 
     async fn index(&self) -> RedisIndex {
@@ -553,8 +544,7 @@ async fn verify_names_drifted_customers_and_rebuild_mends_them() {
         .unwrap();
     assert_eq!(deleted, 1);
     // ...and one engagement whose event the index never sees.
-    let unseen: Arc<dyn EventStream> = Arc::new(MemoryEventStream::default());
-    Crm::new(backends.store.clone(), unseen)
+    Crm::new(backends.store.clone())
         .record_engagement(engagement(EngagementTarget::Customer(missed), 99))
         .await
         .unwrap();

@@ -1,5 +1,6 @@
 //! The projector keeps the index in line with the store, fed by the domain
-//! events the service publishes (embedded store, in-process log, memory index).
+//! events the service commits and the relay publishes (embedded store,
+//! in-process log, memory index).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -10,6 +11,7 @@ use crm_indexer::projector::Projector;
 use crm_indexer::worker::EventHandler;
 use crm_indexer::{MemoryIndex, Query, SearchIndex};
 use crm_models::events::{EventLog, MemoryEventStream};
+use crm_models::relay::Relay;
 use crm_models::service::{Crm, CustomerInput, EngagementTarget, NewEngagement};
 use crm_models::store::embedded::EmbeddedStore;
 use crm_models::store::Store;
@@ -18,6 +20,7 @@ use crm_models::{Direction, EngagementDetail, Identifier, PhoneNumber, Region, S
 struct Setup {
     crm: Crm,
     log: Arc<MemoryEventStream>,
+    relay: Relay,
     projector: Projector,
     _dir: tempfile::TempDir,
 }
@@ -26,18 +29,22 @@ fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
     let log = Arc::new(MemoryEventStream::default());
-    let crm = Crm::new(store.clone(), log.clone());
+    let crm = Crm::new(store.clone());
+    let relay = Relay::new(store.clone(), log.clone(), crm.relay_wake());
     let index: Arc<dyn SearchIndex> = Arc::new(MemoryIndex::new());
     Setup {
         crm,
         log,
+        relay,
         projector: Projector::new(store, index),
         _dir: dir,
     }
 }
 
-/// Applies everything published so far, as the worker would.
+/// Relays what was committed and applies it, as the relay and the worker
+/// would.
 async fn drain(s: &Setup) {
+    s.relay.drain().await.unwrap();
     s.log.ensure_group("indexer").await.unwrap();
     loop {
         let batch = s

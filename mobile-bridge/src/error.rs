@@ -137,6 +137,7 @@ impl From<StoreError> for MobileError {
                 tracing::error!(error = %m, "store unavailable");
                 MobileError::Unavailable("the store is unavailable; try again".into())
             }
+            StoreError::Contention(m) => MobileError::Unavailable(m),
             StoreError::Internal(m) => MobileError::Internal(m),
         }
     }

@@ -20,11 +20,9 @@ pub enum CustomerStatus {
     Merged,
 }
 
-// A stored counter may read below zero for a moment: on MongoDB an
-// engagement is inserted before its customer's counter is raised, and a
-// merge that moves it in between lowers the old owner's counter first. Such
-// a reading decodes as 0 (`count`) instead of failing the whole record; the
-// counter is right again once the raise lands.
+// A counter stored below zero (by versions that raised a customer's counter
+// apart from inserting its engagement) decodes as 0 (`count`) instead of
+// failing the whole record.
 
 /// Engagement counts per channel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
@@ -41,8 +39,7 @@ pub struct ChannelCounts {
     pub email: u64,
 }
 
-/// A counter, signed or not; below zero reads as 0 (a counter caught
-/// between an engagement's move and its raise, see above).
+/// A counter, signed or not; below zero reads as 0 (see above).
 fn count<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
     struct Count;
     impl serde::de::Visitor<'_> for Count {

@@ -19,7 +19,9 @@ use async_trait::async_trait;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::event::{DomainEvent, EventEnvelope};
+#[cfg(test)]
+use crate::event::DomainEvent;
+use crate::event::EventEnvelope;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EventError {
@@ -422,25 +424,22 @@ impl EventLog for MemoryEventStream {
     }
 }
 
-/// Wraps events for publishing, stamped now.
-pub fn envelopes(events: impl IntoIterator<Item = DomainEvent>) -> Vec<EventEnvelope> {
-    let at = crate::time::now();
-    events
-        .into_iter()
-        .map(|event| EventEnvelope { at, event })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::customer::Customer;
     use crate::ids::CustomerId;
 
     fn created(name: &str) -> DomainEvent {
-        DomainEvent::CustomerCreated {
-            customer: Customer::new(CustomerId::new(), Some(name.into()), crate::time::now()),
+        DomainEvent::CustomerUpdated {
+            fields: vec![name.to_string()],
         }
+    }
+
+    fn envelopes(events: impl IntoIterator<Item = DomainEvent>) -> Vec<EventEnvelope> {
+        events
+            .into_iter()
+            .map(|e| EventEnvelope::about(CustomerId::new(), e))
+            .collect()
     }
 
     #[tokio::test]

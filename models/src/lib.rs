@@ -9,7 +9,8 @@
 //! - [`phone`], [`email`]: parse-once value types.
 //! - [`names`]: name tokens, typo variants and query classification for search.
 //! - [`customer`], [`engagement`], [`staff`], [`device`], [`ids`], [`time`]: the records.
-//! - [`event`], [`events`]: domain events and the stream they go on.
+//! - [`event`], [`events`], [`relay`]: domain events, the stream they go on,
+//!   and the relay that moves them there from the store's event log.
 //! - [`store`]: the store trait and its adapters (`embedded` redb, `mongo`).
 //! - [`linking`]: merge records, suggestions and the linking policy.
 //! - [`service`]: the operations handlers call ([`service::Crm`]).
@@ -24,6 +25,7 @@ pub mod ids;
 pub mod linking;
 pub mod names;
 pub mod phone;
+pub mod relay;
 pub mod service;
 pub mod staff;
 pub mod store;

@@ -54,6 +54,10 @@ pub struct MergeRecord {
     pub undone_at: Option<Timestamp>,
     #[serde(default)]
     pub undone_by: Option<String>,
+    /// Written by a repair, for a merge an older version left without a
+    /// record (its parts list what the repair moved).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub repaired: bool,
 }
 
 impl MergeRecord {

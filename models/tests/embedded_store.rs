@@ -12,7 +12,7 @@ use crm_models::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
 use crm_models::phone::PhoneNumber;
 use crm_models::staff::{ApiKey, RefreshToken, Role, User};
 use crm_models::store::embedded::EmbeddedStore;
-use crm_models::store::{Claim, EngagementFilter, Store, StoreError};
+use crm_models::store::{EngagementFilter, Store, StoreError};
 use crm_models::time;
 
 #[tokio::test]
@@ -69,13 +69,15 @@ async fn everything_survives_a_restart() {
 
     {
         let store = EmbeddedStore::open(dir.path()).unwrap();
-        store.insert_customer(&customer).await.unwrap();
         assert_eq!(
-            store.claim_identity(&phone_key, customer.id).await.unwrap(),
-            Claim::Claimed
+            store
+                .insert_customers_owning(&[(customer.clone(), vec![phone_key.clone()])])
+                .await
+                .unwrap(),
+            vec![true]
         );
         store.insert_engagements(&engagements).await.unwrap();
-        store.insert_user(&user).await.unwrap();
+        store.insert_user(&user, &[]).await.unwrap();
         store.insert_refresh_token(&token).await.unwrap();
         assert!(store.use_refresh_token("h1").await.unwrap());
         store.insert_api_key(&key).await.unwrap();

@@ -406,7 +406,7 @@ mod tests {
         // Demoted in the store: the old token now carries the new role.
         let mut user = store.get_user(id).await.unwrap().unwrap();
         user.role = Role::Agent;
-        store.update_user(&user).await.unwrap();
+        store.update_user(&user, &[]).await.unwrap();
         let who = auth
             .authenticate(&bearer(&session.access_token))
             .await
@@ -415,7 +415,7 @@ mod tests {
 
         // Deactivated: refused at once.
         user.active = false;
-        store.update_user(&user).await.unwrap();
+        store.update_user(&user, &[]).await.unwrap();
         assert!(is_unauthorized(
             auth.authenticate(&bearer(&session.access_token)).await
         ));
@@ -489,7 +489,7 @@ mod tests {
             .unwrap();
         let mut user = store.get_user(id).await.unwrap().unwrap();
         user.active = false;
-        store.update_user(&user).await.unwrap();
+        store.update_user(&user, &[]).await.unwrap();
         assert!(is_unauthorized(auth.refresh(&s.refresh_token).await));
     }
 

@@ -2,6 +2,7 @@
 
 use std::str::FromStr;
 
+use crm_models::event::{DomainEvent, EventEnvelope};
 use crm_models::ids::UserId;
 use crm_models::service::FieldError;
 use crm_models::staff::{Role, User};
@@ -165,7 +166,8 @@ pub(super) async fn create_user(store: &dyn Store, new: NewUser) -> Result<User,
         created_at: now,
         updated_at: now,
     };
-    match store.insert_user(&user).await {
+    let event = EventEnvelope::new(None, DomainEvent::UserCreated { user_id: user.id });
+    match store.insert_user(&user, &[event]).await {
         Ok(()) => {
             tracing::info!(user_id = %user.id, role = user.role.as_str(), "user created");
             Ok(user)
@@ -230,6 +232,7 @@ impl Auth {
             }
         }
         let ends_sessions = patch.active == Some(false) || patch.password.is_some();
+        let before = user.clone();
         if let Some(name) = patch.name {
             user.name = name;
         }
@@ -243,7 +246,19 @@ impl Auth {
             user.password_hash = password::hash(password).await?;
         }
         user.updated_at = crm_models::time::now();
-        match self.store.update_user(&user).await {
+        let event = if patch.active == Some(false) && before.active {
+            DomainEvent::UserDeactivated { user_id: id }
+        } else {
+            DomainEvent::UserUpdated {
+                user_id: id,
+                fields: user_fields(&before, &user),
+            }
+        };
+        match self
+            .store
+            .update_user(&user, &[EventEnvelope::new(None, event)])
+            .await
+        {
             Ok(()) => {}
             Err(StoreError::NotFound) => return Err(user_not_found(id)),
             Err(StoreError::Conflict(_)) => return Err(email_taken()),
@@ -255,6 +270,24 @@ impl Auth {
         tracing::info!(user_id = %id, role = user.role.as_str(), active = user.active, "user updated");
         Ok(user)
     }
+}
+
+/// Which of a user's fields changed (for `user.updated`; no values).
+fn user_fields(before: &User, after: &User) -> Vec<String> {
+    let mut fields = Vec::new();
+    if before.name != after.name {
+        fields.push("name");
+    }
+    if before.role != after.role {
+        fields.push("role");
+    }
+    if before.active != after.active {
+        fields.push("active");
+    }
+    if before.password_hash != after.password_hash {
+        fields.push("password");
+    }
+    fields.into_iter().map(str::to_string).collect()
 }
 
 #[cfg(test)]

@@ -23,8 +23,9 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// Ready when the store answers. The index being down (or events waiting in
-/// the outbox) makes it `degraded`: writes still work, search may be stale.
+/// Ready when the store answers. The index being down, or the relay unable
+/// to publish events, makes it `degraded`: writes still work (their events
+/// wait in the store's log), search may be stale.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let store = state.crm.store();
     store.ping().await.map_err(|e| {
@@ -32,8 +33,11 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         ApiError::Unavailable(format!("the {} store is not ready", store.kind()))
     })?;
     let index_ok = state.index.ping().await.is_ok();
-    let outbox = state.crm.outbox_len().await.unwrap_or(0);
-    let status = if index_ok && outbox == 0 {
+    let pending = state.crm.pending_events().await.unwrap_or(0);
+    let relaying = state
+        .relay_healthy
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let status = if index_ok && relaying {
         "ready"
     } else {
         "degraded"
@@ -43,7 +47,8 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         "store": store.kind(),
         "index": state.index.kind(),
         "index_reachable": index_ok,
-        "outbox": outbox,
+        "events_relaying": relaying,
+        "events_pending": pending,
     })))
 }
 

@@ -13,7 +13,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use super::{clean_name, new_customer, Crm, EngagementTarget, NewEngagement};
 use crate::customer::{CustomerStatus, Identifier};
-use crate::event::DomainEvent;
 use crate::ids::CustomerId;
 
 /// What a batch's identifier sets resolved to before its items are stored.
@@ -134,7 +133,6 @@ impl Crm {
                 .collect();
             match self.store.insert_customers_owning(&customers).await {
                 Ok(created) => {
-                    let mut events = Vec::new();
                     for ((customer, key), created) in customers.into_iter().zip(created) {
                         // Not created: an identifier was taken meanwhile (by
                         // another writer, or by an earlier set of this batch).
@@ -142,10 +140,9 @@ impl Crm {
                             out.found
                                 .insert(key, (customer.id, customer.name.is_some()));
                             out.created.insert(customer.id);
-                            events.push(DomainEvent::CustomerCreated { customer });
                         }
                     }
-                    self.publish(events).await;
+                    self.wake_relay();
                 }
                 Err(e) => {
                     tracing::debug!(error = %e, "batch customer insert failed; resolving one by one");

@@ -1,34 +1,34 @@
 //! Identity linking in the service: looking identifiers up under the
-//! safeguards, merging customers (automatically or by hand), finishing merges
-//! that raced with other writes, undoing a merge, and the history and
-//! suggestions that go with them.
+//! safeguards, merging customers (automatically or by hand), undoing a
+//! merge, and the history and suggestions that go with them.
 //!
-//! A merge is a sequence of steps that are each atomic in the store: mark the
-//! merged customer (`mark_merged` refuses a customer merged already, so two
-//! merges never both take it), move its identities, move its engagements,
-//! fill the survivor's profile, keep the record. A write that raced with a
-//! merge (an identity claimed for, or an engagement stored on, a customer that
-//! was being merged) is finished by [`Crm::settle`], which moves whatever a
-//! merged customer still holds to the customer it was merged into. Every step
-//! only moves what the source still has, so running one twice is harmless.
+//! A merge is one store transaction: inside it the survivor is read again
+//! (following `merged_into`, so it is active), each customer to merge is read
+//! again (skipped when it is the survivor or merged already), identities and
+//! engagements move, the merged customers are marked, the survivor's profile
+//! is filled, the merge record is kept and `customers.merged` is appended.
+//! Since the survivor is active and every merged customer was active and
+//! distinct from it, `merged_into` never forms a cycle; two crossing merges
+//! end with one survivor, or one of them refused. An undo is one
+//! transaction too. Writes that race with a merge are redirected by the
+//! store inside their own transaction (an engagement for a merged customer
+//! lands on its survivor), so nothing is left behind to finish later;
+//! [`Crm::settle`] remains for stores written by older versions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde::Serialize;
 
+use async_trait::async_trait;
+
+use super::txn::{current_in, settle_answer, Answer, MAX_CHAIN};
 use super::{has_identifier, Crm, CrmError};
 use crate::customer::{Customer, CustomerStatus, Identifier};
-use crate::event::DomainEvent;
+use crate::event::{Actor, DomainEvent, EventEnvelope};
 use crate::ids::{CustomerId, EngagementId, MergeId};
 use crate::linking::{MergeActor, MergeRecord, MergedPart, Suggestion, SuggestionReason};
-use crate::store::{EngagementCursor, EngagementFilter, MarkMerged};
+use crate::store::{StoreResult, Tx, TxWork};
 use crate::time::{self, Timestamp};
-
-/// Longest `merged_into` chain followed before giving up (a chain only grows
-/// when a survivor is merged again).
-const MAX_CHAIN: usize = 32;
-/// Engagements read per page when an undo sorts the survivor's timeline.
-const UNDO_PAGE: usize = 1_000;
 
 /// Identifiers sorted by what they can do.
 #[derive(Debug, Default)]
@@ -109,48 +109,13 @@ impl Crm {
             .ok_or(CrmError::CustomerNotFound(id))
     }
 
-    /// Moves whatever a merged customer still holds (identities claimed or
-    /// engagements stored while it was being merged) to the customer it was
-    /// merged into. Returns that customer; an active customer is returned as
-    /// it is.
+    /// Moves whatever a merged customer still holds (identities or
+    /// engagements an older version left on it) to the customer it was
+    /// merged into, in one transaction (see [`Crm::repair`]). Returns that
+    /// customer; an active customer is returned as it is.
     pub async fn settle(&self, id: CustomerId) -> Result<Customer, CrmError> {
-        let Some(merged) = self.store.get_customer(id).await? else {
-            return Err(CrmError::CustomerNotFound(id));
-        };
-        if merged.status != CustomerStatus::Merged {
-            return Ok(merged);
-        }
-        let survivor = self.current(id).await?;
-        if survivor.id == id {
-            return Ok(survivor);
-        }
-        let keys = self.store.move_identities(id, survivor.id, None).await?;
-        let moved = self.store.move_engagements(id, survivor.id, None).await?;
-        let mut missing: Vec<Identifier> = merged
-            .identifiers()
-            .into_iter()
-            .chain(keys.iter().filter_map(|k| Identifier::from_key(k)))
-            .filter(|i| !has_identifier(&survivor, i))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        missing.retain(|i| !matches!(i, Identifier::Anonymous(_)));
-        let survivor = if missing.is_empty() {
-            self.current(survivor.id).await?
-        } else {
-            self.store
-                .add_identifiers(survivor.id, &missing, time::now())
-                .await?
-        };
-        if !keys.is_empty() || !moved.is_empty() || !missing.is_empty() {
-            self.publish(vec![DomainEvent::CustomersMerged {
-                merge_id: None,
-                survivor_id: survivor.id,
-                merged_ids: vec![id],
-            }])
-            .await;
-        }
-        Ok(survivor)
+        self.repair_merged(id).await?;
+        self.current(id).await
     }
 
     /// What stops these customers from being merged automatically: an undone
@@ -275,227 +240,37 @@ impl Crm {
         .await
     }
 
-    /// The merge itself (see the module documentation for the steps).
+    /// The merge itself, one transaction (see the module documentation).
     async fn merge_into(
         &self,
         survivor: CustomerId,
         others: &[CustomerId],
         by: MergeActor,
     ) -> Result<(MergeRecord, Customer), CrmError> {
-        let mut survivor = self.current(survivor).await?;
-        let mut currents: Vec<Customer> = Vec::new();
-        for id in others {
-            if let Some(other) = self.current_opt(*id).await? {
-                currents.push(other);
-            }
-        }
-        if matches!(by, MergeActor::Auto { .. }) {
-            // Automatic merges always go into the oldest customer, even when
-            // a concurrent merge changed where the others are now; so merges
-            // only ever point at older customers and never form a cycle.
-            if let Some(oldest) = currents
-                .iter()
-                .filter(|c| (c.created_at, c.id) < (survivor.created_at, survivor.id))
-                .min_by_key(|c| (c.created_at, c.id))
-                .cloned()
-            {
-                currents.push(survivor);
-                survivor = oldest;
-            }
-        }
-        let before = survivor.clone();
-        let now = time::now();
-        let mut parts: Vec<MergedPart> = Vec::new();
-        for other in currents {
-            if other.id == survivor.id || parts.iter().any(|p| p.before.id == other.id) {
-                continue;
-            }
-            let MarkMerged::Marked(was) =
-                self.store.mark_merged(other.id, survivor.id, now).await?
-            else {
-                continue;
-            };
-            let identities = self
-                .store
-                .move_identities(other.id, survivor.id, None)
-                .await?;
-            let engagements = self
-                .store
-                .move_engagements(other.id, survivor.id, None)
-                .await?;
-            parts.push(MergedPart {
-                before: *was,
-                identities,
-                engagements,
-            });
-        }
-        if parts.is_empty() {
-            return Err(CrmError::Refused(
-                "nothing to merge: the customers are merged already".into(),
-            ));
-        }
-        let add: Vec<Identifier> = parts
-            .iter()
-            .flat_map(|p| p.before.identifiers())
-            .filter(|i| !has_identifier(&before, i))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let mut merged = if add.is_empty() {
-            self.current(survivor.id).await?
-        } else {
-            self.store.add_identifiers(survivor.id, &add, now).await?
+        let mut work = Merge {
+            survivor,
+            others,
+            by: &by,
+            answer: None,
         };
-        if merged.name.is_none() {
-            if let Some(name) = parts.iter().find_map(|p| p.before.name.clone()) {
-                merged.name = Some(name);
-                merged.updated_at = now;
-                self.store.update_profile(&merged).await?;
-            }
-        }
-        let record = MergeRecord {
-            id: MergeId::new(),
-            survivor_id: survivor.id,
-            merged_ids: parts.iter().map(|p| p.before.id).collect(),
-            by,
-            at: now,
-            survivor_before: before,
-            parts,
-            undone_at: None,
-            undone_by: None,
-        };
-        self.store.insert_merge(&record).await?;
+        let (record, customer) = self.run_tx(&mut work, |w| w.answer.take()).await?;
         tracing::info!(merge = %record.id, survivor = %record.survivor_id, merged = record.merged_ids.len(), "customers merged");
-        // A concurrent merge may have taken our survivor meanwhile.
-        let current = self.settle(survivor.id).await?;
-        self.publish(vec![DomainEvent::CustomersMerged {
-            merge_id: Some(record.id),
-            survivor_id: record.survivor_id,
-            merged_ids: record.merged_ids.clone(),
-        }])
-        .await;
-        Ok((record, current))
+        Ok((record, customer))
     }
 
-    /// Undoes a merge: the merged customers come back with the profile,
-    /// identities and engagements they had; engagements recorded since go to
-    /// whichever of them owns the identifier they came through. The pair is
-    /// protected from automatic merging afterwards. Returns the customers,
-    /// survivor first.
+    /// Undoes a merge, in one transaction: the merged customers come back
+    /// with the profile, identities and engagements they had; engagements
+    /// recorded since go to whichever of them owns the identifier they came
+    /// through. The pair is protected from automatic merging afterwards.
+    /// Returns the customers, survivor first.
     pub async fn undo_merge(&self, id: MergeId, user_id: &str) -> Result<Vec<Customer>, CrmError> {
-        let merge = self
-            .store
-            .get_merge(id)
-            .await?
-            .ok_or(CrmError::MergeNotFound(id))?;
-        if merge.undone_at.is_some()
-            || !self
-                .store
-                .mark_merge_undone(id, time::now(), user_id)
-                .await?
-        {
-            return Err(CrmError::Refused(format!("merge {id} is undone already")));
-        }
-        let holder = self.current(merge.survivor_id).await?;
-        let now = time::now();
-        let survivor_had: BTreeSet<Identifier> =
-            merge.survivor_before.identifiers().into_iter().collect();
-        let mut from_parts: BTreeSet<Identifier> = BTreeSet::new();
-        let mut owner_of: HashMap<String, CustomerId> = HashMap::new();
-        let mut moved_back: BTreeSet<EngagementId> = BTreeSet::new();
-        let mut restored_ids = Vec::new();
-        for part in &merge.parts {
-            let mut c = part.before.clone();
-            if c.status == CustomerStatus::Merged {
-                c.status = CustomerStatus::Active;
-            }
-            c.merged_into = None;
-            c.updated_at = now;
-            if let Err(e) = self.store.update_profile(&c).await {
-                tracing::warn!(error = %e, customer = %c.id, "a merged customer is gone; cannot restore it");
-                continue;
-            }
-            self.store
-                .move_identities(holder.id, c.id, Some(&part.identities))
-                .await?;
-            moved_back.extend(
-                self.store
-                    .move_engagements(holder.id, c.id, Some(&part.engagements))
-                    .await?,
-            );
-            for key in &part.identities {
-                owner_of.insert(key.clone(), c.id);
-            }
-            for identifier in c.identifiers() {
-                owner_of.entry(identifier.key()).or_insert(c.id);
-                if !survivor_had.contains(&identifier) {
-                    from_parts.insert(identifier);
-                }
-            }
-            restored_ids.push(c.id);
-        }
-        // Engagements that arrived after the merge, through an identifier
-        // that a restored customer owns again.
-        let mut follow: BTreeMap<CustomerId, Vec<EngagementId>> = BTreeMap::new();
-        let mut after: Option<EngagementCursor> = None;
-        loop {
-            let page = self
-                .store
-                .list_engagements(holder.id, &EngagementFilter::default(), after, UNDO_PAGE)
-                .await?;
-            for e in &page {
-                if e.recorded_at < merge.at || moved_back.contains(&e.id) {
-                    continue;
-                }
-                if let Some(owner) = e.source.via.as_ref().and_then(|k| owner_of.get(k)) {
-                    follow.entry(*owner).or_default().push(e.id);
-                }
-            }
-            if page.len() < UNDO_PAGE {
-                break;
-            }
-            after = page.last().map(|e| EngagementCursor {
-                occurred_at: e.occurred_at,
-                id: e.id,
-            });
-        }
-        for (owner, ids) in follow {
-            self.store
-                .move_engagements(holder.id, owner, Some(&ids))
-                .await?;
-        }
-        // The survivor loses what the merge gave it.
-        let mut survivor = self.current(holder.id).await?;
-        survivor
-            .phones
-            .retain(|p| !from_parts.contains(&Identifier::Phone(p.clone())));
-        survivor
-            .emails
-            .retain(|e| !from_parts.contains(&Identifier::Email(e.clone())));
-        survivor.social.retain(|network, id| {
-            !from_parts.contains(&Identifier::Social {
-                network: network.clone(),
-                id: id.clone(),
-            })
-        });
-        if merge.survivor_before.name.is_none()
-            && merge
-                .parts
-                .iter()
-                .any(|p| p.before.name.is_some() && p.before.name == survivor.name)
-        {
-            survivor.name = None;
-        }
-        survivor.updated_at = now;
-        self.store.update_profile(&survivor).await?;
-        let mut customer_ids = vec![holder.id];
-        customer_ids.extend(restored_ids.iter().copied());
-        tracing::info!(merge = %id, restored = restored_ids.len(), "merge undone");
-        self.publish(vec![DomainEvent::CustomersUnmerged {
-            merge_id: id,
-            customer_ids: customer_ids.clone(),
-        }])
-        .await;
+        let mut work = Undo {
+            id,
+            user_id,
+            answer: None,
+        };
+        let customer_ids = self.run_tx(&mut work, |w| w.answer.take()).await?;
+        tracing::info!(merge = %id, restored = customer_ids.len().saturating_sub(1), "merge undone");
         let mut out = Vec::new();
         for id in customer_ids {
             out.extend(self.store.get_customer(id).await?);
@@ -595,5 +370,249 @@ impl Crm {
     /// Keeps a suggestion found outside a write (the duplicate finder).
     pub async fn keep_suggestion(&self, suggestion: &Suggestion) -> Result<(), CrmError> {
         Ok(self.store.upsert_suggestion(suggestion).await?)
+    }
+}
+
+impl From<&MergeActor> for Actor {
+    fn from(by: &MergeActor) -> Self {
+        match by {
+            MergeActor::User { user_id } => Actor::User(user_id.clone()),
+            MergeActor::Auto { .. } => Actor::Auto,
+        }
+    }
+}
+
+/// The merge transaction.
+struct Merge<'a> {
+    survivor: CustomerId,
+    others: &'a [CustomerId],
+    by: &'a MergeActor,
+    answer: Answer<(MergeRecord, Customer)>,
+}
+
+#[async_trait]
+impl TxWork for Merge<'_> {
+    async fn run(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        self.answer = None;
+        let result = self.merge(tx).await;
+        settle_answer(&mut self.answer, result)
+    }
+}
+
+impl Merge<'_> {
+    async fn merge(&self, tx: &mut dyn Tx) -> Result<(MergeRecord, Customer), CrmError> {
+        let now = time::now();
+        let mut survivor = current_in(tx, self.survivor)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(self.survivor))?;
+        let mut currents: Vec<Customer> = Vec::new();
+        for id in self.others {
+            if let Some(other) = current_in(tx, *id).await? {
+                if other.id != survivor.id && !currents.iter().any(|c| c.id == other.id) {
+                    currents.push(other);
+                }
+            }
+        }
+        if matches!(self.by, MergeActor::Auto { .. }) {
+            // Automatic merges always go into the oldest customer, even when
+            // a concurrent merge changed where the others are now.
+            if let Some(oldest) = currents
+                .iter()
+                .filter(|c| (c.created_at, c.id) < (survivor.created_at, survivor.id))
+                .min_by_key(|c| (c.created_at, c.id))
+                .cloned()
+            {
+                currents.retain(|c| c.id != oldest.id);
+                currents.push(survivor);
+                survivor = oldest;
+            }
+        }
+        if currents.is_empty() {
+            return Err(CrmError::Refused(
+                "nothing to merge: the customers are merged already".into(),
+            ));
+        }
+        let before = survivor.clone();
+        let mut parts: Vec<MergedPart> = Vec::new();
+        for other in currents {
+            let identities = tx.move_identities(other.id, survivor.id, None).await?;
+            let engagements = tx
+                .move_engagements(other.id, survivor.id, None, now)
+                .await?;
+            let mut marked = tx
+                .customer(other.id)
+                .await?
+                .unwrap_or_else(|| other.clone());
+            marked.status = CustomerStatus::Merged;
+            marked.merged_into = Some(survivor.id);
+            marked.updated_at = now;
+            tx.put_customer(&marked).await?;
+            parts.push(MergedPart {
+                before: other,
+                identities,
+                engagements,
+            });
+        }
+        // The survivor as the moves left it (counts), with what it lacked.
+        let mut merged = tx.customer(survivor.id).await?.unwrap_or(survivor);
+        for identifier in parts
+            .iter()
+            .flat_map(|p| p.before.identifiers())
+            .filter(|i| !has_identifier(&before, i))
+            .collect::<BTreeSet<_>>()
+        {
+            merged.add_identifier(&identifier);
+        }
+        if merged.name.is_none() {
+            merged.name = parts.iter().find_map(|p| p.before.name.clone());
+        }
+        merged.updated_at = now;
+        tx.put_customer(&merged).await?;
+        let record = MergeRecord {
+            id: MergeId::new(),
+            survivor_id: merged.id,
+            merged_ids: parts.iter().map(|p| p.before.id).collect(),
+            by: self.by.clone(),
+            at: now,
+            survivor_before: before,
+            parts,
+            undone_at: None,
+            undone_by: None,
+            repaired: false,
+        };
+        tx.put_merge(&record).await?;
+        tx.append_events(&[EventEnvelope::about(
+            record.survivor_id,
+            DomainEvent::CustomersMerged {
+                merge_id: Some(record.id),
+                survivor_id: record.survivor_id,
+                merged_ids: record.merged_ids.clone(),
+                by: self.by.into(),
+            },
+        )])
+        .await?;
+        Ok((record, merged))
+    }
+}
+
+/// The undo transaction; answers the customers' ids, survivor first.
+struct Undo<'a> {
+    id: MergeId,
+    user_id: &'a str,
+    answer: Answer<Vec<CustomerId>>,
+}
+
+#[async_trait]
+impl TxWork for Undo<'_> {
+    async fn run(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        self.answer = None;
+        let result = self.undo(tx).await;
+        settle_answer(&mut self.answer, result)
+    }
+}
+
+impl Undo<'_> {
+    async fn undo(&self, tx: &mut dyn Tx) -> Result<Vec<CustomerId>, CrmError> {
+        let id = self.id;
+        let mut merge = tx.merge(id).await?.ok_or(CrmError::MergeNotFound(id))?;
+        if merge.undone_at.is_some() {
+            return Err(CrmError::Refused(format!("merge {id} is undone already")));
+        }
+        let holder = current_in(tx, merge.survivor_id)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(merge.survivor_id))?;
+        let now = time::now();
+        let survivor_had: BTreeSet<Identifier> =
+            merge.survivor_before.identifiers().into_iter().collect();
+        let mut from_parts: BTreeSet<Identifier> = BTreeSet::new();
+        let mut owner_of: HashMap<String, CustomerId> = HashMap::new();
+        let mut moved_back: BTreeSet<EngagementId> = BTreeSet::new();
+        let mut restored_ids = Vec::new();
+        for part in &merge.parts {
+            let Some(stored) = tx.customer(part.before.id).await? else {
+                tracing::warn!(customer = %part.before.id, "a merged customer is gone; cannot restore it");
+                continue;
+            };
+            let mut c = part.before.clone();
+            if c.status == CustomerStatus::Merged {
+                c.status = CustomerStatus::Active;
+            }
+            c.merged_into = None;
+            c.updated_at = now.max(stored.updated_at);
+            tx.put_customer(&c).await?;
+            tx.move_identities(holder.id, c.id, Some(&part.identities))
+                .await?;
+            moved_back.extend(
+                tx.move_engagements(holder.id, c.id, Some(&part.engagements), now)
+                    .await?,
+            );
+            for key in &part.identities {
+                owner_of.insert(key.clone(), c.id);
+            }
+            for identifier in c.identifiers() {
+                owner_of.entry(identifier.key()).or_insert(c.id);
+                if !survivor_had.contains(&identifier) {
+                    from_parts.insert(identifier);
+                }
+            }
+            restored_ids.push(c.id);
+        }
+        // Engagements that arrived after the merge, through an identifier
+        // that a restored customer owns again.
+        let mut follow: BTreeMap<CustomerId, Vec<EngagementId>> = BTreeMap::new();
+        for e in tx.engagement_refs(holder.id).await? {
+            if e.recorded_at < merge.at || moved_back.contains(&e.id) {
+                continue;
+            }
+            if let Some(owner) = e.via.as_ref().and_then(|k| owner_of.get(k)) {
+                follow.entry(*owner).or_default().push(e.id);
+            }
+        }
+        for (owner, ids) in follow {
+            tx.move_engagements(holder.id, owner, Some(&ids), now)
+                .await?;
+        }
+        // The survivor loses what the merge gave it.
+        let mut survivor = tx
+            .customer(holder.id)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(holder.id))?;
+        survivor
+            .phones
+            .retain(|p| !from_parts.contains(&Identifier::Phone(p.clone())));
+        survivor
+            .emails
+            .retain(|e| !from_parts.contains(&Identifier::Email(e.clone())));
+        survivor.social.retain(|network, id| {
+            !from_parts.contains(&Identifier::Social {
+                network: network.clone(),
+                id: id.clone(),
+            })
+        });
+        if merge.survivor_before.name.is_none()
+            && merge
+                .parts
+                .iter()
+                .any(|p| p.before.name.is_some() && p.before.name == survivor.name)
+        {
+            survivor.name = None;
+        }
+        survivor.updated_at = now.max(survivor.updated_at);
+        tx.put_customer(&survivor).await?;
+        merge.undone_at = Some(now);
+        merge.undone_by = Some(self.user_id.to_string());
+        tx.put_merge(&merge).await?;
+        let mut customer_ids = vec![holder.id];
+        customer_ids.extend(restored_ids.iter().copied());
+        tx.append_events(&[EventEnvelope::about(
+            holder.id,
+            DomainEvent::CustomersUnmerged {
+                merge_id: id,
+                customer_ids: customer_ids.clone(),
+                by: Actor::User(self.user_id.to_string()),
+            },
+        )])
+        .await?;
+        Ok(customer_ids)
     }
 }

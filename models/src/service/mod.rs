@@ -3,26 +3,38 @@
 //! recording engagements. HTTP handlers call these and nothing below them.
 //!
 //! Linking is race-free because claiming an identifier is an insert keyed by
-//! the identifier: a new customer is inserted, then claims its identifiers;
-//! a writer that loses a claim erases its fresh customer and resolves again,
-//! now finding the winner.
+//! the identifier: a new customer is inserted together with its identifiers
+//! or not at all, and a writer that loses a claim resolves again, now finding
+//! the winner.
+//!
+//! Every change commits with its events in one store transaction (see
+//! [`crate::store`]); this layer never publishes. It wakes the relay after a
+//! write so that the events move on at once.
 
 mod batch;
 mod linking;
+mod repair;
+mod txn;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use async_trait::async_trait;
+use tokio::sync::Notify;
+
 pub use linking::{HistoryEntry, MergeOutcome};
+pub use repair::RepairReport;
+pub use txn::FaultInjection;
+use txn::{current_in, settle_answer, Answer};
 
 use crate::customer::{Customer, CustomerStatus, Identifier};
 use crate::engagement::{Engagement, EngagementDetail, Source};
-use crate::event::DomainEvent;
-use crate::events::{envelopes, EventStream};
+use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{CustomerId, EngagementId, MergeId};
 use crate::linking::LinkPolicy;
 use crate::store::{
     Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
+    StoreResult, Tx, TxWork,
 };
 use crate::time::{self, Timestamp};
 
@@ -124,16 +136,19 @@ pub struct Recorded {
 #[derive(Clone)]
 pub struct Crm {
     store: Arc<dyn Store>,
-    events: Arc<dyn EventStream>,
     policy: Arc<LinkPolicy>,
+    /// Told after each write, so that the relay moves its events at once.
+    relay_wake: Arc<Notify>,
+    fault: Arc<FaultInjection>,
 }
 
 impl Crm {
-    pub fn new(store: Arc<dyn Store>, events: Arc<dyn EventStream>) -> Self {
+    pub fn new(store: Arc<dyn Store>) -> Self {
         Crm {
             store,
-            events,
             policy: Arc::new(LinkPolicy::default()),
+            relay_wake: Arc::new(Notify::new()),
+            fault: Arc::new(FaultInjection::default()),
         }
     }
 
@@ -151,42 +166,24 @@ impl Crm {
         &self.store
     }
 
-    /// Publishes after a successful store write. When the stream cannot take
-    /// the events they go to the store's outbox, and [`Crm::drain_outbox`]
-    /// publishes them later: the write has succeeded and no event is lost.
-    async fn publish(&self, events: Vec<DomainEvent>) {
-        if events.is_empty() {
-            return;
-        }
-        let envelopes = envelopes(events);
-        let Err(e) = self.events.publish(envelopes.clone()).await else {
-            return;
-        };
-        tracing::warn!(error = %e, count = envelopes.len(), "event stream unavailable; keeping events in the outbox");
-        if let Err(e) = self.store.outbox_push(&envelopes).await {
-            tracing::error!(error = %e, "events lost: neither the stream nor the outbox took them; run a rebuild");
-        }
+    /// What a relay waits on between polls of the event log.
+    pub fn relay_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.relay_wake)
     }
 
-    /// Publishes what the outbox holds, oldest first, up to `limit` events.
-    /// Returns how many were published; stops at the first failure.
-    pub async fn drain_outbox(&self, limit: usize) -> Result<usize, CrmError> {
-        let kept = self.store.outbox_peek(limit).await?;
-        if kept.is_empty() {
-            return Ok(0);
-        }
-        let (ids, events): (Vec<String>, Vec<_>) = kept.into_iter().unzip();
-        self.events
-            .publish(events)
-            .await
-            .map_err(|e| CrmError::Store(StoreError::Unavailable(e.to_string())))?;
-        self.store.outbox_remove(&ids).await?;
-        Ok(ids.len())
+    fn wake_relay(&self) {
+        self.relay_wake.notify_one();
     }
 
-    /// Events waiting in the outbox (for `/readyz`).
-    pub async fn outbox_len(&self) -> Result<u64, CrmError> {
-        Ok(self.store.outbox_len().await?)
+    /// The test hook that fails a transaction part-way.
+    #[doc(hidden)]
+    pub fn fault_injection(&self) -> &FaultInjection {
+        &self.fault
+    }
+
+    /// Events committed and not relayed yet (for `/readyz`).
+    pub async fn pending_events(&self) -> Result<u64, CrmError> {
+        Ok(self.store.unrelayed_count().await?)
     }
 
     /// Creates a customer, or when an identifier already belongs to one,
@@ -207,10 +204,7 @@ impl Crm {
             let mut c = Customer::new(CustomerId::new(), name, time::now());
             c.status = input.status.unwrap_or_default();
             self.store.insert_customer(&c).await?;
-            self.publish(vec![DomainEvent::CustomerCreated {
-                customer: c.clone(),
-            }])
-            .await;
+            self.wake_relay();
             return Ok((c, true));
         }
         self.resolve(name.as_deref(), &input.identifiers, input.status)
@@ -260,15 +254,17 @@ impl Crm {
                 match self.current_opt(*owner).await? {
                     Some(c) => {
                         if c.id != *owner {
-                            // An identity left behind by a concurrent merge.
+                            // An identity an older version left on a merged
+                            // customer.
                             self.settle(*owner).await?;
                         }
                         owners.push((c.id, key));
                         named.insert(c.id, c);
                     }
                     None => {
-                        // The owner was erased between our reads.
-                        self.store.release_identity(key, *owner).await?;
+                        // The owner was erased between our reads (or an
+                        // older version left the identity behind).
+                        self.release_orphan(key, *owner).await?;
                         gone = true;
                     }
                 }
@@ -312,28 +308,17 @@ impl Crm {
                     }
                 }
             };
-            let owner = target.id;
-            let mut attached = Vec::new();
-            let mut lost = false;
-            for identifier in &lookup.free {
-                match self.store.claim_identity(&identifier.key(), owner).await? {
-                    Claim::Claimed => attached.push(identifier.clone()),
-                    Claim::OwnedBy(o) if o == owner => {}
-                    Claim::OwnedBy(_) => lost = true,
-                }
-            }
-            for identifier in &lookup.unlinkable {
-                if !has_identifier(&target, identifier) {
-                    attached.push(identifier.clone());
-                }
-            }
-            let customer = self.attach(target, &attached, name).await?;
+            let mut work = Attach {
+                target: target.id,
+                free: &lookup.free,
+                unlinkable: &lookup.unlinkable,
+                name,
+                answer: None,
+            };
+            let (customer, lost) = self.run_tx(&mut work, |w| w.answer.take()).await?;
             if lost || customer.status == CustomerStatus::Merged {
                 // Someone else took an identifier, or merged our customer,
                 // meanwhile: look again, which now sees where things are.
-                if customer.status == CustomerStatus::Merged {
-                    self.settle(customer.id).await?;
-                }
                 continue;
             }
             return Ok((customer, false));
@@ -359,41 +344,18 @@ impl Crm {
         if created.first() != Some(&true) {
             return Ok(None);
         }
-        self.publish(vec![DomainEvent::CustomerCreated {
-            customer: c.clone(),
-        }])
-        .await;
+        self.wake_relay();
         Ok(Some(c))
     }
 
-    /// Puts newly claimed identifiers (and a name, if it had none) on the profile.
-    async fn attach(
-        &self,
-        mut customer: Customer,
-        attached: &[Identifier],
-        name: Option<&str>,
-    ) -> Result<Customer, CrmError> {
-        let mut changed = false;
-        if !attached.is_empty() {
-            customer = self
-                .store
-                .add_identifiers(customer.id, attached, time::now())
-                .await?;
-            changed = true;
-        }
-        if let (None, Some(name)) = (&customer.name, name) {
-            customer.name = Some(name.to_string());
-            customer.updated_at = time::now();
-            self.store.update_profile(&customer).await?;
-            changed = true;
-        }
-        if changed {
-            self.publish(vec![DomainEvent::CustomerUpdated {
-                customer: customer.clone(),
-            }])
-            .await;
-        }
-        Ok(customer)
+    /// Frees an identifier whose owner is gone.
+    async fn release_orphan(&self, key: &str, owner: CustomerId) -> Result<(), CrmError> {
+        let mut work = ReleaseOrphan {
+            key,
+            owner,
+            answer: None,
+        };
+        self.run_tx(&mut work, |w| w.answer.take()).await
     }
 
     /// The customer, or the one it was merged into.
@@ -414,7 +376,8 @@ impl Crm {
     }
 
     /// Applies a merge patch; identifier changes claim and release identities
-    /// so that they stay consistent with the profile.
+    /// so that they stay consistent with the profile, in one transaction
+    /// with the profile and its event.
     pub async fn patch_customer(
         &self,
         id: CustomerId,
@@ -422,33 +385,7 @@ impl Crm {
     ) -> Result<Customer, CrmError> {
         let current = self.current(id).await?;
         let id = current.id;
-        let mut next = current.clone();
-        if let Some(name) = &patch.name {
-            next.name = clean_name(name.as_deref(), "name")?;
-        }
-        if let Some(emails) = patch.emails {
-            next.emails = dedup_keep_order(emails);
-        }
-        if let Some(phones) = patch.phones {
-            next.phones = dedup_keep_order(phones);
-        }
-        if let Some(social) = patch.social {
-            for (network, value) in social {
-                match value {
-                    Some(v) => next.social.insert(network, v),
-                    None => next.social.remove(&network),
-                };
-            }
-        }
-        if let Some(status) = patch.status {
-            if status == CustomerStatus::Merged {
-                return Err(CrmError::Invalid(vec![FieldError::new(
-                    "status",
-                    "use a merge to mark a customer merged",
-                )]));
-            }
-            next.status = status;
-        }
+        let next = apply_patch(&current, &patch)?;
         if next == current {
             return Ok(current);
         }
@@ -480,31 +417,14 @@ impl Crm {
                 return Err(CrmError::IdentifiersConflict { customers });
             }
         }
-        let mut claimed = Vec::new();
-        for added in &lookup.free {
-            match self.store.claim_identity(&added.key(), id).await? {
-                Claim::Claimed => claimed.push(added.key()),
-                Claim::OwnedBy(o) if o == id => {}
-                Claim::OwnedBy(other) => {
-                    for key in &claimed {
-                        self.store.release_identity(key, id).await?;
-                    }
-                    return Err(CrmError::IdentifiersConflict {
-                        customers: vec![id, other],
-                    });
-                }
-            }
-        }
-        next.updated_at = time::now();
-        self.store.update_profile(&next).await?;
-        for removed in before.difference(&after) {
-            self.store.release_identity(&removed.key(), id).await?;
-        }
-        let stored = self.current(id).await?;
-        self.publish(vec![DomainEvent::CustomerUpdated {
-            customer: stored.clone(),
-        }])
-        .await;
+        let claimable: BTreeSet<String> = lookup.free.iter().map(Identifier::key).collect();
+        let mut work = Patch {
+            id,
+            patch: &patch,
+            claimable: &claimable,
+            answer: None,
+        };
+        let stored = self.run_tx(&mut work, |w| w.answer.take()).await?;
         if others.is_empty() {
             return Ok(stored);
         }
@@ -515,20 +435,14 @@ impl Crm {
         }
     }
 
-    /// Erases the customer, its identities and its engagements.
+    /// Erases the customer and every customer merged into it, with their
+    /// identities, engagements, call signals, suggestions and the merge
+    /// records that name them, in one transaction with `customer.erased`.
     pub async fn delete_customer(&self, id: CustomerId) -> Result<(), CrmError> {
-        let identifiers = self.store.identities_of(id).await?;
-        match self.store.delete_customer(id).await? {
-            Some(_) => {
-                self.publish(vec![DomainEvent::CustomerDeleted {
-                    customer_id: id,
-                    identifiers,
-                }])
-                .await;
-                Ok(())
-            }
-            None => Err(CrmError::CustomerNotFound(id)),
-        }
+        let mut work = Erase { id, answer: None };
+        let erased = self.run_tx(&mut work, |w| w.answer.take()).await?;
+        tracing::info!(customer = %id, merged = erased.len().saturating_sub(1), "customer erased");
+        Ok(())
     }
 
     pub async fn list_engagements(
@@ -675,25 +589,15 @@ impl Crm {
             .collect();
         match self.store.insert_engagements(&to_insert).await {
             Ok(results) => {
-                let mut events = Vec::new();
-                for ((engagement, result), slot) in to_insert
-                    .into_iter()
-                    .zip(results)
-                    .zip(slots.iter().copied())
-                {
-                    match result {
-                        EngagementInsert::Created => {
-                            events.push(DomainEvent::EngagementRecorded { engagement });
-                        }
-                        EngagementInsert::Duplicate { customer_id } => {
-                            if let Some(Ok(r)) = outcomes.get_mut(slot) {
-                                r.duplicate = true;
-                                r.customer_id = customer_id;
-                            }
+                self.wake_relay();
+                for (result, slot) in results.into_iter().zip(slots.iter().copied()) {
+                    if let EngagementInsert::Duplicate { customer_id } = result {
+                        if let Some(Ok(r)) = outcomes.get_mut(slot) {
+                            r.duplicate = true;
+                            r.customer_id = customer_id;
                         }
                     }
                 }
-                self.publish(events).await;
             }
             Err(e) => {
                 for slot in slots {
@@ -702,13 +606,14 @@ impl Crm {
                 return outcomes;
             }
         }
-        // A customer merged while we wrote: its new engagements follow it.
+        // A customer merged while we wrote: the store put its engagements
+        // on the survivor, so answer with that one.
         if let Ok(now) = self.store.get_customers(&targets).await {
             for c in now
                 .into_iter()
                 .filter(|c| c.status == CustomerStatus::Merged)
             {
-                match self.settle(c.id).await {
+                match self.current(c.id).await {
                     Ok(survivor) => {
                         for r in outcomes.iter_mut().flatten() {
                             if r.customer_id == c.id {
@@ -717,7 +622,7 @@ impl Crm {
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, customer = %c.id, "cannot move engagements of a merged customer yet")
+                        tracing::warn!(error = %e, customer = %c.id, "cannot find where a merged customer went")
                     }
                 }
             }
@@ -789,4 +694,269 @@ fn dedup_keep_order<T: PartialEq>(items: Vec<T>) -> Vec<T> {
         }
     }
     out
+}
+
+/// The profile a patch makes of `current` (validated).
+fn apply_patch(current: &Customer, patch: &CustomerPatch) -> Result<Customer, CrmError> {
+    let mut next = current.clone();
+    if let Some(name) = &patch.name {
+        next.name = clean_name(name.as_deref(), "name")?;
+    }
+    if let Some(emails) = &patch.emails {
+        next.emails = dedup_keep_order(emails.clone());
+    }
+    if let Some(phones) = &patch.phones {
+        next.phones = dedup_keep_order(phones.clone());
+    }
+    if let Some(social) = &patch.social {
+        for (network, value) in social {
+            match value {
+                Some(v) => next.social.insert(network.clone(), v.clone()),
+                None => next.social.remove(network),
+            };
+        }
+    }
+    if let Some(status) = patch.status {
+        if status == CustomerStatus::Merged {
+            return Err(CrmError::Invalid(vec![FieldError::new(
+                "status",
+                "use a merge to mark a customer merged",
+            )]));
+        }
+        next.status = status;
+    }
+    Ok(next)
+}
+
+/// The profile fields that differ (for `customer.updated`).
+fn changed_fields(before: &Customer, after: &Customer) -> Vec<String> {
+    let mut fields = Vec::new();
+    if before.name != after.name {
+        fields.push("name");
+    }
+    if before.emails != after.emails {
+        fields.push("emails");
+    }
+    if before.phones != after.phones {
+        fields.push("phones");
+    }
+    if before.social != after.social {
+        fields.push("social");
+    }
+    if before.status != after.status {
+        fields.push("status");
+    }
+    fields.into_iter().map(str::to_string).collect()
+}
+
+/// Puts identifiers on a customer: claims the free ones (losing a claim to
+/// a concurrent writer is reported, not an error), lists the unlinkable ones
+/// and gives it a name if it had none. Answers the customer and whether a
+/// claim was lost.
+struct Attach<'a> {
+    target: CustomerId,
+    free: &'a [Identifier],
+    unlinkable: &'a [Identifier],
+    name: Option<&'a str>,
+    answer: Answer<(Customer, bool)>,
+}
+
+#[async_trait]
+impl TxWork for Attach<'_> {
+    async fn run(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        self.answer = None;
+        let result = self.attach(tx).await;
+        settle_answer(&mut self.answer, result)
+    }
+}
+
+impl Attach<'_> {
+    async fn attach(&self, tx: &mut dyn Tx) -> Result<(Customer, bool), CrmError> {
+        let c = tx
+            .customer(self.target)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(self.target))?;
+        if c.status == CustomerStatus::Merged {
+            return Ok((c, true));
+        }
+        let mut next = c.clone();
+        let mut lost = false;
+        for identifier in self.free {
+            match tx.claim(&identifier.key(), c.id).await? {
+                Claim::Claimed => {
+                    next.add_identifier(identifier);
+                }
+                Claim::OwnedBy(o) if o == c.id => {}
+                Claim::OwnedBy(_) => lost = true,
+            }
+        }
+        for identifier in self.unlinkable {
+            if !has_identifier(&next, identifier) {
+                next.add_identifier(identifier);
+            }
+        }
+        if let (None, Some(name)) = (&next.name, self.name) {
+            next.name = Some(name.to_string());
+        }
+        let fields = changed_fields(&c, &next);
+        if fields.is_empty() {
+            return Ok((c, lost));
+        }
+        next.updated_at = time::now().max(c.updated_at);
+        tx.put_customer(&next).await?;
+        tx.append_events(&[EventEnvelope::about(
+            c.id,
+            DomainEvent::CustomerUpdated { fields },
+        )])
+        .await?;
+        Ok((next, lost))
+    }
+}
+
+/// A profile edit: the patch applied to the customer as the transaction
+/// reads it, new identifiers claimed, dropped ones released.
+struct Patch<'a> {
+    id: CustomerId,
+    patch: &'a CustomerPatch,
+    /// Identifiers nobody owned when the edit was checked: claimed now.
+    claimable: &'a BTreeSet<String>,
+    answer: Answer<Customer>,
+}
+
+#[async_trait]
+impl TxWork for Patch<'_> {
+    async fn run(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        self.answer = None;
+        let result = self.patch(tx).await;
+        settle_answer(&mut self.answer, result)
+    }
+}
+
+impl Patch<'_> {
+    async fn patch(&self, tx: &mut dyn Tx) -> Result<Customer, CrmError> {
+        let current = tx
+            .customer(self.id)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(self.id))?;
+        if current.status == CustomerStatus::Merged {
+            // Merged since the edit was checked: the client tries again.
+            return Err(CrmError::Contention);
+        }
+        let mut next = apply_patch(&current, self.patch)?;
+        let fields = changed_fields(&current, &next);
+        if fields.is_empty() {
+            return Ok(current);
+        }
+        let before: BTreeSet<Identifier> = current.identifiers().into_iter().collect();
+        let after: BTreeSet<Identifier> = next.identifiers().into_iter().collect();
+        for added in after.difference(&before) {
+            let key = added.key();
+            if !self.claimable.contains(&key) {
+                continue;
+            }
+            match tx.claim(&key, self.id).await? {
+                Claim::Claimed => {}
+                Claim::OwnedBy(o) if o == self.id => {}
+                Claim::OwnedBy(other) => {
+                    return Err(CrmError::IdentifiersConflict {
+                        customers: vec![self.id, other],
+                    })
+                }
+            }
+        }
+        for removed in before.difference(&after) {
+            tx.release(&removed.key(), self.id).await?;
+        }
+        next.updated_at = time::now().max(current.updated_at);
+        tx.put_customer(&next).await?;
+        tx.append_events(&[EventEnvelope::about(
+            self.id,
+            DomainEvent::CustomerUpdated { fields },
+        )])
+        .await?;
+        Ok(next)
+    }
+}
+
+/// Erasure (see [`Crm::delete_customer`]); answers every id erased.
+struct Erase {
+    id: CustomerId,
+    answer: Answer<Vec<CustomerId>>,
+}
+
+#[async_trait]
+impl TxWork for Erase {
+    async fn run(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        self.answer = None;
+        let result = self.erase(tx).await;
+        settle_answer(&mut self.answer, result)
+    }
+}
+
+impl Erase {
+    async fn erase(&self, tx: &mut dyn Tx) -> Result<Vec<CustomerId>, CrmError> {
+        let root = tx
+            .customer(self.id)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(self.id))?;
+        if root.status == CustomerStatus::Merged {
+            let into = current_in(tx, root.id).await?.map(|c| c.id);
+            return Err(CrmError::Refused(format!(
+                "customer {} was merged into {}; erase that customer",
+                root.id,
+                into.map(|c| c.to_string())
+                    .unwrap_or_else(|| "another".into())
+            )));
+        }
+        // The person: the customer and everything merged into it (merges
+        // not undone), transitively.
+        let mut ids = vec![root.id];
+        let mut at = 0;
+        while at < ids.len() {
+            let x = ids[at];
+            at += 1;
+            for m in tx.merges_of(x).await? {
+                if m.survivor_id == x && m.undone_at.is_none() {
+                    for merged in m.merged_ids {
+                        if !ids.contains(&merged) {
+                            ids.push(merged);
+                        }
+                    }
+                }
+            }
+        }
+        for id in &ids {
+            for m in tx.merges_of(*id).await? {
+                tx.delete_merge(m.id).await?;
+            }
+            tx.erase_customer(*id).await?;
+        }
+        tx.append_events(&[EventEnvelope::about(
+            root.id,
+            DomainEvent::CustomerErased {
+                merged_ids: ids[1..].to_vec(),
+            },
+        )])
+        .await?;
+        Ok(ids)
+    }
+}
+
+/// Frees an identifier whose owner no longer exists.
+struct ReleaseOrphan<'a> {
+    key: &'a str,
+    owner: CustomerId,
+    answer: Answer<()>,
+}
+
+#[async_trait]
+impl TxWork for ReleaseOrphan<'_> {
+    async fn run(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        self.answer = None;
+        if tx.customer(self.owner).await?.is_none() {
+            tx.release(self.key, self.owner).await?;
+        }
+        self.answer = Some(Ok(()));
+        Ok(())
+    }
 }

@@ -39,19 +39,19 @@ use serde::Serialize;
 use uuid::Uuid;
 
 mod call_signals;
+mod tx;
 
 use super::group_commit::GroupCommit;
 use super::record_cache::RecordCache;
 use super::{
-    Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, MarkMerged, Store,
-    StoreError, StoreResult,
+    CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
+    StoreResult, TxWork,
 };
-use crate::customer::CustomerStatus;
-use crate::customer::{ChannelCounts, Customer, Identifier};
+use crate::customer::{ChannelCounts, Customer};
 use crate::device::{CallSignal, Device};
 use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
-use crate::event::EventEnvelope;
+use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
@@ -81,7 +81,6 @@ const REFRESH_BY_FAMILY: TableDefinition<(&str, &str), ()> =
 const REFRESH_BY_USER: TableDefinition<(u128, &str), ()> = TableDefinition::new("refresh_by_user");
 const API_KEYS: TableDefinition<u128, &[u8]> = TableDefinition::new("api_keys");
 const API_KEYS_BY_HASH: TableDefinition<&str, u128> = TableDefinition::new("api_keys_by_hash");
-const OUTBOX: TableDefinition<u128, &[u8]> = TableDefinition::new("outbox");
 const IDENTITIES_SHARED: TableDefinition<&str, ()> = TableDefinition::new("identities_shared");
 const MERGES: TableDefinition<u128, &[u8]> = TableDefinition::new("merges");
 const MERGES_BY_CUSTOMER: TableDefinition<(u128, u128), ()> =
@@ -241,16 +240,19 @@ fn write_claim(txn: &WriteTransaction, key: &str, customer: u128) -> StoreResult
 }
 
 /// Stores batches of engagements in one transaction, in order, with the
-/// per-customer counters (see [`GroupCommit`]): each batch's answers, one
-/// per engagement.
+/// per-customer counters and the `engagement.recorded` events (see
+/// [`GroupCommit`]): each batch's answers, one per engagement. An engagement
+/// for a merged customer goes to the customer it was merged into.
 fn write_engagements(
     db: &Database,
     batches: &[Vec<Engagement>],
 ) -> StoreResult<Vec<Vec<EngagementInsert>>> {
     let txn = db.begin_write().map_err(db_err)?;
+    let owners = tx::owners_now(&txn, batches)?;
     let mut out = Vec::with_capacity(batches.len());
-    // Per customer: counts to add and the latest occurred_at.
-    let mut totals: HashMap<u128, (ChannelCounts, Timestamp)> = HashMap::new();
+    // Per customer: counts to add, the latest occurred_at, the latest recorded_at.
+    let mut totals: HashMap<u128, (ChannelCounts, Timestamp, Timestamp)> = HashMap::new();
+    let mut events = Vec::new();
     {
         let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
         let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
@@ -265,40 +267,52 @@ fn write_engagements(
                     });
                     continue;
                 }
+                let named = e.customer_id.0.as_u128();
+                let owner = owners.get(&named).copied().unwrap_or(named);
+                let mut e = e.clone();
+                e.customer_id = customer_id(owner);
                 let key = engagement_key(e.customer_id, &e.occurred_at, e.id);
-                let bytes = encode_engagement(e)?;
+                let bytes = encode_engagement(&e)?;
                 engagements.insert(key, bytes.as_slice()).map_err(db_err)?;
                 ids.insert(id, key).map_err(db_err)?;
-                let total = totals
-                    .entry(e.customer_id.0.as_u128())
-                    .or_insert((ChannelCounts::default(), e.occurred_at));
+                let total = totals.entry(owner).or_insert((
+                    ChannelCounts::default(),
+                    e.occurred_at,
+                    e.recorded_at,
+                ));
                 *total.0.get_mut(e.channel()) += 1;
-                if e.occurred_at > total.1 {
-                    total.1 = e.occurred_at;
-                }
+                total.1 = total.1.max(e.occurred_at);
+                total.2 = total.2.max(e.recorded_at);
+                events.push(EventEnvelope::about(
+                    e.customer_id,
+                    DomainEvent::engagement_recorded(&e),
+                ));
                 results.push(EngagementInsert::Created);
             }
             out.push(results);
         }
     }
-    {
-        let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-        for (cid, (mut added, latest)) in totals {
-            // An engagement for a missing customer is kept, uncounted.
-            let Some(mut c) = read_customer(&customers, cid)? else {
-                continue;
-            };
-            for channel in Channel::ALL {
-                *c.counts.get_mut(channel) += *added.get_mut(channel);
-            }
-            c.last_engagement_at = Some(match c.last_engagement_at {
-                Some(t) if t > latest => t,
-                _ => latest,
-            });
-            let bytes = encode("customer", &c)?;
-            customers.insert(cid, bytes.as_slice()).map_err(db_err)?;
+    for (cid, (mut added, latest, recorded)) in totals {
+        let stored = {
+            let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+            read_customer(&customers, cid)?
+        };
+        // An engagement for a missing customer is kept, uncounted.
+        let Some(stored) = stored else {
+            continue;
+        };
+        let mut c = stored.clone();
+        for channel in Channel::ALL {
+            *c.counts.get_mut(channel) += *added.get_mut(channel);
         }
+        c.last_engagement_at = Some(match c.last_engagement_at {
+            Some(t) if t > latest => t,
+            _ => latest,
+        });
+        c.updated_at = c.updated_at.max(recorded);
+        write_customer(&txn, Some(&stored), &c)?;
     }
+    tx::append_events(&txn, &events)?;
     txn.commit().map_err(db_err)?;
     Ok(out)
 }
@@ -317,7 +331,8 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(REFRESH_BY_USER).map_err(db_err)?;
     txn.open_table(API_KEYS).map_err(db_err)?;
     txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
-    txn.open_table(OUTBOX).map_err(db_err)?;
+    txn.open_table(tx::EVENTS).map_err(db_err)?;
+    txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
     txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
     txn.open_table(MERGES).map_err(db_err)?;
     txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
@@ -352,12 +367,15 @@ fn read_via_index<T: DeserializeOwned>(
 /// its `hash → id` index entry; `Conflict` when the id or the hash is taken.
 fn insert_with_unique_hash(
     db: &Database,
-    records: TableDefinition<'static, u128, &'static [u8]>,
-    index: TableDefinition<'static, &'static str, u128>,
+    (records, index): (
+        TableDefinition<'static, u128, &'static [u8]>,
+        TableDefinition<'static, &'static str, u128>,
+    ),
     id: u128,
     hash: &str,
     bytes: &[u8],
     label: &str,
+    events: &[EventEnvelope],
 ) -> StoreResult<()> {
     let txn = db.begin_write().map_err(db_err)?;
     {
@@ -374,17 +392,20 @@ fn insert_with_unique_hash(
         records.insert(id, bytes).map_err(db_err)?;
         by_hash.insert(hash, id).map_err(db_err)?;
     }
+    tx::append_events(&txn, events)?;
     txn.commit().map_err(db_err)
 }
 
 /// Changes one JSON record in place: `change` says whether it changed
-/// anything, and only then is it written. False when there is no record.
+/// anything, and only then is it written, with the events `events` gives
+/// for the changed record. False when there is no record.
 fn update_record<T: Serialize + DeserializeOwned>(
     db: &Database,
     table: TableDefinition<'static, u128, &'static [u8]>,
     id: u128,
     what: &str,
     change: impl FnOnce(&mut T) -> bool,
+    events: impl FnOnce(&T) -> Vec<EventEnvelope>,
 ) -> StoreResult<bool> {
     let txn = db.begin_write().map_err(db_err)?;
     {
@@ -398,6 +419,7 @@ fn update_record<T: Serialize + DeserializeOwned>(
         }
         let bytes = encode(what, &record)?;
         records.insert(id, bytes.as_slice()).map_err(db_err)?;
+        tx::append_events(&txn, &events(&record))?;
     }
     txn.commit().map_err(db_err)?;
     Ok(true)
@@ -566,6 +588,13 @@ impl Store for EmbeddedStore {
                 }
             }
             write_customer(&txn, None, &customer)?;
+            tx::append_events(
+                &txn,
+                &[EventEnvelope::about(
+                    customer.id,
+                    DomainEvent::CustomerCreated {},
+                )],
+            )?;
             txn.commit().map_err(db_err)
         })
         .await
@@ -590,130 +619,6 @@ impl Store for EmbeddedStore {
                 found.extend(read_customer(&customers, id.0.as_u128())?);
             }
             Ok(found)
-        })
-        .await
-    }
-
-    async fn update_profile(&self, customer: &Customer) -> StoreResult<()> {
-        let customer = customer.clone();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let stored = {
-                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-                read_customer(&customers, customer.id.0.as_u128())?
-            };
-            let Some(stored) = stored else {
-                return Err(StoreError::NotFound);
-            };
-            let next = Customer {
-                id: stored.id,
-                name: customer.name,
-                emails: customer.emails,
-                phones: customer.phones,
-                social: customer.social,
-                status: customer.status,
-                merged_into: customer.merged_into,
-                created_at: stored.created_at,
-                updated_at: customer.updated_at,
-                last_engagement_at: stored.last_engagement_at,
-                counts: stored.counts,
-            };
-            write_customer(&txn, Some(&stored), &next)?;
-            txn.commit().map_err(db_err)
-        })
-        .await
-    }
-
-    async fn add_identifiers(
-        &self,
-        id: CustomerId,
-        identifiers: &[Identifier],
-        at: Timestamp,
-    ) -> StoreResult<Customer> {
-        let identifiers = identifiers.to_vec();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let stored = {
-                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-                read_customer(&customers, id.0.as_u128())?
-            };
-            let Some(stored) = stored else {
-                return Err(StoreError::NotFound);
-            };
-            let mut next = stored.clone();
-            for identifier in &identifiers {
-                next.add_identifier(identifier);
-            }
-            next.updated_at = at;
-            write_customer(&txn, Some(&stored), &next)?;
-            txn.commit().map_err(db_err)?;
-            Ok(next)
-        })
-        .await
-    }
-
-    async fn delete_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>> {
-        self.run(move |db| {
-            let cid = id.0.as_u128();
-            let txn = db.begin_write().map_err(db_err)?;
-            let removed = {
-                let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-                let bytes = customers.remove(cid).map_err(db_err)?;
-                match bytes {
-                    Some(bytes) => Some(decode::<Customer>("customer", bytes.value())?),
-                    None => None,
-                }
-            };
-            if let Some(customer) = &removed {
-                txn.open_table(CUSTOMERS_BY_UPDATED)
-                    .map_err(db_err)?
-                    .remove((time_key(&customer.updated_at), cid))
-                    .map_err(db_err)?;
-            }
-            // Identities and engagements go even when the profile was already
-            // gone, so that nothing can be left behind by an earlier failure.
-            {
-                let mut by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
-                let mut keys = Vec::new();
-                for entry in by_customer.range((cid, "")..).map_err(db_err)? {
-                    let (k, _) = entry.map_err(db_err)?;
-                    let (owner, key) = k.value();
-                    if owner != cid {
-                        break;
-                    }
-                    keys.push(key.to_string());
-                }
-                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
-                for key in &keys {
-                    by_customer.remove((cid, key.as_str())).map_err(db_err)?;
-                    let owned = identities
-                        .get(key.as_str())
-                        .map_err(db_err)?
-                        .map(|g| g.value() == cid)
-                        .unwrap_or(false);
-                    if owned {
-                        identities.remove(key.as_str()).map_err(db_err)?;
-                    }
-                }
-            }
-            {
-                let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
-                let mut keys: Vec<EngagementKey> = Vec::new();
-                for entry in engagements
-                    .range((cid, 0u64, 0u128)..=(cid, u64::MAX, u128::MAX))
-                    .map_err(db_err)?
-                {
-                    let (k, _) = entry.map_err(db_err)?;
-                    keys.push(k.value());
-                }
-                let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
-                for key in keys {
-                    engagements.remove(key).map_err(db_err)?;
-                    ids.remove(!key.2).map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(removed)
         })
         .await
     }
@@ -762,26 +667,6 @@ impl Store for EmbeddedStore {
 
     // --- identities ---
 
-    async fn claim_identity(&self, key: &str, customer: CustomerId) -> StoreResult<Claim> {
-        let key = key.to_string();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let owner = txn
-                .open_table(IDENTITIES)
-                .map_err(db_err)?
-                .get(key.as_str())
-                .map_err(db_err)?
-                .map(|g| g.value());
-            if let Some(owner) = owner {
-                return Ok(Claim::OwnedBy(customer_id(owner)));
-            }
-            write_claim(&txn, &key, customer.0.as_u128())?;
-            txn.commit().map_err(db_err)?;
-            Ok(Claim::Claimed)
-        })
-        .await
-    }
-
     async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>> {
         let key = key.to_string();
         self.run(move |db| {
@@ -792,31 +677,6 @@ impl Store for EmbeddedStore {
                 .map_err(db_err)?
                 .map(|g| g.value());
             Ok(owner.map(customer_id))
-        })
-        .await
-    }
-
-    async fn release_identity(&self, key: &str, customer: CustomerId) -> StoreResult<()> {
-        let key = key.to_string();
-        self.run(move |db| {
-            let cid = customer.0.as_u128();
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
-                let owner = identities
-                    .get(key.as_str())
-                    .map_err(db_err)?
-                    .map(|g| g.value());
-                if owner != Some(cid) {
-                    return Ok(());
-                }
-                identities.remove(key.as_str()).map_err(db_err)?;
-                txn.open_table(IDENTITIES_BY_CUSTOMER)
-                    .map_err(db_err)?
-                    .remove((cid, key.as_str()))
-                    .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)
         })
         .await
     }
@@ -877,6 +737,13 @@ impl Store for EmbeddedStore {
                     for key in keys {
                         write_claim(&txn, key, cid)?;
                     }
+                    tx::append_events(
+                        &txn,
+                        &[EventEnvelope::about(
+                            customer.id,
+                            DomainEvent::CustomerCreated {},
+                        )],
+                    )?;
                 }
                 created.push(free);
             }
@@ -903,178 +770,7 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    // --- merging ---
-
-    async fn mark_merged(
-        &self,
-        id: CustomerId,
-        into: CustomerId,
-        at: Timestamp,
-    ) -> StoreResult<MarkMerged> {
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            let stored = {
-                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-                read_customer(&customers, id.0.as_u128())?
-            };
-            let Some(stored) = stored else {
-                return Ok(MarkMerged::NotFound);
-            };
-            if stored.status == CustomerStatus::Merged {
-                return Ok(MarkMerged::AlreadyMerged(stored.merged_into));
-            }
-            let mut next = stored.clone();
-            next.status = CustomerStatus::Merged;
-            next.merged_into = Some(into);
-            next.updated_at = at;
-            write_customer(&txn, Some(&stored), &next)?;
-            txn.commit().map_err(db_err)?;
-            Ok(MarkMerged::Marked(Box::new(stored)))
-        })
-        .await
-    }
-
-    async fn move_identities(
-        &self,
-        from: CustomerId,
-        to: CustomerId,
-        keys: Option<&[String]>,
-    ) -> StoreResult<Vec<String>> {
-        let keys = keys.map(<[String]>::to_vec);
-        self.run(move |db| {
-            let (f, t) = (from.0.as_u128(), to.0.as_u128());
-            let txn = db.begin_write().map_err(db_err)?;
-            let mut moved = Vec::new();
-            {
-                let mut by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
-                let mut owned = Vec::new();
-                for entry in by_customer.range((f, "")..).map_err(db_err)? {
-                    let (k, _) = entry.map_err(db_err)?;
-                    let (owner, key) = k.value();
-                    if owner != f {
-                        break;
-                    }
-                    owned.push(key.to_string());
-                }
-                let mut identities = txn.open_table(IDENTITIES).map_err(db_err)?;
-                for key in owned {
-                    if keys.as_ref().is_some_and(|wanted| !wanted.contains(&key)) {
-                        continue;
-                    }
-                    by_customer.remove((f, key.as_str())).map_err(db_err)?;
-                    by_customer.insert((t, key.as_str()), ()).map_err(db_err)?;
-                    identities.insert(key.as_str(), t).map_err(db_err)?;
-                    moved.push(key);
-                }
-            }
-            txn.commit().map_err(db_err)?;
-            moved.sort();
-            Ok(moved)
-        })
-        .await
-    }
-
-    async fn move_engagements(
-        &self,
-        from: CustomerId,
-        to: CustomerId,
-        ids: Option<&[EngagementId]>,
-    ) -> StoreResult<Vec<EngagementId>> {
-        let wanted: Option<std::collections::HashSet<u128>> =
-            ids.map(|ids| ids.iter().map(|i| i.0.as_u128()).collect());
-        self.run(move |db| {
-            let f = from.0.as_u128();
-            let txn = db.begin_write().map_err(db_err)?;
-            let mut moved = Vec::new();
-            let mut delta = ChannelCounts::default();
-            let mut latest: Option<Timestamp> = None;
-            let mut newest_left: Option<Timestamp> = None;
-            {
-                let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
-                let mut index = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
-                let mut found: Vec<(EngagementKey, Engagement)> = Vec::new();
-                for entry in engagements
-                    .range((f, 0u64, 0u128)..=(f, u64::MAX, u128::MAX))
-                    .map_err(db_err)?
-                {
-                    let (k, v) = entry.map_err(db_err)?;
-                    let key = k.value();
-                    let e = decode_engagement(v.value())?;
-                    if wanted
-                        .as_ref()
-                        .is_some_and(|w| !w.contains(&e.id.0.as_u128()))
-                    {
-                        if newest_left.is_none() {
-                            newest_left = Some(e.occurred_at);
-                        }
-                        continue;
-                    }
-                    found.push((key, e));
-                }
-                for (key, mut e) in found {
-                    engagements.remove(key).map_err(db_err)?;
-                    e.customer_id = to;
-                    let new_key = engagement_key(to, &e.occurred_at, e.id);
-                    let bytes = encode_engagement(&e)?;
-                    engagements
-                        .insert(new_key, bytes.as_slice())
-                        .map_err(db_err)?;
-                    index.insert(e.id.0.as_u128(), new_key).map_err(db_err)?;
-                    *delta.get_mut(e.channel()) += 1;
-                    latest = latest.max(Some(e.occurred_at));
-                    moved.push(e.id);
-                }
-            }
-            if !moved.is_empty() {
-                let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-                if let Some(mut c) = read_customer(&customers, f)? {
-                    for channel in Channel::ALL {
-                        let n = c.counts.get_mut(channel);
-                        *n = n.saturating_sub(*delta.get_mut(channel));
-                    }
-                    c.last_engagement_at = newest_left;
-                    let bytes = encode("customer", &c)?;
-                    customers.insert(f, bytes.as_slice()).map_err(db_err)?;
-                }
-                if let Some(mut c) = read_customer(&customers, to.0.as_u128())? {
-                    for channel in Channel::ALL {
-                        *c.counts.get_mut(channel) += *delta.get_mut(channel);
-                    }
-                    c.last_engagement_at = c.last_engagement_at.max(latest);
-                    let bytes = encode("customer", &c)?;
-                    customers
-                        .insert(to.0.as_u128(), bytes.as_slice())
-                        .map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(moved)
-        })
-        .await
-    }
-
-    async fn insert_merge(&self, merge: &MergeRecord) -> StoreResult<()> {
-        let merge = merge.clone();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let bytes = encode("merge", &merge)?;
-                let mid = merge.id.0.as_u128();
-                txn.open_table(MERGES)
-                    .map_err(db_err)?
-                    .insert(mid, bytes.as_slice())
-                    .map_err(db_err)?;
-                let mut by_customer = txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
-                for c in merge.customer_ids() {
-                    by_customer
-                        .insert((c.0.as_u128(), mid), ())
-                        .map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
-    }
+    // --- merges ---
 
     async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
         self.run(move |db| {
@@ -1084,36 +780,6 @@ impl Store for EmbeddedStore {
                 Some(bytes) => decode("merge", bytes.value()).map(Some),
                 None => Ok(None),
             }
-        })
-        .await
-    }
-
-    async fn mark_merge_undone(&self, id: MergeId, at: Timestamp, by: &str) -> StoreResult<bool> {
-        let by = by.to_string();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut merges = txn.open_table(MERGES).map_err(db_err)?;
-                let stored: Option<MergeRecord> =
-                    match merges.get(id.0.as_u128()).map_err(db_err)? {
-                        Some(bytes) => Some(decode("merge", bytes.value())?),
-                        None => None,
-                    };
-                let Some(mut merge) = stored else {
-                    return Ok(false);
-                };
-                if merge.undone_at.is_some() {
-                    return Ok(false);
-                }
-                merge.undone_at = Some(at);
-                merge.undone_by = Some(by);
-                let bytes = encode("merge", &merge)?;
-                merges
-                    .insert(id.0.as_u128(), bytes.as_slice())
-                    .map_err(db_err)?;
-            }
-            txn.commit().map_err(db_err)?;
-            Ok(true)
         })
         .await
     }
@@ -1267,8 +933,9 @@ impl Store for EmbeddedStore {
 
     // --- staff users ---
 
-    async fn insert_user(&self, user: &User) -> StoreResult<()> {
+    async fn insert_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()> {
         let user = user.clone();
+        let events = events.to_vec();
         self.run_clearing(&self.users, move |db| {
             let id = user.id.0.as_u128();
             let txn = db.begin_write().map_err(db_err)?;
@@ -1285,6 +952,7 @@ impl Store for EmbeddedStore {
                 users.insert(id, bytes.as_slice()).map_err(db_err)?;
                 by_email.insert(user.email.as_str(), id).map_err(db_err)?;
             }
+            tx::append_events(&txn, &events)?;
             txn.commit().map_err(db_err)
         })
         .await
@@ -1315,8 +983,9 @@ impl Store for EmbeddedStore {
             .await
     }
 
-    async fn update_user(&self, user: &User) -> StoreResult<()> {
+    async fn update_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()> {
         let user = user.clone();
+        let events = events.to_vec();
         self.run_clearing(&self.users, move |db| {
             let id = user.id.0.as_u128();
             let txn = db.begin_write().map_err(db_err)?;
@@ -1341,6 +1010,7 @@ impl Store for EmbeddedStore {
                 let bytes = encode("user", &user)?;
                 users.insert(id, bytes.as_slice()).map_err(db_err)?;
             }
+            tx::append_events(&txn, &events)?;
             txn.commit().map_err(db_err)
         })
         .await
@@ -1495,7 +1165,15 @@ impl Store for EmbeddedStore {
         let (id, hash) = (key.id.0.as_u128(), key.key_hash.clone());
         let label = format!("api key {}", key.id);
         self.run(move |db| {
-            insert_with_unique_hash(db, API_KEYS, API_KEYS_BY_HASH, id, &hash, &bytes, &label)
+            insert_with_unique_hash(
+                db,
+                (API_KEYS, API_KEYS_BY_HASH),
+                id,
+                &hash,
+                &bytes,
+                &label,
+                &[],
+            )
         })
         .await
     }
@@ -1531,63 +1209,58 @@ impl Store for EmbeddedStore {
                     key.revoked_at = key.revoked_at.or(Some(at));
                     fresh
                 },
+                |_: &ApiKey| Vec::new(),
             )
         })
         .await
     }
 
-    // --- outbox ---
+    // --- transactions and the event log ---
 
-    async fn outbox_push(&self, events: &[EventEnvelope]) -> StoreResult<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let events = events.to_vec();
-        self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-                for (id, event) in super::outbox_ids(events.len()).into_iter().zip(&events) {
-                    let bytes = encode("event", event)?;
-                    outbox
-                        .insert(id.as_u128(), bytes.as_slice())
-                        .map_err(db_err)?;
-                }
-            }
-            txn.commit().map_err(db_err)
-        })
-        .await
+    async fn transaction(&self, work: &mut dyn TxWork) -> StoreResult<()> {
+        // Waiting for the write lock and the commit's sync happen on the
+        // blocking pool; the work's operations in between are synchronous
+        // reads and writes of pages redb holds in memory.
+        let db = Arc::clone(&self.db);
+        let txn = tokio::task::spawn_blocking(move || db.begin_write().map_err(db_err))
+            .await
+            .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))??;
+        let mut tx = tx::RedbTx { txn };
+        work.run(&mut tx).await?;
+        let tx::RedbTx { txn } = tx;
+        tokio::task::spawn_blocking(move || txn.commit().map_err(db_err))
+            .await
+            .map_err(|e| StoreError::Internal(format!("embedded store task failed: {e}")))?
     }
 
-    async fn outbox_peek(&self, limit: usize) -> StoreResult<Vec<(String, EventEnvelope)>> {
+    async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>> {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
-            let outbox = txn.open_table(OUTBOX).map_err(db_err)?;
+            let unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
+            let log = txn.open_table(tx::EVENTS).map_err(db_err)?;
             let mut out = Vec::new();
-            for entry in outbox.iter().map_err(db_err)?.take(limit) {
-                let (k, v) = entry.map_err(db_err)?;
-                out.push((
-                    uuid::Uuid::from_u128(k.value()).to_string(),
-                    decode("event", v.value())?,
-                ));
+            for entry in unrelayed.iter().map_err(db_err)?.take(limit) {
+                let id = entry.map_err(db_err)?.0.value();
+                if let Some(bytes) = log.get(id).map_err(db_err)? {
+                    out.push(decode("event", bytes.value()).map_err(tx::corrupt_event)?);
+                }
             }
             Ok(out)
         })
         .await
     }
 
-    async fn outbox_remove(&self, ids: &[String]) -> StoreResult<()> {
-        let keys: Vec<u128> = ids
-            .iter()
-            .filter_map(|id| uuid::Uuid::parse_str(id).ok())
-            .map(|u| u.as_u128())
-            .collect();
+    async fn mark_events_relayed(&self, ids: &[Uuid]) -> StoreResult<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let ids = ids.to_vec();
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
-                let mut outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-                for k in keys {
-                    outbox.remove(k).map_err(db_err)?;
+                let mut unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
+                for id in ids {
+                    unrelayed.remove(id.as_u128()).map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)
@@ -1595,23 +1268,100 @@ impl Store for EmbeddedStore {
         .await
     }
 
-    async fn outbox_len(&self) -> StoreResult<u64> {
+    async fn unrelayed_count(&self) -> StoreResult<u64> {
         self.run(|db| {
             let txn = db.begin_read().map_err(db_err)?;
-            let outbox = txn.open_table(OUTBOX).map_err(db_err)?;
-            outbox.len().map_err(db_err)
+            let unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
+            unrelayed.len().map_err(db_err)
         })
         .await
     }
 
-    // --- devices ---
+    async fn events_after(
+        &self,
+        after: Option<Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<EventEnvelope>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let log = txn.open_table(tx::EVENTS).map_err(db_err)?;
+            let start: Bound<u128> = match after {
+                Some(a) => Bound::Excluded(a.as_u128()),
+                None => Bound::Unbounded,
+            };
+            let mut out = Vec::new();
+            for entry in log
+                .range::<u128>((start, Bound::Unbounded))
+                .map_err(db_err)?
+                .take(limit)
+            {
+                let (_, v) = entry.map_err(db_err)?;
+                out.push(decode("event", v.value()).map_err(tx::corrupt_event)?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut pruned = 0u64;
+            {
+                let mut log = txn.open_table(tx::EVENTS).map_err(db_err)?;
+                let unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
+                let mut gone = Vec::new();
+                // Ids are in commit order, so the old ones come first.
+                for entry in log.iter().map_err(db_err)?.take(DELETE_CHUNK) {
+                    let (k, v) = entry.map_err(db_err)?;
+                    let event: EventEnvelope =
+                        decode("event", v.value()).map_err(tx::corrupt_event)?;
+                    if event.occurred_at >= before {
+                        break;
+                    }
+                    if unrelayed.get(k.value()).map_err(db_err)?.is_none() {
+                        gone.push(k.value());
+                    }
+                }
+                for id in gone {
+                    log.remove(id).map_err(db_err)?;
+                    pruned += 1;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(pruned)
+        })
+        .await
+    }
+
+    async fn relay_lease(&self, _holder: &str, _ttl: std::time::Duration) -> StoreResult<bool> {
+        // One process holds the file, so its relay is the only one.
+        Ok(true)
+    }
+
+    // --- devices (by SHA-256 of the device token) ---
 
     async fn insert_device(&self, device: &Device) -> StoreResult<()> {
         let bytes = encode("device", device)?;
         let (id, hash) = (device.id.0.as_u128(), device.token_hash.clone());
         let label = format!("device {}", device.id);
+        let events = [EventEnvelope::new(
+            None,
+            DomainEvent::DeviceEnrolled {
+                device_id: device.id,
+                user_id: device.user_id,
+            },
+        )];
         self.run_clearing(&self.devices, move |db| {
-            insert_with_unique_hash(db, DEVICES, DEVICES_BY_HASH, id, &hash, &bytes, &label)
+            insert_with_unique_hash(
+                db,
+                (DEVICES, DEVICES_BY_HASH),
+                id,
+                &hash,
+                &bytes,
+                &label,
+                &events,
+            )
         })
         .await
     }
@@ -1671,6 +1421,15 @@ impl Store for EmbeddedStore {
                     let fresh = device.revoked_at.is_none();
                     device.revoked_at = device.revoked_at.or(Some(at));
                     fresh
+                },
+                |device: &Device| {
+                    vec![EventEnvelope::new(
+                        None,
+                        DomainEvent::DeviceRevoked {
+                            device_id: device.id,
+                            user_id: device.user_id,
+                        },
+                    )]
                 },
             )
         })

@@ -1,20 +1,33 @@
 //! The store: the source of truth. One trait, two adapters:
 //! [`embedded`] (a redb file, the single-binary default) and [`mongo`].
 //!
-//! The trait is deliberately small and storage-shaped; the linking rules live in
-//! [`crate::service`], above it, so both adapters share them. Every adapter
-//! passes the same conformance suite (`models/tests/store_conformance.rs`).
+//! The trait is storage-shaped; the linking rules live in [`crate::service`],
+//! above it, so both adapters share them. Every adapter passes the same
+//! conformance suite (`models/tests/store_conformance.rs`).
+//!
+//! # The write model
+//! Every write commits together with its domain events: the events go to the
+//! store's own event log in the same transaction (a redb write transaction;
+//! a MongoDB multi-document transaction), and a write is acknowledged only
+//! after that commit. Single-record writes and batches are methods of
+//! [`Store`] that append their events themselves; changes that span records
+//! (merges, undo, erasure, profile edits) run as a [`TxWork`] through
+//! [`Store::transaction`]. A relay ([`crate::relay`]), never the request,
+//! moves committed events on to the event stream.
 
 pub mod embedded;
 mod group_commit;
 pub mod mongo;
 mod record_cache;
+pub mod tx;
+
+pub use tx::{EngagementRef, Erased, Tx, TxWork};
 
 pub use embedded::EmbeddedStore;
 
 use async_trait::async_trait;
 
-use crate::customer::{Customer, Identifier};
+use crate::customer::Customer;
 use crate::device::{CallSignal, Device};
 use crate::email::Email;
 use crate::engagement::{Channel, Engagement};
@@ -35,6 +48,9 @@ pub enum StoreError {
     /// The backend cannot be reached or refused to work (another process holds the file).
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// A transaction kept conflicting with concurrent ones; try again.
+    #[error("contention: {0}")]
+    Contention(String),
     /// Anything else; the message is for logs, not for clients.
     #[error("store error: {0}")]
     Internal(String),
@@ -70,16 +86,6 @@ pub struct EngagementFilter {
     pub until: Option<Timestamp>,
 }
 
-/// The outcome of [`Store::mark_merged`].
-#[derive(Debug, Clone, PartialEq)]
-pub enum MarkMerged {
-    /// The customer is now merged; this is how it was before.
-    Marked(Box<Customer>),
-    /// It was merged already, into this customer.
-    AlreadyMerged(Option<CustomerId>),
-    NotFound,
-}
-
 /// Position in a timeline: the last engagement of the previous page.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngagementCursor {
@@ -104,7 +110,13 @@ pub trait Store: Send + Sync + 'static {
 
     // --- customers ---
 
-    /// Inserts a new customer; `Conflict` when the id exists.
+    /// Runs the work in one transaction and commits it when the work
+    /// returns `Ok` (see [`tx`]); an error rolls everything back.
+    /// `Contention` when it kept conflicting with concurrent transactions.
+    async fn transaction(&self, work: &mut dyn TxWork) -> StoreResult<()>;
+
+    /// Inserts a new customer with its `customer.created` event; `Conflict`
+    /// when the id exists.
     async fn insert_customer(&self, customer: &Customer) -> StoreResult<()>;
 
     async fn get_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>>;
@@ -112,25 +124,6 @@ pub trait Store: Send + Sync + 'static {
     /// The customers with these ids that exist, in no particular order (one
     /// round trip for a batch).
     async fn get_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>>;
-
-    /// Writes the profile fields (`name`, `emails`, `phones`, `social`, `status`,
-    /// `merged_into`, `updated_at`). Never touches `counts` or
-    /// `last_engagement_at`, which engagements maintain. `NotFound` when missing.
-    async fn update_profile(&self, customer: &Customer) -> StoreResult<()>;
-
-    /// Adds identifiers to the profile's `phones`, `emails` and `social` (set
-    /// semantics, anonymous ids are not profile fields) and sets `updated_at`.
-    /// Returns the customer as stored afterwards; `NotFound` when missing.
-    async fn add_identifiers(
-        &self,
-        id: CustomerId,
-        identifiers: &[Identifier],
-        at: Timestamp,
-    ) -> StoreResult<Customer>;
-
-    /// Erases the customer, every identity it owns and all its engagements.
-    /// Returns the customer as it was, or `None` when there was none.
-    async fn delete_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>>;
 
     /// Customers ordered by `(updated_at, id)` ascending, with
     /// `updated_at >= updated_since`, after the cursor, at most `limit`.
@@ -143,14 +136,7 @@ pub trait Store: Send + Sync + 'static {
 
     // --- identities (key: `phone:+65...`, `email:...`) ---
 
-    /// Claims the identifier for the customer. Race-free: exactly one of two
-    /// concurrent claims for one key gets `Claimed`.
-    async fn claim_identity(&self, key: &str, customer: CustomerId) -> StoreResult<Claim>;
-
     async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>>;
-
-    /// Frees the identifier if (and only if) this customer owns it.
-    async fn release_identity(&self, key: &str, customer: CustomerId) -> StoreResult<()>;
 
     /// Every identifier key the customer owns, sorted.
     async fn identities_of(&self, customer: CustomerId) -> StoreResult<Vec<String>>;
@@ -177,40 +163,7 @@ pub trait Store: Send + Sync + 'static {
         new: &[(Customer, Vec<String>)],
     ) -> StoreResult<Vec<bool>>;
 
-    // --- merging (each step atomic on its own; the service orders them) ---
-
-    /// Marks `id` merged into `into` unless it is merged already.
-    async fn mark_merged(
-        &self,
-        id: CustomerId,
-        into: CustomerId,
-        at: Timestamp,
-    ) -> StoreResult<MarkMerged>;
-
-    /// Moves identities owned by `from` to `to`: the given keys, or all of
-    /// them. Only keys `from` still owns move. Returns the keys moved, sorted.
-    async fn move_identities(
-        &self,
-        from: CustomerId,
-        to: CustomerId,
-        keys: Option<&[String]>,
-    ) -> StoreResult<Vec<String>>;
-
-    /// Moves engagements of `from` to `to`: the given ids, or all of them.
-    /// Only engagements `from` still has move. Counts move with them, and
-    /// both customers' `last_engagement_at` follow. Returns the ids moved.
-    async fn move_engagements(
-        &self,
-        from: CustomerId,
-        to: CustomerId,
-        ids: Option<&[EngagementId]>,
-    ) -> StoreResult<Vec<EngagementId>>;
-
-    async fn insert_merge(&self, merge: &MergeRecord) -> StoreResult<()>;
     async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>>;
-    /// Sets `undone_at` and `undone_by` if the merge is not undone yet; true
-    /// when this call did it (of two concurrent calls exactly one).
-    async fn mark_merge_undone(&self, id: MergeId, at: Timestamp, by: &str) -> StoreResult<bool>;
     /// Merges that involve the customer (as survivor or merged), oldest first.
     async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>>;
 
@@ -226,9 +179,13 @@ pub trait Store: Send + Sync + 'static {
     // --- engagements ---
 
     /// Inserts each engagement, in one transaction where the backend has them.
-    /// An existing id is reported as `Duplicate`, not an error. For each one
-    /// created, the customer's `counts.<channel>` goes up by one and
-    /// `last_engagement_at` becomes the later of itself and `occurred_at`.
+    /// An existing id is reported as `Duplicate`, not an error. An engagement
+    /// for a merged customer goes to the customer it was merged into (its
+    /// `customer_id` in the store says where it went). For each one created,
+    /// in the same transaction: its `engagement.recorded` event, the
+    /// customer's `counts.<channel>` goes up by one, `last_engagement_at`
+    /// becomes the later of itself and `occurred_at`, and `updated_at` moves
+    /// to `recorded_at`.
     async fn insert_engagements(&self, items: &[Engagement]) -> StoreResult<Vec<EngagementInsert>>;
 
     async fn get_engagement(&self, id: EngagementId) -> StoreResult<Option<Engagement>>;
@@ -245,12 +202,13 @@ pub trait Store: Send + Sync + 'static {
 
     // --- staff users ---
 
-    /// `Conflict` when the email (or id) is taken.
-    async fn insert_user(&self, user: &User) -> StoreResult<()>;
+    /// `Conflict` when the email (or id) is taken. Appends the events with it.
+    async fn insert_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()>;
     async fn get_user(&self, id: UserId) -> StoreResult<Option<User>>;
     async fn get_user_by_email(&self, email: &Email) -> StoreResult<Option<User>>;
     /// Replaces the user; `NotFound` when missing, `Conflict` when the new email is taken.
-    async fn update_user(&self, user: &User) -> StoreResult<()>;
+    /// Appends the events with it.
+    async fn update_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()>;
     /// Users ordered by id, after the given id, at most `limit`.
     async fn list_users(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<User>>;
     async fn count_users(&self) -> StoreResult<u64>;
@@ -274,26 +232,37 @@ pub trait Store: Send + Sync + 'static {
     /// Sets `revoked_at`; false when there is no such key or it was revoked already.
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool>;
 
-    // --- outbox: events the event stream could not take yet ---
+    // --- the event log (see the module documentation) ---
 
-    /// Keeps events, in order, until they can be published.
-    async fn outbox_push(&self, events: &[EventEnvelope]) -> StoreResult<()>;
-    /// The oldest kept events with their outbox ids, at most `limit`.
-    async fn outbox_peek(&self, limit: usize) -> StoreResult<Vec<(String, EventEnvelope)>>;
-    /// Forgets events that were published.
-    async fn outbox_remove(&self, ids: &[String]) -> StoreResult<()>;
-    async fn outbox_len(&self) -> StoreResult<u64>;
+    /// Events not relayed yet, oldest first, at most `limit`.
+    async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>>;
+    /// Marks events relayed (they stay in the log until pruned).
+    async fn mark_events_relayed(&self, ids: &[uuid::Uuid]) -> StoreResult<()>;
+    async fn unrelayed_count(&self) -> StoreResult<u64>;
+    /// The log in id order, strictly after `after`, at most `limit`.
+    async fn events_after(
+        &self,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<EventEnvelope>>;
+    /// Deletes relayed events that occurred before `before`; returns how many went.
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64>;
+    /// Takes or renews the right to relay for `ttl`: true when `holder` has
+    /// it now. Keeps several instances from publishing the same events.
+    async fn relay_lease(&self, holder: &str, ttl: std::time::Duration) -> StoreResult<bool>;
 
     // --- devices (by SHA-256 of the device token) ---
 
-    /// `Conflict` when the id or the token hash exists.
+    /// `Conflict` when the id or the token hash exists. Appends
+    /// `device.enrolled` with it.
     async fn insert_device(&self, device: &Device) -> StoreResult<()>;
     async fn get_device(&self, id: DeviceId) -> StoreResult<Option<Device>>;
     async fn get_device_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Device>>;
     /// The user's devices, or every device for `None`; revoked ones too,
     /// by creation time.
     async fn list_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>>;
-    /// Sets `revoked_at`; false when there is no such device or it was revoked already.
+    /// Sets `revoked_at` and appends `device.revoked`; false when there is no
+    /// such device or it was revoked already.
     async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool>;
     /// Sets `last_upload_at`; `NotFound` when there is no such device.
     async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()>;
@@ -313,12 +282,4 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<CallSignal>>;
     /// Deletes the signals from before `before`; returns how many went.
     async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64>;
-}
-
-/// Ids for a batch of outbox entries: time-ordered, in batch order.
-pub(crate) fn outbox_ids(n: usize) -> Vec<uuid::Uuid> {
-    let base = uuid::Uuid::now_v7().as_u128();
-    (0..n as u128)
-        .map(|i| uuid::Uuid::from_u128(base + i))
-        .collect()
 }

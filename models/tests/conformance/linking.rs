@@ -7,7 +7,6 @@ use crm_models::linking::{
     IdentityInfo, LinkPolicy, MergeActor, MergeRecord, MergedPart, Suggestion, SuggestionReason,
 };
 use crm_models::service::HistoryEntry;
-use crm_models::store::MarkMerged;
 
 fn new_sms(identifiers: Vec<Identifier>, when: i64) -> NewEngagement {
     NewEngagement {
@@ -132,35 +131,6 @@ pub async fn identity_shared_flag_and_owner(store: Arc<dyn Store>) {
     ));
 }
 
-pub async fn mark_merged_takes_a_customer_once(store: Arc<dyn Store>) {
-    let a = customer_at(at(0));
-    let b = customer_at(at(1));
-    store.insert_customer(&a).await.unwrap();
-    store.insert_customer(&b).await.unwrap();
-    match store.mark_merged(b.id, a.id, at(5)).await.unwrap() {
-        MarkMerged::Marked(before) => assert_eq!(*before, b),
-        other => panic!("expected Marked, got {other:?}"),
-    }
-    assert_eq!(
-        store
-            .mark_merged(b.id, CustomerId::new(), at(6))
-            .await
-            .unwrap(),
-        MarkMerged::AlreadyMerged(Some(a.id))
-    );
-    assert_eq!(
-        store
-            .mark_merged(CustomerId::new(), a.id, at(6))
-            .await
-            .unwrap(),
-        MarkMerged::NotFound
-    );
-    let stored = store.get_customer(b.id).await.unwrap().unwrap();
-    assert_eq!(stored.status, CustomerStatus::Merged);
-    assert_eq!(stored.merged_into, Some(a.id));
-    assert_eq!(stored.updated_at, at(5));
-}
-
 pub async fn move_identities_and_engagements_carry_counts(store: Arc<dyn Store>) {
     let a = customer_at(at(0));
     let b = customer_at(at(0));
@@ -262,6 +232,7 @@ pub async fn merge_records_history_and_undo_once(store: Arc<dyn Store>) {
         }],
         undone_at: None,
         undone_by: None,
+        repaired: false,
     };
     store.insert_merge(&record).await.unwrap();
     assert_eq!(

@@ -30,6 +30,12 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod tx_ops;
+pub mod write_model;
+
+pub use tx_ops::TxOps;
+pub use write_model::*;
+
 use std::any::Any;
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -45,7 +51,6 @@ use crm_models::email::Email;
 use crm_models::engagement::{
     CallStatus, Channel, Direction, Engagement, EngagementDetail, Source,
 };
-use crm_models::events::MemoryEventStream;
 use crm_models::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crm_models::phone::{PhoneNumber, Region};
 use crm_models::service::{
@@ -119,11 +124,9 @@ macro_rules! store_suite {
                 devices_insert_get_list_revoke,
                 call_signals_by_time_and_user,
                 call_signals_a_moment_apart_list_and_prune_exactly,
-                outbox_keeps_events_in_order_until_removed,
                 service_concurrent_records_of_one_phone_make_one_customer,
                 service_create_with_owned_email_attaches_the_phone,
                 identity_shared_flag_and_owner,
-                mark_merged_takes_a_customer_once,
                 move_identities_and_engagements_carry_counts,
                 merge_records_history_and_undo_once,
                 suggestions_are_kept_once_per_pair,
@@ -135,7 +138,16 @@ macro_rules! store_suite {
                 service_patch_with_a_taken_identifier_merges,
                 service_concurrent_overlapping_links_make_one_customer,
                 service_delete_frees_the_identifiers,
-                service_events_survive_an_unavailable_stream,
+                events_commit_with_their_writes_and_relay_once,
+                relay_keeps_events_while_the_stream_is_down,
+                crossing_merges_leave_one_survivor_and_no_cycle,
+                merges_racing_auto_links_lose_nothing,
+                a_merge_failing_at_any_step_changes_nothing,
+                an_undo_failing_at_any_step_leaves_the_merge_undoable,
+                erasure_removes_the_person_and_everything_merged_into_it,
+                updated_since_sees_engagements_merges_and_undos,
+                engagements_for_a_merged_customer_land_on_its_survivor,
+                repair_mends_what_older_versions_left,
                 identities_are_read_in_bulk,
                 customers_owning_their_keys_are_created_all_or_nothing,
                 service_batch_resolves_new_known_and_linking_sets,
@@ -256,7 +268,7 @@ fn api_key(name: &str, hash: &str, created: Timestamp) -> ApiKey {
 }
 
 fn crm(store: Arc<dyn Store>) -> Crm {
-    Crm::new(store, Arc::new(MemoryEventStream::default()))
+    Crm::new(store)
 }
 
 fn ids_of(customers: &[Customer]) -> Vec<CustomerId> {
@@ -331,35 +343,6 @@ pub async fn get_customers_returns_those_that_exist(store: Arc<dyn Store>) {
         store.get_customers(&[CustomerId::new()]).await.unwrap(),
         Vec::<Customer>::new()
     );
-}
-
-pub async fn outbox_keeps_events_in_order_until_removed(store: Arc<dyn Store>) {
-    use crm_models::event::{DomainEvent, EventEnvelope};
-    let events: Vec<EventEnvelope> = (0..5)
-        .map(|i| EventEnvelope {
-            at: at(i),
-            event: DomainEvent::CustomerCreated {
-                customer: customer_at(at(i)),
-            },
-        })
-        .collect();
-    assert_eq!(store.outbox_len().await.unwrap(), 0);
-    store.outbox_push(&events[..3]).await.unwrap();
-    store.outbox_push(&events[3..]).await.unwrap();
-    assert_eq!(store.outbox_len().await.unwrap(), 5);
-    let all = store.outbox_peek(10).await.unwrap();
-    assert_eq!(
-        all.iter().map(|(_, e)| e.clone()).collect::<Vec<_>>(),
-        events
-    );
-    let first_two = store.outbox_peek(2).await.unwrap();
-    assert_eq!(first_two, all[..2].to_vec());
-    let ids: Vec<String> = first_two.into_iter().map(|(id, _)| id).collect();
-    store.outbox_remove(&ids).await.unwrap();
-    store.outbox_remove(&ids).await.unwrap();
-    assert_eq!(store.outbox_len().await.unwrap(), 3);
-    let rest = store.outbox_peek(10).await.unwrap();
-    assert_eq!(rest, all[2..].to_vec());
 }
 
 pub async fn customer_insert_get_and_duplicate_id(store: Arc<dyn Store>) {
@@ -787,8 +770,9 @@ pub async fn insert_engagements_counts_and_last_engagement_at(store: Arc<dyn Sto
     assert_eq!((sa.counts.sms, sa.counts.call, sa.counts.web), (2, 1, 1));
     assert_eq!((sa.counts.whatsapp, sa.counts.email), (0, 0));
     assert_eq!(sa.last_engagement_at, Some(at(40)));
-    // Counters are not profile changes.
-    assert_eq!(sa.updated_at, a.updated_at);
+    // What `GET /v1/customers/{id}` shows changed: a client syncing with
+    // `updated_since` must see it (the latest `recorded_at`).
+    assert_eq!(sa.updated_at, at(40));
     let sb = store.get_customer(b.id).await.unwrap().unwrap();
     assert_eq!(
         (sb.counts.sms, sb.counts.call, sb.counts.total()),
@@ -1088,8 +1072,8 @@ pub async fn list_engagements_ties_are_ordered_by_id_desc(store: Arc<dyn Store>)
 pub async fn users_insert_get_update_conflicts(store: Arc<dyn Store>) {
     let ann = user("ann@corp.example");
     let bob = user("bob@corp.example");
-    store.insert_user(&ann).await.unwrap();
-    store.insert_user(&bob).await.unwrap();
+    store.insert_user(&ann, &[]).await.unwrap();
+    store.insert_user(&bob, &[]).await.unwrap();
 
     assert_eq!(store.get_user(ann.id).await.unwrap(), Some(ann.clone()));
     assert_eq!(store.get_user(UserId::new()).await.unwrap(), None);
@@ -1114,7 +1098,7 @@ pub async fn users_insert_get_update_conflicts(store: Arc<dyn Store>) {
         ..user("ann@corp.example")
     };
     assert!(matches!(
-        store.insert_user(&dup_email).await,
+        store.insert_user(&dup_email, &[]).await,
         Err(StoreError::Conflict(_))
     ));
     let dup_id = User {
@@ -1122,7 +1106,7 @@ pub async fn users_insert_get_update_conflicts(store: Arc<dyn Store>) {
         ..user("carol@corp.example")
     };
     assert!(matches!(
-        store.insert_user(&dup_id).await,
+        store.insert_user(&dup_id, &[]).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(
@@ -1140,10 +1124,10 @@ pub async fn users_insert_get_update_conflicts(store: Arc<dyn Store>) {
     changed.role = Role::Admin;
     changed.active = false;
     changed.updated_at = at(60);
-    store.update_user(&changed).await.unwrap();
+    store.update_user(&changed, &[]).await.unwrap();
     assert_eq!(store.get_user(ann.id).await.unwrap(), Some(changed.clone()));
     changed.email = email("ann.tan@corp.example");
-    store.update_user(&changed).await.unwrap();
+    store.update_user(&changed, &[]).await.unwrap();
     assert_eq!(
         store
             .get_user_by_email(&email("ann.tan@corp.example"))
@@ -1162,14 +1146,14 @@ pub async fn users_insert_get_update_conflicts(store: Arc<dyn Store>) {
         id: UserId::new(),
         ..user("ann@corp.example")
     };
-    store.insert_user(&carol).await.unwrap();
+    store.insert_user(&carol, &[]).await.unwrap();
 
     // Update to a taken email: Conflict and nothing changes.
     let mut stolen = changed.clone();
     stolen.email = email("bob@corp.example");
     stolen.name = "Thief".into();
     assert!(matches!(
-        store.update_user(&stolen).await,
+        store.update_user(&stolen, &[]).await,
         Err(StoreError::Conflict(_))
     ));
     assert_eq!(store.get_user(ann.id).await.unwrap(), Some(changed.clone()));
@@ -1182,7 +1166,10 @@ pub async fn users_insert_get_update_conflicts(store: Arc<dyn Store>) {
     );
 
     let ghost = user("ghost@corp.example");
-    assert_eq!(store.update_user(&ghost).await, Err(StoreError::NotFound));
+    assert_eq!(
+        store.update_user(&ghost, &[]).await,
+        Err(StoreError::NotFound)
+    );
     assert_eq!(
         store
             .get_user_by_email(&email("ghost@corp.example"))
@@ -1200,7 +1187,7 @@ pub async fn users_list_pages_and_count(store: Arc<dyn Store>) {
         .map(|i| user(&format!("user{i}@corp.example")))
         .collect();
     for u in &users {
-        store.insert_user(u).await.unwrap();
+        store.insert_user(u, &[]).await.unwrap();
     }
     users.sort_by_key(|u| u.id);
     assert_eq!(store.count_users().await.unwrap(), 11);
@@ -1759,53 +1746,4 @@ pub async fn service_delete_frees_the_identifiers(store: Arc<dyn Store>) {
         Some(again.id)
     );
     assert_eq!(again.counts.total(), 0);
-}
-
-/// An event stream that is down until switched on, recording what it took.
-#[derive(Default)]
-struct FlakyStream {
-    up: std::sync::atomic::AtomicBool,
-    taken: std::sync::Mutex<Vec<crm_models::event::EventEnvelope>>,
-}
-
-#[async_trait::async_trait]
-impl crm_models::events::EventStream for FlakyStream {
-    async fn publish(
-        &self,
-        events: Vec<crm_models::event::EventEnvelope>,
-    ) -> Result<(), crm_models::events::EventError> {
-        if !self.up.load(std::sync::atomic::Ordering::SeqCst) {
-            return Err(crm_models::events::EventError::Unavailable("down".into()));
-        }
-        self.taken.lock().unwrap().extend(events);
-        Ok(())
-    }
-}
-
-pub async fn service_events_survive_an_unavailable_stream(store: Arc<dyn Store>) {
-    let stream = Arc::new(FlakyStream::default());
-    let crm = Crm::new(store.clone(), stream.clone());
-    let (c, created) = crm
-        .create_customer(CustomerInput {
-            name: Some("Ann".into()),
-            identifiers: vec![Identifier::Email(email("ann@example.com"))],
-            status: None,
-        })
-        .await
-        .unwrap();
-    assert!(created, "the write succeeds while the stream is down");
-    assert_eq!(crm.outbox_len().await.unwrap(), 1);
-    assert!(crm.drain_outbox(10).await.is_err(), "still down");
-    assert_eq!(
-        crm.outbox_len().await.unwrap(),
-        1,
-        "nothing lost by a failed drain"
-    );
-
-    stream.up.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert_eq!(crm.drain_outbox(10).await.unwrap(), 1);
-    assert_eq!(crm.outbox_len().await.unwrap(), 0);
-    let taken = stream.taken.lock().unwrap().clone();
-    assert_eq!(taken.len(), 1);
-    assert_eq!(taken[0].event.customer_id(), c.id);
 }

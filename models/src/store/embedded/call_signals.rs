@@ -256,6 +256,36 @@ pub(super) fn trim_straddling(
     Ok(())
 }
 
+/// Removes every signal about the customer (an erasure): records holding
+/// only its signals go, the others are rewritten without them. Reads the
+/// whole table, which an erasure may. Returns how many signals went.
+pub(super) fn erase_customer(
+    txn: &redb::WriteTransaction,
+    customer: CustomerId,
+) -> StoreResult<u64> {
+    let mut table = txn.open_table(super::CALL_SIGNALS).map_err(db_err)?;
+    let mut rewrites = Vec::new();
+    let mut gone: HashSet<Uuid> = HashSet::new();
+    for entry in table.iter().map_err(db_err)? {
+        let (k, v) = entry.map_err(db_err)?;
+        let signals = decode_record(v.value())?;
+        if signals.iter().any(|s| s.customer_id == customer) {
+            let (theirs, kept): (Vec<_>, Vec<_>) =
+                signals.into_iter().partition(|s| s.customer_id == customer);
+            gone.extend(theirs.iter().map(|s| s.id));
+            rewrites.push((k.value(), kept));
+        }
+    }
+    for (key, kept) in rewrites {
+        table.remove(&key).map_err(db_err)?;
+        // The rest keep their own keys (a record is keyed by its newest).
+        for (k, bytes) in records(kept) {
+            table.insert(k, bytes.as_slice()).map_err(db_err)?;
+        }
+    }
+    Ok(gone.len() as u64)
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {

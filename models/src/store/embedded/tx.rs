@@ -1,0 +1,448 @@
+//! The embedded store's transactions and event log.
+//!
+//! A [`RedbTx`] owns one redb write transaction; every [`Tx`] operation runs
+//! on it synchronously (the futures are ready at once), so a whole
+//! [`TxWork`](crate::store::TxWork) commits or rolls back as one. redb
+//! serialises write transactions, so two works never interleave and there is
+//! nothing to retry.
+//!
+//! The event log is two tables: `events` (id → envelope JSON) and
+//! `events_unrelayed` (id → ()). An event's id is re-stamped when it is
+//! appended, inside the write transaction, to be larger than every id before
+//! it: ids are then in commit order, so a reader that pages through the log
+//! by id never skips an event that committed late.
+
+use std::collections::{HashMap, HashSet};
+
+use async_trait::async_trait;
+use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use uuid::Uuid;
+
+use super::{
+    customer_id, db_err, decode, decode_engagement, encode, encode_engagement, engagement_key,
+    read_customer, time_key, write_claim, write_customer, EngagementKey, CUSTOMERS,
+    CUSTOMERS_BY_UPDATED, ENGAGEMENTS, ENGAGEMENT_IDS, IDENTITIES, IDENTITIES_BY_CUSTOMER,
+    IDENTITIES_SHARED, MERGES, MERGES_BY_CUSTOMER, SUGGESTIONS,
+};
+use crate::customer::{ChannelCounts, Customer};
+use crate::engagement::{Channel, Engagement};
+use crate::event::EventEnvelope;
+use crate::ids::{CustomerId, EngagementId};
+use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
+use crate::store::tx::{EngagementRef, Erased, Tx};
+use crate::store::{Claim, StoreError, StoreResult};
+use crate::time::Timestamp;
+
+pub(super) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
+pub(super) const EVENTS_UNRELAYED: TableDefinition<u128, ()> =
+    TableDefinition::new("events_unrelayed");
+
+/// Appends events to the log in this transaction, with ids in commit order.
+pub(super) fn append_events(txn: &WriteTransaction, events: &[EventEnvelope]) -> StoreResult<()> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let mut log = txn.open_table(EVENTS).map_err(db_err)?;
+    let mut unrelayed = txn.open_table(EVENTS_UNRELAYED).map_err(db_err)?;
+    let mut last = log
+        .last()
+        .map_err(db_err)?
+        .map(|(k, _)| k.value())
+        .unwrap_or(0);
+    for event in events {
+        let id = event
+            .id
+            .as_u128()
+            .max(Uuid::now_v7().as_u128())
+            .max(last + 1);
+        last = id;
+        let mut stored = event.clone();
+        stored.id = Uuid::from_u128(id);
+        let bytes = encode("event", &stored)?;
+        log.insert(id, bytes.as_slice()).map_err(db_err)?;
+        unrelayed.insert(id, ()).map_err(db_err)?;
+    }
+    Ok(())
+}
+
+/// Follows `merged_into` from `id` to the customer that holds its records
+/// now (at most `MAX_HOPS` steps); `id` itself when it is not merged or gone.
+pub(super) fn survivor_of(
+    customers: &impl ReadableTable<u128, &'static [u8]>,
+    id: u128,
+) -> StoreResult<u128> {
+    const MAX_HOPS: usize = 32;
+    let mut at = id;
+    for _ in 0..MAX_HOPS {
+        match read_customer(customers, at)? {
+            Some(Customer {
+                merged_into: Some(next),
+                status: crate::customer::CustomerStatus::Merged,
+                ..
+            }) if next.0.as_u128() != at => at = next.0.as_u128(),
+            _ => return Ok(at),
+        }
+    }
+    Ok(at)
+}
+
+/// The keys a customer owns, sorted.
+fn owned_keys(txn: &WriteTransaction, cid: u128) -> StoreResult<Vec<String>> {
+    let by_customer = txn.open_table(IDENTITIES_BY_CUSTOMER).map_err(db_err)?;
+    let mut keys = Vec::new();
+    for entry in by_customer.range((cid, "")..).map_err(db_err)? {
+        let (k, _) = entry.map_err(db_err)?;
+        let (owner, key) = k.value();
+        if owner != cid {
+            break;
+        }
+        keys.push(key.to_string());
+    }
+    Ok(keys)
+}
+
+/// Every engagement of a customer, with its key.
+fn engagements_of(
+    txn: &WriteTransaction,
+    cid: u128,
+) -> StoreResult<Vec<(EngagementKey, Engagement)>> {
+    let engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+    let mut out = Vec::new();
+    for entry in engagements
+        .range((cid, 0u64, 0u128)..=(cid, u64::MAX, u128::MAX))
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        out.push((k.value(), decode_engagement(v.value())?));
+    }
+    Ok(out)
+}
+
+fn read_merge(txn: &WriteTransaction, id: u128) -> StoreResult<Option<MergeRecord>> {
+    let merges = txn.open_table(MERGES).map_err(db_err)?;
+    let found = merges.get(id).map_err(db_err)?;
+    match found {
+        Some(bytes) => decode("merge", bytes.value()).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One redb write transaction seen as a [`Tx`].
+pub(super) struct RedbTx {
+    pub(super) txn: WriteTransaction,
+}
+
+impl RedbTx {
+    fn customer_now(&self, id: u128) -> StoreResult<Option<Customer>> {
+        let customers = self.txn.open_table(CUSTOMERS).map_err(db_err)?;
+        read_customer(&customers, id)
+    }
+}
+
+#[async_trait]
+impl Tx for RedbTx {
+    async fn customer(&mut self, id: CustomerId) -> StoreResult<Option<Customer>> {
+        self.customer_now(id.0.as_u128())
+    }
+
+    async fn put_customer(&mut self, customer: &Customer) -> StoreResult<()> {
+        let stored = self.customer_now(customer.id.0.as_u128())?;
+        let next = match &stored {
+            Some(stored) => Customer {
+                created_at: stored.created_at,
+                last_engagement_at: stored.last_engagement_at,
+                counts: stored.counts,
+                ..customer.clone()
+            },
+            None => customer.clone(),
+        };
+        write_customer(&self.txn, stored.as_ref(), &next)
+    }
+
+    async fn identity(&mut self, key: &str) -> StoreResult<Option<IdentityInfo>> {
+        let owner = self
+            .txn
+            .open_table(IDENTITIES)
+            .map_err(db_err)?
+            .get(key)
+            .map_err(db_err)?
+            .map(|g| customer_id(g.value()));
+        let shared = self
+            .txn
+            .open_table(IDENTITIES_SHARED)
+            .map_err(db_err)?
+            .get(key)
+            .map_err(db_err)?
+            .is_some();
+        Ok((owner.is_some() || shared).then_some(IdentityInfo { owner, shared }))
+    }
+
+    async fn claim(&mut self, key: &str, customer: CustomerId) -> StoreResult<Claim> {
+        let owner = self
+            .txn
+            .open_table(IDENTITIES)
+            .map_err(db_err)?
+            .get(key)
+            .map_err(db_err)?
+            .map(|g| g.value());
+        if let Some(owner) = owner {
+            return Ok(Claim::OwnedBy(customer_id(owner)));
+        }
+        write_claim(&self.txn, key, customer.0.as_u128())?;
+        Ok(Claim::Claimed)
+    }
+
+    async fn release(&mut self, key: &str, customer: CustomerId) -> StoreResult<()> {
+        let cid = customer.0.as_u128();
+        let mut identities = self.txn.open_table(IDENTITIES).map_err(db_err)?;
+        let owner = identities.get(key).map_err(db_err)?.map(|g| g.value());
+        if owner != Some(cid) {
+            return Ok(());
+        }
+        identities.remove(key).map_err(db_err)?;
+        self.txn
+            .open_table(IDENTITIES_BY_CUSTOMER)
+            .map_err(db_err)?
+            .remove((cid, key))
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    async fn identities_of(&mut self, customer: CustomerId) -> StoreResult<Vec<String>> {
+        owned_keys(&self.txn, customer.0.as_u128())
+    }
+
+    async fn move_identities(
+        &mut self,
+        from: CustomerId,
+        to: CustomerId,
+        keys: Option<&[String]>,
+    ) -> StoreResult<Vec<String>> {
+        let (f, t) = (from.0.as_u128(), to.0.as_u128());
+        let owned = owned_keys(&self.txn, f)?;
+        let mut by_customer = self
+            .txn
+            .open_table(IDENTITIES_BY_CUSTOMER)
+            .map_err(db_err)?;
+        let mut identities = self.txn.open_table(IDENTITIES).map_err(db_err)?;
+        let mut moved = Vec::new();
+        for key in owned {
+            if keys.is_some_and(|wanted| !wanted.contains(&key)) {
+                continue;
+            }
+            by_customer.remove((f, key.as_str())).map_err(db_err)?;
+            by_customer.insert((t, key.as_str()), ()).map_err(db_err)?;
+            identities.insert(key.as_str(), t).map_err(db_err)?;
+            moved.push(key);
+        }
+        moved.sort();
+        Ok(moved)
+    }
+
+    async fn move_engagements(
+        &mut self,
+        from: CustomerId,
+        to: CustomerId,
+        ids: Option<&[EngagementId]>,
+        at: Timestamp,
+    ) -> StoreResult<Vec<EngagementId>> {
+        let wanted: Option<HashSet<EngagementId>> = ids.map(|ids| ids.iter().copied().collect());
+        let f = from.0.as_u128();
+        let mut moved = Vec::new();
+        let mut delta = ChannelCounts::default();
+        let mut latest: Option<Timestamp> = None;
+        let mut newest_left: Option<Timestamp> = None;
+        {
+            let found = engagements_of(&self.txn, f)?;
+            let mut engagements = self.txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+            let mut index = self.txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+            for (key, mut e) in found {
+                if wanted.as_ref().is_some_and(|w| !w.contains(&e.id)) {
+                    // Newest first: the first one left is the newest left.
+                    if newest_left.is_none() {
+                        newest_left = Some(e.occurred_at);
+                    }
+                    continue;
+                }
+                engagements.remove(key).map_err(db_err)?;
+                e.customer_id = to;
+                let new_key = engagement_key(to, &e.occurred_at, e.id);
+                let bytes = encode_engagement(&e)?;
+                engagements
+                    .insert(new_key, bytes.as_slice())
+                    .map_err(db_err)?;
+                index.insert(e.id.0.as_u128(), new_key).map_err(db_err)?;
+                *delta.get_mut(e.channel()) += 1;
+                latest = latest.max(Some(e.occurred_at));
+                moved.push(e.id);
+            }
+        }
+        if moved.is_empty() {
+            return Ok(moved);
+        }
+        if let Some(stored) = self.customer_now(f)? {
+            let mut c = stored.clone();
+            for channel in Channel::ALL {
+                let n = c.counts.get_mut(channel);
+                *n = n.saturating_sub(*delta.get_mut(channel));
+            }
+            c.last_engagement_at = newest_left;
+            c.updated_at = c.updated_at.max(at);
+            write_customer(&self.txn, Some(&stored), &c)?;
+        }
+        if let Some(stored) = self.customer_now(to.0.as_u128())? {
+            let mut c = stored.clone();
+            for channel in Channel::ALL {
+                *c.counts.get_mut(channel) += *delta.get_mut(channel);
+            }
+            c.last_engagement_at = c.last_engagement_at.max(latest);
+            c.updated_at = c.updated_at.max(at);
+            write_customer(&self.txn, Some(&stored), &c)?;
+        }
+        Ok(moved)
+    }
+
+    async fn engagement_refs(&mut self, customer: CustomerId) -> StoreResult<Vec<EngagementRef>> {
+        Ok(engagements_of(&self.txn, customer.0.as_u128())?
+            .into_iter()
+            .map(|(_, e)| EngagementRef {
+                id: e.id,
+                recorded_at: e.recorded_at,
+                via: e.source.via,
+            })
+            .collect())
+    }
+
+    async fn merge(&mut self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
+        read_merge(&self.txn, id.0.as_u128())
+    }
+
+    async fn put_merge(&mut self, merge: &MergeRecord) -> StoreResult<()> {
+        let bytes = encode("merge", merge)?;
+        let mid = merge.id.0.as_u128();
+        self.txn
+            .open_table(MERGES)
+            .map_err(db_err)?
+            .insert(mid, bytes.as_slice())
+            .map_err(db_err)?;
+        let mut by_customer = self.txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
+        for c in merge.customer_ids() {
+            by_customer
+                .insert((c.0.as_u128(), mid), ())
+                .map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    async fn merges_of(&mut self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>> {
+        let c = customer.0.as_u128();
+        let ids: Vec<u128> = {
+            let by_customer = self.txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
+            let mut ids = Vec::new();
+            for entry in by_customer
+                .range((c, 0u128)..=(c, u128::MAX))
+                .map_err(db_err)?
+            {
+                ids.push(entry.map_err(db_err)?.0.value().1);
+            }
+            ids
+        };
+        let mut out = Vec::new();
+        for id in ids {
+            out.extend(read_merge(&self.txn, id)?);
+        }
+        out.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    async fn delete_merge(&mut self, id: MergeId) -> StoreResult<()> {
+        let mid = id.0.as_u128();
+        let Some(merge) = read_merge(&self.txn, mid)? else {
+            return Ok(());
+        };
+        self.txn
+            .open_table(MERGES)
+            .map_err(db_err)?
+            .remove(mid)
+            .map_err(db_err)?;
+        let mut by_customer = self.txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;
+        for c in merge.customer_ids() {
+            by_customer.remove((c.0.as_u128(), mid)).map_err(db_err)?;
+        }
+        Ok(())
+    }
+
+    async fn erase_customer(&mut self, id: CustomerId) -> StoreResult<Option<Erased>> {
+        let cid = id.0.as_u128();
+        let Some(customer) = self.customer_now(cid)? else {
+            return Ok(None);
+        };
+        let mut erased = Erased::default();
+        self.txn
+            .open_table(CUSTOMERS)
+            .map_err(db_err)?
+            .remove(cid)
+            .map_err(db_err)?;
+        self.txn
+            .open_table(CUSTOMERS_BY_UPDATED)
+            .map_err(db_err)?
+            .remove((time_key(&customer.updated_at), cid))
+            .map_err(db_err)?;
+        for key in owned_keys(&self.txn, cid)? {
+            self.release(&key, id).await?;
+            erased.identities += 1;
+        }
+        let engagements = engagements_of(&self.txn, cid)?;
+        {
+            let mut table = self.txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+            let mut index = self.txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+            for (key, e) in &engagements {
+                table.remove(*key).map_err(db_err)?;
+                index.remove(e.id.0.as_u128()).map_err(db_err)?;
+                erased.engagements += 1;
+            }
+        }
+        erased.call_signals = super::call_signals::erase_customer(&self.txn, id)?;
+        {
+            let mut suggestions = self.txn.open_table(SUGGESTIONS).map_err(db_err)?;
+            let mut gone = Vec::new();
+            for entry in suggestions.iter().map_err(db_err)? {
+                let (k, v) = entry.map_err(db_err)?;
+                let s: Suggestion = decode("suggestion", v.value())?;
+                if s.customer_ids.contains(&id) {
+                    gone.push(k.value().to_string());
+                }
+            }
+            for key in gone {
+                suggestions.remove(key.as_str()).map_err(db_err)?;
+            }
+        }
+        Ok(Some(erased))
+    }
+
+    async fn append_events(&mut self, events: &[EventEnvelope]) -> StoreResult<()> {
+        append_events(&self.txn, events)
+    }
+}
+
+/// Where each engagement of a batch goes: the customer it names, or the one
+/// that customer was merged into. One lookup per customer.
+pub(super) fn owners_now(
+    txn: &WriteTransaction,
+    batches: &[Vec<Engagement>],
+) -> StoreResult<HashMap<u128, u128>> {
+    let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+    let mut out = HashMap::new();
+    for e in batches.iter().flatten() {
+        let cid = e.customer_id.0.as_u128();
+        if let std::collections::hash_map::Entry::Vacant(v) = out.entry(cid) {
+            v.insert(survivor_of(&customers, cid)?);
+        }
+    }
+    Ok(out)
+}
+
+/// An error for an event record that does not decode.
+pub(super) fn corrupt_event(e: StoreError) -> StoreError {
+    StoreError::Internal(format!("event log: {e}"))
+}

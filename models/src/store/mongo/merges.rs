@@ -1,0 +1,79 @@
+//! Merge records (written inside merge and undo transactions, see
+//! [`super::tx`]) and merge suggestions.
+
+use mongodb::bson::{self, doc, Document};
+
+use super::codec::{collect, from_doc, limit_of, map_err};
+use super::MongoStore;
+use crate::ids::CustomerId;
+use crate::linking::{MergeId, MergeRecord, Suggestion};
+use crate::store::{StoreError, StoreResult};
+
+impl MongoStore {
+    pub(super) async fn find_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
+        let found = self
+            .merges
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "id")).transpose()
+    }
+
+    pub(super) async fn find_merges_of(
+        &self,
+        customer: CustomerId,
+    ) -> StoreResult<Vec<MergeRecord>> {
+        let c = customer.to_string();
+        let cursor = self
+            .merges
+            .find(doc! { "$or": [ { "survivor_id": &c }, { "merged_ids": &c } ] })
+            .await
+            .map_err(map_err)?;
+        let mut merges: Vec<MergeRecord> = collect(cursor, "id").await?;
+        merges.sort_by(|a, b| a.at.cmp(&b.at).then(a.id.cmp(&b.id)));
+        Ok(merges)
+    }
+
+    pub(super) async fn write_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
+        let mut doc = bson::to_document(suggestion)
+            .map_err(|e| StoreError::Internal(format!("cannot encode a suggestion: {e}")))?;
+        doc.insert("_id", suggestion.key());
+        self.suggestions
+            .replace_one(doc! { "_id": suggestion.key() }, doc)
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    pub(super) async fn find_suggestions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Suggestion>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = match after {
+            Some(a) => doc! { "_id": { "$gt": a } },
+            None => Document::new(),
+        };
+        let cursor = self
+            .suggestions
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit_of(limit))
+            .await
+            .map_err(map_err)?;
+        let docs: Vec<Document> = futures::TryStreamExt::try_collect(cursor)
+            .await
+            .map_err(map_err)?;
+        docs.into_iter()
+            .map(|mut d| {
+                d.remove("_id");
+                bson::from_document(d)
+                    .map_err(|e| StoreError::Internal(format!("cannot decode a suggestion: {e}")))
+            })
+            .collect()
+    }
+}

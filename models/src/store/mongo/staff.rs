@@ -1,0 +1,212 @@
+//! Staff users (written with their events in one transaction), refresh
+//! tokens and API keys (single-document writes, no events).
+
+use async_trait::async_trait;
+use mongodb::bson::{doc, Bson, Document};
+
+use super::codec::{collect, encode, from_doc, limit_of, map_conflict, map_err, to_doc};
+use super::tx::{MongoTx, Work};
+use super::MongoStore;
+use crate::email::Email;
+use crate::event::EventEnvelope;
+use crate::ids::{ApiKeyId, UserId};
+use crate::staff::{ApiKey, RefreshToken, User};
+use crate::store::{StoreError, StoreResult, Tx};
+use crate::time::{self, Timestamp};
+
+/// Inserts (`replace: false`) or replaces a user with its events.
+struct WriteUser<'u> {
+    user: &'u User,
+    events: &'u [EventEnvelope],
+    replace: bool,
+}
+
+#[async_trait]
+impl Work for WriteUser<'_> {
+    async fn run(&mut self, tx: &mut MongoTx<'_>) -> StoreResult<()> {
+        let user = self.user;
+        let store = tx.store;
+        let doc = to_doc(user, "id")?;
+        if self.replace {
+            let result = store
+                .users
+                .replace_one(doc! { "_id": user.id.to_string() }, doc)
+                .session(&mut *tx.session)
+                .await;
+            let result = result.map_err(|e| {
+                tx.fail_conflict(e, &format!("a user with email {} exists", user.email))
+            })?;
+            if result.matched_count == 0 {
+                return Err(StoreError::NotFound);
+            }
+        } else {
+            tx.insert_one(
+                &store.users,
+                doc,
+                &format!("a user with email {} or id {} exists", user.email, user.id),
+            )
+            .await?;
+        }
+        tx.append_events(self.events).await
+    }
+}
+
+impl MongoStore {
+    pub(super) async fn insert_user_tx(
+        &self,
+        user: &User,
+        events: &[EventEnvelope],
+    ) -> StoreResult<()> {
+        self.run(&mut WriteUser {
+            user,
+            events,
+            replace: false,
+        })
+        .await
+    }
+
+    pub(super) async fn update_user_tx(
+        &self,
+        user: &User,
+        events: &[EventEnvelope],
+    ) -> StoreResult<()> {
+        self.run(&mut WriteUser {
+            user,
+            events,
+            replace: true,
+        })
+        .await
+    }
+
+    pub(super) async fn find_user(&self, id: UserId) -> StoreResult<Option<User>> {
+        let found = self
+            .users
+            .find_one(doc! { "_id": id.to_string() })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "id")).transpose()
+    }
+
+    pub(super) async fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+        let found = self
+            .users
+            .find_one(doc! { "email": encode(email)? })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "id")).transpose()
+    }
+
+    pub(super) async fn find_users(
+        &self,
+        after: Option<UserId>,
+        limit: usize,
+    ) -> StoreResult<Vec<User>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = match after {
+            Some(id) => doc! { "_id": { "$gt": id.to_string() } },
+            None => Document::new(),
+        };
+        let cursor = self
+            .users
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit_of(limit))
+            .await
+            .map_err(map_err)?;
+        collect(cursor, "id").await
+    }
+
+    // --- refresh tokens ---
+
+    pub(super) async fn write_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+        let doc = to_doc(token, "token_hash")?;
+        self.refresh_tokens
+            .insert_one(doc)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_conflict(e, "the refresh token exists"))
+    }
+
+    pub(super) async fn find_refresh_token(
+        &self,
+        token_hash: &str,
+    ) -> StoreResult<Option<RefreshToken>> {
+        let found = self
+            .refresh_tokens
+            .find_one(doc! { "_id": token_hash })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "token_hash")).transpose()
+    }
+
+    pub(super) async fn mark_refresh_token_used(&self, token_hash: &str) -> StoreResult<bool> {
+        let result = self
+            .refresh_tokens
+            .update_one(
+                doc! { "_id": token_hash, "used": false, "revoked": false },
+                doc! { "$set": { "used": true } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(result.modified_count == 1)
+    }
+
+    /// Revokes every refresh token matching `filter`.
+    pub(super) async fn revoke_refresh_tokens(&self, filter: Document) -> StoreResult<()> {
+        self.refresh_tokens
+            .update_many(filter, doc! { "$set": { "revoked": true } })
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    // --- API keys ---
+
+    pub(super) async fn write_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+        let doc = to_doc(key, "id")?;
+        self.api_keys
+            .insert_one(doc)
+            .await
+            .map(|_| ())
+            .map_err(|e| map_conflict(e, "an API key with this id or hash exists"))
+    }
+
+    pub(super) async fn find_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+        let found = self
+            .api_keys
+            .find_one(doc! { "key_hash": key_hash })
+            .await
+            .map_err(map_err)?;
+        found.map(|d| from_doc(d, "id")).transpose()
+    }
+
+    pub(super) async fn find_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
+        let cursor = self
+            .api_keys
+            .find(Document::new())
+            .sort(doc! { "created_at": 1, "_id": 1 })
+            .await
+            .map_err(map_err)?;
+        collect(cursor, "id").await
+    }
+
+    /// Sets `revoked_at` unless the key is revoked already: `true` when this
+    /// call revoked it.
+    pub(super) async fn write_api_key_revoked(
+        &self,
+        id: ApiKeyId,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        let result = self
+            .api_keys
+            .update_one(
+                doc! { "_id": id.to_string(), "revoked_at": Bson::Null },
+                doc! { "$set": { "revoked_at": time::format(&at) } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(result.modified_count == 1)
+    }
+}
