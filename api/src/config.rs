@@ -29,6 +29,10 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Find and mend what half-applied merges of older versions left
+    /// (merged_into cycles, merges without a record, leftovers); print what
+    /// was done. crm-api also does this in the background at every start.
+    Repair,
 }
 
 #[derive(Debug, Subcommand)]

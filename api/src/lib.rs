@@ -218,10 +218,24 @@ fn start_background(
             u64::from(state.config.event_retention_days) * 86_400,
         ))
         .sharing_health(state.relay_healthy.clone());
-    let mut stopped = stopped;
+    let mut relay_stopped = stopped.clone();
     tasks.push(tokio::spawn(relay.run(async move {
-        let _ = stopped.wait_for(|s| *s).await;
+        let _ = relay_stopped.wait_for(|s| *s).await;
     })));
+    // Mends what older versions left of half-applied merges; reads every
+    // customer once, so it runs beside the server rather than before it.
+    let crm = state.crm.clone();
+    let mut stopped = stopped;
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => {}
+            report = crm.repair() => match report {
+                Ok(r) if r.is_clean() => tracing::debug!(customers = r.customers, "repair found nothing to mend"),
+                Ok(r) => tracing::warn!(report = ?r, "repair mended half-applied merges"),
+                Err(e) => tracing::warn!(error = %e, "repair at start-up failed; run `crm-api repair`"),
+            },
+        }
+    }));
     Background { stop, tasks }
 }
 

@@ -14,6 +14,12 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(cli.config).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
+        Some(Command::Repair) => {
+            let store = open_store(&cli.config).await?;
+            let report = crm_models::service::Crm::new(store).repair().await?;
+            println!("{}", serde_json::to_string_pretty(&report)?);
+            Ok(())
+        }
         Some(Command::Openapi) => {
             print!("{}", crm_api::openapi::yaml().map_err(anyhow::Error::msg)?);
             Ok(())

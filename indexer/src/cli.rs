@@ -73,6 +73,9 @@ pub enum Command {
     Rebuild,
     /// Compare the index with the store; exit 1 on any difference.
     Verify,
+    /// Find and mend what half-applied merges of older versions left in the
+    /// store (merged_into cycles, merges without a record, leftovers).
+    Repair,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -181,6 +184,7 @@ pub fn init_tracing(filter: &str, format: LogFormat) {
 pub async fn execute(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(&cli.config, args).await,
+        Command::Repair => repair(&cli.config).await,
         Command::Rebuild => rebuild(&cli.config).await,
         Command::Verify => verify(&cli.config).await,
     };
@@ -278,6 +282,29 @@ async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     worker.batch_size = args.batch_size as usize;
     run_worker(log, Arc::new(projector), worker, shutdown_signal()).await;
     let _ = relaying.await;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn repair(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = open_store(config).await?;
+    let report = crm_models::service::Crm::new(store)
+        .repair()
+        .await
+        .context("repair failed")?;
+    println!(
+        "customers: {}\ncycles broken: {}\ndangling: {}\nleftovers moved: {}\nrecords added: {}",
+        report.customers,
+        report.cycles_broken.len(),
+        report.dangling.len(),
+        report.leftovers_moved.len(),
+        report.records_added.len()
+    );
+    for id in &report.cycles_broken {
+        println!("cycle broken at {id}");
+    }
+    for id in &report.records_added {
+        println!("record added {id}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 
