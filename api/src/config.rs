@@ -216,6 +216,16 @@ impl Config {
 }
 
 impl Config {
+    /// Which store to open: MongoDB when a URI is set, otherwise the
+    /// embedded store in the data directory.
+    pub fn store(&self) -> crm_models::store::StoreConfig {
+        crm_models::store::StoreConfig {
+            mongodb_uri: self.mongodb_uri.clone(),
+            mongodb_database: self.mongodb_database.clone(),
+            data_dir: self.data_dir.clone(),
+        }
+    }
+
     /// The linking safeguards, with blocked values normalised.
     pub fn link_policy(
         &self,

@@ -38,8 +38,6 @@ use crm_indexer::{MemoryIndex, RedisIndex, SearchIndex};
 use crm_models::events::{EventLog, EventStream, MemoryEventStream};
 use crm_models::relay::Relay;
 use crm_models::service::Crm;
-use crm_models::store::embedded::EmbeddedStore;
-use crm_models::store::mongo::MongoStore;
 use crm_models::store::Store;
 use crm_models::Region;
 use tokio::net::TcpListener;
@@ -140,10 +138,7 @@ impl Application {
 
 /// Opens MongoDB when a URI is configured, otherwise the embedded store.
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(match &config.mongodb_uri {
-        Some(uri) => Arc::new(MongoStore::connect(uri, &config.mongodb_database).await?),
-        None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
-    })
+    Ok(crm_models::store::open(&config.store()).await?)
 }
 
 /// The Redis stream and index when `CRM_REDIS_URL` is set; otherwise an

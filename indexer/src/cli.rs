@@ -20,9 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use crm_models::events::EventLog;
-use crm_models::store::embedded::EmbeddedStore;
-use crm_models::store::mongo::MongoStore;
-use crm_models::store::{Store, StoreError};
+use crm_models::store::{Store, StoreConfig, StoreError};
 use crm_models::CustomerId;
 use tracing_subscriber::{fmt, EnvFilter};
 
@@ -206,28 +204,22 @@ fn redis_url(config: &Config) -> anyhow::Result<&str> {
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    match config
-        .mongodb_uri
-        .as_deref()
-        .filter(|u| !u.trim().is_empty())
-    {
-        Some(uri) => {
-            let store = MongoStore::connect(uri, &config.mongodb_database)
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot open the mongodb store (database {})",
-                        config.mongodb_database
-                    )
-                })?;
-            Ok(Arc::new(store))
+    let store = StoreConfig {
+        mongodb_uri: config.mongodb_uri.clone().filter(|u| !u.trim().is_empty()),
+        mongodb_database: config.mongodb_database.clone(),
+        data_dir: config.data_dir.clone(),
+    };
+    let on_mongodb = store.mongodb_uri.is_some();
+    crm_models::store::open(&store).await.map_err(|e| {
+        if on_mongodb {
+            anyhow::Error::new(e).context(format!(
+                "cannot open the mongodb store (database {})",
+                config.mongodb_database
+            ))
+        } else {
+            embedded_error(&config.data_dir, e)
         }
-        None => {
-            let store = EmbeddedStore::open(&config.data_dir)
-                .map_err(|e| embedded_error(&config.data_dir, e))?;
-            Ok(Arc::new(store))
-        }
-    }
+    })
 }
 
 fn embedded_error(dir: &Path, e: StoreError) -> anyhow::Error {

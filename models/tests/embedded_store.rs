@@ -12,7 +12,8 @@ use crm_models::ids::{ApiKeyId, CustomerId, EngagementId, UserId};
 use crm_models::phone::PhoneNumber;
 use crm_models::staff::{ApiKey, RefreshToken, Role, User};
 use crm_models::store::embedded::EmbeddedStore;
-use crm_models::store::{EngagementFilter, Store, StoreError};
+use crm_models::store::prelude::*;
+use crm_models::store::{EngagementFilter, StoreError};
 use crm_models::time;
 
 #[tokio::test]

@@ -319,6 +319,7 @@ mod tests {
 
     use super::*;
     use crm_models::store::embedded::EmbeddedStore;
+    use crm_models::store::prelude::*;
 
     /// A fresh embedded store; the directory lives as long as the test.
     fn fresh_store() -> Arc<EmbeddedStore> {

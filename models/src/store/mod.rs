@@ -1,16 +1,25 @@
 //! The store: the source of truth. One trait, two adapters:
-//! [`embedded`] (a redb file, the single-binary default) and [`mongo`].
+//! [`embedded`] (a redb file, the single-binary default) and [`mongo`];
+//! [`open`] picks one from a [`StoreConfig`].
 //!
 //! The trait is storage-shaped; the linking rules live in [`crate::service`],
 //! above it, so both adapters share them. Every adapter passes the same
 //! conformance suite (`models/tests/store_conformance.rs`).
 //!
+//! [`Store`] combines one sub-trait per aggregate: [`CustomerStore`]
+//! (customers and identities), [`EngagementStore`], [`MergeStore`] (merges
+//! and suggestions), [`StaffStore`] (users, refresh tokens, API keys),
+//! [`DeviceStore`] (devices and call signals) and [`EventLogStore`]; each
+//! adapter implements them in one file per aggregate. A `dyn Store` has all
+//! their methods; [`prelude`] brings the traits into scope for calls on an
+//! adapter's own type.
+//!
 //! # The write model
 //! Every write commits together with its domain events: the events go to the
 //! store's own event log in the same transaction (a redb write transaction;
 //! a MongoDB multi-document transaction), and a write is acknowledged only
-//! after that commit. Single-record writes and batches are methods of
-//! [`Store`] that append their events themselves; changes that span records
+//! after that commit. Single-record writes and batches are methods of the
+//! sub-traits that append their events themselves; changes that span records
 //! (merges, undo, erasure, profile edits) run as a [`TxWork`] through
 //! [`Store::transaction`]. A relay ([`crate::relay`]), never the request,
 //! moves committed events on to the event stream.
@@ -18,12 +27,16 @@
 pub mod embedded;
 mod group_commit;
 pub mod mongo;
+pub mod prelude;
 mod record_cache;
 pub mod tx;
 
 pub use tx::{EngagementRef, Erased, Tx, TxWork};
 
 pub use embedded::EmbeddedStore;
+
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
@@ -36,6 +49,7 @@ use crate::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
 use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::time::Timestamp;
+use mongo::MongoStore;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -57,6 +71,26 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Which store to open: MongoDB when a URI is given, otherwise the embedded
+/// store in the data directory.
+#[derive(Clone)]
+pub struct StoreConfig {
+    /// MongoDB connection string; `None` means the embedded store.
+    pub mongodb_uri: Option<String>,
+    /// MongoDB database name.
+    pub mongodb_database: String,
+    /// Directory of the embedded store (used when no MongoDB URI is set).
+    pub data_dir: PathBuf,
+}
+
+/// Opens MongoDB when a URI is configured, otherwise the embedded store.
+pub async fn open(config: &StoreConfig) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.mongodb_uri {
+        Some(uri) => Arc::new(MongoStore::connect(uri, &config.mongodb_database).await?),
+        None => Arc::new(EmbeddedStore::open(&config.data_dir)?),
+    })
+}
 
 /// The answer to "may this customer own this identifier?".
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,21 +134,39 @@ pub struct CustomerCursor {
     pub id: CustomerId,
 }
 
+/// The store: every aggregate's operations ([`CustomerStore`],
+/// [`EngagementStore`], [`MergeStore`], [`StaffStore`], [`DeviceStore`],
+/// [`EventLogStore`]) and the transactions that span them. Callers use it as
+/// `Arc<dyn Store>`, on which every method can be called as it is; on an
+/// adapter's own type, bring the sub-traits into scope with
+/// `use crm_models::store::prelude::*;`.
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store:
+    CustomerStore
+    + EngagementStore
+    + MergeStore
+    + StaffStore
+    + DeviceStore
+    + EventLogStore
+    + Send
+    + Sync
+    + 'static
+{
     /// `embedded` or `mongo`.
     fn kind(&self) -> &'static str;
 
     /// Succeeds when the store can serve requests (for `/readyz`).
     async fn ping(&self) -> StoreResult<()>;
 
-    // --- customers ---
-
     /// Runs the work in one transaction and commits it when the work
     /// returns `Ok` (see [`tx`]); an error rolls everything back.
     /// `Contention` when it kept conflicting with concurrent transactions.
     async fn transaction(&self, work: &mut dyn TxWork) -> StoreResult<()>;
+}
 
+/// Customers and their identities (key: `phone:+65...`, `email:...`).
+#[async_trait]
+pub trait CustomerStore: Send + Sync {
     /// Inserts a new customer with its `customer.created` event; `Conflict`
     /// when the id exists.
     async fn insert_customer(&self, customer: &Customer) -> StoreResult<()>;
@@ -134,8 +186,6 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> StoreResult<Vec<Customer>>;
 
-    // --- identities (key: `phone:+65...`, `email:...`) ---
-
     async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>>;
 
     /// Every identifier key the customer owns, sorted.
@@ -148,7 +198,7 @@ pub trait Store: Send + Sync + 'static {
     /// Marks an identifier shared (or not), creating the record when needed.
     async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()>;
 
-    /// [`Store::identity`] of several keys, in their order (one read where
+    /// [`CustomerStore::identity`] of several keys, in their order (one read where
     /// the adapter can).
     async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>>;
 
@@ -156,28 +206,17 @@ pub trait Store: Send + Sync + 'static {
     /// customer: a customer is inserted, and its keys claimed, only when
     /// none of them has an owner (keys taken by an earlier entry of the same
     /// call count as owned). `true` for each one created. Race-free like
-    /// [`Store::claim_identity`]; the embedded store writes the whole call
+    /// [`Tx::claim`]; the embedded store writes the whole call
     /// in one transaction.
     async fn insert_customers_owning(
         &self,
         new: &[(Customer, Vec<String>)],
     ) -> StoreResult<Vec<bool>>;
+}
 
-    async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>>;
-    /// Merges that involve the customer (as survivor or merged), oldest first.
-    async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>>;
-
-    /// Keeps a suggestion, replacing the one for the same pair.
-    async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()>;
-    /// Suggestions by pair key, after the given key, at most `limit`.
-    async fn list_suggestions(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<Suggestion>>;
-
-    // --- engagements ---
-
+/// Engagements, with the counters they keep on their customer.
+#[async_trait]
+pub trait EngagementStore: Send + Sync {
     /// Inserts each engagement, in one transaction where the backend has them.
     /// An existing id is reported as `Duplicate`, not an error. An engagement
     /// for a merged customer goes to the customer it was merged into (its
@@ -199,9 +238,29 @@ pub trait Store: Send + Sync + 'static {
         after: Option<EngagementCursor>,
         limit: usize,
     ) -> StoreResult<Vec<Engagement>>;
+}
 
-    // --- staff users ---
+/// Merge records (written by merge and undo transactions, see [`tx`]) and
+/// merge suggestions.
+#[async_trait]
+pub trait MergeStore: Send + Sync {
+    async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>>;
+    /// Merges that involve the customer (as survivor or merged), oldest first.
+    async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>>;
 
+    /// Keeps a suggestion, replacing the one for the same pair.
+    async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()>;
+    /// Suggestions by pair key, after the given key, at most `limit`.
+    async fn list_suggestions(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+    ) -> StoreResult<Vec<Suggestion>>;
+}
+
+/// Staff and their sessions: users, refresh tokens and API keys.
+#[async_trait]
+pub trait StaffStore: Send + Sync {
     /// `Conflict` when the email (or id) is taken. Appends the events with it.
     async fn insert_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()>;
     async fn get_user(&self, id: UserId) -> StoreResult<Option<User>>;
@@ -231,28 +290,11 @@ pub trait Store: Send + Sync + 'static {
     async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>>;
     /// Sets `revoked_at`; false when there is no such key or it was revoked already.
     async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool>;
+}
 
-    // --- the event log (see the module documentation) ---
-
-    /// Events not relayed yet, oldest first, at most `limit`.
-    async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>>;
-    /// Marks events relayed (they stay in the log until pruned).
-    async fn mark_events_relayed(&self, ids: &[uuid::Uuid]) -> StoreResult<()>;
-    async fn unrelayed_count(&self) -> StoreResult<u64>;
-    /// The log in id order, strictly after `after`, at most `limit`.
-    async fn events_after(
-        &self,
-        after: Option<uuid::Uuid>,
-        limit: usize,
-    ) -> StoreResult<Vec<EventEnvelope>>;
-    /// Deletes relayed events that occurred before `before`; returns how many went.
-    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64>;
-    /// Takes or renews the right to relay for `ttl`: true when `holder` has
-    /// it now. Keeps several instances from publishing the same events.
-    async fn relay_lease(&self, holder: &str, ttl: std::time::Duration) -> StoreResult<bool>;
-
-    // --- devices (by SHA-256 of the device token) ---
-
+/// Devices (by SHA-256 of the device token) and incoming-call signals.
+#[async_trait]
+pub trait DeviceStore: Send + Sync {
     /// `Conflict` when the id or the token hash exists. Appends
     /// `device.enrolled` with it.
     async fn insert_device(&self, device: &Device) -> StoreResult<()>;
@@ -282,4 +324,25 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<CallSignal>>;
     /// Deletes the signals from before `before`; returns how many went.
     async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64>;
+}
+
+/// The event log (see the module documentation) and the relay lease.
+#[async_trait]
+pub trait EventLogStore: Send + Sync {
+    /// Events not relayed yet, oldest first, at most `limit`.
+    async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>>;
+    /// Marks events relayed (they stay in the log until pruned).
+    async fn mark_events_relayed(&self, ids: &[uuid::Uuid]) -> StoreResult<()>;
+    async fn unrelayed_count(&self) -> StoreResult<u64>;
+    /// The log in id order, strictly after `after`, at most `limit`.
+    async fn events_after(
+        &self,
+        after: Option<uuid::Uuid>,
+        limit: usize,
+    ) -> StoreResult<Vec<EventEnvelope>>;
+    /// Deletes relayed events that occurred before `before`; returns how many went.
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64>;
+    /// Takes or renews the right to relay for `ttl`: true when `holder` has
+    /// it now. Keeps several instances from publishing the same events.
+    async fn relay_lease(&self, holder: &str, ttl: std::time::Duration) -> StoreResult<bool>;
 }

@@ -13,10 +13,10 @@ use crate::customer::Customer;
 use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::CustomerId;
 use crate::linking::IdentityInfo;
-use crate::store::{CustomerCursor, StoreResult, Tx};
+use crate::store::{CustomerCursor, CustomerStore, StoreResult, Tx};
 use crate::time::{self, Timestamp};
 
-/// [`crate::store::Store::insert_customer`]: the customer with its
+/// [`crate::store::CustomerStore::insert_customer`]: the customer with its
 /// `customer.created` event.
 struct InsertCustomer<'c>(&'c Customer);
 
@@ -39,7 +39,7 @@ impl Work for InsertCustomer<'_> {
     }
 }
 
-/// [`crate::store::Store::insert_customers_owning`], in one transaction: one
+/// [`crate::store::CustomerStore::insert_customers_owning`], in one transaction: one
 /// read of the customers and one of the keys, then the inserts in batches.
 struct InsertOwning<'n> {
     new: &'n [(Customer, Vec<String>)],
@@ -136,27 +136,13 @@ impl Work for InsertOwning<'_> {
     }
 }
 
-impl MongoStore {
-    pub(super) async fn insert_customer_tx(&self, customer: &Customer) -> StoreResult<()> {
+#[async_trait]
+impl CustomerStore for MongoStore {
+    async fn insert_customer(&self, customer: &Customer) -> StoreResult<()> {
         self.run(&mut InsertCustomer(customer)).await
     }
 
-    pub(super) async fn insert_customers_owning_tx(
-        &self,
-        new: &[(Customer, Vec<String>)],
-    ) -> StoreResult<Vec<bool>> {
-        if new.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut work = InsertOwning {
-            new,
-            created: Vec::with_capacity(new.len()),
-        };
-        self.run(&mut work).await?;
-        Ok(work.created)
-    }
-
-    pub(super) async fn find_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>> {
+    async fn get_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>> {
         let found = self
             .customers
             .find_one(doc! { "_id": id.to_string() })
@@ -165,7 +151,7 @@ impl MongoStore {
         found.map(|d| from_doc(d, "id")).transpose()
     }
 
-    pub(super) async fn find_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>> {
+    async fn get_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -178,7 +164,7 @@ impl MongoStore {
         collect(cursor, "id").await
     }
 
-    pub(super) async fn find_customer_page(
+    async fn list_customers(
         &self,
         updated_since: Option<Timestamp>,
         after: Option<CustomerCursor>,
@@ -213,19 +199,13 @@ impl MongoStore {
         collect(cursor, "id").await
     }
 
-    pub(super) async fn find_identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>> {
-        let found = self
-            .identities
-            .find_one(doc! { "_id": key })
-            .await
-            .map_err(map_err)?;
-        found.as_ref().map(identity_info).transpose()
+    // --- identities ---
+
+    async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>> {
+        Ok(self.identity(key).await?.and_then(|i| i.owner))
     }
 
-    pub(super) async fn find_identities_of(
-        &self,
-        customer: CustomerId,
-    ) -> StoreResult<Vec<String>> {
+    async fn identities_of(&self, customer: CustomerId) -> StoreResult<Vec<String>> {
         let cursor = self
             .identities
             .find(doc! { "customer_id": customer.to_string() })
@@ -243,10 +223,25 @@ impl MongoStore {
         Ok(keys)
     }
 
-    pub(super) async fn find_identities(
-        &self,
-        keys: &[String],
-    ) -> StoreResult<Vec<Option<IdentityInfo>>> {
+    async fn identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>> {
+        let found = self
+            .identities
+            .find_one(doc! { "_id": key })
+            .await
+            .map_err(map_err)?;
+        found.as_ref().map(identity_info).transpose()
+    }
+
+    async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()> {
+        self.identities
+            .update_one(doc! { "_id": key }, doc! { "$set": { "shared": shared } })
+            .upsert(true)
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+
+    async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>> {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
@@ -265,12 +260,18 @@ impl MongoStore {
         Ok(keys.iter().map(|k| found.get(k).copied()).collect())
     }
 
-    pub(super) async fn write_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()> {
-        self.identities
-            .update_one(doc! { "_id": key }, doc! { "$set": { "shared": shared } })
-            .upsert(true)
-            .await
-            .map(|_| ())
-            .map_err(map_err)
+    async fn insert_customers_owning(
+        &self,
+        new: &[(Customer, Vec<String>)],
+    ) -> StoreResult<Vec<bool>> {
+        if new.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut work = InsertOwning {
+            new,
+            created: Vec::with_capacity(new.len()),
+        };
+        self.run(&mut work).await?;
+        Ok(work.created)
     }
 }

@@ -12,10 +12,10 @@ use super::MongoStore;
 use crate::device::{CallSignal, Device};
 use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{DeviceId, UserId};
-use crate::store::{StoreError, StoreResult, Tx};
+use crate::store::{DeviceStore, StoreError, StoreResult, Tx};
 use crate::time::{self, Timestamp};
 
-/// [`crate::store::Store::insert_device`] with `device.enrolled`.
+/// [`crate::store::DeviceStore::insert_device`] with `device.enrolled`.
 struct InsertDevice<'d>(&'d Device);
 
 #[async_trait]
@@ -40,7 +40,7 @@ impl Work for InsertDevice<'_> {
     }
 }
 
-/// [`crate::store::Store::revoke_device`] with `device.revoked`.
+/// [`crate::store::DeviceStore::revoke_device`] with `device.revoked`.
 struct RevokeDevice {
     id: DeviceId,
     at: Timestamp,
@@ -80,26 +80,27 @@ impl Work for RevokeDevice {
 }
 
 impl MongoStore {
-    pub(super) async fn insert_device_tx(&self, device: &Device) -> StoreResult<()> {
-        self.run(&mut InsertDevice(device)).await
-    }
-
-    pub(super) async fn revoke_device_tx(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
-        let mut work = RevokeDevice {
-            id,
-            at,
-            revoked: false,
-        };
-        self.run(&mut work).await?;
-        Ok(work.revoked)
-    }
-
-    pub(super) async fn find_device(&self, filter: Document) -> StoreResult<Option<Device>> {
+    async fn find_device(&self, filter: Document) -> StoreResult<Option<Device>> {
         let found = self.devices.find_one(filter).await.map_err(map_err)?;
         found.map(|d| from_doc(d, "id")).transpose()
     }
+}
 
-    pub(super) async fn find_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>> {
+#[async_trait]
+impl DeviceStore for MongoStore {
+    async fn insert_device(&self, device: &Device) -> StoreResult<()> {
+        self.run(&mut InsertDevice(device)).await
+    }
+
+    async fn get_device(&self, id: DeviceId) -> StoreResult<Option<Device>> {
+        self.find_device(doc! { "_id": id.to_string() }).await
+    }
+
+    async fn get_device_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Device>> {
+        self.find_device(doc! { "token_hash": token_hash }).await
+    }
+
+    async fn list_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>> {
         let filter = match user {
             Some(u) => doc! { "user_id": u.to_string() },
             None => Document::new(),
@@ -113,11 +114,17 @@ impl MongoStore {
         collect(cursor, "id").await
     }
 
-    pub(super) async fn write_device_last_upload(
-        &self,
-        id: DeviceId,
-        at: Timestamp,
-    ) -> StoreResult<()> {
+    async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
+        let mut work = RevokeDevice {
+            id,
+            at,
+            revoked: false,
+        };
+        self.run(&mut work).await?;
+        Ok(work.revoked)
+    }
+
+    async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()> {
         let result = self
             .devices
             .update_one(
@@ -134,7 +141,7 @@ impl MongoStore {
 
     // --- incoming-call signals ---
 
-    pub(super) async fn write_call_signals(&self, signals: Vec<CallSignal>) -> StoreResult<()> {
+    async fn insert_call_signals(&self, signals: Vec<CallSignal>) -> StoreResult<()> {
         if signals.is_empty() {
             return Ok(());
         }
@@ -160,7 +167,7 @@ impl MongoStore {
         }
     }
 
-    pub(super) async fn find_call_signals(
+    async fn list_call_signals(
         &self,
         user: Option<UserId>,
         since: Timestamp,
@@ -183,7 +190,7 @@ impl MongoStore {
         collect(cursor, "id").await
     }
 
-    pub(super) async fn delete_old_call_signals(&self, before: Timestamp) -> StoreResult<u64> {
+    async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64> {
         self.call_signals
             .delete_many(doc! { "at": { "$lt": time::format(&before) } })
             .await

@@ -13,7 +13,8 @@ use crate::engagement::Engagement;
 use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{CustomerId, DeviceId, EngagementId};
 use crate::store::{
-    EngagementCursor, EngagementFilter, EngagementInsert, StoreError, StoreResult, Tx,
+    EngagementCursor, EngagementFilter, EngagementInsert, EngagementStore, StoreError, StoreResult,
+    Tx,
 };
 use crate::time::{self, Timestamp};
 
@@ -29,7 +30,7 @@ struct Bump {
     recorded: Option<Timestamp>,
 }
 
-/// [`crate::store::Store::insert_engagements`] in one transaction.
+/// [`crate::store::EngagementStore::insert_engagements`] in one transaction.
 struct InsertEngagements<'i> {
     items: &'i [Engagement],
     out: Vec<EngagementInsert>,
@@ -217,11 +218,9 @@ async fn survivors(
     Ok(out)
 }
 
-impl MongoStore {
-    pub(super) async fn insert_engagements_tx(
-        &self,
-        items: &[Engagement],
-    ) -> StoreResult<Vec<EngagementInsert>> {
+#[async_trait]
+impl EngagementStore for MongoStore {
+    async fn insert_engagements(&self, items: &[Engagement]) -> StoreResult<Vec<EngagementInsert>> {
         if items.is_empty() {
             return Ok(Vec::new());
         }
@@ -251,10 +250,7 @@ impl MongoStore {
         Ok(work.out)
     }
 
-    pub(super) async fn find_engagement(
-        &self,
-        id: EngagementId,
-    ) -> StoreResult<Option<Engagement>> {
+    async fn get_engagement(&self, id: EngagementId) -> StoreResult<Option<Engagement>> {
         let found = self
             .engagements
             .find_one(doc! { "_id": id.to_string() })
@@ -263,7 +259,7 @@ impl MongoStore {
         found.map(|d| from_doc(d, "id")).transpose()
     }
 
-    pub(super) async fn find_engagement_page(
+    async fn list_engagements(
         &self,
         customer: CustomerId,
         filter: &EngagementFilter,

@@ -8,12 +8,13 @@
 //!
 //! Ids are stamped when an event is made, before its transaction commits, so
 //! two concurrent transactions may commit their events out of id order: a
-//! reader paging with [`MongoStore::find_events_after`] right at the head of
+//! reader paging with [`EventLogStore::events_after`] right at the head of
 //! the log can miss an event that commits late with a smaller id. The relay
 //! does not depend on that order (it reads what is not relayed yet).
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use chrono::TimeDelta;
 use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
@@ -21,7 +22,7 @@ use mongodb::bson::{doc, Document};
 use super::codec::{event_from_doc, is_duplicate_key, limit_of, map_err};
 use super::MongoStore;
 use crate::event::EventEnvelope;
-use crate::store::StoreResult;
+use crate::store::{EventLogStore, StoreResult};
 use crate::time::{self, Timestamp};
 
 /// The `_id` of the one lease document.
@@ -42,15 +43,15 @@ impl MongoStore {
         let docs: Vec<Document> = cursor.try_collect().await.map_err(map_err)?;
         docs.into_iter().map(event_from_doc).collect()
     }
+}
 
-    pub(super) async fn find_unrelayed_events(
-        &self,
-        limit: usize,
-    ) -> StoreResult<Vec<EventEnvelope>> {
+#[async_trait]
+impl EventLogStore for MongoStore {
+    async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>> {
         self.find_events(doc! { "relayed": false }, limit).await
     }
 
-    pub(super) async fn write_events_relayed(&self, ids: &[uuid::Uuid]) -> StoreResult<()> {
+    async fn mark_events_relayed(&self, ids: &[uuid::Uuid]) -> StoreResult<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -65,14 +66,14 @@ impl MongoStore {
             .map_err(map_err)
     }
 
-    pub(super) async fn count_unrelayed_events(&self) -> StoreResult<u64> {
+    async fn unrelayed_count(&self) -> StoreResult<u64> {
         self.events
             .count_documents(doc! { "relayed": false })
             .await
             .map_err(map_err)
     }
 
-    pub(super) async fn find_events_after(
+    async fn events_after(
         &self,
         after: Option<uuid::Uuid>,
         limit: usize,
@@ -84,7 +85,7 @@ impl MongoStore {
         self.find_events(filter, limit).await
     }
 
-    pub(super) async fn delete_events_before(&self, before: Timestamp) -> StoreResult<u64> {
+    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
         self.events
             .delete_many(doc! {
                 "relayed": true,
@@ -98,7 +99,7 @@ impl MongoStore {
     /// Takes the lease when it is free, expired or held by `holder` already
     /// (then renews it). When another holder has it, the filter matches
     /// nothing and the upsert's insert collides with the lease's `_id`.
-    pub(super) async fn take_relay_lease(&self, holder: &str, ttl: Duration) -> StoreResult<bool> {
+    async fn relay_lease(&self, holder: &str, ttl: Duration) -> StoreResult<bool> {
         let now = time::now();
         // At most a century: the expiry must stay a four-digit-year text.
         let century = TimeDelta::days(36_500);

@@ -1,16 +1,18 @@
 //! Merge records (written inside merge and undo transactions, see
 //! [`super::tx`]) and merge suggestions.
 
+use async_trait::async_trait;
 use mongodb::bson::{self, doc, Document};
 
 use super::codec::{collect, from_doc, limit_of, map_err};
 use super::MongoStore;
 use crate::ids::CustomerId;
 use crate::linking::{MergeId, MergeRecord, Suggestion};
-use crate::store::{StoreError, StoreResult};
+use crate::store::{MergeStore, StoreError, StoreResult};
 
-impl MongoStore {
-    pub(super) async fn find_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
+#[async_trait]
+impl MergeStore for MongoStore {
+    async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
         let found = self
             .merges
             .find_one(doc! { "_id": id.to_string() })
@@ -19,10 +21,7 @@ impl MongoStore {
         found.map(|d| from_doc(d, "id")).transpose()
     }
 
-    pub(super) async fn find_merges_of(
-        &self,
-        customer: CustomerId,
-    ) -> StoreResult<Vec<MergeRecord>> {
+    async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>> {
         let c = customer.to_string();
         let cursor = self
             .merges
@@ -34,7 +33,7 @@ impl MongoStore {
         Ok(merges)
     }
 
-    pub(super) async fn write_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
+    async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
         let mut doc = bson::to_document(suggestion)
             .map_err(|e| StoreError::Internal(format!("cannot encode a suggestion: {e}")))?;
         doc.insert("_id", suggestion.key());
@@ -46,7 +45,7 @@ impl MongoStore {
             .map_err(map_err)
     }
 
-    pub(super) async fn find_suggestions(
+    async fn list_suggestions(
         &self,
         after: Option<&str>,
         limit: usize,

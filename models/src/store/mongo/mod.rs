@@ -18,10 +18,12 @@
 //! owned through its record in `identities`, keyed by the identifier, and two
 //! transactions that claim it conflict on that key (one of them reruns).
 //!
-//! One file per aggregate: [`customers`] (customers and identities),
-//! [`engagements`], [`merges`] (merges and suggestions), [`staff`] (users,
-//! refresh tokens, API keys), [`devices`] (devices and call signals),
-//! [`events`] (the event log and the relay lease), [`tx`] (transactions).
+//! One file per aggregate, each implementing its trait: [`customers`]
+//! (customers and identities), [`engagements`], [`merges`] (merges and
+//! suggestions), [`staff`] (users, refresh tokens, API keys), [`devices`]
+//! (devices and call signals), [`events`] (the event log and the relay
+//! lease); [`tx`] runs transactions; this file connects and implements
+//! [`Store`] itself.
 
 mod codec;
 mod customers;
@@ -41,19 +43,7 @@ use mongodb::options::{ClientOptions, IndexOptions};
 use mongodb::{Client, Collection, Database, IndexModel};
 
 use self::codec::map_err;
-use super::{
-    CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
-    StoreResult, TxWork,
-};
-use crate::customer::Customer;
-use crate::device::{CallSignal, Device};
-use crate::email::Email;
-use crate::engagement::Engagement;
-use crate::event::EventEnvelope;
-use crate::ids::{ApiKeyId, CustomerId, DeviceId, EngagementId, UserId};
-use crate::linking::{IdentityInfo, MergeId, MergeRecord, Suggestion};
-use crate::staff::{ApiKey, RefreshToken, User};
-use crate::time::Timestamp;
+use super::{Store, StoreError, StoreResult, TxWork};
 
 /// How long an operation waits for a usable server before failing with
 /// `Unavailable`, unless the URI sets `serverSelectionTimeoutMS`.
@@ -302,248 +292,7 @@ impl Store for MongoStore {
             .map_err(|e| StoreError::Unavailable(format!("MongoDB ping: {e}")))
     }
 
-    // --- customers ---
-
     async fn transaction(&self, work: &mut dyn TxWork) -> StoreResult<()> {
         self.run_tx_work(work).await
-    }
-
-    async fn insert_customer(&self, customer: &Customer) -> StoreResult<()> {
-        self.insert_customer_tx(customer).await
-    }
-
-    async fn get_customer(&self, id: CustomerId) -> StoreResult<Option<Customer>> {
-        self.find_customer(id).await
-    }
-
-    async fn get_customers(&self, ids: &[CustomerId]) -> StoreResult<Vec<Customer>> {
-        self.find_customers(ids).await
-    }
-
-    async fn list_customers(
-        &self,
-        updated_since: Option<Timestamp>,
-        after: Option<CustomerCursor>,
-        limit: usize,
-    ) -> StoreResult<Vec<Customer>> {
-        self.find_customer_page(updated_since, after, limit).await
-    }
-
-    // --- identities ---
-
-    async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>> {
-        Ok(self.find_identity(key).await?.and_then(|i| i.owner))
-    }
-
-    async fn identities_of(&self, customer: CustomerId) -> StoreResult<Vec<String>> {
-        self.find_identities_of(customer).await
-    }
-
-    async fn identity(&self, key: &str) -> StoreResult<Option<IdentityInfo>> {
-        self.find_identity(key).await
-    }
-
-    async fn set_identity_shared(&self, key: &str, shared: bool) -> StoreResult<()> {
-        self.write_identity_shared(key, shared).await
-    }
-
-    async fn identities(&self, keys: &[String]) -> StoreResult<Vec<Option<IdentityInfo>>> {
-        self.find_identities(keys).await
-    }
-
-    async fn insert_customers_owning(
-        &self,
-        new: &[(Customer, Vec<String>)],
-    ) -> StoreResult<Vec<bool>> {
-        self.insert_customers_owning_tx(new).await
-    }
-
-    // --- merges and suggestions ---
-
-    async fn get_merge(&self, id: MergeId) -> StoreResult<Option<MergeRecord>> {
-        self.find_merge(id).await
-    }
-
-    async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>> {
-        self.find_merges_of(customer).await
-    }
-
-    async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
-        self.write_suggestion(suggestion).await
-    }
-
-    async fn list_suggestions(
-        &self,
-        after: Option<&str>,
-        limit: usize,
-    ) -> StoreResult<Vec<Suggestion>> {
-        self.find_suggestions(after, limit).await
-    }
-
-    // --- engagements ---
-
-    async fn insert_engagements(&self, items: &[Engagement]) -> StoreResult<Vec<EngagementInsert>> {
-        self.insert_engagements_tx(items).await
-    }
-
-    async fn get_engagement(&self, id: EngagementId) -> StoreResult<Option<Engagement>> {
-        self.find_engagement(id).await
-    }
-
-    async fn list_engagements(
-        &self,
-        customer: CustomerId,
-        filter: &EngagementFilter,
-        after: Option<EngagementCursor>,
-        limit: usize,
-    ) -> StoreResult<Vec<Engagement>> {
-        self.find_engagement_page(customer, filter, after, limit)
-            .await
-    }
-
-    // --- staff users ---
-
-    async fn insert_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()> {
-        self.insert_user_tx(user, events).await
-    }
-
-    async fn get_user(&self, id: UserId) -> StoreResult<Option<User>> {
-        self.find_user(id).await
-    }
-
-    async fn get_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
-        self.find_user_by_email(email).await
-    }
-
-    async fn update_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()> {
-        self.update_user_tx(user, events).await
-    }
-
-    async fn list_users(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<User>> {
-        self.find_users(after, limit).await
-    }
-
-    async fn count_users(&self) -> StoreResult<u64> {
-        self.users
-            .count_documents(Document::new())
-            .await
-            .map_err(map_err)
-    }
-
-    // --- refresh tokens ---
-
-    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
-        self.write_refresh_token(token).await
-    }
-
-    async fn get_refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
-        self.find_refresh_token(token_hash).await
-    }
-
-    async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<bool> {
-        self.mark_refresh_token_used(token_hash).await
-    }
-
-    async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()> {
-        self.revoke_refresh_tokens(doc! { "family_id": family_id })
-            .await
-    }
-
-    async fn revoke_user_refresh_tokens(&self, user: UserId) -> StoreResult<()> {
-        self.revoke_refresh_tokens(doc! { "user_id": user.to_string() })
-            .await
-    }
-
-    // --- API keys ---
-
-    async fn insert_api_key(&self, key: &ApiKey) -> StoreResult<()> {
-        self.write_api_key(key).await
-    }
-
-    async fn get_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
-        self.find_api_key_by_hash(key_hash).await
-    }
-
-    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
-        self.find_api_keys().await
-    }
-
-    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool> {
-        self.write_api_key_revoked(id, at).await
-    }
-
-    // --- the event log ---
-
-    async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>> {
-        self.find_unrelayed_events(limit).await
-    }
-
-    async fn mark_events_relayed(&self, ids: &[uuid::Uuid]) -> StoreResult<()> {
-        self.write_events_relayed(ids).await
-    }
-
-    async fn unrelayed_count(&self) -> StoreResult<u64> {
-        self.count_unrelayed_events().await
-    }
-
-    async fn events_after(
-        &self,
-        after: Option<uuid::Uuid>,
-        limit: usize,
-    ) -> StoreResult<Vec<EventEnvelope>> {
-        self.find_events_after(after, limit).await
-    }
-
-    async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {
-        self.delete_events_before(before).await
-    }
-
-    async fn relay_lease(&self, holder: &str, ttl: Duration) -> StoreResult<bool> {
-        self.take_relay_lease(holder, ttl).await
-    }
-
-    // --- devices ---
-
-    async fn insert_device(&self, device: &Device) -> StoreResult<()> {
-        self.insert_device_tx(device).await
-    }
-
-    async fn get_device(&self, id: DeviceId) -> StoreResult<Option<Device>> {
-        self.find_device(doc! { "_id": id.to_string() }).await
-    }
-
-    async fn get_device_by_token_hash(&self, token_hash: &str) -> StoreResult<Option<Device>> {
-        self.find_device(doc! { "token_hash": token_hash }).await
-    }
-
-    async fn list_devices(&self, user: Option<UserId>) -> StoreResult<Vec<Device>> {
-        self.find_devices(user).await
-    }
-
-    async fn revoke_device(&self, id: DeviceId, at: Timestamp) -> StoreResult<bool> {
-        self.revoke_device_tx(id, at).await
-    }
-
-    async fn set_device_last_upload(&self, id: DeviceId, at: Timestamp) -> StoreResult<()> {
-        self.write_device_last_upload(id, at).await
-    }
-
-    // --- incoming-call signals ---
-
-    async fn insert_call_signals(&self, signals: Vec<CallSignal>) -> StoreResult<()> {
-        self.write_call_signals(signals).await
-    }
-
-    async fn list_call_signals(
-        &self,
-        user: Option<UserId>,
-        since: Timestamp,
-        limit: usize,
-    ) -> StoreResult<Vec<CallSignal>> {
-        self.find_call_signals(user, since, limit).await
-    }
-
-    async fn delete_call_signals_before(&self, before: Timestamp) -> StoreResult<u64> {
-        self.delete_old_call_signals(before).await
     }
 }

@@ -11,7 +11,7 @@ use crate::email::Email;
 use crate::event::EventEnvelope;
 use crate::ids::{ApiKeyId, UserId};
 use crate::staff::{ApiKey, RefreshToken, User};
-use crate::store::{StoreError, StoreResult, Tx};
+use crate::store::{StaffStore, StoreError, StoreResult, Tx};
 use crate::time::{self, Timestamp};
 
 /// Inserts (`replace: false`) or replaces a user with its events.
@@ -52,11 +52,19 @@ impl Work for WriteUser<'_> {
 }
 
 impl MongoStore {
-    pub(super) async fn insert_user_tx(
-        &self,
-        user: &User,
-        events: &[EventEnvelope],
-    ) -> StoreResult<()> {
+    /// Revokes every refresh token matching `filter`.
+    async fn revoke_refresh_tokens(&self, filter: Document) -> StoreResult<()> {
+        self.refresh_tokens
+            .update_many(filter, doc! { "$set": { "revoked": true } })
+            .await
+            .map(|_| ())
+            .map_err(map_err)
+    }
+}
+
+#[async_trait]
+impl StaffStore for MongoStore {
+    async fn insert_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()> {
         self.run(&mut WriteUser {
             user,
             events,
@@ -65,20 +73,7 @@ impl MongoStore {
         .await
     }
 
-    pub(super) async fn update_user_tx(
-        &self,
-        user: &User,
-        events: &[EventEnvelope],
-    ) -> StoreResult<()> {
-        self.run(&mut WriteUser {
-            user,
-            events,
-            replace: true,
-        })
-        .await
-    }
-
-    pub(super) async fn find_user(&self, id: UserId) -> StoreResult<Option<User>> {
+    async fn get_user(&self, id: UserId) -> StoreResult<Option<User>> {
         let found = self
             .users
             .find_one(doc! { "_id": id.to_string() })
@@ -87,7 +82,7 @@ impl MongoStore {
         found.map(|d| from_doc(d, "id")).transpose()
     }
 
-    pub(super) async fn find_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
+    async fn get_user_by_email(&self, email: &Email) -> StoreResult<Option<User>> {
         let found = self
             .users
             .find_one(doc! { "email": encode(email)? })
@@ -96,11 +91,16 @@ impl MongoStore {
         found.map(|d| from_doc(d, "id")).transpose()
     }
 
-    pub(super) async fn find_users(
-        &self,
-        after: Option<UserId>,
-        limit: usize,
-    ) -> StoreResult<Vec<User>> {
+    async fn update_user(&self, user: &User, events: &[EventEnvelope]) -> StoreResult<()> {
+        self.run(&mut WriteUser {
+            user,
+            events,
+            replace: true,
+        })
+        .await
+    }
+
+    async fn list_users(&self, after: Option<UserId>, limit: usize) -> StoreResult<Vec<User>> {
         if limit == 0 {
             return Ok(Vec::new());
         }
@@ -118,9 +118,16 @@ impl MongoStore {
         collect(cursor, "id").await
     }
 
+    async fn count_users(&self) -> StoreResult<u64> {
+        self.users
+            .count_documents(Document::new())
+            .await
+            .map_err(map_err)
+    }
+
     // --- refresh tokens ---
 
-    pub(super) async fn write_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
+    async fn insert_refresh_token(&self, token: &RefreshToken) -> StoreResult<()> {
         let doc = to_doc(token, "token_hash")?;
         self.refresh_tokens
             .insert_one(doc)
@@ -129,10 +136,7 @@ impl MongoStore {
             .map_err(|e| map_conflict(e, "the refresh token exists"))
     }
 
-    pub(super) async fn find_refresh_token(
-        &self,
-        token_hash: &str,
-    ) -> StoreResult<Option<RefreshToken>> {
+    async fn get_refresh_token(&self, token_hash: &str) -> StoreResult<Option<RefreshToken>> {
         let found = self
             .refresh_tokens
             .find_one(doc! { "_id": token_hash })
@@ -141,7 +145,7 @@ impl MongoStore {
         found.map(|d| from_doc(d, "token_hash")).transpose()
     }
 
-    pub(super) async fn mark_refresh_token_used(&self, token_hash: &str) -> StoreResult<bool> {
+    async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<bool> {
         let result = self
             .refresh_tokens
             .update_one(
@@ -153,18 +157,19 @@ impl MongoStore {
         Ok(result.modified_count == 1)
     }
 
-    /// Revokes every refresh token matching `filter`.
-    pub(super) async fn revoke_refresh_tokens(&self, filter: Document) -> StoreResult<()> {
-        self.refresh_tokens
-            .update_many(filter, doc! { "$set": { "revoked": true } })
+    async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()> {
+        self.revoke_refresh_tokens(doc! { "family_id": family_id })
             .await
-            .map(|_| ())
-            .map_err(map_err)
+    }
+
+    async fn revoke_user_refresh_tokens(&self, user: UserId) -> StoreResult<()> {
+        self.revoke_refresh_tokens(doc! { "user_id": user.to_string() })
+            .await
     }
 
     // --- API keys ---
 
-    pub(super) async fn write_api_key(&self, key: &ApiKey) -> StoreResult<()> {
+    async fn insert_api_key(&self, key: &ApiKey) -> StoreResult<()> {
         let doc = to_doc(key, "id")?;
         self.api_keys
             .insert_one(doc)
@@ -173,7 +178,7 @@ impl MongoStore {
             .map_err(|e| map_conflict(e, "an API key with this id or hash exists"))
     }
 
-    pub(super) async fn find_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
+    async fn get_api_key_by_hash(&self, key_hash: &str) -> StoreResult<Option<ApiKey>> {
         let found = self
             .api_keys
             .find_one(doc! { "key_hash": key_hash })
@@ -182,7 +187,7 @@ impl MongoStore {
         found.map(|d| from_doc(d, "id")).transpose()
     }
 
-    pub(super) async fn find_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
+    async fn list_api_keys(&self) -> StoreResult<Vec<ApiKey>> {
         let cursor = self
             .api_keys
             .find(Document::new())
@@ -194,11 +199,7 @@ impl MongoStore {
 
     /// Sets `revoked_at` unless the key is revoked already: `true` when this
     /// call revoked it.
-    pub(super) async fn write_api_key_revoked(
-        &self,
-        id: ApiKeyId,
-        at: Timestamp,
-    ) -> StoreResult<bool> {
+    async fn revoke_api_key(&self, id: ApiKeyId, at: Timestamp) -> StoreResult<bool> {
         let result = self
             .api_keys
             .update_one(

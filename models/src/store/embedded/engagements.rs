@@ -1,0 +1,185 @@
+//! Engagements ([`EngagementStore`]): a timeline is a prefix scan of
+//! `engagements`; batches that wait for the write lock together share one
+//! transaction (`group_commit`).
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use redb::{Database, ReadableTable};
+
+use super::{
+    channel_code, customer_id, db_err, decode_engagement, encode_engagement, engagement_key,
+    read_customer, time_key, tx, write_customer, EmbeddedStore, EngagementKey, CUSTOMERS,
+    ENGAGEMENTS, ENGAGEMENT_IDS,
+};
+use crate::customer::ChannelCounts;
+use crate::engagement::{Channel, Engagement};
+use crate::event::{DomainEvent, EventEnvelope};
+use crate::ids::{CustomerId, EngagementId};
+use crate::store::{
+    EngagementCursor, EngagementFilter, EngagementInsert, EngagementStore, StoreResult,
+};
+use crate::time::Timestamp;
+
+/// Stores batches of engagements in one transaction, in order, with the
+/// per-customer counters and the `engagement.recorded` events (see
+/// [`GroupCommit`]): each batch's answers, one per engagement. An engagement
+/// for a merged customer goes to the customer it was merged into.
+///
+/// [`GroupCommit`]: crate::store::group_commit::GroupCommit
+pub(super) fn write_engagements(
+    db: &Database,
+    batches: &[Vec<Engagement>],
+) -> StoreResult<Vec<Vec<EngagementInsert>>> {
+    let txn = db.begin_write().map_err(db_err)?;
+    let owners = tx::owners_now(&txn, batches)?;
+    let mut out = Vec::with_capacity(batches.len());
+    // Per customer: counts to add, the latest occurred_at, the latest recorded_at.
+    let mut totals: HashMap<u128, (ChannelCounts, Timestamp, Timestamp)> = HashMap::new();
+    let mut events = Vec::new();
+    {
+        let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+        let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+        for items in batches {
+            let mut results = Vec::with_capacity(items.len());
+            for e in items {
+                let id = e.id.0.as_u128();
+                let existing = ids.get(id).map_err(db_err)?.map(|g| g.value());
+                if let Some((owner, _, _)) = existing {
+                    results.push(EngagementInsert::Duplicate {
+                        customer_id: customer_id(owner),
+                    });
+                    continue;
+                }
+                let named = e.customer_id.0.as_u128();
+                let owner = owners.get(&named).copied().unwrap_or(named);
+                let mut e = e.clone();
+                e.customer_id = customer_id(owner);
+                let key = engagement_key(e.customer_id, &e.occurred_at, e.id);
+                let bytes = encode_engagement(&e)?;
+                engagements.insert(key, bytes.as_slice()).map_err(db_err)?;
+                ids.insert(id, key).map_err(db_err)?;
+                let total = totals.entry(owner).or_insert((
+                    ChannelCounts::default(),
+                    e.occurred_at,
+                    e.recorded_at,
+                ));
+                *total.0.get_mut(e.channel()) += 1;
+                total.1 = total.1.max(e.occurred_at);
+                total.2 = total.2.max(e.recorded_at);
+                events.push(EventEnvelope::about(
+                    e.customer_id,
+                    DomainEvent::engagement_recorded(&e),
+                ));
+                results.push(EngagementInsert::Created);
+            }
+            out.push(results);
+        }
+    }
+    for (cid, (mut added, latest, recorded)) in totals {
+        let stored = {
+            let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+            read_customer(&customers, cid)?
+        };
+        // An engagement for a missing customer is kept, uncounted.
+        let Some(stored) = stored else {
+            continue;
+        };
+        let mut c = stored.clone();
+        for channel in Channel::ALL {
+            *c.counts.get_mut(channel) += *added.get_mut(channel);
+        }
+        c.last_engagement_at = Some(match c.last_engagement_at {
+            Some(t) if t > latest => t,
+            _ => latest,
+        });
+        c.updated_at = c.updated_at.max(recorded);
+        write_customer(&txn, Some(&stored), &c)?;
+    }
+    tx::append_events(&txn, &events)?;
+    txn.commit().map_err(db_err)?;
+    Ok(out)
+}
+
+#[async_trait]
+impl EngagementStore for EmbeddedStore {
+    async fn insert_engagements(&self, items: &[Engagement]) -> StoreResult<Vec<EngagementInsert>> {
+        if items.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.engagement_writes
+            .submit(&self.db, items.to_vec())
+            .await
+    }
+
+    async fn get_engagement(&self, id: EngagementId) -> StoreResult<Option<Engagement>> {
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+            let Some(key) = ids.get(id.0.as_u128()).map_err(db_err)?.map(|g| g.value()) else {
+                return Ok(None);
+            };
+            let engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+            match engagements.get(key).map_err(db_err)? {
+                Some(bytes) => decode_engagement(bytes.value()).map(Some),
+                None => Ok(None),
+            }
+        })
+        .await
+    }
+
+    async fn list_engagements(
+        &self,
+        customer: CustomerId,
+        filter: &EngagementFilter,
+        after: Option<EngagementCursor>,
+        limit: usize,
+    ) -> StoreResult<Vec<Engagement>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let filter = filter.clone();
+        self.run(move |db| {
+            let cid = customer.0.as_u128();
+            let wanted = filter.channel.map(channel_code);
+            // occurred_at < until  <=>  newest-first time > !time_key(until)
+            let until = filter.until.map(|t| !time_key(&t));
+            // occurred_at >= since <=>  newest-first time <= !time_key(since)
+            let since = filter.since.map(|t| !time_key(&t));
+            let cursor = after.map(|c| engagement_key(customer, &c.occurred_at, c.id));
+            let mut start: EngagementKey = (cid, 0, 0);
+            if let Some(u) = until {
+                start = start.max((cid, u, 0));
+            }
+            if let Some(c) = cursor {
+                start = start.max(c);
+            }
+            let txn = db.begin_read().map_err(db_err)?;
+            let engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+            let mut out = Vec::new();
+            for entry in engagements
+                .range(start..=(cid, u64::MAX, u128::MAX))
+                .map_err(db_err)?
+            {
+                let (k, v) = entry.map_err(db_err)?;
+                let key = k.value();
+                if since.is_some_and(|s| key.1 > s) {
+                    break;
+                }
+                if until.is_some_and(|u| key.1 <= u) || cursor.is_some_and(|c| key <= c) {
+                    continue;
+                }
+                let bytes = v.value();
+                if wanted.is_some_and(|w| bytes.first() != Some(&w)) {
+                    continue;
+                }
+                out.push(decode_engagement(bytes)?);
+                if out.len() >= limit {
+                    break;
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
