@@ -419,7 +419,10 @@ pub async fn engagements_for_a_merged_customer_land_on_its_survivor(store: Arc<d
     let (a, b) = merge_setup(&crm).await;
     crm.merge_customers(a.id, &[b.id], "u1").await.unwrap();
     let late = sms(b.id, time::now());
-    let results = store.insert_engagements(std::slice::from_ref(&late)).await.unwrap();
+    let results = store
+        .insert_engagements(std::slice::from_ref(&late))
+        .await
+        .unwrap();
     assert_eq!(results, vec![EngagementInsert::Created]);
     let stored = store.get_engagement(late.id).await.unwrap().unwrap();
     assert_eq!(stored.customer_id, a.id);
