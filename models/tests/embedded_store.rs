@@ -231,3 +231,69 @@ async fn call_signals_between_durable_commits_are_read_at_once_and_kept_by_a_cle
         "closing the store keeps the signals of non-durable commits"
     );
 }
+
+/// After an erasure and a restart, the file holds none of the person's data:
+/// not in the tables, and not in pages the erasure freed (the store compacts
+/// the file at the first start after an erasure).
+#[tokio::test]
+async fn an_erased_person_is_gone_from_the_file_after_a_restart() {
+    use crm_models::service::{Crm, CustomerInput, EngagementTarget, NewEngagement};
+    use std::sync::Arc;
+
+    const PERSONAL: [&str; 5] = [
+        "Zyxwvut",
+        "Plonkett",
+        "zyx.plonkett",
+        "91234567",
+        "unmistakable-body-phrase",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("crm.redb");
+    let contains = |needle: &str| {
+        let bytes = std::fs::read(&file).unwrap();
+        bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+    };
+    {
+        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let crm = Crm::new(store);
+        let phone = Identifier::Phone(PhoneNumber::parse("+6591234567", None).unwrap());
+        let (c, _) = crm
+            .create_customer(CustomerInput {
+                name: Some("Zyxwvut Plonkett".into()),
+                identifiers: vec![
+                    phone.clone(),
+                    Identifier::Email(Email::parse("zyx.plonkett@erase.example").unwrap()),
+                ],
+                status: None,
+            })
+            .await
+            .unwrap();
+        crm.record_engagement(NewEngagement {
+            target: EngagementTarget::Customer(c.id),
+            occurred_at: time::now(),
+            source: Source::default(),
+            detail: EngagementDetail::Sms {
+                direction: Direction::Inbound,
+                body: "unmistakable-body-phrase".into(),
+            },
+        })
+        .await
+        .unwrap();
+        // Other customers keep the file busy, as in a real store.
+        for i in 0..50 {
+            crm.create_customer(CustomerInput {
+                name: Some(format!("Other {i}")),
+                identifiers: vec![],
+                status: None,
+            })
+            .await
+            .unwrap();
+        }
+        assert!(PERSONAL.iter().all(|p| contains(p)), "written to the file");
+        crm.delete_customer(c.id).await.unwrap();
+    }
+    // The first start after the erasure compacts the file.
+    drop(EmbeddedStore::open(dir.path()).unwrap());
+    let left: Vec<&str> = PERSONAL.iter().copied().filter(|p| contains(p)).collect();
+    assert!(left.is_empty(), "still in the file: {left:?}");
+}

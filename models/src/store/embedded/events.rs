@@ -4,7 +4,7 @@
 use std::ops::Bound;
 
 use async_trait::async_trait;
-use redb::{ReadableTable, ReadableTableMetadata};
+use redb::{Durability, ReadableTable, ReadableTableMetadata};
 use uuid::Uuid;
 
 use super::{db_err, decode, tx, EmbeddedStore, DELETE_CHUNK};
@@ -37,7 +37,12 @@ impl EventLogStore for EmbeddedStore {
         }
         let ids = ids.to_vec();
         self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
+            let mut txn = db.begin_write().map_err(db_err)?;
+            // Not synced on its own: the next durable commit of any write
+            // takes it to disk. A crash before that relays these events
+            // again, which consumers take in their stride (they apply events
+            // idempotently); a sync per relayed batch would cost more.
+            txn.set_durability(Durability::None);
             {
                 let mut unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
                 for id in ids {

@@ -139,7 +139,7 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
-        let db = Database::create(&path).map_err(|e| match e {
+        let mut db = Database::create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
                 "the data directory {} is in use by another crm-api process",
                 dir.display()
@@ -154,6 +154,7 @@ impl EmbeddedStore {
         let txn = db.begin_write().map_err(db_err)?;
         open_all_tables(&txn)?;
         txn.commit().map_err(db_err)?;
+        tx::compact_after_erasure(&mut db)?;
         Ok(EmbeddedStore {
             db: Arc::new(db),
             path,
@@ -226,6 +227,7 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
     txn.open_table(tx::EVENTS).map_err(db_err)?;
     txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
+    txn.open_table(tx::META).map_err(db_err)?;
     txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
     txn.open_table(MERGES).map_err(db_err)?;
     txn.open_table(MERGES_BY_CUSTOMER).map_err(db_err)?;

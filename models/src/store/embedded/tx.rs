@@ -36,6 +36,46 @@ use crate::time::Timestamp;
 pub(super) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
 pub(super) const EVENTS_UNRELAYED: TableDefinition<u128, ()> =
     TableDefinition::new("events_unrelayed");
+/// Flags kept with the data: `erased` is set by an erasure and cleared by the
+/// compaction that follows it.
+pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ERASED: &str = "erased";
+
+/// After an erasure, compacts the file when the store opens (redb keeps the
+/// bytes of freed pages until it reuses them; compaction rewrites the file
+/// without them), so that no copy of an erased person stays on disk. Needs
+/// the database to itself, which only opening gives.
+pub(super) fn compact_after_erasure(db: &mut redb::Database) -> StoreResult<()> {
+    let erased = {
+        let txn = db.begin_read().map_err(db_err)?;
+        let meta = txn.open_table(META).map_err(db_err)?;
+        let flag = meta.get(ERASED).map_err(db_err)?.map(|g| g.value());
+        flag.unwrap_or(0) > 0
+    };
+    if !erased {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    db.compact().map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot compact the embedded store after an erasure: {}",
+            e.to_string().to_lowercase()
+        ))
+    })?;
+    let txn = db.begin_write().map_err(db_err)?;
+    txn.open_table(META)
+        .map_err(db_err)?
+        .remove(ERASED)
+        .map_err(db_err)?;
+    txn.commit().map_err(db_err)?;
+    // Compaction frees the pages the flag's own removal left behind only on
+    // the next run; those hold no personal data.
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f64(),
+        "embedded store compacted after an erasure"
+    );
+    Ok(())
+}
 
 /// Appends events to the log in this transaction, with ids in commit order.
 pub(super) fn append_events(txn: &WriteTransaction, events: &[EventEnvelope]) -> StoreResult<()> {
@@ -377,6 +417,13 @@ impl Tx for RedbTx {
         let Some(customer) = self.customer_now(cid)? else {
             return Ok(None);
         };
+        // Freed pages keep their bytes until compaction: the next open
+        // compacts the file.
+        self.txn
+            .open_table(META)
+            .map_err(db_err)?
+            .insert(ERASED, 1)
+            .map_err(db_err)?;
         let mut erased = Erased::default();
         self.txn
             .open_table(CUSTOMERS)
