@@ -1,7 +1,7 @@
-//! The event stream: where domain events go after the store accepted a write,
-//! and where the indexer reads them back.
+//! The event stream: where the relay ([`crate::relay`]) puts the domain events
+//! the store committed, and where the indexer reads them back.
 //!
-//! [`EventStream`] is the publishing side the domain service uses. [`EventLog`]
+//! [`EventStream`] is the publishing side the relay uses. [`EventLog`]
 //! adds the consuming side with Redis Streams consumer-group semantics, so one
 //! worker serves both deployments: in embedded mode the log is in-process
 //! ([`MemoryEventStream`]); with Redis it is the `crm:events` stream (the
@@ -33,7 +33,8 @@ pub enum EventError {
 
 #[async_trait]
 pub trait EventStream: Send + Sync + 'static {
-    /// Appends the events in order. Called after the store write succeeded.
+    /// Appends the events in order. Called by the relay with events the
+    /// store committed.
     async fn publish(&self, events: Vec<EventEnvelope>) -> Result<(), EventError>;
 }
 

@@ -201,13 +201,17 @@ async fn patch_customer(
     Ok(ApiJson(state.crm.patch_customer(id, patch).await?))
 }
 
-/// Erases the customer with its identities and engagements (a right-to-erasure request).
+/// Erases the person (a right-to-erasure request): the customer and every
+/// customer merged into it, with their identities, engagements, call
+/// signals, suggestions and the merge records that name them, in one
+/// transaction; `customer.erased` carries only ids.
 #[utoipa::path(
     delete, path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path, description = "Customer id")),
     responses(
         (status = 204, description = "Erased"),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`merge_refused`: the id was merged into another customer; erase that one", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn delete_customer(
