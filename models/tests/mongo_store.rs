@@ -9,7 +9,7 @@
 mod support;
 
 use crm_models::store::mongo::MongoStore;
-use crm_models::store::{Store, StoreError};
+use crm_models::store::{EventLogStore, Store, StoreError};
 use support::TestMongo;
 
 // --- connecting ---
@@ -53,4 +53,30 @@ async fn an_unreachable_server_is_unavailable() {
         MongoStore::connect("not a uri", "crm").await,
         Err(StoreError::Unavailable(_))
     ));
+}
+
+// --- the relay lease ---
+
+/// Several crm-api instances share one database: one relay publishes at a
+/// time, and another takes over once the holder's lease runs out.
+#[tokio::test]
+async fn one_relay_holds_the_lease_until_it_runs_out() {
+    use std::time::{Duration, Instant};
+    let db = TestMongo::new().await;
+    let long = Duration::from_secs(60);
+    assert!(db.relay_lease("a", long).await.unwrap());
+    assert!(!db.relay_lease("b", long).await.unwrap(), "a holds it");
+    assert!(db.relay_lease("a", long).await.unwrap(), "the holder renews");
+    // A lease that runs out at once is free for the next relay.
+    assert!(db.relay_lease("a", Duration::ZERO).await.unwrap());
+    let started = Instant::now();
+    while !db.relay_lease("b", long).await.unwrap() {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "b never got the lease a let run out"
+        );
+        tokio::task::yield_now().await;
+    }
+    assert!(!db.relay_lease("a", long).await.unwrap(), "now b holds it");
+    db.cleanup().await;
 }
