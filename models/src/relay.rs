@@ -25,7 +25,7 @@ use crate::store::{Store, StoreError};
 use crate::time;
 
 /// Events read and published per round.
-pub const BATCH: usize = 512;
+pub const BATCH: usize = 4096;
 /// How often an idle relay looks at the log without being woken.
 pub const POLL: Duration = Duration::from_millis(100);
 /// The longest pause between attempts while the stream is down.

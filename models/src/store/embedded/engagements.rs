@@ -32,7 +32,7 @@ pub(super) fn write_engagements(
     batches: &[Vec<Engagement>],
 ) -> StoreResult<Vec<Vec<EngagementInsert>>> {
     let txn = db.begin_write().map_err(db_err)?;
-    let owners = tx::owners_now(&txn, batches)?;
+    let (owners, mut stored_customers) = tx::owners_now(&txn, batches)?;
     let mut out = Vec::with_capacity(batches.len());
     // Per customer: counts to add, the latest occurred_at, the latest recorded_at.
     let mut totals: HashMap<u128, (ChannelCounts, Timestamp, Timestamp)> = HashMap::new();
@@ -77,9 +77,12 @@ pub(super) fn write_engagements(
         }
     }
     for (cid, (mut added, latest, recorded)) in totals {
-        let stored = {
-            let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-            read_customer(&customers, cid)?
+        let stored = match stored_customers.remove(&cid) {
+            Some(c) => Some(c),
+            None => {
+                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+                read_customer(&customers, cid)?
+            }
         };
         // An engagement for a missing customer is kept, uncounted.
         let Some(stored) = stored else {

@@ -4,7 +4,7 @@
 use std::ops::Bound;
 
 use async_trait::async_trait;
-use redb::{Durability, ReadableTable, ReadableTableMetadata};
+use redb::{Durability, ReadableTable};
 use uuid::Uuid;
 
 use super::{db_err, decode, tx, EmbeddedStore, DELETE_CHUNK};
@@ -17,16 +17,8 @@ impl EventLogStore for EmbeddedStore {
     async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>> {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
-            let unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
-            let log = txn.open_table(tx::EVENTS).map_err(db_err)?;
-            let mut out = Vec::new();
-            for entry in unrelayed.iter().map_err(db_err)?.take(limit) {
-                let id = entry.map_err(db_err)?.0.value();
-                if let Some(bytes) = log.get(id).map_err(db_err)? {
-                    out.push(decode("event", bytes.value()).map_err(tx::corrupt_event)?);
-                }
-            }
-            Ok(out)
+            let cursor = relayed_through(&txn.open_table(tx::EVENT_CURSORS).map_err(db_err)?)?;
+            read_after(&txn.open_table(tx::EVENTS).map_err(db_err)?, cursor, limit)
         })
         .await
     }
@@ -44,9 +36,15 @@ impl EventLogStore for EmbeddedStore {
             // idempotently); a sync per relayed batch would cost more.
             txn.set_durability(Durability::None);
             {
-                let mut unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
-                for id in ids {
-                    unrelayed.remove(id.as_u128()).map_err(db_err)?;
+                // The relay marks what it read, in order: the cursor moves
+                // to the newest (never back).
+                let mut cursors = txn.open_table(tx::EVENT_CURSORS).map_err(db_err)?;
+                let newest = ids.iter().map(|id| id.as_u128()).max().unwrap_or(0);
+                let cursor = relayed_through(&cursors)?.unwrap_or(0);
+                if newest > cursor {
+                    cursors
+                        .insert(tx::RELAYED_THROUGH, newest)
+                        .map_err(db_err)?;
                 }
             }
             txn.commit().map_err(db_err)
@@ -57,8 +55,14 @@ impl EventLogStore for EmbeddedStore {
     async fn unrelayed_count(&self) -> StoreResult<u64> {
         self.run(|db| {
             let txn = db.begin_read().map_err(db_err)?;
-            let unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
-            unrelayed.len().map_err(db_err)
+            let cursor = relayed_through(&txn.open_table(tx::EVENT_CURSORS).map_err(db_err)?)?;
+            let log = txn.open_table(tx::EVENTS).map_err(db_err)?;
+            let mut n = 0u64;
+            for entry in log.range::<u128>(after(cursor)).map_err(db_err)? {
+                entry.map_err(db_err)?;
+                n += 1;
+            }
+            Ok(n)
         })
         .await
     }
@@ -71,20 +75,7 @@ impl EventLogStore for EmbeddedStore {
         self.run(move |db| {
             let txn = db.begin_read().map_err(db_err)?;
             let log = txn.open_table(tx::EVENTS).map_err(db_err)?;
-            let start: Bound<u128> = match after {
-                Some(a) => Bound::Excluded(a.as_u128()),
-                None => Bound::Unbounded,
-            };
-            let mut out = Vec::new();
-            for entry in log
-                .range::<u128>((start, Bound::Unbounded))
-                .map_err(db_err)?
-                .take(limit)
-            {
-                let (_, v) = entry.map_err(db_err)?;
-                out.push(decode("event", v.value()).map_err(tx::corrupt_event)?);
-            }
-            Ok(out)
+            read_after(&log, after.map(|a| a.as_u128()), limit)
         })
         .await
     }
@@ -95,19 +86,19 @@ impl EventLogStore for EmbeddedStore {
             let mut pruned = 0u64;
             {
                 let mut log = txn.open_table(tx::EVENTS).map_err(db_err)?;
-                let unrelayed = txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
+                let cursor = relayed_through(&txn.open_table(tx::EVENT_CURSORS).map_err(db_err)?)?
+                    .unwrap_or(0);
                 let mut gone = Vec::new();
                 // Ids are in commit order, so the old ones come first.
                 for entry in log.iter().map_err(db_err)?.take(DELETE_CHUNK) {
                     let (k, v) = entry.map_err(db_err)?;
                     let event: EventEnvelope =
                         decode("event", v.value()).map_err(tx::corrupt_event)?;
-                    if event.occurred_at >= before {
+                    // Unrelayed events stay whatever their age.
+                    if event.occurred_at >= before || k.value() > cursor {
                         break;
                     }
-                    if unrelayed.get(k.value()).map_err(db_err)?.is_none() {
-                        gone.push(k.value());
-                    }
+                    gone.push(k.value());
                 }
                 for id in gone {
                     log.remove(id).map_err(db_err)?;
@@ -124,4 +115,38 @@ impl EventLogStore for EmbeddedStore {
         // One process holds the file, so its relay is the only one.
         Ok(true)
     }
+}
+
+/// The id of the last event relayed, if any.
+fn relayed_through(cursors: &impl ReadableTable<&'static str, u128>) -> StoreResult<Option<u128>> {
+    Ok(cursors
+        .get(tx::RELAYED_THROUGH)
+        .map_err(db_err)?
+        .map(|g| g.value()))
+}
+
+/// The range of ids strictly after `cursor` (all of them for `None`).
+fn after(cursor: Option<u128>) -> (Bound<u128>, Bound<u128>) {
+    match cursor {
+        Some(c) => (Bound::Excluded(c), Bound::Unbounded),
+        None => (Bound::Unbounded, Bound::Unbounded),
+    }
+}
+
+/// Up to `limit` events after `cursor`, in id order.
+fn read_after(
+    log: &impl ReadableTable<u128, &'static [u8]>,
+    cursor: Option<u128>,
+    limit: usize,
+) -> StoreResult<Vec<EventEnvelope>> {
+    let mut out = Vec::new();
+    for entry in log
+        .range::<u128>(after(cursor))
+        .map_err(db_err)?
+        .take(limit)
+    {
+        let (_, v) = entry.map_err(db_err)?;
+        out.push(decode("event", v.value()).map_err(tx::corrupt_event)?);
+    }
+    Ok(out)
 }

@@ -226,7 +226,7 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(API_KEYS).map_err(db_err)?;
     txn.open_table(API_KEYS_BY_HASH).map_err(db_err)?;
     txn.open_table(tx::EVENTS).map_err(db_err)?;
-    txn.open_table(tx::EVENTS_UNRELAYED).map_err(db_err)?;
+    txn.open_table(tx::EVENT_CURSORS).map_err(db_err)?;
     txn.open_table(tx::META).map_err(db_err)?;
     txn.open_table(IDENTITIES_SHARED).map_err(db_err)?;
     txn.open_table(MERGES).map_err(db_err)?;

@@ -6,11 +6,13 @@
 //! serialises write transactions, so two works never interleave and there is
 //! nothing to retry.
 //!
-//! The event log is two tables: `events` (id → envelope JSON) and
-//! `events_unrelayed` (id → ()). An event's id is re-stamped when it is
-//! appended, inside the write transaction, to be larger than every id before
-//! it: ids are then in commit order, so a reader that pages through the log
-//! by id never skips an event that committed late.
+//! The event log is the table `events` (id → envelope JSON) and a cursor,
+//! the id of the last event relayed (`event_cursors`). An event's id is
+//! re-stamped when it is appended, inside the write transaction, to be
+//! larger than every id before it: ids are then in commit order, so the
+//! relay's cursor splits the log into relayed and unrelayed events, and a
+//! reader that pages through the log by id never skips an event that
+//! committed late.
 
 use std::collections::{HashMap, HashSet};
 
@@ -34,8 +36,11 @@ use crate::store::{Claim, StoreError, StoreResult};
 use crate::time::Timestamp;
 
 pub(super) const EVENTS: TableDefinition<u128, &[u8]> = TableDefinition::new("events");
-pub(super) const EVENTS_UNRELAYED: TableDefinition<u128, ()> =
-    TableDefinition::new("events_unrelayed");
+/// `relayed_through` → the id of the last event relayed: ids are in commit
+/// order and one relay reads them in order, so everything after it is
+/// unrelayed.
+pub(super) const EVENT_CURSORS: TableDefinition<&str, u128> = TableDefinition::new("event_cursors");
+pub(super) const RELAYED_THROUGH: &str = "relayed_through";
 /// Flags kept with the data: `erased` is set by an erasure and cleared by the
 /// compaction that follows it.
 pub(super) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
@@ -83,7 +88,6 @@ pub(super) fn append_events(txn: &WriteTransaction, events: &[EventEnvelope]) ->
         return Ok(());
     }
     let mut log = txn.open_table(EVENTS).map_err(db_err)?;
-    let mut unrelayed = txn.open_table(EVENTS_UNRELAYED).map_err(db_err)?;
     let mut last = log
         .last()
         .map_err(db_err)?
@@ -100,30 +104,32 @@ pub(super) fn append_events(txn: &WriteTransaction, events: &[EventEnvelope]) ->
         stored.id = Uuid::from_u128(id);
         let bytes = encode("event", &stored)?;
         log.insert(id, bytes.as_slice()).map_err(db_err)?;
-        unrelayed.insert(id, ()).map_err(db_err)?;
     }
     Ok(())
 }
 
 /// Follows `merged_into` from `id` to the customer that holds its records
 /// now (at most `MAX_HOPS` steps); `id` itself when it is not merged or gone.
+/// Returns it with the customer as stored (`None` when gone).
 pub(super) fn survivor_of(
     customers: &impl ReadableTable<u128, &'static [u8]>,
     id: u128,
-) -> StoreResult<u128> {
+) -> StoreResult<(u128, Option<Customer>)> {
     const MAX_HOPS: usize = 32;
     let mut at = id;
+    let mut found = None;
     for _ in 0..MAX_HOPS {
-        match read_customer(customers, at)? {
+        found = read_customer(customers, at)?;
+        match &found {
             Some(Customer {
                 merged_into: Some(next),
                 status: crate::customer::CustomerStatus::Merged,
                 ..
             }) if next.0.as_u128() != at => at = next.0.as_u128(),
-            _ => return Ok(at),
+            _ => return Ok((at, found)),
         }
     }
-    Ok(at)
+    Ok((at, found))
 }
 
 /// The keys a customer owns, sorted.
@@ -473,20 +479,27 @@ impl Tx for RedbTx {
 }
 
 /// Where each engagement of a batch goes: the customer it names, or the one
-/// that customer was merged into. One lookup per customer.
+/// that customer was merged into; with those customers as stored, so that
+/// the counters are raised without reading them again. One lookup per
+/// customer.
 pub(super) fn owners_now(
     txn: &WriteTransaction,
     batches: &[Vec<Engagement>],
-) -> StoreResult<HashMap<u128, u128>> {
+) -> StoreResult<(HashMap<u128, u128>, HashMap<u128, Customer>)> {
     let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-    let mut out = HashMap::new();
+    let mut owners = HashMap::new();
+    let mut stored = HashMap::new();
     for e in batches.iter().flatten() {
         let cid = e.customer_id.0.as_u128();
-        if let std::collections::hash_map::Entry::Vacant(v) = out.entry(cid) {
-            v.insert(survivor_of(&customers, cid)?);
+        if let std::collections::hash_map::Entry::Vacant(v) = owners.entry(cid) {
+            let (owner, customer) = survivor_of(&customers, cid)?;
+            v.insert(owner);
+            if let Some(customer) = customer {
+                stored.insert(owner, customer);
+            }
         }
     }
-    Ok(out)
+    Ok((owners, stored))
 }
 
 /// An error for an event record that does not decode.
