@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use redb::{Durability, ReadableTable};
 use uuid::Uuid;
 
-use super::{db_err, decode, tx, EmbeddedStore, DELETE_CHUNK};
+use super::{db_err, tx, EmbeddedStore, DELETE_CHUNK};
 use crate::event::EventEnvelope;
 use crate::store::{EventLogStore, StoreResult};
 use crate::time::Timestamp;
@@ -92,8 +92,7 @@ impl EventLogStore for EmbeddedStore {
                 // Ids are in commit order, so the old ones come first.
                 for entry in log.iter().map_err(db_err)?.take(DELETE_CHUNK) {
                     let (k, v) = entry.map_err(db_err)?;
-                    let event: EventEnvelope =
-                        decode("event", v.value()).map_err(tx::corrupt_event)?;
+                    let event = tx::decode_event(k.value(), v.value())?;
                     // Unrelayed events stay whatever their age.
                     if event.occurred_at >= before || k.value() > cursor {
                         break;
@@ -145,8 +144,8 @@ fn read_after(
         .map_err(db_err)?
         .take(limit)
     {
-        let (_, v) = entry.map_err(db_err)?;
-        out.push(decode("event", v.value()).map_err(tx::corrupt_event)?);
+        let (k, v) = entry.map_err(db_err)?;
+        out.push(tx::decode_event(k.value(), v.value())?);
     }
     Ok(out)
 }

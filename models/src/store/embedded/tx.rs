@@ -100,12 +100,41 @@ pub(super) fn append_events(txn: &WriteTransaction, events: &[EventEnvelope]) ->
             .max(Uuid::now_v7().as_u128())
             .max(last + 1);
         last = id;
-        let mut stored = event.clone();
-        stored.id = Uuid::from_u128(id);
-        let bytes = encode("event", &stored)?;
+        let bytes = encode(
+            "event",
+            &StoredEvent {
+                t: event.occurred_at.timestamp_micros(),
+                c: event.customer_id,
+                e: &event.event,
+            },
+        )?;
         log.insert(id, bytes.as_slice()).map_err(db_err)?;
     }
     Ok(())
+}
+
+/// An event as the log keeps it: the id is the key; the time in
+/// microseconds. Plain fields decode several times faster than the public
+/// envelope's flattened form, and the relay decodes every event.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StoredEvent<E> {
+    t: i64,
+    c: Option<CustomerId>,
+    e: E,
+}
+
+/// The envelope of the event stored under `id`.
+pub(super) fn decode_event(id: u128, bytes: &[u8]) -> StoreResult<EventEnvelope> {
+    let stored: StoredEvent<crate::event::DomainEvent> =
+        decode("event", bytes).map_err(corrupt_event)?;
+    let occurred_at = chrono::DateTime::from_timestamp_micros(stored.t)
+        .ok_or_else(|| corrupt_event(StoreError::Internal("event time out of range".into())))?;
+    Ok(EventEnvelope {
+        id: Uuid::from_u128(id),
+        occurred_at,
+        customer_id: stored.c,
+        event: stored.e,
+    })
 }
 
 /// Follows `merged_into` from `id` to the customer that holds its records
