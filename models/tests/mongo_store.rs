@@ -66,7 +66,10 @@ async fn one_relay_holds_the_lease_until_it_runs_out() {
     let long = Duration::from_secs(60);
     assert!(db.relay_lease("a", long).await.unwrap());
     assert!(!db.relay_lease("b", long).await.unwrap(), "a holds it");
-    assert!(db.relay_lease("a", long).await.unwrap(), "the holder renews");
+    assert!(
+        db.relay_lease("a", long).await.unwrap(),
+        "the holder renews"
+    );
     // A lease that runs out at once is free for the next relay.
     assert!(db.relay_lease("a", Duration::ZERO).await.unwrap());
     let started = Instant::now();
