@@ -75,7 +75,9 @@ impl WorkerConfig {
             max_attempts: 5,
             claim_interval: Duration::from_secs(5),
             min_idle: Duration::from_secs(30),
-            max_backoff: Duration::from_secs(30),
+            // As the relay's: after an outage the index follows within
+            // seconds of the events reaching the stream.
+            max_backoff: Duration::from_secs(2),
         }
     }
 }
