@@ -57,16 +57,9 @@ where
 }
 
 async fn pending_events(app: &TestApp) -> u64 {
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    ready["events_pending"].as_u64().unwrap_or(u64::MAX)
+    app.readyz().await["events_pending"]
+        .as_u64()
+        .unwrap_or(u64::MAX)
 }
 
 /// Writes the person (two customers merged into one, with an SMS), checks

@@ -159,15 +159,7 @@ async fn writer(w: usize, address: String, token: String, shared: Arc<Shared>) {
 }
 
 async fn readyz(app: &TestApp) -> Value {
-    let r = app
-        .client
-        .get(app.url("/readyz"))
-        .timeout(Duration::from_secs(10))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::OK, "/readyz");
-    r.json().await.unwrap()
+    app.readyz().await
 }
 
 /// Polls `done` every 50 ms until it holds; panics with `what` after `limit`.

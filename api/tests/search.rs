@@ -204,15 +204,7 @@ async fn search_and_caller_id_with_redis() {
         c.redis_prefix = prefix;
     })
     .await;
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let ready = app.readyz().await;
     assert_eq!(ready["index"], "redis");
     assert_eq!(ready["status"], "ready");
     search_and_lookup(app).await;

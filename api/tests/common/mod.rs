@@ -91,6 +91,18 @@ impl TestApp {
         format!("{}{}", self.address, path)
     }
 
+    /// `GET /readyz`, which must answer 200, as JSON.
+    pub async fn readyz(&self) -> Value {
+        let response = self
+            .client
+            .get(self.url("/readyz"))
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .expect("/readyz answers");
+        expect_json(response, StatusCode::OK).await
+    }
+
     /// Any request; `token` goes in `Authorization: Bearer`.
     pub async fn request(
         &self,
