@@ -14,6 +14,7 @@
 //! - [`store`]: the store trait and its adapters (`embedded` redb, `mongo`).
 //! - [`linking`]: merge records, suggestions and the linking policy.
 //! - [`service`]: the operations handlers call ([`service::Crm`]).
+//! - [`problem`]: the error-code table and the problem document of the HTTP API.
 
 pub mod customer;
 pub mod device;
@@ -25,6 +26,7 @@ pub mod ids;
 pub mod linking;
 pub mod names;
 pub mod phone;
+pub mod problem;
 pub mod relay;
 pub mod service;
 pub mod staff;
