@@ -68,9 +68,69 @@ pub struct ApiKey {
     /// The first characters of the key, to recognise it in a list.
     pub prefix: String,
     pub role: Role,
+    /// What the key may write. Keys stored before scopes existed have
+    /// [`KeyScope::DEFAULT`].
+    #[serde(default = "KeyScope::default_scopes")]
+    pub scopes: Vec<KeyScope>,
     pub created_by: UserId,
     #[serde(with = "time::rfc3339")]
     pub created_at: Timestamp,
     #[serde(default, with = "time::rfc3339_option")]
     pub revoked_at: Option<Timestamp>,
+}
+
+/// What an API key may write. Keys write evidence and read nothing, whatever
+/// their scopes.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
+pub enum KeyScope {
+    /// `POST /v1/track`: web page views.
+    #[serde(rename = "track")]
+    Track,
+    /// `POST /v1/engagements` and `/v1/engagements/batch`.
+    #[serde(rename = "engagements")]
+    Engagements,
+    /// `POST /v1/customers`: create or link customers by identifier.
+    #[serde(rename = "customers:write")]
+    CustomersWrite,
+}
+
+impl KeyScope {
+    pub const ALL: [KeyScope; 3] = [
+        KeyScope::Track,
+        KeyScope::Engagements,
+        KeyScope::CustomersWrite,
+    ];
+    /// The scopes of a key created without any named, and of keys stored
+    /// before scopes existed: evidence only (`track`, `engagements`).
+    pub const DEFAULT: [KeyScope; 2] = [KeyScope::Track, KeyScope::Engagements];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyScope::Track => "track",
+            KeyScope::Engagements => "engagements",
+            KeyScope::CustomersWrite => "customers:write",
+        }
+    }
+
+    pub fn default_scopes() -> Vec<KeyScope> {
+        KeyScope::DEFAULT.to_vec()
+    }
+}
+
+impl std::fmt::Display for KeyScope {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }

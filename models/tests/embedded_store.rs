@@ -62,6 +62,7 @@ async fn everything_survives_a_restart() {
         key_hash: "k1".into(),
         prefix: "crm_1234".into(),
         role: Role::Service,
+        scopes: crm_models::staff::KeyScope::default_scopes(),
         created_by: user.id,
         created_at: t,
         revoked_at: None,

@@ -211,33 +211,62 @@ impl Crm {
 
     /// Merges `others` into `survivor` by hand: the survivor's own values win,
     /// empty fields are filled from the others.
+    ///
+    /// Every id must name a customer as it is: one that was merged is
+    /// refused with [`CrmError::CustomerMerged`] (checked again inside the
+    /// merge's transaction), so that a merge meant for one person never
+    /// lands on whoever it went into.
     pub async fn merge_customers(
         &self,
         survivor: CustomerId,
         others: &[CustomerId],
         user_id: &str,
     ) -> Result<(MergeRecord, Customer), CrmError> {
-        let survivor = self.current(survivor).await?;
+        let survivor = self.writable(survivor).await?;
         let mut ids = Vec::new();
         for id in others {
-            let c = self.current(*id).await?;
+            let c = self.writable(*id).await?;
             if c.id != survivor.id && !ids.contains(&c.id) {
                 ids.push(c.id);
             }
         }
         if ids.is_empty() {
             return Err(CrmError::Refused(
-                "nothing to merge: every id is this customer or merged into it already".into(),
+                "nothing to merge: every id is this customer".into(),
             ));
         }
-        self.merge_into(
-            survivor.id,
-            &ids,
-            MergeActor::User {
-                user_id: user_id.to_string(),
-            },
-        )
-        .await
+        let by = MergeActor::User {
+            user_id: user_id.to_string(),
+        };
+        let mut work = Merge::new(survivor.id, &ids, &by, true);
+        let (record, customer) = self.run_tx(&mut work, |w| w.answer.take()).await?;
+        tracing::info!(merge = %record.id, survivor = %record.survivor_id, merged = record.merged_ids.len(), "customers merged");
+        Ok((record, customer))
+    }
+
+    /// Merges customers that a confirmed staff create named together
+    /// ([`super::LinkMode::Merge`]) into the oldest of them, as that user; no
+    /// safeguard stops it, as none stops the merge route. Returns the
+    /// survivor.
+    pub(super) async fn merge_confirmed(
+        &self,
+        mut customers: Vec<Customer>,
+        user_id: &str,
+    ) -> Result<Customer, CrmError> {
+        customers.sort_by_key(|c| (c.created_at, c.id));
+        let Some(survivor) = customers.first().map(|c| c.id) else {
+            return Err(CrmError::Contention);
+        };
+        let others: Vec<CustomerId> = customers[1..].iter().map(|c| c.id).collect();
+        let by = MergeActor::User {
+            user_id: user_id.to_string(),
+        };
+        match self.merge_into(survivor, &others, by).await {
+            Ok((_, c)) => Ok(c),
+            // Somebody else merged them first.
+            Err(CrmError::Refused(_)) => self.current(survivor).await,
+            Err(e) => Err(e),
+        }
     }
 
     /// The merge itself, one transaction (see the module documentation).
@@ -247,12 +276,7 @@ impl Crm {
         others: &[CustomerId],
         by: MergeActor,
     ) -> Result<(MergeRecord, Customer), CrmError> {
-        let mut work = Merge {
-            survivor,
-            others,
-            by: &by,
-            answer: None,
-        };
+        let mut work = Merge::new(survivor, others, &by, false);
         let (record, customer) = self.run_tx(&mut work, |w| w.answer.take()).await?;
         tracing::info!(merge = %record.id, survivor = %record.survivor_id, merged = record.merged_ids.len(), "customers merged");
         Ok((record, customer))
@@ -383,11 +407,31 @@ impl From<&MergeActor> for Actor {
 }
 
 /// The merge transaction.
-struct Merge<'a> {
+pub(super) struct Merge<'a> {
     survivor: CustomerId,
     others: &'a [CustomerId],
     by: &'a MergeActor,
+    /// The ids were named by a caller: one that is merged (now, as the
+    /// transaction reads it) refuses the merge instead of being followed.
+    strict: bool,
     answer: Answer<(MergeRecord, Customer)>,
+}
+
+impl<'a> Merge<'a> {
+    pub(super) fn new(
+        survivor: CustomerId,
+        others: &'a [CustomerId],
+        by: &'a MergeActor,
+        strict: bool,
+    ) -> Self {
+        Merge {
+            survivor,
+            others,
+            by,
+            strict,
+            answer: None,
+        }
+    }
 }
 
 #[async_trait]
@@ -399,9 +443,31 @@ impl TxWork for Merge<'_> {
     }
 }
 
+/// Refuses a merged customer named by a caller.
+async fn refuse_merged(tx: &mut dyn Tx, id: CustomerId) -> Result<(), CrmError> {
+    let c = tx
+        .customer(id)
+        .await?
+        .ok_or(CrmError::CustomerNotFound(id))?;
+    if c.status != CustomerStatus::Merged {
+        return Ok(());
+    }
+    let merged_into = current_in(tx, id)
+        .await?
+        .ok_or(CrmError::CustomerNotFound(id))?
+        .id;
+    Err(CrmError::CustomerMerged { id, merged_into })
+}
+
 impl Merge<'_> {
-    async fn merge(&self, tx: &mut dyn Tx) -> Result<(MergeRecord, Customer), CrmError> {
+    pub(super) async fn merge(&self, tx: &mut dyn Tx) -> Result<(MergeRecord, Customer), CrmError> {
         let now = time::now();
+        if self.strict {
+            refuse_merged(tx, self.survivor).await?;
+            for id in self.others {
+                refuse_merged(tx, *id).await?;
+            }
+        }
         let mut survivor = current_in(tx, self.survivor)
             .await?
             .ok_or(CrmError::CustomerNotFound(self.survivor))?;

@@ -22,6 +22,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::Notify;
 
+use linking::Merge;
 pub use linking::{HistoryEntry, MergeOutcome};
 pub use repair::RepairReport;
 pub use txn::FaultInjection;
@@ -31,7 +32,7 @@ use crate::customer::{Customer, CustomerStatus, Identifier};
 use crate::engagement::{Engagement, EngagementDetail, Source};
 use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{CustomerId, EngagementId, MergeId};
-use crate::linking::LinkPolicy;
+use crate::linking::{LinkPolicy, MergeActor};
 use crate::store::{
     Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
     StoreResult, Tx, TxWork,
@@ -58,8 +59,61 @@ pub enum CrmError {
     /// already undone, nothing left to merge).
     #[error("{0}")]
     Refused(String),
+    /// A staff edit named identifiers that other customers own
+    /// ([`LinkMode::Confirm`]): nothing was changed. Merging them is a
+    /// separate, explicit step.
+    #[error("an identifier belongs to another customer")]
+    IdentifierTaken { customers: Vec<CustomerId> },
+    /// A write named a customer that was merged: it is refused, so that it
+    /// does not silently change the survivor. Reads follow `merged_into`.
+    #[error("customer {id} was merged into {merged_into}")]
+    CustomerMerged {
+        id: CustomerId,
+        merged_into: CustomerId,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// What identifiers that other customers own do to a write.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LinkMode {
+    /// Evidence from a channel (engagements, page views, mobile uploads,
+    /// API-key writes): the identifiers link, and customers they name
+    /// together are merged into the oldest, under the safeguards.
+    #[default]
+    Auto,
+    /// A staff hand edit: an identifier another customer owns refuses the
+    /// whole write with [`CrmError::IdentifierTaken`]; nothing is changed or
+    /// merged. Decided inside the write's transaction, so a concurrent
+    /// writer cannot slip a merge in either.
+    Confirm,
+    /// A staff edit that confirmed the merge (`"merge": true`): the customers
+    /// the identifiers name are merged by that user, as the merge route
+    /// does (an edited customer stays the survivor; a new one goes into the
+    /// oldest named).
+    Merge { user_id: String },
+}
+
+/// What a create did with the customers its identifiers named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Resolution {
+    /// No identifier was known: a new customer.
+    Created,
+    /// The identifiers named one customer; new ones were attached to it.
+    Linked,
+    /// They named several customers, which were merged.
+    Merged,
+}
+
+impl Resolution {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Resolution::Created => "created",
+            Resolution::Linked => "linked",
+            Resolution::Merged => "merged",
+        }
+    }
 }
 
 /// One invalid field: `field` is a JSON pointer-ish path (`phones[1]`).
@@ -187,12 +241,24 @@ impl Crm {
     }
 
     /// Creates a customer, or when an identifier already belongs to one,
-    /// attaches the new identifiers to it. Returns the customer and whether it
-    /// was created.
+    /// attaches the new identifiers to it (evidence: [`LinkMode::Auto`]).
+    /// Returns the customer and whether it was created.
     pub async fn create_customer(
         &self,
         input: CustomerInput,
     ) -> Result<(Customer, bool), CrmError> {
+        let (customer, how) = self.create_customer_with(input, LinkMode::Auto).await?;
+        Ok((customer, how == Resolution::Created))
+    }
+
+    /// [`Crm::create_customer`] under a [`LinkMode`]: with
+    /// [`LinkMode::Confirm`] (a staff create) an identifier that any customer
+    /// owns answers [`CrmError::IdentifierTaken`] and nothing is created.
+    pub async fn create_customer_with(
+        &self,
+        input: CustomerInput,
+        mode: LinkMode,
+    ) -> Result<(Customer, Resolution), CrmError> {
         let name = clean_name(input.name.as_deref(), "name")?;
         if input.status == Some(CustomerStatus::Merged) {
             return Err(CrmError::Invalid(vec![FieldError::new(
@@ -205,10 +271,16 @@ impl Crm {
             c.status = input.status.unwrap_or_default();
             self.store.insert_customer(&c).await?;
             self.wake_relay();
-            return Ok((c, true));
+            return Ok((c, Resolution::Created));
         }
-        self.resolve(name.as_deref(), &input.identifiers, input.status)
-            .await
+        self.resolve_with(
+            name.as_deref(),
+            &input.identifiers,
+            input.status,
+            None,
+            &mode,
+        )
+        .await
     }
 
     /// Finds the one customer the identifiers name, attaching the ones it does
@@ -221,23 +293,29 @@ impl Crm {
         identifiers: &[Identifier],
         status: Option<CustomerStatus>,
     ) -> Result<(Customer, bool), CrmError> {
-        self.resolve_with(name, identifiers, status, None).await
+        let (customer, how) = self
+            .resolve_with(name, identifiers, status, None, &LinkMode::Auto)
+            .await?;
+        Ok((customer, how == Resolution::Created))
     }
 
-    /// [`Crm::resolve`], with a customer the identifiers are known to name too.
+    /// [`Crm::resolve`] under a [`LinkMode`], with a customer the identifiers
+    /// are known to name too.
     async fn resolve_with(
         &self,
         name: Option<&str>,
         identifiers: &[Identifier],
         status: Option<CustomerStatus>,
         pinned: Option<CustomerId>,
-    ) -> Result<(Customer, bool), CrmError> {
+        mode: &LinkMode,
+    ) -> Result<(Customer, Resolution), CrmError> {
         let identifiers: Vec<Identifier> = identifiers
             .iter()
             .cloned()
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
+        let mut merged = false;
         for _ in 0..MAX_RESOLVE_ATTEMPTS {
             let lookup = self.look_up(&identifiers).await?;
             // The customers named, as they are now (merged ones followed).
@@ -276,6 +354,14 @@ impl Crm {
                 let c = self.current(pinned).await?;
                 named.insert(c.id, c);
             }
+            if *mode == LinkMode::Confirm && !named.is_empty() {
+                // A staff create names somebody else's identifier: the staff
+                // decide (merge, or edit that customer). A create that lost a
+                // claim to a concurrent one ends here too, on its retry.
+                return Err(CrmError::IdentifierTaken {
+                    customers: named.into_keys().collect(),
+                });
+            }
             // The identifier that names a customer other than the oldest: the
             // one that links them (for the merge record).
             let oldest = named
@@ -293,20 +379,31 @@ impl Crm {
                         .try_create(name, &lookup.free, &lookup.unlinkable, status)
                         .await?
                     {
-                        return Ok((created, true));
+                        return Ok((created, Resolution::Created));
                     }
                     continue;
                 }
                 1 => named.into_values().next().ok_or(CrmError::Contention)?,
-                _ => {
-                    let identifier = linked_by.unwrap_or_default();
-                    match self
-                        .merge_auto(named.into_values().collect(), &identifier)
-                        .await?
-                    {
-                        MergeOutcome::Merged(c) | MergeOutcome::Refused(c) => c,
+                _ => match mode {
+                    LinkMode::Merge { user_id } => {
+                        merged = true;
+                        self.merge_confirmed(named.into_values().collect(), user_id)
+                            .await?
                     }
-                }
+                    _ => {
+                        let identifier = linked_by.unwrap_or_default();
+                        match self
+                            .merge_auto(named.into_values().collect(), &identifier)
+                            .await?
+                        {
+                            MergeOutcome::Merged(c) => {
+                                merged = true;
+                                c
+                            }
+                            MergeOutcome::Refused(c) => c,
+                        }
+                    }
+                },
             };
             let mut work = Attach {
                 target: target.id,
@@ -321,7 +418,12 @@ impl Crm {
                 // meanwhile: look again, which now sees where things are.
                 continue;
             }
-            return Ok((customer, false));
+            let how = if merged {
+                Resolution::Merged
+            } else {
+                Resolution::Linked
+            };
+            return Ok((customer, how));
         }
         Err(CrmError::Contention)
     }
@@ -375,16 +477,37 @@ impl Crm {
             .await?)
     }
 
+    /// The customer itself for a write: an id that was merged is refused
+    /// with [`CrmError::CustomerMerged`] (reads follow it; writes do not, so
+    /// that an edit meant for one person never lands on another).
+    pub async fn writable(&self, id: CustomerId) -> Result<Customer, CrmError> {
+        let c = self
+            .store
+            .get_customer(id)
+            .await?
+            .ok_or(CrmError::CustomerNotFound(id))?;
+        if c.status == CustomerStatus::Merged {
+            let merged_into = self.current(id).await?.id;
+            return Err(CrmError::CustomerMerged { id, merged_into });
+        }
+        Ok(c)
+    }
+
     /// Applies a merge patch; identifier changes claim and release identities
     /// so that they stay consistent with the profile, in one transaction
-    /// with the profile and its event.
+    /// with the profile and its event. A merged id is refused
+    /// ([`CrmError::CustomerMerged`]). What an added identifier that another
+    /// customer owns does depends on `mode`: [`LinkMode::Confirm`] refuses
+    /// the patch ([`CrmError::IdentifierTaken`]), [`LinkMode::Merge`] merges
+    /// that customer into this one in the same transaction, and
+    /// [`LinkMode::Auto`] merges them into the oldest afterwards.
     pub async fn patch_customer(
         &self,
         id: CustomerId,
         patch: CustomerPatch,
+        mode: LinkMode,
     ) -> Result<Customer, CrmError> {
-        let current = self.current(id).await?;
-        let id = current.id;
+        let current = self.writable(id).await?;
         let next = apply_patch(&current, &patch)?;
         if next == current {
             return Ok(current);
@@ -393,8 +516,7 @@ impl Crm {
         let after: BTreeSet<Identifier> = next.identifiers().into_iter().collect();
         let added: Vec<Identifier> = after.difference(&before).cloned().collect();
         let lookup = self.look_up(&added).await?;
-        // Identifiers that other customers own: the patch links them, so
-        // they are merged (checked against the safeguards before any write).
+        // Identifiers that other customers own: the patch links them.
         let mut others: BTreeMap<CustomerId, Customer> = BTreeMap::new();
         let mut linked_by = String::new();
         for (owner, key) in &lookup.owned {
@@ -408,22 +530,50 @@ impl Crm {
             }
         }
         if !others.is_empty() {
-            let mut all = vec![current.clone()];
-            all.extend(others.values().cloned());
-            if let Some(refusal) = self.merge_blocker(&all).await? {
-                self.suggest(&all, refusal.0, &refusal.1).await?;
-                let mut customers = vec![id];
-                customers.extend(others.keys().copied());
-                return Err(CrmError::IdentifiersConflict { customers });
+            match &mode {
+                LinkMode::Confirm => {
+                    return Err(CrmError::IdentifierTaken {
+                        customers: others.into_keys().collect(),
+                    })
+                }
+                LinkMode::Auto => {
+                    // Checked against the safeguards before any write.
+                    let mut all = vec![current.clone()];
+                    all.extend(others.values().cloned());
+                    if let Some(refusal) = self.merge_blocker(&all).await? {
+                        self.suggest(&all, refusal.0, &refusal.1).await?;
+                        let mut customers = vec![id];
+                        customers.extend(others.keys().copied());
+                        return Err(CrmError::IdentifiersConflict { customers });
+                    }
+                }
+                LinkMode::Merge { .. } => {}
             }
         }
         let claimable: BTreeSet<String> = lookup.free.iter().map(Identifier::key).collect();
-        let mut work = Patch {
+        let work = Patch {
             id,
             patch: &patch,
             claimable: &claimable,
+            mode: &mode,
             answer: None,
         };
+        if let (LinkMode::Merge { user_id }, false) = (&mode, others.is_empty()) {
+            // The edit and the merge it confirms, in one transaction.
+            let ids: Vec<CustomerId> = others.keys().copied().collect();
+            let by = MergeActor::User {
+                user_id: user_id.clone(),
+            };
+            let mut both = PatchThenMerge {
+                patch: work,
+                merge: Merge::new(id, &ids, &by, false),
+                answer: None,
+            };
+            let customer = self.run_tx(&mut both, |w| w.answer.take()).await?;
+            tracing::info!(survivor = %customer.id, merged = ids.len(), "customers merged by a confirmed edit");
+            return Ok(customer);
+        }
+        let mut work = work;
         let stored = self.run_tx(&mut work, |w| w.answer.take()).await?;
         if others.is_empty() {
             return Ok(stored);
@@ -550,9 +700,9 @@ impl Crm {
                 }
                 EngagementTarget::CustomerWith { id, identifiers } => {
                     item.source.via = self.via(&identifiers);
-                    self.resolve_with(None, &identifiers, None, Some(id))
+                    self.resolve_with(None, &identifiers, None, Some(id), &LinkMode::Auto)
                         .await
-                        .map(|(c, created)| (c.id, created))
+                        .map(|(c, how)| (c.id, how == Resolution::Created))
                 }
             };
             match resolved {
@@ -820,6 +970,7 @@ struct Patch<'a> {
     patch: &'a CustomerPatch,
     /// Identifiers nobody owned when the edit was checked: claimed now.
     claimable: &'a BTreeSet<String>,
+    mode: &'a LinkMode,
     answer: Answer<Customer>,
 }
 
@@ -839,8 +990,15 @@ impl Patch<'_> {
             .await?
             .ok_or(CrmError::CustomerNotFound(self.id))?;
         if current.status == CustomerStatus::Merged {
-            // Merged since the edit was checked: the client tries again.
-            return Err(CrmError::Contention);
+            // Merged since the edit was checked.
+            let merged_into = current_in(tx, self.id)
+                .await?
+                .ok_or(CrmError::CustomerNotFound(self.id))?
+                .id;
+            return Err(CrmError::CustomerMerged {
+                id: self.id,
+                merged_into,
+            });
         }
         let mut next = apply_patch(&current, self.patch)?;
         let fields = changed_fields(&current, &next);
@@ -858,9 +1016,18 @@ impl Patch<'_> {
                 Claim::Claimed => {}
                 Claim::OwnedBy(o) if o == self.id => {}
                 Claim::OwnedBy(other) => {
-                    return Err(CrmError::IdentifiersConflict {
-                        customers: vec![self.id, other],
-                    })
+                    // Claimed by a concurrent writer since the edit was checked.
+                    return Err(match self.mode {
+                        LinkMode::Auto => CrmError::IdentifiersConflict {
+                            customers: vec![self.id, other],
+                        },
+                        LinkMode::Confirm | LinkMode::Merge { .. } => {
+                            let owner = current_in(tx, other).await?.map_or(other, |c| c.id);
+                            CrmError::IdentifierTaken {
+                                customers: vec![owner],
+                            }
+                        }
+                    });
                 }
             }
         }
@@ -875,6 +1042,35 @@ impl Patch<'_> {
         )])
         .await?;
         Ok(next)
+    }
+}
+
+/// A confirmed edit ([`LinkMode::Merge`]): the patch, then the merge of the
+/// customers owning its identifiers into the edited one, in one transaction.
+struct PatchThenMerge<'a> {
+    patch: Patch<'a>,
+    merge: Merge<'a>,
+    answer: Answer<Customer>,
+}
+
+#[async_trait]
+impl TxWork for PatchThenMerge<'_> {
+    async fn run(&mut self, tx: &mut dyn Tx) -> StoreResult<()> {
+        self.answer = None;
+        let result = self.patch_then_merge(tx).await;
+        settle_answer(&mut self.answer, result)
+    }
+}
+
+impl PatchThenMerge<'_> {
+    async fn patch_then_merge(&self, tx: &mut dyn Tx) -> Result<Customer, CrmError> {
+        let patched = self.patch.patch(tx).await?;
+        match self.merge.merge(tx).await {
+            Ok((_, merged)) => Ok(merged),
+            // Merged into this customer meanwhile: nothing is left to merge.
+            Err(CrmError::Refused(_)) => Ok(patched),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -900,13 +1096,14 @@ impl Erase {
             .await?
             .ok_or(CrmError::CustomerNotFound(self.id))?;
         if root.status == CustomerStatus::Merged {
-            let into = current_in(tx, root.id).await?.map(|c| c.id);
-            return Err(CrmError::Refused(format!(
-                "customer {} was merged into {}; erase that customer",
-                root.id,
-                into.map(|c| c.to_string())
-                    .unwrap_or_else(|| "another".into())
-            )));
+            let merged_into = current_in(tx, root.id)
+                .await?
+                .ok_or(CrmError::CustomerNotFound(root.id))?
+                .id;
+            return Err(CrmError::CustomerMerged {
+                id: root.id,
+                merged_into,
+            });
         }
         // The person: the customer and everything merged into it (merges
         // not undone), transitively.

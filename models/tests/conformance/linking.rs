@@ -2,6 +2,7 @@
 //! automatic linking, safeguards, undo and concurrency over each adapter.
 
 use super::*;
+use crm_models::service::LinkMode;
 
 use crm_models::linking::{
     IdentityInfo, LinkPolicy, MergeActor, MergeRecord, MergedPart, Suggestion, SuggestionReason,
@@ -754,7 +755,10 @@ pub async fn service_patch_with_a_taken_identifier_merges(store: Arc<dyn Store>)
         ..Default::default()
     };
     // Patching B with A's email: they are one person; A is older.
-    let patched = crm.patch_customer(b.id, patch).await.unwrap();
+    let patched = crm
+        .patch_customer(b.id, patch, LinkMode::Auto)
+        .await
+        .unwrap();
     assert_eq!(patched.id, a.id);
     assert_eq!(
         patched.name.as_deref(),

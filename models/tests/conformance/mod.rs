@@ -39,6 +39,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+mod confirm;
 mod customers;
 mod devices;
 mod engagements;
@@ -48,6 +49,7 @@ mod staff;
 pub mod tx_ops;
 pub mod write_model;
 
+pub use confirm::*;
 pub use customers::*;
 pub use devices::*;
 pub use engagements::*;
@@ -77,7 +79,7 @@ use crm_models::phone::{PhoneNumber, Region};
 use crm_models::service::{
     Crm, CrmError, CustomerInput, CustomerPatch, EngagementTarget, NewEngagement,
 };
-use crm_models::staff::{ApiKey, RefreshToken, Role, User};
+use crm_models::staff::{ApiKey, KeyScope, RefreshToken, Role, User};
 use crm_models::store::{
     Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
 };
@@ -172,6 +174,13 @@ macro_rules! store_suite {
                 identities_are_read_in_bulk,
                 customers_owning_their_keys_are_created_all_or_nothing,
                 service_batch_resolves_new_known_and_linking_sets,
+                service_confirm_create_naming_owned_identifiers_changes_nothing,
+                service_confirmed_create_merges_as_the_user,
+                service_confirm_patch_with_a_taken_phone_changes_nothing,
+                service_confirmed_patch_merges_into_the_edited_customer,
+                service_writes_on_a_merged_id_are_refused_and_reads_follow,
+                service_concurrent_confirm_creates_of_one_new_phone_never_merge,
+                service_confirm_patch_racing_a_create_for_one_phone_never_merges,
             );
         }
     };

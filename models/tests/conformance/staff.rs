@@ -34,6 +34,7 @@ fn api_key(name: &str, hash: &str, created: Timestamp) -> ApiKey {
         key_hash: hash.into(),
         prefix: "crm_abcd".into(),
         role: Role::Service,
+        scopes: vec![KeyScope::Track],
         created_by: UserId::new(),
         created_at: created,
         revoked_at: None,
