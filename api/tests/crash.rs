@@ -355,7 +355,8 @@ async fn race_and_kill(
                         merges_acked.fetch_add(1, Ordering::SeqCst);
                     }
                     // The crossing twin won, or an automatic merge did.
-                    Some((StatusCode::CONFLICT, v)) if v["code"] == "merge_refused" => {}
+                    Some((StatusCode::CONFLICT, v))
+                        if v["code"] == "merge_refused" || v["code"] == "customer_merged" => {}
                     Some((status, v)) => acked
                         .unexpected
                         .lock()

@@ -29,12 +29,26 @@ async fn a_known_phone_links_instead_of_creating() {
     assert_eq!(created["phones"], json!(["+6581226418"]));
     assert_eq!(created["status"], "active");
 
-    // The same number typed another way, with a new email: the same customer, email attached.
-    let linked: Value = expect_json(
+    // The same number typed another way, with a new email: a staff create
+    // that names Ann's number is refused, naming her, until it confirms.
+    let taken = expect_problem(
         app.post(
             "/v1/customers",
             &token,
             &json!({"phones": ["(065) 8122-6418"], "emails": ["Ann@Example.COM"]}),
+        )
+        .await,
+        StatusCode::CONFLICT,
+        "identifier_taken",
+    )
+    .await;
+    assert_eq!(taken["customers"], json!([created["id"]]));
+    // Confirmed: the same customer, email attached.
+    let linked: Value = expect_json(
+        app.post(
+            "/v1/customers",
+            &token,
+            &json!({"phones": ["(065) 8122-6418"], "emails": ["Ann@Example.COM"], "merge": true}),
         )
         .await,
         StatusCode::OK,
@@ -44,8 +58,8 @@ async fn a_known_phone_links_instead_of_creating() {
     assert_eq!(linked["emails"], json!(["ann@example.com"]));
     assert_eq!(linked["name"], "Ann Tan");
 
-    // Identifiers of two different customers: they are one person, merged
-    // into the older; the other id answers with the survivor.
+    // Identifiers of two different customers, confirmed: they are one
+    // person, merged into the older; the other id answers with the survivor.
     let other: Value = expect_json(
         app.post(
             "/v1/customers",
@@ -60,7 +74,7 @@ async fn a_known_phone_links_instead_of_creating() {
         app.post(
             "/v1/customers",
             &token,
-            &json!({"emails": ["bob@example.com", "ann@example.com"]}),
+            &json!({"emails": ["bob@example.com", "ann@example.com"], "merge": true}),
         )
         .await,
         StatusCode::OK,
@@ -165,8 +179,8 @@ async fn bad_input_gets_per_field_problems_and_writes_nothing() {
 
 #[tokio::test]
 async fn patch_keeps_identities_consistent_and_delete_erases() {
-    // One phone per customer at most: taking another customer's number would
-    // merge past the cap, so it is refused.
+    // A staff edit never merges on its own: taking another customer's
+    // number is refused until the merge is confirmed.
     let app = spawn_app_with(|c| {
         sg(c);
         c.link_max_phones = 1;
@@ -195,8 +209,8 @@ async fn patch_keeps_identities_consistent_and_delete_erases() {
     )
     .await;
 
-    // Taking Bob's number would merge them past the cap: refused, nothing changes.
-    expect_problem(
+    // Taking Bob's number: refused with Bob's id, nothing changes.
+    let taken = expect_problem(
         app.patch(
             &format!("/v1/customers/{id}"),
             &token,
@@ -204,9 +218,16 @@ async fn patch_keeps_identities_consistent_and_delete_erases() {
         )
         .await,
         StatusCode::CONFLICT,
-        "identifiers_conflict",
+        "identifier_taken",
     )
     .await;
+    assert_eq!(taken["customers"], json!([bob["id"]]));
+    let unchanged: Value = expect_json(
+        app.get(&format!("/v1/customers/{id}"), &token).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(unchanged, ann);
     let patched: Value = expect_json(
         app.patch(
             &format!("/v1/customers/{id}"),
@@ -228,18 +249,19 @@ async fn patch_keeps_identities_consistent_and_delete_erases() {
     )
     .await;
     assert_ne!(fresh["id"], ann["id"]);
-    // The new email resolves to Ann.
-    let again: Value = expect_json(
+    // The new email names Ann.
+    let again = expect_problem(
         app.post(
             "/v1/customers",
             &token,
             &json!({"emails": ["ANN@example.com"]}),
         )
         .await,
-        StatusCode::OK,
+        StatusCode::CONFLICT,
+        "identifier_taken",
     )
     .await;
-    assert_eq!(again["id"], ann["id"]);
+    assert_eq!(again["customers"], json!([ann["id"]]));
 
     // Erasure is admin-only and takes the engagements with it.
     expect_json::<Value>(

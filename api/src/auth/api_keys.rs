@@ -1,12 +1,15 @@
 //! API keys for integrations: `crm_key_` + 32 random bytes (base64url). The
 //! key is shown once, at creation; the store keeps its SHA-256 and a prefix.
 
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
 use crm_models::ids::{ApiKeyId, UserId};
-use crm_models::staff::{ApiKey, Role};
+use crm_models::staff::{ApiKey, KeyScope, Role};
 
 use super::tokens::{random_secret, sha256_hex};
-use super::Auth;
-use crate::error::ApiError;
+use super::{credential, Auth, Credential, Principal, Subject, INVALID};
+use crate::error::{ApiError, ErrorCode};
+use crate::state::AppState;
 
 /// Every API key starts with this, so a bearer value is recognisable as one.
 pub const KEY_PREFIX: &str = "crm_key_";
@@ -20,6 +23,7 @@ pub const MAX_KEY_NAME_CHARS: usize = 100;
 pub struct NewApiKey {
     name: String,
     role: Role,
+    scopes: Vec<KeyScope>,
 }
 
 impl NewApiKey {
@@ -45,12 +49,50 @@ impl NewApiKey {
             Role::Service => Ok(NewApiKey {
                 name: name.to_string(),
                 role: Role::Service,
+                scopes: KeyScope::default_scopes(),
             }),
             _ => Err(ApiError::field(
                 "role",
                 "API keys can only have the role `service`",
             )),
         }
+    }
+
+    /// The scopes asked for (`track`, `engagements`, `customers:write`);
+    /// without any, [`KeyScope::DEFAULT`]. Every unknown one is reported.
+    pub fn with_scopes(mut self, scopes: Option<&[String]>) -> Result<Self, ApiError> {
+        let Some(raw) = scopes else {
+            return Ok(self);
+        };
+        let known = KeyScope::ALL
+            .iter()
+            .map(|s| format!("`{s}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        if raw.is_empty() {
+            return Err(ApiError::field(
+                "scopes",
+                format!("name at least one scope: {known}"),
+            ));
+        }
+        let mut errors = Vec::new();
+        let mut scopes = Vec::new();
+        for (i, name) in raw.iter().enumerate() {
+            match KeyScope::ALL.iter().find(|s| s.as_str() == name.trim()) {
+                Some(s) if !scopes.contains(s) => scopes.push(*s),
+                Some(_) => {}
+                None => errors.push(crm_models::service::FieldError::new(
+                    format!("scopes[{i}]"),
+                    format!("unknown scope; the scopes are {known}"),
+                )),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(ApiError::Validation(errors));
+        }
+        scopes.sort();
+        self.scopes = scopes;
+        Ok(self)
     }
 }
 
@@ -70,7 +112,7 @@ impl std::fmt::Debug for CreatedApiKey {
 }
 
 pub(super) fn api_key_not_found(id: ApiKeyId) -> ApiError {
-    ApiError::not_found("api_key_not_found", format!("no active API key {id}"))
+    ApiError::not_found(ErrorCode::ApiKeyNotFound, format!("no active API key {id}"))
 }
 
 impl Auth {
@@ -86,6 +128,7 @@ impl Auth {
             key_hash: sha256_hex(&secret),
             prefix: secret.chars().take(SHOWN_PREFIX_CHARS).collect(),
             role: new.role,
+            scopes: new.scopes,
             created_by,
             created_at: crm_models::time::now(),
             revoked_at: None,
@@ -120,11 +163,130 @@ impl Auth {
         tracing::info!(api_key_id = %id, "api key revoked");
         Ok(())
     }
+
+    /// The caller, allowed to write with `scope`: staff (admin or agent), or
+    /// an API key holding the scope. Anyone else gets `forbidden`, a key
+    /// naming the scope it lacks.
+    pub async fn authenticate_writer(
+        &self,
+        parts: &Parts,
+        scope: KeyScope,
+    ) -> Result<Principal, ApiError> {
+        let principal = self.authenticate(parts).await?;
+        match principal.subject {
+            Subject::User(_) if matches!(principal.role, Role::Admin | Role::Agent) => {
+                Ok(principal)
+            }
+            Subject::User(_) => Err(ApiError::Forbidden),
+            Subject::ApiKey(id) => {
+                let Credential::ApiKey(secret) = credential(&parts.headers)? else {
+                    return Err(ApiError::Unauthorized(INVALID));
+                };
+                let key = self
+                    .store
+                    .get_api_key_by_hash(&sha256_hex(secret))
+                    .await?
+                    .filter(|k| k.id == id && k.revoked_at.is_none())
+                    .ok_or(ApiError::Unauthorized(INVALID))?;
+                if key.role == Role::Service && key.scopes.contains(&scope) {
+                    Ok(principal)
+                } else {
+                    Err(missing_scope(scope))
+                }
+            }
+        }
+    }
 }
+
+/// `forbidden`, naming the scope a key lacks.
+fn missing_scope(scope: KeyScope) -> ApiError {
+    ApiError::BadRequest {
+        code: ErrorCode::Forbidden,
+        detail: format!(
+            "this API key lacks the scope `{scope}`; create a key with it \
+             (POST /v1/api-keys with \"scopes\")"
+        ),
+    }
+}
+
+/// Writers of evidence, by the scope an API key needs: staff, or a key
+/// holding the scope. Keys get ids and statuses back, never profile fields.
+macro_rules! writer_guard {
+    ($(#[$doc:meta])* $name:ident, $scope:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone)]
+        pub struct $name(pub Principal);
+
+        impl FromRequestParts<AppState> for $name {
+            type Rejection = ApiError;
+
+            async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+                state.auth.authenticate_writer(parts, $scope).await.map($name)
+            }
+        }
+
+        impl $name {
+            /// True when an API key (not a staff user) is writing.
+            pub fn is_key(&self) -> bool {
+                matches!(self.0.subject, Subject::ApiKey(_))
+            }
+        }
+    };
+}
+
+writer_guard!(
+    /// `POST /v1/track`: staff, or a key with `track`.
+    TrackWriter,
+    KeyScope::Track
+);
+writer_guard!(
+    /// `POST /v1/engagements[/batch]`: staff, or a key with `engagements`.
+    EngagementWriter,
+    KeyScope::Engagements
+);
+writer_guard!(
+    /// `POST /v1/customers`: staff, or a key with `customers:write`.
+    CustomerWriter,
+    KeyScope::CustomersWrite
+);
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scopes_are_named_known_and_default_to_evidence() {
+        let scopes = |raw: Option<&[String]>| {
+            NewApiKey::parse("website", None)
+                .unwrap()
+                .with_scopes(raw)
+                .map(|k| k.scopes)
+        };
+        assert_eq!(
+            scopes(None).unwrap(),
+            vec![KeyScope::Track, KeyScope::Engagements]
+        );
+        let asked = [
+            "customers:write".to_string(),
+            "track".into(),
+            "track".into(),
+        ];
+        assert_eq!(
+            scopes(Some(&asked)).unwrap(),
+            vec![KeyScope::Track, KeyScope::CustomersWrite]
+        );
+        assert!(
+            matches!(scopes(Some(&[])), Err(ApiError::Validation(e)) if e[0].field == "scopes")
+        );
+        let bad = ["read".to_string(), "track".into(), "admin".into()];
+        match scopes(Some(&bad)) {
+            Err(ApiError::Validation(errors)) => {
+                let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+                assert_eq!(fields, ["scopes[0]", "scopes[2]"]);
+            }
+            other => panic!("expected a validation error, got {other:?}"),
+        }
+    }
 
     #[test]
     fn only_service_keys_with_a_name() {

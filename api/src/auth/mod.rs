@@ -34,7 +34,9 @@ use crm_models::ids::{ApiKeyId, UserId};
 use crm_models::staff::{ApiKey, Role, User};
 use crm_models::store::Store;
 
-pub use api_keys::{CreatedApiKey, NewApiKey, KEY_PREFIX};
+pub use api_keys::{
+    CreatedApiKey, CustomerWriter, EngagementWriter, NewApiKey, TrackWriter, KEY_PREFIX,
+};
 pub use rate_limit::{PER_ACCOUNT_PER_MINUTE, PER_ADDRESS_PER_MINUTE};
 pub use sessions::Session;
 pub use users::{NewUser, StaffRole, UserPatch};

@@ -4,7 +4,7 @@
 use axum::extract::State;
 use axum::http::StatusCode;
 use crm_models::ids::{ApiKeyId, UserId};
-use crm_models::staff::{ApiKey, Role};
+use crm_models::staff::{ApiKey, KeyScope, Role};
 use crm_models::time::{self, Timestamp};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 
 use super::pagination::Page;
 use crate::auth::{AdminOnly, NewApiKey};
-use crate::error::{ApiError, ApiJson, ApiPath, Problem};
+use crate::error::{ApiError, ApiJson, ApiPath, ErrorCode, Problem};
 use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -28,6 +28,11 @@ pub struct CreateApiKey {
     pub name: String,
     /// Only `service` (the default): integrations may ingest, nothing else.
     pub role: Option<Role>,
+    /// What the key may write: `track` (page views), `engagements`,
+    /// `customers:write`. Default `["track", "engagements"]`. Whatever its
+    /// scopes, a key reads nothing: its answers carry ids and statuses only.
+    #[schema(value_type = Option<Vec<KeyScope>>)]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// A key just created, with the secret. Store it now: it is never shown again.
@@ -36,6 +41,7 @@ pub struct CreatedApiKeyView {
     pub id: ApiKeyId,
     pub name: String,
     pub role: Role,
+    pub scopes: Vec<KeyScope>,
     /// The first characters of the key, as lists show them.
     pub prefix: String,
     /// `crm_key_...`: send as `Authorization: Bearer <key>` or `X-Api-Key: <key>`.
@@ -51,6 +57,7 @@ pub struct ApiKeyView {
     pub id: ApiKeyId,
     pub name: String,
     pub role: Role,
+    pub scopes: Vec<KeyScope>,
     pub prefix: String,
     pub created_by: UserId,
     #[serde(with = "time::rfc3339")]
@@ -68,6 +75,7 @@ impl From<ApiKey> for ApiKeyView {
             id: k.id,
             name: k.name,
             role: k.role,
+            scopes: k.scopes,
             prefix: k.prefix,
             created_by: k.created_by,
             created_at: k.created_at,
@@ -76,7 +84,7 @@ impl From<ApiKey> for ApiKeyView {
     }
 }
 
-/// Creates an API key for an integration.
+/// Creates an API key for an integration, with the scopes it may write.
 #[utoipa::path(
     post, path = "/v1/api-keys", tag = "api-keys",
     request_body = CreateApiKey,
@@ -92,7 +100,7 @@ async fn create_api_key(
     AdminOnly(caller): AdminOnly,
     ApiJson(body): ApiJson<CreateApiKey>,
 ) -> Result<(StatusCode, ApiJson<CreatedApiKeyView>), ApiError> {
-    let new = NewApiKey::parse(&body.name, body.role)?;
+    let new = NewApiKey::parse(&body.name, body.role)?.with_scopes(body.scopes.as_deref())?;
     let creator = caller.user_id().ok_or(ApiError::Forbidden)?;
     let created = state.auth.create_api_key(creator, new).await?;
     Ok((
@@ -101,6 +109,7 @@ async fn create_api_key(
             id: created.key.id,
             name: created.key.name,
             role: created.key.role,
+            scopes: created.key.scopes,
             prefix: created.key.prefix,
             key: created.secret,
             created_at: created.key.created_at,
@@ -145,7 +154,10 @@ async fn revoke_api_key(
     ApiPath(id): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     let id: ApiKeyId = id.parse().map_err(|_| {
-        ApiError::not_found("api_key_not_found", format!("no active API key {id:?}"))
+        ApiError::not_found(
+            ErrorCode::ApiKeyNotFound,
+            format!("no active API key {id:?}"),
+        )
     })?;
     state.auth.revoke_api_key(id).await?;
     Ok(StatusCode::NO_CONTENT)

@@ -7,17 +7,17 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use crm_models::customer::{Customer, CustomerStatus, Identifier};
 use crm_models::ids::CustomerId;
-use crm_models::service::{CustomerInput, CustomerPatch, FieldError};
+use crm_models::service::{CustomerInput, CustomerPatch, FieldError, LinkMode, Resolution};
 use crm_models::store::CustomerCursor;
 use crm_models::time;
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::input;
 use super::pagination::{self, Page};
-use crate::auth::{AdminOnly, Ingest, Staff};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use crate::auth::{AdminOnly, CustomerWriter, Principal, Staff};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorCode, Problem};
 use crate::state::AppState;
 
 /// Most phones or emails one request may name.
@@ -42,23 +42,67 @@ pub struct CreateCustomer {
     #[serde(default)]
     pub social: BTreeMap<String, String>,
     pub status: Option<CustomerStatus>,
+    /// Staff only: `true` confirms that the customers owning these
+    /// identifiers are this person, and merges them (into the oldest).
+    /// Without it, an identifier another customer owns answers 409
+    /// `identifier_taken`. API keys always link (their writes are evidence).
+    pub merge: Option<bool>,
 }
 
-/// Creates a customer. When an email, phone or social id already belongs to a
-/// customer, answers 200 with that customer and the new identifiers attached.
+/// What an API key gets back from a write: ids and what happened, never
+/// profile fields.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct WriteReceipt {
+    pub id: CustomerId,
+    /// `created`, `linked` (the identifiers named this customer; new ones
+    /// were attached) or `merged` (they named several customers, now one).
+    #[schema(value_type = String, example = "created")]
+    pub status: &'static str,
+}
+
+/// The answer to a create: the customer for staff, a receipt for a key.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum CreatedCustomer {
+    Customer(Customer),
+    Receipt(WriteReceipt),
+}
+
+/// How a write treats identifiers other customers own: a key's write is
+/// evidence and links; a staff edit is refused (409 `identifier_taken`)
+/// unless it says `"merge": true`.
+fn link_mode(caller: &Principal, is_key: bool, merge: Option<bool>) -> LinkMode {
+    if is_key {
+        LinkMode::Auto
+    } else if merge == Some(true) {
+        LinkMode::Merge {
+            user_id: caller.actor(),
+        }
+    } else {
+        LinkMode::Confirm
+    }
+}
+
+/// Creates a customer. For staff, an email, phone or social id that belongs
+/// to a customer answers 409 `identifier_taken` with the owners, and nothing
+/// is created; `"merge": true` attaches the new identifiers to the owner
+/// instead (merging the owners when there are several). An API key's create
+/// is evidence: it links to the owner (merging several into the oldest) and
+/// answers ids and a status only.
 #[utoipa::path(
     post, path = "/v1/customers", tag = "customers",
     request_body = CreateCustomer,
     responses(
-        (status = 201, description = "Created", body = Customer),
-        (status = 200, description = "An identifier belongs to this existing customer; new identifiers were attached", body = Customer),
-        (status = 409, description = "`identifiers_conflict`: the identifiers belong to different customers", body = Problem, content_type = "application/problem+json"),
+        (status = 201, description = "Created: the customer (staff) or a `WriteReceipt` (API keys)", body = CreatedCustomer),
+        (status = 200, description = "The identifiers named an existing customer (`\"merge\": true`, or an API key): new identifiers were attached", body = CreatedCustomer),
+        (status = 403, description = "`forbidden`: an API key without the scope `customers:write`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`identifier_taken`: an identifier belongs to another customer (`customers`); merge with `POST /v1/customers/{id}/merge` or send `\"merge\": true`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn create_customer(
     State(state): State<AppState>,
-    _caller: Ingest,
+    caller: CustomerWriter,
     ApiJson(body): ApiJson<CreateCustomer>,
 ) -> Result<Response, ApiError> {
     let mut errors = Vec::new();
@@ -78,20 +122,32 @@ async fn create_customer(
     if !errors.is_empty() {
         return Err(ApiError::Validation(errors));
     }
-    let (customer, created) = state
+    let mode = link_mode(&caller.0, caller.is_key(), body.merge);
+    let (customer, how) = state
         .crm
-        .create_customer(CustomerInput {
-            name: body.name,
-            identifiers,
-            status: body.status,
-        })
+        .create_customer_with(
+            CustomerInput {
+                name: body.name,
+                identifiers,
+                status: body.status,
+            },
+            mode,
+        )
         .await?;
-    let status = if created {
+    let status = if how == Resolution::Created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, ApiJson(customer)).into_response())
+    let answer = if caller.is_key() {
+        CreatedCustomer::Receipt(WriteReceipt {
+            id: customer.id,
+            status: how.as_str(),
+        })
+    } else {
+        CreatedCustomer::Customer(customer)
+    };
+    Ok((status, ApiJson(answer)).into_response())
 }
 
 fn check_count(n: usize, field: &str, errors: &mut Vec<FieldError>) {
@@ -139,6 +195,10 @@ pub struct PatchCustomer {
     #[schema(value_type = Option<BTreeMap<String, Option<String>>>)]
     pub social: Option<BTreeMap<String, Option<String>>>,
     pub status: Option<CustomerStatus>,
+    /// `true` confirms that the customers owning the added identifiers are
+    /// this person: they are merged into this customer in the same change.
+    /// Without it, such an identifier answers 409 `identifier_taken`.
+    pub merge: Option<bool>,
 }
 
 /// Tells a field that is `null` (`Some(None)`) from one that is absent (`None`).
@@ -155,13 +215,13 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
     responses(
         (status = 200, body = Customer),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`identifiers_conflict`: an added identifier belongs to another customer", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`identifier_taken`: an added identifier belongs to another customer (`customers`), nothing was changed; merge with `POST /v1/customers/{id}/merge` or send `\"merge\": true`. `customer_merged`: the id was merged into `merged_into`; edit that one", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn patch_customer(
     State(state): State<AppState>,
-    _caller: Staff,
+    Staff(caller): Staff,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchCustomer>,
 ) -> Result<ApiJson<Customer>, ApiError> {
@@ -198,7 +258,8 @@ async fn patch_customer(
         }),
         status: body.status,
     };
-    Ok(ApiJson(state.crm.patch_customer(id, patch).await?))
+    let mode = link_mode(&caller, false, body.merge);
+    Ok(ApiJson(state.crm.patch_customer(id, patch, mode).await?))
 }
 
 /// Erases the person (a right-to-erasure request): the customer and every
@@ -211,7 +272,7 @@ async fn patch_customer(
     responses(
         (status = 204, description = "Erased"),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`merge_refused`: the id was merged into another customer; erase that one", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`customer_merged`: the id was merged into `merged_into`; erase that one", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn delete_customer(
@@ -278,6 +339,9 @@ async fn list_customers(
 
 pub fn parse_customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     raw.parse().map_err(|_| {
-        ApiError::not_found("customer_not_found", format!("customer {raw:?} not found"))
+        ApiError::not_found(
+            ErrorCode::CustomerNotFound,
+            format!("customer {raw:?} not found"),
+        )
     })
 }

@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 use super::customers::parse_customer_id;
 use super::input::Fields;
 use super::pagination::{self, Page};
-use crate::auth::{Ingest, Staff};
+use crate::auth::{EngagementWriter, Staff};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::state::AppState;
 
@@ -288,6 +288,7 @@ fn parse_detail(f: &mut Fields<'_>, channel: Channel) -> Option<EngagementDetail
     responses(
         (status = 201, description = "Recorded", body = RecordedEngagement),
         (status = 200, description = "Already recorded under this `client_event_id`", body = RecordedEngagement),
+        (status = 403, description = "`forbidden`: an API key without the scope `engagements`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`identifiers_conflict`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, with per-field `errors`", body = Problem, content_type = "application/problem+json"),
@@ -295,7 +296,7 @@ fn parse_detail(f: &mut Fields<'_>, channel: Channel) -> Option<EngagementDetail
 )]
 async fn record_engagement(
     State(state): State<AppState>,
-    Ingest(caller): Ingest,
+    EngagementWriter(caller): EngagementWriter,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let item = parse_engagement(&body, "", state.default_region, &caller.actor())
@@ -355,13 +356,14 @@ pub struct BatchResponse {
     request_body = BatchRequest,
     responses(
         (status = 200, body = BatchResponse),
+        (status = 403, description = "`forbidden`: an API key without the scope `engagements`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`: more than 1,000 items or 8 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn record_batch(
     State(state): State<AppState>,
-    Ingest(caller): Ingest,
+    EngagementWriter(caller): EngagementWriter,
     ApiJson(body): ApiJson<BatchRequest>,
 ) -> Result<ApiJson<BatchResponse>, ApiError> {
     if body.items.len() > MAX_BATCH_ITEMS {

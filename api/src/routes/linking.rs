@@ -20,8 +20,8 @@ use utoipa_axum::routes;
 use super::customers::parse_customer_id;
 use super::engagements::RecordedEngagement;
 use super::input::Fields;
-use crate::auth::{AdminOnly, Ingest, Staff};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use crate::auth::{AdminOnly, Staff, TrackWriter};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorCode, Problem};
 use crate::state::AppState;
 
 /// Most customers one merge request may name.
@@ -65,7 +65,7 @@ pub struct MergeResponse {
     responses(
         (status = 200, body = MergeResponse),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "`merge_refused`: nothing left to merge", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`merge_refused`: nothing left to merge. `customer_merged`: an id (in the path or `ids`) was merged into `merged_into`; merge that one", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -153,9 +153,9 @@ async fn undo_merge(
     AdminOnly(caller): AdminOnly,
     ApiPath(raw): ApiPath<String>,
 ) -> Result<ApiJson<UndoResponse>, ApiError> {
-    let merge_id: MergeId = raw
-        .parse()
-        .map_err(|_| ApiError::not_found("merge_not_found", format!("merge {raw:?} not found")))?;
+    let merge_id: MergeId = raw.parse().map_err(|_| {
+        ApiError::not_found(ErrorCode::MergeNotFound, format!("merge {raw:?} not found"))
+    })?;
     let customers = state.crm.undo_merge(merge_id, &caller.actor()).await?;
     tracing::info!(merge = %merge_id, actor = %caller.actor(), "merge undone");
     Ok(ApiJson(UndoResponse {
@@ -268,7 +268,7 @@ async fn mark_shared(
             if e.is_data() {
                 ApiError::field("body", e)
             } else {
-                ApiError::bad_request("malformed_json", e.to_string())
+                ApiError::bad_request(ErrorCode::MalformedJson, e.to_string())
             }
         })?
     };
@@ -328,13 +328,14 @@ pub struct TrackRequest {
     responses(
         (status = 201, description = "Recorded", body = RecordedEngagement),
         (status = 200, description = "Already recorded under this `client_event_id`", body = RecordedEngagement),
+        (status = 403, description = "`forbidden`: an API key without the scope `track`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, with per-field `errors`", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn track(
     State(state): State<AppState>,
-    Ingest(caller): Ingest,
+    TrackWriter(caller): TrackWriter,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Response, ApiError> {
     let item = parse_track(&body, &state, &caller.actor()).map_err(ApiError::Validation)?;
