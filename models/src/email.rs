@@ -23,16 +23,31 @@ pub enum EmailError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Email(String);
 
+/// Longest input, in characters, display name and URI scheme included.
+pub const MAX_INPUT_CHARS: usize = 512;
+/// Longest address (RFC 5321).
+const MAX_ADDRESS_BYTES: usize = 254;
+
 impl Email {
+    /// Parses an address written any way a person would read as that
+    /// address: `Ann.Tan@Example.com`, `Ann Tan <ann.tan@example.com>`,
+    /// `"Tan, Ann" <ann.tan@example.com>`, `<ann.tan@example.com>`,
+    /// `mailto:ann.tan@example.com?subject=Hi`, `ann.tan@example.com (Ann)`,
+    /// trailing dots and spaces, full-width characters (`ann.tan＠example.com`).
+    /// What is kept is the address, lowercased.
     pub fn parse(raw: &str) -> Result<Self, EmailError> {
-        let raw = raw.trim();
-        if raw.is_empty() {
-            return Err(EmailError::Empty);
-        }
-        if raw.len() > 254 {
+        if raw.chars().count() > MAX_INPUT_CHARS {
             return Err(EmailError::TooLong);
         }
-        let lower = raw.to_lowercase();
+        let folded = crate::ingest::fold_written(raw);
+        let address = address_of(folded.trim());
+        if address.is_empty() {
+            return Err(EmailError::Empty);
+        }
+        if address.len() > MAX_ADDRESS_BYTES {
+            return Err(EmailError::TooLong);
+        }
+        let lower = address.to_lowercase();
         let mut parts = lower.split('@');
         let (Some(local), Some(domain), None) = (parts.next(), parts.next(), parts.next()) else {
             return Err(EmailError::MissingAt);
@@ -75,6 +90,71 @@ impl Email {
     pub fn domain(&self) -> &str {
         self.0.rsplit('@').next().unwrap_or_default()
     }
+}
+
+/// The address in what was written: the part in angle brackets of a
+/// display-name form, a `mailto:` URI's address (its query dropped,
+/// percent-escapes decoded), without a trailing `(comment)`, surrounding
+/// quotes, or trailing dots, commas and semicolons.
+fn address_of(text: &str) -> String {
+    let mut s = text;
+    if let Some(inner) = s
+        .strip_suffix('>')
+        .and_then(|head| head.rfind('<').map(|i| &head[i + 1..]))
+    {
+        s = inner.trim();
+    }
+    let mut owned;
+    if let Some(uri) = s
+        .get(..7)
+        .filter(|h| h.eq_ignore_ascii_case("mailto:"))
+        .map(|_| &s[7..])
+    {
+        let uri = uri.split('?').next().unwrap_or_default();
+        // Several recipients: only one address is an identifier.
+        owned = percent_decode(uri.split(',').next().unwrap_or_default());
+    } else {
+        owned = s.to_string();
+    }
+    // `ann@example.com (Ann Tan)`: an RFC 5322 comment after the address.
+    if owned.ends_with(')') {
+        if let Some(i) = owned.rfind('(') {
+            if owned[..i].contains('@') {
+                owned.truncate(i);
+            }
+        }
+    }
+    let trimmed = owned
+        .trim()
+        .trim_matches(|c| c == '"' || c == '\'')
+        .trim_end_matches(['.', ',', ';', ' '])
+        .trim();
+    trimmed.to_string()
+}
+
+/// `%40` and the like in a URI; malformed escapes are kept as written.
+fn percent_decode(raw: &str) -> String {
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(hi), Some(lo)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(hi * 16 + lo);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(b: u8) -> Option<u8> {
+    char::from(b)
+        .to_digit(16)
+        .and_then(|d| u8::try_from(d).ok())
 }
 
 impl fmt::Display for Email {
@@ -141,6 +221,97 @@ mod tests {
         );
         assert_eq!(Email::parse("ann@-x.com"), Err(EmailError::InvalidDomain));
         assert_eq!(Email::parse("ann@x..com"), Err(EmailError::InvalidDomain));
+    }
+
+    #[test]
+    fn accepts_the_ways_addresses_arrive_from_mail_headers_and_exports() {
+        for raw in [
+            "ann.tan@example.com",
+            "Ann.Tan@Example.com",
+            "mailto:ann.tan@example.com",
+            "MAILTO:Ann.Tan@Example.com?subject=Flat%20viewing",
+            "mailto:ann.tan%40example.com",
+            "Ann Tan <Ann.Tan@Example.com>",
+            "\"Tan, Ann\" <ann.tan@example.com>",
+            "<ann.tan@example.com>",
+            " <ann.tan@example.com> ",
+            "ann.tan@example.com.",
+            "ann.tan@example.com. ",
+            "ann.tan@example.com,",
+            "ann.tan＠example.com",
+            "ａｎｎ.ｔａｎ＠ｅｘａｍｐｌｅ.ｃｏｍ",
+            "\u{a0}ann.tan@example.com\u{3000}",
+            "ann.tan@example.com (Ann Tan)",
+            "'ann.tan@example.com'",
+            "\u{200e}ann.tan@example.com",
+        ] {
+            assert_eq!(
+                Email::parse(raw).map(|e| e.to_string()),
+                Ok("ann.tan@example.com".to_string()),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_what_is_not_an_address() {
+        for raw in [
+            "Ann Tan",
+            "Ann Tan <>",
+            "mailto:",
+            "<ann.tan>",
+            "ann tan@example.com",
+            "ann@example",
+            "ann@@example.com",
+        ] {
+            assert!(Email::parse(raw).is_err(), "{raw:?}");
+        }
+        assert_eq!(
+            Email::parse(&format!("{}@example.com", "a".repeat(600))),
+            Err(EmailError::TooLong)
+        );
+        assert_eq!(
+            Email::parse(&format!("x@{}.com", "a".repeat(260))),
+            Err(EmailError::TooLong)
+        );
+    }
+
+    /// Ways a plain address is written.
+    fn decorate(style: usize, local: &str, domain: &str) -> String {
+        let wide = |s: &str| -> String {
+            s.chars()
+                .map(|c| char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c))
+                .collect()
+        };
+        let upper = format!("{}@{}", local.to_uppercase(), domain.to_uppercase());
+        match style {
+            0 => format!("{local}@{domain}"),
+            1 => format!("mailto:{local}@{domain}"),
+            2 => format!("mailto:{local}@{domain}?subject=Hello"),
+            3 => format!("Ann Tan <{upper}>"),
+            4 => format!("\"Tan, Ann\" <{local}@{domain}>"),
+            5 => format!("<{local}@{domain}>"),
+            6 => format!("{local}@{domain}. "),
+            7 => format!("  {upper}  "),
+            8 => format!("{local}＠{domain}"),
+            9 => format!("{}＠{}", wide(local), wide(domain)),
+            10 => format!("{local}@{domain} (Ann)"),
+            _ => format!("\u{a0}{local}@{domain}\u{2009}"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_accepted_spelling_has_the_key_of_the_plain_address(
+            local in "[a-z0-9]{1,10}([._+-][a-z0-9]{1,8}){0,2}",
+            domain in "[a-z0-9]{1,10}(-[a-z0-9]{1,5})?\\.[a-z]{2,6}",
+            style in 0usize..12,
+        ) {
+            let plain = Email::parse(&format!("{local}@{domain}"));
+            prop_assert!(plain.is_ok());
+            let written = decorate(style, &local, &domain);
+            prop_assert_eq!(Email::parse(&written), plain, "{}", written);
+        }
     }
 
     proptest! {

@@ -7,6 +7,7 @@
 //!
 //! # Layout
 //! - [`phone`], [`email`]: parse-once value types.
+//! - [`ingest`]: the one engagement parser every ingest route uses.
 //! - [`names`]: name tokens, typo variants and query classification for search.
 //! - [`customer`], [`engagement`], [`staff`], [`device`], [`ids`], [`time`]: the records.
 //! - [`event`], [`events`], [`relay`]: domain events, the stream they go on,
@@ -23,6 +24,7 @@ pub mod engagement;
 pub mod event;
 pub mod events;
 pub mod ids;
+pub mod ingest;
 pub mod linking;
 pub mod names;
 pub mod phone;

@@ -61,27 +61,92 @@ pub enum PhoneError {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PhoneNumber(String);
 
-const MAX_INPUT_CHARS: usize = 40;
+/// A number as it was written: the number, and the extension written after
+/// it (`ext. 12`), which is not part of the number's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WrittenPhone {
+    pub number: PhoneNumber,
+    pub extension: Option<String>,
+}
+
+/// Longest input, in characters, notes and extension included.
+pub const MAX_INPUT_CHARS: usize = 64;
+/// Longest extension, in digits.
+const MAX_EXTENSION_DIGITS: usize = 10;
 
 impl PhoneNumber {
-    /// Parses a number typed any way: `+65 8122 6418`, `(065) 8122-6418`,
-    /// `0065 81226418`, or `81226418` with region SG.
+    /// Parses a number written any way a person would read as that number:
+    /// `+65 8122 6418`, `(065) 8122-6418`, `00 65 8122 6418`, `81226418`
+    /// with region SG, full-width digits (`８１２２ ６４１８`), non-breaking or
+    /// thin spaces, a `tel:` URI (`tel:81226418;phone-context=+65`), an
+    /// extension (`ext. 12`, `x12`, `;ext=12`) or a note after it
+    /// (`(mobile)`, `/ Ann`). The extension and the note are dropped: see
+    /// [`PhoneNumber::parse_written`] for the extension.
     pub fn parse(raw: &str, default_region: Option<Region>) -> Result<Self, PhoneError> {
-        let raw = raw.trim();
-        if raw.is_empty() {
-            return Err(PhoneError::Empty);
-        }
+        Self::parse_written(raw, default_region).map(|w| w.number)
+    }
+
+    /// [`PhoneNumber::parse`], keeping the extension.
+    pub fn parse_written(
+        raw: &str,
+        default_region: Option<Region>,
+    ) -> Result<WrittenPhone, PhoneError> {
         if raw.chars().count() > MAX_INPUT_CHARS {
             return Err(PhoneError::TooLong);
         }
+        let text = crate::ingest::fold_written(raw);
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(PhoneError::Empty);
+        }
+        let written = match strip_prefix_ignore_case(text, "tel:") {
+            Some(uri) => tel_uri(uri)?,
+            None => decorated(text)?,
+        };
+        let number =
+            Self::parse_plain(&written.number, written.context.as_deref(), default_region)?;
+        Ok(WrittenPhone {
+            number,
+            extension: written.extension,
+        })
+    }
+
+    /// The number itself: digits and separators, `+` first or not at all.
+    /// `context` is a `tel:` URI's global `phone-context` (`+65`): the
+    /// number is local to it.
+    fn parse_plain(
+        raw: &str,
+        context: Option<&str>,
+        default_region: Option<Region>,
+    ) -> Result<Self, PhoneError> {
+        let raw = raw.trim();
+        // `+44 (0)20 7946 0018`: the trunk prefix in brackets is not dialled
+        // from abroad.
+        let without_trunk;
+        let raw = if raw.starts_with('+') && raw.contains("(0)") {
+            without_trunk = raw.replacen("(0)", "", 1);
+            without_trunk.as_str()
+        } else {
+            raw
+        };
         let mut digits = String::with_capacity(raw.len());
         for (i, c) in raw.chars().enumerate() {
             match c {
                 '0'..='9' => digits.push(c),
                 '+' if i == 0 => {}
-                ' ' | '-' | '(' | ')' | '.' | '/' | '\u{a0}' => {}
+                c if is_separator(c) => {}
                 _ => return Err(PhoneError::InvalidCharacters),
             }
+        }
+        if let Some(context) = context {
+            // The local number under a global context: the context's digits
+            // (country code and any prefix) come first.
+            let mut full: String = context.chars().filter(char::is_ascii_digit).collect();
+            full.push_str(digits.trim_start_matches('0'));
+            if full.len() < 4 || digits.len() < 4 {
+                return Err(PhoneError::TooShort);
+            }
+            return Self::international(&full).ok_or(PhoneError::Invalid);
         }
         if digits.len() < 4 {
             return Err(PhoneError::TooShort);
@@ -196,6 +261,119 @@ impl PhoneNumber {
         let n = PHONE_NUMBER_UTIL.parse(&self.0, None).ok()?;
         Some(n.get_national_significant_number())
     }
+}
+
+/// Characters people put between the digits of a number (after
+/// [`crate::ingest::fold_written`], which turns other spaces and dashes into
+/// these).
+fn is_separator(c: char) -> bool {
+    matches!(c, ' ' | '-' | '(' | ')' | '.' | '/')
+}
+
+/// A number split from what was written around it.
+struct Written {
+    number: String,
+    /// A `tel:` URI's global `phone-context` (`+65`).
+    context: Option<String>,
+    extension: Option<String>,
+}
+
+fn strip_prefix_ignore_case<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+    let head = text.get(..prefix.len())?;
+    head.eq_ignore_ascii_case(prefix)
+        .then(|| &text[prefix.len()..])
+}
+
+/// RFC 3966: `tel:+65-8122-6418`, `tel:81226418;phone-context=+65`,
+/// `tel:+6581226418;ext=12`. Other parameters are ignored.
+fn tel_uri(uri: &str) -> Result<Written, PhoneError> {
+    let uri = uri.trim_start_matches('/');
+    let mut parts = uri.split(';');
+    let number = parts.next().unwrap_or_default().trim();
+    let mut context = None;
+    let mut extension = None;
+    for param in parts {
+        let (key, value) = param.split_once('=').unwrap_or((param, ""));
+        let key = key.trim();
+        if key.eq_ignore_ascii_case("ext") {
+            extension = Some(extension_digits(value.trim())?);
+        } else if key.eq_ignore_ascii_case("phone-context") && value.trim().starts_with('+') {
+            // A domain name as context says nothing about the country.
+            context = Some(value.trim().to_string());
+        }
+    }
+    if number.starts_with('+') {
+        context = None;
+    }
+    Ok(Written {
+        number: number.to_string(),
+        context,
+        extension,
+    })
+}
+
+/// A number followed by an extension or a note: `+65 8122 6418 ext. 12`,
+/// `+65 8122 6418 x12`, `+65 8122 6418;ext=12`, `+65 8122 6418 (mobile)`,
+/// `+65-8122-6418 / Ann`. A note needs a letter and a space or bracket
+/// between it and the number (`81226418abc` is refused); digits after the
+/// number that are not an extension are not a note (`8122 6418 / 9123 4567`
+/// is two numbers, refused).
+fn decorated(text: &str) -> Result<Written, PhoneError> {
+    let run_end = text
+        .char_indices()
+        .find(|&(i, c)| !(c.is_ascii_digit() || is_separator(c) || (c == '+' && i == 0)))
+        .map_or(text.len(), |(i, _)| i);
+    let number_end = text[..run_end]
+        .rfind(|c: char| c.is_ascii_digit())
+        .map_or(0, |i| i + 1);
+    if number_end == 0 {
+        return Err(PhoneError::InvalidCharacters);
+    }
+    let number = text[..number_end].to_string();
+    let mut rest = &text[number_end..];
+    let mut extension = None;
+    if let Some((digits, after)) = extension_of(rest.trim_start()) {
+        extension = Some(digits);
+        rest = after;
+    }
+    if !rest.trim().is_empty() {
+        let separated = rest.starts_with(|c: char| c.is_whitespace() || "([{/,;-".contains(c));
+        let has_letter = rest.chars().any(char::is_alphabetic);
+        if !separated || !has_letter {
+            return Err(PhoneError::InvalidCharacters);
+        }
+    }
+    Ok(Written {
+        number,
+        context: None,
+        extension,
+    })
+}
+
+/// `ext. 12`, `ext 12`, `extension 12`, `x12`, `#12`, `;ext=12` at the start
+/// of `text`: the digits and what follows them.
+fn extension_of(text: &str) -> Option<(String, &str)> {
+    const MARKERS: [&str; 8] = [";ext=", "extension", "ext.", "ext:", "ext", "x.", "x", "#"];
+    let after = MARKERS
+        .iter()
+        .find_map(|m| strip_prefix_ignore_case(text, m))?;
+    let after = after.trim_start_matches([' ', ':', '.', '=']);
+    let end = after
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(after.len());
+    let digits = extension_digits(&after[..end]).ok()?;
+    Some((digits, &after[end..]))
+}
+
+fn extension_digits(raw: &str) -> Result<String, PhoneError> {
+    let digits: String = raw.chars().filter(|c| *c != '-' && *c != '.').collect();
+    if digits.is_empty()
+        || digits.len() > MAX_EXTENSION_DIGITS
+        || !digits.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(PhoneError::InvalidCharacters);
+    }
+    Ok(digits)
 }
 
 impl fmt::Display for PhoneNumber {
@@ -388,6 +566,147 @@ mod tests {
             Err(PhoneError::Invalid)
         );
         assert!(Region::parse("XX").is_err());
+    }
+
+    #[test]
+    fn accepts_the_ways_numbers_arrive_from_phones_mail_and_exports() {
+        for raw in [
+            "tel:+65-8122-6418",
+            "TEL:+6581226418",
+            "tel:81226418;phone-context=+65",
+            "tel:8122-6418;phone-context=example.com",
+            "+65 8122 6418 ext. 12",
+            "+65 8122 6418 x12",
+            "+65 8122 6418;ext=12",
+            "tel:+65-8122-6418;ext=12",
+            "８１２２ ６４１８",
+            "＋６５ ８１２２ ６４１８",
+            "+65 8122 6418 (mobile)",
+            "+65-8122-6418 / Ann",
+            "00 65 8122 6418",
+            "(065) 8122-6418",
+            "+65\u{a0}8122\u{a0}6418",
+            "+65\u{2009}8122\u{2009}6418",
+            "+65\u{202f}8122\u{202f}6418",
+            "+65.8122.6418",
+            "+65\u{2013}8122\u{2013}6418",
+            "\u{202a}+65 8122 6418\u{202c}",
+            "\u{200e}+65 8122 6418",
+            " +65 8122 6418 ",
+            "+65 (0) 8122 6418",
+            "81226418 mobile",
+        ] {
+            assert_eq!(
+                PhoneNumber::parse(raw, sg()).map(|p| p.to_string()),
+                Ok("+6581226418".to_string()),
+                "{raw:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_extension_stays_out_of_the_key() {
+        for raw in [
+            "+65 8122 6418 ext. 12",
+            "+65 8122 6418 Ext 12",
+            "+65 8122 6418 extension 12",
+            "+65 8122 6418 x12",
+            "+65 8122 6418 X 12",
+            "+65 8122 6418 #12",
+            "+65 8122 6418;ext=12",
+            "tel:+6581226418;ext=12",
+            "+65 8122 6418 ext. 12 (office)",
+        ] {
+            let w = PhoneNumber::parse_written(raw, None).unwrap();
+            assert_eq!(w.number.as_str(), "+6581226418", "{raw}");
+            assert_eq!(w.extension.as_deref(), Some("12"), "{raw}");
+        }
+        let plain = PhoneNumber::parse_written("+65 8122 6418 (mobile)", None).unwrap();
+        assert_eq!(plain.extension, None);
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_number() {
+        for raw in [
+            "call me",
+            "81226418abc",
+            "+65 8122 6418 / 9123 4567",
+            "mobile",
+            "tel:",
+            "tel:+65-abc",
+        ] {
+            assert!(PhoneNumber::parse(raw, sg()).is_err(), "{raw:?}");
+        }
+        assert_eq!(
+            PhoneNumber::parse(&"8".repeat(65), sg()),
+            Err(PhoneError::TooLong)
+        );
+        assert_eq!(PhoneNumber::parse("\u{a0} ", sg()), Err(PhoneError::Empty));
+        assert_eq!(
+            PhoneNumber::parse("tel:81226418", None),
+            Err(PhoneError::NoRegion)
+        );
+    }
+
+    /// Ways a plain national number (8 digits) is written, each a function
+    /// of the number's two halves and the country code.
+    fn decorate(style: usize, cc: &str, a: &str, b: &str) -> String {
+        let wide = |s: &str| -> String {
+            s.chars()
+                .map(|c| char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c))
+                .collect()
+        };
+        match style {
+            0 => format!("+{cc} {a} {b}"),
+            1 => format!("tel:+{cc}-{a}-{b}"),
+            2 => format!("tel:{a}{b};phone-context=+{cc}"),
+            3 => format!("+{cc} {a} {b} ext. 12"),
+            4 => format!("+{cc} {a} {b} x12"),
+            5 => format!("+{cc} {a} {b};ext=12"),
+            6 => format!("{} {}", wide(a), wide(b)),
+            7 => format!("+{cc} {a} {b} (mobile)"),
+            8 => format!("+{cc}-{a}-{b} / Ann"),
+            9 => format!("00 {cc} {a} {b}"),
+            10 => format!("(0{cc}) {a}-{b}"),
+            11 => format!("+{cc}\u{a0}{a}\u{a0}{b}"),
+            12 => format!("+{cc}\u{2009}{a}\u{2009}{b}"),
+            13 => format!("+{cc}.{a}.{b}"),
+            14 => format!("{a}{b}"),
+            15 => format!("\u{202a}+{cc} {a} {b}\u{202c}"),
+            16 => format!("＋{} {} {}", wide(cc), wide(a), wide(b)),
+            _ => format!("{a} {b} (home)"),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn every_accepted_spelling_has_the_key_of_the_plain_number(
+            first in 8u32..=9,
+            rest in 0u32..10_000_000,
+            style in 0usize..18,
+        ) {
+            let national = format!("{first}{rest:07}");
+            let (a, b) = national.split_at(4);
+            let plain = PhoneNumber::parse(&format!("+65{national}"), None);
+            prop_assume!(plain.is_ok());
+            let written = decorate(style, "65", a, b);
+            prop_assert_eq!(PhoneNumber::parse(&written, sg()), plain, "{}", written);
+        }
+
+        #[test]
+        fn a_decorated_foreign_number_keeps_its_own_country(
+            rest in 0u32..1_000_000_000,
+            style in 0usize..14,
+        ) {
+            // UK mobiles: 7xxx xxxxxx, read from Singapore.
+            let national = format!("7{rest:09}");
+            let (a, b) = national.split_at(4);
+            prop_assume!(style != 6 && style != 10 && style != 14);
+            let plain = PhoneNumber::parse(&format!("+44{national}"), None);
+            prop_assume!(plain.is_ok());
+            let written = decorate(style, "44", a, b);
+            prop_assert_eq!(PhoneNumber::parse(&written, sg()), plain, "{}", written);
+        }
     }
 
     proptest! {

@@ -93,6 +93,12 @@ pub enum LinkMode {
     /// does (an edited customer stays the survivor; a new one goes into the
     /// oldest named).
     Merge { user_id: String },
+    /// Evidence that names its customer (`/v1/track` with a `customer_id`):
+    /// an identifier must be new or already that customer's, else the write
+    /// is refused with [`CrmError::IdentifierTaken`] and nothing is written.
+    /// Only the visitor id of a customer known by nothing else (the same
+    /// visitor before logging in) still joins it.
+    Attach,
 }
 
 /// What a create did with the customers its identifiers named.
@@ -354,6 +360,27 @@ impl Crm {
                 let c = self.current(pinned).await?;
                 named.insert(c.id, c);
             }
+            if let (LinkMode::Attach, Some(pinned)) = (mode, pinned) {
+                let pinned = self.current(pinned).await?.id;
+                let taken: BTreeSet<CustomerId> = owners
+                    .iter()
+                    .filter(|(owner, key)| {
+                        *owner != pinned
+                            && !(key.starts_with("anon:")
+                                && named.get(owner).is_some_and(|c| {
+                                    c.emails.is_empty()
+                                        && c.phones.is_empty()
+                                        && c.social.is_empty()
+                                }))
+                    })
+                    .map(|(owner, _)| *owner)
+                    .collect();
+                if !taken.is_empty() {
+                    return Err(CrmError::IdentifierTaken {
+                        customers: taken.into_iter().collect(),
+                    });
+                }
+            }
             if *mode == LinkMode::Confirm && !named.is_empty() {
                 // A staff create names somebody else's identifier: the staff
                 // decide (merge, or edit that customer). A create that lost a
@@ -531,7 +558,7 @@ impl Crm {
         }
         if !others.is_empty() {
             match &mode {
-                LinkMode::Confirm => {
+                LinkMode::Confirm | LinkMode::Attach => {
                     return Err(CrmError::IdentifierTaken {
                         customers: others.into_keys().collect(),
                     })
@@ -700,7 +727,7 @@ impl Crm {
                 }
                 EngagementTarget::CustomerWith { id, identifiers } => {
                     item.source.via = self.via(&identifiers);
-                    self.resolve_with(None, &identifiers, None, Some(id), &LinkMode::Auto)
+                    self.resolve_with(None, &identifiers, None, Some(id), &LinkMode::Attach)
                         .await
                         .map(|(c, how)| (c.id, how == Resolution::Created))
                 }
@@ -827,11 +854,9 @@ pub fn clean_name(name: Option<&str>, field: &str) -> Result<Option<String>, Crm
             format!("at most {MAX_NAME_CHARS} characters"),
         )]));
     }
-    if name.chars().any(char::is_control) {
-        return Err(CrmError::Invalid(vec![FieldError::new(
-            field,
-            "contains control characters",
-        )]));
+    // Control and bidirectional characters, as the ingest parser refuses them.
+    if let Err(message) = crate::ingest::check_text(name, crate::ingest::TextKind::Line) {
+        return Err(CrmError::Invalid(vec![FieldError::new(field, message)]));
     }
     Ok(Some(name.to_string()))
 }
@@ -1021,7 +1046,7 @@ impl Patch<'_> {
                         LinkMode::Auto => CrmError::IdentifiersConflict {
                             customers: vec![self.id, other],
                         },
-                        LinkMode::Confirm | LinkMode::Merge { .. } => {
+                        LinkMode::Confirm | LinkMode::Attach | LinkMode::Merge { .. } => {
                             let owner = current_in(tx, other).await?.map_or(other, |c| c.id);
                             CrmError::IdentifierTaken {
                                 customers: vec![owner],
