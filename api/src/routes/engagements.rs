@@ -1,25 +1,23 @@
-//! Engagements: record one, record a batch, read a customer's timeline.
+//! Engagements: record one, record a batch, record a web page view
+//! (`/v1/track`), read a customer's timeline. Every ingest route reads its
+//! body with the one parser in [`crm_models::ingest`].
 
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use chrono::Duration;
-use crm_models::engagement::{
-    CallStatus, Channel, Direction, Engagement, EngagementDetail, PayloadType, Source,
-};
+use crm_models::engagement::{CallStatus, Channel, Direction, Engagement, PayloadType};
 use crm_models::ids::{CustomerId, EngagementId};
-use crm_models::service::{CrmError, EngagementTarget, FieldError, NewEngagement, Recorded};
+use crm_models::ingest::{self, Json, JsonList, Origin, Shape};
+use crm_models::service::{CrmError, Recorded};
 use crm_models::store::{EngagementCursor, EngagementFilter};
-use crm_models::{time, Identifier, Region};
+use crm_models::time;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::customers::parse_customer_id;
-use super::input::Fields;
 use super::pagination::{self, Page};
-use crate::auth::{EngagementWriter, Staff};
+use crate::auth::{EngagementWriter, Staff, TrackWriter};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::state::AppState;
 
@@ -27,36 +25,32 @@ use crate::state::AppState;
 pub const MAX_BATCH_ITEMS: usize = 1000;
 /// Body limit of the batch route.
 pub const BATCH_BODY_LIMIT: usize = 8 * 1024 * 1024;
-const MAX_TEXT: usize = 10_000;
-const MAX_SHORT: usize = 2_048;
-/// Every channel's own fields.
-const CHANNEL_FIELDS: [&str; 12] = [
-    "direction",
-    "url",
-    "view",
-    "view_desc",
-    "category",
-    "object_id",
-    "duration_s",
-    "status",
-    "body",
-    "payload_type",
-    "payload",
-    "subject",
-];
-/// Clock skew tolerated for `occurred_at` in the future.
-const MAX_FUTURE_HOURS: i64 = 24;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(record_batch))
         .layer(DefaultBodyLimit::max(BATCH_BODY_LIMIT))
         .routes(routes!(record_engagement))
+        .routes(routes!(track))
         .routes(routes!(list_engagements))
 }
 
+/// The context the ingest parser reads a caller's engagements in.
+fn origin(state: &AppState, actor: String) -> Origin {
+    Origin {
+        region: state.default_region,
+        device_id: None,
+        user_id: actor,
+        now: time::now(),
+    }
+}
+
 /// An engagement as posted. Exactly one of `customer_id` and `customer`; the
-/// channel decides which other fields apply. Unknown fields are refused.
+/// channel decides which other fields apply. Unknown fields, fields of
+/// another channel and fields given twice are refused. Texts hold no control
+/// characters (message texts may hold newlines and tabs) and no
+/// bidirectional controls (U+202A to U+202E, U+2066 to U+2069, U+200E,
+/// U+200F, U+061C).
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[schema(example = json!({"customer": {"phone": "+65 8122 6418", "name": "Ann Tan"}, "channel": "sms", "direction": "inbound", "occurred_at": "2026-11-21T09:30:00Z", "body": "Is the flat still available?", "client_event_id": "sms-1842"}))]
 pub struct EngagementRequest {
@@ -66,13 +60,15 @@ pub struct EngagementRequest {
     pub channel: Channel,
     /// Required except for `web`, where it is not allowed.
     pub direction: Option<Direction>,
-    /// When it happened (RFC 3339); default: now.
+    /// When it happened: RFC 3339 (`2026-11-21T09:30:00Z`), years 1970 to
+    /// 9999, no leap second, at most 24 hours ahead; default: now.
     pub occurred_at: Option<String>,
-    /// The client's own id for the event: a retry with the same id is stored once.
+    /// The client's own id for the event (1 to 128 characters): a retry with
+    /// the same id is stored once.
     pub client_event_id: Option<String>,
-    /// web
+    /// web, required (at most 2,048 characters)
     pub url: Option<String>,
-    /// web
+    /// web, required (at most 200 characters)
     pub view: Option<String>,
     /// web
     pub view_desc: Option<String>,
@@ -80,24 +76,33 @@ pub struct EngagementRequest {
     pub category: Option<String>,
     /// web
     pub object_id: Option<String>,
-    /// call
+    /// call: seconds (default 0)
     pub duration_s: Option<u32>,
-    /// call
+    /// call: default `answered` when it lasted, else `missed`
     pub status: Option<CallStatus>,
-    /// sms
+    /// sms, required (at most 10,000 characters)
     pub body: Option<String>,
-    /// whatsapp
+    /// whatsapp, required
     pub payload_type: Option<PayloadType>,
-    /// whatsapp
+    /// whatsapp, required (at most 10,000 characters)
     pub payload: Option<String>,
-    /// email
+    /// email, required (at most 998 characters)
     pub subject: Option<String>,
 }
 
+/// A phone or an email (or both), and a name for a customer created for them.
 #[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
 pub struct CustomerRef {
+    /// Written any way a person would read as the number: `+65 8122 6418`,
+    /// `(065) 8122-6418`, `8122 6418` (with the server's default region),
+    /// `tel:+65-8122-6418`, full-width digits, an extension (`ext. 12`,
+    /// `x12`) or a note (`(mobile)`) after it. The extension and the note
+    /// are not part of the key.
     pub phone: Option<String>,
+    /// Written any way a person would read as the address: `Ann Tan
+    /// <ann.tan@example.com>`, `mailto:` URIs, full-width `＠`.
     pub email: Option<String>,
+    /// At most 200 characters.
     pub name: Option<String>,
 }
 
@@ -121,166 +126,6 @@ impl From<Recorded> for RecordedEngagement {
     }
 }
 
-/// Parses one engagement object; every problem is reported with its path.
-pub fn parse_engagement(
-    value: &Value,
-    prefix: &str,
-    region: Option<Region>,
-    actor: &str,
-) -> Result<NewEngagement, Vec<FieldError>> {
-    let mut f = Fields::new(value, prefix).map_err(|e| vec![e])?;
-    let channel: Option<Channel> =
-        f.typed("channel", true, "one of web, call, sms, whatsapp, email");
-    let target = parse_target(&mut f, region);
-    let occurred_at = f.timestamp("occurred_at", false).unwrap_or_else(time::now);
-    if occurred_at > time::now() + Duration::hours(MAX_FUTURE_HOURS) {
-        f.error(
-            "occurred_at",
-            format!("must not be more than {MAX_FUTURE_HOURS} hours in the future"),
-        );
-    }
-    let client_event_id = f.string("client_event_id", false, 128);
-    if client_event_id
-        .as_deref()
-        .is_some_and(|c| c.trim().is_empty())
-    {
-        f.error("client_event_id", "must not be empty");
-    }
-    let detail = match channel {
-        Some(c) => parse_detail(&mut f, c),
-        None => {
-            // Without a channel the channel fields cannot be judged; do not call them unknown.
-            for key in CHANNEL_FIELDS {
-                f.value(key);
-            }
-            None
-        }
-    };
-    f.deny_unknown();
-    match (target, detail) {
-        (Some(target), Some(detail)) if f.errors.is_empty() => Ok(NewEngagement {
-            target,
-            occurred_at,
-            source: Source {
-                device_id: None,
-                client_event_id,
-                user_id: Some(actor.to_string()),
-                via: None,
-            },
-            detail,
-        }),
-        _ => Err(f.errors),
-    }
-}
-
-fn parse_target(f: &mut Fields<'_>, region: Option<Region>) -> Option<EngagementTarget> {
-    let by_id = f.string("customer_id", false, 64);
-    let by_ref = f.value("customer");
-    match (by_id, by_ref) {
-        (Some(id), None) => match id.parse::<CustomerId>() {
-            Ok(id) => Some(EngagementTarget::Customer(id)),
-            Err(_) => {
-                f.error("customer_id", "must be a UUID");
-                None
-            }
-        },
-        (None, Some(reference)) => {
-            let prefix = f.path("customer.");
-            let mut r = match Fields::new(reference, &prefix) {
-                Ok(r) => r,
-                Err(e) => {
-                    f.errors.push(e);
-                    return None;
-                }
-            };
-            let phone = r.phone("phone", region);
-            let email = r.email("email");
-            let name = r.string("name", false, crm_models::service::MAX_NAME_CHARS);
-            let had_phone = r.has("phone");
-            let had_email = r.has("email");
-            r.deny_unknown();
-            let mut identifiers = Vec::new();
-            identifiers.extend(phone.map(Identifier::Phone));
-            identifiers.extend(email.map(Identifier::Email));
-            if !had_phone && !had_email {
-                r.error("phone", "give a phone or an email to identify the customer");
-            }
-            let ok = r.errors.is_empty();
-            f.errors.append(&mut r.errors);
-            ok.then_some(EngagementTarget::Identify { name, identifiers })
-        }
-        (Some(_), Some(_)) => {
-            f.error("customer", "give either customer_id or customer, not both");
-            None
-        }
-        (None, None) => {
-            f.error(
-                "customer_id",
-                "give customer_id, or customer with a phone or email",
-            );
-            None
-        }
-    }
-}
-
-fn parse_detail(f: &mut Fields<'_>, channel: Channel) -> Option<EngagementDetail> {
-    let direction: Option<Direction> = if channel == Channel::Web {
-        if f.has("direction") {
-            f.error("direction", "web engagements have no direction");
-        }
-        f.value("direction");
-        None
-    } else {
-        f.typed("direction", true, "inbound or outbound")
-    };
-    let detail = match channel {
-        Channel::Web => {
-            // Read every field before giving up, so that all problems are reported.
-            let url = f.string("url", true, MAX_SHORT);
-            let view = f.string("view", true, 200);
-            EngagementDetail::Web {
-                view_desc: f.string("view_desc", false, MAX_SHORT),
-                category: f.string("category", false, 200),
-                object_id: f.string("object_id", false, 200),
-                url: url?,
-                view: view?,
-            }
-        }
-        Channel::Call => {
-            let duration_s: Option<u32> = f.typed("duration_s", true, "a whole number of seconds");
-            let status: Option<CallStatus> = f.typed(
-                "status",
-                true,
-                "one of answered, missed, rejected, voicemail",
-            );
-            EngagementDetail::Call {
-                direction: direction?,
-                duration_s: duration_s?,
-                status: status?,
-            }
-        }
-        Channel::Sms => EngagementDetail::Sms {
-            direction: direction?,
-            body: f.string("body", true, MAX_TEXT)?,
-        },
-        Channel::Whatsapp => {
-            let payload_type: Option<PayloadType> =
-                f.typed("payload_type", true, "one of text, image, file");
-            let payload = f.string("payload", true, MAX_TEXT);
-            EngagementDetail::Whatsapp {
-                direction: direction?,
-                payload_type: payload_type?,
-                payload: payload?,
-            }
-        }
-        Channel::Email => EngagementDetail::Email {
-            direction: direction?,
-            subject: f.string("subject", true, 998)?,
-        },
-    };
-    Some(detail)
-}
-
 /// Records one engagement, resolving or creating its customer.
 #[utoipa::path(
     post, path = "/v1/engagements", tag = "engagements",
@@ -288,7 +133,6 @@ fn parse_detail(f: &mut Fields<'_>, channel: Channel) -> Option<EngagementDetail
     responses(
         (status = 201, description = "Recorded", body = RecordedEngagement),
         (status = 200, description = "Already recorded under this `client_event_id`", body = RecordedEngagement),
-        (status = 403, description = "`forbidden`: an API key without the scope `engagements`", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "`identifiers_conflict`", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`, with per-field `errors`", body = Problem, content_type = "application/problem+json"),
@@ -297,10 +141,15 @@ fn parse_detail(f: &mut Fields<'_>, channel: Channel) -> Option<EngagementDetail
 async fn record_engagement(
     State(state): State<AppState>,
     EngagementWriter(caller): EngagementWriter,
-    ApiJson(body): ApiJson<Value>,
+    ApiJson(body): ApiJson<Json>,
 ) -> Result<Response, ApiError> {
-    let item = parse_engagement(&body, "", state.default_region, &caller.actor())
-        .map_err(ApiError::Validation)?;
+    let item = ingest::parse_engagement(
+        &body.item(),
+        "",
+        Shape::Engagement,
+        &origin(&state, caller.actor()),
+    )
+    .map_err(ApiError::Validation)?;
     let recorded = state.crm.record_engagement(item).await?;
     let status = if recorded.duplicate {
         StatusCode::OK
@@ -310,11 +159,13 @@ async fn record_engagement(
     Ok((status, ApiJson(RecordedEngagement::from(recorded))).into_response())
 }
 
+/// Unknown fields are refused.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// Up to 1,000 engagements.
+    /// 1 to 1,000 engagements.
     #[schema(value_type = Vec<EngagementRequest>)]
-    pub items: Vec<Value>,
+    pub items: JsonList,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -356,9 +207,8 @@ pub struct BatchResponse {
     request_body = BatchRequest,
     responses(
         (status = 200, body = BatchResponse),
-        (status = 403, description = "`forbidden`: an API key without the scope `engagements`", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`: more than 1,000 items or 8 MiB", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: no items, a field other than `items`, or `items` given twice", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn record_batch(
@@ -372,17 +222,19 @@ async fn record_batch(
             body.items.len()
         )));
     }
-    let actor = caller.actor();
+    if body.items.is_empty() {
+        return Err(ApiError::field(
+            "items",
+            format!("give 1 to {MAX_BATCH_ITEMS} engagements"),
+        ));
+    }
+    let origin = origin(&state, caller.actor());
     let mut results: Vec<Option<BatchItemResult>> = Vec::with_capacity(body.items.len());
     let mut parsed = Vec::new();
     let mut parsed_index = Vec::new();
-    for (index, value) in body.items.iter().enumerate() {
-        match parse_engagement(
-            value,
-            &format!("items[{index}]."),
-            state.default_region,
-            &actor,
-        ) {
+    for (index, item) in body.items.items().enumerate() {
+        let prefix = format!("items[{index}].");
+        match ingest::parse_engagement(&item, &prefix, Shape::Engagement, &origin) {
             Ok(item) => {
                 parsed.push(item);
                 parsed_index.push(index);
@@ -431,6 +283,68 @@ fn rejected(index: usize, error: ApiError) -> BatchItemResult {
     }
 }
 
+/// A page view from the website. Fields as in `EngagementRequest` for `web`,
+/// plus who: `anonymous_id` (the site's visitor id), `customer_id`, `email`,
+/// `phone`, at least one of them. Views under an `anonymous_id` are kept on a
+/// customer of their own until an event carries that `anonymous_id` with an
+/// email, a phone or a `customer_id`: then that history joins the customer.
+/// With a `customer_id`, an `email` or `phone` must be new or already that
+/// customer's. Unknown fields, and fields given twice, are refused.
+#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"anonymous_id": "v-7f3a", "email": "ann@example.com", "url": "https://shop.example/p/42", "view": "product", "view_desc": "Blue shoes", "category": "shoes", "object_id": "42", "occurred_at": "2026-11-21T09:30:00Z", "client_event_id": "pv-20261121-0001"}))]
+pub struct TrackRequest {
+    /// The site's visitor id (at most 128 characters).
+    pub anonymous_id: Option<String>,
+    pub customer_id: Option<String>,
+    /// Written any way (`Ann Tan <ann@example.com>`, `mailto:`).
+    pub email: Option<String>,
+    /// Written any way (`+65 8122 6418`, `tel:` URIs, an extension).
+    pub phone: Option<String>,
+    pub url: String,
+    pub view: String,
+    pub view_desc: Option<String>,
+    pub category: Option<String>,
+    pub object_id: Option<String>,
+    /// RFC 3339, years 1970 to 9999, no leap second; default: now.
+    pub occurred_at: Option<String>,
+    /// Retries with the same id are stored once; not empty when given.
+    pub client_event_id: Option<String>,
+}
+
+/// Records a web page view and stitches the visitor's identity.
+#[utoipa::path(
+    post, path = "/v1/track", tag = "engagements",
+    request_body = TrackRequest,
+    responses(
+        (status = 201, description = "Recorded", body = RecordedEngagement),
+        (status = 200, description = "Already recorded under this `client_event_id`", body = RecordedEngagement),
+        (status = 403, description = "`forbidden`: an API key without the scope `track`", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`identifier_taken`: with a `customer_id`, an `email`, `phone` or `anonymous_id` that belongs to another customer; nothing was written", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`, with per-field `errors`", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn track(
+    State(state): State<AppState>,
+    TrackWriter(caller): TrackWriter,
+    ApiJson(body): ApiJson<Json>,
+) -> Result<Response, ApiError> {
+    let item = ingest::parse_engagement(
+        &body.item(),
+        "",
+        Shape::Track,
+        &origin(&state, caller.actor()),
+    )
+    .map_err(ApiError::Validation)?;
+    let recorded = state.crm.record_engagement(item).await?;
+    let status = if recorded.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    Ok((status, ApiJson(RecordedEngagement::from(recorded))).into_response())
+}
+
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -465,7 +379,7 @@ async fn list_engagements(
     let limit = pagination::limit(query.limit)?;
     let time_param = |raw: &Option<String>, field: &str| {
         raw.as_deref()
-            .map(|r| time::parse(r).map_err(|_| ApiError::field(field, "must be an RFC 3339 time")))
+            .map(|r| time::parse_input(r).map_err(|e| ApiError::field(field, e)))
             .transpose()
     };
     let filter = EngagementFilter {

@@ -1,34 +1,25 @@
 //! Identity linking over HTTP: merge by hand, history, undo, suggested
-//! duplicates, shared identifiers, and web page views (`/v1/track`), which
-//! stitch an anonymous visitor to the customer who logs in.
+//! duplicates and shared identifiers. (Web page views, `/v1/track`, which
+//! stitch an anonymous visitor to the customer who logs in, are recorded
+//! beside the other engagements.)
 
 use axum::extract::State;
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
-use chrono::Duration;
 use crm_models::customer::{Customer, Identifier};
-use crm_models::engagement::{EngagementDetail, Source};
 use crm_models::ids::{CustomerId, MergeId};
 use crm_models::linking::{Suggestion, SuggestionReason};
-use crm_models::service::{EngagementTarget, HistoryEntry, NewEngagement};
+use crm_models::service::HistoryEntry;
 use crm_models::{time, Email, PhoneNumber};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::customers::parse_customer_id;
-use super::engagements::RecordedEngagement;
-use super::input::Fields;
-use crate::auth::{AdminOnly, Staff, TrackWriter};
+use crate::auth::{AdminOnly, Staff};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorCode, Problem};
 use crate::state::AppState;
 
 /// Most customers one merge request may name.
 const MAX_MERGE_IDS: usize = 50;
-const MAX_SHORT: usize = 2_048;
-/// Clock skew tolerated for `occurred_at` in the future.
-const MAX_FUTURE_HOURS: i64 = 24;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -37,7 +28,6 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(undo_merge))
         .routes(routes!(list_duplicates))
         .routes(routes!(mark_shared))
-        .routes(routes!(track))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -296,132 +286,4 @@ fn parse_identifier(raw: &str, state: &AppState) -> Result<Identifier, ApiError>
             .map(Identifier::Phone)
             .map_err(|e| ApiError::field("identifier", e)),
     }
-}
-
-/// A page view from the website. Fields as in `EngagementRequest` for `web`,
-/// plus who: `anonymous_id` (the site's visitor id), `customer_id`, `email`,
-/// `phone`, at least one of them. Views under an `anonymous_id` are kept on a
-/// customer of their own until an event carries that `anonymous_id` with an
-/// email, a phone or a `customer_id`: then that history joins the customer.
-#[derive(Debug, Deserialize, Serialize, utoipa::ToSchema)]
-#[schema(example = json!({"anonymous_id": "v-7f3a", "email": "ann@example.com", "url": "https://shop.example/p/42", "view": "product", "view_desc": "Blue shoes", "category": "shoes", "object_id": "42", "occurred_at": "2026-11-21T09:30:00Z"}))]
-pub struct TrackRequest {
-    pub anonymous_id: Option<String>,
-    pub customer_id: Option<String>,
-    pub email: Option<String>,
-    pub phone: Option<String>,
-    pub url: String,
-    pub view: String,
-    pub view_desc: Option<String>,
-    pub category: Option<String>,
-    pub object_id: Option<String>,
-    /// Default: now.
-    pub occurred_at: Option<String>,
-    /// Retries with the same id are stored once.
-    pub client_event_id: Option<String>,
-}
-
-/// Records a web page view and stitches the visitor's identity.
-#[utoipa::path(
-    post, path = "/v1/track", tag = "linking",
-    request_body = TrackRequest,
-    responses(
-        (status = 201, description = "Recorded", body = RecordedEngagement),
-        (status = 200, description = "Already recorded under this `client_event_id`", body = RecordedEngagement),
-        (status = 403, description = "`forbidden`: an API key without the scope `track`", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`, with per-field `errors`", body = Problem, content_type = "application/problem+json"),
-    )
-)]
-async fn track(
-    State(state): State<AppState>,
-    TrackWriter(caller): TrackWriter,
-    ApiJson(body): ApiJson<Value>,
-) -> Result<Response, ApiError> {
-    let item = parse_track(&body, &state, &caller.actor()).map_err(ApiError::Validation)?;
-    let recorded = state.crm.record_engagement(item).await?;
-    let status = if recorded.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    Ok((status, ApiJson(RecordedEngagement::from(recorded))).into_response())
-}
-
-fn parse_track(
-    value: &Value,
-    state: &AppState,
-    actor: &str,
-) -> Result<NewEngagement, Vec<crm_models::service::FieldError>> {
-    let mut f = Fields::new(value, "").map_err(|e| vec![e])?;
-    let anonymous = f.string("anonymous_id", false, 128);
-    if anonymous.as_deref().is_some_and(|a| a.trim().is_empty()) {
-        f.error("anonymous_id", "must not be empty");
-    }
-    let customer_id = f.string("customer_id", false, 64);
-    let customer_id = match customer_id.map(|raw| raw.parse::<CustomerId>()) {
-        Some(Ok(id)) => Some(id),
-        Some(Err(_)) => {
-            f.error("customer_id", "must be a UUID");
-            None
-        }
-        None => None,
-    };
-    let email = f.email("email");
-    let phone = f.phone("phone", state.default_region);
-    let url = f.string("url", true, MAX_SHORT);
-    let view = f.string("view", true, 200);
-    let view_desc = f.string("view_desc", false, MAX_SHORT);
-    let category = f.string("category", false, 200);
-    let object_id = f.string("object_id", false, 200);
-    let occurred_at = f.timestamp("occurred_at", false).unwrap_or_else(time::now);
-    if occurred_at > time::now() + Duration::hours(MAX_FUTURE_HOURS) {
-        f.error(
-            "occurred_at",
-            format!("must not be more than {MAX_FUTURE_HOURS} hours in the future"),
-        );
-    }
-    let client_event_id = f.string("client_event_id", false, 128);
-    f.deny_unknown();
-    let mut identifiers = Vec::new();
-    identifiers.extend(anonymous.map(|a| Identifier::Anonymous(a.trim().to_string())));
-    identifiers.extend(email.map(Identifier::Email));
-    identifiers.extend(phone.map(Identifier::Phone));
-    if identifiers.is_empty() && customer_id.is_none() && f.errors.is_empty() {
-        f.error(
-            "anonymous_id",
-            "give anonymous_id, customer_id, email or phone",
-        );
-    }
-    let (Some(url), Some(view)) = (url, view) else {
-        return Err(f.errors);
-    };
-    if !f.errors.is_empty() {
-        return Err(f.errors);
-    }
-    let target = match customer_id {
-        Some(id) if identifiers.is_empty() => EngagementTarget::Customer(id),
-        Some(id) => EngagementTarget::CustomerWith { id, identifiers },
-        None => EngagementTarget::Identify {
-            name: None,
-            identifiers,
-        },
-    };
-    Ok(NewEngagement {
-        target,
-        occurred_at,
-        source: Source {
-            device_id: None,
-            client_event_id,
-            user_id: Some(actor.to_string()),
-            via: None,
-        },
-        detail: EngagementDetail::Web {
-            url,
-            view,
-            view_desc,
-            category,
-            object_id,
-        },
-    })
 }
