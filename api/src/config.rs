@@ -5,6 +5,8 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::auth::client_addr::Cidr;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "crm-api",
@@ -182,10 +184,52 @@ pub struct Config {
     /// Most emails a customer may have after an automatic merge.
     #[arg(long, env = "CRM_LINK_MAX_EMAILS", default_value_t = 10, global = true)]
     pub link_max_emails: usize,
+    /// Proxies (addresses or networks, comma-separated: `10.0.0.0/8,::1`)
+    /// whose `X-Forwarded-For` is believed. Unset: the client is the
+    /// socket's peer and the header is ignored.
+    #[arg(
+        long,
+        env = "CRM_TRUSTED_PROXIES",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub trusted_proxies: Vec<Cidr>,
+    /// Where `/metrics` (Prometheus) is served: an address of its own,
+    /// loopback by default, or `off`.
+    #[arg(
+        long,
+        env = "CRM_METRICS_LISTEN",
+        default_value = "127.0.0.1:9464",
+        global = true
+    )]
+    pub metrics_listen: MetricsListen,
+    /// When set, `/metrics` is also served on the API's port, to requests
+    /// that send `Authorization: Bearer <this token>`.
+    #[arg(long, env = "CRM_METRICS_TOKEN", global = true, hide_env_values = true)]
+    pub metrics_token: Option<String>,
+}
+
+/// `CRM_METRICS_LISTEN`: an address, or `off`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricsListen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for MetricsListen {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, String> {
+        let raw = raw.trim();
+        if raw.eq_ignore_ascii_case("off") {
+            return Ok(MetricsListen(None));
+        }
+        raw.parse()
+            .map(|a| MetricsListen(Some(a)))
+            .map_err(|_| format!("{raw:?} is neither an address (127.0.0.1:9464) nor `off`"))
+    }
 }
 
 impl Config {
-    /// Defaults for tests and tools: embedded store in `data_dir`, port 0.
+    /// Defaults for tests and tools: embedded store in `data_dir`, port 0
+    /// (for the API and for `/metrics`).
     pub fn for_data_dir(data_dir: PathBuf) -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -211,6 +255,10 @@ impl Config {
             link_min_phone_digits: 6,
             link_max_phones: 10,
             link_max_emails: 10,
+            trusted_proxies: Vec::new(),
+            // Tests run many applications at once: each its own free port.
+            metrics_listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 0)))),
+            metrics_token: None,
         }
     }
 }

@@ -66,6 +66,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// A built service, bound to its port, ready to run.
 pub struct Application {
     listener: TcpListener,
+    /// `/metrics` on its own address (`CRM_METRICS_LISTEN`), unless off.
+    metrics_listener: Option<TcpListener>,
     router: Router,
     state: AppState,
     background: Background,
@@ -90,8 +92,20 @@ impl Application {
         let listener = TcpListener::bind(state.config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", state.config.listen))?;
+        let metrics_listener = match state.config.metrics_listen.0 {
+            None => None,
+            // The API works without metrics: a taken port is logged, not fatal.
+            Some(addr) => match TcpListener::bind(addr).await {
+                Ok(l) => Some(l),
+                Err(e) => {
+                    tracing::error!(%addr, error = %e, "cannot serve /metrics (CRM_METRICS_LISTEN); serving the API without it");
+                    None
+                }
+            },
+        };
         Ok(Application {
             listener,
+            metrics_listener,
             router,
             state,
             background,
@@ -102,6 +116,13 @@ impl Application {
         self.listener
             .local_addr()
             .unwrap_or(self.state.config.listen)
+    }
+
+    /// Where `/metrics` is served, if anywhere.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     pub fn state(&self) -> &AppState {
@@ -116,10 +137,26 @@ impl Application {
     ) -> anyhow::Result<()> {
         tracing::info!(
             addr = %self.local_addr(),
+            metrics = ?self.metrics_addr(),
             store = self.state.crm.store().kind(),
             index = self.state.index.kind(),
             "crm-api listening"
         );
+        let mut tasks = self.background.tasks;
+        if let Some(listener) = self.metrics_listener {
+            let mut stopped = self.background.stop.subscribe();
+            let router = routes::health::metrics_router(self.state.clone());
+            tasks.push(tokio::spawn(async move {
+                let served = axum::serve(listener, router)
+                    .with_graceful_shutdown(async move {
+                        let _ = stopped.wait_for(|s| *s).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            }));
+        }
         let served = axum::serve(
             self.listener,
             self.router
@@ -129,7 +166,7 @@ impl Application {
         .await
         .context("server error");
         let _ = self.background.stop.send(true);
-        for task in self.background.tasks {
+        for task in tasks {
             let _ = task.await;
         }
         served
@@ -249,7 +286,14 @@ pub async fn build_state(
         .transpose()
         .context("CRM_DEFAULT_REGION")?;
     let policy = config.link_policy(default_region)?;
-    let auth = Arc::new(Auth::new(store.clone(), &secret, &config));
+    let mut auth = Auth::new(store.clone(), &secret, &config);
+    if let Some(url) = &config.redis_url {
+        let limiter = auth::LoginLimiter::shared(url, &config.redis_prefix)
+            .await
+            .context("cannot reach Redis (CRM_REDIS_URL) for the login limits")?;
+        auth = auth.with_login_limiter(limiter);
+    }
+    let auth = Arc::new(auth);
     auth.ensure_first_admin(
         config.admin_email.as_deref(),
         config.admin_password.as_deref(),

@@ -92,7 +92,7 @@ async fn forged_expired_and_misaddressed_tokens_get_401() {
     let now = chrono::Utc::now().timestamp();
     let good = json!({
         "sub": claims(&real)["sub"], "role": "admin", "iss": "crm-api", "aud": "crm",
-        "iat": now, "exp": now + 300, "jti": "test",
+        "iat": now, "nbf": now, "exp": now + 300, "jti": "test", "sid": claims(&real)["sid"],
     });
     // The rig is right: a token made here with the real secret works.
     expect_json::<Value>(

@@ -709,9 +709,10 @@ async fn operations_endpoints_answer() {
         ready,
         json!({"status": "ready", "store": "embedded", "index": "memory", "index_reachable": true, "events_relaying": true})
     );
+    let metrics_url = format!("{}/metrics", app.metrics_address.as_ref().unwrap());
     let metrics = app
         .client
-        .get(app.url("/metrics"))
+        .get(metrics_url)
         .send()
         .await
         .unwrap()

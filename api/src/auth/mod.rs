@@ -7,18 +7,25 @@
 //!
 //! Every request re-reads the user (or key) from the store, so deactivating a
 //! user, changing a role or revoking a key takes effect on the next request.
+//! An access token carries its session (the refresh-token family); ending
+//! the session (logout, refresh-token reuse, a new password, deactivation)
+//! ends its access tokens on every instance within a second.
 //! Secrets (passwords, tokens, keys) are never logged and never stored in clear.
 //!
 //! # Layout
 //! - [`password`]: argon2id hashing and verification.
 //! - [`tokens`]: access-token JWTs, random secrets, SHA-256 for storage.
-//! - `sessions`: login, refresh rotation, logout.
+//! - `sessions`: login, refresh rotation, logout; `revocations`: the
+//!   revoked-sessions set.
 //! - `users`, `api_keys`: managing staff accounts and integration keys.
-//! - `rate_limit`: login throttling.
+//! - `rate_limit`: login throttling; [`client_addr`]: who the client is
+//!   behind trusted proxies.
 
 mod api_keys;
+pub mod client_addr;
 pub mod password;
 mod rate_limit;
+mod revocations;
 mod sessions;
 pub mod tokens;
 mod users;
@@ -37,7 +44,7 @@ use crm_models::store::Store;
 pub use api_keys::{
     CreatedApiKey, CustomerWriter, EngagementWriter, NewApiKey, TrackWriter, KEY_PREFIX,
 };
-pub use rate_limit::{PER_ACCOUNT_PER_MINUTE, PER_ADDRESS_PER_MINUTE};
+pub use rate_limit::{LoginLimiter, ACCOUNT_FREE, PAIR_FREE, PER_ADDRESS_PER_MINUTE};
 pub use sessions::Session;
 pub use users::{NewUser, StaffRole, UserPatch};
 
@@ -58,6 +65,7 @@ pub struct Auth {
     tokens: tokens::AccessTokens,
     refresh_ttl_s: u64,
     limiter: rate_limit::LoginLimiter,
+    revocations: revocations::Revocations,
 }
 
 /// The caller as stored, for `GET /v1/me`.
@@ -68,13 +76,26 @@ pub enum Caller {
 }
 
 impl Auth {
+    /// Login limits in this process; see [`Auth::with_login_limiter`].
     pub fn new(store: Arc<dyn Store>, jwt_secret: &[u8], config: &Config) -> Self {
+        let tokens = tokens::AccessTokens::new(jwt_secret, config.access_token_ttl_s);
         Auth {
+            revocations: revocations::Revocations::new(
+                store.clone(),
+                tokens.ttl_s(),
+                tokens::LEEWAY_S,
+            ),
             store,
-            tokens: tokens::AccessTokens::new(jwt_secret, config.access_token_ttl_s),
+            tokens,
             refresh_ttl_s: config.refresh_token_ttl_s,
-            limiter: rate_limit::LoginLimiter::default(),
+            limiter: rate_limit::LoginLimiter::local(),
         }
+    }
+
+    /// Uses these login limits (shared through Redis when configured).
+    pub fn with_login_limiter(mut self, limiter: LoginLimiter) -> Self {
+        self.limiter = limiter;
+        self
     }
 
     /// Creates the first admin from configuration when there is no user yet.
@@ -130,13 +151,18 @@ impl Auth {
             .sub
             .parse()
             .map_err(|_| ApiError::Unauthorized(INVALID))?;
-        match self.store.get_user(id).await? {
-            Some(user) if user.active => Ok(Principal {
-                subject: Subject::User(user.id),
-                role: user.role,
-            }),
-            _ => Err(ApiError::Unauthorized(INVALID)),
+        let user = match self.store.get_user(id).await? {
+            Some(user) if user.active => user,
+            _ => return Err(ApiError::Unauthorized(INVALID)),
+        };
+        if self.revocations.is_revoked(&claims.sid).await? {
+            tracing::debug!(user_id = %user.id, "access token of an ended session refused");
+            return Err(ApiError::Unauthorized(INVALID));
         }
+        Ok(Principal {
+            subject: Subject::User(user.id),
+            role: user.role,
+        })
     }
 
     async fn authenticate_key(&self, key: &str) -> Result<Principal, ApiError> {

@@ -4,6 +4,9 @@
 //! used and issues the next one in the same family. A used token presented
 //! again means two parties hold it (one of them stole it), so the whole
 //! family is revoked and both must log in again.
+//!
+//! The family id is the session id (`sid`) of every access token issued in
+//! it: revoking the family ends those access tokens too (`revocations`).
 
 use std::net::IpAddr;
 
@@ -44,7 +47,7 @@ impl Auth {
         password: String,
         client: IpAddr,
     ) -> Result<Session, ApiError> {
-        self.limiter.check(email, client)?;
+        self.limiter.check(email, client).await?;
         let user = match Email::parse(email) {
             Ok(email) => self.store.get_user_by_email(&email).await?,
             Err(_) => None,
@@ -55,6 +58,7 @@ impl Auth {
             password::verify(password, user.as_ref().map(|u| u.password_hash.clone())).await?;
         match user {
             Some(user) if matches && user.active => {
+                self.limiter.succeeded(email, client).await;
                 let session = self
                     .start_session(&user, uuid::Uuid::new_v4().to_string())
                     .await?;
@@ -95,6 +99,11 @@ impl Auth {
         if stored.expires_at <= crm_models::time::now() {
             return Err(refused());
         }
+        // A token rotated in while its family was being revoked escapes the
+        // revocation; the session's record does not.
+        if self.revocations.is_revoked(&stored.family_id).await? {
+            return Err(refused());
+        }
         let user = match self.store.get_user(stored.user_id).await? {
             Some(user) if user.active => user,
             _ => return Err(refused()),
@@ -108,13 +117,15 @@ impl Auth {
         self.start_session(&user, stored.family_id).await
     }
 
-    /// Ends the session the refresh token belongs to (its whole family).
-    /// Does nothing for a token that is unknown or not the caller's.
+    /// Ends the session the refresh token belongs to (its whole family, and
+    /// the access tokens issued in it). Does nothing for a token that is
+    /// unknown or not the caller's.
     pub async fn logout(&self, caller: &Principal, refresh_token: &str) -> Result<(), ApiError> {
         let hash = sha256_hex(refresh_token);
         if let Some(stored) = self.store.get_refresh_token(&hash).await? {
             if caller.user_id() == Some(stored.user_id) {
                 self.store.revoke_refresh_family(&stored.family_id).await?;
+                self.revocations.revoked_here(&stored.family_id);
                 tracing::info!(user_id = %stored.user_id, "logout");
             }
         }
@@ -128,11 +139,12 @@ impl Auth {
             "refresh token reused; revoking its family"
         );
         self.store.revoke_refresh_family(&stored.family_id).await?;
+        self.revocations.revoked_here(&stored.family_id);
         Ok(())
     }
 
     async fn start_session(&self, user: &User, family_id: String) -> Result<Session, ApiError> {
-        let access_token = self.tokens.issue(user)?;
+        let access_token = self.tokens.issue(user, &family_id)?;
         let refresh_token = random_secret();
         let now = crm_models::time::now();
         let ttl = i64::try_from(self.refresh_ttl_s)

@@ -18,8 +18,9 @@ use crate::error::ApiError;
 pub const ISSUER: &str = "crm-api";
 /// `aud` of every access token.
 pub const AUDIENCE: &str = "crm";
-/// Clock skew tolerated on `exp`, between instances behind a load balancer.
-const LEEWAY_S: u64 = 30;
+/// Clock skew tolerated on `exp`, `nbf` and `iat`, between instances behind
+/// a load balancer.
+pub const LEEWAY_S: u64 = 5;
 
 /// What an access token says.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,8 +33,26 @@ pub struct Claims {
     pub iss: String,
     pub aud: String,
     pub exp: i64,
+    pub nbf: i64,
     pub iat: i64,
     pub jti: String,
+    /// The session: the refresh-token family the token was issued in.
+    /// Ending the session (logout, reuse of a refresh token, a new
+    /// password, deactivation) ends its access tokens.
+    pub sid: String,
+}
+
+/// Why a token is refused (for the debug log; the client is told nothing).
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    #[error(transparent)]
+    Invalid(#[from] jsonwebtoken::errors::Error),
+    #[error("expired")]
+    Expired,
+    #[error("not valid yet (nbf or iat in the future)")]
+    NotYetValid,
+    #[error("no session id")]
+    NoSession,
 }
 
 /// Issues and checks access tokens with one HS256 secret.
@@ -44,7 +63,8 @@ pub struct AccessTokens {
     ttl_s: i64,
     /// Tokens whose signature and claims were checked, by their exact text:
     /// a client sends the same token with every request until it expires,
-    /// and only the expiry can change the answer.
+    /// and only the expiry can change the answer (`nbf` and `iat` were in
+    /// the past once, and stay there). Sessions are checked on every use.
     verified: Mutex<HashMap<String, Claims>>,
 }
 
@@ -56,11 +76,14 @@ impl AccessTokens {
     pub fn new(secret: &[u8], ttl_s: u64) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.algorithms = vec![Algorithm::HS256];
+        // Times are checked in `verify_at`, against one clock, all with
+        // the same leeway; serde makes `exp`, `nbf` and `iat` mandatory.
         validation.leeway = LEEWAY_S;
-        validation.validate_exp = true;
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.set_audience(&[AUDIENCE]);
         validation.set_issuer(&[ISSUER]);
-        validation.set_required_spec_claims(&["exp", "iat", "aud", "iss", "sub"]);
+        validation.set_required_spec_claims(&["exp", "nbf", "aud", "iss", "sub"]);
         AccessTokens {
             encoding: EncodingKey::from_secret(secret),
             decoding: DecodingKey::from_secret(secret),
@@ -75,8 +98,8 @@ impl AccessTokens {
         self.ttl_s
     }
 
-    /// A signed token for this user, valid from now for the TTL.
-    pub fn issue(&self, user: &User) -> Result<String, ApiError> {
+    /// A signed token for this user in session `sid`, valid from now for the TTL.
+    pub fn issue(&self, user: &User, sid: &str) -> Result<String, ApiError> {
         let iat = chrono::Utc::now().timestamp();
         let claims = Claims {
             sub: user.id.to_string(),
@@ -84,20 +107,23 @@ impl AccessTokens {
             iss: ISSUER.into(),
             aud: AUDIENCE.into(),
             exp: iat.saturating_add(self.ttl_s),
+            nbf: iat,
             iat,
             jti: uuid::Uuid::new_v4().to_string(),
+            sid: sid.to_string(),
         };
         jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &self.encoding)
             .map_err(|e| ApiError::Internal(format!("signing an access token: {e}")))
     }
 
-    /// The claims of a token this service signed and that is still valid.
-    pub fn verify(&self, token: &str) -> Result<Claims, jsonwebtoken::errors::Error> {
+    /// The claims of a token this service signed and that is valid now.
+    pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
         self.verify_at(token, chrono::Utc::now().timestamp())
     }
 
-    fn verify_at(&self, token: &str, now: i64) -> Result<Claims, jsonwebtoken::errors::Error> {
-        let unexpired = |c: &Claims| c.exp.saturating_add(LEEWAY_S as i64) >= now;
+    pub(crate) fn verify_at(&self, token: &str, now: i64) -> Result<Claims, TokenError> {
+        let leeway = LEEWAY_S as i64;
+        let unexpired = |c: &Claims| c.exp.saturating_add(leeway) >= now;
         if let Some(claims) = self.verified.lock().get(token) {
             if unexpired(claims) {
                 return Ok(claims.clone());
@@ -106,7 +132,13 @@ impl AccessTokens {
         let claims =
             jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)?.claims;
         if !unexpired(&claims) {
-            return Err(jsonwebtoken::errors::ErrorKind::ExpiredSignature.into());
+            return Err(TokenError::Expired);
+        }
+        if claims.nbf.saturating_sub(leeway) > now || claims.iat.saturating_sub(leeway) > now {
+            return Err(TokenError::NotYetValid);
+        }
+        if claims.sid.is_empty() {
+            return Err(TokenError::NoSession);
         }
         let mut verified = self.verified.lock();
         if verified.len() >= VERIFIED_CAPACITY {
@@ -165,8 +197,12 @@ mod tests {
     fn issued_tokens_verify_and_carry_the_claims() {
         let tokens = AccessTokens::new(SECRET, 900);
         let u = user(Role::Agent);
-        let claims = tokens.verify(&tokens.issue(&u).unwrap()).unwrap();
+        let claims = tokens
+            .verify(&tokens.issue(&u, "session-1").unwrap())
+            .unwrap();
         assert_eq!(claims.sub, u.id.to_string());
+        assert_eq!(claims.sid, "session-1");
+        assert_eq!(claims.nbf, claims.iat);
         assert_eq!(claims.role, Role::Agent);
         assert_eq!(
             (claims.iss.as_str(), claims.aud.as_str()),
@@ -179,7 +215,7 @@ mod tests {
     #[test]
     fn a_token_verified_before_is_refused_once_it_expires() {
         let tokens = AccessTokens::new(SECRET, 900);
-        let token = tokens.issue(&user(Role::Agent)).unwrap();
+        let token = tokens.issue(&user(Role::Agent), "s").unwrap();
         let exp = tokens.verify(&token).unwrap().exp;
         let last_second = exp + LEEWAY_S as i64;
         assert!(tokens.verify_at(&token, last_second).is_ok());
@@ -202,7 +238,7 @@ mod tests {
         let now = chrono::Utc::now().timestamp();
         let good = serde_json::json!({
             "sub": UserId::new().to_string(), "role": "admin", "iss": ISSUER, "aud": AUDIENCE,
-            "exp": now + 60, "iat": now, "jti": "x",
+            "exp": now + 60, "nbf": now, "iat": now, "jti": "x", "sid": "s",
         });
         assert!(tokens
             .verify(&sign(&good, SECRET, Algorithm::HS256))
@@ -216,8 +252,11 @@ mod tests {
             .is_err());
         for (field, value) in [
             ("exp", serde_json::json!(now - 120)),
+            ("nbf", serde_json::json!(now + 60)),
+            ("iat", serde_json::json!(now + 60)),
             ("aud", serde_json::json!("elsewhere")),
             ("iss", serde_json::json!("someone-else")),
+            ("sid", serde_json::json!("")),
         ] {
             let mut bad = good.clone();
             bad[field] = value;
@@ -228,7 +267,7 @@ mod tests {
                 "{field}"
             );
         }
-        for field in ["exp", "aud", "iss", "sub"] {
+        for field in ["exp", "nbf", "iat", "aud", "iss", "sub", "sid"] {
             let mut bad = good.clone();
             bad.as_object_mut().unwrap().remove(field);
             assert!(
@@ -242,6 +281,34 @@ mod tests {
         let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"none","typ":"JWT"}"#);
         let payload = URL_SAFE_NO_PAD.encode(good.to_string());
         assert!(tokens.verify(&format!("{header}.{payload}.")).is_err());
+    }
+
+    #[test]
+    fn nbf_and_iat_may_be_ahead_by_the_leeway_and_no_more() {
+        let tokens = AccessTokens::new(SECRET, 900);
+        let now = 1_800_000_000;
+        let claims = |nbf: i64, iat: i64| {
+            serde_json::json!({
+                "sub": UserId::new().to_string(), "role": "agent", "iss": ISSUER,
+                "aud": AUDIENCE, "exp": now + 600, "nbf": nbf, "iat": iat, "jti": "x", "sid": "s",
+            })
+        };
+        let leeway = LEEWAY_S as i64;
+        for (nbf, iat, ok) in [
+            (now, now, true),
+            (now + leeway, now, true),
+            (now, now + leeway, true),
+            (now + leeway + 1, now, false),
+            (now, now + leeway + 1, false),
+            (now - 300, now - 300, true),
+        ] {
+            let token = sign(&claims(nbf, iat), SECRET, Algorithm::HS256);
+            let result = tokens.verify_at(&token, now);
+            assert_eq!(result.is_ok(), ok, "nbf {nbf} iat {iat}: {result:?}");
+            if !ok {
+                assert!(matches!(result, Err(TokenError::NotYetValid)));
+            }
+        }
     }
 
     #[test]

@@ -205,9 +205,10 @@ impl Auth {
     }
 
     /// Applies `patch` to user `id` on behalf of `actor`. Deactivating a user
-    /// or setting a password ends the user's sessions (refresh tokens); access
-    /// tokens stop working on the next request because authentication reads
-    /// `active` and `role` from the store. Admins cannot deactivate or demote
+    /// or setting a password ends the user's sessions: their refresh tokens
+    /// and the access tokens issued with them, on every instance within a
+    /// second (a role change applies at once: authentication reads `active`
+    /// and `role` from the store). Admins cannot deactivate or demote
     /// themselves, so that the last admin cannot lock everybody out by mistake.
     pub async fn update_user(
         &self,
@@ -266,6 +267,7 @@ impl Auth {
         }
         if ends_sessions {
             self.store.revoke_user_refresh_tokens(id).await?;
+            self.revocations.changed_here();
         }
         tracing::info!(user_id = %id, role = user.role.as_str(), active = user.active, "user updated");
         Ok(user)

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
+use crate::auth::client_addr::client_address;
 use crate::auth::{Caller, Principal, Session, Staff};
 use crate::error::{ApiError, ApiJson, Problem};
 use crate::state::AppState;
@@ -61,27 +62,39 @@ impl From<Session> for TokenResponse {
     }
 }
 
-/// The client's address, for login throttling. Without connection info (an
-/// in-process test router) every client shares one budget.
+/// The client's address, for login throttling: the socket's peer, or behind
+/// a proxy listed in `CRM_TRUSTED_PROXIES` the address it forwarded
+/// (`X-Forwarded-For`). Without connection info (an in-process test router)
+/// every client shares one budget.
 pub struct ClientAddr(pub IpAddr);
 
-impl<S: Send + Sync> FromRequestParts<S> for ClientAddr {
+impl FromRequestParts<AppState> for ClientAddr {
     type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
-        Ok(ClientAddr(
-            parts
-                .extensions
-                .get::<ConnectInfo<SocketAddr>>()
-                .map(|ConnectInfo(addr)| addr.ip())
-                .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
-        ))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+            .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
+        Ok(ClientAddr(client_address(
+            peer,
+            &parts.headers,
+            &state.config.trusted_proxies,
+        )))
     }
 }
 
 /// Logs a staff user in. Unknown email, wrong password and inactive user get
-/// the same answer. Limited to 5 attempts a minute per account and 20 per
-/// client address.
+/// the same answer. Failed attempts slow down, they never lock the owner
+/// out: after 5 failures for one account from one client address, each
+/// further attempt from there waits 2 s, 4 s, 8 s, ... (at most 15 min);
+/// after 10 for one account from anywhere, 1 s, 2 s, 4 s, ... (at most
+/// 60 s); a client address gets 20 attempts a minute. A 429 says how long in
+/// `Retry-After`.
 #[utoipa::path(
     post, path = "/v1/auth/login", tag = "auth",
     security(()),
@@ -123,8 +136,9 @@ async fn refresh(
     Ok(ApiJson(session.into()))
 }
 
-/// Ends the session of this refresh token (every token of its family). Does
-/// nothing for a token that is not the caller's.
+/// Ends the session of this refresh token: every refresh token of its
+/// family, and the access tokens issued with them (on every instance within
+/// a second). Does nothing for a token that is not the caller's.
 #[utoipa::path(
     post, path = "/v1/auth/logout", tag = "auth",
     request_body = RefreshRequest,

@@ -1,8 +1,11 @@
-//! Liveness, readiness and metrics. Unauthenticated by design: they reveal
-//! nothing but whether the service works.
+//! Liveness, readiness and metrics. Liveness and readiness are
+//! unauthenticated by design: they reveal nothing but whether the service
+//! works. Metrics say more (routes, volumes, timings): they are served on a
+//! listener of their own (`CRM_METRICS_LISTEN`, loopback by default), and on
+//! the API's port only to requests carrying `CRM_METRICS_TOKEN`.
 
 use axum::extract::State;
-use axum::http::header;
+use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -15,8 +18,15 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_with_token))
         .route("/openapi.yaml", get(openapi))
+}
+
+/// `GET /metrics` alone, for the metrics listener.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(state)
 }
 
 async fn healthz() -> Json<serde_json::Value> {
@@ -50,6 +60,39 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
         "events_relaying": relaying,
         "events_pending": pending,
     })))
+}
+
+/// `/metrics` on the API's port: only with `CRM_METRICS_TOKEN` configured
+/// and sent as a bearer token; a route that does not exist otherwise.
+async fn metrics_with_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<impl IntoResponse, ApiError> {
+    let Some(expected) = state.config.metrics_token.as_deref() else {
+        return Err(ApiError::not_found("route_not_found", "no such route"));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        Some(token) if same_secret(token, expected) => Ok(metrics(State(state)).await),
+        _ => Err(ApiError::Unauthorized(
+            "send `Authorization: Bearer <CRM_METRICS_TOKEN>` for /metrics",
+        )),
+    }
+}
+
+/// Compares two secrets in time independent of where they differ.
+fn same_secret(a: &str, b: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a.as_bytes()), Sha256::digest(b.as_bytes()));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 async fn metrics(State(state): State<AppState>) -> impl IntoResponse {

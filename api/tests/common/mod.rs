@@ -2,9 +2,10 @@
 //! free port, with an embedded store in its own temporary directory and a
 //! first admin, and returns a [`TestApp`] with a client and helpers.
 //!
-//! Logins are rate limited (5 a minute per account, 20 a minute per client
-//! address, and every test client is 127.0.0.1): use [`TestApp::admin_token`],
-//! which logs in once per app, and keep the tokens you get.
+//! Logins are rate limited (waits after 5 failures for an account from one
+//! address, 20 attempts a minute per client address, and every test client
+//! is 127.0.0.1): use [`TestApp::admin_token`], which logs in once per app,
+//! and keep the tokens you get.
 //!
 //! Set `TEST_LOG=1` (or a filter such as `TEST_LOG=crm_api=debug`) to see the
 //! application's logs.
@@ -30,6 +31,8 @@ pub const USER_PASSWORD: &str = "a long enough password";
 pub struct TestApp {
     /// `http://127.0.0.1:<port>`.
     pub address: String,
+    /// `http://127.0.0.1:<port>` of the metrics listener, when it runs.
+    pub metrics_address: Option<String>,
     pub client: reqwest::Client,
     /// The application's state (its store, auth and config), for set-up and checks.
     pub state: AppState,
@@ -72,10 +75,12 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
         .await
         .expect("the application builds");
     let address = format!("http://{}", app.local_addr());
+    let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
     let state = app.state().clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     TestApp {
         address,
+        metrics_address,
         client: reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()

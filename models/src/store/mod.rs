@@ -279,8 +279,17 @@ pub trait StaffStore: Send + Sync {
     /// Marks the token used if it is unused and not revoked. True when this
     /// call did it; of two concurrent calls exactly one gets true.
     async fn use_refresh_token(&self, token_hash: &str) -> StoreResult<bool>;
+    /// Revokes every token of the family and records the family (the
+    /// session id access tokens carry) as a revoked session.
     async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()>;
+    /// Revokes every token of the user and records each family that still
+    /// had a live token as a revoked session.
     async fn revoke_user_refresh_tokens(&self, user: UserId) -> StoreResult<()>;
+    /// Session ids (refresh families) revoked at or after `since`: what
+    /// every instance needs to refuse the access tokens of ended sessions.
+    async fn revoked_sessions(&self, since: Timestamp) -> StoreResult<Vec<String>>;
+    /// Forgets session revocations made before `before`; how many went.
+    async fn prune_revoked_sessions(&self, before: Timestamp) -> StoreResult<u64>;
 
     // --- API keys (by SHA-256 of the key) ---
 

@@ -143,6 +143,7 @@ macro_rules! store_suite {
                 refresh_token_is_used_once,
                 refresh_token_concurrent_use_has_one_winner,
                 refresh_tokens_revoked_by_family_and_user,
+                revoked_sessions_are_recorded_and_pruned,
                 api_keys_insert_get_list_revoke,
                 devices_insert_get_list_revoke,
                 call_signals_by_time_and_user,

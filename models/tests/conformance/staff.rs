@@ -285,6 +285,70 @@ pub async fn refresh_tokens_revoked_by_family_and_user(store: Arc<dyn Store>) {
     assert!(revoked("a1").await);
 }
 
+/// Revoking a family or a user's tokens records the sessions (families)
+/// that ended, for every instance to refuse their access tokens; a family
+/// revoked already is not recorded again by a user-wide revocation.
+pub async fn revoked_sessions_are_recorded_and_pruned(store: Arc<dyn Store>) {
+    let sorted = |mut v: Vec<String>| {
+        v.sort();
+        v
+    };
+    let long_ago = time::now() - Duration::hours(1);
+    assert!(store.revoked_sessions(long_ago).await.unwrap().is_empty());
+    let ann = UserId::new();
+    let bob = UserId::new();
+    for (hash, user, family) in [
+        ("s1", ann, "sess-a1"),
+        ("s2", ann, "sess-a1"),
+        ("s3", ann, "sess-a2"),
+        ("s4", ann, "sess-a3"),
+        ("s5", bob, "sess-b1"),
+    ] {
+        store
+            .insert_refresh_token(&refresh(hash, user, family))
+            .await
+            .unwrap();
+    }
+    // A used token is not a revoked one: its family is still a live session.
+    assert!(store.use_refresh_token("s1").await.unwrap());
+
+    store.revoke_refresh_family("sess-a3").await.unwrap();
+    let before_user_wide = time::now();
+    assert_eq!(
+        store.revoked_sessions(long_ago).await.unwrap(),
+        vec!["sess-a3".to_string()]
+    );
+    store.revoke_user_refresh_tokens(ann).await.unwrap();
+    assert_eq!(
+        sorted(store.revoked_sessions(long_ago).await.unwrap()),
+        ["sess-a1", "sess-a2", "sess-a3"]
+    );
+    // Bob's session is untouched.
+    assert!(
+        !store
+            .get_refresh_token("s5")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked
+    );
+    // Only what was revoked since the time asked for.
+    let since = sorted(store.revoked_sessions(before_user_wide).await.unwrap());
+    assert_eq!(since, ["sess-a1", "sess-a2"]);
+    let later = time::now() + Duration::seconds(1);
+    assert!(store.revoked_sessions(later).await.unwrap().is_empty());
+
+    // Pruning forgets what is older than the bound, and only that.
+    assert_eq!(store.prune_revoked_sessions(long_ago).await.unwrap(), 0);
+    assert_eq!(
+        store.revoked_sessions(long_ago).await.unwrap().len(),
+        3,
+        "nothing was older"
+    );
+    assert_eq!(store.prune_revoked_sessions(later).await.unwrap(), 3);
+    assert!(store.revoked_sessions(long_ago).await.unwrap().is_empty());
+}
+
 // --- API keys ---
 
 pub async fn api_keys_insert_get_list_revoke(store: Arc<dyn Store>) {

@@ -139,6 +139,31 @@ impl EmbeddedStore {
             ))
         })?;
         let path = dir.join(FILE_NAME);
+        // Only its owner may read the store: created 0600, and an older
+        // file made with the default mode is narrowed to it.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+            let owner_only = |e: std::io::Error| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
+            };
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let narrowed =
+                        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+                    if let Err(e) = narrowed {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot make the store readable by its owner only");
+                    }
+                }
+                Err(e) => return Err(owner_only(e)),
+            }
+        }
         let mut db = Database::create(&path).map_err(|e| match e {
             DatabaseError::DatabaseAlreadyOpen => StoreError::Unavailable(format!(
                 "the data directory {} is in use by another crm-api process",

@@ -3,7 +3,7 @@
 use std::ops::Bound;
 
 use async_trait::async_trait;
-use redb::{ReadableTable, ReadableTableMetadata, WriteTransaction};
+use redb::{ReadableTable, ReadableTableMetadata, TableDefinition, TableError, WriteTransaction};
 
 use super::{
     db_err, decode, encode, insert_with_unique_hash, read_via_index, tx, update_record,
@@ -16,6 +16,27 @@ use crate::ids::{ApiKeyId, UserId};
 use crate::staff::{ApiKey, RefreshToken, User};
 use crate::store::{StaffStore, StoreError, StoreResult};
 use crate::time::Timestamp;
+
+/// Revoked sessions by (revocation time in µs since the epoch, session id).
+/// Created on the first revocation: a store that never had one reads empty.
+const REVOKED_SESSIONS: TableDefinition<(u64, &str), ()> = TableDefinition::new("revoked_sessions");
+
+fn micros(t: Timestamp) -> u64 {
+    u64::try_from(t.timestamp_micros()).unwrap_or(0)
+}
+
+/// Records the sessions as revoked now.
+fn record_revoked_sessions<'a>(
+    txn: &WriteTransaction,
+    sessions: impl IntoIterator<Item = &'a str>,
+) -> StoreResult<()> {
+    let now = micros(crate::time::now());
+    let mut table = txn.open_table(REVOKED_SESSIONS).map_err(db_err)?;
+    for session in sessions {
+        table.insert((now, session), ()).map_err(db_err)?;
+    }
+    Ok(())
+}
 
 fn read_refresh(
     table: &impl ReadableTable<&'static str, &'static [u8]>,
@@ -246,6 +267,7 @@ impl StaffStore for EmbeddedStore {
                 }
             }
             revoke_tokens(&txn, &hashes)?;
+            record_revoked_sessions(&txn, [family.as_str()])?;
             txn.commit().map_err(db_err)
         })
         .await
@@ -267,8 +289,65 @@ impl StaffStore for EmbeddedStore {
                     hashes.push(hash.to_string());
                 }
             }
+            let mut families = std::collections::BTreeSet::new();
+            {
+                let tokens = txn.open_table(REFRESH_TOKENS).map_err(db_err)?;
+                for hash in &hashes {
+                    if let Some(token) = read_refresh(&tokens, hash)? {
+                        if !token.revoked {
+                            families.insert(token.family_id);
+                        }
+                    }
+                }
+            }
             revoke_tokens(&txn, &hashes)?;
+            record_revoked_sessions(&txn, families.iter().map(String::as_str))?;
             txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn revoked_sessions(&self, since: Timestamp) -> StoreResult<Vec<String>> {
+        self.read_now(|db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let table = match txn.open_table(REVOKED_SESSIONS) {
+                Ok(table) => table,
+                Err(TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+                Err(e) => return Err(db_err(e)),
+            };
+            let mut out = Vec::new();
+            for entry in table.range((micros(since), "")..).map_err(db_err)? {
+                let (k, _) = entry.map_err(db_err)?;
+                out.push(k.value().1.to_string());
+            }
+            Ok(out)
+        })
+    }
+
+    async fn prune_revoked_sessions(&self, before: Timestamp) -> StoreResult<u64> {
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let mut gone = 0;
+            {
+                let mut table = txn.open_table(REVOKED_SESSIONS).map_err(db_err)?;
+                let old: Vec<(u64, String)> = table
+                    .range(..(micros(before), ""))
+                    .map_err(db_err)?
+                    .map(|entry| {
+                        entry.map(|(k, _)| {
+                            let (at, session) = k.value();
+                            (at, session.to_string())
+                        })
+                    })
+                    .collect::<Result<_, _>>()
+                    .map_err(db_err)?;
+                for (at, session) in &old {
+                    table.remove((*at, session.as_str())).map_err(db_err)?;
+                    gone += 1;
+                }
+            }
+            txn.commit().map_err(db_err)?;
+            Ok(gone)
         })
         .await
     }

@@ -51,6 +51,10 @@ impl Work for WriteUser<'_> {
     }
 }
 
+/// Revoked sessions: `{_id: <session id>, revoked_at: <RFC 3339>}`. Small
+/// (pruned past the access tokens' lifetime), so read without an index.
+const REVOKED_SESSIONS: &str = "revoked_sessions";
+
 impl MongoStore {
     /// Revokes every refresh token matching `filter`.
     async fn revoke_refresh_tokens(&self, filter: Document) -> StoreResult<()> {
@@ -59,6 +63,28 @@ impl MongoStore {
             .await
             .map(|_| ())
             .map_err(map_err)
+    }
+
+    fn revoked_sessions_collection(&self) -> mongodb::Collection<Document> {
+        self.db.collection(REVOKED_SESSIONS)
+    }
+
+    /// Records the sessions as revoked now. Written before the tokens are
+    /// revoked: a failure in between leaves the session ended, not open.
+    async fn record_revoked_sessions(&self, sessions: &[String]) -> StoreResult<()> {
+        let now = time::format(&time::now());
+        let collection = self.revoked_sessions_collection();
+        for session in sessions {
+            collection
+                .update_one(
+                    doc! { "_id": session.as_str() },
+                    doc! { "$set": { "revoked_at": now.as_str() } },
+                )
+                .upsert(true)
+                .await
+                .map_err(map_err)?;
+        }
+        Ok(())
     }
 }
 
@@ -158,13 +184,56 @@ impl StaffStore for MongoStore {
     }
 
     async fn revoke_refresh_family(&self, family_id: &str) -> StoreResult<()> {
+        self.record_revoked_sessions(&[family_id.to_string()])
+            .await?;
         self.revoke_refresh_tokens(doc! { "family_id": family_id })
             .await
     }
 
     async fn revoke_user_refresh_tokens(&self, user: UserId) -> StoreResult<()> {
+        let live = doc! { "user_id": user.to_string(), "revoked": false };
+        let mut cursor = self
+            .refresh_tokens
+            .find(live)
+            .projection(doc! { "family_id": 1 })
+            .await
+            .map_err(map_err)?;
+        let mut families = std::collections::BTreeSet::new();
+        while cursor.advance().await.map_err(map_err)? {
+            let token = cursor.deserialize_current().map_err(map_err)?;
+            if let Ok(family) = token.get_str("family_id") {
+                families.insert(family.to_string());
+            }
+        }
+        self.record_revoked_sessions(&families.into_iter().collect::<Vec<_>>())
+            .await?;
         self.revoke_refresh_tokens(doc! { "user_id": user.to_string() })
             .await
+    }
+
+    async fn revoked_sessions(&self, since: Timestamp) -> StoreResult<Vec<String>> {
+        let mut cursor = self
+            .revoked_sessions_collection()
+            .find(doc! { "revoked_at": { "$gte": time::format(&since) } })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(map_err)?;
+        let mut out = Vec::new();
+        while cursor.advance().await.map_err(map_err)? {
+            let doc = cursor.deserialize_current().map_err(map_err)?;
+            if let Ok(id) = doc.get_str("_id") {
+                out.push(id.to_string());
+            }
+        }
+        Ok(out)
+    }
+
+    async fn prune_revoked_sessions(&self, before: Timestamp) -> StoreResult<u64> {
+        self.revoked_sessions_collection()
+            .delete_many(doc! { "revoked_at": { "$lt": time::format(&before) } })
+            .await
+            .map(|r| r.deleted_count)
+            .map_err(map_err)
     }
 
     // --- API keys ---
