@@ -461,6 +461,17 @@ async fn refuse_merged(tx: &mut dyn Tx, id: CustomerId) -> Result<(), CrmError> 
 
 impl Merge<'_> {
     pub(super) async fn merge(&self, tx: &mut dyn Tx) -> Result<(MergeRecord, Customer), CrmError> {
+        self.merge_recording(tx, None).await
+    }
+
+    /// The merge, keeping `recorded_before` as the survivor's profile before
+    /// it in the record (what an undo takes back to) when the same
+    /// transaction changed the survivor first.
+    pub(super) async fn merge_recording(
+        &self,
+        tx: &mut dyn Tx,
+        recorded_before: Option<Customer>,
+    ) -> Result<(MergeRecord, Customer), CrmError> {
         let now = time::now();
         if self.strict {
             refuse_merged(tx, self.survivor).await?;
@@ -540,7 +551,7 @@ impl Merge<'_> {
             merged_ids: parts.iter().map(|p| p.before.id).collect(),
             by: self.by.clone(),
             at: now,
-            survivor_before: before,
+            survivor_before: recorded_before.unwrap_or(before),
             parts,
             undone_at: None,
             undone_by: None,

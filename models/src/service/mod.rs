@@ -1089,8 +1089,11 @@ impl TxWork for PatchThenMerge<'_> {
 
 impl PatchThenMerge<'_> {
     async fn patch_then_merge(&self, tx: &mut dyn Tx) -> Result<Customer, CrmError> {
+        // The record keeps the profile from before the edit, so that an
+        // undo takes back the identifiers the merge brought.
+        let before = tx.customer(self.patch.id).await?;
         let patched = self.patch.patch(tx).await?;
-        match self.merge.merge(tx).await {
+        match self.merge.merge_recording(tx, before).await {
             Ok((_, merged)) => Ok(merged),
             // Merged into this customer meanwhile: nothing is left to merge.
             Err(CrmError::Refused(_)) => Ok(patched),

@@ -267,6 +267,19 @@ pub async fn service_confirmed_patch_merges_into_the_edited_customer(store: Arc<
     // One transaction: the profile change and the merge, two events.
     let events = store.events_after(None, 100_000).await.unwrap();
     assert_eq!(events.len(), events_before + 2, "{events:?}");
+
+    // Undone: Ann comes back with her phone; Bob keeps his own edit but not
+    // what the merge brought.
+    crm.undo_merge(history[0].merge_id, "user:admin")
+        .await
+        .unwrap();
+    let ann = store.get_customer(a.id).await.unwrap().unwrap();
+    assert_eq!(ann.status, CustomerStatus::Active);
+    assert_eq!(ann.phones, vec![phone("+6581226418")]);
+    assert_eq!(store.identity_owner(&pa.key()).await.unwrap(), Some(a.id));
+    let bob = store.get_customer(b.id).await.unwrap().unwrap();
+    assert!(bob.phones.is_empty(), "{bob:?}");
+    assert_eq!(bob.emails, vec![email("bob@example.com")]);
 }
 
 pub async fn service_writes_on_a_merged_id_are_refused_and_reads_follow(store: Arc<dyn Store>) {
