@@ -1175,6 +1175,86 @@ mod tests {
         assert_eq!(t.source.user_id.as_deref(), Some("key:test"));
     }
 
+    /// The identifier key each shape reads from a number or an address.
+    fn keys_of(phone: Option<&str>, email: Option<&str>) -> Vec<String> {
+        let o = origin();
+        let mut customer = json!({});
+        let mut track = json!({"url": "/a", "view": "home"});
+        if let Some(p) = phone {
+            customer["phone"] = json!(p);
+            track["phone"] = json!(p);
+        }
+        if let Some(e) = email {
+            customer["email"] = json!(e);
+            track["email"] = json!(e);
+        }
+        let mut shapes = vec![
+            (
+                json!({"channel": "web", "url": "/a", "view": "home", "customer": customer}),
+                Shape::Engagement,
+            ),
+            (track, Shape::Track),
+        ];
+        if let Some(p) = phone {
+            shapes.push((
+                json!({"client_event_id": "1", "kind": "sms", "direction": "inbound",
+                       "number": p, "occurred_at": "2026-11-21T09:30:00Z"}),
+                Shape::Phone,
+            ));
+        }
+        shapes
+            .into_iter()
+            .map(|(v, shape)| {
+                match parse_engagement(&Item::plain(&v), "", shape, &o).map(|e| e.target) {
+                    Ok(EngagementTarget::Identify { identifiers, .. }) => identifiers
+                        .iter()
+                        .map(Identifier::key)
+                        .collect::<Vec<_>>()
+                        .join(" "),
+                    other => format!("{other:?}"),
+                }
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_route_reads_a_decorated_number_or_address_as_its_plain_form(
+            number in 80_000_000u32..100_000_000,
+            phone_style in 0usize..8,
+            local in "[a-z]{1,8}(\\.[a-z]{1,8})?",
+            email_style in 0usize..6,
+        ) {
+            let n = number.to_string();
+            let (a, b) = n.split_at(4);
+            let plain = PhoneNumber::parse(&format!("+65{n}"), None);
+            proptest::prop_assume!(plain.is_ok());
+            let phone = match phone_style {
+                0 => format!("tel:+65-{a}-{b}"),
+                1 => format!("tel:{n};phone-context=+65"),
+                2 => format!("+65 {a} {b} ext. 12"),
+                3 => format!("{a}\u{a0}{b} (mobile)"),
+                4 => format!("00 65 {a} {b}"),
+                5 => format!("(065) {a}-{b}"),
+                6 => format!("+65-{a}-{b} / Ann"),
+                _ => n.chars().map(|c| char::from_u32(u32::from(c) + 0xFEE0).unwrap_or(c)).collect(),
+            };
+            let address = format!("{local}@example.com");
+            let email = match email_style {
+                0 => format!("mailto:{address}"),
+                1 => format!("Ann Tan <{}>", address.to_uppercase()),
+                2 => format!("\"Tan, Ann\" <{address}>"),
+                3 => format!("<{address}>"),
+                4 => format!("{address}. "),
+                _ => address.replace('@', "＠"),
+            };
+            let phone_key = format!("phone:+65{n}");
+            let email_key = format!("email:{address}");
+            proptest::prop_assert_eq!(keys_of(Some(&phone), None), vec![phone_key.clone(); 3]);
+            proptest::prop_assert_eq!(keys_of(None, Some(&email)), vec![email_key.clone(); 2]);
+        }
+    }
+
     #[test]
     fn fields_of_another_channel_are_named() {
         assert_eq!(

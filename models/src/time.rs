@@ -231,6 +231,31 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #[test]
+        fn what_is_echoed_is_read_back_strictly_as_the_same_time(
+            secs in 0i64..253_402_300_799,
+            micros in 0u32..1_000_000,
+            offset_min in -(14 * 60)..=(14 * 60i32),
+        ) {
+            let t = DateTime::from_timestamp(secs, micros * 1000).unwrap();
+            let offset = chrono::FixedOffset::east_opt(offset_min * 60).unwrap();
+            let written = t.with_timezone(&offset).to_rfc3339_opts(SecondsFormat::Micros, false);
+            match parse_input(&written) {
+                Ok(read) => {
+                    proptest::prop_assert_eq!(read, t);
+                    proptest::prop_assert_eq!(parse_input(&format(&read)), Ok(t));
+                    proptest::prop_assert!(format(&read).ends_with('Z'));
+                }
+                // Only a time written in a year outside the range is refused.
+                Err(e) => {
+                    proptest::prop_assert_eq!(e, TimeError::Format);
+                    proptest::prop_assert!(!written.starts_with(|c: char| c.is_ascii_digit()));
+                }
+            }
+        }
+    }
+
     #[test]
     fn offsets_become_utc() {
         let t = parse("2026-01-02T11:00:00+08:00").unwrap();
