@@ -8,9 +8,9 @@ use async_trait::async_trait;
 use redb::{Database, ReadableTable};
 
 use super::{
-    channel_code, customer_id, db_err, decode_engagement, encode_engagement, engagement_key,
-    read_customer, time_key, tx, write_customer, EmbeddedStore, EngagementKey, CUSTOMERS,
-    ENGAGEMENTS, ENGAGEMENT_IDS,
+    channel_code, customer_id, db_err, decode_engagement, encode_engagement_into, engagement_key,
+    put_customer, read_customer, time_key, tx, EmbeddedStore, EngagementKey, CUSTOMERS,
+    CUSTOMERS_BY_UPDATED, ENGAGEMENTS, ENGAGEMENT_IDS,
 };
 use crate::customer::ChannelCounts;
 use crate::engagement::{Channel, Engagement};
@@ -32,72 +32,81 @@ pub(super) fn write_engagements(
     batches: &[Vec<Engagement>],
 ) -> StoreResult<Vec<Vec<EngagementInsert>>> {
     let txn = db.begin_write().map_err(db_err)?;
-    let (owners, mut stored_customers) = tx::owners_now(&txn, batches)?;
     let mut out = Vec::with_capacity(batches.len());
-    // Per customer: counts to add, the latest occurred_at, the latest recorded_at.
-    let mut totals: HashMap<u128, (ChannelCounts, Timestamp, Timestamp)> = HashMap::new();
     let mut events = Vec::new();
     {
-        let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
-        let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
-        for items in batches {
-            let mut results = Vec::with_capacity(items.len());
-            for e in items {
-                let id = e.id.0.as_u128();
-                let existing = ids.get(id).map_err(db_err)?.map(|g| g.value());
-                if let Some((owner, _, _)) = existing {
-                    results.push(EngagementInsert::Duplicate {
-                        customer_id: customer_id(owner),
-                    });
-                    continue;
+        let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+        let (owners, mut stored_customers) = tx::owners_now(&customers, batches)?;
+        // Per customer: counts to add, the latest occurred_at, the latest recorded_at.
+        let mut totals: HashMap<u128, (ChannelCounts, Timestamp, Timestamp)> =
+            HashMap::with_capacity(owners.len());
+        {
+            let mut engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+            let mut ids = txn.open_table(ENGAGEMENT_IDS).map_err(db_err)?;
+            let mut bytes = Vec::with_capacity(512);
+            for items in batches {
+                let mut results = Vec::with_capacity(items.len());
+                for e in items {
+                    let id = e.id.0.as_u128();
+                    let existing = ids.get(id).map_err(db_err)?.map(|g| g.value());
+                    if let Some((owner, _, _)) = existing {
+                        results.push(EngagementInsert::Duplicate {
+                            customer_id: customer_id(owner),
+                        });
+                        continue;
+                    }
+                    let named = e.customer_id.0.as_u128();
+                    let owner = owners.get(&named).copied().unwrap_or(named);
+                    let landed = customer_id(owner);
+                    let key = engagement_key(landed, &e.occurred_at, e.id);
+                    bytes.clear();
+                    if owner == named {
+                        encode_engagement_into(e, &mut bytes)?;
+                    } else {
+                        let mut moved = e.clone();
+                        moved.customer_id = landed;
+                        encode_engagement_into(&moved, &mut bytes)?;
+                    }
+                    engagements.insert(key, bytes.as_slice()).map_err(db_err)?;
+                    ids.insert(id, key).map_err(db_err)?;
+                    let total = totals.entry(owner).or_insert((
+                        ChannelCounts::default(),
+                        e.occurred_at,
+                        e.recorded_at,
+                    ));
+                    *total.0.get_mut(e.channel()) += 1;
+                    total.1 = total.1.max(e.occurred_at);
+                    total.2 = total.2.max(e.recorded_at);
+                    events.push(EventEnvelope::about(
+                        landed,
+                        DomainEvent::engagement_recorded(e),
+                    ));
+                    results.push(EngagementInsert::Created);
                 }
-                let named = e.customer_id.0.as_u128();
-                let owner = owners.get(&named).copied().unwrap_or(named);
-                let mut e = e.clone();
-                e.customer_id = customer_id(owner);
-                let key = engagement_key(e.customer_id, &e.occurred_at, e.id);
-                let bytes = encode_engagement(&e)?;
-                engagements.insert(key, bytes.as_slice()).map_err(db_err)?;
-                ids.insert(id, key).map_err(db_err)?;
-                let total = totals.entry(owner).or_insert((
-                    ChannelCounts::default(),
-                    e.occurred_at,
-                    e.recorded_at,
-                ));
-                *total.0.get_mut(e.channel()) += 1;
-                total.1 = total.1.max(e.occurred_at);
-                total.2 = total.2.max(e.recorded_at);
-                events.push(EventEnvelope::about(
-                    e.customer_id,
-                    DomainEvent::engagement_recorded(&e),
-                ));
-                results.push(EngagementInsert::Created);
+                out.push(results);
             }
-            out.push(results);
         }
-    }
-    for (cid, (mut added, latest, recorded)) in totals {
-        let stored = match stored_customers.remove(&cid) {
-            Some(c) => Some(c),
-            None => {
-                let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
-                read_customer(&customers, cid)?
+        let mut by_updated = txn.open_table(CUSTOMERS_BY_UPDATED).map_err(db_err)?;
+        for (cid, (mut added, latest, recorded)) in totals {
+            let stored = match stored_customers.remove(&cid) {
+                Some(c) => Some(c),
+                None => read_customer(&customers, cid)?,
+            };
+            // An engagement for a missing customer is kept, uncounted.
+            let Some(stored) = stored else {
+                continue;
+            };
+            let mut c = stored.clone();
+            for channel in Channel::ALL {
+                *c.counts.get_mut(channel) += *added.get_mut(channel);
             }
-        };
-        // An engagement for a missing customer is kept, uncounted.
-        let Some(stored) = stored else {
-            continue;
-        };
-        let mut c = stored.clone();
-        for channel in Channel::ALL {
-            *c.counts.get_mut(channel) += *added.get_mut(channel);
+            c.last_engagement_at = Some(match c.last_engagement_at {
+                Some(t) if t > latest => t,
+                _ => latest,
+            });
+            c.updated_at = c.updated_at.max(recorded);
+            put_customer(&mut customers, &mut by_updated, Some(&stored), &c)?;
         }
-        c.last_engagement_at = Some(match c.last_engagement_at {
-            Some(t) if t > latest => t,
-            _ => latest,
-        });
-        c.updated_at = c.updated_at.max(recorded);
-        write_customer(&txn, Some(&stored), &c)?;
     }
     tx::append_events(&txn, &events)?;
     txn.commit().map_err(db_err)?;

@@ -92,9 +92,9 @@ impl EventLogStore for EmbeddedStore {
                 // Ids are in commit order, so the old ones come first.
                 for entry in log.iter().map_err(db_err)?.take(DELETE_CHUNK) {
                     let (k, v) = entry.map_err(db_err)?;
-                    let event = tx::decode_event(k.value(), v.value())?;
+                    let occurred_at = tx::event_time(k.value(), v.value())?;
                     // Unrelayed events stay whatever their age.
-                    if event.occurred_at >= before || k.value() > cursor {
+                    if occurred_at >= before || k.value() > cursor {
                         break;
                     }
                     gone.push(k.value());

@@ -391,10 +391,16 @@ fn channel_code(channel: Channel) -> u8 {
 }
 
 fn encode_engagement(e: &Engagement) -> StoreResult<Vec<u8>> {
-    let mut out = vec![channel_code(e.channel())];
-    serde_json::to_writer(&mut out, e)
-        .map_err(|err| StoreError::Internal(format!("cannot encode engagement: {err}")))?;
+    let mut out = Vec::new();
+    encode_engagement_into(e, &mut out)?;
     Ok(out)
+}
+
+/// [`encode_engagement`] appending to `out`.
+fn encode_engagement_into(e: &Engagement, out: &mut Vec<u8>) -> StoreResult<()> {
+    out.push(channel_code(e.channel()));
+    serde_json::to_writer(&mut *out, e)
+        .map_err(|err| StoreError::Internal(format!("cannot encode engagement: {err}")))
 }
 
 fn decode_engagement(bytes: &[u8]) -> StoreResult<Engagement> {
@@ -428,21 +434,32 @@ fn write_customer(
     previous: Option<&Customer>,
     customer: &Customer,
 ) -> StoreResult<()> {
+    let mut customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+    let mut by_updated = txn.open_table(CUSTOMERS_BY_UPDATED).map_err(db_err)?;
+    put_customer(&mut customers, &mut by_updated, previous, customer)
+}
+
+/// [`write_customer`] with both tables open already (a write of many
+/// customers opens them once).
+fn put_customer(
+    customers: &mut redb::Table<'_, u128, &'static [u8]>,
+    by_updated: &mut redb::Table<'_, (u64, u128), ()>,
+    previous: Option<&Customer>,
+    customer: &Customer,
+) -> StoreResult<()> {
     let id = customer.id.0.as_u128();
     let bytes = encode("customer", customer)?;
-    txn.open_table(CUSTOMERS)
-        .map_err(db_err)?
-        .insert(id, bytes.as_slice())
-        .map_err(db_err)?;
-    let mut by_updated = txn.open_table(CUSTOMERS_BY_UPDATED).map_err(db_err)?;
-    if let Some(previous) = previous {
-        by_updated
-            .remove((time_key(&previous.updated_at), id))
-            .map_err(db_err)?;
+    customers.insert(id, bytes.as_slice()).map_err(db_err)?;
+    let now = time_key(&customer.updated_at);
+    match previous.map(|p| time_key(&p.updated_at)) {
+        // Unchanged: the entry stays where it is.
+        Some(before) if before == now => return Ok(()),
+        Some(before) => {
+            by_updated.remove((before, id)).map_err(db_err)?;
+        }
+        None => {}
     }
-    by_updated
-        .insert((time_key(&customer.updated_at), id), ())
-        .map_err(db_err)?;
+    by_updated.insert((now, id), ()).map_err(db_err)?;
     Ok(())
 }
 
