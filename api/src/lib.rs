@@ -29,7 +29,6 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{HeaderName, StatusCode};
-use axum::response::{IntoResponse, Response};
 use axum::Router;
 use crm_indexer::projector::Projector;
 use crm_indexer::stream::{RedisEventStream, RedisStreamConfig};
@@ -400,17 +399,13 @@ pub fn app(state: AppState) -> Router {
 }
 
 async fn not_found() -> ApiError {
-    ApiError::not_found("route_not_found", "no such route")
+    ApiError::not_found(crate::error::ErrorCode::RouteNotFound, "no such route")
 }
 
-async fn method_not_allowed() -> Response {
-    let mut r = ApiError::bad_request(
-        "method_not_allowed",
-        "this route does not accept that method",
-    )
-    .into_response();
-    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    r
+/// 405 `method_not_allowed`; axum adds the `Allow` header with the route's
+/// methods.
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
 }
 
 /// Resolves on Ctrl-C or SIGTERM.

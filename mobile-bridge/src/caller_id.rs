@@ -12,8 +12,8 @@ use crm_models::{ChannelCounts, CustomerId, Email, Identifier, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::error::MobileError;
 use crate::MobileBridge;
+use crm_models::problem::ApiError;
 
 /// Engagements shown per customer in the popup.
 pub const CALLER_ID_ENGAGEMENTS: usize = 5;
@@ -153,19 +153,27 @@ fn push_popup_customer(body: &mut String, summary: &SummaryJson) -> Result<(), s
     Ok(())
 }
 
+/// An index failure as the API reports it: 503 `unavailable` when the index
+/// cannot be reached, else 500.
+fn index_error(e: IndexError) -> ApiError {
+    match e {
+        IndexError::Unavailable(m) => {
+            tracing::warn!(error = %m, "index unavailable");
+            ApiError::Unavailable("the caller-ID index is unavailable; try again".into())
+        }
+        other => ApiError::Internal(other.to_string()),
+    }
+}
+
 impl MobileBridge {
     /// Who has this number. From the index; from the store when the index
     /// cannot be reached. Each customer found is recorded as an incoming-call
     /// signal for the device's owner.
-    pub async fn caller_id(
-        &self,
-        device: &Device,
-        number: &str,
-    ) -> Result<CallerIdJson, MobileError> {
+    pub async fn caller_id(&self, device: &Device, number: &str) -> Result<CallerIdJson, ApiError> {
         let (phone, found) =
             crm_indexer::lookup_typed_phone(self.index().as_ref(), number, self.region_of(device))
                 .await
-                .map_err(|e| MobileError::field("number", e))?;
+                .map_err(|e| ApiError::field("number", e))?;
         let found = match found {
             Ok(found) => found,
             Err(IndexError::Unavailable(e)) => {
@@ -175,15 +183,12 @@ impl MobileBridge {
                     .iter()
                     .map(SummaryJson::of)
                     .collect::<Result<_, _>>()
-                    .map_err(|e| MobileError::from(IndexError::Internal(e.to_string())))?
+                    .map_err(|e| ApiError::Internal(e.to_string()))?
             }
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(index_error(e)),
         };
-        let answer = CallerIdJson::of(&found).map_err(|e| {
-            MobileError::from(IndexError::Internal(format!(
-                "index data does not decode: {e}"
-            )))
-        })?;
+        let answer = CallerIdJson::of(&found)
+            .map_err(|e| ApiError::Internal(format!("index data does not decode: {e}")))?;
         let now = crm_models::time::now();
         for summary in &found {
             self.signals().record(CallSignal {
@@ -201,7 +206,7 @@ impl MobileBridge {
     async fn owners_from_store(
         &self,
         phone: &PhoneNumber,
-    ) -> Result<Vec<CustomerSummary>, MobileError> {
+    ) -> Result<Vec<CustomerSummary>, ApiError> {
         let key = Identifier::Phone(phone.clone()).key();
         let Some(owner) = self.store().identity_owner(&key).await? else {
             return Ok(Vec::new());
@@ -210,7 +215,7 @@ impl MobileBridge {
             .projector()
             .document(owner)
             .await
-            .map_err(MobileError::from)?;
+            .map_err(index_error)?;
         Ok(doc
             .filter(|d| d.is_searchable())
             .map(|d| d.summary())

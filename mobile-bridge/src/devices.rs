@@ -18,8 +18,8 @@ use rand::RngCore;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::error::MobileError;
 use crate::MobileBridge;
+use crm_models::problem::{ApiError, ErrorCode};
 
 /// Every device token starts with this, so a bearer value is recognisable as one.
 pub const DEVICE_TOKEN_PREFIX: &str = "crm_dev_";
@@ -53,7 +53,7 @@ pub struct NewDevice {
 }
 
 impl NewDevice {
-    pub fn parse(name: &str, default_region: Option<&str>) -> Result<Self, MobileError> {
+    pub fn parse(name: &str, default_region: Option<&str>) -> Result<Self, ApiError> {
         let mut errors = Vec::new();
         let name = name.trim();
         if name.is_empty() {
@@ -77,7 +77,7 @@ impl NewDevice {
             },
         };
         if !errors.is_empty() {
-            return Err(MobileError::Validation(
+            return Err(ApiError::Validation(
                 errors
                     .into_iter()
                     .map(|(f, m)| crm_models::service::FieldError::new(f, m))
@@ -150,17 +150,13 @@ impl std::fmt::Debug for EnrolledDevice {
     }
 }
 
-fn device_not_found(id: impl std::fmt::Display) -> MobileError {
-    MobileError::not_found("device_not_found", format!("no active device {id}"))
+fn device_not_found(id: impl std::fmt::Display) -> ApiError {
+    ApiError::not_found(ErrorCode::DeviceNotFound, format!("no active device {id}"))
 }
 
 impl MobileBridge {
     /// Enrolls a device for `user` and creates its token.
-    pub async fn enroll(
-        &self,
-        user: UserId,
-        new: NewDevice,
-    ) -> Result<EnrolledDevice, MobileError> {
+    pub async fn enroll(&self, user: UserId, new: NewDevice) -> Result<EnrolledDevice, ApiError> {
         let token = new_token();
         let device = Device {
             id: DeviceId::new(),
@@ -182,7 +178,7 @@ impl MobileBridge {
     }
 
     /// The user's devices, or every device for `None`; revoked ones too.
-    pub async fn devices(&self, user: Option<UserId>) -> Result<Vec<DeviceView>, MobileError> {
+    pub async fn devices(&self, user: Option<UserId>) -> Result<Vec<DeviceView>, ApiError> {
         Ok(self
             .store()
             .list_devices(user)
@@ -195,7 +191,7 @@ impl MobileBridge {
     /// Revokes a device. `owner` limits it to that user's devices (agents
     /// revoke their own; admins pass `None`). `device_not_found` when
     /// unknown, someone else's, or revoked already.
-    pub async fn revoke(&self, id: &str, owner: Option<UserId>) -> Result<(), MobileError> {
+    pub async fn revoke(&self, id: &str, owner: Option<UserId>) -> Result<(), ApiError> {
         let id: DeviceId = id
             .parse()
             .map_err(|_| device_not_found(format!("{id:?}")))?;
@@ -213,16 +209,16 @@ impl MobileBridge {
     }
 
     /// The active device presenting this token whose owner is still active.
-    pub async fn authenticate(&self, token: &str) -> Result<Device, MobileError> {
+    pub async fn authenticate(&self, token: &str) -> Result<Device, ApiError> {
         let device = self
             .store()
             .get_device_by_token_hash(&token_hash(token))
             .await?
             .filter(|d| d.revoked_at.is_none())
-            .ok_or(MobileError::Unauthorized(INVALID))?;
+            .ok_or(ApiError::Unauthorized(INVALID))?;
         match self.store().get_user(device.user_id).await? {
             Some(user) if user.active => Ok(device),
-            _ => Err(MobileError::Unauthorized(INVALID)),
+            _ => Err(ApiError::Unauthorized(INVALID)),
         }
     }
 }
@@ -233,7 +229,7 @@ impl MobileBridge {
 pub struct DeviceCaller(pub Device);
 
 impl FromRequestParts<MobileBridge> for DeviceCaller {
-    type Rejection = MobileError;
+    type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -241,19 +237,19 @@ impl FromRequestParts<MobileBridge> for DeviceCaller {
     ) -> Result<Self, Self::Rejection> {
         let Some(value) = parts.headers.get(AUTHORIZATION) else {
             if parts.headers.contains_key("x-api-key") {
-                return Err(MobileError::Unauthorized(NOT_A_DEVICE));
+                return Err(ApiError::Unauthorized(NOT_A_DEVICE));
             }
-            return Err(MobileError::Unauthorized(MISSING));
+            return Err(ApiError::Unauthorized(MISSING));
         };
         let value = value
             .to_str()
-            .map_err(|_| MobileError::Unauthorized(INVALID))?;
+            .map_err(|_| ApiError::Unauthorized(INVALID))?;
         let token = match value.trim().split_once(' ') {
             Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
-            _ => return Err(MobileError::Unauthorized(INVALID)),
+            _ => return Err(ApiError::Unauthorized(INVALID)),
         };
         if !token.starts_with(DEVICE_TOKEN_PREFIX) {
-            return Err(MobileError::Unauthorized(NOT_A_DEVICE));
+            return Err(ApiError::Unauthorized(NOT_A_DEVICE));
         }
         bridge.authenticate(token).await.map(DeviceCaller)
     }
@@ -281,7 +277,7 @@ mod tests {
         assert_eq!(d.default_region.as_deref(), Some("SG"));
         assert_eq!(NewDevice::parse("x", None).unwrap().default_region, None);
         match NewDevice::parse(" ", Some("XX")) {
-            Err(MobileError::Validation(errors)) => {
+            Err(ApiError::Validation(errors)) => {
                 let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
                 assert_eq!(fields, ["name", "default_region"]);
             }

@@ -14,7 +14,6 @@
 //! - [`upload`]: `POST /v1/mobile/events`, per-event checks and results.
 //! - [`caller_id`]: `GET /v1/mobile/caller-id`.
 //! - `signals`: the background writer of incoming-call signals.
-//! - [`error`]: the problem+json error type.
 //! - [`sim`]: simulated devices, for `crm-device-sim` and the benchmarks.
 //!
 //! The device simulator `crm-device-sim` (`src/bin`) is a client of all this,
@@ -22,7 +21,6 @@
 
 pub mod caller_id;
 pub mod devices;
-pub mod error;
 mod signals;
 pub mod sim;
 pub mod upload;
@@ -41,14 +39,14 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 pub use caller_id::{CallerId, CallerIdCustomer, CallerIdJson};
+pub use crm_models::problem::{ApiError, Problem};
 pub use devices::{DeviceCaller, DeviceView, EnrolledDevice, NewDevice, DEVICE_TOKEN_PREFIX};
-pub use error::{MobileError, Problem};
 pub use upload::{MAX_BATCH_BYTES, MAX_BATCH_EVENTS};
 
 use crate::caller_id::CallerIdParams;
-use crate::error::{MobileJson, MobileQuery};
 use crate::signals::SignalRecorder;
 use crate::upload::{UploadRequest, UploadResponse};
+use crm_models::problem::{ApiJson, ApiQuery};
 
 /// The mobile bridge: cheap to clone.
 #[derive(Clone)]
@@ -122,7 +120,7 @@ impl MobileBridge {
         user: Option<UserId>,
         since: Timestamp,
         limit: usize,
-    ) -> Result<Vec<CallSignal>, MobileError> {
+    ) -> Result<Vec<CallSignal>, ApiError> {
         Ok(self.store().list_call_signals(user, since, limit).await?)
     }
 }
@@ -159,15 +157,21 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
         (status = 401, description = "`unauthorized`: not a valid device token (staff tokens and API keys do not work here)", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "`payload_too_large`: more than 500 events or 1 MiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "`validation_failed`: no `events` array", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`: the store cannot be written; retry the batch", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: the store cannot be written; retry the batch after `Retry-After` seconds. A conflict or contention on one event is reported in that event's result (`status` 409), not here", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn upload_events(
     State(bridge): State<MobileBridge>,
     DeviceCaller(device): DeviceCaller,
-    MobileJson(body): MobileJson<UploadRequest>,
-) -> Result<MobileJson<UploadResponse>, MobileError> {
-    bridge.upload(&device, body.events).await.map(MobileJson)
+    body: Result<ApiJson<UploadRequest>, ApiError>,
+) -> Result<ApiJson<UploadResponse>, ApiError> {
+    let ApiJson(body) = body.map_err(|e| match e {
+        ApiError::PayloadTooLarge(_) => ApiError::PayloadTooLarge(format!(
+            "the request body is larger than {MAX_BATCH_BYTES} bytes (1 MiB); send fewer events per batch"
+        )),
+        other => other,
+    })?;
+    bridge.upload(&device, body.events).await.map(ApiJson)
 }
 
 /// Caller ID: who has this number, with counts and the last five
@@ -184,7 +188,7 @@ async fn upload_events(
 async fn caller_id(
     State(bridge): State<MobileBridge>,
     DeviceCaller(device): DeviceCaller,
-    MobileQuery(params): MobileQuery<CallerIdParams>,
-) -> Result<CallerIdJson, MobileError> {
+    ApiQuery(params): ApiQuery<CallerIdParams>,
+) -> Result<CallerIdJson, ApiError> {
     bridge.caller_id(&device, &params.number).await
 }

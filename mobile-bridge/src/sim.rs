@@ -277,7 +277,8 @@ fn batches(log: &[Value], plan: &UploadPlan, rng: &mut StdRng) -> Vec<Vec<Value>
     out
 }
 
-/// Posts one batch, retrying failures (connection errors, 5xx, 429) with
+/// Posts one batch, retrying failures (connection errors, 5xx, and any
+/// answer with `Retry-After`: 429, 409 `contention`) with
 /// exponential back-off. Returns the results and how many retries it took.
 async fn post_batch(
     client: &reqwest::Client,
@@ -303,7 +304,11 @@ async fn post_batch(
                     .clone();
                 return Ok((results, attempt));
             }
-            Ok(resp) if resp.status().is_client_error() && resp.status().as_u16() != 429 => {
+            Ok(resp)
+                if resp.status().is_client_error()
+                    && resp.status().as_u16() != 429
+                    && !resp.headers().contains_key(reqwest::header::RETRY_AFTER) =>
+            {
                 anyhow::bail!("upload refused: {} {}", resp.status(), resp.text().await?);
             }
             _ => {

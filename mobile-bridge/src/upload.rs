@@ -14,12 +14,12 @@ use chrono::Duration;
 use crm_models::device::Device;
 use crm_models::engagement::{CallStatus, Direction, EngagementDetail, PayloadType, Source};
 use crm_models::ids::{CustomerId, EngagementId};
+use crm_models::problem::{ApiError, ErrorCode};
 use crm_models::service::{clean_name, CrmError, EngagementTarget, FieldError, NewEngagement};
 use crm_models::{time, Identifier, PhoneNumber, Region};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use crate::error::MobileError;
 use crate::MobileBridge;
 
 /// Most events in one batch.
@@ -104,8 +104,12 @@ pub enum EventStatus {
 /// Why an event was rejected.
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct EventError {
-    /// `invalid_event`, or `contention`/`unavailable` (retry those later).
+    /// `invalid_event`; or a code of the error table, such as `conflict`,
+    /// `identifiers_conflict` or `contention` (retry that one later).
     pub code: String,
+    /// The HTTP status the event would have had alone: 422 for an invalid
+    /// event, 409 for a conflict or contention.
+    pub status: u16,
     pub detail: String,
     /// The fields at fault.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -140,7 +144,8 @@ fn invalid(errors: Vec<FieldError>) -> EventError {
         .collect::<Vec<_>>()
         .join("; ");
     EventError {
-        code: "invalid_event".into(),
+        code: ErrorCode::InvalidEvent.as_str().into(),
+        status: ErrorCode::InvalidEvent.status(),
         detail,
         errors,
     }
@@ -339,6 +344,23 @@ fn optional<T: serde::de::DeserializeOwned>(
     }
 }
 
+/// One event's failure in its result (a conflict or contention is 409 for
+/// that event); `Err` when the store cannot be written at all, which fails
+/// the batch (503) so that the phone retries it.
+fn event_error(e: CrmError) -> Result<EventError, ApiError> {
+    let e = ApiError::from(e);
+    if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::Internal) {
+        return Err(e);
+    }
+    let problem = e.to_problem();
+    Ok(EventError {
+        code: problem.code.as_str().into(),
+        status: problem.status,
+        detail: problem.detail,
+        errors: problem.errors,
+    })
+}
+
 fn client_event_id_of(value: &Value) -> Option<String> {
     value
         .get("client_event_id")
@@ -354,9 +376,9 @@ impl MobileBridge {
         &self,
         device: &Device,
         events: Vec<Value>,
-    ) -> Result<UploadResponse, MobileError> {
+    ) -> Result<UploadResponse, ApiError> {
         if events.len() > MAX_BATCH_EVENTS {
-            return Err(MobileError::PayloadTooLarge(format!(
+            return Err(ApiError::PayloadTooLarge(format!(
                 "a batch holds at most {MAX_BATCH_EVENTS} events; this one has {}: split it",
                 events.len()
             )));
@@ -404,19 +426,8 @@ impl MobileBridge {
                     result.engagement_id = Some(r.id);
                     result.customer_id = Some(r.customer_id);
                 }
-                Err(CrmError::Store(e)) => return Err(e.into()),
                 Err(CrmError::Invalid(errors)) => result.error = Some(invalid(errors)),
-                Err(other) => {
-                    let code = match other {
-                        CrmError::Contention => "contention",
-                        _ => "unavailable",
-                    };
-                    result.error = Some(EventError {
-                        code: code.into(),
-                        detail: other.to_string(),
-                        errors: Vec::new(),
-                    });
-                }
+                Err(e) => result.error = Some(event_error(e)?),
             }
         }
         // To the minute: a write per batch would double the store commits of
@@ -497,6 +508,34 @@ mod tests {
         );
         assert_eq!(e.source.device_id, Some(d.id));
         assert!(e.source.idempotent_id().is_some());
+    }
+
+    #[test]
+    fn a_conflict_is_409_for_its_event_and_an_unwritable_store_fails_the_batch() {
+        use crm_models::store::StoreError;
+        for (error, code) in [
+            (
+                CrmError::Store(StoreError::Conflict("taken".into())),
+                "conflict",
+            ),
+            (
+                CrmError::Store(StoreError::Contention("busy".into())),
+                "contention",
+            ),
+            (CrmError::Contention, "contention"),
+            (
+                CrmError::IdentifiersConflict {
+                    customers: vec![crm_models::CustomerId::new()],
+                },
+                "identifiers_conflict",
+            ),
+        ] {
+            let e = event_error(error).unwrap();
+            assert_eq!((e.code.as_str(), e.status), (code, 409));
+        }
+        let batch = event_error(CrmError::Store(StoreError::Unavailable("down".into())));
+        assert_eq!(batch.unwrap_err().status_code(), 503);
+        assert_eq!(invalid(vec![FieldError::new("kind", "x")]).status, 422);
     }
 
     #[test]

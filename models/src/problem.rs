@@ -41,6 +41,21 @@ pub const UNAVAILABLE_RETRY_AFTER_S: u64 = 5;
 
 /// Every machine-readable `code` of the API, with its HTTP status. The
 /// serialized form is the snake_case name (`validation_failed`).
+///
+/// | status | codes |
+/// | --- | --- |
+/// | 400 | `malformed_json`, `bad_request` |
+/// | 401 | `unauthorized` |
+/// | 403 | `forbidden` |
+/// | 404 | `not_found`, `route_not_found`, `customer_not_found`, `merge_not_found`, `user_not_found`, `api_key_not_found`, `device_not_found` |
+/// | 405 | `method_not_allowed` (with `Allow`) |
+/// | 409 | `identifiers_conflict`, `identifier_taken`, `customer_merged`, `merge_refused`, `email_taken`, `conflict`; `contention` with `Retry-After: 1` (repeat the request) |
+/// | 413 | `payload_too_large` |
+/// | 415 | `unsupported_media_type` |
+/// | 422 | `validation_failed`; `invalid_event` (in a mobile upload's result) |
+/// | 429 | `rate_limited` (with `Retry-After`) |
+/// | 500 | `internal` |
+/// | 503 | `unavailable` with `Retry-After: 5` |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
@@ -504,6 +519,26 @@ mod tests {
             assert!((400..600).contains(&code.status()), "{code}");
             assert!(seen.insert(code.as_str()), "{code} twice");
         }
+    }
+
+    #[test]
+    fn the_documented_table_says_what_status_gives() {
+        let mut listed = std::collections::HashSet::new();
+        let rows = include_str!("problem.rs")
+            .lines()
+            .filter_map(|l| l.strip_prefix("/// | "))
+            .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()));
+        for row in rows {
+            let (status, codes) = row.split_once('|').unwrap();
+            let status: u16 = status.trim().parse().unwrap();
+            for name in codes.split('`').skip(1).step_by(2) {
+                if let Ok(code) = serde_json::from_value::<ErrorCode>(serde_json::json!(name)) {
+                    assert_eq!(code.status(), status, "{name}");
+                    listed.insert(code);
+                }
+            }
+        }
+        assert_eq!(listed.len(), ErrorCode::ALL.len());
     }
 
     #[test]

@@ -549,7 +549,7 @@ mod tests {
         assert!(matches!(
             auth.revoke_api_key(created.key.id).await,
             Err(ApiError::NotFound {
-                code: "api_key_not_found",
+                code: crate::error::ErrorCode::ApiKeyNotFound,
                 ..
             })
         ));

@@ -142,14 +142,17 @@ fn clean_name(raw: &str) -> Result<String, String> {
 
 pub(super) fn email_taken() -> ApiError {
     ApiError::Conflict {
-        code: "email_taken",
+        code: crate::error::ErrorCode::EmailTaken,
         detail: "a user with this email exists already".into(),
         customers: Vec::new(),
     }
 }
 
 pub(super) fn user_not_found(id: UserId) -> ApiError {
-    ApiError::not_found("user_not_found", format!("user {id} not found"))
+    ApiError::not_found(
+        crate::error::ErrorCode::UserNotFound,
+        format!("user {id} not found"),
+    )
 }
 
 /// Hashes the password and inserts the user; `email_taken` when the email is in use.

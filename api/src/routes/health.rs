@@ -69,7 +69,10 @@ async fn metrics_with_token(
     headers: HeaderMap,
 ) -> Result<impl IntoResponse, ApiError> {
     let Some(expected) = state.config.metrics_token.as_deref() else {
-        return Err(ApiError::not_found("route_not_found", "no such route"));
+        return Err(ApiError::not_found(
+            crate::error::ErrorCode::RouteNotFound,
+            "no such route",
+        ));
     };
     let presented = headers
         .get(header::AUTHORIZATION)

@@ -178,7 +178,10 @@ async fn summary(
         .await?
         .map(ApiJson)
         .ok_or_else(|| {
-            ApiError::not_found("customer_not_found", format!("customer {id} not found"))
+            ApiError::not_found(
+                crate::error::ErrorCode::CustomerNotFound,
+                format!("customer {id} not found"),
+            )
         })
 }
 

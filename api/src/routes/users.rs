@@ -189,6 +189,10 @@ async fn patch_user(
 }
 
 fn parse_user_id(raw: &str) -> Result<UserId, ApiError> {
-    raw.parse()
-        .map_err(|_| ApiError::not_found("user_not_found", format!("user {raw:?} not found")))
+    raw.parse().map_err(|_| {
+        ApiError::not_found(
+            crate::error::ErrorCode::UserNotFound,
+            format!("user {raw:?} not found"),
+        )
+    })
 }

@@ -166,6 +166,11 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             if !matches!(e.inner().classify(), serde_json::error::Category::Data) {
                 return Err(malformed(e.inner()));
             }
+            // A body that is not one JSON value is malformed, whatever else
+            // is wrong with its fields.
+            if let Err(syntax) = serde_json::from_slice::<serde::de::IgnoredAny>(bytes) {
+                return Err(malformed(&syntax));
+            }
             Err(ApiError::Validation(collect::<T>(
                 bytes,
                 Some(Issue::from_error(&e)),
@@ -174,11 +179,20 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     }
 }
 
+/// `malformed_json`, saying where: `... (line 1, column 9)`.
 fn malformed(e: &serde_json::Error) -> ApiError {
-    ApiError::bad_request(
-        ErrorCode::MalformedJson,
-        format!("the body is not valid JSON: {e}"),
-    )
+    let message = e.to_string();
+    let what = strip_position(&message);
+    let detail = if e.line() > 0 {
+        format!(
+            "the body is not valid JSON: {what} (line {}, column {})",
+            e.line(),
+            e.column()
+        )
+    } else {
+        format!("the body is not valid JSON: {what}")
+    };
+    ApiError::bad_request(ErrorCode::MalformedJson, detail)
 }
 
 /// Every field of `bytes` that does not fit `T`, in words for people; empty
@@ -887,6 +901,20 @@ mod tests {
 
     #[test]
     fn syntax_errors_are_malformed_json_and_a_good_body_parses() {
+        // Also when the fields read so far are wrong already.
+        for body in [&br#"{"extra": 1, "#[..], br#"{"email": "a"} []"#, b""] {
+            match parse_json::<NewUser>(body) {
+                Err(e) => assert_eq!(e.code(), ErrorCode::MalformedJson, "{e}"),
+                Ok(v) => panic!("parsed {v:?}"),
+            }
+        }
+        match parse_json::<NewUser>(b"{\n  \"email\": ") {
+            Err(e) => assert_eq!(
+                e.to_string(),
+                "the body is not valid JSON: EOF while parsing a value (line 2, column 11)"
+            ),
+            Ok(v) => panic!("parsed {v:?}"),
+        }
         match parse_json::<NewUser>(br#"{"email": "#) {
             Err(e) => assert_eq!(e.code(), ErrorCode::MalformedJson),
             Ok(v) => panic!("parsed {v:?}"),

@@ -79,8 +79,8 @@ impl Crm {
         W: TxWork,
     {
         let result = match self.fault.take_after() {
-            Some(after) => {
-                let mut faulty = WithFault { work, after };
+            Some((after, error)) => {
+                let mut faulty = WithFault { work, after, error };
                 self.store.transaction(&mut faulty).await
             }
             None => self.store.transaction(work).await,
@@ -104,16 +104,22 @@ impl Crm {
 /// A test hook: the next transaction fails at its N-th store operation,
 /// which must leave the store exactly as it was.
 #[derive(Debug, Default)]
-pub struct FaultInjection(std::sync::Mutex<Option<usize>>);
+pub struct FaultInjection(std::sync::Mutex<Option<(usize, StoreError)>>);
 
 impl FaultInjection {
-    fn take_after(&self) -> Option<usize> {
+    fn take_after(&self) -> Option<(usize, StoreError)> {
         self.0.lock().ok().and_then(|mut g| g.take())
     }
 
     pub fn fail_next_transaction_at(&self, step: usize) {
+        self.fail_next_transaction_with(step, StoreError::Internal("injected fault".into()));
+    }
+
+    /// Like [`Self::fail_next_transaction_at`], with this error (a conflict,
+    /// contention).
+    pub fn fail_next_transaction_with(&self, step: usize, error: StoreError) {
         if let Ok(mut g) = self.0.lock() {
-            *g = Some(step);
+            *g = Some((step, error));
         }
     }
 }
@@ -121,6 +127,7 @@ impl FaultInjection {
 struct WithFault<'w, W: ?Sized> {
     work: &'w mut W,
     after: usize,
+    error: StoreError,
 }
 
 #[async_trait]
@@ -129,6 +136,7 @@ impl<W: TxWork + ?Sized> TxWork for WithFault<'_, W> {
         let mut faulty = FaultyTx {
             inner: tx,
             left: self.after,
+            error: &self.error,
         };
         self.work.run(&mut faulty).await
     }
@@ -138,12 +146,13 @@ impl<W: TxWork + ?Sized> TxWork for WithFault<'_, W> {
 struct FaultyTx<'t> {
     inner: &'t mut dyn Tx,
     left: usize,
+    error: &'t StoreError,
 }
 
 impl FaultyTx<'_> {
     fn step(&mut self) -> StoreResult<()> {
         if self.left == 0 {
-            return Err(StoreError::Internal("injected fault".into()));
+            return Err(self.error.clone());
         }
         self.left -= 1;
         Ok(())
