@@ -28,7 +28,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, StatusCode};
+use axum::http::HeaderName;
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use crm_indexer::projector::Projector;
 use crm_indexer::stream::{RedisEventStream, RedisStreamConfig};
@@ -43,7 +44,6 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Auth;
@@ -388,14 +388,24 @@ pub fn app(state: AppState) -> Router {
                         .unwrap_or("");
                     tracing::info_span!("request", method = %req.method(), path = %req.uri().path(), request_id = %id)
                 }))
-                .layer(TimeoutLayer::with_status_code(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    REQUEST_TIMEOUT,
-                ))
+                .layer(axum::middleware::from_fn(request_timeout))
                 .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
                 .layer(request_metrics::RequestMetricsLayer),
         )
         .with_state(state)
+}
+
+/// A request that takes longer than [`REQUEST_TIMEOUT`] is answered 503
+/// `unavailable` (a problem document with `Retry-After`), like any other
+/// moment the service cannot finish the work.
+async fn request_timeout(request: Request, next: axum::middleware::Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => {
+            tracing::warn!(seconds = REQUEST_TIMEOUT.as_secs(), "request timed out");
+            ApiError::Unavailable("the request took too long; try again".into()).into_response()
+        }
+    }
 }
 
 async fn not_found() -> ApiError {
