@@ -1,7 +1,8 @@
 //! `POST /v1/mobile/events`: a phone's SMS and call log, in batches.
 //!
-//! Each event is checked on its own and a bad one is rejected with its
-//! reasons while the others are stored. The good ones go through the same
+//! Each event is checked on its own, by the one ingest parser
+//! ([`crm_models::ingest`], shape [`Shape::Phone`]), and a bad one is
+//! rejected with its reasons while the others are stored. The good ones go through the same
 //! domain call as every other engagement ([`Crm::record_engagements`]), so
 //! the counterpart is resolved by identity linking. `(device,
 //! client_event_id)` names the engagement (a UUIDv5 primary key), which is
@@ -12,13 +13,15 @@
 
 use chrono::Duration;
 use crm_models::device::Device;
-use crm_models::engagement::{CallStatus, Direction, EngagementDetail, PayloadType, Source};
+use crm_models::engagement::{CallStatus, Direction};
 use crm_models::ids::{CustomerId, EngagementId};
+use crm_models::ingest::{self, Item, JsonList, Origin, Shape};
 use crm_models::problem::{ApiError, ErrorCode};
-use crm_models::service::{clean_name, CrmError, EngagementTarget, FieldError, NewEngagement};
-use crm_models::{time, Identifier, PhoneNumber, Region};
+use crm_models::service::{CrmError, FieldError, NewEngagement};
+use crm_models::time::{self, Timestamp};
+use crm_models::Region;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::MobileBridge;
 
@@ -26,26 +29,8 @@ use crate::MobileBridge;
 pub const MAX_BATCH_EVENTS: usize = 500;
 /// Largest batch body, in bytes (1 MiB).
 pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
-/// Longest `client_event_id`, in characters.
-pub const MAX_CLIENT_EVENT_ID_CHARS: usize = 128;
-/// Longest SMS or WhatsApp text, in characters.
-pub const MAX_BODY_CHARS: usize = 10_000;
 /// How stale a device's `last_upload_at` may get before an upload updates it.
 const LAST_UPLOAD_PRECISION_S: i64 = 60;
-/// Clock skew tolerated for `occurred_at` in the future.
-const MAX_FUTURE_HOURS: i64 = 24;
-/// The fields an event may carry; others are refused.
-const EVENT_FIELDS: [&str; 9] = [
-    "client_event_id",
-    "kind",
-    "direction",
-    "number",
-    "occurred_at",
-    "body",
-    "duration_s",
-    "status",
-    "contact_name",
-];
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[schema(example = json!({"events": [
@@ -54,10 +39,12 @@ const EVENT_FIELDS: [&str; 9] = [
     {"client_event_id": "call-977", "kind": "call", "direction": "outbound", "number": "+65 8122 6418",
      "occurred_at": "2026-11-21T09:41:07Z", "duration_s": 184, "status": "answered"}
 ]}))]
+#[serde(deny_unknown_fields)]
 pub struct UploadRequest {
-    /// Up to 500 events (and 1 MiB).
+    /// Up to 500 events (and 1 MiB). An event that gives a field twice is
+    /// rejected.
     #[schema(value_type = Vec<MobileEvent>)]
-    pub events: Vec<Value>,
+    pub events: JsonList,
 }
 
 /// One event as the phone reports it. Only `client_event_id`, `kind`,
@@ -69,11 +56,14 @@ pub struct MobileEvent {
     pub client_event_id: String,
     pub kind: EventKind,
     pub direction: Direction,
-    /// The other party's number, typed any way; numbers without `+` are read
-    /// with the device's region.
+    /// The other party's number, written any way a person would read as
+    /// that number (`8122 6418`, `+65 8122 6418`, `tel:` URIs, full-width
+    /// digits, an extension or a note after it); numbers without `+` are
+    /// read with the device's region.
     pub number: String,
-    /// When it happened (RFC 3339). Old events are fine: they land in the
-    /// timeline at this time.
+    /// When it happened: RFC 3339, years 1970 to 9999, no leap second, at
+    /// most 24 hours ahead. Old events are fine: they land in the timeline
+    /// at this time.
     pub occurred_at: String,
     /// sms, whatsapp: the text.
     pub body: Option<String>,
@@ -151,197 +141,21 @@ fn invalid(errors: Vec<FieldError>) -> EventError {
     }
 }
 
-/// Reads one event; every problem is reported, with its field.
+/// Reads one event with the one ingest parser; every problem is reported,
+/// with its field.
 pub fn parse_event(
-    value: &Value,
+    item: &Item<'_>,
     device: &Device,
     region: Option<Region>,
+    now: Timestamp,
 ) -> Result<NewEngagement, Vec<FieldError>> {
-    let Some(obj) = value.as_object() else {
-        return Err(vec![FieldError::new("event", "must be a JSON object")]);
+    let origin = Origin {
+        region,
+        device_id: Some(device.id),
+        user_id: format!("user:{}", device.user_id),
+        now,
     };
-    let mut errors = Vec::new();
-    for key in obj.keys() {
-        if !EVENT_FIELDS.contains(&key.as_str()) {
-            errors.push(FieldError::new(key.clone(), "unknown field"));
-        }
-    }
-    let client_event_id = match text(obj, "client_event_id", true, &mut errors) {
-        Some(id) if id.trim().is_empty() => {
-            errors.push(FieldError::new("client_event_id", "must not be empty"));
-            None
-        }
-        Some(id) if id.chars().count() > MAX_CLIENT_EVENT_ID_CHARS => {
-            errors.push(FieldError::new(
-                "client_event_id",
-                format!("must be at most {MAX_CLIENT_EVENT_ID_CHARS} characters long"),
-            ));
-            None
-        }
-        Some(id) if id.chars().any(char::is_control) => {
-            errors.push(FieldError::new(
-                "client_event_id",
-                "must not contain control characters",
-            ));
-            None
-        }
-        other => other,
-    };
-    let kind: Option<EventKind> = typed(obj, "kind", "one of sms, call, whatsapp", &mut errors);
-    let direction: Option<Direction> = typed(obj, "direction", "inbound or outbound", &mut errors);
-    let number = text(obj, "number", true, &mut errors).and_then(|raw| {
-        PhoneNumber::parse(&raw, region)
-            .map_err(|e| errors.push(FieldError::new("number", e)))
-            .ok()
-    });
-    let occurred_at =
-        text(obj, "occurred_at", true, &mut errors).and_then(|raw| match time::parse(&raw) {
-            Ok(t) if t > time::now() + Duration::hours(MAX_FUTURE_HOURS) => {
-                errors.push(FieldError::new(
-                    "occurred_at",
-                    format!("must not be more than {MAX_FUTURE_HOURS} hours in the future"),
-                ));
-                None
-            }
-            Ok(t) => Some(t),
-            Err(_) => {
-                errors.push(FieldError::new("occurred_at", "must be an RFC 3339 time"));
-                None
-            }
-        });
-    let body = text(obj, "body", false, &mut errors);
-    if body
-        .as_deref()
-        .is_some_and(|b| b.chars().count() > MAX_BODY_CHARS)
-    {
-        errors.push(FieldError::new(
-            "body",
-            format!("must be at most {MAX_BODY_CHARS} characters long"),
-        ));
-    }
-    let duration_s: Option<u32> =
-        optional(obj, "duration_s", "a whole number of seconds", &mut errors);
-    let status: Option<CallStatus> = optional(
-        obj,
-        "status",
-        "one of answered, missed, rejected, voicemail",
-        &mut errors,
-    );
-    if kind.is_some_and(|k| k != EventKind::Call) {
-        for field in ["duration_s", "status"] {
-            if obj.get(field).is_some_and(|v| !v.is_null()) {
-                errors.push(FieldError::new(field, "only calls have this field"));
-            }
-        }
-    }
-    let contact_name = text(obj, "contact_name", false, &mut errors).and_then(|n| {
-        clean_name(Some(n.as_str()), "contact_name")
-            .map_err(|e| match e {
-                CrmError::Invalid(mut e) => errors.append(&mut e),
-                other => errors.push(FieldError::new("contact_name", other)),
-            })
-            .ok()
-            .flatten()
-    });
-    let (Some(client_event_id), Some(kind), Some(direction), Some(number), Some(occurred_at)) =
-        (client_event_id, kind, direction, number, occurred_at)
-    else {
-        return Err(errors);
-    };
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    let detail = match kind {
-        EventKind::Sms => EngagementDetail::Sms {
-            direction,
-            body: body.unwrap_or_default(),
-        },
-        EventKind::Whatsapp => EngagementDetail::Whatsapp {
-            direction,
-            payload_type: PayloadType::Text,
-            payload: body.unwrap_or_default(),
-        },
-        EventKind::Call => {
-            let duration_s = duration_s.unwrap_or(0);
-            EngagementDetail::Call {
-                direction,
-                duration_s,
-                status: status.unwrap_or(if duration_s > 0 {
-                    CallStatus::Answered
-                } else {
-                    CallStatus::Missed
-                }),
-            }
-        }
-    };
-    Ok(NewEngagement {
-        target: EngagementTarget::Identify {
-            name: contact_name,
-            identifiers: vec![Identifier::Phone(number)],
-        },
-        occurred_at,
-        source: Source {
-            device_id: Some(device.id),
-            client_event_id: Some(client_event_id),
-            user_id: Some(format!("user:{}", device.user_id)),
-            via: None,
-        },
-        detail,
-    })
-}
-
-/// A string field; `None` (and an error when required) if absent or not a string.
-fn text(
-    obj: &Map<String, Value>,
-    field: &str,
-    required: bool,
-    errors: &mut Vec<FieldError>,
-) -> Option<String> {
-    match obj.get(field) {
-        None | Some(Value::Null) => {
-            if required {
-                errors.push(FieldError::new(field, "is required"));
-            }
-            None
-        }
-        Some(Value::String(s)) => Some(s.clone()),
-        Some(_) => {
-            errors.push(FieldError::new(field, "must be a string"));
-            None
-        }
-    }
-}
-
-/// A required field of a serde type.
-fn typed<T: serde::de::DeserializeOwned>(
-    obj: &Map<String, Value>,
-    field: &str,
-    expected: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<T> {
-    if obj.get(field).is_none_or(Value::is_null) {
-        errors.push(FieldError::new(field, "is required"));
-        return None;
-    }
-    optional(obj, field, expected, errors)
-}
-
-fn optional<T: serde::de::DeserializeOwned>(
-    obj: &Map<String, Value>,
-    field: &str,
-    expected: &str,
-    errors: &mut Vec<FieldError>,
-) -> Option<T> {
-    match obj.get(field) {
-        None | Some(Value::Null) => None,
-        Some(v) => match T::deserialize(v) {
-            Ok(t) => Some(t),
-            Err(_) => {
-                errors.push(FieldError::new(field, format!("must be {expected}")));
-                None
-            }
-        },
-    }
+    ingest::parse_engagement(item, "", Shape::Phone, &origin)
 }
 
 /// One event's failure in its result (a conflict or contention is 409 for
@@ -365,7 +179,7 @@ fn client_event_id_of(value: &Value) -> Option<String> {
     value
         .get("client_event_id")
         .and_then(Value::as_str)
-        .map(|s| s.chars().take(MAX_CLIENT_EVENT_ID_CHARS).collect())
+        .map(|s| s.chars().take(ingest::MAX_CLIENT_ID_CHARS).collect())
 }
 
 impl MobileBridge {
@@ -375,7 +189,7 @@ impl MobileBridge {
     pub async fn upload(
         &self,
         device: &Device,
-        events: Vec<Value>,
+        events: JsonList,
     ) -> Result<UploadResponse, ApiError> {
         if events.len() > MAX_BATCH_EVENTS {
             return Err(ApiError::PayloadTooLarge(format!(
@@ -384,12 +198,13 @@ impl MobileBridge {
             )));
         }
         let region = self.region_of(device);
+        let now = time::now();
         let mut results: Vec<EventResult> = Vec::with_capacity(events.len());
         let mut parsed = Vec::new();
         let mut slots = Vec::new();
-        for (index, value) in events.iter().enumerate() {
-            let client_event_id = client_event_id_of(value);
-            match parse_event(value, device, region) {
+        for (index, item) in events.items().enumerate() {
+            let client_event_id = client_event_id_of(item.value);
+            match parse_event(&item, device, region, now) {
                 Ok(item) => {
                     parsed.push(item);
                     slots.push(index);
@@ -432,7 +247,6 @@ impl MobileBridge {
         }
         // To the minute: a write per batch would double the store commits of
         // a busy device.
-        let now = time::now();
         let stale = device
             .last_upload_at
             .is_none_or(|t| now - t >= Duration::seconds(LAST_UPLOAD_PRECISION_S));
@@ -455,7 +269,9 @@ impl MobileBridge {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crm_models::engagement::EngagementDetail;
     use crm_models::ids::{DeviceId, UserId};
+    use crm_models::service::EngagementTarget;
     use serde_json::json;
 
     fn device() -> Device {
@@ -476,6 +292,14 @@ mod tests {
         Some(Region::parse("SG").unwrap())
     }
 
+    fn parse(
+        value: &Value,
+        d: &Device,
+        region: Option<Region>,
+    ) -> Result<NewEngagement, Vec<FieldError>> {
+        parse_event(&Item::plain(value), d, region, time::now())
+    }
+
     fn fields(r: Result<NewEngagement, Vec<FieldError>>) -> Vec<String> {
         r.unwrap_err().into_iter().map(|e| e.field).collect()
     }
@@ -483,7 +307,7 @@ mod tests {
     #[test]
     fn a_national_number_is_read_with_the_device_region() {
         let d = device();
-        let e = parse_event(
+        let e = parse(
             &json!({"client_event_id": "1", "kind": "call", "direction": "inbound",
                     "number": "8122 6418", "occurred_at": "2026-01-02T03:04:05Z",
                     "duration_s": 0, "contact_name": " Ann "}),
@@ -507,6 +331,7 @@ mod tests {
             }
         );
         assert_eq!(e.source.device_id, Some(d.id));
+        assert_eq!(e.source.user_id, Some(format!("user:{}", d.user_id)));
         assert!(e.source.idempotent_id().is_some());
     }
 
@@ -542,23 +367,23 @@ mod tests {
     fn every_problem_is_reported_with_its_field() {
         let d = device();
         assert_eq!(
-            fields(parse_event(
+            fields(parse(
                 &json!({"kind": "fax", "direction": "sideways", "number": "not a number",
                         "occurred_at": "yesterday", "extra": 1}),
                 &d,
                 sg()
             )),
             [
-                "extra",
                 "client_event_id",
                 "kind",
                 "direction",
                 "number",
-                "occurred_at"
+                "occurred_at",
+                "extra"
             ]
         );
         assert_eq!(
-            fields(parse_event(
+            fields(parse(
                 &json!({"client_event_id": "2", "kind": "sms", "direction": "inbound",
                         "number": "81226418", "occurred_at": "2026-01-02T03:04:05Z"}),
                 &d,
@@ -568,7 +393,7 @@ mod tests {
             "a national number needs a region"
         );
         assert_eq!(
-            fields(parse_event(
+            fields(parse(
                 &json!({"client_event_id": "3", "kind": "sms", "direction": "inbound",
                         "number": "+6581226418", "occurred_at": "2026-01-02T03:04:05Z",
                         "duration_s": 3}),
@@ -577,6 +402,41 @@ mod tests {
             )),
             ["duration_s"]
         );
-        assert_eq!(fields(parse_event(&json!("text"), &d, None)), ["event"]);
+        assert_eq!(
+            fields(parse(
+                &json!({"client_event_id": "4", "kind": "sms", "direction": "inbound",
+                        "number": "+6581226418", "occurred_at": "2026-01-02T03:04:60Z",
+                        "contact_name": "Ann\u{202e}Tan"}),
+                &d,
+                None
+            )),
+            ["contact_name", "occurred_at"]
+        );
+        assert_eq!(fields(parse(&json!("text"), &d, None)), ["event"]);
+    }
+
+    #[test]
+    fn an_event_that_repeats_a_field_is_rejected_alone() {
+        let list: JsonList = serde_json::from_str(
+            r#"[{"client_event_id": "1", "kind": "sms", "direction": "inbound",
+                 "number": "+6581226418", "occurred_at": "2026-01-02T03:04:05Z"},
+                {"client_event_id": "2", "kind": "sms", "direction": "inbound",
+                 "number": "+6581226418", "number": "+6591234567",
+                 "occurred_at": "2026-01-02T03:04:05Z"}]"#,
+        )
+        .unwrap();
+        let d = device();
+        let outcomes: Vec<Result<NewEngagement, Vec<FieldError>>> = list
+            .items()
+            .map(|item| parse_event(&item, &d, None, time::now()))
+            .collect();
+        assert!(outcomes[0].is_ok());
+        assert_eq!(
+            outcomes[1].as_ref().unwrap_err(),
+            &[FieldError::new(
+                "number",
+                "is given more than once; give it once"
+            )]
+        );
     }
 }
