@@ -56,8 +56,7 @@ pub struct WriteReceipt {
     pub id: CustomerId,
     /// `created`, `linked` (the identifiers named this customer; new ones
     /// were attached) or `merged` (they named several customers, now one).
-    #[schema(value_type = String, example = "created")]
-    pub status: &'static str,
+    pub status: Resolution,
 }
 
 /// The answer to a create: the customer for staff, a receipt for a key.
@@ -142,7 +141,7 @@ async fn create_customer(
     let answer = if caller.is_key() {
         CreatedCustomer::Receipt(WriteReceipt {
             id: customer.id,
-            status: how.as_str(),
+            status: how,
         })
     } else {
         CreatedCustomer::Customer(customer)

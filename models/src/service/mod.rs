@@ -102,7 +102,8 @@ pub enum LinkMode {
 }
 
 /// What a create did with the customers its identifiers named.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
 pub enum Resolution {
     /// No identifier was known: a new customer.
     Created,
