@@ -759,20 +759,22 @@ impl Crm {
         if to_insert.is_empty() {
             return outcomes;
         }
-        let targets: Vec<CustomerId> = to_insert
-            .iter()
-            .map(|e| e.customer_id)
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
         match self.store.insert_engagements(&to_insert).await {
             Ok(results) => {
                 self.wake_relay();
+                // Where each one is stored: a customer merged while we
+                // wrote had its engagements put on the survivor, so answer
+                // with that one.
                 for (result, slot) in results.into_iter().zip(slots.iter().copied()) {
-                    if let EngagementInsert::Duplicate { customer_id } = result {
-                        if let Some(Ok(r)) = outcomes.get_mut(slot) {
-                            r.duplicate = true;
-                            r.customer_id = customer_id;
+                    if let Some(Ok(r)) = outcomes.get_mut(slot) {
+                        match result {
+                            EngagementInsert::Created { customer_id } => {
+                                r.customer_id = customer_id;
+                            }
+                            EngagementInsert::Duplicate { customer_id } => {
+                                r.duplicate = true;
+                                r.customer_id = customer_id;
+                            }
                         }
                     }
                 }
@@ -782,27 +784,6 @@ impl Crm {
                     outcomes[slot] = Err(e.clone().into());
                 }
                 return outcomes;
-            }
-        }
-        // A customer merged while we wrote: the store put its engagements
-        // on the survivor, so answer with that one.
-        if let Ok(now) = self.store.get_customers(&targets).await {
-            for c in now
-                .into_iter()
-                .filter(|c| c.status == CustomerStatus::Merged)
-            {
-                match self.current(c.id).await {
-                    Ok(survivor) => {
-                        for r in outcomes.iter_mut().flatten() {
-                            if r.customer_id == c.id {
-                                r.customer_id = survivor.id;
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, customer = %c.id, "cannot find where a merged customer went")
-                    }
-                }
             }
         }
         outcomes

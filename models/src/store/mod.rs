@@ -104,11 +104,11 @@ pub enum Claim {
 /// The outcome of inserting one engagement.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EngagementInsert {
-    Created,
+    /// Stored on `customer_id`: the customer it named, or the one that
+    /// customer was merged into.
+    Created { customer_id: CustomerId },
     /// An engagement with the same id exists (a retried upload); nothing changed.
-    Duplicate {
-        customer_id: CustomerId,
-    },
+    Duplicate { customer_id: CustomerId },
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

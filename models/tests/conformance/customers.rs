@@ -422,6 +422,6 @@ pub async fn delete_customer_cascades(store: Arc<dyn Store>) {
     };
     assert_eq!(
         store.insert_engagements(&[again]).await.unwrap(),
-        vec![EngagementInsert::Created]
+        vec![EngagementInsert::Created { customer_id: b.id }]
     );
 }

@@ -52,7 +52,13 @@ pub async fn insert_engagements_counts_and_last_engagement_at(store: Arc<dyn Sto
         call(b.id, at(7)),
     ];
     let results = store.insert_engagements(&batch).await.unwrap();
-    assert_eq!(results, vec![EngagementInsert::Created; 6]);
+    let landed: Vec<EngagementInsert> = batch
+        .iter()
+        .map(|e| EngagementInsert::Created {
+            customer_id: e.customer_id,
+        })
+        .collect();
+    assert_eq!(results, landed);
 
     let sa = store.get_customer(a.id).await.unwrap().unwrap();
     assert_eq!((sa.counts.sms, sa.counts.call, sa.counts.web), (2, 1, 1));
@@ -102,7 +108,7 @@ pub async fn insert_engagements_reports_duplicates_once(store: Arc<dyn Store>) {
             .insert_engagements(&[first.clone(), second.clone()])
             .await
             .unwrap(),
-        vec![EngagementInsert::Created, EngagementInsert::Created]
+        vec![EngagementInsert::Created { customer_id: a.id }; 2]
     );
 
     // A retried upload: same ids (different content must not overwrite).
@@ -119,7 +125,7 @@ pub async fn insert_engagements_reports_duplicates_once(store: Arc<dyn Store>) {
         results,
         vec![
             EngagementInsert::Duplicate { customer_id: a.id },
-            EngagementInsert::Created,
+            EngagementInsert::Created { customer_id: a.id },
             EngagementInsert::Duplicate { customer_id: a.id },
             EngagementInsert::Duplicate { customer_id: a.id },
         ]
@@ -174,7 +180,7 @@ pub async fn insert_engagements_for_a_missing_customer(store: Arc<dyn Store>) {
             .insert_engagements(std::slice::from_ref(&e))
             .await
             .unwrap(),
-        vec![EngagementInsert::Created]
+        vec![EngagementInsert::Created { customer_id: ghost }]
     );
     assert_eq!(
         store.get_customer(ghost).await.unwrap(),

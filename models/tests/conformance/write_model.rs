@@ -432,7 +432,11 @@ pub async fn engagements_for_a_merged_customer_land_on_its_survivor(store: Arc<d
         .insert_engagements(std::slice::from_ref(&late))
         .await
         .unwrap();
-    assert_eq!(results, vec![EngagementInsert::Created]);
+    // Reported on the survivor, where it is stored.
+    assert_eq!(
+        results,
+        vec![EngagementInsert::Created { customer_id: a.id }]
+    );
     let stored = store.get_engagement(late.id).await.unwrap().unwrap();
     assert_eq!(stored.customer_id, a.id);
     assert_eq!(

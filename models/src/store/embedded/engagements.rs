@@ -81,7 +81,9 @@ pub(super) fn write_engagements(
                         landed,
                         DomainEvent::engagement_recorded(e),
                     ));
-                    results.push(EngagementInsert::Created);
+                    results.push(EngagementInsert::Created {
+                        customer_id: landed,
+                    });
                 }
                 out.push(results);
             }

@@ -126,7 +126,8 @@ impl Work for InsertEngagements<'_> {
             *bump.counts.entry(stored.channel().as_str()).or_insert(0) += 1;
             bump.latest = bump.latest.max(Some(stored.occurred_at));
             bump.recorded = bump.recorded.max(Some(stored.recorded_at));
-            self.out.push(EngagementInsert::Created);
+            self.out
+                .push(EngagementInsert::Created { customer_id: owner });
         }
 
         match tx.insert_many(&store.engagements, docs).await {
