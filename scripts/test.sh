@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
-# the tests start by themselves: redis-server (Debian/Ubuntu apt or Homebrew)
-# and the MongoDB-compatible test server `secantusd-py` (PyPI package
-# `secantusdb`, into ./.venv). Extra arguments go to `cargo test`.
+# the tests start by themselves: redis-server (Debian/Ubuntu apt or Homebrew),
+# curl and jq (for the README's examples) and the MongoDB-compatible test
+# server `secantusd-py` (PyPI package `secantusdb`, into ./.venv). Extra
+# arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,15 +14,21 @@ as_root() {
     echo "need root to run: $*" >&2; return 1; fi
 }
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "test.sh: installing redis-server" >&2
+# redis-server for the tests' own servers; curl and jq for the README's
+# examples, which a test runs.
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v curl >/dev/null 2>&1 || missing+=(curl)
+command -v jq >/dev/null 2>&1 || missing+=(jq)
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "test.sh: installing ${missing[*]}" >&2
   if command -v apt-get >/dev/null 2>&1; then
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq redis-server >/dev/null
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   elif command -v brew >/dev/null 2>&1; then
-    brew install redis
+    brew install "${missing[@]/redis-server/redis}"
   else
-    echo "test.sh: install redis-server (https://redis.io/docs/install/) and run again" >&2
+    echo "test.sh: install ${missing[*]} and run again" >&2
     exit 1
   fi
 fi
