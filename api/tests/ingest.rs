@@ -396,6 +396,28 @@ async fn a_bidi_control_in_a_name_is_refused() {
             [("contact_name".to_string(), message)]
         );
     }
+    // In a message they are how Arabic and Hebrew text is written: kept.
+    let admin = app.admin_token().await;
+    let body = "\u{200F}שלום, 42 \u{2067}Ann\u{2069}";
+    let recorded: Value = expect_json(
+        app.post(
+            "/v1/engagements",
+            &admin,
+            &json!({"customer": {"phone": "81226418"}, "channel": "sms", "direction": "inbound",
+                    "body": body, "client_event_id": "rtl-1"}),
+        )
+        .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let customer = recorded["customer_id"].as_str().unwrap();
+    let page: Value = expect_json(
+        app.get(&format!("/v1/customers/{customer}/engagements"), &admin)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(page["items"][0]["body"], body, "{page}");
 }
 
 #[tokio::test]

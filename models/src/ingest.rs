@@ -82,13 +82,13 @@ pub fn is_bidi_control(c: char) -> bool {
 pub enum TextKind {
     /// Names, labels, ids, URLs: one line, no control characters.
     Line,
-    /// Message bodies: newlines and tabs too.
+    /// Message texts and subjects: newlines, tabs and bidirectional marks too.
     Body,
 }
 
 /// Checks `text` for control characters (C0, DEL, C1; a body may hold
-/// newlines, carriage returns before them, and tabs) and bidirectional
-/// controls. The message names the first offending character.
+/// newlines, carriage returns before them, and tabs) and, in one-line text,
+/// bidirectional controls. The message names the first offending character.
 pub fn check_text(text: &str, kind: TextKind) -> Result<(), String> {
     let mut chars = text.chars().peekable();
     while let Some(c) = chars.next() {
@@ -97,7 +97,10 @@ pub fn check_text(text: &str, kind: TextKind) -> Result<(), String> {
             '\r' => kind == TextKind::Body && chars.peek() == Some(&'\n'),
             _ => false,
         };
-        if is_bidi_control(c) {
+        // Bidirectional controls can disguise a name or a label (U+202E
+        // shows `gpj.exe` as `exe.jpg`); in a message they are part of
+        // how Arabic and Hebrew text is written, so a body keeps them.
+        if is_bidi_control(c) && kind == TextKind::Line {
             return Err(format!(
                 "must not contain U+{:04X}, a character that reorders how text is displayed",
                 u32::from(c)
@@ -952,7 +955,7 @@ fn read_detail(
             }
         }
         Channel::Email => {
-            let subject = f.string("subject", true, MAX_SUBJECT_CHARS);
+            let subject = f.text("subject", true, MAX_SUBJECT_CHARS);
             EngagementDetail::Email {
                 direction: direction?,
                 subject: subject?,
@@ -1119,7 +1122,8 @@ mod tests {
         assert!(check_text("a\rb", TextKind::Body).is_err());
         assert!(check_text("a\u{1b}[31m", TextKind::Body).is_err());
         assert!(check_text("a\u{85}", TextKind::Body).is_err());
-        assert!(check_text("a\u{202E}", TextKind::Body).is_err());
+        assert!(check_text("a\u{202E}", TextKind::Line).is_err());
+        assert_eq!(check_text("\u{200F}שלום\u{200F} 42", TextKind::Body), Ok(()));
         assert_eq!(check_text("Tan Wei Ming 陈伟明 ☎", TextKind::Line), Ok(()));
     }
 
