@@ -4,7 +4,9 @@
 
 use std::sync::OnceLock;
 
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::{ContentBuilder, Ref, RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi};
 
 #[derive(OpenApi)]
@@ -39,10 +41,95 @@ impl Modify for BearerAuth {
     }
 }
 
+/// The answers any route can give, whatever it does: added to every
+/// operation that does not document them itself, so that the contract lists
+/// every status the server really sends.
+struct CommonResponses;
+
+impl CommonResponses {
+    fn add(operation: &mut Operation, status: &str, description: &str) {
+        if operation.responses.responses.contains_key(status) {
+            return;
+        }
+        let problem = ContentBuilder::new()
+            .schema(Some(RefOr::Ref(Ref::from_schema_name("Problem"))))
+            .build();
+        let response = ResponseBuilder::new()
+            .description(description)
+            .content("application/problem+json", problem)
+            .build();
+        operation
+            .responses
+            .responses
+            .insert(status.to_string(), RefOr::T(response));
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        for item in openapi.paths.paths.values_mut() {
+            let operations = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for operation in operations.into_iter().flatten() {
+                // `security(())` on a route: no credentials needed.
+                let public = operation
+                    .security
+                    .as_ref()
+                    .is_some_and(|s| s.iter().all(|r| *r == SecurityRequirement::default()));
+                if operation.request_body.is_some() {
+                    Self::add(
+                        operation,
+                        "400",
+                        "`malformed_json`: the body is not JSON (or repeats a key)",
+                    );
+                    Self::add(
+                        operation,
+                        "413",
+                        "`payload_too_large`: the body is over the route's limit",
+                    );
+                    Self::add(
+                        operation,
+                        "415",
+                        "`unsupported_media_type`: the body is not `application/json`",
+                    );
+                }
+                if !public {
+                    Self::add(
+                        operation,
+                        "401",
+                        "`unauthorized`: no credentials, or credentials that are not (or no longer) valid",
+                    );
+                    Self::add(
+                        operation,
+                        "403",
+                        "`forbidden`: the caller's role or scopes do not allow this",
+                    );
+                }
+                Self::add(
+                    operation,
+                    "422",
+                    "`validation_failed`: every bad field is listed in `errors`",
+                );
+                Self::add(
+                    operation,
+                    "503",
+                    "`unavailable`: the store cannot be reached; retry after `Retry-After` seconds",
+                );
+            }
+        }
+    }
+}
+
 /// The whole document.
 pub fn document() -> utoipa::openapi::OpenApi {
     let mut doc = crate::routes::api_router().split_for_parts().1;
     doc.merge(crm_mobile_bridge::openapi());
+    CommonResponses.modify(&mut doc);
     doc
 }
 

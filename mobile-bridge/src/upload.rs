@@ -41,9 +41,11 @@ const LAST_UPLOAD_PRECISION_S: i64 = 60;
 ]}))]
 #[serde(deny_unknown_fields)]
 pub struct UploadRequest {
-    /// Up to 500 events (and 1 MiB). An event that gives a field twice is
-    /// rejected.
-    #[schema(value_type = Vec<MobileEvent>)]
+    /// Up to 500 events (and 1 MiB), each a `MobileEvent`. Each event is
+    /// read on its own: one that is not a valid event (a field given twice
+    /// included) is answered `rejected` with its reasons in its result, and
+    /// the others are stored; so any JSON value is accepted here.
+    #[schema(value_type = Vec<serde_json::Value>, max_items = 500)]
     pub events: JsonList,
 }
 

@@ -163,8 +163,11 @@ async fn record_engagement(
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
-    /// 1 to 1,000 engagements.
-    #[schema(value_type = Vec<EngagementRequest>)]
+    /// 1 to 1,000 engagements, each an `EngagementRequest` (as for
+    /// `POST /v1/engagements`). Each item is read on its own: one that is not
+    /// a valid engagement is answered `rejected` with its reasons in its
+    /// result, and the others are stored; so any JSON value is accepted here.
+    #[schema(value_type = Vec<serde_json::Value>, min_items = 1, max_items = 1000)]
     pub items: JsonList,
 }
 
