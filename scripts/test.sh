@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
 # the tests start by themselves: redis-server (Debian/Ubuntu apt or Homebrew),
-# curl and jq (for the README's examples) and the MongoDB-compatible test
-# server `secantusd-py` (PyPI package `secantusdb`, into ./.venv). Extra
-# arguments go to `cargo test`.
+# curl and jq (for the README's examples), the MongoDB-compatible test
+# server `secantusd-py` (PyPI package `secantusdb`) and `schemathesis` (both
+# into ./.venv). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECANTUSDB_VERSION="0.7.0b3"
+SCHEMATHESIS_VERSION="4.32.5"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -39,7 +40,14 @@ if [ -z "${CRM_TEST_MONGODB_URI:-}" ] && ! command -v secantusd-py >/dev/null 2>
   python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "secantusdb==${SECANTUSDB_VERSION}"
 fi
-if [ -x .venv/bin/secantusd-py ]; then
+# schemathesis checks that openapi.yaml says what the server does
+# (api/tests/contract.rs).
+if ! command -v schemathesis >/dev/null 2>&1 && [ ! -x .venv/bin/schemathesis ]; then
+  echo "test.sh: installing schemathesis ${SCHEMATHESIS_VERSION} into .venv" >&2
+  [ -d .venv ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==${SCHEMATHESIS_VERSION}"
+fi
+if [ -d .venv ]; then
   export CRM_TEST_VENV="${CRM_TEST_VENV:-$PWD/.venv}"
 fi
 
