@@ -18,7 +18,7 @@ use utoipa_axum::routes;
 use super::customers::parse_customer_id;
 use super::pagination::{self, Page};
 use crate::auth::{EngagementWriter, Staff, TrackWriter};
-use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
+use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, ErrorCode, Problem};
 use crate::state::AppState;
 
 /// Most items in one batch.
@@ -339,7 +339,22 @@ async fn track(
         &origin(&state, caller.actor()),
     )
     .map_err(ApiError::Validation)?;
-    let recorded = state.crm.record_engagement(item).await?;
+    let recorded = state
+        .crm
+        .record_engagement(item)
+        .await
+        .map_err(|e| match e {
+            // A key reads nothing, not even who owns an address: the answer
+            // says only that it is someone else's.
+            CrmError::IdentifierTaken { .. } => ApiError::Conflict {
+                code: ErrorCode::IdentifierTaken,
+                detail: "an identifier in this page view belongs to another customer than \
+                         `customer_id`; nothing was recorded"
+                    .into(),
+                customers: Vec::new(),
+            },
+            other => other.into(),
+        })?;
     let status = if recorded.duplicate {
         StatusCode::OK
     } else {
