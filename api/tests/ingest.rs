@@ -665,10 +665,7 @@ async fn a_key_attaches_to_a_named_customer_only_identifiers_that_are_new_or_its
         )
         .await;
         // A key learns that the identifier is someone else's, not whose.
-        assert!(
-            !problem.to_string().contains(&peter),
-            "{who}: {problem}"
-        );
+        assert!(!problem.to_string().contains(&peter), "{who}: {problem}");
         assert!(problem.get("customers").is_none(), "{who}: {problem}");
     }
     assert_eq!(timeline_len(ann.clone()).await, 1);
