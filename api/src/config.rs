@@ -3,7 +3,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
+pub use crm_indexer::startup::{LogFormat, SharedConfig};
 
 use crate::auth::client_addr::Cidr;
 
@@ -51,12 +52,6 @@ pub enum UserCommand {
     },
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Address to listen on.
@@ -67,42 +62,10 @@ pub struct Config {
         global = true
     )]
     pub listen: SocketAddr,
-    /// Directory of the embedded store (used when no MongoDB URI is set).
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "./data", global = true)]
-    pub data_dir: PathBuf,
-    /// MongoDB connection string; unset means the embedded store.
-    #[arg(long, env = "CRM_MONGODB_URI", global = true, hide_env_values = true)]
-    pub mongodb_uri: Option<String>,
-    /// MongoDB database name.
-    #[arg(
-        long,
-        env = "CRM_MONGODB_DATABASE",
-        default_value = "crm",
-        global = true
-    )]
-    pub mongodb_database: String,
-    /// Redis URL for the event stream and search index; unset means in-process.
-    #[arg(long, env = "CRM_REDIS_URL", global = true, hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key (stream and index).
-    #[arg(long, env = "CRM_REDIS_PREFIX", default_value = "crm:", global = true)]
-    pub redis_prefix: String,
-    /// Approximate length the Redis event stream is trimmed to.
-    #[arg(
-        long,
-        env = "CRM_REDIS_STREAM_MAXLEN",
-        default_value_t = 1_000_000,
-        global = true
-    )]
-    pub redis_stream_max_len: usize,
-    /// Days relayed events are kept in the store's event log.
-    #[arg(
-        long,
-        env = "CRM_EVENT_RETENTION_DAYS",
-        default_value_t = 30,
-        global = true
-    )]
-    pub event_retention_days: u32,
+    // The store, Redis and logging, read as `crm-indexer` reads them (also
+    // reachable as fields of `Config`: `config.redis_url`).
+    #[command(flatten)]
+    pub shared: SharedConfig,
     /// Run an index worker in this process (it shares the work with any
     /// `crm-indexer run` through the consumer group).
     #[arg(long, env = "CRM_INDEX_WORKER", default_value_t = true, action = clap::ArgAction::Set, global = true)]
@@ -125,18 +88,6 @@ pub struct Config {
     /// ISO country for phone numbers typed without `+` (e.g. SG).
     #[arg(long, env = "CRM_DEFAULT_REGION", global = true)]
     pub default_region: Option<String>,
-    /// Log level or filter (`info`, `crm_api=debug,info`).
-    #[arg(long, env = "CRM_LOG", default_value = "info", global = true)]
-    pub log: String,
-    /// Log format.
-    #[arg(
-        long,
-        env = "CRM_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    pub log_format: LogFormat,
     /// Access token lifetime in seconds.
     #[arg(
         long,
@@ -227,26 +178,34 @@ impl std::str::FromStr for MetricsListen {
     }
 }
 
+/// The shared fields read and written as `Config`'s own
+/// (`config.redis_url`, `config.store()`).
+impl std::ops::Deref for Config {
+    type Target = SharedConfig;
+
+    fn deref(&self) -> &SharedConfig {
+        &self.shared
+    }
+}
+
+impl std::ops::DerefMut for Config {
+    fn deref_mut(&mut self) -> &mut SharedConfig {
+        &mut self.shared
+    }
+}
+
 impl Config {
     /// Defaults for tests and tools: embedded store in `data_dir`, port 0
     /// (for the API and for `/metrics`).
     pub fn for_data_dir(data_dir: PathBuf) -> Self {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            data_dir,
-            mongodb_uri: None,
-            mongodb_database: "crm".into(),
-            redis_url: None,
-            redis_prefix: "crm:".into(),
-            redis_stream_max_len: 1_000_000,
-            event_retention_days: 30,
+            shared: SharedConfig::for_data_dir(data_dir),
             index_worker: true,
             jwt_secret: None,
             admin_email: None,
             admin_password: None,
             default_region: None,
-            log: "info".into(),
-            log_format: LogFormat::Text,
             access_token_ttl_s: 900,
             refresh_token_ttl_s: 30 * 24 * 3600,
             link_blocked: Vec::new(),
@@ -264,16 +223,6 @@ impl Config {
 }
 
 impl Config {
-    /// Which store to open: MongoDB when a URI is set, otherwise the
-    /// embedded store in the data directory.
-    pub fn store(&self) -> crm_models::store::StoreConfig {
-        crm_models::store::StoreConfig {
-            mongodb_uri: self.mongodb_uri.clone(),
-            mongodb_database: self.mongodb_database.clone(),
-            data_dir: self.data_dir.clone(),
-        }
-    }
-
     /// The linking safeguards, with blocked values normalised.
     pub fn link_policy(
         &self,

@@ -32,10 +32,10 @@ use axum::http::HeaderName;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use crm_indexer::projector::Projector;
-use crm_indexer::stream::{RedisEventStream, RedisStreamConfig};
+use crm_indexer::startup::EventsAndIndex;
 use crm_indexer::worker::{default_consumer_name, run_worker, EventHandler, WorkerConfig};
-use crm_indexer::{MemoryIndex, RedisIndex, SearchIndex};
-use crm_models::events::{EventLog, EventStream, MemoryEventStream};
+use crm_indexer::SearchIndex;
+use crm_models::events::{EventLog, EventStream};
 use crm_models::relay::Relay;
 use crm_models::service::Crm;
 use crm_models::store::Store;
@@ -81,12 +81,13 @@ struct Background {
 impl Application {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
-        let (events, log, index) = open_events_and_index(&config).await?;
-        let state = build_state(config, store, index).await?;
-        if state.config.redis_url.is_none() {
+        let opened = open_events_and_index(&config).await?;
+        let in_process = opened.in_process();
+        let state = build_state(config, store, opened.index).await?;
+        if in_process {
             load_memory_index(&state.projector).await?;
         }
-        let background = start_background(&state, events, log);
+        let background = start_background(&state, opened.events, opened.log);
         let router = app(state.clone());
         let listener = TcpListener::bind(state.config.listen)
             .await
@@ -172,43 +173,16 @@ impl Application {
     }
 }
 
-/// Opens MongoDB when a URI is configured, otherwise the embedded store.
+/// Opens MongoDB when a URI is configured, otherwise the embedded store
+/// (as `crm-indexer` does: [`crm_indexer::startup::open_store`]).
 pub async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    Ok(crm_models::store::open(&config.store()).await?)
+    crm_indexer::startup::open_store(config).await
 }
 
 /// The Redis stream and index when `CRM_REDIS_URL` is set; otherwise an
-/// in-process log and index.
-async fn open_events_and_index(
-    config: &Config,
-) -> anyhow::Result<(
-    Arc<dyn EventStream>,
-    Arc<dyn EventLog>,
-    Arc<dyn SearchIndex>,
-)> {
-    Ok(match &config.redis_url {
-        Some(url) => {
-            let stream = Arc::new(
-                RedisEventStream::connect(
-                    url,
-                    RedisStreamConfig {
-                        prefix: config.redis_prefix.clone(),
-                        max_len: config.redis_stream_max_len,
-                    },
-                )
-                .await
-                .context("cannot reach Redis (CRM_REDIS_URL) for the event stream")?,
-            );
-            let index = RedisIndex::connect(url, &config.redis_prefix)
-                .await
-                .context("cannot reach Redis (CRM_REDIS_URL) for the index")?;
-            (stream.clone(), stream, Arc::new(index))
-        }
-        None => {
-            let log = Arc::new(MemoryEventStream::default());
-            (log.clone(), log, Arc::new(MemoryIndex::new()))
-        }
-    })
+/// in-process log and index ([`crm_indexer::startup::open_events_and_index`]).
+pub async fn open_events_and_index(config: &Config) -> anyhow::Result<EventsAndIndex> {
+    crm_indexer::startup::open_events_and_index(config).await
 }
 
 /// The in-process index starts empty: fill it from the store.
@@ -245,9 +219,7 @@ fn start_background(
         }));
     }
     let relay = Relay::new(state.crm.store().clone(), events, state.crm.relay_wake())
-        .with_retention(Duration::from_secs(
-            u64::from(state.config.event_retention_days) * 86_400,
-        ))
+        .with_retention(state.config.event_retention())
         .sharing_health(state.relay_healthy.clone());
     let mut relay_stopped = stopped.clone();
     tasks.push(tokio::spawn(relay.run(async move {
@@ -286,7 +258,7 @@ pub async fn build_state(
         .context("CRM_DEFAULT_REGION")?;
     let policy = config.link_policy(default_region)?;
     let mut auth = Auth::new(store.clone(), &secret, &config);
-    if let Some(url) = &config.redis_url {
+    if let Some(url) = config.redis() {
         let limiter = auth::LoginLimiter::shared(url, &config.redis_prefix)
             .await
             .context("cannot reach Redis (CRM_REDIS_URL) for the login limits")?;
@@ -300,12 +272,8 @@ pub async fn build_state(
     .await?;
     let crm = Crm::new(store.clone()).with_policy(policy);
     let projector = Arc::new(Projector::new(store, index.clone()));
-    let mobile = crm_mobile_bridge::MobileBridge::new(
-        crm.clone(),
-        index.clone(),
-        projector.clone(),
-        default_region,
-    );
+    let mobile =
+        crm_mobile_bridge::MobileBridge::new(crm.clone(), projector.clone(), default_region);
     Ok(AppState {
         crm,
         projector,
@@ -330,7 +298,7 @@ fn jwt_secret(config: &Config) -> anyhow::Result<Vec<u8>> {
         return Ok(secret.as_bytes().to_vec());
     }
     anyhow::ensure!(
-        config.mongodb_uri.is_none(),
+        config.store().mongodb_uri.is_none(),
         "CRM_JWT_SECRET is required with CRM_MONGODB_URI: every crm-api instance must share it"
     );
     secret_file(&config.data_dir.join("jwt-secret"))
@@ -418,25 +386,5 @@ async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
-/// Resolves on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
-    }
-    tracing::info!("shutdown signal received; finishing in-flight requests");
-}
+/// Resolves on Ctrl-C or SIGTERM (as `crm-indexer`'s does).
+pub use crm_indexer::startup::shutdown_signal;

@@ -2,20 +2,17 @@
 
 use std::sync::OnceLock;
 
+use crm_indexer::startup::LogOutput;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber. `CRM_LOG` is an `EnvFilter` directive.
-/// Safe to call more than once (later calls do nothing).
+/// Installs the global subscriber, logging to stdout. `CRM_LOG` is an
+/// `EnvFilter` directive. Safe to call more than once (later calls do
+/// nothing). The same set-up as `crm-indexer`'s
+/// ([`crm_indexer::startup::init_tracing`]).
 pub fn init_tracing(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt().with_env_filter(filter).with_target(true);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
+    crm_indexer::startup::init_tracing(filter, format, LogOutput::Stdout);
 }
 
 /// The process-wide Prometheus recorder, installed on first use.

@@ -12,22 +12,20 @@
 //! verify found differences, 2 on errors, 130 when a rebuild was interrupted.
 
 use std::fmt::Display;
-use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use crm_models::events::EventLog;
-use crm_models::store::{Store, StoreConfig, StoreError};
 use crm_models::CustomerId;
-use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::projector::{Projector, VerifyReport};
-use crate::stream::{RedisEventStream, RedisStreamConfig};
+pub use crate::startup::{init_tracing, shutdown_signal, LogFormat, SharedConfig};
+use crate::startup::{open_redis_index, open_redis_stream, open_store, require_redis};
 use crate::worker::{default_consumer_name, run_worker, WorkerConfig};
-use crate::{RedisIndex, SearchIndex};
+use crate::SearchIndex;
 
 /// Exit status when verify found differences.
 pub const EXIT_DIFFERENCES: u8 = 1;
@@ -76,51 +74,8 @@ pub enum Command {
     Repair,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
-
-/// Shared configuration; the names match `crm-api`'s.
-#[derive(Debug, Clone, Args)]
-pub struct Config {
-    /// MongoDB connection string; unset means the embedded store in the data
-    /// directory.
-    #[arg(long, env = "CRM_MONGODB_URI", global = true, hide_env_values = true)]
-    pub mongodb_uri: Option<String>,
-    /// MongoDB database name.
-    #[arg(
-        long,
-        env = "CRM_MONGODB_DATABASE",
-        default_value = "crm",
-        global = true
-    )]
-    pub mongodb_database: String,
-    /// Directory of the embedded store (used when no MongoDB URI is set). It
-    /// can only be opened while crm-api is not running on it (redb locks the
-    /// file).
-    #[arg(long, env = "CRM_DATA_DIR", default_value = "./data", global = true)]
-    pub data_dir: PathBuf,
-    /// Redis URL of the event stream and the search index (required).
-    #[arg(long, env = "CRM_REDIS_URL", global = true, hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Prefix of every Redis key.
-    #[arg(long, env = "CRM_REDIS_PREFIX", default_value = "crm:", global = true)]
-    pub redis_prefix: String,
-    /// Log level or filter (`info`, `crm_indexer=debug,info`).
-    #[arg(long, env = "CRM_LOG", default_value = "info", global = true)]
-    pub log: String,
-    /// Log format (logs go to stderr).
-    #[arg(
-        long,
-        env = "CRM_LOG_FORMAT",
-        value_enum,
-        default_value = "text",
-        global = true
-    )]
-    pub log_format: LogFormat,
-}
+/// The configuration: [`SharedConfig`], named as in `crm-api`.
+pub type Config = SharedConfig;
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
@@ -164,20 +119,6 @@ pub fn parse_duration(raw: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(seconds).map_err(|e| format!("invalid duration {raw:?}: {e}"))
 }
 
-/// Installs the global subscriber on stderr (stdout carries the reports).
-/// `CRM_LOG` is an `EnvFilter` directive.
-pub fn init_tracing(filter: &str, format: LogFormat) {
-    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = fmt()
-        .with_env_filter(filter)
-        .with_target(true)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
-}
-
 /// Runs the command; the exit status follows the module doc.
 pub async fn execute(cli: Cli) -> ExitCode {
     let result = match cli.command {
@@ -195,51 +136,9 @@ pub async fn execute(cli: Cli) -> ExitCode {
     }
 }
 
-fn redis_url(config: &Config) -> anyhow::Result<&str> {
-    config
-        .redis_url
-        .as_deref()
-        .filter(|u| !u.trim().is_empty())
-        .context("no redis url: set CRM_REDIS_URL or --redis-url (the index lives in redis)")
-}
-
-async fn open_store(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store = StoreConfig {
-        mongodb_uri: config.mongodb_uri.clone().filter(|u| !u.trim().is_empty()),
-        mongodb_database: config.mongodb_database.clone(),
-        data_dir: config.data_dir.clone(),
-    };
-    let on_mongodb = store.mongodb_uri.is_some();
-    crm_models::store::open(&store).await.map_err(|e| {
-        if on_mongodb {
-            anyhow::Error::new(e).context(format!(
-                "cannot open the mongodb store (database {})",
-                config.mongodb_database
-            ))
-        } else {
-            embedded_error(&config.data_dir, e)
-        }
-    })
-}
-
-fn embedded_error(dir: &Path, e: StoreError) -> anyhow::Error {
-    anyhow::anyhow!(
-        "cannot open the embedded store in {}: {e} (the embedded store can only be opened \
-         while crm-api is not running on it, since redb locks the file; stop crm-api, or \
-         set CRM_MONGODB_URI when crm-api runs on mongodb)",
-        dir.display()
-    )
-}
-
 async fn open_index(config: &Config) -> anyhow::Result<Arc<dyn SearchIndex>> {
-    let index = RedisIndex::connect(redis_url(config)?, &config.redis_prefix)
-        .await
-        .context("cannot connect to the redis index")?;
-    index
-        .ping()
-        .await
-        .context("the redis index does not answer")?;
-    Ok(Arc::new(index))
+    let url = require_redis(config)?;
+    Ok(Arc::new(open_redis_index(url, config).await?))
 }
 
 async fn projector(config: &Config) -> anyhow::Result<Projector> {
@@ -251,21 +150,14 @@ async fn projector(config: &Config) -> anyhow::Result<Projector> {
 async fn run(config: &Config, args: RunArgs) -> anyhow::Result<ExitCode> {
     let store = open_store(config).await?;
     let projector = Projector::new(store.clone(), open_index(config).await?);
-    let stream = RedisEventStream::connect(
-        redis_url(config)?,
-        RedisStreamConfig {
-            prefix: config.redis_prefix.clone(),
-            ..RedisStreamConfig::default()
-        },
-    )
-    .await
-    .context("cannot connect to the redis event stream")?;
+    let stream = open_redis_stream(require_redis(config)?, config).await?;
     let stream = Arc::new(stream);
     // The relay moves what writers committed to the store's event log onto
     // the stream; with several relays (crm-api instances) a lease in the
     // store lets one publish at a time.
     let relay =
-        crm_models::relay::Relay::new(store, stream.clone(), Arc::new(tokio::sync::Notify::new()));
+        crm_models::relay::Relay::new(store, stream.clone(), Arc::new(tokio::sync::Notify::new()))
+            .with_retention(config.event_retention());
     let relaying = tokio::spawn(relay.run(shutdown_signal()));
     let log: Arc<dyn EventLog> = stream;
     let mut worker = WorkerConfig::new(args.consumer.unwrap_or_else(default_consumer_name));
@@ -373,34 +265,6 @@ fn list_ids(out: &mut String, kind: impl Display, ids: &[CustomerId]) {
             "{kind} ... and {} more\n",
             ids.len() - VERIFY_LIST_LIMIT
         ));
-    }
-}
-
-/// Completes on Ctrl-C or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            tracing::error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "cannot listen for sigterm");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => tracing::info!("ctrl-c received; shutting down"),
-        () = terminate => tracing::info!("sigterm received; shutting down"),
     }
 }
 

@@ -15,6 +15,10 @@
 //! - [`query`]: [`Query`], [`SearchHit`] and the ranking both adapters share.
 //! - [`projector`], [`worker`], [`stream`]: from the store and the event
 //!   stream to the index; [`cli`]: the `crm-indexer` binary's commands.
+//! - [`caller_id`]: who has a number, from the index or else the store; the
+//!   one path of every caller-ID route.
+//! - [`startup`]: configuration, logging, shutdown and opening the store,
+//!   stream and index, shared by `crm-indexer` and `crm-api`.
 //!
 //! # Redis keys
 //! Every key starts with a configurable prefix (default `crm:`, as written
@@ -46,6 +50,7 @@
 //! since the fingerprint version changed with it). So did `cust:<id>`, which
 //! held one field per summary field before the summary became one JSON field.
 
+pub mod caller_id;
 pub mod cli;
 pub mod doc;
 pub mod generate;
@@ -53,6 +58,7 @@ pub mod memory;
 pub mod projector;
 pub mod query;
 pub mod redis;
+pub mod startup;
 pub mod stream;
 pub mod worker;
 

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use crm_indexer::cli::{self, Cli};
+use crm_indexer::startup::{init_tracing, LogOutput};
 
 /// The allocator crm-api uses too: a rebuild encodes millions of short-lived
 /// strings and commands on several threads.
@@ -14,7 +15,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    cli::init_tracing(&cli.config.log, cli.config.log_format);
+    // Logs go to stderr: stdout carries the reports.
+    init_tracing(&cli.config.log, cli.config.log_format, LogOutput::Stderr);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

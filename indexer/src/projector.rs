@@ -15,12 +15,13 @@ use futures::stream::{self, BoxStream, StreamExt};
 use crm_models::event::{DomainEvent, EventEnvelope};
 use crm_models::linking::{similar_profiles, Suggestion, SuggestionReason};
 use crm_models::store::{CustomerCursor, EngagementFilter, Store, StoreError};
-use crm_models::{CustomerId, CustomerStatus};
+use crm_models::{CustomerId, CustomerStatus, PhoneNumber};
 
 use crate::query::Query;
 use crate::worker::{ApplyError, EventHandler};
 use crate::{
-    IndexError, IndexResult, IndexedCustomer, RebuildReport, SearchIndex, SUMMARY_ENGAGEMENTS,
+    CustomerSummary, IndexError, IndexResult, IndexedCustomer, RebuildReport, SearchIndex,
+    SUMMARY_ENGAGEMENTS,
 };
 
 /// Customers read from the store per page while rebuilding or verifying.
@@ -84,6 +85,36 @@ impl Projector {
             .await
             .map_err(store_err)?;
         Ok(Some(IndexedCustomer::new(customer, last)))
+    }
+
+    /// Caller ID from the store: the summary of every customer whose
+    /// profile lists this phone (merged ones excepted), most recently
+    /// engaged first, as the index would answer
+    /// ([`SearchIndex::lookup_phone`]).
+    pub async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
+        let holders = self
+            .store
+            .customers_with_phone(phone)
+            .await
+            .map_err(store_err)?;
+        let mut summaries = Vec::with_capacity(holders.len());
+        for customer in holders {
+            let last = self
+                .store
+                .list_engagements(
+                    customer.id,
+                    &EngagementFilter::default(),
+                    None,
+                    SUMMARY_ENGAGEMENTS,
+                )
+                .await
+                .map_err(store_err)?;
+            let doc = IndexedCustomer::new(customer, last);
+            if doc.is_searchable() {
+                summaries.push(doc.summary());
+            }
+        }
+        Ok(crate::query::most_recent_first(summaries))
     }
 
     /// Brings one customer's index entries in line with the store.

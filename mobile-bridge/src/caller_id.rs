@@ -1,14 +1,16 @@
 //! `GET /v1/mobile/caller-id?number=...`: who is calling, before the second
 //! ring. One index read (one Redis round trip: the phone key holds the
-//! summaries), then the lookup is handed to the signal recorder without
-//! waiting for it.
+//! summaries; the store when the index cannot answer), the same lookup as
+//! the staff route's ([`crm_indexer::caller_id::lookup`]); then the lookup is
+//! handed to the signal recorder without waiting for it.
 
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use crm_indexer::{CustomerSummary, EngagementBrief, IndexError, SummaryJson};
+use crm_indexer::caller_id::{CallerIdError, CallerLookup};
+use crm_indexer::{CustomerSummary, EngagementBrief, SummaryJson};
 use crm_models::device::{CallSignal, Device};
-use crm_models::{ChannelCounts, CustomerId, Email, Identifier, PhoneNumber};
+use crm_models::{ChannelCounts, CustomerId, Email, PhoneNumber};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -153,15 +155,16 @@ fn push_popup_customer(body: &mut String, summary: &SummaryJson) -> Result<(), s
     Ok(())
 }
 
-/// An index failure as the API reports it: 503 `unavailable` when the index
-/// cannot be reached, else 500.
-fn index_error(e: IndexError) -> ApiError {
+/// A failed lookup as the API reports it: 422 for what is not a number, 503
+/// `unavailable` when neither the index nor the store can answer, else 500.
+fn caller_id_error(e: CallerIdError) -> ApiError {
     match e {
-        IndexError::Unavailable(m) => {
-            tracing::warn!(error = %m, "index unavailable");
-            ApiError::Unavailable("the caller-ID index is unavailable; try again".into())
+        CallerIdError::Number(e) => ApiError::field("number", e),
+        CallerIdError::Unavailable(m) => {
+            tracing::warn!(error = %m, "caller-ID unavailable");
+            ApiError::Unavailable("caller-ID is unavailable; try again".into())
         }
-        other => ApiError::Internal(other.to_string()),
+        CallerIdError::Internal(m) => ApiError::Internal(m),
     }
 }
 
@@ -170,23 +173,10 @@ impl MobileBridge {
     /// cannot be reached. Each customer found is recorded as an incoming-call
     /// signal for the device's owner.
     pub async fn caller_id(&self, device: &Device, number: &str) -> Result<CallerIdJson, ApiError> {
-        let (phone, found) =
-            crm_indexer::lookup_typed_phone(self.index().as_ref(), number, self.region_of(device))
+        let CallerLookup { phone, found, .. } =
+            crm_indexer::caller_id::lookup(self.projector(), number, self.region_of(device))
                 .await
-                .map_err(|e| ApiError::field("number", e))?;
-        let found = match found {
-            Ok(found) => found,
-            Err(IndexError::Unavailable(e)) => {
-                tracing::warn!(error = %e, "index unavailable; caller-ID from the store");
-                self.owners_from_store(&phone)
-                    .await?
-                    .iter()
-                    .map(SummaryJson::of)
-                    .collect::<Result<_, _>>()
-                    .map_err(|e| ApiError::Internal(e.to_string()))?
-            }
-            Err(e) => return Err(index_error(e)),
-        };
+                .map_err(caller_id_error)?;
         let answer = CallerIdJson::of(&found)
             .map_err(|e| ApiError::Internal(format!("index data does not decode: {e}")))?;
         let now = crm_models::time::now();
@@ -201,26 +191,6 @@ impl MobileBridge {
             });
         }
         Ok(answer)
-    }
-
-    async fn owners_from_store(
-        &self,
-        phone: &PhoneNumber,
-    ) -> Result<Vec<CustomerSummary>, ApiError> {
-        let key = Identifier::Phone(phone.clone()).key();
-        let Some(owner) = self.store().identity_owner(&key).await? else {
-            return Ok(Vec::new());
-        };
-        let doc = self
-            .projector()
-            .document(owner)
-            .await
-            .map_err(index_error)?;
-        Ok(doc
-            .filter(|d| d.is_searchable())
-            .map(|d| d.summary())
-            .into_iter()
-            .collect())
     }
 }
 

@@ -29,7 +29,6 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, State};
 use crm_indexer::projector::Projector;
-use crm_indexer::SearchIndex;
 use crm_models::device::{CallSignal, Device};
 use crm_models::service::Crm;
 use crm_models::store::Store;
@@ -56,7 +55,7 @@ pub struct MobileBridge {
 
 struct Inner {
     crm: Crm,
-    index: Arc<dyn SearchIndex>,
+    /// The index and the store (caller ID reads both).
     projector: Arc<Projector>,
     default_region: Option<Region>,
     signals: SignalRecorder,
@@ -66,17 +65,11 @@ impl MobileBridge {
     /// Must be called on a tokio runtime: it starts the signal writer.
     /// `default_region` (`CRM_DEFAULT_REGION`) applies to devices enrolled
     /// without one.
-    pub fn new(
-        crm: Crm,
-        index: Arc<dyn SearchIndex>,
-        projector: Arc<Projector>,
-        default_region: Option<Region>,
-    ) -> Self {
+    pub fn new(crm: Crm, projector: Arc<Projector>, default_region: Option<Region>) -> Self {
         let signals = SignalRecorder::start(crm.store().clone());
         MobileBridge {
             inner: Arc::new(Inner {
                 crm,
-                index,
                 projector,
                 default_region,
                 signals,
@@ -90,10 +83,6 @@ impl MobileBridge {
 
     fn store(&self) -> &Arc<dyn Store> {
         self.inner.crm.store()
-    }
-
-    fn index(&self) -> &Arc<dyn SearchIndex> {
-        &self.inner.index
     }
 
     fn projector(&self) -> &Projector {

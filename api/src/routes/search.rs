@@ -5,8 +5,8 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use crm_indexer::caller_id::CallerIdError;
 use crm_indexer::{CustomerSummary, IndexError, Query, SearchHit, SummaryJson, MAX_SEARCH_LIMIT};
-use crm_models::customer::Identifier;
 use crm_models::{CustomerId, Region};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -213,8 +213,9 @@ pub struct CallerLookup {
     pub matches: Vec<CallerMatch>,
 }
 
-/// Caller ID: who has this number. Served from the index in one round trip;
-/// from the store when the index cannot be reached.
+/// Caller ID: who has this number (every customer, when it is shared).
+/// Served from the index in one round trip; from the store when the index
+/// cannot be reached. The same customers as `GET /v1/mobile/caller-id`.
 #[utoipa::path(
     get, path = "/v1/lookup/phone/{number}", tag = "search",
     params(("number" = String, Path, description = "A phone number typed any way"), LookupParams),
@@ -230,25 +231,10 @@ async fn lookup_phone(
     ApiQuery(params): ApiQuery<LookupParams>,
 ) -> Result<Response, ApiError> {
     let region = region(params.region.as_deref(), state.default_region)?;
-    let (phone, found) = crm_indexer::lookup_typed_phone(state.index.as_ref(), &number, region)
+    let found = crm_indexer::caller_id::lookup(&state.projector, &number, region)
         .await
-        .map_err(|e| ApiError::field("number", e))?;
-    let found =
-        match found {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::warn!(error = %e, "index unavailable; caller-ID from the store");
-                let key = Identifier::Phone(phone).key();
-                match state.crm.store().identity_owner(&key).await? {
-                    Some(owner) => match from_store(&state, owner).await? {
-                        Some(summary) => vec![SummaryJson::of(&summary)
-                            .map_err(|e| ApiError::Internal(e.to_string()))?],
-                        None => Vec::new(),
-                    },
-                    None => Vec::new(),
-                }
-            }
-        };
+        .map_err(caller_id_err)?
+        .found;
     let body = caller_lookup_json(&found).map_err(|e| {
         index_err(IndexError::Internal(format!(
             "index data does not decode: {e}"
@@ -259,6 +245,19 @@ async fn lookup_phone(
         body,
     )
         .into_response())
+}
+
+/// A failed caller-ID lookup as the API reports it: 422 for what is not a
+/// number, 503 when neither the index nor the store can answer.
+fn caller_id_err(e: CallerIdError) -> ApiError {
+    match e {
+        CallerIdError::Number(e) => ApiError::field("number", e),
+        CallerIdError::Unavailable(m) => {
+            tracing::warn!(error = %m, "caller-ID unavailable");
+            ApiError::Unavailable("caller-ID is unavailable; try again".into())
+        }
+        CallerIdError::Internal(m) => ApiError::Internal(m),
+    }
 }
 
 /// A [`CallerLookup`] written around the summaries' JSON as the index keeps

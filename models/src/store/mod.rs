@@ -186,6 +186,31 @@ pub trait CustomerStore: Send + Sync {
         limit: usize,
     ) -> StoreResult<Vec<Customer>>;
 
+    /// Customers (merged ones excepted) whose profile lists this phone,
+    /// whoever owns its identity: a shared or blocked number is on several
+    /// profiles. Caller ID from the store when the index cannot answer. The
+    /// default walks every customer; an adapter with an index on phones
+    /// answers from it.
+    async fn customers_with_phone(&self, phone: &crate::PhoneNumber) -> StoreResult<Vec<Customer>> {
+        const PAGE: usize = 500;
+        let mut found = Vec::new();
+        let mut after = None;
+        loop {
+            let page = self.list_customers(None, after, PAGE).await?;
+            after = page.last().map(|c| CustomerCursor {
+                updated_at: c.updated_at,
+                id: c.id,
+            });
+            let last = page.len() < PAGE;
+            found.extend(page.into_iter().filter(|c| {
+                c.status != crate::customer::CustomerStatus::Merged && c.phones.contains(phone)
+            }));
+            if last {
+                return Ok(found);
+            }
+        }
+    }
+
     async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>>;
 
     /// Every identifier key the customer owns, sorted.

@@ -425,3 +425,42 @@ pub async fn delete_customer_cascades(store: Arc<dyn Store>) {
         vec![EngagementInsert::Created { customer_id: b.id }]
     );
 }
+
+pub async fn customers_with_phone_lists_every_profile_with_it(store: Arc<dyn Store>) {
+    let shared = phone("+65 6338 8888");
+    let mut a = customer_at(at(10));
+    a.phones = vec![phone("+65 8122 6418"), shared.clone()];
+    let mut b = customer_at(at(20));
+    b.phones = vec![shared.clone()];
+    let mut merged = customer_at(at(30));
+    merged.phones = vec![shared.clone()];
+    merged.status = CustomerStatus::Merged;
+    merged.merged_into = Some(a.id);
+    let mut other = customer_at(at(40));
+    other.phones = vec![phone("+65 9123 4567")];
+    for c in [&a, &b, &merged, &other] {
+        store.insert_customer(c).await.unwrap();
+    }
+    let found: BTreeSet<CustomerId> = ids_of(&store.customers_with_phone(&shared).await.unwrap())
+        .into_iter()
+        .collect();
+    assert_eq!(
+        found,
+        BTreeSet::from([a.id, b.id]),
+        "every profile with it, merged ones excepted"
+    );
+    assert_eq!(
+        store
+            .customers_with_phone(&phone("+65 8122 6418"))
+            .await
+            .unwrap(),
+        vec![a]
+    );
+    assert_eq!(
+        store
+            .customers_with_phone(&phone("+65 6123 4567"))
+            .await
+            .unwrap(),
+        Vec::<Customer>::new()
+    );
+}

@@ -127,6 +127,7 @@ macro_rules! store_suite {
                 ping_and_kind,
                 customer_insert_get_and_duplicate_id,
                 get_customers_returns_those_that_exist,
+                customers_with_phone_lists_every_profile_with_it,
                 update_profile_never_touches_counts,
                 add_identifiers_has_set_semantics,
                 list_customers_orders_filters_and_pages,

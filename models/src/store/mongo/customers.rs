@@ -201,6 +201,15 @@ impl CustomerStore for MongoStore {
 
     // --- identities ---
 
+    async fn customers_with_phone(&self, phone: &crate::PhoneNumber) -> StoreResult<Vec<Customer>> {
+        let cursor = self
+            .customers
+            .find(doc! { "phones": phone.as_str(), "status": { "$ne": "merged" } })
+            .await
+            .map_err(map_err)?;
+        collect(cursor, "id").await
+    }
+
     async fn identity_owner(&self, key: &str) -> StoreResult<Option<CustomerId>> {
         Ok(self.identity(key).await?.and_then(|i| i.owner))
     }

@@ -189,7 +189,11 @@ impl MongoStore {
         let unique = || IndexOptions::builder().unique(true).build();
         let plain = |keys: Document| IndexModel::builder().keys(keys).build();
         self.customers
-            .create_indexes([plain(doc! { "updated_at": 1, "_id": 1 })])
+            .create_indexes([
+                plain(doc! { "updated_at": 1, "_id": 1 }),
+                // Caller ID from the store when the index is down.
+                plain(doc! { "phones": 1 }),
+            ])
             .await
             .map_err(map_err)?;
         self.identities
