@@ -131,7 +131,19 @@ pub fn router<S: Clone + Send + Sync + 'static>(bridge: MobileBridge) -> axum::R
 
 /// The contract of the `/v1/mobile` routes, with their full paths.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().split_for_parts().1
+    let mut doc = routes().split_for_parts().1;
+    // An upload's events are any JSON (each is read on its own); the
+    // schema of a good one is documented beside them.
+    let components = doc.components.get_or_insert_with(Default::default);
+    let mut schemas = vec![(
+        <upload::MobileEvent as utoipa::ToSchema>::name().into_owned(),
+        <upload::MobileEvent as utoipa::PartialSchema>::schema(),
+    )];
+    <upload::MobileEvent as utoipa::ToSchema>::schemas(&mut schemas);
+    for (name, schema) in schemas {
+        components.schemas.entry(name).or_insert(schema);
+    }
+    doc
 }
 
 /// Uploads a batch of the phone's SMS, calls and WhatsApp messages. Each

@@ -1123,7 +1123,10 @@ mod tests {
         assert!(check_text("a\u{1b}[31m", TextKind::Body).is_err());
         assert!(check_text("a\u{85}", TextKind::Body).is_err());
         assert!(check_text("a\u{202E}", TextKind::Line).is_err());
-        assert_eq!(check_text("\u{200F}שלום\u{200F} 42", TextKind::Body), Ok(()));
+        assert_eq!(
+            check_text("\u{200F}שלום\u{200F} 42", TextKind::Body),
+            Ok(())
+        );
         assert_eq!(check_text("Tan Wei Ming 陈伟明 ☎", TextKind::Line), Ok(()));
     }
 
