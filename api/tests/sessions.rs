@@ -519,4 +519,12 @@ async fn the_store_and_the_jwt_secret_are_readable_by_their_owner_only() {
     let mode = std::fs::metadata(&path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     drop(store);
+    // A data directory the store creates is its owner's only.
+    let created = dir.path().join("new").join("data");
+    let store = crm_models::store::embedded::EmbeddedStore::open(&created).unwrap();
+    for d in [created.parent().unwrap(), created.as_path()] {
+        let mode = std::fs::metadata(d).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{}: {mode:o}", d.display());
+    }
+    drop(store);
 }

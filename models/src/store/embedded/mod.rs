@@ -132,7 +132,13 @@ impl EmbeddedStore {
     /// Fails with [`StoreError::Unavailable`] when another process (or another
     /// open store in this one) holds the file.
     pub fn open(dir: &Path) -> Result<EmbeddedStore, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| {
+        // A directory it creates is its owner's only (0700), like the
+        // files in it.
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true);
+        #[cfg(unix)]
+        std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+        builder.create(dir).map_err(|e| {
             StoreError::Unavailable(format!(
                 "cannot create the data directory {}: {e}",
                 dir.display()

@@ -278,6 +278,12 @@ impl MongoStore {
             ])
             .await
             .map_err(map_err)?;
+        // Every instance reads the sessions revoked since its last look.
+        self.db
+            .collection::<Document>("revoked_sessions")
+            .create_index(plain(doc! { "revoked_at": 1 }))
+            .await
+            .map_err(map_err)?;
         Ok(())
     }
 }
