@@ -45,6 +45,23 @@ impl From<IndexError> for CallerIdError {
     }
 }
 
+/// A failed lookup as both caller-ID routes report it: 422 for what is not
+/// a number, 503 `unavailable` when neither the index nor the store can
+/// answer, else 500.
+impl From<CallerIdError> for crm_models::problem::ApiError {
+    fn from(e: CallerIdError) -> Self {
+        use crm_models::problem::ApiError;
+        match e {
+            CallerIdError::Number(e) => ApiError::field("number", e),
+            CallerIdError::Unavailable(m) => {
+                tracing::warn!(error = %m, "caller-ID unavailable");
+                ApiError::Unavailable("caller-ID is unavailable; try again".into())
+            }
+            CallerIdError::Internal(m) => ApiError::Internal(m),
+        }
+    }
+}
+
 /// Who has the number `raw`, typed any way (`region` reads one without
 /// country code). The index answers ([`lookup_typed_phone`]); when it fails,
 /// the store does ([`Projector::lookup_phone`]: every customer whose profile

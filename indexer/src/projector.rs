@@ -15,7 +15,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 use crm_models::event::{DomainEvent, EventEnvelope};
 use crm_models::linking::{similar_profiles, Suggestion, SuggestionReason};
 use crm_models::store::{CustomerCursor, EngagementFilter, Store, StoreError};
-use crm_models::{CustomerId, CustomerStatus, PhoneNumber};
+use crm_models::{Customer, CustomerId, CustomerStatus, PhoneNumber};
 
 use crate::query::Query;
 use crate::worker::{ApplyError, EventHandler};
@@ -79,12 +79,22 @@ impl Projector {
         let Some(customer) = self.store.get_customer(id).await.map_err(store_err)? else {
             return Ok(None);
         };
+        self.indexed(customer).await.map(Some)
+    }
+
+    /// A customer read from the store, with its latest engagements.
+    async fn indexed(&self, customer: Customer) -> IndexResult<IndexedCustomer> {
         let last = self
             .store
-            .list_engagements(id, &EngagementFilter::default(), None, SUMMARY_ENGAGEMENTS)
+            .list_engagements(
+                customer.id,
+                &EngagementFilter::default(),
+                None,
+                SUMMARY_ENGAGEMENTS,
+            )
             .await
             .map_err(store_err)?;
-        Ok(Some(IndexedCustomer::new(customer, last)))
+        Ok(IndexedCustomer::new(customer, last))
     }
 
     /// Caller ID from the store: the summary of every customer whose
@@ -99,17 +109,7 @@ impl Projector {
             .map_err(store_err)?;
         let mut summaries = Vec::with_capacity(holders.len());
         for customer in holders {
-            let last = self
-                .store
-                .list_engagements(
-                    customer.id,
-                    &EngagementFilter::default(),
-                    None,
-                    SUMMARY_ENGAGEMENTS,
-                )
-                .await
-                .map_err(store_err)?;
-            let doc = IndexedCustomer::new(customer, last);
+            let doc = self.indexed(customer).await?;
             if doc.is_searchable() {
                 summaries.push(doc.summary());
             }
@@ -152,20 +152,7 @@ impl Projector {
                 )
             })
             .flatten()
-            .then(move |customer| async move {
-                let customer = customer?;
-                let last = self
-                    .store
-                    .list_engagements(
-                        customer.id,
-                        &EngagementFilter::default(),
-                        None,
-                        SUMMARY_ENGAGEMENTS,
-                    )
-                    .await
-                    .map_err(store_err)?;
-                Ok(IndexedCustomer::new(customer, last))
-            })
+            .then(move |customer| async move { self.indexed(customer?).await })
             .boxed()
     }
 

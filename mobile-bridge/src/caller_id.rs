@@ -7,7 +7,7 @@
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use crm_indexer::caller_id::{CallerIdError, CallerLookup};
+use crm_indexer::caller_id::CallerLookup;
 use crm_indexer::{CustomerSummary, EngagementBrief, SummaryJson};
 use crm_models::device::{CallSignal, Device};
 use crm_models::{ChannelCounts, CustomerId, Email, PhoneNumber};
@@ -155,19 +155,6 @@ fn push_popup_customer(body: &mut String, summary: &SummaryJson) -> Result<(), s
     Ok(())
 }
 
-/// A failed lookup as the API reports it: 422 for what is not a number, 503
-/// `unavailable` when neither the index nor the store can answer, else 500.
-fn caller_id_error(e: CallerIdError) -> ApiError {
-    match e {
-        CallerIdError::Number(e) => ApiError::field("number", e),
-        CallerIdError::Unavailable(m) => {
-            tracing::warn!(error = %m, "caller-ID unavailable");
-            ApiError::Unavailable("caller-ID is unavailable; try again".into())
-        }
-        CallerIdError::Internal(m) => ApiError::Internal(m),
-    }
-}
-
 impl MobileBridge {
     /// Who has this number. From the index; from the store when the index
     /// cannot be reached. Each customer found is recorded as an incoming-call
@@ -176,7 +163,7 @@ impl MobileBridge {
         let CallerLookup { phone, found, .. } =
             crm_indexer::caller_id::lookup(self.projector(), number, self.region_of(device))
                 .await
-                .map_err(caller_id_error)?;
+                .map_err(ApiError::from)?;
         let answer = CallerIdJson::of(&found)
             .map_err(|e| ApiError::Internal(format!("index data does not decode: {e}")))?;
         let now = crm_models::time::now();

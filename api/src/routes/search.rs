@@ -5,7 +5,6 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
-use crm_indexer::caller_id::CallerIdError;
 use crm_indexer::{CustomerSummary, IndexError, Query, SearchHit, SummaryJson, MAX_SEARCH_LIMIT};
 use crm_models::{CustomerId, Region};
 use serde::{Deserialize, Serialize};
@@ -233,7 +232,7 @@ async fn lookup_phone(
     let region = region(params.region.as_deref(), state.default_region)?;
     let found = crm_indexer::caller_id::lookup(&state.projector, &number, region)
         .await
-        .map_err(caller_id_err)?
+        .map_err(ApiError::from)?
         .found;
     let body = caller_lookup_json(&found).map_err(|e| {
         index_err(IndexError::Internal(format!(
@@ -245,19 +244,6 @@ async fn lookup_phone(
         body,
     )
         .into_response())
-}
-
-/// A failed caller-ID lookup as the API reports it: 422 for what is not a
-/// number, 503 when neither the index nor the store can answer.
-fn caller_id_err(e: CallerIdError) -> ApiError {
-    match e {
-        CallerIdError::Number(e) => ApiError::field("number", e),
-        CallerIdError::Unavailable(m) => {
-            tracing::warn!(error = %m, "caller-ID unavailable");
-            ApiError::Unavailable("caller-ID is unavailable; try again".into())
-        }
-        CallerIdError::Internal(m) => ApiError::Internal(m),
-    }
 }
 
 /// A [`CallerLookup`] written around the summaries' JSON as the index keeps
