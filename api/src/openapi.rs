@@ -69,13 +69,16 @@ impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         for item in openapi.paths.paths.values_mut() {
             let operations = [
-                &mut item.get,
-                &mut item.put,
-                &mut item.post,
-                &mut item.delete,
-                &mut item.patch,
+                (&mut item.get, false),
+                (&mut item.put, true),
+                (&mut item.post, true),
+                (&mut item.delete, true),
+                (&mut item.patch, true),
             ];
-            for operation in operations.into_iter().flatten() {
+            for (operation, write) in operations {
+                let Some(operation) = operation.as_mut() else {
+                    continue;
+                };
                 // `security(())` on a route: no credentials needed.
                 let public = operation
                     .security
@@ -115,6 +118,18 @@ impl Modify for CommonResponses {
                     "422",
                     "`validation_failed`: every bad field is listed in `errors`",
                 );
+                if write {
+                    const CONTENTION: &str = "`contention`: a concurrent write to the same \
+                        records; send the same request again after `Retry-After` seconds";
+                    match operation.responses.responses.get_mut("409") {
+                        Some(RefOr::T(response)) => {
+                            response.description =
+                                format!("{}; or {CONTENTION}", response.description);
+                        }
+                        Some(RefOr::Ref(_)) => {}
+                        None => Self::add(operation, "409", CONTENTION),
+                    }
+                }
                 Self::add(
                     operation,
                     "503",
