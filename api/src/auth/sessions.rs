@@ -114,7 +114,20 @@ impl Auth {
             self.revoke_family_on_reuse(&stored).await?;
             return Err(refused());
         }
-        self.start_session(&user, stored.family_id).await
+        let session = self.start_session(&user, stored.family_id.clone()).await?;
+        // A revocation that committed between the checks above and the new
+        // token's insert did not see the new token: look again, in the
+        // store, and end the family once more if so. (One that commits after
+        // the insert revokes the new token itself.) Without this, the new
+        // token would outlive the revocation's record.
+        let since = crm_models::time::now() - chrono::Duration::minutes(5);
+        let revoked = self.store.revoked_sessions(since).await?;
+        if revoked.contains(&stored.family_id) {
+            self.store.revoke_refresh_family(&stored.family_id).await?;
+            self.revocations.revoked_here(&stored.family_id);
+            return Err(refused());
+        }
+        Ok(session)
     }
 
     /// Ends the session the refresh token belongs to (its whole family, and
