@@ -54,7 +54,9 @@ use crate::state::AppState;
 /// The allocator of every program that links crm-api (the server, its
 /// benchmarks and tests). Request handling allocates many small, short-lived
 /// buffers on several threads, where glibc's allocator spent about a third
-/// of the upload benchmark's CPU time (BENCHMARKS.md).
+/// of the upload benchmark's CPU time (BENCHMARKS.md). Built with mimalloc's
+/// `no_thp` feature: advising transparent huge pages on its memory made the
+/// kernel spend 10-14% of ingest's CPU zeroing them (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
