@@ -353,6 +353,39 @@ async fn customers_list_pages_by_cursor() {
         "validation_failed",
     )
     .await;
+
+    // `updated_since`: what changed at or after a time; a time the ingest
+    // routes would refuse is refused here too, naming the field.
+    let last: Value = expect_json(
+        app.post("/v1/customers", &token, &json!({"name": "Later"}))
+            .await,
+        StatusCode::CREATED,
+    )
+    .await;
+    let since = last["updated_at"].as_str().unwrap();
+    let changed: Value = expect_json(
+        app.get(&format!("/v1/customers?updated_since={since}"), &token)
+            .await,
+        StatusCode::OK,
+    )
+    .await;
+    let ids: Vec<&str> = changed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [last["id"].as_str().unwrap()], "{changed}");
+    for bad in ["2026-11-21T09:30:60Z", "0000-01-01T00:00:00Z", "yesterday"] {
+        let problem = expect_problem(
+            app.get(&format!("/v1/customers?updated_since={bad}"), &token)
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["errors"][0]["field"], "updated_since", "{problem}");
+    }
 }
 
 #[tokio::test]

@@ -683,12 +683,16 @@ async fn caller_id_answers_known_unknown_and_shared_numbers_and_signals_the_desk
     )
     .await;
     assert_eq!(all["items"].as_array().unwrap().len(), 3);
-    expect_problem(
-        app.get("/v1/calls/incoming?since=yesterday", &ann).await,
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "validation_failed",
-    )
-    .await;
+    for bad in ["yesterday", "2026-11-21T09:30:60Z", "0000-01-01T00:00:00Z"] {
+        let problem = expect_problem(
+            app.get(&format!("/v1/calls/incoming?since={bad}"), &ann)
+                .await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["errors"][0]["field"], "since", "{problem}");
+    }
 }
 
 #[tokio::test]

@@ -314,10 +314,7 @@ async fn list_customers(
     let updated_since = query
         .updated_since
         .as_deref()
-        .map(|raw| {
-            time::parse(raw)
-                .map_err(|_| ApiError::field("updated_since", "must be an RFC 3339 time"))
-        })
+        .map(|raw| time::parse_input(raw).map_err(|e| ApiError::field("updated_since", e)))
         .transpose()?;
     let after = query
         .cursor

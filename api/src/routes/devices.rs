@@ -150,9 +150,7 @@ async fn incoming_calls(
 ) -> Result<ApiJson<IncomingCalls>, ApiError> {
     let limit = pagination::limit(query.limit)?;
     let since = match query.since.as_deref() {
-        Some(raw) => {
-            time::parse(raw).map_err(|_| ApiError::field("since", "must be an RFC 3339 time"))?
-        }
+        Some(raw) => time::parse_input(raw).map_err(|e| ApiError::field("since", e))?,
         None => time::now() - Duration::minutes(DEFAULT_INCOMING_MINUTES),
     };
     let items = state
