@@ -7,7 +7,7 @@ use crm_models::ids::{ApiKeyId, UserId};
 use crm_models::staff::{ApiKey, KeyScope, Role};
 
 use super::tokens::{random_secret, sha256_hex};
-use super::{credential, Auth, Credential, Principal, Subject, INVALID};
+use super::{credential, Auth, Credential, Principal, Subject};
 use crate::error::{ApiError, ErrorCode};
 use crate::state::AppState;
 
@@ -172,24 +172,20 @@ impl Auth {
         parts: &Parts,
         scope: KeyScope,
     ) -> Result<Principal, ApiError> {
-        let principal = self.authenticate(parts).await?;
-        match principal.subject {
-            Subject::User(_) if matches!(principal.role, Role::Admin | Role::Agent) => {
-                Ok(principal)
-            }
-            Subject::User(_) => Err(ApiError::Forbidden),
-            Subject::ApiKey(id) => {
-                let Credential::ApiKey(secret) = credential(&parts.headers)? else {
-                    return Err(ApiError::Unauthorized(INVALID));
-                };
-                let key = self
-                    .store
-                    .get_api_key_by_hash(&sha256_hex(secret))
-                    .await?
-                    .filter(|k| k.id == id && k.revoked_at.is_none())
-                    .ok_or(ApiError::Unauthorized(INVALID))?;
-                if key.role == Role::Service && key.scopes.contains(&scope) {
+        match credential(&parts.headers)? {
+            Credential::AccessToken(token) => {
+                let principal = self.authenticate_token(token).await?;
+                if matches!(principal.role, Role::Admin | Role::Agent) {
                     Ok(principal)
+                } else {
+                    Err(ApiError::Forbidden)
+                }
+            }
+            // One read of the key gives both who it is and its scopes.
+            Credential::ApiKey(secret) => {
+                let key = self.live_key(secret).await?;
+                if key.role == Role::Service && key.scopes.contains(&scope) {
+                    Ok(Principal::of_key(&key))
                 } else {
                     Err(missing_scope(scope))
                 }

@@ -166,17 +166,16 @@ impl Auth {
     }
 
     async fn authenticate_key(&self, key: &str) -> Result<Principal, ApiError> {
-        match self
-            .store
+        self.live_key(key).await.map(|k| Principal::of_key(&k))
+    }
+
+    /// The stored key behind a presented secret, unless it is unknown or revoked.
+    async fn live_key(&self, key: &str) -> Result<ApiKey, ApiError> {
+        self.store
             .get_api_key_by_hash(&tokens::sha256_hex(key))
             .await?
-        {
-            Some(k) if k.revoked_at.is_none() => Ok(Principal {
-                subject: Subject::ApiKey(k.id),
-                role: k.role,
-            }),
-            _ => Err(ApiError::Unauthorized(INVALID)),
-        }
+            .filter(|k| k.revoked_at.is_none())
+            .ok_or(ApiError::Unauthorized(INVALID))
     }
 
     /// The caller's stored record.
@@ -239,6 +238,13 @@ pub struct Principal {
 }
 
 impl Principal {
+    fn of_key(key: &ApiKey) -> Self {
+        Principal {
+            subject: Subject::ApiKey(key.id),
+            role: key.role,
+        }
+    }
+
     /// How engagements record who wrote them: `user:<id>` or `key:<id>`.
     pub fn actor(&self) -> String {
         match &self.subject {
