@@ -489,63 +489,37 @@ async fn numbers_and_addresses_written_any_way_land_on_the_customer_of_the_plain
         "ann.tan＠example.com",
     ];
     let mut owners: Vec<(String, String)> = Vec::new();
-    for (i, phone) in phones.iter().enumerate() {
+    let written = phones
+        .iter()
+        .map(|p| ("phone", "p", *p))
+        .chain(emails.iter().map(|e| ("email", "e", *e)));
+    for (i, (field, id_prefix, value)) in written.enumerate() {
         let one: Value = expect_json(
             app.post(
                 "/v1/engagements",
                 &key,
-                &web(json!({"customer": {"phone": phone}, "client_event_id": format!("p{i}")})),
+                &web(json!({"customer": {field: value}, "client_event_id": format!("{id_prefix}{i}")})),
             )
             .await,
             StatusCode::CREATED,
         )
         .await;
         owners.push((
-            format!("/v1/engagements {phone}"),
+            format!("/v1/engagements {value}"),
             one["customer_id"].as_str().unwrap().into(),
         ));
         let viewed: Value = expect_json(
             app.post(
                 "/v1/track",
                 &key,
-                &json!({"phone": phone, "url": "https://shop.example/", "view": "home"}),
+                &json!({field: value, "url": "https://shop.example/", "view": "home"}),
             )
             .await,
             StatusCode::CREATED,
         )
         .await;
         owners.push((
-            format!("/v1/track {phone}"),
-            viewed["customer_id"].as_str().unwrap().into(),
-        ));
-    }
-    for (i, email) in emails.iter().enumerate() {
-        let one: Value = expect_json(
-            app.post(
-                "/v1/engagements",
-                &key,
-                &web(json!({"customer": {"email": email}, "client_event_id": format!("e{i}")})),
-            )
-            .await,
-            StatusCode::CREATED,
-        )
-        .await;
-        owners.push((
-            format!("/v1/engagements {email}"),
-            one["customer_id"].as_str().unwrap().into(),
-        ));
-        let viewed: Value = expect_json(
-            app.post(
-                "/v1/track",
-                &key,
-                &json!({"email": email, "url": "https://shop.example/", "view": "home"}),
-            )
-            .await,
-            StatusCode::CREATED,
-        )
-        .await;
-        owners.push((
-            format!("/v1/track {email}"),
+            format!("/v1/track {value}"),
             viewed["customer_id"].as_str().unwrap().into(),
         ));
     }
