@@ -36,6 +36,7 @@ use crm_indexer::startup::EventsAndIndex;
 use crm_indexer::worker::{default_consumer_name, run_worker, EventHandler, WorkerConfig};
 use crm_indexer::SearchIndex;
 use crm_models::events::{EventLog, EventStream};
+use crm_models::live::{LiveHub, Tee};
 use crm_models::relay::Relay;
 use crm_models::service::Crm;
 use crm_models::store::Store;
@@ -220,6 +221,24 @@ fn start_background(
             .await;
         }));
     }
+    // Live push: this process's streams hear what the relay published, from
+    // the Redis stream (published by whichever instance relays) or, in one
+    // process, straight from the relay.
+    let events: Arc<dyn EventStream> = match state.config.redis() {
+        Some(url) => {
+            let mut stopped = stopped.clone();
+            tasks.push(tokio::spawn(crm_indexer::live_tail::tail_into_hub(
+                url.to_string(),
+                format!("{}events", state.config.redis_prefix),
+                state.live.clone(),
+                async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                },
+            )));
+            events
+        }
+        None => Arc::new(Tee::new(events, state.live.clone())),
+    };
     let relay = Relay::new(state.crm.store().clone(), events, state.crm.relay_wake())
         .with_retention(state.config.event_retention())
         .sharing_health(state.relay_healthy.clone());
@@ -286,6 +305,7 @@ pub async fn build_state(
         default_region,
         metrics: telemetry::metrics_handle(),
         relay_healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        live: LiveHub::default(),
     })
 }
 

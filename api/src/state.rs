@@ -28,4 +28,6 @@ pub struct AppState {
     pub mobile: MobileBridge,
     /// False while the relay cannot publish events (for `/readyz`).
     pub relay_healthy: Arc<std::sync::atomic::AtomicBool>,
+    /// Published events for the live streams this process holds.
+    pub live: crm_models::live::LiveHub,
 }

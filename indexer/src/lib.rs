@@ -54,6 +54,7 @@ pub mod caller_id;
 pub mod cli;
 pub mod doc;
 pub mod generate;
+pub mod live_tail;
 pub mod memory;
 pub mod projector;
 pub mod query;

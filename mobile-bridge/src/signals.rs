@@ -1,8 +1,12 @@
 //! Incoming-call signals: each caller-ID hit, kept so that the desktop can
-//! show a popup. Recording must not slow the lookup, so it goes through a
-//! bounded queue to one background writer that stores them in batches (what
-//! arrives within [`LINGER`] of the first); when the queue is full (the
-//! store is slow or down) signals are dropped and counted, never waited for.
+//! show a popup. Storing one also writes its `call.incoming` event, which
+//! the relay pushes to the desktops' streams. Recording must not slow the
+//! lookup, so it goes through a bounded queue to one background writer that
+//! stores them in batches: what arrived while the previous batch was being
+//! written, so a lone call is written at once (its popup is due on the
+//! desktop within a tenth of a second) and a burst shares commits. When the
+//! queue is full (the store is slow or down) signals are dropped and
+//! counted, never waited for.
 //! The writer also deletes signals older than [`RETENTION`], at most once
 //! every [`PRUNE_EVERY`]: a popup is about the call ringing now, and the
 //! engagement the app uploads afterwards is the lasting record of it.
@@ -21,11 +25,6 @@ const QUEUE: usize = 4096;
 /// milliseconds of CPU, long enough to show in caller-ID latency on two
 /// cores) for a few more commits a second.
 const BATCH: usize = 256;
-/// How long a signal waits for others to share its write: at most ten
-/// durable commits a second while calls come in, instead of one per
-/// handful of lookups (each commit is an fsync). A desktop popup shows a
-/// tenth of a second later; the caller-ID answer itself never waits.
-const LINGER: Duration = Duration::from_millis(100);
 /// How long signals are kept.
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
 /// How often old signals are deleted (while calls come in).
@@ -48,15 +47,6 @@ impl SignalRecorder {
                 if pruned_at.is_none_or(|t| t.elapsed() >= PRUNE_EVERY) {
                     pruned_at = Some(tokio::time::Instant::now());
                     prune(store.as_ref()).await;
-                }
-                if batch.len() < BATCH {
-                    tokio::time::sleep(LINGER).await;
-                    while batch.len() < BATCH {
-                        match rx.try_recv() {
-                            Ok(signal) => batch.push(signal),
-                            Err(_) => break,
-                        }
-                    }
                 }
                 let signals = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                 let count = signals.len();

@@ -49,3 +49,18 @@ pub struct CallSignal {
     #[schema(value_type = String, format = DateTime)]
     pub at: Timestamp,
 }
+
+impl CallSignal {
+    /// The signal's `call.incoming` event (ids only; a desktop stream adds
+    /// the popup when it pushes it).
+    pub fn incoming_event(&self) -> crate::event::EventEnvelope {
+        crate::event::EventEnvelope::about(
+            self.customer_id,
+            crate::event::DomainEvent::CallIncoming {
+                signal_id: self.id,
+                device_id: self.device_id,
+                user_id: self.user_id,
+            },
+        )
+    }
+}

@@ -92,6 +92,18 @@ pub enum DomainEvent {
         device_id: DeviceId,
         user_id: UserId,
     },
+    /// A device's caller-ID lookup found the customer (the envelope's
+    /// `customer_id`): the phone of `user_id` is ringing with their call.
+    /// `signal_id` is the stored incoming-call signal.
+    #[serde(rename = "call.incoming")]
+    CallIncoming {
+        signal_id: uuid::Uuid,
+        device_id: DeviceId,
+        user_id: UserId,
+    },
+    /// A webhook endpoint was disabled: it answered 410, or failed for too long.
+    #[serde(rename = "webhook.disabled")]
+    WebhookDisabled { webhook_id: String, reason: String },
 }
 
 impl DomainEvent {
@@ -110,6 +122,8 @@ impl DomainEvent {
                 .into_iter()
                 .chain(merged_ids.iter().copied())
                 .collect(),
+            // A lookup changes nothing about the customer.
+            DomainEvent::CallIncoming { .. } | DomainEvent::WebhookDisabled { .. } => Vec::new(),
             _ => subject.into_iter().collect(),
         }
     }
@@ -128,6 +142,8 @@ impl DomainEvent {
             DomainEvent::UserDeactivated { .. } => "user.deactivated",
             DomainEvent::DeviceEnrolled { .. } => "device.enrolled",
             DomainEvent::DeviceRevoked { .. } => "device.revoked",
+            DomainEvent::CallIncoming { .. } => "call.incoming",
+            DomainEvent::WebhookDisabled { .. } => "webhook.disabled",
         }
     }
 
@@ -142,6 +158,49 @@ impl DomainEvent {
             user_id: e.source.user_id.clone(),
         }
     }
+}
+
+/// Every public event type, in the catalogue's order.
+pub const EVENT_TYPES: [&str; 13] = [
+    "customer.created",
+    "customer.updated",
+    "customer.erased",
+    "customers.merged",
+    "customers.unmerged",
+    "engagement.recorded",
+    "call.incoming",
+    "device.enrolled",
+    "device.revoked",
+    "user.created",
+    "user.updated",
+    "user.deactivated",
+    "webhook.disabled",
+];
+
+/// Which events a reader of the log wants: every type when `types` is
+/// empty; only events about `customer_id` when it is set (the envelope's
+/// `customer_id`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub types: Vec<String>,
+    pub customer_id: Option<CustomerId>,
+}
+
+impl EventFilter {
+    pub fn matches(&self, e: &EventEnvelope) -> bool {
+        (self.types.is_empty() || self.types.iter().any(|t| t == e.name()))
+            && self.customer_id.is_none_or(|c| e.customer_id == Some(c))
+    }
+}
+
+/// One page of the log in feed order.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EventPage {
+    /// The events that matched, in feed order.
+    pub events: Vec<EventEnvelope>,
+    /// The last event examined, matching or not: the next page starts after
+    /// it. `None` when nothing after the cursor exists yet.
+    pub last: Option<uuid::Uuid>,
 }
 
 /// An event as the log keeps it: `{id, type, occurred_at, customer_id?, data}`.

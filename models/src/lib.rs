@@ -26,6 +26,7 @@ pub mod events;
 pub mod ids;
 pub mod ingest;
 pub mod linking;
+pub mod live;
 pub mod names;
 pub mod phone;
 pub mod problem;

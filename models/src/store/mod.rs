@@ -374,6 +374,23 @@ pub trait EventLogStore: Send + Sync {
         after: Option<uuid::Uuid>,
         limit: usize,
     ) -> StoreResult<Vec<EventEnvelope>>;
+    /// The public feed: up to `limit` events matching `filter`, in feed
+    /// order, strictly after the event `after` (from the start of the log
+    /// when `None`). Examines a bounded number of events per call, so a page
+    /// may hold fewer than `limit` (even none) with more to come: continue
+    /// after [`EventPage::last`](crate::event::EventPage).
+    ///
+    /// Feed order is the order in which events became visible, so a reader
+    /// at the head never skips one that committed late: commit order in the
+    /// embedded store; in MongoDB the order the relay sequenced them in
+    /// (only sequenced events are in the feed). `None` when `after` is not
+    /// in the log (pruned past the retention, or never an event).
+    async fn read_feed(
+        &self,
+        after: Option<uuid::Uuid>,
+        filter: &crate::event::EventFilter,
+        limit: usize,
+    ) -> StoreResult<Option<crate::event::EventPage>>;
     /// Deletes relayed events that occurred before `before`; returns how many went.
     async fn prune_events(&self, before: Timestamp) -> StoreResult<u64>;
     /// Takes or renews the right to relay for `ttl`: true when `holder` has

@@ -143,6 +143,7 @@ impl DeviceStore for EmbeddedStore {
             return Ok(());
         }
         let synced = Arc::clone(&self.signals_synced);
+        let events: Vec<_> = signals.iter().map(CallSignal::incoming_event).collect();
         self.run(move |db| {
             // Write transactions take turns anyway: holding the lock across
             // one costs nothing.
@@ -161,6 +162,9 @@ impl DeviceStore for EmbeddedStore {
                     table.insert(key, record.as_slice()).map_err(db_err)?;
                 }
             }
+            // Not synced every time either: a lost `call.incoming` is a
+            // popup for a call that rang before the crash.
+            super::tx::append_events(&txn, &events)?;
             txn.commit().map_err(db_err)?;
             if durable {
                 *synced = Some(std::time::Instant::now());

@@ -8,9 +8,12 @@ use redb::{Durability, ReadableTable};
 use uuid::Uuid;
 
 use super::{db_err, tx, EmbeddedStore, DELETE_CHUNK};
-use crate::event::EventEnvelope;
+use crate::event::{EventEnvelope, EventFilter, EventPage};
 use crate::store::{EventLogStore, StoreResult};
 use crate::time::Timestamp;
+
+/// The most events one feed read examines.
+const FEED_SCAN: usize = 10_000;
 
 #[async_trait]
 impl EventLogStore for EmbeddedStore {
@@ -76,6 +79,46 @@ impl EventLogStore for EmbeddedStore {
             let txn = db.begin_read().map_err(db_err)?;
             let log = txn.open_table(tx::EVENTS).map_err(db_err)?;
             read_after(&log, after.map(|a| a.as_u128()), limit)
+        })
+        .await
+    }
+
+    async fn read_feed(
+        &self,
+        after: Option<Uuid>,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> StoreResult<Option<EventPage>> {
+        let filter = filter.clone();
+        self.run(move |db| {
+            let txn = db.begin_read().map_err(db_err)?;
+            let log = txn.open_table(tx::EVENTS).map_err(db_err)?;
+            let cursor = after.map(|a| a.as_u128());
+            if let Some(c) = cursor {
+                if log.get(c).map_err(db_err)?.is_none() {
+                    return Ok(None);
+                }
+            }
+            let mut page = EventPage {
+                events: Vec::new(),
+                last: after,
+            };
+            for entry in log
+                .range::<u128>(self::after(cursor))
+                .map_err(db_err)?
+                .take(FEED_SCAN)
+            {
+                let (k, v) = entry.map_err(db_err)?;
+                let event = tx::decode_event(k.value(), v.value())?;
+                page.last = Some(event.id);
+                if filter.matches(&event) {
+                    page.events.push(event);
+                    if page.events.len() >= limit {
+                        break;
+                    }
+                }
+            }
+            Ok(Some(page))
         })
         .await
     }

@@ -60,6 +60,7 @@ pub(super) fn event_to_doc(event: &EventEnvelope) -> StoreResult<Document> {
 /// Reads an event back from the log.
 pub(super) fn event_from_doc(mut doc: Document) -> StoreResult<EventEnvelope> {
     doc.remove("relayed");
+    doc.remove("seq");
     if let Some(id) = doc.remove("_id") {
         doc.insert("id", id);
     }

@@ -1,5 +1,6 @@
 //! Devices (enrolment and revocation are written with their events in one
-//! transaction) and incoming-call signals (no events).
+//! transaction) and incoming-call signals (each with its `call.incoming`
+//! event, in one transaction per batch).
 
 use async_trait::async_trait;
 use mongodb::bson::{doc, Bson, Document};
@@ -37,6 +38,44 @@ impl Work for InsertDevice<'_> {
             },
         )])
         .await
+    }
+}
+
+/// [`crate::store::DeviceStore::insert_call_signals`] with a `call.incoming`
+/// event for each signal.
+struct InsertSignals {
+    docs: Vec<Document>,
+    events: Vec<EventEnvelope>,
+}
+
+#[async_trait]
+impl Work for InsertSignals {
+    async fn run(&mut self, tx: &mut MongoTx<'_>) -> StoreResult<()> {
+        let store = tx.store;
+        // A signal stored before (the same batch retried) is a conflict:
+        // the events of that batch are in the log already.
+        match tx.insert_many(&store.call_signals, self.docs.clone()).await {
+            Ok(()) => {}
+            Err(e) if duplicate_only(&e) => return Err(StoreError::Conflict("stored".into())),
+            Err(e) => return Err(tx.fail(e)),
+        }
+        tx.append_events(&self.events).await
+    }
+}
+
+/// Whether every write error of an insert is a duplicate key.
+fn duplicate_only(e: &mongodb::error::Error) -> bool {
+    match e.kind.as_ref() {
+        ErrorKind::InsertMany(m) => {
+            m.write_concern_error.is_none()
+                && m.write_errors
+                    .as_ref()
+                    .is_some_and(|errors| errors.iter().all(|w| DUPLICATE_KEY.contains(&w.code)))
+        }
+        ErrorKind::Write(mongodb::error::WriteFailure::WriteError(w)) => {
+            DUPLICATE_KEY.contains(&w.code)
+        }
+        _ => false,
     }
 }
 
@@ -149,21 +188,10 @@ impl DeviceStore for MongoStore {
             .iter()
             .map(|s| to_doc(s, "id"))
             .collect::<StoreResult<Vec<_>>>()?;
-        // One round trip for the batch, unordered so that a signal stored
-        // before (a retried batch) does not stop the ones after it.
-        match self.call_signals.insert_many(docs).ordered(false).await {
-            Ok(_) => Ok(()),
-            Err(e) => match e.kind.as_ref() {
-                ErrorKind::InsertMany(m)
-                    if m.write_concern_error.is_none()
-                        && m.write_errors.as_ref().is_some_and(|errors| {
-                            errors.iter().all(|w| DUPLICATE_KEY.contains(&w.code))
-                        }) =>
-                {
-                    Ok(())
-                }
-                _ => Err(map_err(e)),
-            },
+        let events = signals.iter().map(CallSignal::incoming_event).collect();
+        match self.run(&mut InsertSignals { docs, events }).await {
+            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 

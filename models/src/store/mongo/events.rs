@@ -11,6 +11,14 @@
 //! reader paging with [`EventLogStore::events_after`] right at the head of
 //! the log can miss an event that commits late with a smaller id. The relay
 //! does not depend on that order (it reads what is not relayed yet).
+//!
+//! The public feed therefore has an order of its own: when the relay takes a
+//! batch of events to publish, it stamps them with the next batch number
+//! (`seq`, from a counter beside the lease). The feed is the sequenced events
+//! ordered by `(seq, _id)`, a batch's events in id order, which is also the
+//! order the relay publishes them in. An event that commits late lands in a
+//! later batch, after every event a feed reader has seen. Events not yet
+//! sequenced are not in the feed.
 
 use std::time::Duration;
 
@@ -21,12 +29,16 @@ use mongodb::bson::{doc, Document};
 
 use super::codec::{event_from_doc, is_duplicate_key, limit_of, map_err};
 use super::MongoStore;
-use crate::event::EventEnvelope;
-use crate::store::{EventLogStore, StoreResult};
+use crate::event::{EventEnvelope, EventFilter, EventPage};
+use crate::store::{EventLogStore, StoreError, StoreResult};
 use crate::time::{self, Timestamp};
 
 /// The `_id` of the one lease document.
 const LEASE_ID: &str = "relay";
+/// The `_id` of the feed's batch counter (in the lease collection).
+const SEQ_ID: &str = "feed_seq";
+/// The field holding an event's batch number in the feed.
+const SEQ: &str = "seq";
 
 impl MongoStore {
     async fn find_events(&self, filter: Document, limit: usize) -> StoreResult<Vec<EventEnvelope>> {
@@ -47,8 +59,34 @@ impl MongoStore {
 
 #[async_trait]
 impl EventLogStore for MongoStore {
+    /// Also stamps the events with the next feed batch number, unless an
+    /// earlier attempt did (a relay that crashed before marking them keeps
+    /// their place in the feed).
     async fn unrelayed_events(&self, limit: usize) -> StoreResult<Vec<EventEnvelope>> {
-        self.find_events(doc! { "relayed": false }, limit).await
+        let events = self.find_events(doc! { "relayed": false }, limit).await?;
+        if events.is_empty() {
+            return Ok(events);
+        }
+        let counter = self
+            .relay_lease
+            .find_one_and_update(doc! { "_id": SEQ_ID }, doc! { "$inc": { "n": 1_i64 } })
+            .upsert(true)
+            .return_document(mongodb::options::ReturnDocument::After)
+            .await
+            .map_err(map_err)?;
+        let seq = counter
+            .as_ref()
+            .and_then(|d| d.get_i64("n").ok())
+            .ok_or_else(|| StoreError::Internal("the feed counter did not count".into()))?;
+        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
+        self.events
+            .update_many(
+                doc! { "_id": { "$in": ids }, SEQ: { "$exists": false } },
+                doc! { "$set": { SEQ: seq } },
+            )
+            .await
+            .map_err(map_err)?;
+        Ok(events)
     }
 
     async fn mark_events_relayed(&self, ids: &[uuid::Uuid]) -> StoreResult<()> {
@@ -83,6 +121,66 @@ impl EventLogStore for MongoStore {
             None => Document::new(),
         };
         self.find_events(filter, limit).await
+    }
+
+    async fn read_feed(
+        &self,
+        after: Option<uuid::Uuid>,
+        filter: &EventFilter,
+        limit: usize,
+    ) -> StoreResult<Option<EventPage>> {
+        let mut query = Document::new();
+        if let Some(after) = after {
+            let id = after.to_string();
+            let Some(at) = self
+                .events
+                .find_one(doc! { "_id": &id })
+                .projection(doc! { SEQ: 1 })
+                .await
+                .map_err(map_err)?
+            else {
+                return Ok(None);
+            };
+            let Ok(seq) = at.get_i64(SEQ) else {
+                // Not in the feed yet: no reader can have seen it.
+                return Ok(None);
+            };
+            query.insert(
+                "$or",
+                vec![
+                    doc! { SEQ: seq, "_id": { "$gt": id } },
+                    doc! { SEQ: { "$gt": seq } },
+                ],
+            );
+        } else {
+            query.insert(SEQ, doc! { "$exists": true });
+        }
+        if !filter.types.is_empty() {
+            query.insert("type", doc! { "$in": filter.types.clone() });
+        }
+        if let Some(c) = filter.customer_id {
+            query.insert("customer_id", c.to_string());
+        }
+        if limit == 0 {
+            return Ok(Some(EventPage {
+                events: Vec::new(),
+                last: after,
+            }));
+        }
+        let cursor = self
+            .events
+            .find(query)
+            .sort(doc! { SEQ: 1, "_id": 1 })
+            .limit(limit_of(limit))
+            .await
+            .map_err(map_err)?;
+        let docs: Vec<Document> = cursor.try_collect().await.map_err(map_err)?;
+        let events = docs
+            .into_iter()
+            .map(event_from_doc)
+            .collect::<StoreResult<Vec<_>>>()?;
+        let last = events.last().map(|e| e.id).or(after);
+        Ok(Some(EventPage { events, last }))
     }
 
     async fn prune_events(&self, before: Timestamp) -> StoreResult<u64> {

@@ -275,6 +275,8 @@ impl MongoStore {
             .create_indexes([
                 plain(doc! { "relayed": 1, "_id": 1 }),
                 plain(doc! { "occurred_at": 1 }),
+                // The feed's order (see `events::SEQ`).
+                plain(doc! { "seq": 1, "_id": 1 }),
             ])
             .await
             .map_err(map_err)?;

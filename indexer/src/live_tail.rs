@@ -1,0 +1,118 @@
+//! Live push across instances: each crm-api instance tails the Redis event
+//! stream (`<prefix>events`, where whichever instance holds the relay lease
+//! publishes) into its own [`LiveHub`], so a desktop's stream can be held by
+//! any instance.
+//!
+//! The tail reads with plain `XREAD` (no consumer group: every instance sees
+//! every entry) from the last entry it saw, so a dropped connection resumes
+//! where it stopped instead of skipping what arrived meanwhile.
+
+use std::future::Future;
+use std::time::Duration;
+
+use crm_models::event::EventEnvelope;
+use crm_models::live::LiveHub;
+use redis::aio::ConnectionManager;
+use redis::streams::StreamReadReply;
+
+/// How long one `XREAD` blocks.
+const BLOCK: Duration = Duration::from_secs(5);
+/// Entries read per `XREAD`.
+const COUNT: usize = 1000;
+/// The longest pause between attempts while Redis is unreachable.
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Tails `stream_key` at `url` into `hub` until `shutdown` resolves, from the
+/// entries added after it starts.
+pub async fn tail_into_hub(
+    url: String,
+    stream_key: String,
+    hub: LiveHub,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    let mut last: Option<String> = None;
+    let mut conn: Option<ConnectionManager> = None;
+    let mut backoff = Duration::ZERO;
+    loop {
+        if !backoff.is_zero() {
+            tokio::select! {
+                _ = &mut shutdown => return,
+                _ = tokio::time::sleep(backoff) => {}
+            }
+        }
+        let step = async {
+            let c = match conn.as_mut() {
+                Some(c) => c,
+                None => {
+                    let client = redis::Client::open(url.as_str())?;
+                    conn.insert(ConnectionManager::new(client).await?)
+                }
+            };
+            let from = match &last {
+                Some(id) => id.clone(),
+                None => newest_id(c, &stream_key).await?,
+            };
+            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+                .arg("COUNT")
+                .arg(COUNT)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&stream_key)
+                .arg(&from)
+                .query_async(c)
+                .await?;
+            Ok::<_, redis::RedisError>((from, reply))
+        };
+        let result = tokio::select! {
+            _ = &mut shutdown => return,
+            r = step => r,
+        };
+        match result {
+            Ok((from, reply)) => {
+                backoff = Duration::ZERO;
+                last = Some(from);
+                let entries = reply
+                    .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect::<Vec<_>>())
+                    .unwrap_or_default();
+                let mut events = Vec::with_capacity(entries.len());
+                for entry in entries {
+                    last = Some(entry.id.clone());
+                    let payload: Option<String> = entry.get("e");
+                    match payload.map(|p| serde_json::from_str::<EventEnvelope>(&p)) {
+                        Some(Ok(e)) => events.push(e),
+                        _ => {
+                            tracing::warn!(entry = %entry.id, "an event stream entry is not an event; not pushed live")
+                        }
+                    }
+                }
+                hub.push(events);
+            }
+            Err(e) => {
+                if backoff.is_zero() {
+                    tracing::warn!(error = %e, "cannot tail the event stream for live push; retrying");
+                }
+                conn = None;
+                backoff = (backoff * 2).clamp(Duration::from_millis(100), MAX_BACKOFF);
+            }
+        }
+    }
+}
+
+/// The id of the newest entry (`0-0` when the stream is empty or missing).
+async fn newest_id(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+    let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
+        .arg(key)
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1)
+        .query_async(conn)
+        .await?;
+    Ok(newest
+        .into_iter()
+        .next()
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| "0-0".to_string()))
+}
