@@ -47,8 +47,9 @@ pub const UNAVAILABLE_RETRY_AFTER_S: u64 = 5;
 /// | 400 | `malformed_json`, `bad_request` |
 /// | 401 | `unauthorized` |
 /// | 403 | `forbidden` |
-/// | 404 | `not_found`, `route_not_found`, `customer_not_found`, `merge_not_found`, `user_not_found`, `api_key_not_found`, `device_not_found` |
+/// | 404 | `not_found`, `route_not_found`, `customer_not_found`, `merge_not_found`, `user_not_found`, `api_key_not_found`, `device_not_found`, `webhook_not_found`, `delivery_not_found` |
 /// | 405 | `method_not_allowed` (with `Allow`) |
+/// | 410 | `cursor_expired` (the event log no longer holds the cursor: start again) |
 /// | 409 | `identifiers_conflict`, `identifier_taken`, `customer_merged`, `merge_refused`, `email_taken`, `conflict`; `contention` with `Retry-After: 1` (repeat the request) |
 /// | 413 | `payload_too_large` |
 /// | 415 | `unsupported_media_type` |
@@ -92,6 +93,13 @@ pub enum ErrorCode {
     ApiKeyNotFound,
     /// 404
     DeviceNotFound,
+    /// 404
+    WebhookNotFound,
+    /// 404
+    DeliveryNotFound,
+    /// 410: the cursor (`after`, `Last-Event-ID`) is older than the event
+    /// log's retention; start again from the beginning of the log.
+    CursorExpired,
     /// 409: the identifiers belong to different customers (`customers`).
     IdentifiersConflict,
     /// 409: an identifier of a staff edit belongs to another customer
@@ -120,7 +128,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, in the order of the table.
-    pub const ALL: [ErrorCode; 26] = [
+    pub const ALL: [ErrorCode; 29] = [
         ErrorCode::ValidationFailed,
         ErrorCode::InvalidEvent,
         ErrorCode::MalformedJson,
@@ -137,6 +145,9 @@ impl ErrorCode {
         ErrorCode::UserNotFound,
         ErrorCode::ApiKeyNotFound,
         ErrorCode::DeviceNotFound,
+        ErrorCode::WebhookNotFound,
+        ErrorCode::DeliveryNotFound,
+        ErrorCode::CursorExpired,
         ErrorCode::IdentifiersConflict,
         ErrorCode::IdentifierTaken,
         ErrorCode::CustomerMerged,
@@ -157,8 +168,9 @@ impl ErrorCode {
             Unauthorized => 401,
             Forbidden => 403,
             NotFound | RouteNotFound | CustomerNotFound | MergeNotFound | UserNotFound
-            | ApiKeyNotFound | DeviceNotFound => 404,
+            | ApiKeyNotFound | DeviceNotFound | WebhookNotFound | DeliveryNotFound => 404,
             MethodNotAllowed => 405,
+            CursorExpired => 410,
             IdentifiersConflict | IdentifierTaken | CustomerMerged | MergeRefused | EmailTaken
             | Conflict | Contention => 409,
             PayloadTooLarge => 413,
@@ -190,6 +202,9 @@ impl ErrorCode {
             UserNotFound => "user_not_found",
             ApiKeyNotFound => "api_key_not_found",
             DeviceNotFound => "device_not_found",
+            WebhookNotFound => "webhook_not_found",
+            DeliveryNotFound => "delivery_not_found",
+            CursorExpired => "cursor_expired",
             IdentifiersConflict => "identifiers_conflict",
             IdentifierTaken => "identifier_taken",
             CustomerMerged => "customer_merged",
@@ -223,6 +238,9 @@ impl ErrorCode {
             UserNotFound => "User not found",
             ApiKeyNotFound => "API key not found",
             DeviceNotFound => "Device not found",
+            WebhookNotFound => "Webhook not found",
+            DeliveryNotFound => "Delivery not found",
+            CursorExpired => "Cursor expired",
             IdentifiersConflict => "The identifiers belong to different customers",
             IdentifierTaken => "The identifier belongs to another customer",
             CustomerMerged => "The customer was merged",
