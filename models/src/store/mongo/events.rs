@@ -28,6 +28,7 @@ use futures::TryStreamExt;
 use mongodb::bson::{doc, Document};
 
 use super::codec::{event_from_doc, is_duplicate_key, limit_of, map_err};
+use super::tx::{MongoTx, Work};
 use super::MongoStore;
 use crate::event::{EventEnvelope, EventFilter, EventPage};
 use crate::store::{EventLogStore, StoreError, StoreResult};
@@ -57,6 +58,37 @@ impl MongoStore {
     }
 }
 
+/// Stamps events with the next feed batch number (see the module documentation).
+struct Sequence {
+    ids: Vec<String>,
+}
+
+#[async_trait]
+impl Work for Sequence {
+    async fn run(&mut self, tx: &mut MongoTx<'_>) -> StoreResult<()> {
+        let store = tx.store;
+        let counter = store
+            .relay_lease
+            .find_one_and_update(doc! { "_id": SEQ_ID }, doc! { "$inc": { "n": 1_i64 } })
+            .upsert(true)
+            .return_document(mongodb::options::ReturnDocument::After)
+            .session(&mut *tx.session)
+            .await;
+        let counter = counter.map_err(|e| tx.fail(e))?;
+        let seq = counter
+            .as_ref()
+            .and_then(|d| d.get_i64("n").ok())
+            .ok_or_else(|| StoreError::Internal("the feed counter did not count".into()))?;
+        tx.update_many(
+            &store.events,
+            doc! { "_id": { "$in": self.ids.clone() }, SEQ: { "$exists": false } },
+            doc! { "$set": { SEQ: seq } },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl EventLogStore for MongoStore {
     /// Also stamps the events with the next feed batch number, unless an
@@ -67,25 +99,10 @@ impl EventLogStore for MongoStore {
         if events.is_empty() {
             return Ok(events);
         }
-        let counter = self
-            .relay_lease
-            .find_one_and_update(doc! { "_id": SEQ_ID }, doc! { "$inc": { "n": 1_i64 } })
-            .upsert(true)
-            .return_document(mongodb::options::ReturnDocument::After)
-            .await
-            .map_err(map_err)?;
-        let seq = counter
-            .as_ref()
-            .and_then(|d| d.get_i64("n").ok())
-            .ok_or_else(|| StoreError::Internal("the feed counter did not count".into()))?;
-        let ids: Vec<String> = events.iter().map(|e| e.id.to_string()).collect();
-        self.events
-            .update_many(
-                doc! { "_id": { "$in": ids }, SEQ: { "$exists": false } },
-                doc! { "$set": { SEQ: seq } },
-            )
-            .await
-            .map_err(map_err)?;
+        let ids = events.iter().map(|e| e.id.to_string()).collect();
+        // One transaction: a feed reader sees the whole batch stamped or
+        // none of it, never a later event of the batch before an earlier one.
+        self.run(&mut Sequence { ids }).await?;
         Ok(events)
     }
 
