@@ -35,6 +35,7 @@ pub mod service;
 pub mod staff;
 pub mod store;
 pub mod time;
+pub mod webhook;
 
 pub use customer::{ChannelCounts, Customer, CustomerStatus, Identifier};
 pub use email::Email;

@@ -30,8 +30,10 @@ pub mod mongo;
 pub mod prelude;
 mod record_cache;
 pub mod tx;
+mod webhooks;
 
 pub use tx::{EngagementRef, Erased, Tx, TxWork};
+pub use webhooks::WebhookStore;
 
 pub use embedded::EmbeddedStore;
 
@@ -148,6 +150,7 @@ pub trait Store:
     + StaffStore
     + DeviceStore
     + EventLogStore
+    + WebhookStore
     + Send
     + Sync
     + 'static

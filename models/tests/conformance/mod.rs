@@ -47,6 +47,7 @@ mod linking;
 mod service;
 mod staff;
 pub mod tx_ops;
+mod webhooks;
 pub mod write_model;
 
 pub use confirm::*;
@@ -57,6 +58,7 @@ pub use linking::*;
 pub use service::*;
 pub use staff::*;
 pub use tx_ops::TxOps;
+pub use webhooks::*;
 pub use write_model::*;
 
 use std::any::Any;
@@ -183,6 +185,11 @@ macro_rules! store_suite {
                 service_writes_on_a_merged_id_are_refused_and_reads_follow,
                 service_concurrent_confirm_creates_of_one_new_phone_never_merge,
                 service_confirm_patch_racing_a_create_for_one_phone_never_merges,
+                webhooks_insert_get_update_list_delete,
+                webhook_dispatch_is_idempotent_and_moves_the_cursor,
+                webhook_claims_hold_a_lease_and_come_back_when_it_ends,
+                webhook_failing_too_long_is_disabled_with_its_event,
+                webhook_deliveries_page_requeue_and_prune,
             );
         }
     };

@@ -50,6 +50,7 @@ mod events;
 mod merges;
 mod staff;
 mod tx;
+mod webhooks;
 
 use super::group_commit::GroupCommit;
 use super::record_cache::RecordCache;
@@ -266,6 +267,7 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(DEVICES).map_err(db_err)?;
     txn.open_table(DEVICES_BY_HASH).map_err(db_err)?;
     txn.open_table(CALL_SIGNALS).map_err(db_err)?;
+    webhooks::open_tables(txn)?;
     Ok(())
 }
 

@@ -33,6 +33,7 @@ mod events;
 mod merges;
 mod staff;
 mod tx;
+mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -286,6 +287,7 @@ impl MongoStore {
             .create_index(plain(doc! { "revoked_at": 1 }))
             .await
             .map_err(map_err)?;
+        webhooks::create_indexes(self).await?;
         Ok(())
     }
 }
