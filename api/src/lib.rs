@@ -18,6 +18,7 @@ pub mod openapi;
 pub mod request_metrics;
 pub mod routes;
 pub mod state;
+pub mod stream;
 pub mod telemetry;
 
 use std::future::Future;
@@ -160,6 +161,13 @@ impl Application {
                 }
             }));
         }
+        // Open streams never end by themselves: end them when the shutdown
+        // begins, so that the graceful shutdown does not wait for them.
+        let streams = self.state.streams.clone();
+        let shutdown = async move {
+            shutdown.await;
+            streams.shut_down();
+        };
         let served = axum::serve(
             self.listener,
             self.router
@@ -286,6 +294,9 @@ pub async fn build_state(
         auth = auth.with_login_limiter(limiter);
     }
     let auth = Arc::new(auth);
+    let streams = stream::Streams::new(&secret, config.redis(), &config.redis_prefix)
+        .await
+        .context("cannot reach Redis (CRM_REDIS_URL) for the stream tickets")?;
     auth.ensure_first_admin(
         config.admin_email.as_deref(),
         config.admin_password.as_deref(),
@@ -306,6 +317,7 @@ pub async fn build_state(
         metrics: telemetry::metrics_handle(),
         relay_healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         live: LiveHub::default(),
+        streams: Arc::new(streams),
     })
 }
 

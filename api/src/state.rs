@@ -30,4 +30,6 @@ pub struct AppState {
     pub relay_healthy: Arc<std::sync::atomic::AtomicBool>,
     /// Published events for the live streams this process holds.
     pub live: crm_models::live::LiveHub,
+    /// Stream tickets and the shutdown of open streams (`/v1/stream`).
+    pub streams: Arc<crate::stream::Streams>,
 }

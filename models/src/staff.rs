@@ -79,8 +79,9 @@ pub struct ApiKey {
     pub revoked_at: Option<Timestamp>,
 }
 
-/// What an API key may write. Keys write evidence and read nothing, whatever
-/// their scopes.
+/// What an API key may do. Keys write evidence and read no profile field,
+/// whatever their scopes: `events:read` reads the event feed, which holds
+/// ids only.
 #[derive(
     Debug,
     Clone,
@@ -104,13 +105,18 @@ pub enum KeyScope {
     /// `POST /v1/customers`: create or link customers by identifier.
     #[serde(rename = "customers:write")]
     CustomersWrite,
+    /// `GET /v1/events`: the event feed (ids, types and times; no profile
+    /// fields).
+    #[serde(rename = "events:read")]
+    EventsRead,
 }
 
 impl KeyScope {
-    pub const ALL: [KeyScope; 3] = [
+    pub const ALL: [KeyScope; 4] = [
         KeyScope::Track,
         KeyScope::Engagements,
         KeyScope::CustomersWrite,
+        KeyScope::EventsRead,
     ];
     /// The scopes of a key created without any named, and of keys stored
     /// before scopes existed: evidence only (`track`, `engagements`).
@@ -121,6 +127,7 @@ impl KeyScope {
             KeyScope::Track => "track",
             KeyScope::Engagements => "engagements",
             KeyScope::CustomersWrite => "customers:write",
+            KeyScope::EventsRead => "events:read",
         }
     }
 

@@ -58,7 +58,8 @@ impl NewApiKey {
         }
     }
 
-    /// The scopes asked for (`track`, `engagements`, `customers:write`);
+    /// The scopes asked for (`track`, `engagements`, `customers:write`,
+    /// `events:read`);
     /// without any, [`KeyScope::DEFAULT`]. Every unknown one is reported.
     pub fn with_scopes(mut self, scopes: Option<&[String]>) -> Result<Self, ApiError> {
         let Some(raw) = scopes else {
@@ -191,6 +192,46 @@ impl Auth {
                 }
             }
         }
+    }
+}
+
+impl Auth {
+    /// A reader of the event feed: an admin, or an API key holding
+    /// `events:read`. Agents and other keys get `forbidden`.
+    pub async fn authenticate_event_reader(&self, parts: &Parts) -> Result<Principal, ApiError> {
+        match credential(&parts.headers)? {
+            Credential::AccessToken(token) => self
+                .authenticate_token(token)
+                .await?
+                .require(&[Role::Admin]),
+            Credential::ApiKey(secret) => {
+                let key = self.live_key(secret).await?;
+                if key.role == Role::Service && key.scopes.contains(&KeyScope::EventsRead) {
+                    Ok(Principal::of_key(&key))
+                } else {
+                    Err(missing_scope(KeyScope::EventsRead))
+                }
+            }
+        }
+    }
+}
+
+/// `GET /v1/events`: an admin, or a key with `events:read`.
+#[derive(Debug, Clone)]
+pub struct EventReader(pub Principal);
+
+impl FromRequestParts<AppState> for EventReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        state
+            .auth
+            .authenticate_event_reader(parts)
+            .await
+            .map(EventReader)
     }
 }
 

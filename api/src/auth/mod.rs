@@ -27,6 +27,7 @@ pub mod password;
 mod rate_limit;
 mod revocations;
 mod sessions;
+mod stream_sessions;
 pub mod tokens;
 mod users;
 
@@ -42,10 +43,12 @@ use crm_models::staff::{ApiKey, Role, User};
 use crm_models::store::Store;
 
 pub use api_keys::{
-    CreatedApiKey, CustomerWriter, EngagementWriter, NewApiKey, TrackWriter, KEY_PREFIX,
+    CreatedApiKey, CustomerWriter, EngagementWriter, EventReader, NewApiKey, TrackWriter,
+    KEY_PREFIX,
 };
 pub use rate_limit::{LoginLimiter, ACCOUNT_FREE, PAIR_FREE, PER_ADDRESS_PER_MINUTE};
 pub use sessions::Session;
+pub use stream_sessions::StreamSession;
 pub use users::{NewUser, StaffRole, UserPatch};
 
 use crate::config::Config;

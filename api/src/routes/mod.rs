@@ -6,6 +6,7 @@ pub mod auth;
 pub mod customers;
 pub mod devices;
 pub mod engagements;
+pub mod events;
 pub mod health;
 pub mod input;
 pub mod linking;
@@ -29,4 +30,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(search::router())
         .merge(linking::router())
         .merge(devices::router())
+        .merge(events::router())
 }
