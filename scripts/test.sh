@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
 # the tests start by themselves: redis-server (Debian/Ubuntu apt or Homebrew),
-# curl and jq (for the README's examples), the MongoDB-compatible test
-# server `secantusd-py` (PyPI package `secantusdb`) and `schemathesis` (both
-# into ./.venv). Extra arguments go to `cargo test`.
+# curl and jq (for the README's examples), Debian's chromium (for the browser
+# test), the MongoDB-compatible test
+# server `secantusd-py` (PyPI package `secantusdb`), `schemathesis` and
+# `playwright` (all three into ./.venv). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECANTUSDB_VERSION="0.7.0b3"
 SCHEMATHESIS_VERSION="4.32.5"
+PLAYWRIGHT_VERSION="1.65.3"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -21,6 +23,9 @@ missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
+# Debian's chromium for the browser test (api/tests/browser.rs), driven by
+# Playwright; Playwright's own browser download is not used.
+if [ -z "${CRM_TEST_CHROMIUM:-}" ] && [ ! -x /usr/bin/chromium ]; then missing+=(chromium); fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "test.sh: installing ${missing[*]}" >&2
   if command -v apt-get >/dev/null 2>&1; then
@@ -46,6 +51,12 @@ if ! command -v schemathesis >/dev/null 2>&1 && [ ! -x .venv/bin/schemathesis ];
   echo "test.sh: installing schemathesis ${SCHEMATHESIS_VERSION} into .venv" >&2
   [ -d .venv ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "schemathesis==${SCHEMATHESIS_VERSION}"
+fi
+# Playwright drives chromium in api/tests/browser.rs.
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import playwright" >/dev/null 2>&1; then
+  echo "test.sh: installing playwright ${PLAYWRIGHT_VERSION} into .venv" >&2
+  [ -d .venv ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "playwright==${PLAYWRIGHT_VERSION}"
 fi
 if [ -d .venv ]; then
   export CRM_TEST_VENV="${CRM_TEST_VENV:-$PWD/.venv}"
