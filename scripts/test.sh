@@ -3,14 +3,15 @@
 # the tests start by themselves: redis-server (Debian/Ubuntu apt or Homebrew),
 # curl and jq (for the README's examples), Debian's chromium (for the browser
 # test), the MongoDB-compatible test
-# server `secantusd-py` (PyPI package `secantusdb`), `schemathesis` and
-# `playwright` (all three into ./.venv). Extra arguments go to `cargo test`.
+# server `secantusd-py` (PyPI package `secantusdb`), `schemathesis`,
+# `playwright` and `standardwebhooks` (all into ./.venv). Extra arguments go to `cargo test`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECANTUSDB_VERSION="0.7.0b3"
 SCHEMATHESIS_VERSION="4.32.5"
 PLAYWRIGHT_VERSION="1.65.3"
+STANDARDWEBHOOKS_VERSION="1.3.0"
 
 as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else
@@ -57,6 +58,13 @@ if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import playwright" >/dev/
   echo "test.sh: installing playwright ${PLAYWRIGHT_VERSION} into .venv" >&2
   [ -d .venv ] || python3 -m venv .venv
   .venv/bin/pip install --quiet --disable-pip-version-check "playwright==${PLAYWRIGHT_VERSION}"
+fi
+# The reference Standard Webhooks library verifies our webhook signatures
+# (api/tests/webhooks.rs).
+if [ ! -x .venv/bin/python ] || ! .venv/bin/python -c "import standardwebhooks" >/dev/null 2>&1; then
+  echo "test.sh: installing standardwebhooks ${STANDARDWEBHOOKS_VERSION} into .venv" >&2
+  [ -d .venv ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check "standardwebhooks==${STANDARDWEBHOOKS_VERSION}"
 fi
 if [ -d .venv ]; then
   export CRM_TEST_VENV="${CRM_TEST_VENV:-$PWD/.venv}"

@@ -158,6 +158,8 @@ pub struct Config {
     /// that send `Authorization: Bearer <this token>`.
     #[arg(long, env = "CRM_METRICS_TOKEN", global = true, hide_env_values = true)]
     pub metrics_token: Option<String>,
+    #[command(flatten)]
+    pub webhooks: crate::webhooks::WebhookConfig,
 }
 
 /// `CRM_METRICS_LISTEN`: an address, or `off`.
@@ -218,6 +220,7 @@ impl Config {
             // Tests run many applications at once: each its own free port.
             metrics_listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 0)))),
             metrics_token: None,
+            webhooks: crate::webhooks::WebhookConfig::default(),
         }
     }
 }

@@ -20,6 +20,7 @@ pub mod routes;
 pub mod state;
 pub mod stream;
 pub mod telemetry;
+pub mod webhooks;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -247,6 +248,19 @@ fn start_background(
         }
         None => Arc::new(Tee::new(events, state.live.clone())),
     };
+    if state.config.webhooks.worker {
+        let store = state.crm.store().clone();
+        tasks.push(tokio::spawn(webhooks::run_dispatcher(
+            store.clone(),
+            state.webhooks.clone(),
+            stopped.clone(),
+        )));
+        tasks.push(tokio::spawn(webhooks::run_worker(
+            store,
+            state.webhooks.clone(),
+            stopped.clone(),
+        )));
+    }
     let relay = Relay::new(state.crm.store().clone(), events, state.crm.relay_wake())
         .with_retention(state.config.event_retention())
         .sharing_health(state.relay_healthy.clone());
@@ -306,6 +320,7 @@ pub async fn build_state(
     let projector = Arc::new(Projector::new(store, index.clone()));
     let mobile =
         crm_mobile_bridge::MobileBridge::new(crm.clone(), projector.clone(), default_region);
+    let webhooks = webhooks::Webhooks::new(config.webhooks.clone())?;
     Ok(AppState {
         crm,
         projector,
@@ -317,6 +332,7 @@ pub async fn build_state(
         metrics: telemetry::metrics_handle(),
         relay_healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         live: LiveHub::default(),
+        webhooks,
         streams: Arc::new(streams),
     })
 }

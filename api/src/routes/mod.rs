@@ -13,6 +13,7 @@ pub mod linking;
 pub mod pagination;
 pub mod search;
 pub mod users;
+pub mod webhooks;
 
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
@@ -30,5 +31,6 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(search::router())
         .merge(linking::router())
         .merge(devices::router())
+        .merge(webhooks::router())
         .merge(events::router())
 }

@@ -88,7 +88,7 @@ pub async fn webhooks_insert_get_update_list_delete(store: Arc<dyn Store>) {
     let e = event();
     let d = Delivery::new(a.id, &e, now);
     assert!(store
-        .dispatch_deliveries(None, e.id, &[d.clone()])
+        .dispatch_deliveries(None, e.id, std::slice::from_ref(&d))
         .await
         .unwrap());
     assert!(store.delete_webhook(a.id).await.unwrap());
@@ -111,7 +111,7 @@ pub async fn webhook_dispatch_is_idempotent_and_moves_the_cursor(store: Arc<dyn 
     let d1 = Delivery::new(w.id, &e1, now);
     assert_eq!(d1.id, delivery_id(w.id, e1.id));
     assert!(store
-        .dispatch_deliveries(None, e1.id, &[d1.clone()])
+        .dispatch_deliveries(None, e1.id, std::slice::from_ref(&d1))
         .await
         .unwrap());
     assert_eq!(store.webhook_cursor().await.unwrap(), Some(e1.id));
@@ -120,7 +120,7 @@ pub async fn webhook_dispatch_is_idempotent_and_moves_the_cursor(store: Arc<dyn 
     // nothing.
     let d2 = Delivery::new(w.id, &e2, now);
     assert!(!store
-        .dispatch_deliveries(None, e2.id, &[d2.clone()])
+        .dispatch_deliveries(None, e2.id, std::slice::from_ref(&d2))
         .await
         .unwrap());
     assert_eq!(store.webhook_cursor().await.unwrap(), Some(e1.id));
@@ -256,7 +256,7 @@ pub async fn webhook_failing_too_long_is_disabled_with_its_event(store: Arc<dyn 
     let e = event();
     let d = Delivery::new(w.id, &e, t);
     assert!(store
-        .dispatch_deliveries(None, e.id, &[d.clone()])
+        .dispatch_deliveries(None, e.id, std::slice::from_ref(&d))
         .await
         .unwrap());
     let mut attempt = store.claim_deliveries(&claim(t, 1, 1)).await.unwrap()[0].clone();
@@ -325,7 +325,7 @@ pub async fn webhook_failing_too_long_is_disabled_with_its_event(store: Arc<dyn 
     let e2 = event();
     let d2 = Delivery::new(gone.id, &e2, t);
     assert!(store
-        .dispatch_deliveries(Some(e.id), e2.id, &[d2.clone()])
+        .dispatch_deliveries(Some(e.id), e2.id, std::slice::from_ref(&d2))
         .await
         .unwrap());
     for _ in 0..2 {
@@ -369,7 +369,7 @@ pub async fn webhook_deliveries_page_requeue_and_prune(store: Arc<dyn Store>) {
         .unwrap());
     // Newest first, ties by larger id first, in pages of two.
     let mut expected = deliveries.clone();
-    expected.sort_by(|a, b| (b.created_at, b.id).cmp(&(a.created_at, a.id)));
+    expected.sort_by_key(|d| std::cmp::Reverse((d.created_at, d.id)));
     let mut seen = Vec::new();
     let mut after = None;
     loop {
