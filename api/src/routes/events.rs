@@ -55,12 +55,15 @@ pub fn router() -> OpenApiRouter<AppState> {
 pub struct FeedQuery {
     /// The `next_cursor` of the previous page (an event id); from the
     /// start of the log's retention without it.
+    #[param(format = Uuid)]
     after: Option<String>,
     /// Event types to keep, comma-separated or repeated (default: all).
     types: Option<Vec<String>>,
     /// Only events about this customer (the envelope's `customer_id`).
+    #[param(format = Uuid)]
     customer_id: Option<String>,
     /// 1 to 1000, default 100.
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 
@@ -195,6 +198,7 @@ pub struct StreamQuery {
     customer: Option<Vec<String>>,
     /// The last event seen, to replay after (the `Last-Event-ID` header
     /// wins when both are sent).
+    #[param(format = Uuid)]
     after: Option<String>,
     /// A ticket from `POST /v1/stream/tickets`, instead of an
     /// `Authorization` header. Access tokens are never accepted here.
