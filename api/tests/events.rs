@@ -594,6 +594,63 @@ async fn replay_after_a_disconnect_delivers_every_missed_event_once_in_order() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_racing_new_writes_has_no_gap_and_no_duplicate() {
+    let app = spawn_app_with(|c| c.default_region = Some("SG".into())).await;
+    let admin = app.admin_token().await;
+    for i in 0..20 {
+        create_customer(
+            &app,
+            &admin,
+            &format!("Backlog Number{i}"),
+            &format!("+65870001{i:02}"),
+        )
+        .await;
+    }
+    all_relayed(&app).await;
+    let backlog = whole_feed(&app, &admin, "&types=customer.created", 1000).await;
+    let cursor = backlog[0]["id"].as_str().unwrap().to_string();
+
+    // Writes go on while the stream replays, so events are both replayed
+    // and heard live; each must come once, in feed order.
+    let writer = {
+        let (address, token) = (app.address.clone(), admin.clone());
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for i in 0..40 {
+                let response = client
+                    .post(format!("{address}/v1/customers"))
+                    .bearer_auth(&token)
+                    .json(&json!({"name": format!("Racing Number{i}"), "phones": [format!("+65870002{i:02}")]}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(response.status(), StatusCode::CREATED);
+            }
+        })
+    };
+    let mut stream =
+        open_stream(&app, Some(&admin), "?types=customer.created", Some(&cursor)).await;
+    writer.await.unwrap();
+    let sentinel = create_customer(&app, &admin, "Racing Sentinel", "+6587000300").await;
+    let seen = stream.until(|e| e.data.contains(&sentinel)).await;
+    let feed = whole_feed(
+        &app,
+        &admin,
+        &format!("&types=customer.created&after={cursor}"),
+        1000,
+    )
+    .await;
+    assert_eq!(seen.len(), 19 + 40 + 1);
+    assert_eq!(
+        seen.iter()
+            .map(|e| e.id.clone().unwrap())
+            .collect::<Vec<_>>(),
+        ids(&feed),
+        "every event once, in feed order"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_id_the_log_does_not_hold_gets_a_reset_then_live_events() {
     let app = spawn_app_with(|c| c.default_region = Some("SG".into())).await;
     let admin = app.admin_token().await;
@@ -837,6 +894,12 @@ async fn a_ticket_opens_one_stream_once_within_a_minute() {
     let admin = app.admin_token().await;
     expect_problem(
         try_stream(&app, None, &format!("?access_token={admin}"), None).await,
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+    )
+    .await;
+    expect_problem(
+        try_stream(&app, Some(&admin), &format!("?access_token={admin}"), None).await,
         StatusCode::UNPROCESSABLE_ENTITY,
         "validation_failed",
     )

@@ -236,19 +236,10 @@ async fn stream(
     headers: HeaderMap,
     ApiQuery(query): ApiQuery<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let mut ticket = None;
-    let mut after = None;
-    let mut types = Vec::new();
-    let mut customers = Vec::new();
-    for (name, value) in &query {
-        match name.as_str() {
-            "ticket" => ticket = Some(value.as_str()),
-            "after" => after = Some(value.as_str()),
-            "types" => types.push(value.as_str()),
-            "customer" => customers.push(value.as_str()),
-            other => return Err(unknown_parameter(other)),
-        }
-    }
+    let ticket = query
+        .iter()
+        .find(|(name, _)| name == "ticket")
+        .map(|(_, value)| value.as_str());
     let session = match ticket {
         Some(ticket) => {
             let (user, sid) = state.streams.tickets.redeem(ticket).await?;
@@ -256,6 +247,18 @@ async fn stream(
         }
         None => state.auth.stream_session(&headers).await?,
     };
+    let mut after = None;
+    let mut types = Vec::new();
+    let mut customers = Vec::new();
+    for (name, value) in &query {
+        match name.as_str() {
+            "ticket" => {}
+            "after" => after = Some(value.as_str()),
+            "types" => types.push(value.as_str()),
+            "customer" => customers.push(value.as_str()),
+            other => return Err(unknown_parameter(other)),
+        }
+    }
     let last_event_id = headers
         .get("last-event-id")
         .map(|v| v.to_str().unwrap_or("").trim())

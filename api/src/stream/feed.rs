@@ -64,6 +64,7 @@ pub fn open(state: AppState, start: StreamStart) -> impl Stream<Item = Result<Ev
     let live = state.live.subscribe();
     let shutdown = state.streams.shutdown_signal();
     let now = Instant::now();
+    metrics::gauge!("crm_live_streams").increment(1.0);
     let feed = Feed {
         live,
         shutdown,
@@ -119,6 +120,12 @@ struct Feed {
     user_check_at: Instant,
 }
 
+impl Drop for Feed {
+    fn drop(&mut self) {
+        metrics::gauge!("crm_live_streams").decrement(1.0);
+    }
+}
+
 impl Feed {
     async fn next(&mut self) -> Option<Event> {
         loop {
@@ -137,6 +144,10 @@ impl Feed {
                     }
                 }
                 Phase::Live => {
+                    if self.queue.capacity() > 0 {
+                        // Live, the queue is empty: give back the replay's room.
+                        self.queue = VecDeque::new();
+                    }
                     let check_at = self.session_check_at;
                     let wake = tokio::select! {
                         biased;
