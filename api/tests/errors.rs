@@ -497,6 +497,50 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
             C::Unauthorized,
         ));
     }
+    // Events out: the feed (admins and `events:read` keys) and the live
+    // stream with its tickets (staff access tokens only).
+    for (method, path) in [
+        (Method::GET, "/v1/events"),
+        (Method::POST, "/v1/stream/tickets"),
+        (Method::GET, "/v1/stream"),
+    ] {
+        rows.push(row(
+            method.clone(),
+            path,
+            path,
+            Nobody,
+            Body::None,
+            C::Unauthorized,
+        ));
+        rows.push(row(method, path, path, Key, Body::None, C::Forbidden));
+    }
+    rows.push(row(
+        Method::GET,
+        "/v1/events",
+        "/v1/events",
+        Agent,
+        Body::None,
+        C::Forbidden,
+    ));
+    rows.push(row(
+        Method::GET,
+        "/v1/events",
+        format!("/v1/events?after={nobody}"),
+        Admin,
+        Body::None,
+        C::CursorExpired,
+    ));
+    for path in ["/v1/events?types=nope", "/v1/stream?types=nope"] {
+        let route = path.split('?').next().unwrap_or(path);
+        rows.push(row(
+            Method::GET,
+            route,
+            path,
+            Admin,
+            Body::None,
+            C::ValidationFailed,
+        ));
+    }
     // Device tokens work only on /v1/mobile/*, staff tokens and keys only off it.
     rows.push(row(
         Method::GET,
