@@ -146,11 +146,12 @@ impl StreamFilter {
         } else {
             self.types.iter().map(|t| t.to_string()).collect()
         };
-        let customer_id = match (self.agent, self.customers.len()) {
-            (None, 1) => self.customers.iter().next().copied(),
-            _ => None,
-        };
-        EventFilter { types, customer_id }
+        // Not the customers: an event names some in its data (a merge's
+        // merged ids), where the store's filter does not look.
+        EventFilter {
+            types,
+            customer_id: None,
+        }
     }
 
     /// Whether the stream carries this event.
