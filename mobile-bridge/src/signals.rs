@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use crm_models::device::CallSignal;
 use crm_models::store::Store;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 
 /// Signals waiting to be written before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -38,7 +38,10 @@ pub(crate) struct SignalRecorder {
 impl SignalRecorder {
     /// Starts the writer on the current tokio runtime; it ends when the last
     /// recorder is dropped, after writing what is queued.
-    pub(crate) fn start(store: Arc<dyn Store>) -> Self {
+    /// `relay_wake` is the relay's ([`crm_models::service::Crm::relay_wake`]):
+    /// woken after each write, it pushes the `call.incoming` events at once
+    /// instead of at its next poll.
+    pub(crate) fn start(store: Arc<dyn Store>, relay_wake: Arc<Notify>) -> Self {
         let (queue, mut rx) = mpsc::channel::<CallSignal>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -50,9 +53,12 @@ impl SignalRecorder {
                 }
                 let signals = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                 let count = signals.len();
-                if let Err(e) = store.insert_call_signals(signals).await {
-                    metrics::counter!("crm_call_signals_dropped_total").increment(count as u64);
-                    tracing::warn!(error = %e, signals = count, "incoming-call signals not stored");
+                match store.insert_call_signals(signals).await {
+                    Ok(()) => relay_wake.notify_one(),
+                    Err(e) => {
+                        metrics::counter!("crm_call_signals_dropped_total").increment(count as u64);
+                        tracing::warn!(error = %e, signals = count, "incoming-call signals not stored");
+                    }
                 }
             }
         });
@@ -114,7 +120,7 @@ mod tests {
             .await
             .unwrap();
 
-        let recorder = SignalRecorder::start(store.clone());
+        let recorder = SignalRecorder::start(store.clone(), Arc::new(Notify::new()));
         let fresh: Vec<CallSignal> = (0..3).map(|_| signal(now)).collect();
         for s in &fresh {
             recorder.record(s.clone());
