@@ -37,7 +37,7 @@ use crm_models::webhook::{
 use parking_lot::Mutex;
 use rand::Rng;
 use reqwest::StatusCode;
-use tokio::sync::{watch, Notify};
+use tokio::sync::{mpsc, watch, Notify};
 
 pub use config::WebhookConfig;
 
@@ -50,6 +50,8 @@ const POLL: Duration = Duration::from_millis(100);
 const MAX_IN_FLIGHT: usize = 512;
 /// Most deliveries one claim takes.
 const CLAIM_BATCH: usize = 128;
+/// Most attempt results recorded in one store write.
+const RECORD_BATCH: usize = 512;
 /// How long deliveries are kept.
 pub const KEEP_DELIVERIES_DAYS: i64 = 30;
 /// How often old deliveries are pruned.
@@ -77,6 +79,9 @@ impl Webhooks {
     pub fn new(config: WebhookConfig) -> anyhow::Result<Webhooks> {
         let client = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
+            // Straight to the endpoint: a proxy would resolve names past
+            // the address check.
+            .no_proxy()
             .timeout(config.timeout.0)
             .connect_timeout(config.timeout.0)
             .dns_resolver(guard::GuardedResolver::shared(config.allow_private))
@@ -249,6 +254,8 @@ pub async fn run_worker(
 ) {
     let in_flight = Arc::new(Mutex::new(InFlight::default()));
     let finished = Arc::new(Notify::new());
+    let (results, to_record) = mpsc::unbounded_channel();
+    let recorder = tokio::spawn(record(store.clone(), to_record));
     let mut tasks = tokio::task::JoinSet::new();
     let config = webhooks.config().clone();
     loop {
@@ -280,9 +287,13 @@ pub async fn run_worker(
                         }
                         let (store, webhooks) = (store.clone(), webhooks.clone());
                         let (in_flight, finished) = (in_flight.clone(), finished.clone());
+                        let results = results.clone();
                         tasks.spawn(async move {
                             let webhook = d.webhook_id;
-                            attempt(store.as_ref(), &webhooks, d).await;
+                            if let Some(result) = attempt(store.as_ref(), &webhooks, d).await {
+                                // The recorder is gone only once this loop ended.
+                                let _ = results.send(result);
+                            }
                             let mut f = in_flight.lock();
                             if let Some(n) = f.per_webhook.get_mut(&webhook) {
                                 *n -= 1;
@@ -316,6 +327,30 @@ pub async fn run_worker(
     // Attempts in flight finish (each within the timeout); what they do not
     // record comes back when their lease ends.
     while tasks.join_next().await.is_some() {}
+    drop(results);
+    let _ = recorder.await;
+}
+
+/// Records attempt results as they come, many in one store write.
+async fn record(store: Arc<dyn Store>, mut results: mpsc::UnboundedReceiver<AttemptResult>) {
+    let mut batch = Vec::new();
+    while let Some(first) = results.recv().await {
+        batch.push(first);
+        while batch.len() < RECORD_BATCH {
+            match results.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        if let Err(e) = store.finish_attempts(&batch).await {
+            tracing::warn!(
+                attempts = batch.len(),
+                error = %e,
+                "webhooks: cannot record attempts; they are made again when their lease ends"
+            );
+        }
+        batch.clear();
+    }
 }
 
 /// How one attempt went.
@@ -327,16 +362,17 @@ struct Outcome {
     retry_after: Option<Duration>,
 }
 
-/// Sends one delivery and records what happened.
-async fn attempt(store: &dyn Store, webhooks: &Webhooks, mut d: Delivery) {
+/// Sends one delivery; what to record of it (nothing when the delivery is
+/// left to come back when its lease ends).
+async fn attempt(store: &dyn Store, webhooks: &Webhooks, mut d: Delivery) -> Option<AttemptResult> {
     let config = webhooks.config();
     let webhook = match store.get_webhook(d.webhook_id).await {
         Ok(Some(w)) => w,
         // Deleted with its deliveries.
-        Ok(None) => return,
+        Ok(None) => return None,
         Err(e) => {
             tracing::warn!(delivery = %d.id, error = %e, "webhooks: cannot read the endpoint; the delivery comes back when its lease ends");
-            return;
+            return None;
         }
     };
     let now = time::now();
@@ -344,21 +380,23 @@ async fn attempt(store: &dyn Store, webhooks: &Webhooks, mut d: Delivery) {
         d.status = DeliveryStatus::Failed;
         d.next_attempt_at = None;
         d.last_error = Some("the endpoint is disabled".into());
-        finish(store, d, EndpointOutcome::Unchanged).await;
-        return;
+        return Some(AttemptResult {
+            delivery: d,
+            endpoint: EndpointOutcome::Unchanged,
+        });
     }
     let body = match payload::body(store, &d.event).await {
         Ok(b) => b,
         Err(e) => {
             tracing::warn!(delivery = %d.id, error = %e, "webhooks: cannot read the event's object; the delivery comes back when its lease ends");
-            return;
+            return None;
         }
     };
     let body = match serde_json::to_vec(&body) {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(delivery = %d.id, error = %e, "webhooks: cannot encode a body");
-            return;
+            return None;
         }
     };
     let outcome = send(webhooks, &webhook, &d, now, body).await;
@@ -406,17 +444,10 @@ async fn attempt(store: &dyn Store, webhooks: &Webhooks, mut d: Delivery) {
         "outcome" => if outcome.succeeded { "succeeded" } else { "failed" }
     )
     .increment(1);
-    finish(store, d, endpoint).await;
-}
-
-async fn finish(store: &dyn Store, delivery: Delivery, endpoint: EndpointOutcome) {
-    let id = delivery.id;
-    if let Err(e) = store
-        .finish_attempt(&AttemptResult { delivery, endpoint })
-        .await
-    {
-        tracing::warn!(delivery = %id, error = %e, "webhooks: cannot record an attempt; it is made again when its lease ends");
-    }
+    Some(AttemptResult {
+        delivery: d,
+        endpoint,
+    })
 }
 
 /// The pause after failed attempt number `attempts` (1 for the first), with

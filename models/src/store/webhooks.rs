@@ -38,9 +38,15 @@ pub trait WebhookStore: Send + Sync {
     /// locks them until [`ClaimRequest::locked_until`]; two claims never take
     /// the same delivery while its lease runs.
     async fn claim_deliveries(&self, request: &ClaimRequest) -> StoreResult<Vec<Delivery>>;
-    /// Records the end of an attempt (see [`AttemptResult`]), unless the
-    /// delivery is gone (its endpoint deleted).
-    async fn finish_attempt(&self, result: &AttemptResult) -> StoreResult<()>;
+    /// Records the ends of attempts (see [`AttemptResult`]), in order, one
+    /// transaction where the adapter can; a delivery that is gone (its
+    /// endpoint deleted) is skipped.
+    async fn finish_attempts(&self, results: &[AttemptResult]) -> StoreResult<()>;
+
+    /// [`WebhookStore::finish_attempts`] of one.
+    async fn finish_attempt(&self, result: &AttemptResult) -> StoreResult<()> {
+        self.finish_attempts(std::slice::from_ref(result)).await
+    }
     async fn get_delivery(&self, id: Uuid) -> StoreResult<Option<Delivery>>;
     /// An endpoint's deliveries, newest first (ties: larger id first),
     /// strictly after the cursor, at most `limit`.

@@ -5,9 +5,11 @@
 //! - `webhook_deliveries`: id → delivery JSON.
 //! - `webhook_deliveries_by_webhook`: (endpoint, newest-first created_at,
 //!   newest-first id) → (), for an endpoint's list.
-//! - `webhook_deliveries_due`: (due time, id) → endpoint, one entry per
-//!   pending delivery: when its next attempt is due, or when the lease of
-//!   the worker holding it ends. Claiming is a range scan up to now.
+//! - `webhook_due`: (endpoint, due time, id) → (), one entry per pending
+//!   delivery: when its next attempt is due, or when the lease of the
+//!   worker holding it ends. A claim scans each endpoint with room up to
+//!   now, so an endpoint at its limit costs nothing however many of its
+//!   deliveries wait.
 //! - `webhook_cursor`: `dispatched` → the last event the dispatcher handled.
 //!
 //! Claims and attempt results are committed without a sync of their own
@@ -34,12 +36,9 @@ const WEBHOOKS: TableDefinition<u128, &[u8]> = TableDefinition::new("webhooks");
 const DELIVERIES: TableDefinition<u128, &[u8]> = TableDefinition::new("webhook_deliveries");
 const BY_WEBHOOK: TableDefinition<(u128, u64, u128), ()> =
     TableDefinition::new("webhook_deliveries_by_webhook");
-const DUE: TableDefinition<(u64, u128), u128> = TableDefinition::new("webhook_deliveries_due");
+const DUE: TableDefinition<(u128, u64, u128), ()> = TableDefinition::new("webhook_due");
 const CURSOR: TableDefinition<&str, u128> = TableDefinition::new("webhook_cursor");
 const DISPATCHED: &str = "dispatched";
-
-/// The most due entries one claim examines.
-const CLAIM_SCAN: usize = 10_000;
 
 /// Creates the tables (at open, with the others).
 pub(super) fn open_tables(txn: &WriteTransaction) -> StoreResult<()> {
@@ -84,7 +83,8 @@ fn put_delivery(
     match previous {
         Some(p) => {
             if let Some(at) = p.due() {
-                due.remove((time_key(&at), id)).map_err(db_err)?;
+                due.remove((p.webhook_id.as_u128(), time_key(&at), id))
+                    .map_err(db_err)?;
             }
         }
         None => {
@@ -95,7 +95,7 @@ fn put_delivery(
         }
     }
     if let Some(at) = d.due() {
-        due.insert((time_key(&at), id), d.webhook_id.as_u128())
+        due.insert((d.webhook_id.as_u128(), time_key(&at), id), ())
             .map_err(db_err)?;
     }
     Ok(())
@@ -115,7 +115,7 @@ fn remove_delivery(txn: &WriteTransaction, d: &Delivery) -> StoreResult<()> {
     if let Some(at) = d.due() {
         txn.open_table(DUE)
             .map_err(db_err)?
-            .remove((time_key(&at), id))
+            .remove((d.webhook_id.as_u128(), time_key(&at), id))
             .map_err(db_err)?;
     }
     Ok(())
@@ -267,7 +267,13 @@ impl WebhookStore for EmbeddedStore {
     ) -> StoreResult<bool> {
         let deliveries = deliveries.to_vec();
         self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
+            let mut txn = db.begin_write().map_err(db_err)?;
+            // Moving the cursor alone need not reach the disk now: a crash
+            // that loses it makes the dispatcher read those events again,
+            // and they create nothing. New deliveries are durable.
+            if deliveries.is_empty() {
+                txn.set_durability(Durability::None);
+            }
             {
                 let mut cursor = txn.open_table(CURSOR).map_err(db_err)?;
                 let now = cursor.get(DISPATCHED).map_err(db_err)?.map(|g| g.value());
@@ -298,30 +304,48 @@ impl WebhookStore for EmbeddedStore {
         self.run(move |db| {
             let mut txn = db.begin_write().map_err(db_err)?;
             txn.set_durability(Durability::None);
-            let mut counts: HashMap<u128, usize> = request
+            let counts: HashMap<u128, usize> = request
                 .in_flight
                 .iter()
                 .map(|(k, v)| (k.as_u128(), *v))
                 .collect();
             let mut chosen = Vec::new();
             {
-                let due = txn.open_table(DUE).map_err(db_err)?;
-                let end = (time_key(&request.now), u128::MAX);
-                for entry in due
-                    .range::<(u64, u128)>((Bound::Unbounded, Bound::Included(end)))
+                let mut endpoints = Vec::new();
+                for entry in txn
+                    .open_table(WEBHOOKS)
                     .map_err(db_err)?
-                    .take(CLAIM_SCAN)
+                    .iter()
+                    .map_err(db_err)?
                 {
-                    if chosen.len() >= request.limit {
-                        break;
-                    }
-                    let (k, v) = entry.map_err(db_err)?;
-                    let n = counts.entry(v.value()).or_insert(0);
-                    if *n >= request.per_webhook {
+                    endpoints.push(entry.map_err(db_err)?.0.value());
+                }
+                // Start at a different endpoint each time, so that a claim
+                // that fills up early does not always favour the same ones.
+                if !endpoints.is_empty() {
+                    let start = (Uuid::new_v4().as_u128() % endpoints.len() as u128) as usize;
+                    endpoints.rotate_left(start);
+                }
+                let due = txn.open_table(DUE).map_err(db_err)?;
+                let now = time_key(&request.now);
+                for w in endpoints {
+                    let room = request
+                        .per_webhook
+                        .saturating_sub(counts.get(&w).copied().unwrap_or(0))
+                        .min(request.limit - chosen.len());
+                    if room == 0 {
+                        if chosen.len() >= request.limit {
+                            break;
+                        }
                         continue;
                     }
-                    *n += 1;
-                    chosen.push(k.value().1);
+                    for entry in due
+                        .range((w, 0u64, 0u128)..=(w, now, u128::MAX))
+                        .map_err(db_err)?
+                        .take(room)
+                    {
+                        chosen.push(entry.map_err(db_err)?.0.value().2);
+                    }
                 }
             }
             let locked_until = request.locked_until();
@@ -343,29 +367,36 @@ impl WebhookStore for EmbeddedStore {
         .await
     }
 
-    async fn finish_attempt(&self, result: &AttemptResult) -> StoreResult<()> {
-        let result = result.clone();
+    async fn finish_attempts(&self, results: &[AttemptResult]) -> StoreResult<()> {
+        if results.is_empty() {
+            return Ok(());
+        }
+        let results = results.to_vec();
         self.run(move |db| {
             let mut txn = db.begin_write().map_err(db_err)?;
             // An endpoint disabled writes an event: that commit is durable.
-            if matches!(
-                result.endpoint,
-                EndpointOutcome::Unchanged | EndpointOutcome::Succeeded
-            ) {
+            let quiet = results.iter().all(|r| {
+                matches!(
+                    r.endpoint,
+                    EndpointOutcome::Unchanged | EndpointOutcome::Succeeded
+                )
+            });
+            if quiet {
                 txn.set_durability(Durability::None);
             }
-            let previous = {
-                let table = txn.open_table(DELIVERIES).map_err(db_err)?;
-                read_delivery(&table, result.delivery.id.as_u128())?
-            };
-            let Some(previous) = previous else {
-                return Ok(());
-            };
-            let mut d = result.delivery.clone();
-            d.locked_until = None;
-            put_delivery(&txn, Some(&previous), &d)?;
-            let now = d.last_attempt_at.unwrap_or_else(crate::time::now);
-            record_endpoint(&txn, d.webhook_id, &result.endpoint, now)?;
+            for result in &results {
+                let previous = {
+                    let table = txn.open_table(DELIVERIES).map_err(db_err)?;
+                    read_delivery(&table, result.delivery.id.as_u128())?
+                };
+                // Gone with its endpoint.
+                let Some(previous) = previous else { continue };
+                let mut d = result.delivery.clone();
+                d.locked_until = None;
+                put_delivery(&txn, Some(&previous), &d)?;
+                let now = d.last_attempt_at.unwrap_or_else(crate::time::now);
+                record_endpoint(&txn, d.webhook_id, &result.endpoint, now)?;
+            }
             txn.commit().map_err(db_err)
         })
         .await

@@ -50,6 +50,38 @@ impl MongoStore {
     fn webhook_cursor_coll(&self) -> Collection<Document> {
         self.db.collection(CURSOR)
     }
+
+    /// [`WebhookStore::finish_attempts`] of one.
+    async fn finish_one(&self, result: &AttemptResult) -> StoreResult<()> {
+        let mut d = result.delivery.clone();
+        d.locked_until = None;
+        let replaced = self
+            .deliveries()
+            .replace_one(doc! { "_id": d.id.to_string() }, delivery_doc(&d)?)
+            .await
+            .map_err(map_err)?;
+        if replaced.matched_count == 0 {
+            return Ok(());
+        }
+        let now = d.last_attempt_at.unwrap_or_else(time::now);
+        // Most attempts change nothing about a healthy endpoint: a read
+        // tells, and only a change runs a transaction.
+        if result.endpoint == EndpointOutcome::Unchanged {
+            return Ok(());
+        }
+        let Some(mut w) = self.get_webhook(d.webhook_id).await? else {
+            return Ok(());
+        };
+        if !w.apply_outcome(&result.endpoint, now).0 {
+            return Ok(());
+        }
+        self.run(&mut RecordEndpoint {
+            webhook: d.webhook_id,
+            outcome: &result.endpoint,
+            now,
+        })
+        .await
+    }
 }
 
 /// Creates the collections and their indexes (at connect, with the others).
@@ -386,35 +418,11 @@ impl WebhookStore for MongoStore {
         Ok(claimed)
     }
 
-    async fn finish_attempt(&self, result: &AttemptResult) -> StoreResult<()> {
-        let mut d = result.delivery.clone();
-        d.locked_until = None;
-        let replaced = self
-            .deliveries()
-            .replace_one(doc! { "_id": d.id.to_string() }, delivery_doc(&d)?)
-            .await
-            .map_err(map_err)?;
-        if replaced.matched_count == 0 {
-            return Ok(());
+    async fn finish_attempts(&self, results: &[AttemptResult]) -> StoreResult<()> {
+        for result in results {
+            self.finish_one(result).await?;
         }
-        let now = d.last_attempt_at.unwrap_or_else(time::now);
-        // Most attempts change nothing about a healthy endpoint: a read
-        // tells, and only a change runs a transaction.
-        if result.endpoint == EndpointOutcome::Unchanged {
-            return Ok(());
-        }
-        let Some(mut w) = self.get_webhook(d.webhook_id).await? else {
-            return Ok(());
-        };
-        if !w.apply_outcome(&result.endpoint, now).0 {
-            return Ok(());
-        }
-        self.run(&mut RecordEndpoint {
-            webhook: d.webhook_id,
-            outcome: &result.endpoint,
-            now,
-        })
-        .await
+        Ok(())
     }
 
     async fn get_delivery(&self, id: Uuid) -> StoreResult<Option<Delivery>> {
