@@ -235,6 +235,17 @@ fn start_background(
     // process, straight from the relay.
     let events: Arc<dyn EventStream> = match state.config.redis() {
         Some(url) => {
+            // A write here wakes the relay of whichever instance holds the lease.
+            let mut wake_stopped = stopped.clone();
+            tasks.push(tokio::spawn(crm_indexer::live_tail::relay_wake_bridge(
+                url.to_string(),
+                format!("{}relay:wake", state.config.redis_prefix),
+                state.crm.remote_wake(),
+                state.crm.relay_wake(),
+                async move {
+                    let _ = wake_stopped.wait_for(|s| *s).await;
+                },
+            )));
             let mut stopped = stopped.clone();
             tasks.push(tokio::spawn(crm_indexer::live_tail::tail_into_hub(
                 url.to_string(),

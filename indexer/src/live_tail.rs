@@ -116,3 +116,84 @@ async fn newest_id(conn: &mut ConnectionManager, key: &str) -> redis::RedisResul
         .map(|(id, _)| id)
         .unwrap_or_else(|| "0-0".to_string()))
 }
+
+/// Pause after passing a wake on, so that a burst of writes is one message.
+const WAKE_COALESCE: Duration = Duration::from_millis(5);
+
+/// Wakes relays across instances: after a local write (`local_writes`) it
+/// publishes on `channel`; when another instance publishes there, it wakes
+/// this process's relay (`relay_wake`). Whichever instance holds the relay
+/// lease then publishes events at once, not at its next poll. Runs until
+/// `shutdown`; while Redis is unreachable relays simply poll.
+pub async fn relay_wake_bridge(
+    url: String,
+    channel: String,
+    local_writes: std::sync::Arc<tokio::sync::Notify>,
+    relay_wake: std::sync::Arc<tokio::sync::Notify>,
+    shutdown: impl Future<Output = ()>,
+) {
+    use futures::StreamExt;
+    tokio::pin!(shutdown);
+    // Who this process is on the channel (its own messages are not news).
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let me = format!("{}:{started}", std::process::id());
+    let publish = async {
+        let mut conn: Option<ConnectionManager> = None;
+        loop {
+            local_writes.notified().await;
+            if conn.is_none() {
+                if let Ok(client) = redis::Client::open(url.as_str()) {
+                    conn = ConnectionManager::new(client).await.ok();
+                }
+            }
+            if let Some(c) = conn.as_mut() {
+                let sent: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(&channel)
+                    .arg(&me)
+                    .query_async(c)
+                    .await;
+                if sent.is_err() {
+                    conn = None;
+                }
+            }
+            tokio::time::sleep(WAKE_COALESCE).await;
+        }
+    };
+    let listen = async {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let subscribed = async {
+                let client = redis::Client::open(url.as_str())?;
+                let mut pubsub = client.get_async_pubsub().await?;
+                pubsub.subscribe(&channel).await?;
+                Ok::<_, redis::RedisError>(pubsub)
+            }
+            .await;
+            match subscribed {
+                Ok(mut pubsub) => {
+                    backoff = Duration::from_millis(100);
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        let from: String = msg.get_payload().unwrap_or_default();
+                        if from != me {
+                            relay_wake.notify_one();
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot subscribe to relay wake-ups; relays poll")
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+    };
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = publish => {}
+        _ = listen => {}
+    }
+}

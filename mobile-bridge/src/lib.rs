@@ -66,7 +66,7 @@ impl MobileBridge {
     /// `default_region` (`CRM_DEFAULT_REGION`) applies to devices enrolled
     /// without one.
     pub fn new(crm: Crm, projector: Arc<Projector>, default_region: Option<Region>) -> Self {
-        let signals = SignalRecorder::start(crm.store().clone(), crm.relay_wake());
+        let signals = SignalRecorder::start(crm.clone());
         MobileBridge {
             inner: Arc::new(Inner {
                 crm,

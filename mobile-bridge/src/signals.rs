@@ -11,12 +11,12 @@
 //! every [`PRUNE_EVERY`]: a popup is about the call ringing now, and the
 //! engagement the app uploads afterwards is the lasting record of it.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use crm_models::device::CallSignal;
+use crm_models::service::Crm;
 use crm_models::store::Store;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 
 /// Signals waiting to be written before new ones are dropped.
 const QUEUE: usize = 4096;
@@ -38,10 +38,11 @@ pub(crate) struct SignalRecorder {
 impl SignalRecorder {
     /// Starts the writer on the current tokio runtime; it ends when the last
     /// recorder is dropped, after writing what is queued.
-    /// `relay_wake` is the relay's ([`crm_models::service::Crm::relay_wake`]):
-    /// woken after each write, it pushes the `call.incoming` events at once
-    /// instead of at its next poll.
-    pub(crate) fn start(store: Arc<dyn Store>, relay_wake: Arc<Notify>) -> Self {
+    /// Writes to `crm`'s store and wakes its relays after each write
+    /// ([`Crm::wake_relay`]), so the `call.incoming` events go out at once
+    /// instead of at the relay's next poll.
+    pub(crate) fn start(crm: Crm) -> Self {
+        let store = crm.store().clone();
         let (queue, mut rx) = mpsc::channel::<CallSignal>(QUEUE);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(BATCH);
@@ -54,7 +55,7 @@ impl SignalRecorder {
                 let signals = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
                 let count = signals.len();
                 match store.insert_call_signals(signals).await {
-                    Ok(()) => relay_wake.notify_one(),
+                    Ok(()) => crm.wake_relay(),
                     Err(e) => {
                         metrics::counter!("crm_call_signals_dropped_total").increment(count as u64);
                         tracing::warn!(error = %e, signals = count, "incoming-call signals not stored");
@@ -111,7 +112,8 @@ mod tests {
     #[tokio::test]
     async fn signals_are_written_together_and_old_ones_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(dir.path()).unwrap());
+        let store: std::sync::Arc<dyn Store> =
+            std::sync::Arc::new(EmbeddedStore::open(dir.path()).unwrap());
         let now = crm_models::time::now();
         let old = signal(now - chrono::Duration::days(8));
         let recent = signal(now - chrono::Duration::days(6));
@@ -120,7 +122,7 @@ mod tests {
             .await
             .unwrap();
 
-        let recorder = SignalRecorder::start(store.clone(), Arc::new(Notify::new()));
+        let recorder = SignalRecorder::start(Crm::new(store.clone()));
         let fresh: Vec<CallSignal> = (0..3).map(|_| signal(now)).collect();
         for s in &fresh {
             recorder.record(s.clone());

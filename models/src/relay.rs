@@ -32,6 +32,9 @@ pub const POLL: Duration = Duration::from_millis(100);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How long a relay's lease lasts unless renewed.
 pub const LEASE: Duration = Duration::from_secs(10);
+/// How long a relay that found the lease taken waits before it asks again
+/// (however often it is woken).
+const LEASE_RETRY: Duration = Duration::from_secs(1);
 /// How often relayed events past their retention are pruned.
 const PRUNE_EVERY: Duration = Duration::from_secs(600);
 
@@ -50,6 +53,8 @@ pub struct Relay {
     wake: Arc<Notify>,
     retention: Duration,
     healthy: Arc<AtomicBool>,
+    /// When another relay last held the lease, as this one found.
+    lease_taken_at: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 impl Relay {
@@ -63,6 +68,7 @@ impl Relay {
             wake,
             retention: Duration::from_secs(30 * 86_400),
             healthy: Arc::new(AtomicBool::new(true)),
+            lease_taken_at: std::sync::Mutex::new(None),
         }
     }
 
@@ -82,7 +88,20 @@ impl Relay {
     /// Publishes one batch of unrelayed events if this relay holds the
     /// lease. Returns how many it published.
     pub async fn relay_once(&self) -> Result<usize, RelayError> {
-        if !self.store.relay_lease(&self.holder, LEASE).await? {
+        let recently_taken =
+            |at: &Option<std::time::Instant>| at.is_some_and(|at| at.elapsed() < LEASE_RETRY);
+        if self
+            .lease_taken_at
+            .lock()
+            .is_ok_and(|at| recently_taken(&at))
+        {
+            return Ok(0);
+        }
+        let holds = self.store.relay_lease(&self.holder, LEASE).await?;
+        if let Ok(mut at) = self.lease_taken_at.lock() {
+            *at = (!holds).then(std::time::Instant::now);
+        }
+        if !holds {
             return Ok(0);
         }
         let events = self.store.unrelayed_events(BATCH).await?;

@@ -200,6 +200,9 @@ pub struct Crm {
     policy: Arc<LinkPolicy>,
     /// Told after each write, so that the relay moves its events at once.
     relay_wake: Arc<Notify>,
+    /// Told after each write too, for relays in other processes (crm-api
+    /// passes it on through Redis when several instances share a store).
+    remote_wake: Arc<Notify>,
     fault: Arc<FaultInjection>,
 }
 
@@ -209,6 +212,7 @@ impl Crm {
             store,
             policy: Arc::new(LinkPolicy::default()),
             relay_wake: Arc::new(Notify::new()),
+            remote_wake: Arc::new(Notify::new()),
             fault: Arc::new(FaultInjection::default()),
         }
     }
@@ -232,8 +236,16 @@ impl Crm {
         Arc::clone(&self.relay_wake)
     }
 
-    fn wake_relay(&self) {
+    /// What is told after each write for the relays of other processes.
+    pub fn remote_wake(&self) -> Arc<Notify> {
+        Arc::clone(&self.remote_wake)
+    }
+
+    /// Tells the relays that events wait: after a write that committed
+    /// events without going through this service (call signals).
+    pub fn wake_relay(&self) {
         self.relay_wake.notify_one();
+        self.remote_wake.notify_one();
     }
 
     /// The test hook that fails a transaction part-way.
