@@ -6,6 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is how a test fails
 
 mod common;
+#[path = "../../models/tests/support/mongo_server.rs"]
+mod mongo_server;
 #[path = "common/processes.rs"]
 mod processes;
 
@@ -1152,4 +1154,70 @@ async fn sigkill_of_crm_api_mid_delivery_loses_nothing() {
         assert!(Instant::now() < deadline, "deliveries: {items:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_mongodb_share_the_deliveries_and_lose_none() {
+    let receiver = Receiver::start().await;
+    // Every delivery fails once, so that retries are shared too.
+    receiver.answer(|_, n| Some(if n == 0 { (503, vec![]) } else { (200, vec![]) }));
+    let mongodb_uri = mongo_server::mongodb_uri();
+    let database = format!("crm_webhooks_{}", uuid::Uuid::new_v4().simple());
+    let configure = |uri: String, db: String| {
+        move |c: &mut crm_api::config::Config| {
+            c.mongodb_uri = Some(uri);
+            c.mongodb_database = db;
+            c.jwt_secret = Some("a test secret that is long enough for HS256".into());
+            c.webhooks.allow_private = true;
+            c.webhooks.retry_schedule = "50ms,50ms,50ms".parse().unwrap();
+            c.webhooks.timeout = "5s".parse().unwrap();
+        }
+    };
+    let one = spawn_app_with(configure(mongodb_uri.clone(), database.clone())).await;
+    let two = spawn_app_with(configure(mongodb_uri, database)).await;
+    let (webhook, secret) = create_webhook(
+        &one,
+        &format!("{}/hooks", receiver.url),
+        &["customer.created"],
+    )
+    .await;
+    let mut customers = BTreeSet::new();
+    for n in 0..10 {
+        let app = if n % 2 == 0 { &one } else { &two };
+        customers.insert(create_customer(app, n).await);
+    }
+    let requests = receiver
+        .wait_for("every customer acknowledged", |rs| {
+            let acked: BTreeSet<String> = rs
+                .iter()
+                .filter(|r| r.answered == 200)
+                .map(|r| {
+                    r.json()["data"]["customer_id"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
+                })
+                .collect();
+            acked == customers
+        })
+        .await;
+    let mut ids: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for r in &requests {
+        check_signature(r, &secret);
+        ids.entry(
+            r.json()["data"]["customer_id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        )
+        .or_default()
+        .insert(r.id.clone());
+    }
+    assert!(ids.values().all(|set| set.len() == 1), "{ids:?}");
+    // Either instance shows the same log.
+    let items = wait_deliveries(&two, &webhook, "all succeeded", |items| {
+        items.len() == customers.len() && items.iter().all(|d| d["status"] == "succeeded")
+    })
+    .await;
+    assert!(items.iter().all(|d| d["attempts"].as_u64() >= Some(2)));
 }
