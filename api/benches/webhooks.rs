@@ -28,6 +28,7 @@ use tokio::sync::Notify;
 
 const BATCH: usize = 1000;
 const CUSTOMERS: usize = 200;
+const LATENCY_SAMPLES: usize = 50;
 
 struct Args {
     batches: usize,
@@ -249,6 +250,40 @@ async fn main() {
     let last = counter.last.lock().unwrap();
     let per_second = total as f64 / (last - first).as_secs_f64();
 
+    // Latency: one customer at a time, from the write's answer to its
+    // delivery (the endpoint takes every type).
+    post(
+        &client,
+        &format!("http://{hooked}/v1/webhooks"),
+        Some(&token),
+        &json!({"url": format!("http://{receiver}/latency"), "types": ["customer.created"]}),
+    )
+    .await;
+    let mut latencies = Vec::new();
+    for i in 0..LATENCY_SAMPLES {
+        let before = counter.n.load(Ordering::SeqCst);
+        let sent = Instant::now();
+        post(
+            &client,
+            &format!("http://{hooked}/v1/customers"),
+            Some(&token),
+            &json!({"name": format!("Latency {i}"), "emails": [format!("l{i}@example.com")]}),
+        )
+        .await;
+        loop {
+            let changed = counter.changed.notified();
+            if counter.n.load(Ordering::SeqCst) > before {
+                break;
+            }
+            tokio::time::timeout(Duration::from_secs(10), changed)
+                .await
+                .expect("a delivery within 10 s");
+        }
+        latencies.push(sent.elapsed());
+    }
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+
     println!(
         "webhooks, embedded store: {} batches of {BATCH} engagements, {} concurrent clients, \
          one endpoint (engagement.recorded), at most {} attempts in flight to it",
@@ -260,6 +295,11 @@ async fn main() {
     println!("| ingest without an endpoint | {without:.0} engagements/s |");
     println!("| ingest with the endpoint | {with:.0} engagements/s |");
     println!("| deliveries to the local receiver (first to last) | {per_second:.0} /s |");
+    println!(
+        "| write to delivery, one at a time ({LATENCY_SAMPLES}) | p50 {:.0} ms, p99 {:.0} ms |",
+        pct(0.5).as_secs_f64() * 1e3,
+        pct(0.99).as_secs_f64() * 1e3
+    );
     println!(
         "| all {total} delivered after the first batch was sent | {:.1} s (ingest took {:.1} s) |",
         delivered.as_secs_f64(),
