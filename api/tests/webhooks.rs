@@ -424,6 +424,53 @@ async fn private_addresses_and_plain_http_are_refused_without_the_setting() {
         .await;
         assert_eq!(problem["errors"][0]["field"], "url", "{url}: {problem}");
     }
+    // An endpoint whose address became private since it was created (the
+    // store holds one): every attempt is refused before connecting.
+    let receiver = Receiver::start().await;
+    let inside = receiver.url.replace("http://", "https://") + "/hooks";
+    let now = crm_models::time::now();
+    let planted = crm_models::webhook::Webhook {
+        id: uuid::Uuid::now_v7(),
+        url: inside,
+        types: vec!["customer.created".into()],
+        description: None,
+        enabled: true,
+        disabled_reason: None,
+        failing_since: None,
+        secrets: vec![crm_models::webhook::WebhookSecret {
+            secret: signing::new_secret(),
+            expires_at: None,
+        }],
+        created_at: now,
+        updated_at: now,
+    };
+    app.state
+        .crm
+        .store()
+        .insert_webhook(&planted)
+        .await
+        .unwrap();
+    create_customer(&app, 1).await;
+    let items = wait_deliveries(&app, &planted.id.to_string(), "refused", |items| {
+        items.len() == 1 && items[0]["attempts"].as_u64() >= Some(1)
+    })
+    .await;
+    assert!(
+        items[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .starts_with("refused"),
+        "{items:?}"
+    );
+    assert!(items[0].get("last_status_code").is_none());
+    assert_eq!(
+        receiver
+            .state
+            .arrived
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+
     // The same check on a change.
     let (id, _) = create_webhook(&app, "https://93.184.216.34/hooks", &[]).await;
     expect_problem(

@@ -217,6 +217,25 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn the_resolver_drops_inside_addresses() {
+        let name = || -> Name { "localhost".parse().unwrap() };
+        let refused = GuardedResolver {
+            allow_private: false,
+        }
+        .resolve(name())
+        .await;
+        assert!(refused.is_err());
+        let allowed: Vec<SocketAddr> = GuardedResolver {
+            allow_private: true,
+        }
+        .resolve(name())
+        .await
+        .unwrap()
+        .collect();
+        assert!(allowed.iter().any(|a| a.ip().is_loopback()), "{allowed:?}");
+    }
+
     #[test]
     fn urls_are_checked_for_scheme_host_and_literal_addresses() {
         assert!(check_form("https://example.com/hooks", false).is_ok());
