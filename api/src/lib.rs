@@ -264,6 +264,7 @@ fn start_background(
         tasks.push(tokio::spawn(webhooks::run_dispatcher(
             store.clone(),
             state.webhooks.clone(),
+            state.live.clone(),
             stopped.clone(),
         )));
         tasks.push(tokio::spawn(webhooks::run_worker(

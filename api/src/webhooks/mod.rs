@@ -115,8 +115,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
 pub async fn run_dispatcher(
     store: Arc<dyn Store>,
     webhooks: Webhooks,
+    live: crm_models::live::LiveHub,
     mut stop: watch::Receiver<bool>,
 ) {
+    // Woken by each event the relay publishes: new events are in the feed.
+    let mut heard = live.subscribe();
     let mut cursor = None;
     let mut loaded = false;
     let mut last_prune: Option<std::time::Instant> = None;
@@ -153,10 +156,10 @@ pub async fn run_dispatcher(
                     webhooks.wake();
                 }
                 if !full {
-                    pause(&mut stop, POLL).await;
+                    news(&mut stop, &mut heard).await;
                 }
             }
-            Ok(Step::Idle) => pause(&mut stop, POLL).await,
+            Ok(Step::Idle) => news(&mut stop, &mut heard).await,
             Ok(Step::Lost) => {
                 // Another instance moved the cursor: go on from where it is.
                 loaded = false;
@@ -230,6 +233,21 @@ async fn dispatch_page(
         created: deliveries.len(),
         full: page.events.len() >= PAGE,
     })
+}
+
+/// Waits until the relay published something (or [`POLL`] passed, or `stop`).
+async fn news(
+    stop: &mut watch::Receiver<bool>,
+    heard: &mut tokio::sync::broadcast::Receiver<Arc<crm_models::event::EventEnvelope>>,
+) {
+    tokio::select! {
+        _ = stopped(stop) => {}
+        _ = tokio::time::sleep(POLL) => {}
+        // Lagging is news too; what was missed is read from the feed.
+        _ = heard.recv() => {}
+    }
+    // One read of the feed takes what else arrived meanwhile.
+    while heard.try_recv().is_ok() {}
 }
 
 async fn pause(stop: &mut watch::Receiver<bool>, how_long: Duration) {
