@@ -138,6 +138,7 @@ fn skipped_blocks_are_the_known_ones_and_say_why() {
         "crm-indexer run       # relay the store's events to crm:events and consume them in group `indexer`; run several to share the work",
         "cargo run --release -p crm-mobile-bridge --bin crm-device-sim -- \\",
         "CRM_JWT_SECRET=$(openssl rand -base64 48) CRM_ADMIN_EMAIL=admin@example.com \\",
+        "WEBHOOK=$(curl -s $CRM/v1/webhooks -H \"authorization: Bearer $TOKEN\" -H 'content-type: application/json' \\",
     ];
     for s in &skipped {
         assert!(
