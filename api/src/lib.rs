@@ -83,16 +83,41 @@ struct Background {
     tasks: Vec<JoinHandle<()>>,
 }
 
+/// Start-up choices beside the configuration.
+#[derive(Default)]
+pub struct StartOptions {
+    /// Awaited by the in-process index's load after it has read every
+    /// customer and before searches may use it: tests hold the warm-up there.
+    pub hold_index_load: Option<futures::future::BoxFuture<'static, ()>>,
+}
+
 impl Application {
+    /// Opens the store, binds the listeners and starts the background work.
+    /// In embedded mode the memory index is loaded from the store beside the
+    /// server: everything but search answers at once (`/readyz` says
+    /// `warming_up` meanwhile).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with(config, StartOptions::default()).await
+    }
+
+    pub async fn build_with(config: Config, options: StartOptions) -> anyhow::Result<Self> {
         let store = open_store(&config).await?;
         let opened = open_events_and_index(&config).await?;
         let in_process = opened.in_process();
         let state = build_state(config, store, opened.index).await?;
+        let mut background = start_background(&state, opened.events, opened.log);
         if in_process {
-            load_memory_index(&state.projector).await?;
+            // Not ready from the first request on, until the load completes.
+            state.projector.warmup().begin();
+            let hold = options
+                .hold_index_load
+                .unwrap_or_else(|| Box::pin(std::future::ready(())));
+            background.tasks.push(tokio::spawn(load_memory_index(
+                state.projector.clone(),
+                hold,
+                background.stop.subscribe(),
+            )));
         }
-        let background = start_background(&state, opened.events, opened.log);
         let router = app(state.clone());
         let listener = TcpListener::bind(state.config.listen)
             .await
@@ -197,19 +222,45 @@ pub async fn open_events_and_index(config: &Config) -> anyhow::Result<EventsAndI
     crm_indexer::startup::open_events_and_index(config).await
 }
 
-/// The in-process index starts empty: fill it from the store.
-async fn load_memory_index(projector: &Projector) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let report = projector
-        .rebuild(|done| tracing::info!(customers = done, "loading the search index"))
-        .await
-        .context("cannot load the search index from the store")?;
-    tracing::info!(
-        customers = report.customers,
-        seconds = started.elapsed().as_secs_f64(),
-        "search index loaded"
-    );
-    Ok(())
+/// The in-process index starts empty: fill it from the store, beside the
+/// running server and the index worker (which applies new writes meanwhile:
+/// [`Projector::load`]). A failed load is tried again until it succeeds or
+/// the server stops; searches answer 503 until then.
+async fn load_memory_index(
+    projector: Arc<Projector>,
+    hold: futures::future::BoxFuture<'static, ()>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let mut hold = Some(hold);
+    let mut wait = Duration::from_millis(250);
+    loop {
+        let started = Instant::now();
+        let this_hold = hold
+            .take()
+            .unwrap_or_else(|| Box::pin(std::future::ready(())));
+        let loaded = tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            loaded = projector.load(this_hold) => loaded,
+        };
+        match loaded {
+            Ok(report) => {
+                tracing::info!(
+                    customers = report.customers,
+                    seconds = started.elapsed().as_secs_f64(),
+                    "search index loaded"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, retry_in_ms = wait.as_millis() as u64, "cannot load the search index from the store; search stays unavailable");
+                tokio::select! {
+                    _ = stopped.wait_for(|s| *s) => return,
+                    () = tokio::time::sleep(wait) => {}
+                }
+                wait = (wait * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 fn start_background(

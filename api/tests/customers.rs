@@ -740,7 +740,7 @@ async fn operations_endpoints_answer() {
     ready.as_object_mut().unwrap().remove("events_pending");
     assert_eq!(
         ready,
-        json!({"status": "ready", "store": "embedded", "index": "memory", "index_reachable": true, "events_relaying": true})
+        json!({"status": "ready", "store": "embedded", "index": "memory", "index_reachable": true, "events_relaying": true, "search": "ready"})
     );
     let metrics_url = format!("{}/metrics", app.metrics_address.as_ref().unwrap());
     let metrics = app

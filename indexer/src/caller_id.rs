@@ -64,13 +64,19 @@ impl From<CallerIdError> for crm_models::problem::ApiError {
 
 /// Who has the number `raw`, typed any way (`region` reads one without
 /// country code). The index answers ([`lookup_typed_phone`]); when it fails,
-/// the store does ([`Projector::lookup_phone`]: every customer whose profile
-/// lists the number, as the index holds them).
+/// or while it is still loading after a start (its misses prove nothing
+/// then: [`Projector::index_ready`]), the store does
+/// ([`Projector::lookup_phone`]: every customer whose profile lists the
+/// number, as the index holds them).
 pub async fn lookup(
     projector: &Projector,
     raw: &str,
     region: Option<Region>,
 ) -> Result<CallerLookup, CallerIdError> {
+    if !projector.index_ready() {
+        let phone = PhoneNumber::parse(raw, region)?;
+        return from_store(projector, phone).await;
+    }
     let (phone, found) = lookup_typed_phone(projector.index().as_ref(), raw, region).await?;
     match found {
         Ok(found) => Ok(CallerLookup {
@@ -80,18 +86,25 @@ pub async fn lookup(
         }),
         Err(e) => {
             tracing::warn!(error = %e, "index cannot answer; caller-ID from the store");
-            let found = projector
-                .lookup_phone(&phone)
-                .await?
-                .iter()
-                .map(SummaryJson::of)
-                .collect::<Result<_, _>>()
-                .map_err(|e| CallerIdError::Internal(e.to_string()))?;
-            Ok(CallerLookup {
-                phone,
-                found,
-                from_store: true,
-            })
+            from_store(projector, phone).await
         }
     }
+}
+
+async fn from_store(
+    projector: &Projector,
+    phone: PhoneNumber,
+) -> Result<CallerLookup, CallerIdError> {
+    let found = projector
+        .lookup_phone(&phone)
+        .await?
+        .iter()
+        .map(SummaryJson::of)
+        .collect::<Result<_, _>>()
+        .map_err(|e| CallerIdError::Internal(e.to_string()))?;
+    Ok(CallerLookup {
+        phone,
+        found,
+        from_store: true,
+    })
 }

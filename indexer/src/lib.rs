@@ -61,6 +61,7 @@ pub mod query;
 pub mod redis;
 pub mod startup;
 pub mod stream;
+pub mod warmup;
 pub mod worker;
 
 use async_trait::async_trait;

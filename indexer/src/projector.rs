@@ -18,6 +18,7 @@ use crm_models::store::{CustomerCursor, EngagementFilter, Store, StoreError};
 use crm_models::{Customer, CustomerId, CustomerStatus, PhoneNumber};
 
 use crate::query::Query;
+use crate::warmup::Warmup;
 use crate::worker::{ApplyError, EventHandler};
 use crate::{
     CustomerSummary, IndexError, IndexResult, IndexedCustomer, RebuildReport, SearchIndex,
@@ -30,6 +31,8 @@ const PAGE: usize = 500;
 pub struct Projector {
     store: Arc<dyn Store>,
     index: Arc<dyn SearchIndex>,
+    /// Whether the index has been loaded (ready unless a load began).
+    warmup: Arc<Warmup>,
 }
 
 /// What verify found.
@@ -67,11 +70,25 @@ fn apply_err(e: IndexError) -> ApplyError {
 
 impl Projector {
     pub fn new(store: Arc<dyn Store>, index: Arc<dyn SearchIndex>) -> Self {
-        Projector { store, index }
+        Projector {
+            store,
+            index,
+            warmup: Arc::new(Warmup::ready()),
+        }
     }
 
     pub fn index(&self) -> &Arc<dyn SearchIndex> {
         &self.index
+    }
+
+    /// The index's load since start-up ([`Projector::load`]).
+    pub fn warmup(&self) -> &Arc<Warmup> {
+        &self.warmup
+    }
+
+    /// Whether the index holds every customer, so that its misses are real.
+    pub fn index_ready(&self) -> bool {
+        self.warmup.is_ready()
     }
 
     /// The customer as the index should hold it, or `None` when it is gone.
@@ -173,6 +190,36 @@ impl Projector {
             })
             .boxed();
         self.index.rebuild(docs).await
+    }
+
+    /// Fills an index that starts empty (the in-process one) from the store
+    /// while the service already answers: [`Projector::warmup`] reports the
+    /// progress and becomes ready when the index holds every customer.
+    /// Events applied meanwhile go to the index as usual (a rebuild keeps
+    /// what they wrote over the document it read: [`SearchIndex::rebuild`]),
+    /// so none is lost. `hold` is awaited after the last customer is read
+    /// and before the index switches to what was loaded (tests hold the load
+    /// there; pass `std::future::ready(())` otherwise).
+    pub async fn load(
+        &self,
+        hold: impl std::future::Future<Output = ()> + Send,
+    ) -> IndexResult<RebuildReport> {
+        self.warmup.begin();
+        let warmup = self.warmup.clone();
+        let mut seen = 0u64;
+        let docs = self
+            .documents()
+            .inspect(move |_| {
+                seen += 1;
+                if seen.is_multiple_of(PAGE as u64) {
+                    warmup.progress(seen);
+                }
+            })
+            .chain(stream::once(hold).filter_map(|()| std::future::ready(None)))
+            .boxed();
+        let report = self.index.rebuild(docs).await?;
+        self.warmup.finish(report.customers);
+        Ok(report)
     }
 
     /// Compares the index with the store.

@@ -9,6 +9,7 @@ use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
+use crm_indexer::warmup::WarmupStatus;
 use serde_json::json;
 
 use crate::error::ApiError;
@@ -35,7 +36,12 @@ async fn healthz() -> Json<serde_json::Value> {
 
 /// Ready when the store answers. The index being down, or the relay unable
 /// to publish events, makes it `degraded`: writes still work (their events
-/// wait in the store's log), search may be stale.
+/// wait in the store's log), search may be stale. While the in-process index
+/// loads after a start it is `warming_up`, still 200: everything but search
+/// answers (logins, reads, writes, caller-ID from the store), and the only
+/// instance of an embedded deployment must not be taken out of service for
+/// it; `search` says `warming_up` with the customers loaded so far, and the
+/// search routes answer 503 with `Retry-After` until it is `ready`.
 async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let store = state.crm.store();
     store.ping().await.map_err(|e| {
@@ -47,19 +53,27 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<serde_json::Value>
     let relaying = state
         .relay_healthy
         .load(std::sync::atomic::Ordering::Relaxed);
-    let status = if index_ok && relaying {
-        "ready"
-    } else {
-        "degraded"
+    let warmup = state.projector.warmup().status();
+    let status = match warmup {
+        _ if !index_ok || !relaying => "degraded",
+        WarmupStatus::WarmingUp { .. } => "warming_up",
+        WarmupStatus::Ready => "ready",
     };
-    Ok(Json(json!({
+    let mut body = json!({
         "status": status,
         "store": store.kind(),
         "index": state.index.kind(),
         "index_reachable": index_ok,
         "events_relaying": relaying,
         "events_pending": pending,
-    })))
+        "search": "ready",
+    });
+    if let WarmupStatus::WarmingUp { loaded, elapsed } = warmup {
+        body["search"] = json!("warming_up");
+        body["search_customers_loaded"] = json!(loaded);
+        body["search_warming_seconds"] = json!(elapsed.as_secs());
+    }
+    Ok(Json(body))
 }
 
 /// `/metrics` on the API's port: only with `CRM_METRICS_TOKEN` configured

@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use crm_indexer::warmup::WarmupStatus;
 use crm_indexer::{CustomerSummary, IndexError, Query, SearchHit, SummaryJson, MAX_SEARCH_LIMIT};
 use crm_models::{CustomerId, Region};
 use serde::{Deserialize, Serialize};
@@ -76,7 +77,7 @@ pub struct SearchResults {
     responses(
         (status = 200, body = SearchResults),
         (status = 422, description = "`validation_failed`: give exactly one of q, name, email, phone", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "`unavailable`: the index cannot be reached", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "`unavailable`: the index cannot be reached, or is still loading after a restart (`Retry-After`)", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn search(
@@ -131,8 +132,20 @@ async fn search(
             region,
         }
     };
+    warmed_up(&state)?;
     let items = state.index.search(&query, limit).await.map_err(index_err)?;
     Ok(ApiJson(SearchResults { items }))
+}
+
+/// 503 `unavailable` (with `Retry-After`) while the in-process index is
+/// still loading after a start: it would miss customers not loaded yet.
+fn warmed_up(state: &AppState) -> Result<(), ApiError> {
+    match state.projector.warmup().status() {
+        WarmupStatus::Ready => Ok(()),
+        WarmupStatus::WarmingUp { loaded, .. } => Err(ApiError::Unavailable(format!(
+            "search is warming up after a restart ({loaded} customers loaded so far); try again shortly"
+        ))),
+    }
 }
 
 fn looks_like_phone(q: &str) -> bool {

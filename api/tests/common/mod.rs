@@ -78,6 +78,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Config)) -> TestApp {
     let metrics_address = app.metrics_addr().map(|a| format!("http://{a}"));
     let state = app.state().clone();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
+    // Tests search right away: wait for the index's load from the store.
+    state.projector.warmup().wait_ready().await;
     TestApp {
         address,
         metrics_address,
