@@ -28,6 +28,10 @@ use crate::{
 /// Customers read from the store per page while rebuilding or verifying.
 const PAGE: usize = 500;
 
+/// Customers whose engagements are read at the same time while rebuilding,
+/// loading or verifying.
+const READS_IN_FLIGHT: usize = 64;
+
 pub struct Projector {
     store: Arc<dyn Store>,
     index: Arc<dyn SearchIndex>,
@@ -169,7 +173,11 @@ impl Projector {
                 )
             })
             .flatten()
-            .then(move |customer| async move { self.indexed(customer?).await })
+            // Each customer's engagements are one store read: several in
+            // flight keep the store's threads busy instead of waiting on one
+            // read at a time (in order, so pages and progress stay as read).
+            .map(move |customer| async move { self.indexed(customer?).await })
+            .buffered(READS_IN_FLIGHT)
             .boxed()
     }
 
