@@ -72,7 +72,13 @@ impl Generation {
         self.remove(doc.id(), &IndexEntries::default());
         let id = doc.id();
         for t in &entries.tokens {
-            self.names.entry(t.clone()).or_default().insert(id);
+            // A token already indexed has its typo keys already: only a new
+            // one computes them (most tokens are common names).
+            if let Some(ids) = self.names.get_mut(t) {
+                ids.insert(id);
+                continue;
+            }
+            self.names.insert(t.clone(), BTreeSet::from([id]));
             for v in typo_keys(t) {
                 self.typos.entry(v).or_default().insert(t.clone());
             }
