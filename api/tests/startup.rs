@@ -114,6 +114,13 @@ async fn a_restart_answers_at_once_and_search_follows_when_the_index_is_loaded()
         json!({"name": "Bob Lim", "phones": ["+65 9123 4567"]}),
     )
     .await;
+    let weiming = create(
+        &client,
+        &addr,
+        &token,
+        json!({"name": "Tan Wei Ming", "emails": ["weiming@acme.com"]}),
+    )
+    .await;
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
 
@@ -209,6 +216,16 @@ async fn a_restart_answers_at_once_and_search_follows_when_the_index_is_loaded()
         StatusCode::OK,
     )
     .await;
+    // A likely duplicate of a customer the index has not loaded yet: its
+    // check waits for the load.
+    let wm_tan = create(
+        &client,
+        &addr,
+        &token,
+        json!({"name": "Wei Ming Tan", "emails": ["wm.tan@acme.com"]}),
+    )
+    .await;
+    indexed_as(state.index.as_ref(), &wm_tan, "Wei Ming Tan").await;
     indexed_as(state.index.as_ref(), &carla, "Carla Wong").await;
     indexed_as(state.index.as_ref(), &bob, "Bob Lee").await;
     let caller = send(
@@ -254,5 +271,38 @@ async fn a_restart_answers_at_once_and_search_follows_when_the_index_is_loaded()
     assert!(!hit_ids(&old_name).contains(&bob), "{old_name}");
     let verify = state.projector.verify().await.unwrap();
     assert!(verify.is_clean(), "{verify:?}");
-    assert_eq!(verify.expected, 3);
+    assert_eq!(verify.expected, 5);
+
+    // The duplicate check deferred during the warm-up has run.
+    let started = Instant::now();
+    let dupes = loop {
+        let dupes = send(
+            client
+                .get(format!("{addr}/v1/duplicates"))
+                .bearer_auth(&token),
+            StatusCode::OK,
+        )
+        .await;
+        if !dupes["items"].as_array().unwrap().is_empty() {
+            break dupes;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no suggestion appeared"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let items = dupes["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{dupes}");
+    assert_eq!(items[0]["reason"], "similar_profile", "{dupes}");
+    let mut pair: Vec<&str> = items[0]["customer_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    pair.sort_unstable();
+    let mut expected = vec![weiming.as_str(), wm_tan.as_str()];
+    expected.sort_unstable();
+    assert_eq!(pair, expected, "{dupes}");
 }

@@ -226,7 +226,13 @@ impl Projector {
             .chain(stream::once(hold).filter_map(|()| std::future::ready(None)))
             .boxed();
         let report = self.index.rebuild(docs).await?;
-        self.warmup.finish(report.customers);
+        // Duplicate checks of writes made meanwhile searched an incomplete
+        // index: they run now.
+        for id in self.warmup.finish(report.customers) {
+            if let Err(e) = self.suggest_duplicates(id).await {
+                tracing::warn!(error = %e, customer = %id, "duplicate check failed");
+            }
+        }
         Ok(report)
     }
 
@@ -281,6 +287,11 @@ impl EventHandler for Projector {
                 Some(id),
             ) = (&envelope.event, envelope.customer_id)
             {
+                // While the index loads its name search misses customers:
+                // the check runs when the load is complete.
+                if self.warmup.defer(id) {
+                    continue;
+                }
                 if let Err(e) = self.suggest_duplicates(id).await {
                     tracing::warn!(error = %e, customer = %id, "duplicate check failed");
                 }

@@ -10,6 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crm_models::CustomerId;
 use tokio::sync::watch;
 
 /// The load's state, shared by the loader, the routes and `/readyz`.
@@ -19,6 +20,9 @@ pub struct Warmup {
     /// Customers read from the store by the load so far.
     loaded: AtomicU64,
     started: parking_lot::Mutex<Option<Instant>>,
+    /// While loading: customers whose duplicate check waits for the whole
+    /// index (its candidates come from name searches). `None` once ready.
+    deferred: parking_lot::Mutex<Option<Vec<CustomerId>>>,
 }
 
 /// What `/readyz` says of the load.
@@ -43,6 +47,7 @@ impl Warmup {
             ready: watch::Sender::new(true),
             loaded: AtomicU64::new(0),
             started: parking_lot::Mutex::new(None),
+            deferred: parking_lot::Mutex::new(None),
         }
     }
 
@@ -50,6 +55,9 @@ impl Warmup {
     pub fn begin(&self) {
         self.loaded.store(0, Ordering::Relaxed);
         *self.started.lock() = Some(Instant::now());
+        // Checks deferred by a load that failed wait for this one.
+        let mut deferred = self.deferred.lock();
+        deferred.get_or_insert_with(Vec::new);
         self.ready.send_replace(false);
     }
 
@@ -58,10 +66,28 @@ impl Warmup {
         self.loaded.store(loaded, Ordering::Relaxed);
     }
 
-    /// The load is complete: searches may answer.
-    pub fn finish(&self, loaded: u64) {
+    /// The load is complete: searches may answer. Returns the customers
+    /// whose duplicate check was deferred ([`Warmup::defer`]), each once.
+    pub fn finish(&self, loaded: u64) -> Vec<CustomerId> {
         self.loaded.store(loaded, Ordering::Relaxed);
+        let mut deferred = self.deferred.lock();
         self.ready.send_replace(true);
+        let mut ids = deferred.take().unwrap_or_default();
+        ids.sort_unstable();
+        ids.dedup();
+        ids
+    }
+
+    /// Keeps the customer's duplicate check for when the load is complete;
+    /// false (and nothing kept) when it is already.
+    pub fn defer(&self, id: CustomerId) -> bool {
+        match self.deferred.lock().as_mut() {
+            Some(ids) => {
+                ids.push(id);
+                true
+            }
+            None => false,
+        }
     }
 
     pub fn is_ready(&self) -> bool {
@@ -106,7 +132,14 @@ mod tests {
         });
         tokio::task::yield_now().await;
         assert!(!waiting.is_finished());
-        warmup.finish(1_000);
+        let (a, b) = (CustomerId::new(), CustomerId::new());
+        assert!(warmup.defer(b));
+        assert!(warmup.defer(a));
+        assert!(warmup.defer(b));
+        let mut expected = vec![a, b];
+        expected.sort_unstable();
+        assert_eq!(warmup.finish(1_000), expected);
+        assert!(!warmup.defer(a), "nothing is deferred once ready");
         waiting.await.expect("the waiter ends");
         assert!(warmup.is_ready());
         assert_eq!(warmup.status(), WarmupStatus::Ready);
