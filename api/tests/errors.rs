@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::{BTreeSet, HashSet};
 
-use common::{expect_json, spawn_app, TestApp, ADMIN_EMAIL, USER_PASSWORD};
+use common::{expect_json, spawn_app_with, TestApp, ADMIN_EMAIL, USER_PASSWORD};
 use crm_models::problem::ErrorCode;
 use crm_models::store::StoreError;
 use reqwest::{Method, StatusCode};
@@ -215,7 +215,8 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
     use Caller::*;
     use ErrorCode as C;
 
-    let app = spawn_app().await;
+    // A webhook endpoint on this machine (disabled: nothing is delivered).
+    let app = spawn_app_with(|c| c.webhooks.allow_private = true).await;
     let admin = app.admin_token().await;
     let agent = app.agent_token("agent@example.com").await;
     let key = app.service_key("website").await;
@@ -287,6 +288,14 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
         )
         .await,
         StatusCode::OK,
+    )
+    .await;
+
+    let hook = created_id(
+        &app,
+        &admin,
+        "/v1/webhooks",
+        json!({"url": "http://127.0.0.1:9/hooks", "types": ["customer.created"], "enabled": false}),
     )
     .await;
 
@@ -541,6 +550,99 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
             C::ValidationFailed,
         ));
     }
+    // Webhooks: admins only.
+    let hook_body = json!({"url": "http://127.0.0.1:9/other", "types": []});
+    let webhook_routes: [(Method, &'static str, String, Body); 9] = [
+        (
+            Method::GET,
+            "/v1/webhooks",
+            "/v1/webhooks".into(),
+            Body::None,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks",
+            "/v1/webhooks".into(),
+            json_body(hook_body.clone()),
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/{id}",
+            format!("/v1/webhooks/{hook}"),
+            Body::None,
+        ),
+        (
+            Method::PATCH,
+            "/v1/webhooks/{id}",
+            format!("/v1/webhooks/{hook}"),
+            json_body(json!({"enabled": false})),
+        ),
+        (
+            Method::DELETE,
+            "/v1/webhooks/{id}",
+            format!("/v1/webhooks/{hook}"),
+            Body::None,
+        ),
+        (
+            Method::GET,
+            "/v1/webhooks/{id}/deliveries",
+            format!("/v1/webhooks/{hook}/deliveries"),
+            Body::None,
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+            format!("/v1/webhooks/{hook}/deliveries/{nobody}/retry"),
+            json_body(json!({})),
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/{id}/recover",
+            format!("/v1/webhooks/{hook}/recover"),
+            json_body(json!({"since": "2026-11-20T10:00:00Z"})),
+        ),
+        (
+            Method::POST,
+            "/v1/webhooks/{id}/secret/rotate",
+            format!("/v1/webhooks/{hook}/secret/rotate"),
+            json_body(json!({})),
+        ),
+    ];
+    for (method, route, path, body) in webhook_routes {
+        rows.push(row(
+            method.clone(),
+            route,
+            path.clone(),
+            Nobody,
+            body.clone(),
+            C::Unauthorized,
+        ));
+        rows.push(row(method, route, path, Agent, body, C::Forbidden));
+    }
+    rows.push(row(
+        Method::GET,
+        "/v1/webhooks/{id}",
+        format!("/v1/webhooks/{nobody}"),
+        Admin,
+        Body::None,
+        C::WebhookNotFound,
+    ));
+    rows.push(row(
+        Method::POST,
+        "/v1/webhooks/{id}/deliveries/{delivery_id}/retry",
+        format!("/v1/webhooks/{hook}/deliveries/{nobody}/retry"),
+        Admin,
+        json_body(json!({})),
+        C::DeliveryNotFound,
+    ));
+    rows.push(row(
+        Method::POST,
+        "/v1/webhooks",
+        "/v1/webhooks",
+        Admin,
+        json_body(json!({"url": "ftp://example.com/hooks", "types": ["no.such"]})),
+        C::ValidationFailed,
+    ));
     // Device tokens work only on /v1/mobile/*, staff tokens and keys only off it.
     rows.push(row(
         Method::GET,
