@@ -57,6 +57,8 @@ async fn main() {
     config.default_region = Some("SG".into());
     config.log = "warn".into();
     let app = Application::build(config).await.unwrap();
+    // The in-process index loads beside the server: measure once it has.
+    app.state().projector.warmup().wait_ready().await;
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     let baseline = spawn_baseline().await;

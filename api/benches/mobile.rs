@@ -148,6 +148,8 @@ async fn start_app(dir: &std::path::Path, redis: Option<&str>) -> SocketAddr {
         config.redis_prefix = PREFIX.into();
     }
     let app = Application::build(config).await.unwrap();
+    // The in-process index loads beside the server: measure once it has.
+    app.state().projector.warmup().wait_ready().await;
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     addr

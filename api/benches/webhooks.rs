@@ -96,6 +96,8 @@ async fn start_app(dir: &std::path::Path, per_endpoint: usize) -> SocketAddr {
     config.webhooks.allow_private = true;
     config.webhooks.per_endpoint = per_endpoint;
     let app = Application::build(config).await.unwrap();
+    // The in-process index loads beside the server: measure once it has.
+    app.state().projector.warmup().wait_ready().await;
     let addr = app.local_addr();
     tokio::spawn(app.run_until_stopped(std::future::pending()));
     addr

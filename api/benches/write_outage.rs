@@ -178,6 +178,8 @@ async fn bench_store(mongo: bool, writes: usize, writers: usize) -> (Phase, Phas
         config.jwt_secret = Some("write-outage-bench-secret-0123456789abcdef".into());
     }
     let app = Application::build(config).await.unwrap();
+    // The in-process index loads beside the server: measure once it has.
+    app.state().projector.warmup().wait_ready().await;
     let base = format!("http://{}", app.local_addr());
     let crm = app.state().crm.clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
