@@ -143,7 +143,15 @@ impl DeviceStore for EmbeddedStore {
             return Ok(());
         }
         let synced = Arc::clone(&self.signals_synced);
-        let events: Vec<_> = signals.iter().map(CallSignal::incoming_event).collect();
+        // One event per signal of the batch. (The recorder never sends a
+        // signal twice; a signal repeated in a later batch is kept once,
+        // but would have its event again.)
+        let mut ids = HashSet::with_capacity(signals.len());
+        let events: Vec<_> = signals
+            .iter()
+            .filter(|s| ids.insert(s.id))
+            .map(CallSignal::incoming_event)
+            .collect();
         self.run(move |db| {
             // Write transactions take turns anyway: holding the lock across
             // one costs nothing.

@@ -44,22 +44,50 @@ impl Work for InsertDevice<'_> {
 /// [`crate::store::DeviceStore::insert_call_signals`] with a `call.incoming`
 /// event for each signal.
 struct InsertSignals {
-    docs: Vec<Document>,
-    events: Vec<EventEnvelope>,
+    signals: Vec<CallSignal>,
 }
 
 #[async_trait]
 impl Work for InsertSignals {
     async fn run(&mut self, tx: &mut MongoTx<'_>) -> StoreResult<()> {
         let store = tx.store;
-        // A signal stored before (the same batch retried) is a conflict:
-        // the events of that batch are in the log already.
-        match tx.insert_many(&store.call_signals, self.docs.clone()).await {
+        // A signal stored before (a batch retried) is kept once, and its
+        // event is in the log already: only the new ones are written.
+        let ids: Vec<String> = self.signals.iter().map(|s| s.id.to_string()).collect();
+        let stored = tx
+            .find_all(
+                &store.call_signals,
+                doc! { "_id": { "$in": ids } },
+                None,
+                Some(doc! { "_id": 1 }),
+            )
+            .await?;
+        let mut seen: std::collections::HashSet<String> = stored
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_string))
+            .collect();
+        let new: Vec<&CallSignal> = self
+            .signals
+            .iter()
+            .filter(|s| seen.insert(s.id.to_string()))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        let docs = new
+            .iter()
+            .map(|s| to_doc(*s, "id"))
+            .collect::<StoreResult<Vec<_>>>()?;
+        match tx.insert_many(&store.call_signals, docs).await {
             Ok(()) => {}
-            Err(e) if duplicate_only(&e) => return Err(StoreError::Conflict("stored".into())),
+            // Stored by a concurrent transaction meanwhile: run again.
+            Err(e) if duplicate_only(&e) => {
+                return Err(tx.rerun("a call signal was stored meanwhile"))
+            }
             Err(e) => return Err(tx.fail(e)),
         }
-        tx.append_events(&self.events).await
+        let events: Vec<EventEnvelope> = new.iter().map(|s| s.incoming_event()).collect();
+        tx.append_events(&events).await
     }
 }
 
@@ -184,15 +212,7 @@ impl DeviceStore for MongoStore {
         if signals.is_empty() {
             return Ok(());
         }
-        let docs = signals
-            .iter()
-            .map(|s| to_doc(s, "id"))
-            .collect::<StoreResult<Vec<_>>>()?;
-        let events = signals.iter().map(CallSignal::incoming_event).collect();
-        match self.run(&mut InsertSignals { docs, events }).await {
-            Ok(()) | Err(StoreError::Conflict(_)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.run(&mut InsertSignals { signals }).await
     }
 
     async fn list_call_signals(
