@@ -265,6 +265,41 @@ fn check_signature(r: &Received, secret: &str) {
     );
 }
 
+/// Waits until the receiver acknowledged (200) a delivery about each of
+/// `customers`; returns every request it saw.
+async fn every_customer_acked(
+    receiver: &Receiver,
+    what: &str,
+    customers: &BTreeSet<String>,
+) -> Vec<Received> {
+    receiver
+        .wait_for(what, |rs| {
+            let acked: BTreeSet<String> = rs
+                .iter()
+                .filter(|r| r.answered == 200)
+                .map(customer_of)
+                .collect();
+            &acked == customers
+        })
+        .await
+}
+
+fn customer_of(r: &Received) -> String {
+    r.json()["data"]["customer_id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Each customer's event was sent under one `webhook-id`, whatever the attempts.
+fn one_id_per_customer(requests: &[Received]) {
+    let mut ids: HashMap<String, BTreeSet<String>> = HashMap::new();
+    for r in requests {
+        ids.entry(customer_of(r)).or_default().insert(r.id.clone());
+    }
+    assert!(ids.values().all(|set| set.len() == 1), "{ids:?}");
+}
+
 #[tokio::test]
 async fn endpoints_are_admin_only_and_their_secret_is_shown_once() {
     let app = app_with_schedule("1s").await;
@@ -1146,34 +1181,14 @@ async fn sigkill_of_crm_api_mid_delivery_loses_nothing() {
     // Up again, and the receiver answers now.
     receiver.answer(|_, _| Some((200, vec![])));
     api.start(&client).await;
-    let requests = receiver
-        .wait_for("every customer acknowledged after the restart", |rs| {
-            let acked: BTreeSet<String> = rs
-                .iter()
-                .filter(|r| r.answered == 200)
-                .map(|r| {
-                    r.json()["data"]["customer_id"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
-                .collect();
-            acked == customers
-        })
-        .await;
+    let requests = every_customer_acked(
+        &receiver,
+        "every customer acknowledged after the restart",
+        &customers,
+    )
+    .await;
     // Each event has one webhook-id, whatever the attempts.
-    let mut ids: HashMap<String, BTreeSet<String>> = HashMap::new();
-    for r in &requests {
-        ids.entry(
-            r.json()["data"]["customer_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        )
-        .or_default()
-        .insert(r.id.clone());
-    }
-    assert!(ids.values().all(|set| set.len() == 1), "{ids:?}");
+    one_id_per_customer(&requests);
     let secret = created["secret"].as_str().unwrap();
     for r in &requests {
         check_signature(r, secret);
@@ -1233,34 +1248,11 @@ async fn two_instances_on_mongodb_share_the_deliveries_and_lose_none() {
         let app = if n % 2 == 0 { &one } else { &two };
         customers.insert(create_customer(app, n).await);
     }
-    let requests = receiver
-        .wait_for("every customer acknowledged", |rs| {
-            let acked: BTreeSet<String> = rs
-                .iter()
-                .filter(|r| r.answered == 200)
-                .map(|r| {
-                    r.json()["data"]["customer_id"]
-                        .as_str()
-                        .unwrap()
-                        .to_string()
-                })
-                .collect();
-            acked == customers
-        })
-        .await;
-    let mut ids: HashMap<String, BTreeSet<String>> = HashMap::new();
+    let requests = every_customer_acked(&receiver, "every customer acknowledged", &customers).await;
     for r in &requests {
         check_signature(r, &secret);
-        ids.entry(
-            r.json()["data"]["customer_id"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        )
-        .or_default()
-        .insert(r.id.clone());
     }
-    assert!(ids.values().all(|set| set.len() == 1), "{ids:?}");
+    one_id_per_customer(&requests);
     // Either instance shows the same log.
     let items = wait_deliveries(&two, &webhook, "all succeeded", |items| {
         items.len() == customers.len() && items.iter().all(|d| d["status"] == "succeeded")
