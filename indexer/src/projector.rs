@@ -103,6 +103,24 @@ impl Projector {
         self.indexed(customer).await.map(Some)
     }
 
+    /// The customer's summary (the caller-ID view): from the index, else
+    /// read from the store (an index that misses it, is loading or cannot
+    /// be reached); `None` when the customer is gone or merged away.
+    pub async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>> {
+        match self.index.summary(id).await {
+            Ok(Some(summary)) => return Ok(Some(summary)),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "index unavailable; reading the summary from the store")
+            }
+        }
+        Ok(self
+            .document(id)
+            .await?
+            .filter(|d| d.is_searchable())
+            .map(|d| d.summary()))
+    }
+
     /// A customer read from the store, with its latest engagements.
     async fn indexed(&self, customer: Customer) -> IndexResult<IndexedCustomer> {
         let last = self

@@ -172,22 +172,16 @@ async fn summary(
     ApiPath(id): ApiPath<String>,
 ) -> Result<ApiJson<CustomerSummary>, ApiError> {
     let id = parse_customer_id(&id)?;
-    match state.index.summary(id).await {
-        Ok(Some(summary)) => return Ok(ApiJson(summary)),
-        Ok(None) => {}
-        Err(e) => {
-            tracing::warn!(error = %e, "index unavailable; reading the summary from the store")
-        }
+    if let Some(summary) = state.projector.summary(id).await.map_err(index_err)? {
+        return Ok(ApiJson(summary));
     }
     // A merged customer answers with the one it was merged into.
     let current = state.crm.get_customer(id).await?.id;
-    if current != id {
-        if let Ok(Some(summary)) = state.index.summary(current).await {
-            return Ok(ApiJson(summary));
-        }
-    }
-    from_store(&state, current)
-        .await?
+    state
+        .projector
+        .summary(current)
+        .await
+        .map_err(index_err)?
         .map(ApiJson)
         .ok_or_else(|| {
             ApiError::not_found(
@@ -195,13 +189,6 @@ async fn summary(
                 format!("customer {id} not found"),
             )
         })
-}
-
-async fn from_store(state: &AppState, id: CustomerId) -> Result<Option<CustomerSummary>, ApiError> {
-    match state.projector.document(id).await {
-        Ok(doc) => Ok(doc.filter(|d| d.is_searchable()).map(|d| d.summary())),
-        Err(e) => Err(index_err(e)),
-    }
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

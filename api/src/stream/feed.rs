@@ -300,15 +300,12 @@ impl Feed {
 /// email, counts, the last five engagements): from the index, else from the
 /// store; `null` when the customer is gone.
 async fn popup(state: &AppState, id: CustomerId) -> Value {
-    let summary = match state.index.summary(id).await {
-        Ok(Some(summary)) => Some(summary),
-        Ok(None) | Err(_) => match state.projector.document(id).await {
-            Ok(doc) => doc.filter(|d| d.is_searchable()).map(|d| d.summary()),
-            Err(e) => {
-                tracing::warn!(customer_id = %id, error = %e, "no caller-ID popup for a pushed call");
-                None
-            }
-        },
+    let summary = match state.projector.summary(id).await {
+        Ok(summary) => summary,
+        Err(e) => {
+            tracing::warn!(customer_id = %id, error = %e, "no caller-ID popup for a pushed call");
+            None
+        }
     };
     summary
         .map(CallerIdCustomer::from)
