@@ -13,7 +13,7 @@ mod processes;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -24,6 +24,7 @@ use axum::response::{IntoResponse, Response};
 use common::{expect_json, expect_problem, spawn_app_with, TestApp};
 use crm_api::webhooks::signing;
 use parking_lot::Mutex;
+use processes::ApiProcess;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::sync::Notify;
@@ -1016,104 +1017,29 @@ const ADMIN_EMAIL: &str = "hooks-admin@example.com";
 const ADMIN_PASSWORD: &str = "a long enough admin password";
 const JWT_SECRET: &str = "webhook-test-secret-of-at-least-32-bytes-0123";
 
-/// The crm-api binary on an embedded store in `data`, as production runs it.
-struct Api {
-    data: PathBuf,
-    logs: tempfile::TempDir,
-    child: Option<Child>,
-    address: String,
-    starts: usize,
-}
-
-impl Api {
-    async fn start(&mut self, client: &reqwest::Client) {
-        let port = processes::free_port();
-        let log = self
-            .logs
-            .path()
-            .join(format!("crm-api-{}.log", self.starts));
-        self.starts += 1;
-        let out = std::fs::File::create(&log).unwrap();
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm-api"));
-        for (key, _) in std::env::vars() {
-            if key.starts_with("CRM_") {
-                cmd.env_remove(key);
-            }
-        }
-        let child = cmd
-            .env("CRM_LISTEN", format!("127.0.0.1:{port}"))
-            .env("CRM_DATA_DIR", &self.data)
-            .env("CRM_JWT_SECRET", JWT_SECRET)
-            .env("CRM_ADMIN_EMAIL", ADMIN_EMAIL)
-            .env("CRM_ADMIN_PASSWORD", ADMIN_PASSWORD)
-            .env("CRM_METRICS_LISTEN", "off")
-            .env("CRM_WEBHOOK_ALLOW_PRIVATE", "true")
-            .env(
-                "CRM_WEBHOOK_RETRY_SCHEDULE",
-                "100ms,100ms,100ms,100ms,100ms",
-            )
-            .env("CRM_WEBHOOK_TIMEOUT", "1s")
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .expect("crm-api starts");
-        processes::watch(child.id());
-        self.child = Some(child);
-        self.address = format!("http://127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("crm-api exited at start-up ({status})");
-            }
-            let ready = client.get(format!("{}/readyz", self.address)).send().await;
-            if ready.is_ok_and(|r| r.status() == StatusCode::OK) {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "crm-api did not start within 60 s"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Api {
-    fn drop(&mut self) {
-        self.kill();
-        if std::thread::panicking() {
-            for n in 0..self.starts {
-                let log = self.logs.path().join(format!("crm-api-{n}.log"));
-                let text = std::fs::read_to_string(&log).unwrap_or_default();
-                let lines: Vec<&str> = text.lines().collect();
-                eprintln!(
-                    "--- crm-api start {n} (last lines) ---\n{}",
-                    lines[lines.len().saturating_sub(40)..].join("\n")
-                );
-            }
-        }
-    }
+/// The crm-api binary on an embedded store in `data`, as production runs it,
+/// delivering to this machine with a short retry schedule.
+fn api_process(data: &Path) -> ApiProcess {
+    let env = [
+        ("CRM_DATA_DIR", data.display().to_string()),
+        ("CRM_JWT_SECRET", JWT_SECRET.into()),
+        ("CRM_ADMIN_EMAIL", ADMIN_EMAIL.into()),
+        ("CRM_ADMIN_PASSWORD", ADMIN_PASSWORD.into()),
+        ("CRM_METRICS_LISTEN", "off".into()),
+        ("CRM_WEBHOOK_ALLOW_PRIVATE", "true".into()),
+        (
+            "CRM_WEBHOOK_RETRY_SCHEDULE",
+            "100ms,100ms,100ms,100ms,100ms".into(),
+        ),
+        ("CRM_WEBHOOK_TIMEOUT", "1s".into()),
+    ];
+    ApiProcess::new(env.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
 }
 
 #[tokio::test]
 async fn sigkill_of_crm_api_mid_delivery_loses_nothing() {
     let data = tempfile::tempdir().unwrap();
-    let mut api = Api {
-        data: data.path().to_path_buf(),
-        logs: tempfile::tempdir().unwrap(),
-        child: None,
-        address: String::new(),
-        starts: 0,
-    };
+    let mut api = api_process(data.path());
     let client = reqwest::Client::new();
     api.start(&client).await;
     let login = |address: String| {

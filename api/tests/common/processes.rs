@@ -1,6 +1,7 @@
 //! Child processes of a test that it must be able to kill and start again:
-//! a `redis-server` of its own ([`RedisProcess`]) and a watchdog that ends a
-//! child when the test process is gone ([`watch`]).
+//! a `redis-server` of its own ([`RedisProcess`]), the `crm-api` binary
+//! ([`ApiProcess`]), and a watchdog that ends a child when the test process
+//! is gone ([`watch`]).
 //!
 //! Included with `#[path = "common/processes.rs"] mod processes;` by the
 //! tests and benches that need it.
@@ -149,5 +150,108 @@ impl RedisProcess {
 impl Drop for RedisProcess {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The `crm-api` child process, started again after each kill on a new port.
+/// Its output goes to a log file per start; the logs are printed when the
+/// test fails.
+pub struct ApiProcess {
+    env: Vec<(String, String)>,
+    logs: tempfile::TempDir,
+    log_files: Vec<PathBuf>,
+    child: Option<Child>,
+    pub address: String,
+}
+
+impl ApiProcess {
+    pub fn new(env: Vec<(String, String)>) -> ApiProcess {
+        ApiProcess {
+            env,
+            logs: tempfile::tempdir().unwrap(),
+            log_files: Vec::new(),
+            child: None,
+            address: String::new(),
+        }
+    }
+
+    pub fn command(&self, program: &Path) -> Command {
+        let mut cmd = Command::new(program);
+        // Nothing of the developer's own configuration leaks in.
+        for (key, _) in std::env::vars() {
+            if key.starts_with("CRM_") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Starts crm-api and waits until `/readyz` answers 200.
+    pub async fn start(&mut self, client: &reqwest::Client) {
+        assert!(self.child.is_none());
+        let port = free_port();
+        let log = self
+            .logs
+            .path()
+            .join(format!("crm-api-{}.log", self.log_files.len()));
+        let out = std::fs::File::create(&log).unwrap();
+        let child = self
+            .command(Path::new(env!("CARGO_BIN_EXE_crm-api")))
+            .env("CRM_LISTEN", format!("127.0.0.1:{port}"))
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .expect("crm-api starts");
+        watch(child.id());
+        self.log_files.push(log);
+        self.child = Some(child);
+        self.address = format!("http://127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("crm-api exited at start-up ({status}); see its log below");
+            }
+            let ready = client.get(format!("{}/readyz", self.address)).send().await;
+            if ready.is_ok_and(|r| r.status() == reqwest::StatusCode::OK) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "crm-api did not answer /readyz within 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+}
+
+impl Drop for ApiProcess {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            for log in &self.log_files {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                eprintln!(
+                    "--- {} (last lines) ---\n{}",
+                    log.display(),
+                    lines[lines.len().saturating_sub(40)..].join("\n")
+                );
+            }
+        }
     }
 }
