@@ -65,15 +65,56 @@ impl SplitMix64 {
     }
 }
 
+/// Which names the customers get.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Names {
+    /// Hundreds of given and family names across four cultures, in the
+    /// orders each culture writes them (`Tan Wei Ming`, `Nur Aisyah binti
+    /// Rahman`, `Priya d/o Ramesh`, some in Han characters).
+    #[default]
+    Wide,
+    /// A realistic low-variety pool, as a Singapore customer base looks to a
+    /// search index: 40 first names and 40 surnames (Chinese, Malay, Indian,
+    /// Western), surnames weighted as they occur (about one customer in ten
+    /// is a Tan), written `First [Middle] Surname` with a middle name from
+    /// the first-name pool for some: 2-3 words, few distinct tokens, long
+    /// posting lists.
+    Narrow,
+}
+
+impl FromStr for Names {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "wide" => Ok(Names::Wide),
+            "narrow" => Ok(Names::Narrow),
+            other => Err(format!("unknown name shape {other:?} (wide or narrow)")),
+        }
+    }
+}
+
 /// `n` customers, the same ones for the same seed.
 pub fn customers(seed: u64, n: usize) -> impl Iterator<Item = IndexedCustomer> {
-    let base = base_time();
-    (0..n as u64).map(move |i| customer_at(seed, i, base))
+    customers_with(seed, n, Names::Wide)
 }
 
 /// Customer `i` of the `seed`'s sequence (the `i`-th item of [`customers`]).
 pub fn customer(seed: u64, i: u64) -> IndexedCustomer {
-    customer_at(seed, i, base_time())
+    customer_with(seed, i, Names::Wide)
+}
+
+/// [`customers`] with names of the given shape; `Names::Wide` gives the
+/// same customers as [`customers`]. Phones, emails (derived from the name)
+/// and engagements are drawn the same way for either shape.
+pub fn customers_with(seed: u64, n: usize, names: Names) -> impl Iterator<Item = IndexedCustomer> {
+    let base = base_time();
+    (0..n as u64).map(move |i| customer_at(seed, i, base, names))
+}
+
+/// Customer `i` of [`customers_with`]`(seed, _, names)`.
+pub fn customer_with(seed: u64, i: u64, names: Names) -> IndexedCustomer {
+    customer_at(seed, i, base_time(), names)
 }
 
 /// A number as people type it. `variant` (modulo [`TYPED_VARIANTS`]):
@@ -529,6 +570,136 @@ fn western(rng: &mut SplitMix64) -> Name {
     }
 }
 
+/// The narrow shape's first names, by culture (ten each).
+const NARROW_FIRST: &[(&str, Culture)] = &[
+    ("Wei", Culture::Chinese),
+    ("Ming", Culture::Chinese),
+    ("Xin", Culture::Chinese),
+    ("Hui", Culture::Chinese),
+    ("Jun", Culture::Chinese),
+    ("Mei", Culture::Chinese),
+    ("Ling", Culture::Chinese),
+    ("Jie", Culture::Chinese),
+    ("Kai", Culture::Chinese),
+    ("Yi", Culture::Chinese),
+    ("Ahmad", Culture::Malay),
+    ("Siti", Culture::Malay),
+    ("Nur", Culture::Malay),
+    ("Aisyah", Culture::Malay),
+    ("Faizal", Culture::Malay),
+    ("Hafiz", Culture::Malay),
+    ("Farah", Culture::Malay),
+    ("Irfan", Culture::Malay),
+    ("Nadia", Culture::Malay),
+    ("Rizal", Culture::Malay),
+    ("Priya", Culture::Indian),
+    ("Narendra", Culture::Indian),
+    ("Rajesh", Culture::Indian),
+    ("Kavitha", Culture::Indian),
+    ("Arun", Culture::Indian),
+    ("Deepa", Culture::Indian),
+    ("Suresh", Culture::Indian),
+    ("Anjali", Culture::Indian),
+    ("Vijay", Culture::Indian),
+    ("Lakshmi", Culture::Indian),
+    ("Ann", Culture::Western),
+    ("Peter", Culture::Western),
+    ("John", Culture::Western),
+    ("Mary", Culture::Western),
+    ("David", Culture::Western),
+    ("Sarah", Culture::Western),
+    ("James", Culture::Western),
+    ("Grace", Culture::Western),
+    ("Daniel", Culture::Western),
+    ("Rachel", Culture::Western),
+];
+
+/// The narrow shape's surnames with their weight in thousandths (summing
+/// to 1000): Tan about a tenth, as in Singapore.
+const NARROW_SURNAMES: &[(&str, Culture, u64)] = &[
+    ("Tan", Culture::Chinese, 100),
+    ("Lim", Culture::Chinese, 75),
+    ("Lee", Culture::Chinese, 65),
+    ("Ng", Culture::Chinese, 50),
+    ("Wong", Culture::Chinese, 40),
+    ("Goh", Culture::Chinese, 30),
+    ("Chua", Culture::Chinese, 25),
+    ("Chan", Culture::Chinese, 25),
+    ("Koh", Culture::Chinese, 20),
+    ("Teo", Culture::Chinese, 20),
+    ("Ong", Culture::Chinese, 20),
+    ("Ho", Culture::Chinese, 15),
+    ("Yeo", Culture::Chinese, 15),
+    ("Low", Culture::Chinese, 15),
+    ("Abdullah", Culture::Malay, 45),
+    ("Rahman", Culture::Malay, 30),
+    ("Hassan", Culture::Malay, 25),
+    ("Ismail", Culture::Malay, 25),
+    ("Osman", Culture::Malay, 20),
+    ("Yusof", Culture::Malay, 20),
+    ("Ibrahim", Culture::Malay, 20),
+    ("Salleh", Culture::Malay, 20),
+    ("Kumar", Culture::Indian, 40),
+    ("Singh", Culture::Indian, 35),
+    ("Nair", Culture::Indian, 20),
+    ("Soni", Culture::Indian, 10),
+    ("Pillai", Culture::Indian, 15),
+    ("Menon", Culture::Indian, 15),
+    ("Iyer", Culture::Indian, 10),
+    ("Sharma", Culture::Indian, 10),
+    ("Raj", Culture::Indian, 15),
+    ("Krishnan", Culture::Indian, 10),
+    ("Smith", Culture::Western, 20),
+    ("Brown", Culture::Western, 15),
+    ("Taylor", Culture::Western, 15),
+    ("Wilson", Culture::Western, 10),
+    ("Jones", Culture::Western, 10),
+    ("Walker", Culture::Western, 10),
+    ("Clarke", Culture::Western, 10),
+    ("Davies", Culture::Western, 10),
+];
+
+/// Share of narrow names (percent) with a middle name.
+const NARROW_MIDDLE_PERCENT: u64 = 30;
+
+/// `First [Middle] Surname` from the narrow pools. The first name is of the
+/// surname's culture seven times in ten, else from the whole pool; the
+/// middle name, when there is one, from the whole pool.
+fn narrow(rng: &mut SplitMix64) -> Name {
+    let mut at = rng.below(1000);
+    let mut surname = NARROW_SURNAMES[0];
+    for entry in NARROW_SURNAMES {
+        if at < entry.2 {
+            surname = *entry;
+            break;
+        }
+        at -= entry.2;
+    }
+    let (family, culture, _) = surname;
+    let first = if rng.chance(70) {
+        let own: Vec<&str> = NARROW_FIRST
+            .iter()
+            .filter(|(_, c)| *c == culture)
+            .map(|(n, _)| *n)
+            .collect();
+        *rng.pick(&own)
+    } else {
+        rng.pick(NARROW_FIRST).0
+    };
+    let display = if rng.chance(NARROW_MIDDLE_PERCENT) {
+        let middle = rng.pick(NARROW_FIRST).0;
+        format!("{first} {middle} {family}")
+    } else {
+        format!("{first} {family}")
+    };
+    Name {
+        display,
+        given: ascii_lower(first),
+        family: ascii_lower(family),
+        culture,
+    }
+}
+
 /// Lowercase ASCII letters only: `O'Brien` → `obrien`, `Müller` → `muller`.
 fn ascii_lower(s: &str) -> String {
     crm_models::names::tokenize(s)
@@ -819,10 +990,13 @@ fn engagement(
 
 // ---------------------------------------------------------------- customers
 
-fn customer_at(seed: u64, i: u64, base: Timestamp) -> IndexedCustomer {
+fn customer_at(seed: u64, i: u64, base: Timestamp, names: Names) -> IndexedCustomer {
     let mut rng = rng_for(seed, i);
     let id = customer_id(&mut rng);
-    let name = name(&mut rng);
+    let name = match names {
+        Names::Wide => name(&mut rng),
+        Names::Narrow => narrow(&mut rng),
+    };
 
     // Up to two years before the base time.
     let created_at = base - Duration::from_secs(rng.below(2 * 365 * 24 * 3600));
@@ -982,6 +1156,70 @@ mod tests {
                 "0065 81226418"
             ]
         );
+    }
+
+    #[test]
+    fn the_pools_of_the_narrow_shape_are_forty_names_each() {
+        let firsts: HashSet<&str> = NARROW_FIRST.iter().map(|(n, _)| *n).collect();
+        let surnames: HashSet<&str> = NARROW_SURNAMES.iter().map(|(n, _, _)| *n).collect();
+        assert_eq!((firsts.len(), surnames.len()), (40, 40));
+        let weights: u64 = NARROW_SURNAMES.iter().map(|(_, _, w)| w).sum();
+        assert_eq!(weights, 1000);
+    }
+
+    #[test]
+    fn narrow_names_come_from_the_pools_and_repeat_as_in_singapore() {
+        let n = 20_000;
+        let all: Vec<IndexedCustomer> = customers_with(5, n, Names::Narrow).collect();
+        assert_eq!(all, customers_with(5, n, Names::Narrow).collect::<Vec<_>>());
+        assert_eq!(all[777], customer_with(5, 777, Names::Narrow));
+        // The wide shape is unchanged and stays the default.
+        assert_eq!(customer_with(5, 777, Names::Wide), customer(5, 777));
+        assert_eq!(Names::default(), Names::Wide);
+        assert_eq!("narrow".parse(), Ok(Names::Narrow));
+        assert!("medium".parse::<Names>().is_err());
+
+        let firsts: HashSet<&str> = NARROW_FIRST.iter().map(|(n, _)| *n).collect();
+        let surnames: HashSet<&str> = NARROW_SURNAMES.iter().map(|(n, _, _)| *n).collect();
+        let mut words_per_name: HashMap<usize, usize> = HashMap::new();
+        let mut by_surname: HashMap<&str, usize> = HashMap::new();
+        let mut distinct_names = HashSet::new();
+        for doc in &all {
+            let c = &doc.customer;
+            let name = c.name.as_deref().unwrap();
+            let words: Vec<&str> = name.split(' ').collect();
+            *words_per_name.entry(words.len()).or_default() += 1;
+            let (surname, given) = words.split_last().unwrap();
+            assert!(surnames.contains(surname), "{name}");
+            assert!(given.iter().all(|w| firsts.contains(w)), "{name}");
+            *by_surname.entry(surname).or_default() += 1;
+            distinct_names.insert(name);
+            // Phones and emails as the wide shape draws them.
+            assert!((1..=2).contains(&c.phones.len()));
+            for p in &c.phones {
+                assert_eq!(PhoneNumber::parse(p.as_str(), None).as_ref(), Ok(p), "{p}");
+            }
+            for e in &c.emails {
+                assert_eq!(Email::parse(e.as_str()).as_ref(), Ok(e));
+            }
+            assert!(doc.is_searchable());
+        }
+        assert_eq!(
+            words_per_name.keys().copied().collect::<HashSet<_>>(),
+            HashSet::from([2, 3])
+        );
+        let three = words_per_name[&3] as f64 / n as f64;
+        assert!((0.27..0.33).contains(&three), "{three}");
+        let tan = by_surname["Tan"] as f64 / n as f64;
+        assert!((0.09..0.11).contains(&tan), "{tan}");
+        assert_eq!(by_surname.len(), 40);
+        // Low variety: 80 words in all, and a third of the names shared.
+        let words: HashSet<&str> = distinct_names.iter().flat_map(|n| n.split(' ')).collect();
+        assert!(words.len() <= 80, "{}", words.len());
+        assert!(distinct_names.len() < n * 2 / 3, "{}", distinct_names.len());
+        let first_phones: HashSet<&str> =
+            all.iter().map(|c| c.customer.phones[0].as_str()).collect();
+        assert_eq!(first_phones.len(), all.len(), "first phones are unique");
     }
 
     #[test]
