@@ -1,7 +1,7 @@
 //! Search speed: the embedded (memory) index, the Redis index and a
 //! Twenty-style PostgreSQL peer, on the same customers, in one run.
 //!
-//! `cargo bench -p crm-indexer --bench search [-- --customers 1000000 --names narrow --seconds 5 --seed 42]`
+//! `cargo bench -p crm-indexer --bench search [-- --customers 1000000 --names narrow --seconds 5 --seed 42 --pg-recency-index]`
 //!
 //! Generates `--customers` customers (`generate::customers_with`, with their
 //! last engagements; `--names narrow` for the low-variety Singapore pool,
@@ -13,7 +13,9 @@
 //!   are installed (temporary data directory, loopback, `fsync` off; stopped
 //!   and deleted at the end): a Twenty-style `person` table with a `simple`
 //!   tsvector of the name under GIN, searched with a prefix per token and
-//!   sorted by last engagement (see `support/postgres.rs`). Without
+//!   sorted by last engagement (see `support/postgres.rs`);
+//!   `--pg-recency-index` adds a B-tree on the last engagement, which Twenty
+//!   does not have and which lets the planner walk by recency. Without
 //!   PostgreSQL one line says the peer was skipped and why.
 //!
 //! Each backend answers the same queries, drawn deterministically from the
@@ -68,6 +70,8 @@ struct Args {
     seconds: f64,
     seed: u64,
     names: Names,
+    /// Give the Postgres peer a B-tree on `last_engagement_at` (Twenty has none).
+    pg_recency_index: bool,
 }
 
 fn args() -> Args {
@@ -76,6 +80,7 @@ fn args() -> Args {
         seconds: 5.0,
         seed: 42,
         names: Names::Wide,
+        pg_recency_index: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -86,6 +91,7 @@ fn args() -> Args {
             ("--seconds", Some(n)) => a.seconds = n.parse().unwrap(),
             ("--seed", Some(n)) => a.seed = n.parse().unwrap(),
             ("--names", Some(n)) => a.names = n.parse().unwrap(),
+            ("--pg-recency-index", _) => a.pg_recency_index = true,
             _ => {}
         }
         i += 1;
@@ -417,18 +423,22 @@ async fn main() {
         Ok(pg) => {
             let t = Instant::now();
             let rows_loaded = pg
-                .load(generate::customers_with(
-                    args.seed,
-                    args.customers as usize,
-                    args.names,
-                ))
+                .load(
+                    generate::customers_with(args.seed, args.customers as usize, args.names),
+                    args.pg_recency_index,
+                )
                 .await;
             let took = t.elapsed();
             assert_eq!(rows_loaded, args.customers);
             loads.push(format!(
-                "Twenty-style Postgres: {:.1} s (`COPY` from the generator, then indexes and `VACUUM ANALYZE`; tables and indexes {})",
+                "Twenty-style Postgres: {:.1} s (`COPY` from the generator, then indexes and `VACUUM ANALYZE`; tables and indexes {}; {})",
                 took.as_secs_f64(),
-                mib(pg.size().await)
+                mib(pg.size().await),
+                if args.pg_recency_index {
+                    "with a B-tree on last_engagement_at (--pg-recency-index)"
+                } else {
+                    "no index on last_engagement_at, as in Twenty"
+                }
             ));
             let mut peers = Vec::new();
             for _ in 0..MANY_CLIENTS {

@@ -11,7 +11,8 @@
 //! what search reads: `name`, `emails text[]`, `phones text[]` (national
 //! numbers, as Twenty stores them beside the country code),
 //! `last_engagement_at`, and a generated `tsvector` of the name with the
-//! `simple` configuration under a GIN index. Emails and phones are looked
+//! `simple` configuration under a GIN index, and no index on
+//! `last_engagement_at` unless asked for. Emails and phones are looked
 //! up through helper tables with a B-tree each (an unnested copy of the
 //! arrays). [`Peer::search`] answers a query as typed: digits by phone,
 //! `@` by email prefix, anything else by name with a prefix per token
@@ -183,7 +184,14 @@ impl Postgres {
 
     /// Creates the `person` table and its helpers, loads `docs` with `COPY`,
     /// then builds the indexes and analyzes (as a bulk import would).
-    pub async fn load(&self, docs: impl Iterator<Item = IndexedCustomer>) -> u64 {
+    /// `recency_index` adds a B-tree on `last_engagement_at`, which Twenty
+    /// does not have: with it the planner may walk customers by recency and
+    /// test each against the query instead of sorting every match.
+    pub async fn load(
+        &self,
+        docs: impl Iterator<Item = IndexedCustomer>,
+        recency_index: bool,
+    ) -> u64 {
         let client = self.connect().await;
         client
             .batch_execute(
@@ -242,7 +250,6 @@ impl Postgres {
             "INSERT INTO person_email SELECT unnest(emails), id FROM person",
             "INSERT INTO person_phone SELECT unnest(phones), id FROM person",
             "CREATE INDEX person_search_vector ON person USING GIN (search_vector)",
-            "CREATE INDEX person_last_engagement ON person (last_engagement_at DESC NULLS LAST)",
             "CREATE INDEX person_email_email ON person_email (email)",
             "CREATE INDEX person_phone_number ON person_phone (number)",
             "VACUUM ANALYZE person",
@@ -250,6 +257,15 @@ impl Postgres {
             "VACUUM ANALYZE person_phone",
         ] {
             client.batch_execute(statement).await.unwrap();
+        }
+        if recency_index {
+            client
+                .batch_execute(
+                    "CREATE INDEX person_last_engagement ON person (last_engagement_at DESC NULLS LAST);
+                     ANALYZE person",
+                )
+                .await
+                .unwrap();
         }
         rows
     }
