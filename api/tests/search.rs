@@ -92,6 +92,73 @@ async fn search_and_lookup(app: TestApp) {
     assert_eq!(by_phone["items"][0]["id"], id.as_str());
     assert_eq!(by_phone["items"][0]["matched_on"], "phone");
 
+    // Hits carry the last engagement; pages follow one another by cursor.
+    assert_eq!(
+        by_phone["items"][0]["last_engagement"]["preview"],
+        "Is the flat still available?"
+    );
+    assert_eq!(by_phone["items"][0]["last_engagement"]["channel"], "sms");
+    for i in 0..4 {
+        expect_json::<Value>(
+            app.post(
+                "/v1/customers",
+                &token,
+                &json!({"name": format!("Tan Page{i}")}),
+            )
+            .await,
+            StatusCode::CREATED,
+        )
+        .await;
+    }
+    let first = eventually(&app, &token, "/v1/search?q=tan&limit=2", |b| {
+        b["total_estimate"] == 5
+    })
+    .await;
+    assert_eq!(first["items"].as_array().unwrap().len(), 2);
+    let mut seen: Vec<Value> = first["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["id"].clone())
+        .collect();
+    let mut cursor = first["next_cursor"].as_str().unwrap().to_string();
+    loop {
+        let page: Value = expect_json(
+            app.get(&format!("/v1/search?q=tan&limit=2&cursor={cursor}"), &token)
+                .await,
+            StatusCode::OK,
+        )
+        .await;
+        seen.extend(
+            page["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|h| h["id"].clone()),
+        );
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = next.to_string(),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 5, "{seen:?}");
+    seen.sort_by_key(|v| v.to_string());
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "no hit twice");
+    // A cursor of another query, or none of ours, is refused.
+    for bad in [
+        format!("/v1/search?q=lim&cursor={cursor}"),
+        "/v1/search?q=tan&cursor=bm90IGEgY3Vyc29y".to_string(),
+        "/v1/search?q=tan&cursor=%%%".to_string(),
+    ] {
+        expect_problem(
+            app.get(&bad, &token).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+    }
+
     // Caller-ID with the latest engagement.
     let lookup = eventually(&app, &token, "/v1/lookup/phone/(065)%208122-6418", |b| {
         b["matches"][0]["summary"]["counts"]["sms"] == 1

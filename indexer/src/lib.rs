@@ -32,23 +32,33 @@
 //! | `crm:g<N>:cust:<id>` | HASH | `summary`: the caller-ID summary as JSON; `fingerprint`; `indexed`: the tokens, phones and emails it is indexed under, so that a re-upsert can remove what is gone; `live` when an upsert or removal wrote it while a rebuild was building this generation (a removal leaves only `live`), so that the rebuild does not overwrite it with a document it read earlier |
 //! | `crm:g<N>:ph:<e164>` | HASH | customer id → the caller-ID summary as JSON (a copy): a caller-ID lookup is one `HGETALL` |
 //! | `crm:g<N>:pn:<national number>` | SET | customer ids, for numbers typed without country code (`81226418`) |
+//! | `crm:g<N>:sx:<dddd>` | ZSET | the numbers ending with the four digits `dddd`: member `<id>\0<e164>` per customer and number, score the customer's last engagement as in `nm:`; four or more trailing digits typed (`6418`, `812264`) read the bucket of their last four, most recent first, and keep the numbers ending with all of them |
 //! | `crm:g<N>:em:<email>` | SET | customer ids |
 //! | `crm:g<N>:ex` | ZSET | `<email>\0<id>`, score 0: email prefix search with `ZRANGEBYLEX` |
 //! | `crm:g<N>:nm:<token>` | ZSET | the customers with that name token: member `<id>\0<tokens>[\0<words>]` (the customer's name tokens, space-separated, and its words when they differ), score the last engagement in µs since 1970 (never: -9e18); read most recent first |
 //! | `crm:g<N>:tk` | ZSET | every name token, score 0: the vocabulary; a query token's prefix range (`ZRANGEBYLEX`) gives the posting lists it matches |
-//! | `crm:g<N>:wn:<words>` | ZSET | the customers whose name has exactly these words (sorted, space-separated), as in `nm:`: whole-name matches without scanning |
-//! | `crm:g<N>:ty:<variant>` | SET | name tokens (not ids) having that deletion variant, or being it: one-typo matching |
+//! | `crm:g<N>:wn:<words>` | ZSET | the customers whose name is exactly these words in this order (space-separated), as in `nm:`: whole-name matches without scanning (a query looks up every arrangement of its words, the order typed ranking first) |
+//! | `crm:g<N>:ns:<tokens>` | ZSET | the customers whose name has all of these two or three tokens (sorted, space-separated), as in `nm:`: a query of several words reads the customers having them together instead of checking every customer with its commonest word; names with more than five tokens go to `nl` instead |
+//! | `crm:g<N>:nl` | ZSET | the customers whose name has more than five tokens (not counting CJK ones), as in `nm:`: read beside `ns:` lists |
+//! | `crm:g<N>:ty:<variant>` | SET | name tokens (not ids) having that deletion variant, or being it (a three-letter token is its own only key, so that a four-letter query reaches it by a deletion): one-typo matching |
 //! | `crm:g<N>:used` | STRING | set when a customer is written into the generation: replacing a generation without it deletes nothing (versions before kept every customer id in a `crm:g<N>:ids` ZSET, looked for too). Verify walks the `cust:` keys with `SCAN` |
 //!
 //! Every command touches one key (pipelined, never `SINTER`/`SUNION`/`MGET`
 //! across keys; the two small Lua scripts touch only `crm:gen`), so the schema
 //! works on Redis Cluster as it is.
 //!
+//! `wn:` keys were the sorted words before the word order counted, and
+//! three-letter tokens had no `ty:` key: an index written before needs
+//! `crm-indexer rebuild` (the fingerprint version changed with it).
+//!
 //! The layout of `nm:`, `tk` and `wn:` changed from the first version (a SET
 //! of ids per token and one `nx` ZSET of `<token>\0<id>`): an index written
 //! before needs `crm-indexer rebuild` (verify reports every customer stale,
 //! since the fingerprint version changed with it). So did `cust:<id>`, which
 //! held one field per summary field before the summary became one JSON field.
+//! The `sx:` buckets (trailing digits) came with that change too: an index
+//! written before them finds no number by its last digits until it is
+//! rebuilt.
 
 pub mod caller_id;
 pub mod cli;
@@ -56,8 +66,10 @@ pub mod doc;
 pub mod generate;
 pub mod live_tail;
 pub mod memory;
+mod number_search;
 pub mod projector;
 pub mod query;
+pub mod ranking;
 pub mod redis;
 pub mod startup;
 pub mod stream;
@@ -71,7 +83,8 @@ use crm_models::{CustomerId, PhoneError, PhoneNumber, Region};
 
 pub use crate::doc::{CustomerSummary, EngagementBrief, IndexedCustomer, SummaryJson};
 pub use crate::memory::MemoryIndex;
-pub use crate::query::{MatchedOn, Query, SearchHit};
+pub use crate::query::{MatchedOn, Query, SearchHit, SearchResults};
+pub use crate::ranking::RankKey;
 pub use crate::redis::RedisIndex;
 
 /// Most engagements kept in a summary.
@@ -143,9 +156,21 @@ pub trait SearchIndex: Send + Sync + 'static {
     /// index remembers, in case the two disagree.
     async fn remove(&self, id: CustomerId, identifiers: &[String]) -> IndexResult<()>;
 
-    /// Best first: exact, then prefix, then one-typo matches; ties by most
-    /// recent engagement. At most `limit` (capped at [`MAX_SEARCH_LIMIT`]).
-    async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>>;
+    /// A page of hits, best first: exact, then prefix, then one-typo
+    /// matches, then partial names; ties by most recent engagement, then the
+    /// newest customer. At most `limit` (1 to [`MAX_SEARCH_LIMIT`]) ranked
+    /// after `after` (the previous page's `next`).
+    async fn search_page(
+        &self,
+        query: &Query,
+        limit: usize,
+        after: Option<RankKey>,
+    ) -> IndexResult<SearchResults>;
+
+    /// The first page of [`search_page`](Self::search_page), its hits only.
+    async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>> {
+        Ok(self.search_page(query, limit, None).await?.hits)
+    }
 
     /// Caller ID: every customer with this number (several when it is
     /// shared), most recently engaged first.

@@ -1,25 +1,39 @@
 //! The embedded index: the same behaviour as the Redis one, in process
 //! memory, for the single-binary deployment and for tests.
+//!
+//! Name posting lists are ordered maps in ranking order (most recent
+//! engagement first), one per token and one per whole name, each entry
+//! holding the customer's name terms; a name search reads them through
+//! [`ranking::search_names`], a chunk at a time, taking the read lock only
+//! for each read, and stops as soon as its page is proven.
 
+use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::ops::Bound;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
 use parking_lot::RwLock;
 
-use crm_models::names;
 use crm_models::{CustomerId, PhoneNumber};
 
 use crate::doc::{fingerprint_of, CustomerSummary, IndexEntries, IndexedCustomer};
-use crate::query::{self, Brief, Match, MatchedOn, NameCandidate, Plan, Query, SearchHit};
+use crate::query::{self, Brief, Match, MatchedOn, Plan, Query, SearchResults};
+use crate::ranking::{
+    self, query_typo_keys, token_sets, typo_keys, whole_name_key, Entry, List, NameLists,
+    NameTerms, RankKey, Read, Vocabulary, MAX_EXPANSIONS,
+};
 use crate::{
     FingerprintPage, IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex,
+    MAX_SEARCH_LIMIT,
 };
 
-/// In-process index behind one lock. Searches take the read lock, upserts the
-/// write lock; every operation is short.
+mod numbers;
+
+/// In-process index behind one lock. Searches take the read lock for each
+/// of their few reads, upserts the write lock; every operation is short.
 #[derive(Default)]
 pub struct MemoryIndex {
     state: RwLock<State>,
@@ -33,17 +47,33 @@ struct State {
     generation: u64,
 }
 
+/// A posting-list position: last engagement (µs; never: `i64::MIN`) and
+/// id, highest first.
+type Rank = Reverse<(i64, CustomerId)>;
+
+/// A posting list in ranking order, each entry with the customer's name.
+type Posting = BTreeMap<Rank, Arc<NameTerms>>;
+
 #[derive(Default)]
 struct Generation {
     customers: BTreeMap<CustomerId, Stored>,
-    /// name token → customer ids; ordered, so a range is a prefix search.
-    names: BTreeMap<String, BTreeSet<CustomerId>>,
-    /// deletion variant (or the token itself) → tokens.
+    /// name token → its posting list; ordered, so a range is a prefix search.
+    names: BTreeMap<String, Posting>,
+    /// whole name (words in order) → its posting list.
+    whole: HashMap<String, Posting>,
+    /// set of two or three tokens → its posting list.
+    sets: HashMap<String, Posting>,
+    /// Names with too many tokens for sets.
+    long: Posting,
+    /// typo key ([`typo_keys`]) → tokens.
     typos: HashMap<String, BTreeSet<String>>,
     /// email → customer ids; ordered for prefix search.
     emails: BTreeMap<String, BTreeSet<CustomerId>>,
     phones: HashMap<String, BTreeSet<CustomerId>>,
     national: HashMap<String, BTreeSet<CustomerId>>,
+    /// The digits of each E.164 number reversed → customer ids: the range
+    /// of the reversed digits typed holds the numbers ending with them.
+    suffixes: BTreeMap<String, BTreeSet<CustomerId>>,
     /// While this generation is being built: the customers upserts and
     /// removals wrote into it, which the rebuild then leaves as they are
     /// (its document may have been read before theirs).
@@ -53,7 +83,48 @@ struct Generation {
 struct Stored {
     summary: CustomerSummary,
     entries: IndexEntries,
-    fingerprint: String,
+    /// Computed when verify asks (it hashes the summary's JSON).
+    fingerprint: OnceLock<String>,
+    rank: Rank,
+    whole: Option<String>,
+    /// [`token_sets`]: `None` for a name in `long`.
+    sets: Option<Vec<String>>,
+}
+
+/// A document made ready for the index outside the lock.
+struct Prepared {
+    summary: CustomerSummary,
+    entries: IndexEntries,
+    terms: Arc<NameTerms>,
+    rank: Rank,
+    whole: Option<String>,
+    /// [`token_sets`]: `None` for a name in `long`.
+    sets: Option<Vec<String>>,
+}
+
+impl Prepared {
+    /// `None` for a customer the index drops (merged).
+    fn of(doc: &IndexedCustomer) -> Option<Prepared> {
+        if !doc.is_searchable() {
+            return None;
+        }
+        let entries = doc.entries();
+        let summary = doc.summary();
+        let recency = summary
+            .last_engagement_at
+            .map_or(i64::MIN, |t| t.timestamp_micros());
+        Some(Prepared {
+            terms: Arc::new(NameTerms {
+                tokens: entries.tokens.clone(),
+                words: entries.words.clone(),
+            }),
+            whole: whole_name_key(&entries.words),
+            sets: token_sets(&entries.tokens),
+            rank: Reverse((recency, doc.id())),
+            summary,
+            entries,
+        })
+    }
 }
 
 impl MemoryIndex {
@@ -63,42 +134,67 @@ impl MemoryIndex {
 }
 
 impl Generation {
-    fn upsert(&mut self, doc: &IndexedCustomer) {
-        if !doc.is_searchable() {
-            self.remove(doc.id(), &IndexEntries::default());
+    /// Indexes a prepared document (`None`: removes the customer).
+    fn upsert(&mut self, id: CustomerId, doc: Option<&Prepared>) {
+        self.remove(id, &IndexEntries::default());
+        let Some(p) = doc else {
             return;
-        }
-        let entries = doc.entries();
-        self.remove(doc.id(), &IndexEntries::default());
-        let id = doc.id();
-        for t in &entries.tokens {
-            // A token already indexed has its typo keys already: only a new
-            // one computes them (most tokens are common names).
-            if let Some(ids) = self.names.get_mut(t) {
-                ids.insert(id);
-                continue;
+        };
+        for t in &p.entries.tokens {
+            match self.names.get_mut(t) {
+                // A token already indexed has its typo keys already: only a
+                // new one computes them (most tokens are common names).
+                Some(posting) => {
+                    posting.insert(p.rank, p.terms.clone());
+                }
+                None => {
+                    self.names
+                        .insert(t.clone(), BTreeMap::from([(p.rank, p.terms.clone())]));
+                    for v in typo_keys(t) {
+                        self.typos.entry(v).or_default().insert(t.clone());
+                    }
+                }
             }
-            self.names.insert(t.clone(), BTreeSet::from([id]));
-            for v in typo_keys(t) {
-                self.typos.entry(v).or_default().insert(t.clone());
+        }
+        if let Some(w) = &p.whole {
+            self.whole
+                .entry(w.clone())
+                .or_default()
+                .insert(p.rank, p.terms.clone());
+        }
+        match &p.sets {
+            Some(sets) => {
+                for k in sets {
+                    self.sets
+                        .entry(k.clone())
+                        .or_default()
+                        .insert(p.rank, p.terms.clone());
+                }
+            }
+            None => {
+                self.long.insert(p.rank, p.terms.clone());
             }
         }
-        for e in &entries.emails {
+        for e in &p.entries.emails {
             self.emails.entry(e.clone()).or_default().insert(id);
         }
-        for p in &entries.phones {
-            self.phones.entry(p.clone()).or_default().insert(id);
+        for ph in &p.entries.phones {
+            self.phones.entry(ph.clone()).or_default().insert(id);
+            let reversed = query::reversed_digits(ph);
+            self.suffixes.entry(reversed).or_default().insert(id);
         }
-        for n in &entries.national {
+        for n in &p.entries.national {
             self.national.entry(n.clone()).or_default().insert(id);
         }
-        let summary = doc.summary();
         self.customers.insert(
             id,
             Stored {
-                fingerprint: fingerprint_of(&summary),
-                summary,
-                entries,
+                summary: p.summary.clone(),
+                entries: p.entries.clone(),
+                fingerprint: OnceLock::new(),
+                rank: p.rank,
+                whole: p.whole.clone(),
+                sets: p.sets.clone(),
             },
         );
     }
@@ -106,27 +202,49 @@ impl Generation {
     /// Removes what the customer is indexed under, and `also` (identifiers
     /// the caller says it had).
     fn remove(&mut self, id: CustomerId, also: &IndexEntries) {
-        let entries = match self.customers.remove(&id) {
-            Some(stored) => stored.entries.union(also),
-            None => also.clone(),
-        };
-        for t in &entries.tokens {
-            if drop_member(&mut self.names, t, &id) {
-                for v in typo_keys(t) {
-                    if let Some(set) = self.typos.get_mut(&v) {
-                        set.remove(t);
-                        if set.is_empty() {
-                            self.typos.remove(&v);
+        let stored = self.customers.remove(&id);
+        if let Some(s) = &stored {
+            for t in &s.entries.tokens {
+                let Some(posting) = self.names.get_mut(t) else {
+                    continue;
+                };
+                posting.remove(&s.rank);
+                if posting.is_empty() {
+                    self.names.remove(t);
+                    for v in typo_keys(t) {
+                        if let Some(set) = self.typos.get_mut(&v) {
+                            set.remove(t);
+                            if set.is_empty() {
+                                self.typos.remove(&v);
+                            }
                         }
                     }
                 }
             }
+            if let Some(w) = &s.whole {
+                drop_entry(&mut self.whole, w, &s.rank);
+            }
+            match &s.sets {
+                Some(sets) => {
+                    for k in sets {
+                        drop_entry(&mut self.sets, k, &s.rank);
+                    }
+                }
+                None => {
+                    self.long.remove(&s.rank);
+                }
+            }
         }
+        let entries = match stored {
+            Some(s) => s.entries.union(also),
+            None => also.clone(),
+        };
         for e in &entries.emails {
             drop_member(&mut self.emails, e, &id);
         }
         for p in &entries.phones {
             drop_hashed(&mut self.phones, p, &id);
+            drop_member(&mut self.suffixes, &query::reversed_digits(p), &id);
         }
         for n in &entries.national {
             drop_hashed(&mut self.national, n, &id);
@@ -149,34 +267,11 @@ impl Generation {
             .collect()
     }
 
-    fn search(&self, plan: Plan) -> Vec<SearchHit> {
+    /// Every hit of an email or phone query (they are few).
+    fn search_identifiers(&self, plan: Plan) -> Vec<query::SearchHit> {
         match plan {
-            Plan::Nothing => Vec::new(),
-            Plan::Name(tokens) => {
-                // Candidates come from the token with the fewest; the ranking
-                // then checks every token against each candidate's tokens.
-                let mut smallest: Option<BTreeSet<CustomerId>> = None;
-                for q in &tokens {
-                    let ids = self.name_candidates(q);
-                    let narrower = match &smallest {
-                        Some(s) => ids.len() < s.len(),
-                        None => true,
-                    };
-                    if narrower {
-                        smallest = Some(ids);
-                    }
-                }
-                let candidates = smallest
-                    .unwrap_or_default()
-                    .into_iter()
-                    .filter_map(|id| self.customers.get(&id))
-                    .map(|s| NameCandidate {
-                        brief: Brief::from(&s.summary),
-                        tokens: s.entries.tokens.clone(),
-                    })
-                    .collect();
-                query::rank_names(&tokens, candidates)
-            }
+            // Numbers: see `numbers`.
+            Plan::Nothing | Plan::Name(_) | Plan::Phone { .. } => Vec::new(),
             Plan::Email { text, exact } => {
                 let mut found = Vec::new();
                 for (email, ids) in prefixed(&self.emails, &text) {
@@ -189,46 +284,83 @@ impl Generation {
                 }
                 query::rank_matches(MatchedOn::Email, found)
             }
-            Plan::Phone { e164, national } => {
-                let mut found = Vec::new();
-                for p in &e164 {
-                    let ids = self.phones.get(p).into_iter().flatten().copied();
-                    found.extend(self.briefs(ids, Match::Exact));
-                }
-                if let Some(n) = &national {
-                    let ids = self.national.get(n).into_iter().flatten().copied();
-                    found.extend(self.briefs(ids, Match::National));
-                }
-                query::rank_matches(MatchedOn::Phone, found)
-            }
         }
     }
 
-    /// Customers with a token that is, starts with, or is one typo from `q`.
-    fn name_candidates(&self, q: &str) -> BTreeSet<CustomerId> {
-        let mut ids: BTreeSet<CustomerId> = prefixed(&self.names, q)
-            .flat_map(|(_, ids)| ids.iter().copied())
-            .collect();
-        for v in typo_keys(q) {
-            for token in self.typos.get(&v).into_iter().flatten() {
-                ids.extend(self.names.get(token).into_iter().flatten().copied());
-            }
+    fn posting(&self, list: &List) -> Option<&Posting> {
+        match list {
+            List::Token(t) => self.names.get(t),
+            List::Whole(w) => self.whole.get(w),
+            List::Set(k) => self.sets.get(k),
+            List::Long => Some(&self.long),
         }
-        ids
+    }
+
+    fn read(&self, r: &Read) -> Vec<Entry> {
+        self.posting(&r.list)
+            .map(|posting| {
+                posting
+                    .iter()
+                    .skip(r.start)
+                    .take(r.count)
+                    .map(|(Reverse((recency, id)), terms)| Entry {
+                        id: *id,
+                        recency: if *recency == i64::MIN {
+                            ranking::NEVER
+                        } else {
+                            *recency as f64
+                        },
+                        terms: terms.clone(),
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
-/// The typo-table keys of a token: itself and its deletion variants, or
-/// nothing when the token is too short for typos.
-pub(crate) fn typo_keys(token: &str) -> Vec<String> {
-    let variants = names::deletion_variants(token);
-    if variants.is_empty() {
-        return variants;
+/// The name lists of the live generation, read one lock at a time.
+struct Lists<'a>(&'a RwLock<State>);
+
+#[async_trait]
+impl NameLists for Lists<'_> {
+    async fn vocabulary_and_read(
+        &self,
+        tokens: &[String],
+        reads: &[Read],
+    ) -> IndexResult<(Vec<Vocabulary>, Vec<Vec<Entry>>)> {
+        let state = self.0.read();
+        let g = &state.current;
+        let vocabulary = tokens
+            .iter()
+            .map(|q| Vocabulary {
+                prefixed: prefixed(&g.names, q)
+                    .take(MAX_EXPANSIONS)
+                    .map(|(t, _)| t.clone())
+                    .collect(),
+                near: query_typo_keys(q)
+                    .iter()
+                    .filter_map(|v| g.typos.get(v))
+                    .flatten()
+                    .cloned()
+                    .collect(),
+            })
+            .collect();
+        Ok((vocabulary, reads.iter().map(|r| g.read(r)).collect()))
     }
-    let mut keys = Vec::with_capacity(variants.len() + 1);
-    keys.push(token.to_string());
-    keys.extend(variants);
-    keys
+
+    async fn sizes_and_read(
+        &self,
+        lists: &[List],
+        reads: &[Read],
+    ) -> IndexResult<(Vec<u64>, Vec<Vec<Entry>>)> {
+        let state = self.0.read();
+        let g = &state.current;
+        let sizes = lists
+            .iter()
+            .map(|l| g.posting(l).map_or(0, |p| p.len() as u64))
+            .collect();
+        Ok((sizes, reads.iter().map(|r| g.read(r)).collect()))
+    }
 }
 
 fn prefixed<'a, V>(
@@ -239,21 +371,25 @@ fn prefixed<'a, V>(
         .take_while(move |(k, _)| k.starts_with(prefix))
 }
 
-/// Removes `id` from the set at `key`; true when the set became empty (and went).
-fn drop_member(
-    map: &mut BTreeMap<String, BTreeSet<CustomerId>>,
-    key: &str,
-    id: &CustomerId,
-) -> bool {
-    let Some(set) = map.get_mut(key) else {
-        return false;
-    };
-    set.remove(id);
-    if set.is_empty() {
-        map.remove(key);
-        return true;
+/// Removes an entry from the posting list at `key`, and the list when it
+/// became empty.
+fn drop_entry(map: &mut HashMap<String, Posting>, key: &str, rank: &Rank) {
+    if let Some(posting) = map.get_mut(key) {
+        posting.remove(rank);
+        if posting.is_empty() {
+            map.remove(key);
+        }
     }
-    false
+}
+
+/// Removes `id` from the set at `key`, and the set when it became empty.
+fn drop_member(map: &mut BTreeMap<String, BTreeSet<CustomerId>>, key: &str, id: &CustomerId) {
+    if let Some(set) = map.get_mut(key) {
+        set.remove(id);
+        if set.is_empty() {
+            map.remove(key);
+        }
+    }
 }
 
 fn drop_hashed(map: &mut HashMap<String, BTreeSet<CustomerId>>, key: &str, id: &CustomerId) {
@@ -277,6 +413,9 @@ impl State {
     }
 }
 
+/// Documents a rebuild prepares before taking the lock once for all of them.
+const REBUILD_CHUNK: usize = 256;
+
 #[async_trait]
 impl SearchIndex for MemoryIndex {
     fn kind(&self) -> &'static str {
@@ -288,7 +427,10 @@ impl SearchIndex for MemoryIndex {
     }
 
     async fn upsert(&self, doc: &IndexedCustomer) -> IndexResult<()> {
-        self.state.write().apply(doc.id(), |g| g.upsert(doc));
+        let prepared = Prepared::of(doc);
+        self.state
+            .write()
+            .apply(doc.id(), |g| g.upsert(doc.id(), prepared.as_ref()));
         Ok(())
     }
 
@@ -298,10 +440,46 @@ impl SearchIndex for MemoryIndex {
         Ok(())
     }
 
-    async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>> {
-        let plan = Plan::of(query);
-        let hits = self.state.read().current.search(plan);
-        Ok(query::best_first(hits, limit))
+    async fn search_page(
+        &self,
+        query: &Query,
+        limit: usize,
+        after: Option<RankKey>,
+    ) -> IndexResult<SearchResults> {
+        let limit = limit.clamp(1, MAX_SEARCH_LIMIT);
+        match Plan::of(query) {
+            Plan::Name(tokens) => {
+                let words = query::query_words(query);
+                let page =
+                    ranking::search_names(&Lists(&self.state), &tokens, &words, limit + 1, after)
+                        .await?;
+                let briefs = {
+                    let state = self.state.read();
+                    page.top
+                        .iter()
+                        .filter_map(|s| state.current.customers.get(&s.id))
+                        .map(|s| Brief::from(&s.summary))
+                        .collect()
+                };
+                let hits = query::name_hits(page.top, briefs);
+                Ok(SearchResults::first(hits, limit, page.total_estimate))
+            }
+            Plan::Phone {
+                e164,
+                national,
+                suffix,
+            } => Ok(self.state.read().current.search_numbers(
+                &e164,
+                national.as_deref(),
+                suffix.as_deref(),
+                limit,
+                after,
+            )),
+            plan => {
+                let hits = self.state.read().current.search_identifiers(plan);
+                Ok(SearchResults::page_of(hits, limit, after))
+            }
+        }
     }
 
     async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
@@ -318,7 +496,7 @@ impl SearchIndex for MemoryIndex {
 
     async fn rebuild(
         &self,
-        mut docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
+        docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
     ) -> IndexResult<RebuildReport> {
         let started = std::time::Instant::now();
         let generation = {
@@ -331,19 +509,25 @@ impl SearchIndex for MemoryIndex {
             next
         };
         let mut customers = 0u64;
-        while let Some(item) = docs.next().await {
-            let doc = match item {
-                Ok(doc) => doc,
-                Err(e) => {
-                    self.abandon(generation);
-                    return Err(IndexError::RebuildAbandoned(e.to_string()));
+        let mut chunks = docs.ready_chunks(REBUILD_CHUNK);
+        while let Some(chunk) = chunks.next().await {
+            let mut prepared = Vec::with_capacity(chunk.len());
+            for item in chunk {
+                match item {
+                    Ok(doc) => prepared.push((doc.id(), Prepared::of(&doc))),
+                    Err(e) => {
+                        self.abandon(generation);
+                        return Err(IndexError::RebuildAbandoned(e.to_string()));
+                    }
                 }
-            };
+            }
             let mut state = self.state.write();
             match state.building.as_mut() {
                 Some((g, building)) if *g == generation => {
-                    if !building.live.contains(&doc.id()) {
-                        building.upsert(&doc);
+                    for (id, p) in &prepared {
+                        if !building.live.contains(id) {
+                            building.upsert(*id, p.as_ref());
+                        }
                     }
                 }
                 _ => {
@@ -352,14 +536,17 @@ impl SearchIndex for MemoryIndex {
                     ))
                 }
             }
-            customers += 1;
+            customers += prepared.len() as u64;
         }
         let mut state = self.state.write();
         match state.building.take() {
             Some((g, mut building)) if g == generation => {
                 building.live.clear();
-                state.current = building;
+                let replaced = std::mem::replace(&mut state.current, building);
                 state.generation = generation;
+                drop(state);
+                // Freeing a million customers takes a while: not under the lock.
+                drop(replaced);
                 Ok(RebuildReport {
                     generation,
                     customers,
@@ -396,7 +583,10 @@ impl SearchIndex for MemoryIndex {
             .take(limit)
             .map(|(id, s)| IndexedFingerprint {
                 id: *id,
-                fingerprint: s.fingerprint.clone(),
+                fingerprint: s
+                    .fingerprint
+                    .get_or_init(|| fingerprint_of(&s.summary))
+                    .clone(),
             })
             .collect();
         let next = (items.len() == limit)

@@ -13,7 +13,8 @@ use crm_models::names::{self, QueryKind};
 use crm_models::time::{self, Timestamp};
 use crm_models::{CustomerId, Email, PhoneNumber, Region};
 
-use crate::doc::CustomerSummary;
+use crate::doc::{CustomerSummary, EngagementBrief};
+use crate::ranking::{recency_of, RankKey, Scored};
 use crate::MAX_SEARCH_LIMIT;
 
 /// What a person typed, and how to read it.
@@ -49,16 +50,38 @@ pub struct SearchHit {
     #[serde(default, with = "time::rfc3339_option")]
     #[schema(value_type = Option<String>, format = DateTime)]
     pub last_engagement_at: Option<Timestamp>,
+    /// The newest engagement (channel, direction, time, short preview), so
+    /// that a type-ahead list or a popup needs no second request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_engagement: Option<EngagementBrief>,
     pub matched_on: MatchedOn,
-    /// In (0, 1]: 1 for an exact match of the whole name, email or number;
-    /// prefix matches score about 0.7 and one-typo matches about 0.4.
+    /// In (0, 1]: 1 for an exact match of the whole name (in the order
+    /// typed), email or number; prefix matches score about 0.7, one-typo
+    /// matches about 0.4, and partial matches at most 0.3.
     pub score: f64,
+    /// A name that matches every query word but one (`Narendra Kumar Singh`
+    /// finds Narendra Kumar Soni): ranked after every full match.
+    #[serde(default)]
+    pub partial: bool,
+}
+
+impl SearchHit {
+    /// Where the hit stands in the ranking (a page cursor).
+    pub fn rank_key(&self) -> RankKey {
+        RankKey {
+            score: self.score,
+            recency: recency_of(self.last_engagement_at.as_ref()),
+            id: self.id,
+        }
+    }
 }
 
 /// How one query token (or an email, or a number) matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Match {
     Typo,
+    /// A phone number whose digits end with the digits typed (`6418`).
+    Suffix,
     Prefix,
     /// A phone number found by its national number, without country code.
     National,
@@ -71,6 +94,7 @@ impl Match {
             Match::Exact => 1.0,
             Match::National => 0.9,
             Match::Prefix => 0.7,
+            Match::Suffix => 0.6,
             Match::Typo => 0.4,
         }
     }
@@ -86,10 +110,13 @@ pub(crate) enum Plan {
         text: String,
         exact: bool,
     },
-    /// Numbers to look up exactly (E.164), and a national number.
+    /// Numbers to look up exactly (E.164), a national number, and the
+    /// trailing digits of numbers (digits typed without `+`, at least
+    /// [`MIN_SUFFIX_DIGITS`]).
     Phone {
         e164: Vec<String>,
         national: Option<String>,
+        suffix: Option<String>,
     },
     Nothing,
 }
@@ -98,17 +125,7 @@ impl Plan {
     pub fn of(query: &Query) -> Plan {
         match query {
             Query::Any(q) => match names::classify(q) {
-                QueryKind::Phone {
-                    digits,
-                    international,
-                } => {
-                    let raw = if international {
-                        format!("+{digits}")
-                    } else {
-                        digits
-                    };
-                    phone_plan(&raw, None)
-                }
+                QueryKind::Phone { .. } => phone_plan(q, None),
                 QueryKind::Email(e) => Plan::Email {
                     text: e.as_str().to_string(),
                     exact: true,
@@ -169,25 +186,56 @@ fn phone_plan(raw: &str, region: Option<Region>) -> Plan {
     if let Ok(p) = PhoneNumber::parse(raw, region) {
         e164.push(p.as_str().to_string());
     }
-    let mut national = None;
-    if !international {
-        // `6581226418`: maybe the country code without `+`.
-        if let Ok(p) = PhoneNumber::parse(&format!("+{digits}"), None) {
-            if !e164.contains(&p.as_str().to_string()) {
-                e164.push(p.as_str().to_string());
-            }
+    // `0065 8122 6418`, or `6581226418`: maybe the country code without `+`.
+    if let Ok(p) = PhoneNumber::parse(&format!("+{digits}"), None) {
+        if !e164.contains(&p.as_str().to_string()) {
+            e164.push(p.as_str().to_string());
         }
+    }
+    let mut national = None;
+    // `6418`: the last digits of numbers, kept as typed (`0418` too). Digits
+    // starting `00` are an international number, unless they are none
+    // (`0012`: the last digits of a number).
+    let typed_00 = international && !raw.starts_with('+');
+    let suffix = if !international {
+        Some(digits.clone())
+    } else if typed_00 && e164.is_empty() {
+        Some(format!("00{digits}"))
+    } else {
+        None
+    }
+    .filter(|s| s.len() >= MIN_SUFFIX_DIGITS);
+    if !international {
         // `81226418`, `07911 123456`: the national number, trunk zeros dropped.
         let n = digits.trim_start_matches('0');
         if n.len() >= 4 {
             national = Some(n.to_string());
         }
     }
-    if e164.is_empty() && national.is_none() {
+    if e164.is_empty() && national.is_none() && suffix.is_none() {
         Plan::Nothing
     } else {
-        Plan::Phone { e164, national }
+        Plan::Phone {
+            e164,
+            national,
+            suffix,
+        }
     }
+}
+
+/// Fewest digits that find numbers by their last digits: fewer match too
+/// many numbers to mean anything.
+pub const MIN_SUFFIX_DIGITS: usize = 4;
+
+/// The digits of `number`, last first: the memory index keys numbers by
+/// them, so that a range finds the numbers ending with some digits.
+pub(crate) fn reversed_digits(number: &str) -> String {
+    number.chars().rev().filter(char::is_ascii_digit).collect()
+}
+
+/// Whether the E.164 number `e164` ends with `digits`.
+pub(crate) fn ends_with_digits(e164: &str, digits: &str) -> bool {
+    e164.trim_start_matches('+').ends_with(digits)
 }
 
 /// The words of a name query as typed (a CJK run stays one word), for
@@ -209,6 +257,7 @@ pub(crate) struct Brief {
     pub emails: Vec<Email>,
     pub phones: Vec<PhoneNumber>,
     pub last_engagement_at: Option<Timestamp>,
+    pub last_engagement: Option<EngagementBrief>,
 }
 
 impl From<&CustomerSummary> for Brief {
@@ -219,32 +268,23 @@ impl From<&CustomerSummary> for Brief {
             emails: s.emails.clone(),
             phones: s.phones.clone(),
             last_engagement_at: s.last_engagement_at,
+            last_engagement: s.last_engagements.first().cloned(),
         }
     }
 }
 
-/// A customer that may match a name query, and the name tokens it is
-/// indexed under.
-pub(crate) struct NameCandidate {
-    pub brief: Brief,
-    pub tokens: Vec<String>,
-}
-
-/// Keeps the candidates whose tokens match every query token, scored.
-pub(crate) fn rank_names(query: &[String], candidates: Vec<NameCandidate>) -> Vec<SearchHit> {
-    let mut hits = Vec::new();
-    for c in candidates {
-        let words = c
-            .brief
-            .name
-            .as_deref()
-            .map(names::words)
-            .unwrap_or_default();
-        if let Some(score) = name_score(query, &c.tokens, &words) {
-            hits.push(hit(c.brief, MatchedOn::Name, score));
-        }
-    }
-    hits
+/// The hits of a page of name matches: each scored customer with its brief
+/// (a customer whose brief is gone, removed meanwhile, is left out).
+pub(crate) fn name_hits(top: Vec<Scored>, briefs: Vec<Brief>) -> Vec<SearchHit> {
+    let mut by_id: HashMap<CustomerId, Brief> = briefs.into_iter().map(|b| (b.id, b)).collect();
+    top.into_iter()
+        .filter_map(|s| {
+            let brief = by_id.remove(&s.id)?;
+            let mut h = hit(brief, MatchedOn::Name, s.score);
+            h.partial = s.partial;
+            Some(h)
+        })
+        .collect()
 }
 
 /// Taken off the score of a name match unless every word of the name was
@@ -255,41 +295,93 @@ pub(crate) fn rank_names(query: &[String], candidates: Vec<NameCandidate>) -> Ve
 /// recency order and stop early).
 pub(crate) const PARTIAL_NAME_PENALTY: f64 = 0.05;
 
+/// Taken off the score of a whole-name match whose words are not the words
+/// typed, in that order: `Xin Priya Nair` finds Xin Priya Nair (1.0) before
+/// Priya Xin Nair (0.99).
+pub(crate) const ORDER_PENALTY: f64 = 0.01;
+
+/// A partial match (every query token but one matches) scores this share of
+/// the mean of its matches: at most 0.3, below every full match (0.35 or
+/// more).
+pub(crate) const PARTIAL_WEIGHT: f64 = 0.3;
+
+/// How a name matches a query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct NameScore {
+    pub score: f64,
+    /// One query token matched nothing.
+    pub partial: bool,
+}
+
 /// The score of a customer with these name `tokens` and `words` for the
-/// query tokens, or `None` when some query token matches none of its tokens:
-/// the mean of each query token's best match, less
-/// [`PARTIAL_NAME_PENALTY`] unless every word is a query token. Rounded as
-/// hits show it, so that adapters comparing scores agree with the ranking.
-pub(crate) fn name_score(query: &[String], tokens: &[String], words: &[String]) -> Option<f64> {
-    name_score_with(query, tokens, words, |i, t| token_match(&query[i], t))
+/// query `tokens` typed as `query_words`, or `None` when more than one
+/// query token (or the only one) matches none of its tokens: the mean of
+/// each query token's best match, less [`PARTIAL_NAME_PENALTY`] unless every
+/// word is a query token, less [`ORDER_PENALTY`] when it is but the words
+/// are not those typed in that order; with one query token unmatched, a
+/// partial match scoring [`PARTIAL_WEIGHT`] of the mean. Rounded as hits
+/// show it, so that adapters comparing scores agree with the ranking.
+pub(crate) fn name_score(
+    query: &[String],
+    query_words: &[String],
+    tokens: &[String],
+    words: &[String],
+) -> Option<NameScore> {
+    name_score_with(query, query_words, tokens, words, |i, t| {
+        token_match(&query[i], t)
+    })
 }
 
 /// [`name_score`] with `matches(i, token)` deciding how `query[i]` matches a
-/// token (it must agree with [`token_match`]; the Redis index remembers the
-/// answers during one search, since typo checks allocate).
+/// token (it must agree with [`token_match`]; a search remembers the answers,
+/// since typo checks allocate).
 pub(crate) fn name_score_with(
     query: &[String],
+    query_words: &[String],
     tokens: &[String],
     words: &[String],
     mut matches: impl FnMut(usize, &str) -> Option<Match>,
-) -> Option<f64> {
+) -> Option<NameScore> {
     if query.is_empty() {
         return None;
     }
+    let n = query.len() as f64;
     let mut total = 0.0;
+    let mut missed = 0;
     for i in 0..query.len() {
-        total += tokens.iter().filter_map(|t| matches(i, t)).max()?.score();
+        match tokens.iter().filter_map(|t| matches(i, t)).max() {
+            Some(m) => total += m.score(),
+            None => missed += 1,
+        }
     }
-    let whole = words.iter().all(|w| query.contains(w));
-    let penalty = if whole { 0.0 } else { PARTIAL_NAME_PENALTY };
-    Some(round_score(total / query.len() as f64 - penalty))
+    match missed {
+        0 => {
+            let whole = words.iter().all(|w| query.contains(w));
+            let penalty = if !whole {
+                PARTIAL_NAME_PENALTY
+            } else if words != query_words {
+                ORDER_PENALTY
+            } else {
+                0.0
+            };
+            Some(NameScore {
+                score: round_score(total / n - penalty),
+                partial: false,
+            })
+        }
+        1 if partial_allowed(query) => Some(NameScore {
+            score: round_score(PARTIAL_WEIGHT * total / n),
+            partial: true,
+        }),
+        _ => None,
+    }
 }
 
-/// The best score a partial-name match can reach when one query token
-/// matches as `kind` and every other one exactly.
-pub(crate) fn best_partial_score(query_tokens: usize, kind: Match) -> f64 {
-    let n = query_tokens.max(1) as f64;
-    round_score((kind.score() + (n - 1.0)) / n - PARTIAL_NAME_PENALTY)
+/// Whether a name missing one of these query tokens is a partial match:
+/// with two tokens or more, none CJK (a CJK word's tokens are its
+/// substrings, and a name with only some of them is another name).
+pub(crate) fn partial_allowed(query: &[String]) -> bool {
+    query.len() >= 2 && !query.iter().any(|t| t.chars().any(names::is_cjk))
 }
 
 fn round_score(score: f64) -> f64 {
@@ -301,7 +393,7 @@ pub(crate) fn token_match(query: &str, token: &str) -> Option<Match> {
         Some(Match::Exact)
     } else if token.starts_with(query) {
         Some(Match::Prefix)
-    } else if names::one_typo_apart(query, token) {
+    } else if names::one_typo_from(query, token) {
         Some(Match::Typo)
     } else {
         None
@@ -336,15 +428,17 @@ fn hit(s: Brief, matched_on: MatchedOn, score: f64) -> SearchHit {
         emails: s.emails,
         phones: s.phones,
         last_engagement_at: s.last_engagement_at,
+        last_engagement: s.last_engagement,
         matched_on,
         score: round_score(score),
+        partial: false,
     }
 }
 
 /// Best first, ties by most recent engagement, then by id, highest first
 /// (ids are time-ordered, so the newest customer), so the order is stable.
-/// The Redis index keeps its posting lists in the same order.
-pub(crate) fn best_first(mut hits: Vec<SearchHit>, limit: usize) -> Vec<SearchHit> {
+/// The indexes keep their posting lists in the same order.
+pub(crate) fn best_first(mut hits: Vec<SearchHit>) -> Vec<SearchHit> {
     hits.sort_by(|a, b| {
         b.score
             .partial_cmp(&a.score)
@@ -352,8 +446,53 @@ pub(crate) fn best_first(mut hits: Vec<SearchHit>, limit: usize) -> Vec<SearchHi
             .then_with(|| b.last_engagement_at.cmp(&a.last_engagement_at))
             .then_with(|| b.id.cmp(&a.id))
     });
-    hits.truncate(limit.min(MAX_SEARCH_LIMIT));
     hits
+}
+
+/// A page of search hits.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SearchResults {
+    /// Best first.
+    pub hits: Vec<SearchHit>,
+    /// How many hits the query has in all: exact for emails and numbers and
+    /// for names when every candidate was read; otherwise extrapolated from
+    /// what was read.
+    pub total_estimate: u64,
+    /// Where the next page starts; `None` on the last page.
+    pub next: Option<RankKey>,
+}
+
+impl SearchResults {
+    /// The page of `limit` after `after` from every hit of a query (emails
+    /// and numbers, whose hits are few).
+    pub(crate) fn page_of(hits: Vec<SearchHit>, limit: usize, after: Option<RankKey>) -> Self {
+        let total_estimate = hits.len() as u64;
+        let hits = best_first(hits)
+            .into_iter()
+            .filter(|h| after.is_none_or(|a| a.before(&h.rank_key())));
+        Self::first(hits, limit, total_estimate)
+    }
+
+    /// The first `limit` of `hits` (best first), with a cursor when more follow.
+    pub(crate) fn first(
+        hits: impl IntoIterator<Item = SearchHit>,
+        limit: usize,
+        total_estimate: u64,
+    ) -> Self {
+        let limit = limit.clamp(1, MAX_SEARCH_LIMIT);
+        let mut hits: Vec<SearchHit> = hits.into_iter().take(limit + 1).collect();
+        let next = if hits.len() > limit {
+            hits.truncate(limit);
+            hits.last().map(SearchHit::rank_key)
+        } else {
+            None
+        };
+        SearchResults {
+            hits,
+            total_estimate,
+            next,
+        }
+    }
 }
 
 /// Caller-ID answers: most recently engaged first.
@@ -376,14 +515,16 @@ mod tests {
             Plan::of(&Query::Any("+65 8122 6418".into())),
             Plan::Phone {
                 e164: vec!["+6581226418".into()],
-                national: None
+                national: None,
+                suffix: None
             }
         );
         assert_eq!(
             Plan::of(&Query::Any("8122 6418".into())),
             Plan::Phone {
                 e164: vec![],
-                national: Some("81226418".into())
+                national: Some("81226418".into()),
+                suffix: Some("81226418".into())
             }
         );
         assert_eq!(
@@ -393,14 +534,16 @@ mod tests {
             }),
             Plan::Phone {
                 e164: vec!["+6581226418".into()],
-                national: Some("81226418".into())
+                national: Some("81226418".into()),
+                suffix: Some("81226418".into())
             }
         );
         assert_eq!(
             Plan::of(&Query::Any("6581226418".into())),
             Plan::Phone {
                 e164: vec!["+6581226418".into()],
-                national: Some("6581226418".into())
+                national: Some("6581226418".into()),
+                suffix: Some("6581226418".into())
             }
         );
         assert_eq!(
@@ -435,6 +578,74 @@ mod tests {
             }),
             Plan::Nothing
         );
+    }
+
+    #[test]
+    fn trailing_digits_plan_a_suffix_search() {
+        let phone = |e164: Vec<&str>, national: Option<&str>, suffix: Option<&str>| Plan::Phone {
+            e164: e164.into_iter().map(String::from).collect(),
+            national: national.map(String::from),
+            suffix: suffix.map(String::from),
+        };
+        // Four digits: a national number too short to be one, and a suffix.
+        assert_eq!(
+            Plan::of(&Query::Any("6418".into())),
+            phone(vec![], Some("6418"), Some("6418"))
+        );
+        assert_eq!(
+            Plan::of(&Query::Any("812 264".into())),
+            phone(vec![], Some("812264"), Some("812264"))
+        );
+        // Leading zeros stay in the suffix (`0418` ends numbers), not in the
+        // national number.
+        assert_eq!(
+            Plan::of(&Query::Any("0418".into())),
+            phone(vec![], None, Some("0418"))
+        );
+        // `00` starts an international number, unless the digits are none.
+        assert_eq!(
+            Plan::of(&Query::Any("0000".into())),
+            phone(vec![], None, Some("0000"))
+        );
+        assert_eq!(
+            Plan::of(&Query::Any("0012".into())),
+            phone(vec![], None, Some("0012"))
+        );
+        assert_eq!(
+            Plan::of(&Query::Phone {
+                raw: "6418".into(),
+                region: None
+            }),
+            phone(vec![], Some("6418"), Some("6418"))
+        );
+        // With `+` (or `00`) the digits are a whole international number.
+        assert_eq!(
+            Plan::of(&Query::Any("+6581226418".into())),
+            phone(vec!["+6581226418"], None, None)
+        );
+        assert_eq!(
+            Plan::of(&Query::Any("0065 8122 6418".into())),
+            phone(vec!["+6581226418"], None, None)
+        );
+        // Fewer than four digits are not a number at all.
+        assert_eq!(
+            Plan::of(&Query::Any("418".into())),
+            Plan::Name(vec!["418".into()])
+        );
+        assert_eq!(
+            Plan::of(&Query::Phone {
+                raw: "418".into(),
+                region: None
+            }),
+            Plan::Nothing
+        );
+        assert_eq!(reversed_digits("+6581226418"), "8146221856");
+        assert!(ends_with_digits("+6581226418", "6418"));
+        assert!(ends_with_digits("+6581226418", "6581226418"));
+        assert!(!ends_with_digits("+6581226418", "+6418"));
+        assert!(!ends_with_digits("+6581226419", "6418"));
+        assert!(Match::National > Match::Suffix && Match::Suffix > Match::Typo);
+        assert!(Match::Suffix.score() < Match::National.score());
     }
 
     #[test]

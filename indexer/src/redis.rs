@@ -7,15 +7,13 @@
 //!   caller-ID lookup is one `HGET` + one `HGETALL` in one round trip. When
 //!   they differ, the cache is updated and the pipeline sent again.
 //! - **Hot paths stay cheap.** No command takes several posting lists
-//!   (`SINTER` blocks Redis for milliseconds on big sets). A name search
-//!   (see [`RedisIndex::search_names`]) expands each query token to the
-//!   vocabulary tokens it matches (`tk` prefix range, typo table), reads the
-//!   whole-name lists `wn:` the query could name, then reads the posting
-//!   lists `nm:<token>` of the query token with the fewest entries in
-//!   ranking order (most recent first) a chunk at a time, checking the other
-//!   query tokens against the tokens each entry carries, and stops as soon as
-//!   nothing unread can enter the top `limit` (or after [`MAX_SCANNED`]
-//!   entries). Only the `limit` hits it answers with have their summary read.
+//!   (`SINTER` blocks Redis for milliseconds on big sets). A name search is
+//!   [`ranking::search_names`](crate::ranking::search_names) over this
+//!   index's lists: the vocabulary (`tk` prefix range, typo table `ty:`),
+//!   the whole-name lists `wn:` and the posting lists `nm:<token>`, read in
+//!   ranking order (most recent first) a chunk at a time, a round trip a
+//!   round: about three for a type-ahead query. Only the hits it answers
+//!   with have their summary read.
 //! - **Writes** are pipelined, not transactions (`MULTI` cannot span Cluster
 //!   slots): a reader may see a half-applied upsert for a moment; the next
 //!   upsert of the customer, or a rebuild, repairs any interrupted one.
@@ -36,8 +34,9 @@
 //! Modules: `keys` (key names, member encodings and scores), `writes`
 //! (upserts and removals, and what a rebuild batch writes for customers new
 //! to the generation), `rebuild` (generations, rebuild, delete, abandon,
-//! fingerprints), `search` (names, emails, phones, and the briefs a hit
-//! shows); `connection`, `phone_reads` and `resp` carry the commands.
+//! fingerprints), `search` (names and emails, and the briefs a hit shows),
+//! `numbers` (phone numbers, whole, national or by their last digits);
+//! `connection`, `phone_reads` and `resp` carry the commands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -50,38 +49,23 @@ use futures::stream::BoxStream;
 use crm_models::{CustomerId, PhoneNumber};
 
 use crate::doc::{CustomerSummary, IndexEntries, IndexedCustomer, SummaryJson};
-use crate::query::{self, Plan, Query, SearchHit};
-use crate::{FingerprintPage, IndexError, IndexResult, RebuildReport, SearchIndex};
+use crate::query::{self, Plan, Query, SearchResults};
+use crate::ranking::RankKey;
+use crate::{
+    FingerprintPage, IndexError, IndexResult, RebuildReport, SearchIndex, MAX_SEARCH_LIMIT,
+};
 
 /// Most members read from one email prefix range. A prefix matching more
 /// (`a`) answers from the first ones in address order.
 pub const CANDIDATES: usize = 500;
 
-/// Most vocabulary tokens one query token stands for: the tokens it is a
-/// prefix of (from `tk`, in token order), and as many one-typo neighbours.
-/// `t` alone may start thousands of tokens; the first ones are used.
-pub const MAX_EXPANSIONS: usize = 64;
-
-/// Most posting-list entries one name search reads. A search that has not
-/// proven its top `limit` by then answers with the best it has read (at one
-/// million generated customers this happens to queries of two or more
-/// common partial tokens whose combination is rare).
-pub const MAX_SCANNED: usize = 1_500;
-
 /// Most `SCAN` calls one page of [`SearchIndex::fingerprints`] makes.
 const SCANS_PER_PAGE: usize = 256;
-
-/// Entries read per posting list in the first round of a multi-token
-/// search; each further round reads four times as many.
-const FIRST_CHUNK: usize = 64;
 
 /// Batches a rebuild writes at the same time, each on its own task: the
 /// documents are produced (read from the store) while earlier batches are
 /// encoded and written.
 const REBUILD_WRITERS: usize = 4;
-
-/// The recency score of a customer that never engaged: below every date.
-const NEVER: f64 = -9.0e18;
 
 /// How long a read may take before the index counts as unreachable (the
 /// routes then answer from the store). The connection manager keeps
@@ -166,6 +150,7 @@ return 1
 
 mod connection;
 mod keys;
+mod numbers;
 mod phone_reads;
 mod rebuild;
 mod resp;
@@ -292,19 +277,31 @@ impl SearchIndex for RedisIndex {
             .await
     }
 
-    async fn search(&self, query: &Query, limit: usize) -> IndexResult<Vec<SearchHit>> {
+    async fn search_page(
+        &self,
+        query: &Query,
+        limit: usize,
+        after: Option<RankKey>,
+    ) -> IndexResult<SearchResults> {
+        let limit = limit.clamp(1, MAX_SEARCH_LIMIT);
         let hits = match Plan::of(query) {
             Plan::Nothing => Vec::new(),
             Plan::Name(tokens) => {
                 let words = query::query_words(query);
-                self.search_names(&tokens, &words, limit).await?
+                return self.search_names(&tokens, &words, limit, after).await;
             }
             Plan::Email { text, exact } => self.search_emails(&text, exact).await?,
-            Plan::Phone { e164, national } => {
-                self.search_phones(&e164, national.as_deref()).await?
+            Plan::Phone {
+                e164,
+                national,
+                suffix,
+            } => {
+                return self
+                    .search_numbers(&e164, national.as_deref(), suffix.as_deref(), limit, after)
+                    .await;
             }
         };
-        Ok(query::best_first(hits, limit))
+        Ok(SearchResults::page_of(hits, limit, after))
     }
 
     async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {

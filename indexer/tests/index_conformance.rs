@@ -98,6 +98,22 @@ async fn name(index: &dyn SearchIndex, q: &str) -> Vec<CustomerId> {
     ids(&find(index, Query::Name(q.into())).await)
 }
 
+/// The customers whose name matches every word of `q` (partial matches,
+/// which follow them, left out).
+async fn full(index: &dyn SearchIndex, q: &str) -> Vec<CustomerId> {
+    let hits = find(index, Query::Any(q.into())).await;
+    let full: Vec<CustomerId> = hits
+        .iter()
+        .take_while(|h| !h.partial)
+        .map(|h| h.id)
+        .collect();
+    assert!(
+        hits[full.len()..].iter().all(|h| h.partial),
+        "partial matches come last: {hits:?}"
+    );
+    full
+}
+
 fn ids(hits: &[SearchHit]) -> Vec<CustomerId> {
     hits.iter().map(|h| h.id).collect()
 }
@@ -118,7 +134,7 @@ async fn one_typo_finds_narendra_and_john(index: &dyn SearchIndex) {
     assert_eq!(hits[0].matched_on, MatchedOn::Name);
     assert!(hits[0].score < 0.5, "a typo scores low: {}", hits[0].score);
     assert_eq!(any(index, "Jonh").await, vec![john.id]);
-    assert_eq!(any(index, "jhon tan").await, vec![john.id]);
+    assert_eq!(full(index, "jhon tan").await, vec![john.id]);
     // Short tokens get no typo tolerance.
     assert!(any(index, "Jhn").await.is_empty());
 }
@@ -144,7 +160,7 @@ async fn accents_fold(index: &dyn SearchIndex) {
     let both = any(index, "jose").await;
     assert_eq!(both.len(), 2);
     assert_eq!(both[0], plain.id, "ties go to the more recent engagement");
-    assert_eq!(any(index, "JOSÉ garcia").await, vec![jose.id]);
+    assert_eq!(full(index, "JOSÉ garcia").await, vec![jose.id]);
     assert_eq!(any(index, "García").await, vec![jose.id]);
 }
 
@@ -163,11 +179,12 @@ async fn ann_prefix_and_multi_token(index: &dyn SearchIndex) {
     );
     // A prefix of every name: most recent first.
     assert_eq!(any(index, "an").await, vec![ann_tan.id, annabel.id, ann.id]);
-    assert_eq!(any(index, "tan ann").await, vec![ann_tan.id]);
-    assert_eq!(any(index, "Tan, Ann").await, vec![ann_tan.id]);
-    assert_eq!(any(index, "ann t").await, vec![ann_tan.id]);
-    // Every token must match.
-    assert!(any(index, "ann ng").await.is_empty());
+    assert_eq!(full(index, "tan ann").await, vec![ann_tan.id]);
+    assert_eq!(full(index, "Tan, Ann").await, vec![ann_tan.id]);
+    assert_eq!(full(index, "ann t").await, vec![ann_tan.id]);
+    // Nobody has both: names with one of them, as partial matches.
+    assert!(full(index, "ann ng").await.is_empty());
+    assert_eq!(any(index, "ann ng").await.len(), 4);
     assert_eq!(any(index, "tan").await, vec![ann_tan.id, other.id]);
 }
 
@@ -180,9 +197,9 @@ async fn a_rare_token_narrows_a_common_one(index: &dyn SearchIndex) {
     let all = common.into_iter().chain([doc(&ann_tan)]).map(Ok);
     index.rebuild(stream::iter(all).boxed()).await.unwrap();
 
-    assert_eq!(any(index, "tan ann").await, vec![ann_tan.id]);
-    assert_eq!(any(index, "ta an").await, vec![ann_tan.id]);
-    assert_eq!(any(index, "tan 599").await.len(), 1);
+    assert_eq!(full(index, "tan ann").await, vec![ann_tan.id]);
+    assert_eq!(full(index, "ta an").await, vec![ann_tan.id]);
+    assert_eq!(full(index, "tan 599").await.len(), 1);
     assert_eq!(
         index
             .search(&Query::Any("tan".into()), 100)
@@ -239,10 +256,13 @@ async fn full_names_among_many_namesakes(index: &dyn SearchIndex) {
         [ming.id, ming_jun.id]
     );
     // With a typo, the whole name and the longer one score alike: recency.
-    assert_eq!(any(index, "tan wei mnig").await, vec![ming_jun.id, ming.id]);
+    assert_eq!(
+        full(index, "tan wei mnig").await,
+        vec![ming_jun.id, ming.id]
+    );
     // Two tokens that each have 700 customers, and one customer with both.
-    assert_eq!(any(index, "lim kumar").await, vec![lim_kumar.id]);
-    assert_eq!(any(index, "kumar li").await, vec![lim_kumar.id]);
+    assert_eq!(full(index, "lim kumar").await, vec![lim_kumar.id]);
+    assert_eq!(full(index, "kumar li").await, vec![lim_kumar.id]);
     // A prefix: every Tan matches equally, the most recent first.
     let mut expected = vec![ming_jun.id];
     expected.extend(tans.iter().rev().take(9).map(|c| c.id));
@@ -267,7 +287,7 @@ async fn cjk_names(index: &dyn SearchIndex) {
     assert_eq!(any(index, "陈大文").await, vec![chen.id]);
     assert!(any(index, "文大").await.is_empty());
     assert_eq!(any(index, "민수").await, vec![kim.id]);
-    assert_eq!(any(index, "tan 小明").await, vec![mixed.id]);
+    assert_eq!(full(index, "tan 小明").await, vec![mixed.id]);
 }
 
 async fn email_exact_and_prefix(index: &dyn SearchIndex) {
@@ -772,6 +792,477 @@ async fn nothing_to_search_and_limits(index: &dyn SearchIndex) {
     index.ping().await.unwrap();
 }
 
+async fn short_names_with_one_typo(index: &dyn SearchIndex) {
+    let tan = engaged(customer("Tan", &[], &[]), "2026-02-01T00:00:00Z");
+    let ann = engaged(customer("Ann Lee", &[], &[]), "2026-01-01T00:00:00Z");
+    let other = customer("Tam Wong", &[], &[]);
+    put(index, &[&tan, &ann, &other]).await;
+
+    // `tann` is one letter more than `tan`, and than `ann`.
+    let hits = find(index, Query::Any("Tann".into())).await;
+    assert_eq!(
+        ids(&hits),
+        vec![tan.id, ann.id],
+        "a four-letter query reaches `tan`"
+    );
+    assert!(hits[0].score < 0.5 && !hits[0].partial);
+    assert_eq!(any(index, "Anne").await, vec![ann.id]);
+    assert_eq!(any(index, "anne lee").await, vec![ann.id]);
+    // A three-letter query is not corrected: `tam` finds only Tam.
+    assert_eq!(any(index, "tam").await, vec![other.id]);
+}
+
+async fn partial_names_follow_full_ones(index: &dyn SearchIndex) {
+    let soni = engaged(
+        customer("Narendra Kumar Soni", &[], &[]),
+        "2026-03-01T00:00:00Z",
+    );
+    let singh = engaged(
+        customer("Narendra Kumar Singh", &[], &[]),
+        "2026-01-01T00:00:00Z",
+    );
+    let raj = engaged(customer("Raj Kumar", &[], &[]), "2026-04-01T00:00:00Z");
+    let lim = customer("Peter Lim", &[], &[]);
+    put(index, &[&soni, &singh, &raj, &lim]).await;
+
+    let hits = find(index, Query::Any("Narendra Kumar Singh".into())).await;
+    assert_eq!(ids(&hits), vec![singh.id, soni.id]);
+    assert!(!hits[0].partial && hits[0].score == 1.0);
+    assert!(hits[1].partial, "Soni matches all but one word");
+    assert!(hits[1].score <= 0.3);
+    // Two words: the one customer with both, then those with one of them.
+    let hits = find(index, Query::Any("raj kumar".into())).await;
+    assert_eq!(hits[0].id, raj.id);
+    assert!(!hits[0].partial);
+    assert_eq!(
+        ids(&hits[1..]),
+        vec![soni.id, singh.id],
+        "partials by recency"
+    );
+    assert!(hits[1..].iter().all(|h| h.partial));
+    // A word nobody has: what the others find, as partial matches.
+    let hits = find(index, Query::Any("Peter Lm".into())).await;
+    assert_eq!(ids(&hits), vec![lim.id]);
+    assert!(hits[0].partial);
+    // Two words that match nothing: nothing.
+    assert!(any(index, "Peter Xq Zz").await.is_empty());
+    // One word is never a partial match of itself.
+    assert!(any(index, "Zzzz").await.is_empty());
+}
+
+async fn exact_word_order_first(index: &dyn SearchIndex) {
+    let typed = engaged(customer("Xin Priya Nair", &[], &[]), "2026-01-01T00:00:00Z");
+    let reordered = engaged(customer("Priya Xin Nair", &[], &[]), "2026-05-01T00:00:00Z");
+    let longer = engaged(
+        customer("Xin Priya Nair Tan", &[], &[]),
+        "2026-06-01T00:00:00Z",
+    );
+    put(index, &[&typed, &reordered, &longer]).await;
+
+    let hits = find(index, Query::Any("Xin Priya Nair".into())).await;
+    assert_eq!(ids(&hits), vec![typed.id, reordered.id, longer.id]);
+    assert_eq!(hits[0].score, 1.0);
+    assert!(hits[1].score < 1.0 && hits[1].score > hits[2].score);
+    let hits = find(index, Query::Any("priya xin nair".into())).await;
+    assert_eq!(ids(&hits), vec![reordered.id, typed.id, longer.id]);
+}
+
+async fn ties_by_recency_then_newest(index: &dyn SearchIndex) {
+    let when = "2026-02-01T00:00:00Z";
+    // Same name, same time: the newest customer (highest id) first, always.
+    let mut tans: Vec<Customer> = (0..6)
+        .map(|_| engaged(customer("Tan", &[], &[]), when))
+        .collect();
+    let recent = engaged(customer("Tan", &[], &[]), "2026-03-01T00:00:00Z");
+    for c in &tans {
+        put(index, &[c]).await;
+    }
+    put(index, &[&recent]).await;
+    tans.sort_by_key(|c| std::cmp::Reverse(c.id));
+    let mut expected = vec![recent.id];
+    expected.extend(tans.iter().map(|c| c.id));
+    for _ in 0..3 {
+        assert_eq!(any(index, "tan").await, expected);
+    }
+}
+
+async fn pages_follow_one_another(index: &dyn SearchIndex) {
+    let when = |i: usize| format!("2026-03-01T{:02}:{:02}:00Z", i / 60, i % 60);
+    let tans: Vec<Customer> = (0..250)
+        .map(|i| engaged(customer(&format!("Tan {}", i % 7), &[], &[]), &when(i)))
+        .collect();
+    let ann = customer("Ann Tan", &[], &[]);
+    let all = tans
+        .iter()
+        .chain([&ann])
+        .map(|c| Ok(doc(c)))
+        .collect::<Vec<_>>();
+    index.rebuild(stream::iter(all).boxed()).await.unwrap();
+
+    let query = Query::Any("tan".into());
+    let first = index.search_page(&query, 100, None).await.unwrap();
+    assert!(
+        first.total_estimate >= 251,
+        "estimate {}",
+        first.total_estimate
+    );
+    let mut seen: Vec<CustomerId> = ids(&first.hits);
+    let mut after = first.next;
+    let mut pages = 1;
+    while let Some(cursor) = after {
+        // A new customer between pages ranks first: with an offset, the
+        // next page would repeat one; a cursor keeps its place.
+        if pages == 1 {
+            let newcomer = engaged(customer("Tan 9", &[], &[]), "2027-01-01T00:00:00Z");
+            put(index, &[&newcomer]).await;
+        }
+        let page = index.search_page(&query, 100, Some(cursor)).await.unwrap();
+        assert!(page.hits.len() <= 100);
+        seen.extend(ids(&page.hits));
+        after = page.next;
+        pages += 1;
+        assert!(pages <= 4, "three pages hold 251 hits");
+    }
+    assert_eq!(pages, 3);
+    let distinct: std::collections::HashSet<_> = seen.iter().copied().collect();
+    assert_eq!(seen.len(), distinct.len(), "no customer twice");
+    assert_eq!(distinct.len(), 251);
+    // The order is the ranking: the whole name `Tan N` of each, by recency.
+    let expected: Vec<CustomerId> = {
+        let mut v: Vec<&Customer> = tans.iter().collect();
+        v.sort_by_key(|c| std::cmp::Reverse((c.last_engagement_at, c.id)));
+        v.iter().map(|c| c.id).collect()
+    };
+    assert_eq!(seen[..100], expected[..100]);
+    // Emails page the same way.
+    let mut people = Vec::new();
+    for i in 0..5 {
+        people.push(customer("", &[], &[&format!("p{i}@example.com")]));
+    }
+    for p in &people {
+        put(index, &[p]).await;
+    }
+    let q = Query::Email("p".into());
+    let one = index.search_page(&q, 2, None).await.unwrap();
+    assert_eq!((one.hits.len(), one.total_estimate), (2, 5));
+    let two = index.search_page(&q, 2, one.next).await.unwrap();
+    let three = index.search_page(&q, 2, two.next).await.unwrap();
+    assert_eq!(three.hits.len(), 1);
+    assert!(three.next.is_none());
+    let mut all: Vec<CustomerId> = [one.hits, two.hits, three.hits]
+        .concat()
+        .iter()
+        .map(|h| h.id)
+        .collect();
+    all.sort();
+    let mut want: Vec<CustomerId> = people.iter().map(|c| c.id).collect();
+    want.sort();
+    assert_eq!(all, want);
+}
+
+async fn hits_carry_the_last_engagement(index: &dyn SearchIndex) {
+    let c = customer("Mei Ling", &["+6581226418"], &[]);
+    let d = IndexedCustomer::new(
+        c.clone(),
+        vec![
+            call(&c, "2026-01-01T00:00:00Z"),
+            sms(&c, "2026-02-01T00:00:00Z", "Is the flat still available?"),
+        ],
+    );
+    index.upsert(&d).await.unwrap();
+    for q in ["mei", "+6581226418"] {
+        let hits = find(index, Query::Any(q.into())).await;
+        let last = hits[0].last_engagement.as_ref().expect("a last engagement");
+        assert_eq!(last.channel, crm_models::Channel::Sms, "{q}");
+        assert_eq!(last.direction, Some(Direction::Inbound));
+        assert_eq!(last.occurred_at, at("2026-02-01T00:00:00Z"));
+        assert_eq!(last.preview, "Is the flat still available?");
+    }
+}
+
+/// The hits of a digits query, with their scores.
+async fn digits(index: &dyn SearchIndex, q: &str) -> Vec<(CustomerId, f64)> {
+    let hits = find(index, Query::Any(q.into())).await;
+    assert!(hits.iter().all(|h| h.matched_on == MatchedOn::Phone), "{q}");
+    hits.iter().map(|h| (h.id, h.score)).collect()
+}
+
+/// The customers found by the last digits `q` (score below a national match).
+async fn ending(index: &dyn SearchIndex, q: &str) -> Vec<CustomerId> {
+    let hits = digits(index, q).await;
+    assert!(hits.iter().all(|(_, s)| *s < 0.9), "{q}: {hits:?}");
+    hits.iter().map(|(id, _)| *id).collect()
+}
+
+async fn trailing_digits_find_numbers_by_recency(index: &dyn SearchIndex) {
+    let jan = engaged(
+        customer("Ann Tan", &["+6581226418"], &[]),
+        "2026-01-01T00:00:00Z",
+    );
+    let mar = engaged(
+        customer("Ben Ong", &["+6591116418"], &[]),
+        "2026-03-01T00:00:00Z",
+    );
+    let feb = engaged(
+        customer("Chen Wei", &["+60123456418"], &[]),
+        "2026-02-01T00:00:00Z",
+    );
+    // Two numbers ending alike: found once.
+    let twice = engaged(
+        customer("Dev Nair", &["+6561236418", "+6598766418"], &[]),
+        "2025-12-01T00:00:00Z",
+    );
+    let never = customer("Eve Lim", &["+6587776418"], &[]);
+    let other = engaged(
+        customer("Fay Goh", &["+6581226419"], &[]),
+        "2026-04-01T00:00:00Z",
+    );
+    let zero = engaged(
+        customer("Gan Hui", &["+6581230418"], &[]),
+        "2026-01-15T00:00:00Z",
+    );
+    put(index, &[&jan, &mar, &feb, &twice, &never, &other, &zero]).await;
+
+    let hits = find(index, Query::Any("6418".into())).await;
+    assert_eq!(
+        ids(&hits),
+        vec![mar.id, feb.id, jan.id, twice.id, never.id],
+        "most recent engagement first, never engaged last"
+    );
+    assert!(hits.iter().all(|h| h.score == 0.6), "{hits:?}");
+    assert_eq!(hits[0].phones[0].as_str(), "+6591116418");
+    // More digits narrow it; spaces and dashes are ignored.
+    assert_eq!(ending(index, "26418").await, vec![jan.id]);
+    assert_eq!(ending(index, "1-6418").await, vec![mar.id]);
+    assert_eq!(ending(index, "6 6418").await, vec![twice.id]);
+    assert_eq!(ending(index, "5-6418").await, vec![feb.id]);
+    assert_eq!(ending(index, "36418").await, vec![twice.id]);
+    // A leading zero is one of the last digits.
+    assert_eq!(ending(index, "0418").await, vec![zero.id]);
+    assert_eq!(
+        ending(index, "6419").await,
+        vec![other.id],
+        "and not the others"
+    );
+    assert!(any(index, "7777").await.is_empty());
+    // Typed as a number to look up, the same.
+    let hits = find(
+        index,
+        Query::Phone {
+            raw: "6418".into(),
+            region: None,
+        },
+    )
+    .await;
+    assert_eq!(ids(&hits), vec![mar.id, feb.id, jan.id, twice.id, never.id]);
+    // Fewer than four digits are no number: nothing by suffix.
+    for q in ["418", "18", "8"] {
+        assert!(any(index, q).await.is_empty(), "{q}");
+        let hits = find(
+            index,
+            Query::Phone {
+                raw: q.into(),
+                region: None,
+            },
+        )
+        .await;
+        assert!(hits.is_empty(), "{q}");
+    }
+    // With `+` the digits are a whole number, not an ending.
+    assert!(any(index, "+6418").await.is_empty());
+}
+
+async fn trailing_digits_after_exact_and_national_matches(index: &dyn SearchIndex) {
+    let ann = engaged(
+        customer("Ann Tan", &["+6581226418"], &[]),
+        "2026-01-01T00:00:00Z",
+    );
+    // Ends with Ann's whole national number, and engaged more recently.
+    let my = engaged(
+        customer("Mei Wong", &["+60181226418"], &[]),
+        "2026-04-01T00:00:00Z",
+    );
+    let near = engaged(
+        customer("Raj Kumar", &["+6591226418"], &[]),
+        "2026-05-01T00:00:00Z",
+    );
+    put(index, &[&ann, &my, &near]).await;
+
+    // The national number first, then numbers ending with it.
+    assert_eq!(
+        digits(index, "81226418").await,
+        vec![(ann.id, 0.9), (my.id, 0.6)]
+    );
+    // With a region it is the whole number: exact first.
+    let hits = find(
+        index,
+        Query::Phone {
+            raw: "8122 6418".into(),
+            region: sg(),
+        },
+    )
+    .await;
+    assert_eq!(
+        hits.iter().map(|h| (h.id, h.score)).collect::<Vec<_>>(),
+        vec![(ann.id, 1.0), (my.id, 0.6)]
+    );
+    // Four digits: every ending, by recency alone.
+    assert_eq!(ending(index, "6418").await, vec![near.id, my.id, ann.id]);
+    assert_eq!(ending(index, "226418").await, vec![near.id, my.id, ann.id]);
+    assert_eq!(ending(index, "1226418").await, vec![near.id, my.id, ann.id]);
+    assert_eq!(ending(index, "21226418").await, Vec::<CustomerId>::new());
+}
+
+async fn trailing_digits_follow_changes_and_removals(index: &dyn SearchIndex) {
+    let ann = engaged(
+        customer("Ann Tan", &["+6581226418"], &[]),
+        "2026-01-01T00:00:00Z",
+    );
+    let ben = engaged(
+        customer("Ben Ong", &["+6591116418"], &[]),
+        "2026-02-01T00:00:00Z",
+    );
+    let cai = engaged(
+        customer("Cai Lin", &["+6561236418"], &[]),
+        "2026-03-01T00:00:00Z",
+    );
+    put(index, &[&ann, &ben, &cai]).await;
+    assert_eq!(ending(index, "6418").await, vec![cai.id, ben.id, ann.id]);
+
+    // A new engagement moves Ann to the front.
+    let ann = engaged(ann, "2026-06-01T00:00:00Z");
+    put(index, &[&ann]).await;
+    assert_eq!(ending(index, "6418").await, vec![ann.id, cai.id, ben.id]);
+
+    // A changed number stops matching the old ending and matches the new.
+    let mut ben_moved = ben.clone();
+    ben_moved.phones = vec![PhoneNumber::parse("+6591110000", None).unwrap()];
+    put(index, &[&ben_moved]).await;
+    assert_eq!(ending(index, "6418").await, vec![ann.id, cai.id]);
+    assert_eq!(ending(index, "0000").await, vec![ben.id]);
+
+    // A removed customer, and a merged one, are gone.
+    index.remove(cai.id, &[]).await.unwrap();
+    assert_eq!(ending(index, "6418").await, vec![ann.id]);
+    let mut merged = ann.clone();
+    merged.status = CustomerStatus::Merged;
+    put(index, &[&merged]).await;
+    assert!(any(index, "6418").await.is_empty());
+    // Removed by the identifiers the caller names, too.
+    let dan = customer("Dan Koh", &["+6581117777"], &[]);
+    put(index, &[&dan]).await;
+    assert_eq!(ending(index, "7777").await, vec![dan.id]);
+    index
+        .remove(dan.id, &["phone:+6581117777".to_string()])
+        .await
+        .unwrap();
+    assert!(any(index, "7777").await.is_empty());
+}
+
+async fn trailing_digits_after_a_rebuild_and_in_pages(index: &dyn SearchIndex) {
+    let when = |i: usize| format!("2026-03-01T00:{i:02}:00Z");
+    let people: Vec<Customer> = (0..7)
+        .map(|i| {
+            engaged(
+                customer(&format!("Ravi {i}"), &[&format!("+659{i}116418")], &[]),
+                &when(i),
+            )
+        })
+        .collect();
+    let docs = people.iter().map(|c| Ok(doc(c))).collect::<Vec<_>>();
+    index.rebuild(stream::iter(docs).boxed()).await.unwrap();
+
+    let newest_first: Vec<CustomerId> = people.iter().rev().map(|c| c.id).collect();
+    assert_eq!(ending(index, "6418").await, newest_first);
+    let query = Query::Any("6418".into());
+    let mut seen = Vec::new();
+    let mut after = None;
+    for page in 0.. {
+        let results = index.search_page(&query, 3, after).await.unwrap();
+        assert_eq!(results.total_estimate, 7);
+        seen.extend(ids(&results.hits));
+        after = results.next;
+        if after.is_none() {
+            assert_eq!(page, 2, "three pages of three hold seven");
+            break;
+        }
+    }
+    assert_eq!(seen, newest_first);
+    // One at a time: the first page reads only the start of the bucket.
+    let first = index.search_page(&query, 1, None).await.unwrap();
+    assert_eq!(ids(&first.hits), vec![newest_first[0]]);
+    assert_eq!(first.total_estimate, 7);
+    let mut seen = ids(&first.hits);
+    let mut after = first.next;
+    while let Some(cursor) = after {
+        let page = index.search_page(&query, 1, Some(cursor)).await.unwrap();
+        assert_eq!(page.hits.len(), 1);
+        seen.extend(ids(&page.hits));
+        after = page.next;
+    }
+    assert_eq!(seen, newest_first);
+}
+
+async fn three_words_among_many_partials(index: &dyn SearchIndex) {
+    let when = |i: usize| {
+        format!(
+            "2026-04-{:02}T{:02}:{:02}:00Z",
+            1 + i / 1440,
+            (i / 60) % 24,
+            i % 60
+        )
+    };
+    // 1,200 customers with two of the three words, all engaged after the
+    // three with all of them.
+    let firsts = ["Xin", "Priya", "Wei"];
+    let mut many = Vec::new();
+    for i in 0..1200 {
+        let name = match i % 3 {
+            0 => format!("Xin Priya {}", i),
+            1 => format!("Priya Nair {}", i),
+            _ => format!("{} Xin Nair", firsts[i % 3]),
+        };
+        many.push(engaged(customer(&name, &[], &[]), &when(i)));
+    }
+    let whole = engaged(customer("Xin Priya Nair", &[], &[]), "2025-01-01T00:00:00Z");
+    let longer = engaged(
+        customer("Xin Priya Nair Tan", &[], &[]),
+        "2025-01-02T00:00:00Z",
+    );
+    // Seven words: too many for token sets, still found.
+    let long = engaged(
+        customer("Nair Anand Xin Bala Priya Chandra Devi", &[], &[]),
+        "2025-01-03T00:00:00Z",
+    );
+    let all = many
+        .iter()
+        .chain([&whole, &longer, &long])
+        .map(|c| Ok(doc(c)))
+        .collect::<Vec<_>>();
+    index.rebuild(stream::iter(all).boxed()).await.unwrap();
+
+    let hits = find(index, Query::Any("Xin Priya Nair".into())).await;
+    assert_eq!(ids(&hits[..3]), vec![whole.id, long.id, longer.id]);
+    assert!(hits[..3].iter().all(|h| !h.partial));
+    // Then partial matches, most recent first.
+    assert!(hits[3..].iter().all(|h| h.partial));
+    assert_eq!(hits[3].id, many[1199].id);
+    let page = index
+        .search_page(&Query::Any("xin nair".into()), 10, None)
+        .await
+        .unwrap();
+    assert!(
+        page.hits.iter().all(|h| !h.partial),
+        "403 customers have both"
+    );
+    assert_eq!(page.hits[0].id, many[1199].id);
+    assert!(
+        (380..=430).contains(&page.total_estimate),
+        "the 400 Wei Xin Nairs and 3 others: {}",
+        page.total_estimate
+    );
+}
+
 // --- adapters ---
 
 /// An adapter, and whatever must happen when the test is done with it.
@@ -824,6 +1315,17 @@ macro_rules! suite {
             failed_rebuild_keeps_the_live_index,
             verify_fingerprints,
             nothing_to_search_and_limits,
+            short_names_with_one_typo,
+            partial_names_follow_full_ones,
+            exact_word_order_first,
+            ties_by_recency_then_newest,
+            pages_follow_one_another,
+            hits_carry_the_last_engagement,
+            three_words_among_many_partials,
+            trailing_digits_find_numbers_by_recency,
+            trailing_digits_after_exact_and_national_matches,
+            trailing_digits_follow_changes_and_removals,
+            trailing_digits_after_a_rebuild_and_in_pages,
         );
     };
 }
@@ -926,8 +1428,12 @@ async fn redis_key_schema() {
         p("nm:tanaka"),
         p("ph:+6581226418"),
         p("pn:81226418"),
+        p("sx:6418"),
         p("tk"),
         p("wn:ann tanaka"),
+        // A three-letter token is its own typo key (`anne` reaches it).
+        p("ty:ann"),
+        p("ns:ann tanaka"),
     ];
     for v in [
         "tanaka", "anaka", "tnaka", "taaka", "tanka", "tanaa", "tanak",
@@ -955,7 +1461,8 @@ async fn redis_key_schema() {
     let entry = format!("{}\0ann tanaka", ann.id);
     assert_eq!(zrange(p("nm:ann")).await, vec![entry.clone()]);
     assert_eq!(zrange(p("nm:tanaka")).await, vec![entry.clone()]);
-    assert_eq!(zrange(p("wn:ann tanaka")).await, vec![entry]);
+    assert_eq!(zrange(p("wn:ann tanaka")).await, vec![entry.clone()]);
+    assert_eq!(zrange(p("ns:ann tanaka")).await, vec![entry]);
     let mut fields: Vec<String> = redis::cmd("HKEYS")
         .arg(p(&format!("cust:{}", ann.id)))
         .query_async(&mut conn)
@@ -994,7 +1501,11 @@ async fn redis_key_schema() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert!(typo_left.is_empty(), "{typo_left:?}");
+    assert_eq!(
+        typo_left,
+        vec![p("ty:ann")],
+        "only the token left has typo keys"
+    );
     assert_eq!(zrange(p("tk")).await, vec!["ann"]);
     assert_eq!(zrange(p("nm:ann")).await, vec![format!("{}\0ann", ann.id)]);
     assert_eq!(zrange(p("wn:ann")).await, vec![format!("{}\0ann", ann.id)]);

@@ -103,6 +103,23 @@ pub fn one_typo_apart(a: &str, b: &str) -> bool {
     va.iter().any(|v| v == b) || vb.iter().any(|v| v == a) || va.iter().any(|v| vb.contains(v))
 }
 
+/// True when `token` (an indexed token) is one typo from `query` (typed):
+/// both long enough to be corrected ([`one_typo_apart`]), or, for a query of
+/// [`MIN_TYPO_CHARS`] characters or more, a three-letter token that is the
+/// query with one character left out (`tann` → `tan`, `anne` → `ann`). A
+/// short query is never corrected (`jhn` does not find `john`).
+pub fn one_typo_from(query: &str, token: &str) -> bool {
+    let q = query.chars().count();
+    if q < MIN_TYPO_CHARS {
+        return false;
+    }
+    let t = token.chars().count();
+    if t + 1 == MIN_TYPO_CHARS && q == MIN_TYPO_CHARS && !token.chars().any(is_cjk) {
+        return deletion_variants(query).iter().any(|v| v == token);
+    }
+    one_typo_apart(query, token)
+}
+
 /// What a search box query looks like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueryKind {
@@ -226,7 +243,9 @@ fn is_accent(c: char) -> bool {
 }
 
 /// Han, kana, Hangul and the iteration mark: scripts written without spaces.
-fn is_cjk(c: char) -> bool {
+/// True for Chinese, Japanese and Korean characters (names written without
+/// spaces, indexed by substrings, never typo-corrected).
+pub fn is_cjk(c: char) -> bool {
     matches!(c,
         '\u{1100}'..='\u{11FF}'     // Hangul Jamo
         | '\u{3005}'                // 々
@@ -373,6 +392,12 @@ mod tests {
             "3-letter tokens have no typo"
         );
         assert!(!one_typo_apart("john", "john"));
+        assert!(one_typo_from("tann", "tan"));
+        assert!(one_typo_from("anne", "ann"));
+        assert!(!one_typo_from("tanx", "ann"), "two edits");
+        assert!(!one_typo_from("jhn", "john"), "a short query is not corrected");
+        assert!(!one_typo_from("tan", "tann"));
+        assert!(one_typo_from("jonh", "john"));
         assert!(!one_typo_apart("john", "mary"));
     }
 

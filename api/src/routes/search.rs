@@ -5,6 +5,7 @@ use axum::extract::State;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
+use crm_indexer::ranking::RankKey;
 use crm_indexer::warmup::WarmupStatus;
 use crm_indexer::{CustomerSummary, IndexError, Query, SearchHit, SummaryJson, MAX_SEARCH_LIMIT};
 use crm_models::{CustomerId, Region};
@@ -14,6 +15,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::customers::parse_customer_id;
+use super::pagination;
 use crate::auth::Staff;
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::state::AppState;
@@ -61,13 +63,65 @@ pub struct SearchParams {
     pub region: Option<String>,
     /// 1 to 100, default 20.
     pub limit: Option<usize>,
+    /// `next_cursor` of the previous page, with the same query. A cursor
+    /// keeps its place however the index changes meanwhile: customers
+    /// written since may move between pages, none is shown twice on a page.
+    pub cursor: Option<String>,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SearchResults {
-    /// Best first: exact, then prefix, then one-typo matches; ties by the most
-    /// recent engagement.
+    /// Best first: exact, then prefix, then one-typo matches, then partial
+    /// names; ties by the most recent engagement, then the newest customer.
     pub items: Vec<SearchHit>,
+    /// Pass as `cursor` (with the same query) for the next page; absent on
+    /// the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// How many customers the query finds in all: exact for emails and
+    /// numbers, and for names when every candidate was read; otherwise an
+    /// estimate from the candidates read.
+    pub total_estimate: u64,
+}
+
+/// A search cursor: which query it belongs to, and the rank of the last
+/// hit shown.
+fn encode_cursor(query: &Query, after: &RankKey) -> String {
+    pagination::encode(&[
+        &query_tag(query),
+        &after.score.to_string(),
+        &after.recency.to_string(),
+        &after.id.to_string(),
+    ])
+}
+
+fn decode_cursor(query: &Query, cursor: &str) -> Result<RankKey, ApiError> {
+    let parts = pagination::decode(cursor, 4)?;
+    let bad = || ApiError::field("cursor", "not a cursor this API issued");
+    if parts[0] != query_tag(query) {
+        return Err(ApiError::field(
+            "cursor",
+            "this cursor belongs to another query; search again without it",
+        ));
+    }
+    let score: f64 = parts[1].parse().map_err(|_| bad())?;
+    let recency: f64 = parts[2].parse().map_err(|_| bad())?;
+    if !score.is_finite() || !recency.is_finite() {
+        return Err(bad());
+    }
+    Ok(RankKey {
+        score,
+        recency,
+        id: parts[3].parse().map_err(|_| bad())?,
+    })
+}
+
+/// A short tag of the query (not the query itself: cursors travel in URLs
+/// and logs).
+fn query_tag(query: &Query) -> String {
+    use sha2::{Digest, Sha256};
+    let text = format!("{query:?}");
+    hex::encode(&Sha256::digest(text.as_bytes())[..8])
 }
 
 /// Finds customers from whatever the user has.
@@ -132,9 +186,22 @@ async fn search(
             region,
         }
     };
+    let after = params
+        .cursor
+        .as_deref()
+        .map(|c| decode_cursor(&query, c))
+        .transpose()?;
     warmed_up(&state)?;
-    let items = state.index.search(&query, limit).await.map_err(index_err)?;
-    Ok(ApiJson(SearchResults { items }))
+    let page = state
+        .index
+        .search_page(&query, limit, after)
+        .await
+        .map_err(index_err)?;
+    Ok(ApiJson(SearchResults {
+        next_cursor: page.next.as_ref().map(|k| encode_cursor(&query, k)),
+        total_estimate: page.total_estimate,
+        items: page.hits,
+    }))
 }
 
 /// 503 `unavailable` (with `Retry-After`) while the in-process index is

@@ -1,15 +1,14 @@
 //! Key names of the Redis index and the encodings of the members and scores
 //! written under them.
 
-use std::collections::BTreeSet;
-
 use crm_models::time;
 use crm_models::CustomerId;
 
-use super::NEVER;
 use crate::doc::IndexEntries;
+use crate::ranking;
 
 /// Key names of one generation.
+#[derive(Clone)]
 pub(super) struct Keys {
     /// `crm:g<N>:`
     pub(super) base: String,
@@ -64,6 +63,25 @@ impl Keys {
     pub(super) fn wn(&self, whole_name: &str) -> String {
         self.key("wn:", whole_name)
     }
+    /// The customers having all of a set of tokens
+    /// ([`ranking::token_sets`]).
+    pub(super) fn ns(&self, set: &str) -> String {
+        self.key("ns:", set)
+    }
+
+    /// The customers whose names have too many tokens for `ns:`.
+    pub(super) fn nl(&self) -> String {
+        format!("{}nl", self.base)
+    }
+
+    /// The token-set lists of a name, or the long-names list.
+    pub(super) fn name_sets(&self, tokens: &[String]) -> Vec<String> {
+        match ranking::token_sets(tokens) {
+            Some(sets) => sets.iter().map(|k| self.ns(k)).collect(),
+            None => vec![self.nl()],
+        }
+    }
+
     pub(super) fn ty(&self, variant: &str) -> String {
         self.key("ty:", variant)
     }
@@ -133,20 +151,16 @@ pub(super) fn parse_name_member(m: &[u8]) -> Option<(CustomerId, Vec<String>, Ve
     Some((id, tokens, words))
 }
 
-/// The `wn:` key name of a set of words: sorted, each once, space-separated.
+/// The `wn:` key name of a whole name: its words in order
+/// ([`ranking::whole_name_key`]).
 pub(super) fn whole_name(words: &[String]) -> Option<String> {
-    let set: BTreeSet<&str> = words.iter().map(String::as_str).collect();
-    if set.is_empty() {
-        None
-    } else {
-        Some(set.into_iter().collect::<Vec<_>>().join(" "))
-    }
+    ranking::whole_name_key(words)
 }
 
 /// A posting list's score: the last engagement in microseconds, so that the
-/// list's order is the ranking's tie-break.
+/// list's order is the ranking's tie-break ([`ranking::recency_of`]).
 pub(super) fn recency_score(at: Option<&time::Timestamp>) -> f64 {
-    at.map_or(NEVER, |t| t.timestamp_micros() as f64)
+    ranking::recency_of(at)
 }
 
 /// `<value>\0<id>`: a sorted-set member for prefix search.

@@ -1,24 +1,28 @@
-//! Searches by name, email and phone number, and what a hit shows.
+//! Searches by name and email, and what a hit shows (numbers: `numbers`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
+use std::sync::Arc;
 
-use ::redis::{from_owned_redis_value, Pipeline};
+use ::redis::{from_owned_redis_value, Pipeline, Value};
+use async_trait::async_trait;
 
 use crm_models::time;
 use crm_models::{CustomerId, Email, PhoneNumber};
 
-use super::keys::{parse_name_member, split_member, whole_name, Keys, SUMMARY_FIELD};
-use super::{
-    corrupt, next_value, RedisIndex, CANDIDATES, FIRST_CHUNK, MAX_EXPANSIONS, MAX_SCANNED,
+use super::keys::{parse_name_member, split_member, Keys, SUMMARY_FIELD};
+use super::{corrupt, next_value, RedisIndex, CANDIDATES};
+use crate::doc::EngagementBrief;
+use crate::query::{self, Brief, Match, MatchedOn, SearchHit, SearchResults};
+use crate::ranking::{
+    self, query_typo_keys, Entry, List, NameLists, NameTerms, RankKey, Read, Vocabulary,
+    MAX_EXPANSIONS,
 };
-use crate::memory::typo_keys;
-use crate::query::{self, Brief, Match, MatchedOn, NameCandidate, SearchHit};
-use crate::IndexResult;
+use crate::{IndexError, IndexResult};
 
 impl RedisIndex {
     /// Reads the brief of each id (one round trip); ids without a summary
     /// (stale entries) are left out.
-    async fn briefs(&self, keys: &Keys, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
+    pub(super) async fn briefs(&self, keys: &Keys, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -36,214 +40,28 @@ impl RedisIndex {
         Ok(out)
     }
 
-    /// Name search, best first, at most `limit` hits.
-    ///
-    /// 1. One round trip: each query token's vocabulary (`tk` prefix range and
-    ///    typo-table entries), and the whole-name lists `wn:` of the query's
-    ///    word sets (see [`whole_name_keys`]), `limit` entries each. Every
-    ///    entry of one `wn:` list has the same tokens, so the same score: its
-    ///    first `limit` entries are its best.
-    /// 2. For several query tokens, `ZCARD` of every expansion: the query
-    ///    token with the fewest entries drives.
-    /// 3. The driver's expansions' posting lists are read in their order
-    ///    (most recent engagement first), a chunk at a time. Each entry
-    ///    carries the customer's tokens, so it is scored in process. An
-    ///    unread entry of a list can score at most
-    ///    [`query::best_partial_score`] (whole-name matches come from step
-    ///    1), with a recency no better than the last one read: once the
-    ///    `limit`-th best read beats that for every list, the answer is
-    ///    exact. [`MAX_SCANNED`] bounds the work.
-    /// 4. The briefs of the best `limit` (one `HMGET` each), ranked as the
-    ///    memory index ranks them.
+    /// A page of name hits ([`ranking::search_names`] over this index's
+    /// lists), then the briefs of the hits (one `HGET` each).
     pub(crate) async fn search_names(
         &self,
         tokens: &[String],
         words: &[String],
         limit: usize,
-    ) -> IndexResult<Vec<SearchHit>> {
-        let limit = limit.clamp(1, crate::MAX_SEARCH_LIMIT);
-        let whole_keys = whole_name_keys(tokens, words);
-        let (keys, values) = self
-            .read(|k, p| {
-                for q in tokens {
-                    p.cmd("ZRANGEBYLEX")
-                        .arg(k.tk())
-                        .arg(lex_from(q.as_bytes()))
-                        .arg(lex_to(q.as_bytes()))
-                        .arg("LIMIT")
-                        .arg(0)
-                        .arg(MAX_EXPANSIONS);
-                    for v in typo_keys(q) {
-                        p.cmd("SMEMBERS").arg(k.ty(&v));
-                    }
-                }
-                for w in &whole_keys {
-                    p.cmd("ZRANGE")
-                        .arg(k.wn(w))
-                        .arg(0)
-                        .arg(limit - 1)
-                        .arg("REV")
-                        .arg("WITHSCORES");
-                }
-            })
-            .await?;
-        let mut values = values.into_iter();
-        // Per query token: the vocabulary tokens it matches, and how.
-        let mut expansions: Vec<Vec<(String, Match)>> = Vec::with_capacity(tokens.len());
-        for q in tokens {
-            let prefixed: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
-            let mut found: Vec<(String, Match)> = prefixed
-                .into_iter()
-                .map(|t| {
-                    let m = if &t == q { Match::Exact } else { Match::Prefix };
-                    (t, m)
-                })
-                .collect();
-            let mut typos = BTreeSet::new();
-            for _ in typo_keys(q) {
-                let near: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
-                typos.extend(near.into_iter().filter(|t| !t.starts_with(q.as_str())));
-            }
-            found.extend(
-                typos
-                    .into_iter()
-                    .filter(|t| query::token_match(q, t) == Some(Match::Typo))
-                    .take(MAX_EXPANSIONS)
-                    .map(|t| (t, Match::Typo)),
-            );
-            expansions.push(found);
-        }
-        let mut best = Ranked::new(limit);
-        for _ in &whole_keys {
-            let entries: Vec<(Vec<u8>, f64)> = from_owned_redis_value(next_value(&mut values)?)?;
-            for (m, recency) in entries {
-                let _ = best.offer(tokens, &m, recency);
-            }
-        }
-        if expansions.iter().any(Vec::is_empty) {
-            // Some query token matches nothing: nobody has every token.
-            return Ok(Vec::new());
-        }
-
-        // The driver: the query token with the fewest posting-list entries;
-        // in the same round trip, the whole names the query names with its
-        // typos corrected (`tan wei mnig` → `wn:ming tan wei`).
-        let corrected: Vec<String> = typo_whole_name_keys(tokens, &expansions)
-            .into_iter()
-            .filter(|k| !whole_keys.contains(k))
-            .collect();
-        let many = tokens.len() > 1;
-        let mut driver = 0;
-        if many || !corrected.is_empty() {
-            let mut pipe = ::redis::pipe();
-            if many {
-                for found in &expansions {
-                    for (t, _) in found {
-                        pipe.cmd("ZCARD").arg(keys.nm(t));
-                    }
-                }
-            }
-            for w in &corrected {
-                pipe.cmd("ZRANGE")
-                    .arg(keys.wn(w))
-                    .arg(0)
-                    .arg(limit - 1)
-                    .arg("REV")
-                    .arg("WITHSCORES");
-            }
-            let mut replies = self.query(&pipe).await?.into_iter();
-            if many {
-                let mut sizes = Vec::with_capacity(expansions.len());
-                for found in &expansions {
-                    let mut total = 0u64;
-                    for _ in found {
-                        total += from_owned_redis_value::<u64>(next_value(&mut replies)?)?;
-                    }
-                    sizes.push(total);
-                }
-                driver = (0..sizes.len()).min_by_key(|&i| sizes[i]).unwrap_or(0);
-            }
-            for _ in &corrected {
-                let entries: Vec<(Vec<u8>, f64)> =
-                    from_owned_redis_value(next_value(&mut replies)?)?;
-                for (m, recency) in entries {
-                    let _ = best.offer(tokens, &m, recency);
-                }
-            }
-        }
-
-        let mut lists: Vec<Cursor> = expansions[driver]
-            .iter()
-            .map(|(t, m)| Cursor {
-                key: keys.nm(t),
-                bound: query::best_partial_score(tokens.len(), *m),
-                read: 0,
-                last: None,
-                done: false,
-            })
-            .collect();
-        let mut next_chunk = if tokens.len() == 1 {
-            limit
-        } else {
-            FIRST_CHUNK.max(limit)
+        after: Option<RankKey>,
+    ) -> IndexResult<SearchResults> {
+        let lists = Lists {
+            index: self,
+            keys: parking_lot::Mutex::new(None),
         };
-        let mut scanned = 0usize;
-        loop {
-            let open: Vec<usize> = (0..lists.len())
-                .filter(|&i| !lists[i].done && best.may_improve(&lists[i]))
-                .collect();
-            if open.is_empty() {
-                break;
-            }
-            if scanned >= MAX_SCANNED {
-                tracing::debug!(?tokens, scanned, "name search stopped at its read budget");
-                break;
-            }
-            // This round's share of what is left of the budget.
-            let chunk = next_chunk.min(((MAX_SCANNED - scanned) / open.len()).max(limit));
-            let mut pipe = ::redis::pipe();
-            for &i in &open {
-                let c = &lists[i];
-                pipe.cmd("ZRANGE")
-                    .arg(&c.key)
-                    .arg(c.read)
-                    .arg(c.read + chunk - 1)
-                    .arg("REV")
-                    .arg("WITHSCORES");
-            }
-            let replies = self.query(&pipe).await?;
-            for (&i, v) in open.iter().zip(replies) {
-                let entries: Vec<(Vec<u8>, f64)> = from_owned_redis_value(v)?;
-                let c = &mut lists[i];
-                c.read += entries.len();
-                c.done = entries.len() < chunk;
-                scanned += entries.len();
-                for (m, recency) in entries {
-                    if let Some(id) = best.offer(tokens, &m, recency) {
-                        c.last = Some((recency, id));
-                    } else {
-                        // An entry that does not parse: end the list here.
-                        c.done = true;
-                    }
-                }
-            }
-            next_chunk = next_chunk.saturating_mul(4);
-        }
-
-        let top = best.into_sorted();
-        let ids: Vec<CustomerId> = top.iter().map(|c| c.id).collect();
-        let mut tokens_of: HashMap<CustomerId, Vec<String>> =
-            top.into_iter().map(|c| (c.id, c.tokens)).collect();
-        let candidates = self
-            .briefs(&keys, &ids)
-            .await?
-            .into_iter()
-            .map(|brief| NameCandidate {
-                tokens: tokens_of.remove(&brief.id).unwrap_or_default(),
-                brief,
-            })
-            .collect();
-        Ok(query::rank_names(tokens, candidates))
+        let page = ranking::search_names(&lists, tokens, words, limit + 1, after).await?;
+        let keys = lists.keys()?;
+        let ids: Vec<CustomerId> = page.top.iter().map(|s| s.id).collect();
+        let briefs = self.briefs(&keys, &ids).await?;
+        Ok(SearchResults::first(
+            query::name_hits(page.top, briefs),
+            limit,
+            page.total_estimate,
+        ))
     }
 
     pub(super) async fn search_emails(
@@ -280,37 +98,6 @@ impl RedisIndex {
         self.rank_found(&keys, MatchedOn::Email, matches).await
     }
 
-    pub(super) async fn search_phones(
-        &self,
-        e164: &[String],
-        national: Option<&str>,
-    ) -> IndexResult<Vec<SearchHit>> {
-        let (keys, values) = self
-            .read(|k, p| {
-                for number in e164 {
-                    p.cmd("HKEYS").arg(k.ph(number));
-                }
-                if let Some(n) = national {
-                    p.cmd("SMEMBERS").arg(k.pn(n));
-                }
-            })
-            .await?;
-        let mut matches: HashMap<CustomerId, Match> = HashMap::new();
-        for (i, v) in values.into_iter().enumerate() {
-            let m = if i < e164.len() {
-                Match::Exact
-            } else {
-                Match::National
-            };
-            let ids: Vec<String> = from_owned_redis_value(v)?;
-            for id in ids.iter().filter_map(|s| s.parse().ok()) {
-                let entry = matches.entry(id).or_insert(m);
-                *entry = (*entry).max(m);
-            }
-        }
-        self.rank_found(&keys, MatchedOn::Phone, matches).await
-    }
-
     async fn rank_found(
         &self,
         keys: &Keys,
@@ -328,234 +115,133 @@ impl RedisIndex {
     }
 }
 
-/// One posting list being read for a name search.
-struct Cursor {
-    key: String,
-    /// The best score an unread entry can have ([`query::best_partial_score`]).
-    bound: f64,
-    /// Entries read so far.
-    read: usize,
-    /// The recency and id of the last entry read.
-    last: Option<(f64, CustomerId)>,
-    /// Nothing left to read.
-    done: bool,
+/// The name lists of one generation of the Redis index, for
+/// [`ranking::search_names`]: the first call reads the live generation
+/// along with its data, the later ones use it.
+struct Lists<'a> {
+    index: &'a RedisIndex,
+    keys: parking_lot::Mutex<Option<Keys>>,
 }
 
-/// A customer read from a posting list, scored.
-struct Scored {
-    id: CustomerId,
-    tokens: Vec<String>,
-    score: f64,
-    recency: f64,
-}
-
-impl Scored {
-    /// The ranking order: score, recency, id, each highest first (the
-    /// order of [`query::best_first`] and of the posting lists).
-    fn key(&self) -> (f64, f64, CustomerId) {
-        (self.score, self.recency, self.id)
+impl Lists<'_> {
+    fn keys(&self) -> IndexResult<Keys> {
+        self.keys
+            .lock()
+            .clone()
+            .ok_or_else(|| IndexError::Internal("name lists read before the vocabulary".into()))
     }
 }
 
-fn better(a: (f64, f64, CustomerId), b: (f64, f64, CustomerId)) -> bool {
-    match a.0.partial_cmp(&b.0) {
-        Some(std::cmp::Ordering::Greater) => true,
-        Some(std::cmp::Ordering::Less) | None => false,
-        Some(std::cmp::Ordering::Equal) => match a.1.partial_cmp(&b.1) {
-            Some(std::cmp::Ordering::Greater) => true,
-            Some(std::cmp::Ordering::Less) | None => false,
-            Some(std::cmp::Ordering::Equal) => a.2 > b.2,
-        },
+fn list_key(keys: &Keys, list: &List) -> String {
+    match list {
+        List::Token(t) => keys.nm(t),
+        List::Whole(w) => keys.wn(w),
+        List::Set(k) => keys.ns(k),
+        List::Long => keys.nl(),
     }
 }
 
-/// The best `limit` name candidates read so far.
-struct Ranked {
-    limit: usize,
-    found: HashMap<CustomerId, Scored>,
-    /// `matches[i][token]`: how query token `i` matches a token, as found
-    /// so far.
-    matches: Vec<HashMap<String, Option<Match>>>,
+fn add_read(keys: &Keys, p: &mut Pipeline, r: &Read) {
+    let key = list_key(keys, &r.list);
+    p.cmd("ZRANGE")
+        .arg(key)
+        .arg(r.start)
+        .arg(r.start + r.count.max(1) - 1)
+        .arg("REV")
+        .arg("WITHSCORES");
 }
 
-impl Ranked {
-    fn new(limit: usize) -> Self {
-        Ranked {
-            limit,
-            found: HashMap::new(),
-            matches: Vec::new(),
-        }
-    }
-
-    /// Scores the posting-list entry `member` (`<id>\0<tokens>[\0<words>]`)
-    /// and keeps it if it matches every query token. Returns its id, or
-    /// `None` when the entry does not parse.
-    fn offer(&mut self, query: &[String], member: &[u8], recency: f64) -> Option<CustomerId> {
-        let (id, tokens, words) = parse_name_member(member)?;
-        if let std::collections::hash_map::Entry::Vacant(slot) = self.found.entry(id) {
-            let memo = &mut self.matches;
-            if memo.len() < query.len() {
-                memo.resize_with(query.len(), HashMap::new);
-            }
-            let score = query::name_score_with(query, &tokens, &words, |i, t| {
-                if let Some(m) = memo[i].get(t) {
-                    return *m;
-                }
-                let m = query::token_match(&query[i], t);
-                memo[i].insert(t.to_string(), m);
-                m
-            });
-            if let Some(score) = score {
-                slot.insert(Scored {
-                    id,
-                    tokens,
-                    score,
-                    recency,
-                });
-                if self.found.len() > 4 * self.limit + 64 {
-                    self.trim();
-                }
-            }
-        }
-        Some(id)
-    }
-
-    /// Keeps the best `limit`.
-    fn trim(&mut self) {
-        let kept = std::mem::take(&mut self.found)
-            .into_values()
-            .collect::<Vec<_>>();
-        self.found = sorted(kept, self.limit)
-            .into_iter()
-            .map(|c| (c.id, c))
-            .collect();
-    }
-
-    /// The `limit`-th best so far, if there are that many.
-    fn threshold(&self) -> Option<(f64, f64, CustomerId)> {
-        if self.found.len() < self.limit {
-            return None;
-        }
-        let mut keys: Vec<(f64, f64, CustomerId)> = self.found.values().map(Scored::key).collect();
-        keys.sort_by(|a, b| {
-            if better(*a, *b) {
-                std::cmp::Ordering::Less
-            } else if better(*b, *a) {
-                std::cmp::Ordering::Greater
-            } else {
-                std::cmp::Ordering::Equal
-            }
-        });
-        keys.get(self.limit - 1).copied()
-    }
-
-    /// Whether an unread entry of `list` could enter the best `limit`.
-    fn may_improve(&self, list: &Cursor) -> bool {
-        let (Some(kth), Some((recency, id))) = (self.threshold(), list.last) else {
-            return true;
+/// A posting list's entries; one that does not parse ends the chunk (the
+/// list then counts as read to its end).
+fn entries_of(v: Value) -> IndexResult<Vec<Entry>> {
+    let raw: Vec<(Vec<u8>, f64)> = from_owned_redis_value(v)?;
+    let mut out = Vec::with_capacity(raw.len());
+    for (m, recency) in raw {
+        let Some((id, tokens, words)) = parse_name_member(&m) else {
+            break;
         };
-        better((list.bound, recency, id), kth)
+        out.push(Entry {
+            id,
+            recency,
+            terms: Arc::new(NameTerms { tokens, words }),
+        });
     }
-
-    fn into_sorted(self) -> Vec<Scored> {
-        let limit = self.limit;
-        sorted(self.found.into_values().collect(), limit)
-    }
+    Ok(out)
 }
 
-fn sorted(mut v: Vec<Scored>, limit: usize) -> Vec<Scored> {
-    v.sort_by(|a, b| {
-        if better(a.key(), b.key()) {
-            std::cmp::Ordering::Less
-        } else if better(b.key(), a.key()) {
-            std::cmp::Ordering::Greater
-        } else {
-            std::cmp::Ordering::Equal
-        }
-    });
-    v.truncate(limit);
-    v
-}
-
-/// Most query tokens whose every subset is looked up as a whole name.
-const WHOLE_NAME_SUBSETS: usize = 4;
-
-/// The whole names a query can match with no penalty: names whose every word
-/// is a query token. Every subset of the query's tokens when there are at most
-/// [`WHOLE_NAME_SUBSETS`] (`ann an` names `Ann`); otherwise the tokens and
-/// the words as typed (`陈大文`).
-fn whole_name_keys(tokens: &[String], words: &[String]) -> Vec<String> {
-    let distinct: Vec<&String> = tokens.iter().collect::<BTreeSet<_>>().into_iter().collect();
-    let mut keys = BTreeSet::new();
-    if distinct.len() <= WHOLE_NAME_SUBSETS {
-        for mask in 1u32..(1 << distinct.len()) {
-            let subset: Vec<String> = distinct
-                .iter()
-                .enumerate()
-                .filter(|(i, _)| mask & (1 << i) != 0)
-                .map(|(_, t)| (*t).clone())
-                .collect();
-            keys.extend(whole_name(&subset));
-        }
-    } else {
-        keys.extend(whole_name(tokens));
-    }
-    keys.extend(whole_name(words));
-    keys.into_iter().collect()
-}
-
-/// Typo corrections tried per query token for whole-name lookups.
-const CORRECTIONS_PER_TOKEN: usize = 4;
-
-/// Most whole-name lookups of corrected queries.
-const MAX_CORRECTED: usize = 16;
-
-/// Whole names the query names once its typos are corrected: each query
-/// token that is not itself a known token is replaced by the known tokens
-/// one typo from it (the first [`CORRECTIONS_PER_TOKEN`]). Empty when no
-/// token needs correcting, when one matches neither exactly nor by a typo (a
-/// prefix names no whole word), or when there would be more than
-/// [`MAX_CORRECTED`] combinations. Their entries score alike (same tokens),
-/// so their first `limit` entries are their best.
-fn typo_whole_name_keys(tokens: &[String], expansions: &[Vec<(String, Match)>]) -> Vec<String> {
-    let mut choices: Vec<Vec<&String>> = Vec::with_capacity(tokens.len());
-    let mut corrected = false;
-    for (q, found) in tokens.iter().zip(expansions) {
-        if found.iter().any(|(t, m)| *m == Match::Exact && t == q) {
-            choices.push(vec![q]);
-            continue;
-        }
-        let typos: Vec<&String> = found
-            .iter()
-            .filter(|(_, m)| *m == Match::Typo)
-            .map(|(t, _)| t)
-            .take(CORRECTIONS_PER_TOKEN)
-            .collect();
-        if typos.is_empty() {
-            return Vec::new();
-        }
-        corrected = true;
-        choices.push(typos);
-    }
-    let combinations = choices.iter().map(Vec::len).product::<usize>();
-    if !corrected || combinations > MAX_CORRECTED {
-        return Vec::new();
-    }
-    let mut combos: Vec<Vec<String>> = vec![Vec::new()];
-    for options in &choices {
-        combos = combos
-            .into_iter()
-            .flat_map(|c| {
-                options.iter().map(move |t| {
-                    let mut c = c.clone();
-                    c.push((*t).clone());
-                    c
-                })
+#[async_trait]
+impl NameLists for Lists<'_> {
+    async fn vocabulary_and_read(
+        &self,
+        tokens: &[String],
+        reads: &[Read],
+    ) -> IndexResult<(Vec<Vocabulary>, Vec<Vec<Entry>>)> {
+        let (keys, values) = self
+            .index
+            .read(|k, p| {
+                for q in tokens {
+                    p.cmd("ZRANGEBYLEX")
+                        .arg(k.tk())
+                        .arg(lex_from(q.as_bytes()))
+                        .arg(lex_to(q.as_bytes()))
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(MAX_EXPANSIONS);
+                    for v in query_typo_keys(q) {
+                        p.cmd("SMEMBERS").arg(k.ty(&v));
+                    }
+                }
+                for r in reads {
+                    add_read(k, p, r);
+                }
             })
-            .collect();
+            .await?;
+        *self.keys.lock() = Some(keys);
+        let mut values = values.into_iter();
+        let mut vocabulary = Vec::with_capacity(tokens.len());
+        for q in tokens {
+            let prefixed: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
+            let mut near = Vec::new();
+            for _ in query_typo_keys(q) {
+                let found: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
+                near.extend(found);
+            }
+            vocabulary.push(Vocabulary { prefixed, near });
+        }
+        let mut out = Vec::with_capacity(reads.len());
+        for _ in reads {
+            out.push(entries_of(next_value(&mut values)?)?);
+        }
+        Ok((vocabulary, out))
     }
-    let keys: BTreeSet<String> = combos.iter().filter_map(|c| whole_name(c)).collect();
-    keys.into_iter().collect()
+
+    async fn sizes_and_read(
+        &self,
+        lists: &[List],
+        reads: &[Read],
+    ) -> IndexResult<(Vec<u64>, Vec<Vec<Entry>>)> {
+        if lists.is_empty() && reads.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let keys = self.keys()?;
+        let mut pipe = ::redis::pipe();
+        for l in lists {
+            pipe.cmd("ZCARD").arg(list_key(&keys, l));
+        }
+        for r in reads {
+            add_read(&keys, &mut pipe, r);
+        }
+        let mut values = self.index.query(&pipe).await?.into_iter();
+        let mut sizes = Vec::with_capacity(lists.len());
+        for _ in lists {
+            sizes.push(from_owned_redis_value::<u64>(next_value(&mut values)?)?);
+        }
+        let mut out = Vec::with_capacity(reads.len());
+        for _ in reads {
+            out.push(entries_of(next_value(&mut values)?)?);
+        }
+        Ok((sizes, out))
+    }
 }
 
 pub(super) fn lex_from(prefix: &[u8]) -> Vec<u8> {
@@ -598,6 +284,8 @@ fn brief_of_json(json: &[u8]) -> IndexResult<Brief> {
         emails: Vec<String>,
         #[serde(default, with = "time::rfc3339_option")]
         last_engagement_at: Option<time::Timestamp>,
+        #[serde(default)]
+        last_engagements: FirstEngagement,
     }
     let s: Stored = serde_json::from_slice(json).map_err(corrupt)?;
     Ok(Brief {
@@ -614,39 +302,41 @@ fn brief_of_json(json: &[u8]) -> IndexResult<Brief> {
             .map(Email::from_normalised_unchecked)
             .collect(),
         last_engagement_at: s.last_engagement_at,
+        last_engagement: s.last_engagements.0,
     })
+}
+
+/// The first of a list of engagements (the newest); the others are skipped
+/// unread.
+#[derive(Default)]
+struct FirstEngagement(Option<EngagementBrief>);
+
+impl<'de> serde::Deserialize<'de> for FirstEngagement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct First;
+        impl<'de> serde::de::Visitor<'de> for First {
+            type Value = FirstEngagement;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of engagements")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<FirstEngagement, A::Error> {
+                let first = seq.next_element::<EngagementBrief>()?;
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(FirstEngagement(first))
+            }
+        }
+        d.deserialize_seq(First)
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doc::{CustomerSummary, EngagementBrief};
+    use crate::doc::CustomerSummary;
     use crm_models::{Channel, EngagementId};
-
-    #[test]
-    fn typos_are_corrected_for_whole_name_lookups() {
-        let q = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        let exp = |v: &[(&str, Match)]| {
-            v.iter()
-                .map(|(t, m)| (t.to_string(), *m))
-                .collect::<Vec<_>>()
-        };
-        let tokens = q(&["tan", "wei", "mnig"]);
-        let expansions = vec![
-            exp(&[("tan", Match::Exact), ("tanaka", Match::Prefix)]),
-            exp(&[("wei", Match::Exact)]),
-            exp(&[("ming", Match::Typo), ("mnigx", Match::Prefix)]),
-        ];
-        assert_eq!(
-            typo_whole_name_keys(&tokens, &expansions),
-            vec!["ming tan wei"]
-        );
-        // Nothing to correct, or a token that is only a prefix.
-        let exact = vec![expansions[0].clone(), expansions[1].clone()];
-        assert!(typo_whole_name_keys(&tokens[..2], &exact).is_empty());
-        let prefix_only = vec![exp(&[("tanaka", Match::Prefix)]), expansions[2].clone()];
-        assert!(typo_whole_name_keys(&q(&["tana", "mnig"]), &prefix_only).is_empty());
-    }
 
     #[test]
     fn briefs_are_read_from_the_summary_json() {

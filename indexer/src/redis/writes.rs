@@ -13,7 +13,7 @@ use super::keys::{
 };
 use super::{corrupt, query_within, RedisIndex, WRITE_TIMEOUT};
 use crate::doc::{IndexEntries, IndexedCustomer};
-use crate::memory::typo_keys;
+use crate::ranking::typo_keys;
 use crate::IndexResult;
 
 impl RedisIndex {
@@ -196,6 +196,9 @@ impl Keys {
                     .arg(&entry)
                     .ignore();
             }
+            for set in self.name_sets(&entries.tokens) {
+                p.cmd("ZADD").arg(set).arg(recency).arg(&entry).ignore();
+            }
         }
         for e in &entries.emails {
             p.cmd("SADD").arg(self.em(e)).arg(&id_s).ignore();
@@ -211,6 +214,10 @@ impl Keys {
                 .arg(&id_s)
                 .arg(&summary_json)
                 .ignore();
+            if let Some((key, member)) = self.suffix_entry(&id_s, ph) {
+                let recency = recency_score(summary.last_engagement_at.as_ref());
+                p.cmd("ZADD").arg(key).arg(recency).arg(member).ignore();
+            }
         }
         for n in &entries.national {
             p.cmd("SADD").arg(self.pn(n)).arg(&id_s).ignore();
@@ -246,6 +253,9 @@ impl Keys {
         if let Some(whole) = whole_name(&indexed.words) {
             p.cmd("ZREM").arg(self.wn(&whole)).arg(&entry).ignore();
         }
+        for set in self.name_sets(&indexed.tokens) {
+            p.cmd("ZREM").arg(set).arg(&entry).ignore();
+        }
     }
 
     /// Removes the customer from the identifier keys of `entries` (name
@@ -259,6 +269,9 @@ impl Keys {
         }
         for ph in &entries.phones {
             p.cmd("HDEL").arg(self.ph(ph)).arg(&id_s).ignore();
+            if let Some((key, member)) = self.suffix_entry(&id_s, ph) {
+                p.cmd("ZREM").arg(key).arg(member).ignore();
+            }
         }
         for n in &entries.national {
             p.cmd("SREM").arg(self.pn(n)).arg(&id_s).ignore();
@@ -335,6 +348,9 @@ impl NewCustomers {
             for t in &entries.tokens {
                 self.zadd(keys.nm(t), recency, entry.clone());
             }
+            for set in keys.name_sets(&entries.tokens) {
+                self.zadd(set, recency, entry.clone());
+            }
             if let Some(whole) = whole_name(&entries.words) {
                 self.zadd(keys.wn(&whole), recency, entry);
             }
@@ -349,6 +365,10 @@ impl NewCustomers {
         let at = self.customers.len();
         for ph in &entries.phones {
             self.phones.entry(keys.ph(ph)).or_default().push(at);
+            if let Some((key, member)) = keys.suffix_entry(&id, ph) {
+                let recency = recency_score(summary.last_engagement_at.as_ref());
+                self.zadd(key, recency, member);
+            }
         }
         self.customers.push(NewCustomer {
             key: keys.key("cust:", &id),

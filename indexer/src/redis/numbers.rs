@@ -1,0 +1,252 @@
+//! Searches by phone number: the whole number (`ph:`), the national number
+//! (`pn:`), and the last digits (`sx:`).
+//!
+//! Numbers are found by their last digits through buckets: `sx:<dddd>` holds
+//! every number ending with the four digits `dddd`, one member
+//! `<id>\0<e164>` per customer and number, scored by the customer's last
+//! engagement like the name posting lists. Four digits typed read the bucket
+//! most recent first; more digits read the bucket of their last four and
+//! keep the numbers ending with all of them. A bucket is one small key (about
+//! a hundred members per million numbers), so a query is one command on one
+//! key, and only the hits of the page have their summary read.
+
+use std::collections::{HashMap, HashSet};
+
+use ::redis::from_owned_redis_value;
+
+use crm_models::CustomerId;
+
+use super::keys::Keys;
+use super::{next_value, RedisIndex};
+use crate::number_search::NumberMatches;
+use crate::query::{self, Brief, Match, SearchResults};
+use crate::ranking::{recency_of, RankKey};
+use crate::IndexResult;
+
+/// Most members read from one `sx:` bucket, most recent first. Numbers
+/// ending with the digits beyond these are not found (at a million numbers
+/// spread evenly a bucket holds about a hundred).
+pub const SUFFIX_CANDIDATES: usize = 500;
+
+/// Digits a bucket is named by.
+const BUCKET_DIGITS: usize = query::MIN_SUFFIX_DIGITS;
+
+/// The bucket of a number or of trailing digits: its last
+/// [`BUCKET_DIGITS`] digits; `None` when it has fewer.
+fn bucket(digits: &str) -> Option<&str> {
+    let digits = digits.trim_start_matches('+');
+    if digits.len() < BUCKET_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some(&digits[digits.len() - BUCKET_DIGITS..])
+}
+
+/// `<id>\0<e164>`: the id first, so that members of one score come in id
+/// order (highest first when read in reverse), as the ranking breaks ties.
+fn number_member(id: &str, e164: &str) -> String {
+    let mut m = String::with_capacity(id.len() + 1 + e164.len());
+    m.push_str(id);
+    m.push('\0');
+    m.push_str(e164);
+    m
+}
+
+fn split_number_member(m: &[u8]) -> Option<(CustomerId, &str)> {
+    let at = m.iter().position(|b| *b == 0)?;
+    let id = std::str::from_utf8(&m[..at]).ok()?.parse().ok()?;
+    let e164 = std::str::from_utf8(&m[at + 1..]).ok()?;
+    Some((id, e164))
+}
+
+impl Keys {
+    /// `sx:<dddd>`: the numbers ending with the digits `dddd`.
+    pub(super) fn sx(&self, last_digits: &str) -> String {
+        self.key("sx:", last_digits)
+    }
+
+    /// The `sx:` key and member of a customer's number (`id` as text), for
+    /// `ZADD` with the customer's recency or `ZREM`.
+    pub(super) fn suffix_entry(&self, id: &str, e164: &str) -> Option<(String, String)> {
+        Some((self.sx(bucket(e164)?), number_member(id, e164)))
+    }
+}
+
+impl RedisIndex {
+    /// A page of the customers with a number that is one of `e164`, has the
+    /// national number `national`, or ends with the digits `suffix`: one
+    /// round trip, then one for the briefs of the page. (One more before
+    /// that for whole or national matches whose number is not in the
+    /// bucket, to learn their recency; and one when four digits' first
+    /// read of the bucket held too few customers.)
+    pub(super) async fn search_numbers(
+        &self,
+        e164: &[String],
+        national: Option<&str>,
+        suffix: Option<&str>,
+        limit: usize,
+        after: Option<RankKey>,
+    ) -> IndexResult<SearchResults> {
+        let suffix = suffix.and_then(|s| Some((s, bucket(s)?)));
+        // Four digits match every member of their bucket: the first page
+        // needs only the bucket's first entries (twice the page, for
+        // customers with two numbers in it); more digits filter the bucket.
+        let first_read = match suffix {
+            Some((digits, _)) if digits.len() == BUCKET_DIGITS && after.is_none() => {
+                (2 * (limit + 1)).min(SUFFIX_CANDIDATES)
+            }
+            _ => SUFFIX_CANDIDATES,
+        };
+        let (keys, values) = self
+            .read(|k, p| {
+                for number in e164 {
+                    p.cmd("HKEYS").arg(k.ph(number));
+                }
+                if let Some(n) = national {
+                    p.cmd("SMEMBERS").arg(k.pn(n));
+                }
+                if let Some((_, b)) = suffix {
+                    let key = k.sx(b);
+                    zrange_rev(p, &key, 0, first_read);
+                    p.cmd("ZCARD").arg(&key);
+                }
+            })
+            .await?;
+        let mut values = values.into_iter();
+        let mut found = NumberMatches::default();
+        for i in 0..e164.len() + usize::from(national.is_some()) {
+            let m = if i < e164.len() {
+                Match::Exact
+            } else {
+                Match::National
+            };
+            let ids: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
+            for id in ids.iter().filter_map(|s| s.parse().ok()) {
+                found.add(id, m);
+            }
+        }
+        // The recency of every customer read from the bucket.
+        let mut recency: HashMap<CustomerId, f64> = HashMap::new();
+        let mut total_estimate = None;
+        if let Some((digits, b)) = suffix {
+            let mut entries: Vec<(Vec<u8>, f64)> =
+                from_owned_redis_value(next_value(&mut values)?)?;
+            let in_bucket: usize = from_owned_redis_value(next_value(&mut values)?)?;
+            let mut read = entries.len();
+            let mut matched = Bucket::default();
+            matched.take(entries, digits, &mut found, &mut recency);
+            if read == first_read && read < in_bucket && matched.customers.len() < limit + 1 {
+                // Too few customers in the first entries: read on.
+                let mut pipe = ::redis::pipe();
+                zrange_rev(&mut pipe, &keys.sx(b), read, SUFFIX_CANDIDATES - read);
+                entries =
+                    from_owned_redis_value(next_value(&mut self.query(&pipe).await?.into_iter())?)?;
+                read += entries.len();
+                matched.take(entries, digits, &mut found, &mut recency);
+            }
+            if read < in_bucket && read > 0 {
+                // The bucket was read in part: as many matches per member
+                // in the rest as in what was read.
+                let rest = (in_bucket - read) as f64 * matched.members as f64 / read as f64;
+                total_estimate = Some(found.len() as u64 + rest.round() as u64);
+            }
+        }
+        let total_estimate = total_estimate.unwrap_or(found.len() as u64);
+
+        // Whole or national matches the bucket did not give a recency:
+        // their briefs tell it.
+        let unknown: Vec<CustomerId> = found
+            .iter()
+            .map(|(id, _)| id)
+            .filter(|id| !recency.contains_key(id))
+            .collect();
+        let mut briefs: HashMap<CustomerId, Brief> = self
+            .briefs(&keys, &unknown)
+            .await?
+            .into_iter()
+            .map(|b| (b.id, b))
+            .collect();
+        for b in briefs.values() {
+            recency.insert(b.id, recency_of(b.last_engagement_at.as_ref()));
+        }
+        let page = found.page(limit, after, |id| recency.get(&id).copied());
+        let missing: Vec<CustomerId> = page
+            .iter()
+            .map(|k| k.id)
+            .filter(|id| !briefs.contains_key(id))
+            .collect();
+        briefs.extend(
+            self.briefs(&keys, &missing)
+                .await?
+                .into_iter()
+                .map(|b| (b.id, b)),
+        );
+        Ok(found.results(&page, briefs, limit, total_estimate))
+    }
+}
+
+/// `ZRANGE key <start> <start + count - 1> REV WITHSCORES`: most recent first.
+fn zrange_rev(p: &mut ::redis::Pipeline, key: &str, start: usize, count: usize) {
+    p.cmd("ZRANGE")
+        .arg(key)
+        .arg(start)
+        .arg(start + count.max(1) - 1)
+        .arg("REV")
+        .arg("WITHSCORES");
+}
+
+/// What was read from a bucket.
+#[derive(Default)]
+struct Bucket {
+    /// Members whose number ends with the digits.
+    members: usize,
+    /// Customers those are (a customer may have two numbers in a bucket).
+    customers: HashSet<CustomerId>,
+}
+
+impl Bucket {
+    /// Takes bucket entries (most recent first): each customer's recency,
+    /// and a suffix match for those whose number ends with `digits`.
+    fn take(
+        &mut self,
+        entries: Vec<(Vec<u8>, f64)>,
+        digits: &str,
+        found: &mut NumberMatches,
+        recency: &mut HashMap<CustomerId, f64>,
+    ) {
+        for (member, score) in entries {
+            let Some((id, number)) = split_number_member(&member) else {
+                continue;
+            };
+            recency.insert(id, score);
+            if query::ends_with_digits(number, digits) {
+                self.members += 1;
+                self.customers.insert(id);
+                found.add(id, Match::Suffix);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_go_to_the_bucket_of_their_last_four_digits() {
+        assert_eq!(bucket("+6581226418"), Some("6418"));
+        assert_eq!(bucket("812264"), Some("2264"));
+        assert_eq!(bucket("0418"), Some("0418"));
+        assert_eq!(bucket("418"), None);
+        assert_eq!(bucket("+65-8122"), None);
+        let keys = Keys::of("crm:", 3);
+        let id = CustomerId::new();
+        let (key, member) = keys.suffix_entry(&id.to_string(), "+6581226418").unwrap();
+        assert_eq!(key, "crm:g3:sx:6418");
+        assert_eq!(member, format!("{id}\0+6581226418"));
+        assert_eq!(
+            split_number_member(member.as_bytes()),
+            Some((id, "+6581226418"))
+        );
+        assert_eq!(split_number_member(b"not-an-id\0+6581226418"), None);
+    }
+}
