@@ -9,9 +9,10 @@
 //! customers and their engagements (once: a store that already holds
 //! customers is reused), then times, on the same store:
 //! - `store read`: every customer's index document read from the store
-//!   ([`Projector::documents`]), nothing indexed;
-//! - `rebuild`: [`Projector::rebuild`] into an empty memory index, the
-//!   start-up path before the warm-up (one customer at a time);
+//!   ([`Projector::documents`]: a page of customers with their latest
+//!   engagements per store read), nothing indexed;
+//! - `rebuild`: [`Projector::rebuild`] into an empty memory index (what
+//!   `crm-indexer rebuild` runs);
 //! - `load`: [`Projector::load`] into an empty memory index, what crm-api
 //!   runs at start-up now.
 
@@ -132,8 +133,9 @@ async fn main() {
                 count += 1;
             }
             println!(
-                "run {run} store read: {count} customers in {:.2} s",
-                started.elapsed().as_secs_f64()
+                "run {run} store read: {count} customers in {:.2} s (RSS {:.0} MiB)",
+                started.elapsed().as_secs_f64(),
+                rss_mib()
             );
         }
         if only.as_deref().is_none_or(|o| o == "rebuild") {

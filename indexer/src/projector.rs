@@ -14,7 +14,7 @@ use futures::stream::{self, BoxStream, StreamExt};
 
 use crm_models::event::{DomainEvent, EventEnvelope};
 use crm_models::linking::{similar_profiles, Suggestion, SuggestionReason};
-use crm_models::store::{CustomerCursor, EngagementFilter, Store, StoreError};
+use crm_models::store::{EngagementFilter, Store, StoreError};
 use crm_models::{Customer, CustomerId, CustomerStatus, PhoneNumber};
 
 use crate::query::Query;
@@ -28,9 +28,12 @@ use crate::{
 /// Customers read from the store per page while rebuilding or verifying.
 const PAGE: usize = 500;
 
-/// Customers whose engagements are read at the same time while rebuilding,
-/// loading or verifying.
-const READS_IN_FLIGHT: usize = 64;
+/// Customers read from the store per page by [`Projector::documents`], each
+/// with its latest engagements.
+const LOAD_PAGE: usize = 4_096;
+
+/// Pages [`Projector::documents`] reads ahead of its consumer.
+const PAGES_AHEAD: usize = 2;
 
 pub struct Projector {
     store: Arc<dyn Store>,
@@ -165,38 +168,48 @@ impl Projector {
         }
     }
 
-    /// Every customer in the store, as documents, page by page.
-    pub fn documents(&self) -> BoxStream<'_, IndexResult<IndexedCustomer>> {
-        let pages = stream::try_unfold(Some(None::<CustomerCursor>), move |cursor| async move {
-            let Some(after) = cursor else { return Ok(None) };
-            let customers = self
-                .store
-                .list_customers(None, after, PAGE)
-                .await
-                .map_err(store_err)?;
-            let next = (customers.len() == PAGE)
-                .then(|| {
-                    customers.last().map(|c| CustomerCursor {
-                        updated_at: c.updated_at,
-                        id: c.id,
-                    })
-                })
-                .flatten();
-            Ok::<_, IndexError>(Some((customers, next.map(Some))))
+    /// Every customer in the store, as documents, page by page (in id
+    /// order): each page is one store read of the customers and their
+    /// latest engagements. The next page is read while the caller consumes
+    /// this one (a task reads ahead, [`PAGES_AHEAD`] pages at most).
+    pub fn documents(&self) -> BoxStream<'static, IndexResult<IndexedCustomer>> {
+        let (tx, rx) = tokio::sync::mpsc::channel::<IndexResult<Vec<IndexedCustomer>>>(PAGES_AHEAD);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut after = None;
+            loop {
+                let page = store
+                    .customers_with_latest_engagements(after, LOAD_PAGE, SUMMARY_ENGAGEMENTS)
+                    .await
+                    .map_err(store_err);
+                let (docs, last) = match page {
+                    Ok(page) => {
+                        let last = page.len() < LOAD_PAGE;
+                        after = page.last().map(|(c, _)| c.id);
+                        let docs = page
+                            .into_iter()
+                            .map(|(customer, latest)| IndexedCustomer::new(customer, latest))
+                            .collect();
+                        (Ok(docs), last)
+                    }
+                    Err(e) => (Err(e), true),
+                };
+                // The reader went away: nothing more to read.
+                if tx.send(docs).await.is_err() || last {
+                    return;
+                }
+            }
         });
-        pages
-            .map(|page| {
-                stream::iter(
-                    page.map_or_else(|e| vec![Err(e)], |cs| cs.into_iter().map(Ok).collect()),
-                )
+        stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|page| (page, rx))
+        })
+        .flat_map(|page| {
+            stream::iter(match page {
+                Ok(docs) => docs.into_iter().map(Ok).collect::<Vec<_>>(),
+                Err(e) => vec![Err(e)],
             })
-            .flatten()
-            // Each customer's engagements are one store read: several in
-            // flight keep the store's threads busy instead of waiting on one
-            // read at a time (in order, so pages and progress stay as read).
-            .map(move |customer| async move { self.indexed(customer?).await })
-            .buffered(READS_IN_FLIGHT)
-            .boxed()
+        })
+        .boxed()
     }
 
     /// Rebuilds the whole index from the store; `progress` is called with the

@@ -235,3 +235,98 @@ async fn merges_and_undo_keep_the_index_in_step() {
         .unwrap();
     assert_eq!(bob.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[1]]);
 }
+
+/// The documents a rebuild or load reads are exactly what the store holds
+/// for each customer (its profile and latest engagements, read one customer
+/// at a time here), over several pages, customers without engagements,
+/// timelines longer than a summary and a merged customer; and the load
+/// indexes every searchable one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn documents_and_load_hold_what_the_store_holds() {
+    use crm_indexer::SUMMARY_ENGAGEMENTS;
+    use crm_models::{Customer, CustomerId, CustomerStatus, Engagement, EngagementId};
+    use futures::StreamExt;
+
+    let s = setup();
+    let store = s.crm.store().clone();
+    let t0 = crm_models::time::parse("2026-03-01T08:00:00Z").unwrap();
+    // More than two pages of customers (4,096 a page).
+    let total = 9_000usize;
+    let mut customers = Vec::with_capacity(total);
+    for i in 0..total {
+        let mut c = Customer::new(
+            CustomerId(uuid::Uuid::new_v4()),
+            Some(format!("Customer {i} Tan")),
+            t0,
+        );
+        if i == 7 {
+            c.status = CustomerStatus::Merged;
+        }
+        customers.push((c, Vec::new()));
+    }
+    for chunk in customers.chunks(1_000) {
+        let created = store.insert_customers_owning(chunk).await.unwrap();
+        assert!(created.iter().all(|c| *c));
+    }
+    // Customer i has i % 17 engagements, some at the same time.
+    let mut items = Vec::new();
+    for (i, (c, _)) in customers.iter().enumerate() {
+        for n in 0..i % 17 {
+            let when = crm_models::time::parse(&format!("2026-03-01T08:00:0{}Z", n % 6)).unwrap();
+            items.push(Engagement {
+                id: EngagementId(uuid::Uuid::new_v4()),
+                customer_id: c.id,
+                occurred_at: when,
+                recorded_at: when,
+                source: Source::default(),
+                detail: EngagementDetail::Sms {
+                    direction: Direction::Inbound,
+                    body: format!("message {n}"),
+                },
+            });
+        }
+    }
+    for chunk in items.chunks(5_000) {
+        store.insert_engagements(chunk).await.unwrap();
+    }
+
+    let mut docs = Vec::new();
+    let mut stream = s.projector.documents();
+    while let Some(doc) = stream.next().await {
+        docs.push(doc.unwrap());
+    }
+    drop(stream);
+    let mut expected_ids: Vec<CustomerId> = customers.iter().map(|(c, _)| c.id).collect();
+    expected_ids.sort();
+    let ids: Vec<CustomerId> = docs.iter().map(|d| d.id()).collect();
+    assert_eq!(ids, expected_ids, "every customer once, in id order");
+    let mut long = 0;
+    for doc in &docs {
+        let one = s.projector.document(doc.id()).await.unwrap().unwrap();
+        assert_eq!(doc, &one);
+        assert!(doc.last_engagements.len() <= SUMMARY_ENGAGEMENTS);
+        if doc.customer.counts.sms as usize > SUMMARY_ENGAGEMENTS {
+            long += 1;
+            assert_eq!(doc.last_engagements.len(), SUMMARY_ENGAGEMENTS);
+        }
+    }
+    assert!(long > 1_000, "timelines longer than a summary: {long}");
+
+    let report = s.projector.load(std::future::ready(())).await.unwrap();
+    assert_eq!(report.customers, total as u64);
+    assert!(s.projector.index_ready());
+    let indexed = s.projector.index().all_fingerprints().await.unwrap();
+    let expected: Vec<(CustomerId, String)> = docs
+        .iter()
+        .filter(|d| d.is_searchable())
+        .map(|d| (d.id(), d.fingerprint()))
+        .collect();
+    assert_eq!(
+        expected.len(),
+        total - 1,
+        "the merged customer is not indexed"
+    );
+    let indexed: Vec<(CustomerId, String)> =
+        indexed.into_iter().map(|f| (f.id, f.fingerprint)).collect();
+    assert_eq!(indexed, expected);
+}

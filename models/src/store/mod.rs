@@ -266,6 +266,18 @@ pub trait EngagementStore: Send + Sync {
         after: Option<EngagementCursor>,
         limit: usize,
     ) -> StoreResult<Vec<Engagement>>;
+
+    /// Customers in id order (merged ones too), strictly after `after`, at
+    /// most `limit`, each with its latest `per_customer` engagements in
+    /// timeline order (as [`EngagementStore::list_engagements`] lists
+    /// them). What a rebuild or load of the index reads: one read for a
+    /// page of customers instead of one per customer.
+    async fn customers_with_latest_engagements(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+        per_customer: usize,
+    ) -> StoreResult<Vec<(Customer, Vec<Engagement>)>>;
 }
 
 /// Merge records (written by merge and undo transactions, see [`tx`]) and

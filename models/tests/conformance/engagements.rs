@@ -360,3 +360,88 @@ pub async fn list_engagements_ties_are_ordered_by_id_desc(store: Arc<dyn Store>)
         );
     }
 }
+
+pub async fn customers_with_latest_engagements_page_in_id_order(store: Arc<dyn Store>) {
+    // Ids in no particular creation order, so id order is not insert order.
+    let customers: Vec<Customer> = (0..7)
+        .map(|_| Customer::new(CustomerId(Uuid::new_v4()), Some("Ann Tan".into()), at(0)))
+        .collect();
+    for c in &customers {
+        store.insert_customer(c).await.unwrap();
+    }
+    // Customer i has i * 9 engagements (none, a few, more than wanted,
+    // more than a scan steps over before it seeks), some at the same time.
+    let mut items = Vec::new();
+    for (i, c) in customers.iter().enumerate() {
+        for n in 0..i * 9 {
+            let when = at((n % 5) as i64 * 10);
+            items.push(if n % 2 == 0 {
+                sms(c.id, when)
+            } else {
+                call(c.id, when)
+            });
+        }
+    }
+    // Engagements of customers that are not stored, on either side of
+    // every stored one in id order.
+    items.push(sms(CustomerId(Uuid::from_u128(0)), at(1)));
+    items.push(sms(CustomerId(Uuid::from_u128(u128::MAX)), at(1)));
+    items.extend((0..3).map(|_| sms(CustomerId(Uuid::new_v4()), at(2))));
+    for chunk in items.chunks(50) {
+        store.insert_engagements(chunk).await.unwrap();
+    }
+
+    let mut by_id: Vec<CustomerId> = customers.iter().map(|c| c.id).collect();
+    by_id.sort();
+    for (page, per_customer) in [(1, 10), (2, 10), (3, 4), (100, 10), (4, 0), (2, 100)] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let got = store
+                .customers_with_latest_engagements(after, page, per_customer)
+                .await
+                .unwrap();
+            assert!(got.len() <= page);
+            for (customer, latest) in &got {
+                let stored = store.get_customer(customer.id).await.unwrap();
+                assert_eq!(Some(customer), stored.as_ref());
+                let expected = store
+                    .list_engagements(
+                        customer.id,
+                        &EngagementFilter::default(),
+                        None,
+                        per_customer,
+                    )
+                    .await
+                    .unwrap();
+                assert_eq!(
+                    latest, &expected,
+                    "page {page}, {per_customer} engagements each"
+                );
+                seen.push(customer.id);
+            }
+            let Some((last, _)) = got.last() else { break };
+            after = Some(last.id);
+        }
+        assert_eq!(seen, by_id, "page {page}: every customer once, in id order");
+    }
+    // The largest timeline is cut at the number wanted, newest first.
+    let busiest = customers.last().unwrap().id;
+    let got = store
+        .customers_with_latest_engagements(None, 100, 10)
+        .await
+        .unwrap();
+    let (_, latest) = got.iter().find(|(c, _)| c.id == busiest).unwrap();
+    assert_eq!(latest.len(), 10);
+    assert_eq!(latest.first().map(|e| e.occurred_at), Some(at(40)));
+    assert!(store
+        .customers_with_latest_engagements(None, 0, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .customers_with_latest_engagements(Some(*by_id.last().unwrap()), 10, 10)
+        .await
+        .unwrap()
+        .is_empty());
+}

@@ -143,6 +143,7 @@ macro_rules! store_suite {
                 insert_engagements_for_a_missing_customer,
                 list_engagements_newest_first_with_filters_and_paging,
                 list_engagements_ties_are_ordered_by_id_desc,
+                customers_with_latest_engagements_page_in_id_order,
                 users_insert_get_update_conflicts,
                 users_list_pages_and_count,
                 refresh_token_is_used_once,

@@ -3,16 +3,17 @@
 //! transaction (`group_commit`).
 
 use std::collections::HashMap;
+use std::ops::Bound;
 
 use async_trait::async_trait;
 use redb::{Database, ReadableTable};
 
 use super::{
-    channel_code, customer_id, db_err, decode_engagement, encode_engagement_into, engagement_key,
-    put_customer, read_customer, time_key, tx, EmbeddedStore, EngagementKey, CUSTOMERS,
-    CUSTOMERS_BY_UPDATED, ENGAGEMENTS, ENGAGEMENT_IDS,
+    channel_code, customer_id, db_err, decode, decode_engagement, encode_engagement_into,
+    engagement_key, put_customer, read_customer, time_key, tx, EmbeddedStore, EngagementKey,
+    CUSTOMERS, CUSTOMERS_BY_UPDATED, ENGAGEMENTS, ENGAGEMENT_IDS,
 };
-use crate::customer::ChannelCounts;
+use crate::customer::{ChannelCounts, Customer};
 use crate::engagement::{Channel, Engagement};
 use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{CustomerId, EngagementId};
@@ -115,6 +116,153 @@ pub(super) fn write_engagements(
     Ok(out)
 }
 
+/// Engagements of one customer beyond the ones wanted that a scan steps
+/// over before it seeks to the next customer instead (a seek is a descent
+/// of the tree; stepping over a few entries is cheaper).
+const SKIP_BEFORE_SEEK: usize = 32;
+
+/// Customers per thread at least, before a page is read on several threads.
+const THREAD_SHARE: usize = 1_024;
+
+/// [`EngagementStore::customers_with_latest_engagements`]: the page's
+/// customer ids, then the page read and decoded in parts, each on its own
+/// thread and in its own read transaction.
+fn read_latest_page(
+    db: &Database,
+    after: Option<CustomerId>,
+    limit: usize,
+    per_customer: usize,
+) -> StoreResult<Vec<(Customer, Vec<Engagement>)>> {
+    let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.0.as_u128()));
+    let ids = {
+        let txn = db.begin_read().map_err(db_err)?;
+        let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+        let mut ids = Vec::with_capacity(limit.min(64 * THREAD_SHARE));
+        for entry in customers
+            .range::<u128>((start, Bound::Unbounded))
+            .map_err(db_err)?
+        {
+            ids.push(entry.map_err(db_err)?.0.value());
+            if ids.len() >= limit {
+                break;
+            }
+        }
+        ids
+    };
+    let Some(&last) = ids.last() else {
+        return Ok(Vec::new());
+    };
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(ids.len() / THREAD_SHARE)
+        .max(1);
+    // Parts that follow each other, so that together they cover the whole
+    // range of the page: (after, end of part 1], (end of part 1, end of
+    // part 2], ... A customer written meanwhile is read by the part whose
+    // range holds it.
+    let share = ids.len().div_ceil(threads);
+    let mut parts = Vec::with_capacity(threads);
+    let mut from = start;
+    for chunk in ids.chunks(share) {
+        let end = chunk.last().copied().unwrap_or(last);
+        parts.push((from, end));
+        from = Bound::Excluded(end);
+    }
+    let mut out = if parts.len() == 1 {
+        read_part(db, start, last, per_customer)?
+    } else {
+        let results: Vec<StoreResult<Vec<_>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = parts
+                .iter()
+                .map(|&(from, to)| scope.spawn(move || read_part(db, from, to, per_customer)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join().unwrap_or_else(|_| {
+                        Err(crate::store::StoreError::Internal(
+                            "a store read thread panicked".into(),
+                        ))
+                    })
+                })
+                .collect()
+        });
+        let mut out = Vec::with_capacity(ids.len());
+        for part in results {
+            out.extend(part?);
+        }
+        out
+    };
+    out.truncate(limit);
+    Ok(out)
+}
+
+/// The customers with ids in `(from, to]` and their latest engagements: one
+/// range of `customers` and one walk over the same customers' part of
+/// `engagements` (both are in customer id order), decoded as read.
+fn read_part(
+    db: &Database,
+    from: Bound<u128>,
+    to: u128,
+    per_customer: usize,
+) -> StoreResult<Vec<(Customer, Vec<Engagement>)>> {
+    let txn = db.begin_read().map_err(db_err)?;
+    let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+    let mut ids = Vec::new();
+    let mut out: Vec<(Customer, Vec<Engagement>)> = Vec::new();
+    for entry in customers
+        .range::<u128>((from, Bound::Included(to)))
+        .map_err(db_err)?
+    {
+        let (k, v) = entry.map_err(db_err)?;
+        ids.push(k.value());
+        out.push((decode("customer", v.value())?, Vec::new()));
+    }
+    let (Some(&first), true) = (ids.first(), per_customer > 0) else {
+        return Ok(out);
+    };
+    let engagements = txn.open_table(ENGAGEMENTS).map_err(db_err)?;
+    // The customer whose engagements the walk is at (an engagement of a
+    // customer that is not stored is kept uncounted: stepped over).
+    let mut at = 0usize;
+    let mut start: EngagementKey = (first, 0, 0);
+    'walk: loop {
+        let mut skipped = 0usize;
+        let mut seek = None;
+        for entry in engagements
+            .range(start..=(to, u64::MAX, u128::MAX))
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            let owner = k.value().0;
+            while ids.get(at).is_some_and(|&id| id < owner) {
+                at += 1;
+                skipped = 0;
+            }
+            let (Some(&id), Some((_, latest))) = (ids.get(at), out.get_mut(at)) else {
+                break 'walk;
+            };
+            if id != owner {
+                continue;
+            }
+            if latest.len() < per_customer {
+                latest.push(decode_engagement(v.value())?);
+                continue;
+            }
+            skipped += 1;
+            if skipped > SKIP_BEFORE_SEEK {
+                seek = owner.checked_add(1);
+                break;
+            }
+        }
+        match seek {
+            Some(next) if next <= to => start = (next, 0, 0),
+            _ => break,
+        }
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl EngagementStore for EmbeddedStore {
     async fn insert_engagements(&self, items: &[Engagement]) -> StoreResult<Vec<EngagementInsert>> {
@@ -195,5 +343,18 @@ impl EngagementStore for EmbeddedStore {
             Ok(out)
         })
         .await
+    }
+
+    async fn customers_with_latest_engagements(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+        per_customer: usize,
+    ) -> StoreResult<Vec<(Customer, Vec<Engagement>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.run(move |db| read_latest_page(db, after, limit, per_customer))
+            .await
     }
 }

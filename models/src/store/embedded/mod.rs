@@ -49,6 +49,7 @@ mod engagements;
 mod events;
 mod merges;
 mod staff;
+mod stored_engagement;
 mod tx;
 mod webhooks;
 
@@ -413,7 +414,10 @@ fn encode_engagement_into(e: &Engagement, out: &mut Vec<u8>) -> StoreResult<()> 
 
 fn decode_engagement(bytes: &[u8]) -> StoreResult<Engagement> {
     match bytes.split_first() {
-        Some((_, json)) => decode("engagement", json),
+        Some((_, json)) => match stored_engagement::decode(json) {
+            Some(e) => Ok(e),
+            None => decode("engagement", json),
+        },
         None => Err(StoreError::Internal(
             "corrupt engagement record: empty".into(),
         )),

@@ -4,11 +4,13 @@
 use std::collections::{BTreeMap, HashMap};
 
 use async_trait::async_trait;
+use futures::{StreamExt, TryStreamExt};
 use mongodb::bson::{doc, Document};
 
 use super::codec::{collect, from_doc, is_duplicate_key, limit_of, map_err, parse_id, to_doc};
 use super::tx::{MongoTx, Work};
 use super::MongoStore;
+use crate::customer::Customer;
 use crate::engagement::Engagement;
 use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{CustomerId, DeviceId, EngagementId};
@@ -303,4 +305,46 @@ impl EngagementStore for MongoStore {
             .map_err(map_err)?;
         collect(cursor, "id").await
     }
+
+    async fn customers_with_latest_engagements(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+        per_customer: usize,
+    ) -> StoreResult<Vec<(Customer, Vec<Engagement>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        // Ids are hyphenated lowercase UUIDs: their text order is id order.
+        let filter = match after {
+            Some(id) => doc! { "_id": { "$gt": id.to_string() } },
+            None => Document::new(),
+        };
+        let cursor = self
+            .customers
+            .find(filter)
+            .sort(doc! { "_id": 1 })
+            .limit(limit_of(limit))
+            .await
+            .map_err(map_err)?;
+        let customers: Vec<Customer> = collect(cursor, "id").await?;
+        // Each customer's latest engagements are one query on the
+        // (customer_id, occurred_at) index; several run at once.
+        let unfiltered = EngagementFilter::default();
+        let unfiltered = &unfiltered;
+        futures::stream::iter(customers)
+            .map(|customer| async move {
+                let latest = self
+                    .list_engagements(customer.id, unfiltered, None, per_customer)
+                    .await?;
+                Ok((customer, latest))
+            })
+            .buffered(LATEST_READS_IN_FLIGHT)
+            .try_collect()
+            .await
+    }
 }
+
+/// Customers whose latest engagements are read at the same time by
+/// [`EngagementStore::customers_with_latest_engagements`].
+const LATEST_READS_IN_FLIGHT: usize = 32;
