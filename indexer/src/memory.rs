@@ -71,9 +71,10 @@ struct Generation {
     emails: BTreeMap<String, BTreeSet<CustomerId>>,
     phones: HashMap<String, BTreeSet<CustomerId>>,
     national: HashMap<String, BTreeSet<CustomerId>>,
-    /// The digits of each E.164 number reversed → customer ids: the range
-    /// of the reversed digits typed holds the numbers ending with them.
-    suffixes: BTreeMap<String, BTreeSet<CustomerId>>,
+    /// The digits of each E.164 number reversed → customer ids, each with
+    /// its recency: the range of the reversed digits typed holds the
+    /// numbers ending with them (see `numbers`).
+    suffixes: BTreeMap<String, BTreeMap<CustomerId, f64>>,
     /// While this generation is being built: the customers upserts and
     /// removals wrote into it, which the rebuild then leaves as they are
     /// (its document may have been read before theirs).
@@ -180,8 +181,12 @@ impl Generation {
         }
         for ph in &p.entries.phones {
             self.phones.entry(ph.clone()).or_default().insert(id);
+            let recency = ranking::recency_of(p.summary.last_engagement_at.as_ref());
             let reversed = query::reversed_digits(ph);
-            self.suffixes.entry(reversed).or_default().insert(id);
+            self.suffixes
+                .entry(reversed)
+                .or_default()
+                .insert(id, recency);
         }
         for n in &p.entries.national {
             self.national.entry(n.clone()).or_default().insert(id);
@@ -244,7 +249,7 @@ impl Generation {
         }
         for p in &entries.phones {
             drop_hashed(&mut self.phones, p, &id);
-            drop_member(&mut self.suffixes, &query::reversed_digits(p), &id);
+            numbers::drop_suffix(&mut self.suffixes, p, &id);
         }
         for n in &entries.national {
             drop_hashed(&mut self.national, n, &id);

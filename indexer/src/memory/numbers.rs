@@ -2,7 +2,9 @@
 //! national number, and the last digits (the range of the reversed digits
 //! typed in `suffixes`), ranked before any brief is built.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+
+use crm_models::CustomerId;
 
 use crate::number_search::NumberMatches;
 use crate::query::{self, Brief, Match, SearchResults};
@@ -32,17 +34,24 @@ impl Generation {
                 found.add(*id, Match::National);
             }
         }
+        // The recency of every customer found by its last digits, kept
+        // beside them: no lookup of each customer to rank a hundred.
+        let mut recency: HashMap<CustomerId, f64> = HashMap::new();
         if let Some(digits) = suffix {
             let reversed = query::reversed_digits(digits);
             for (_, ids) in prefixed(&self.suffixes, &reversed) {
-                for id in ids {
+                for (id, r) in ids {
                     found.add(*id, Match::Suffix);
+                    recency.insert(*id, *r);
                 }
             }
         }
-        let page = found.page(limit, after, |id| {
-            let stored = self.customers.get(&id)?;
-            Some(recency_of(stored.summary.last_engagement_at.as_ref()))
+        let page = found.page(limit, after, |id| match recency.get(&id) {
+            Some(r) => Some(*r),
+            None => {
+                let stored = self.customers.get(&id)?;
+                Some(recency_of(stored.summary.last_engagement_at.as_ref()))
+            }
         });
         let briefs: HashMap<_, _> = page
             .iter()
@@ -52,5 +61,20 @@ impl Generation {
             })
             .collect();
         found.results(&page, briefs, limit, found.len() as u64)
+    }
+}
+
+/// Removes `id` from the suffix entry of the number `e164`.
+pub(super) fn drop_suffix(
+    suffixes: &mut BTreeMap<String, BTreeMap<CustomerId, f64>>,
+    e164: &str,
+    id: &CustomerId,
+) {
+    let reversed = query::reversed_digits(e164);
+    if let Some(ids) = suffixes.get_mut(&reversed) {
+        ids.remove(id);
+        if ids.is_empty() {
+            suffixes.remove(&reversed);
+        }
     }
 }
