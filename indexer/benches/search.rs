@@ -21,7 +21,9 @@
 //! Each backend answers the same queries, drawn deterministically from the
 //! generated customers: a name prefix (3-5 letters of a first name or
 //! surname), a full name as stored (2-3 words), an email, a national phone
-//! number (digits without country code), and the whole mix in equal shares;
+//! number (digits without country code), its last four digits (the peer
+//! filters numbers with `LIKE '%dddd'`, as a contains-filter on phone fields
+//! does), and the mix of the first four in equal shares;
 //! at 8 clients, and the mix at 32; `limit` 10. The table gives `q/s, p50,
 //! p99` per cell; a second one the share of queries whose check passed
 //! (names: any hit; email and phone: the customer among the hits). A bare
@@ -105,6 +107,8 @@ enum Kind {
     FullName,
     Email,
     Phone,
+    /// The last four digits of a number.
+    Ending,
 }
 
 /// One query as typed, and the customer it was drawn from.
@@ -129,7 +133,7 @@ type Searcher = Arc<dyn Fn(String) -> BoxFuture<'static, Vec<CustomerId>> + Send
 fn check(q: &Typed, ids: &[CustomerId]) -> bool {
     match q.kind {
         // Low-variety names have thousands of namesakes: any hit will do.
-        Kind::Prefix | Kind::FullName => !ids.is_empty(),
+        Kind::Prefix | Kind::FullName | Kind::Ending => !ids.is_empty(),
         Kind::Email | Kind::Phone => ids.contains(&q.id),
     }
 }
@@ -156,9 +160,10 @@ fn prefix_of(name: &str, rng: &mut SplitMix64) -> String {
     word.chars().take(want).collect()
 }
 
-fn queries(args: &Args) -> [Vec<Typed>; 4] {
+fn queries(args: &Args) -> ([Vec<Typed>; 4], Vec<Typed>) {
     let mut rng = SplitMix64::new(args.seed ^ 0x5eed);
     let (mut prefix, mut full, mut email, mut phone) = (vec![], vec![], vec![], vec![]);
+    let mut ending = vec![];
     for _ in 0..SAMPLE.min(args.customers) {
         let doc = generate::customer_with(args.seed, rng.below(args.customers), args.names);
         let c = &doc.customer;
@@ -181,13 +186,19 @@ fn queries(args: &Args) -> [Vec<Typed>; 4] {
                 id,
             });
         }
+        let national = postgres::national(rng.pick(&c.phones));
+        ending.push(Typed {
+            kind: Kind::Ending,
+            text: national[national.len().saturating_sub(4)..].to_string(),
+            id,
+        });
         phone.push(Typed {
             kind: Kind::Phone,
-            text: postgres::national(rng.pick(&c.phones)),
+            text: national,
             id,
         });
     }
-    [prefix, full, email, phone]
+    ([prefix, full, email, phone], ending)
 }
 
 /// The four kinds in turn: query `i` of the mix is of kind `i % 4`.
@@ -199,7 +210,7 @@ fn mix(kinds: &[Vec<Typed>; 4]) -> Vec<Typed> {
 }
 
 fn rows(args: &Args) -> Vec<Row> {
-    let kinds = queries(args);
+    let (kinds, ending) = queries(args);
     let mix = Arc::new(mix(&kinds));
     let [prefix, full, email, phone] = kinds.map(Arc::new);
     vec![
@@ -222,6 +233,11 @@ fn rows(args: &Args) -> Vec<Row> {
             label: "national phone number",
             clients: CLIENTS,
             queries: phone,
+        },
+        Row {
+            label: "last four digits of a number",
+            clients: CLIENTS,
+            queries: Arc::new(ending),
         },
         Row {
             label: "whole mix",

@@ -1023,7 +1023,19 @@ fn customer_at(seed: u64, i: u64, base: Timestamp, names: Names) -> IndexedCusto
         _ => 2,
     };
     for _ in 0..emails {
-        if let Some(e) = email_for(&mut rng, &name) {
+        let email = match names {
+            Names::Wide => email_for(&mut rng, &name),
+            // From 1,600 name pairs every address would be shared by
+            // hundreds: people with common names add digits.
+            Names::Narrow => {
+                let digits = rng.below(1_000_000);
+                email_for(&mut rng, &name).and_then(|e| {
+                    let (local, domain) = e.as_str().split_once('@')?;
+                    Email::parse(&format!("{local}{digits}@{domain}")).ok()
+                })
+            }
+        };
+        if let Some(e) = email {
             if !c.emails.contains(&e) {
                 c.emails.push(e);
             }

@@ -28,6 +28,8 @@
 //! and the search stops after [`MAX_SCANNED`] entries with the best it has.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+
+use foldhash::{HashMap as FastMap, HashMapExt, HashSet as FastSet, HashSetExt};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -423,6 +425,10 @@ struct Cursor {
     done: bool,
     /// One of the driver's lists (for the estimate).
     driver: bool,
+    /// Read for partial matches only: after the lists of full matches.
+    partial: bool,
+    /// Entries its next read asks for (four times more each time).
+    next: usize,
 }
 
 impl Cursor {
@@ -434,6 +440,8 @@ impl Cursor {
             last: None,
             done: false,
             driver: false,
+            partial: false,
+            next: FIRST_CHUNK,
         }
     }
 }
@@ -444,11 +452,11 @@ struct Ranked<'q> {
     words: &'q [String],
     limit: usize,
     after: Option<RankKey>,
-    found: HashMap<CustomerId, Scored>,
+    found: FastMap<CustomerId, Scored>,
     /// Every customer that matched, for the estimate.
-    matched: HashSet<CustomerId>,
+    matched: FastSet<CustomerId>,
     /// `memo[i][token]`: how query token `i` matches a token.
-    memo: Vec<HashMap<String, Option<Match>>>,
+    memo: Vec<FastMap<String, Option<Match>>>,
 }
 
 impl<'q> Ranked<'q> {
@@ -463,9 +471,9 @@ impl<'q> Ranked<'q> {
             words,
             limit,
             after,
-            found: HashMap::new(),
-            matched: HashSet::new(),
-            memo: vec![HashMap::new(); tokens.len()],
+            found: FastMap::new(),
+            matched: FastSet::new(),
+            memo: vec![FastMap::new(); tokens.len()],
         }
     }
 
@@ -531,8 +539,12 @@ impl<'q> Ranked<'q> {
 
     /// Whether an unread entry of `list` could enter the page.
     fn may_improve(&self, kth: Option<RankKey>, list: &Cursor) -> bool {
-        let (Some(kth), Some((recency, id))) = (kth, list.last) else {
+        let Some(kth) = kth else {
             return true;
+        };
+        // Nothing read yet: its first entry may be as recent as can be.
+        let Some((recency, id)) = list.last else {
+            return list.bound >= kth.score;
         };
         RankKey {
             score: list.bound,
@@ -791,6 +803,7 @@ pub async fn search_names(
                 if cursors.iter().any(|d| d.list == c.list) {
                     continue;
                 }
+                c.partial = true;
                 if !first_driver {
                     c.driver = true;
                 }
@@ -806,14 +819,15 @@ pub async fn search_names(
         }
     }
 
-    let mut next_chunk = if n == 1 {
-        limit
-    } else {
-        FIRST_CHUNK.max(limit)
-    };
     let mut scanned = driver_read as usize;
-    if n == 1 {
-        next_chunk = next_chunk.saturating_mul(4);
+    for c in cursors.iter_mut() {
+        c.next = if c.read > 0 || c.partial {
+            // Whole-name lists and single-token lists read `limit` already;
+            // partial lists start small (their entries mostly match).
+            limit.saturating_mul(if c.read > 0 { 4 } else { 1 })
+        } else {
+            FIRST_CHUNK.max(limit)
+        };
     }
     loop {
         let kth = best.threshold();
@@ -827,27 +841,35 @@ pub async fn search_names(
             tracing::debug!(?tokens, scanned, "name search stopped at its read budget");
             break;
         }
-        let chunk = next_chunk.min(((MAX_SCANNED - scanned) / open.len()).max(limit));
+        // Partial matches rank below every full one: their lists wait
+        // until no list of full matches can improve the page.
+        let full: Vec<usize> = open
+            .iter()
+            .copied()
+            .filter(|&i| !cursors[i].partial)
+            .collect();
+        let open = if full.is_empty() { open } else { full };
+        let share = ((MAX_SCANNED - scanned) / open.len()).max(limit);
         let reads: Vec<Read> = open
             .iter()
             .map(|&i| Read {
                 list: cursors[i].list.clone(),
                 start: cursors[i].read,
-                count: chunk,
+                count: cursors[i].next.min(share),
             })
             .collect();
         let (_, replies) = lists.sizes_and_read(&[], &reads).await?;
-        for (&i, entries) in open.iter().zip(replies) {
+        for ((&i, entries), read) in open.iter().zip(replies).zip(&reads) {
             scanned += entries.len();
             let c = &mut cursors[i];
             let got = entries.len() as u64;
-            let matched = take(c, entries, chunk, &mut best);
+            let matched = take(c, entries, read.count, &mut best);
+            c.next = c.next.saturating_mul(4);
             if c.driver {
                 driver_read += got;
                 driver_matched += matched;
             }
         }
-        next_chunk = next_chunk.saturating_mul(4);
     }
 
     let exhaustive = cursors

@@ -1429,6 +1429,7 @@ async fn redis_key_schema() {
         p("ph:+6581226418"),
         p("pn:81226418"),
         p("sx:6418"),
+        p("sx:1226418"),
         p("tk"),
         p("wn:ann tanaka"),
         // A three-letter token is its own typo key (`anne` reaches it).

@@ -301,6 +301,7 @@ pub struct Peer {
     by_name: Statement,
     by_email: Statement,
     by_phone: Statement,
+    by_ending: Statement,
 }
 
 impl Peer {
@@ -330,11 +331,22 @@ impl Peer {
             )
             .await
             .unwrap();
+        // The last digits of a number: a pattern that has to read every
+        // number, as a `LIKE '%…%'` filter on phone fields does.
+        let by_ending = client
+            .prepare(
+                "SELECT p.id::text FROM person_phone n JOIN person p ON p.id = n.person_id
+                 WHERE n.number LIKE '%' || $1
+                 ORDER BY p.last_engagement_at DESC NULLS LAST LIMIT $2",
+            )
+            .await
+            .unwrap();
         Peer {
             client,
             by_name,
             by_email,
             by_phone,
+            by_ending,
         }
     }
 
@@ -342,7 +354,9 @@ impl Peer {
     pub async fn search(&self, q: &str, limit: usize) -> Vec<String> {
         let limit = limit as i64;
         let q = q.trim();
-        let rows = if !q.is_empty() && q.chars().all(|c| c.is_ascii_digit()) {
+        let rows = if q.len() <= 4 && !q.is_empty() && q.chars().all(|c| c.is_ascii_digit()) {
+            self.client.query(&self.by_ending, &[&q, &limit]).await
+        } else if !q.is_empty() && q.chars().all(|c| c.is_ascii_digit()) {
             self.client.query(&self.by_phone, &[&q, &limit]).await
         } else if q.contains('@') {
             let q = q.to_lowercase();

@@ -2,11 +2,13 @@
 //! (`pn:`), and the last digits (`sx:`).
 //!
 //! Numbers are found by their last digits through buckets: `sx:<dddd>` holds
-//! every number ending with the four digits `dddd`, one member
-//! `<id>\0<e164>` per customer and number, scored by the customer's last
-//! engagement like the name posting lists. Four digits typed read the bucket
-//! most recent first; more digits read the bucket of their last four and
-//! keep the numbers ending with all of them. A bucket is one small key (about
+//! every number ending with the four digits `dddd`, and `sx:<ddddddd>` every
+//! number ending with those seven, one member `<id>\0<e164>` per customer
+//! and number, scored by the customer's last engagement like the name
+//! posting lists. Four digits typed read the bucket most recent first; five
+//! or six read the bucket of their last four and keep the numbers ending
+//! with all of them; seven or more (a whole national number, the usual
+//! case) read the bucket of their last seven, which holds about one number. A bucket is one small key (about
 //! a hundred members per million numbers), so a query is one command on one
 //! key, and only the hits of the page have their summary read.
 
@@ -31,14 +33,31 @@ pub const SUFFIX_CANDIDATES: usize = 500;
 /// Digits a bucket is named by.
 const BUCKET_DIGITS: usize = query::MIN_SUFFIX_DIGITS;
 
-/// The bucket of a number or of trailing digits: its last
-/// [`BUCKET_DIGITS`] digits; `None` when it has fewer.
+/// Digits the bucket of a long ending is named by.
+const LONG_BUCKET_DIGITS: usize = 7;
+
+/// The bucket of trailing digits typed: their last [`LONG_BUCKET_DIGITS`]
+/// when there are that many, else their last [`BUCKET_DIGITS`]; `None`
+/// when there are fewer.
 fn bucket(digits: &str) -> Option<&str> {
+    let n = digits.trim_start_matches('+').len();
+    bucket_of(
+        digits,
+        if n >= LONG_BUCKET_DIGITS {
+            LONG_BUCKET_DIGITS
+        } else {
+            BUCKET_DIGITS
+        },
+    )
+}
+
+/// The last `len` digits; `None` when there are fewer.
+fn bucket_of(digits: &str, len: usize) -> Option<&str> {
     let digits = digits.trim_start_matches('+');
-    if digits.len() < BUCKET_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+    if digits.len() < len || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    Some(&digits[digits.len() - BUCKET_DIGITS..])
+    Some(&digits[digits.len() - len..])
 }
 
 /// `<id>\0<e164>`: the id first, so that members of one score come in id
@@ -64,10 +83,15 @@ impl Keys {
         self.key("sx:", last_digits)
     }
 
-    /// The `sx:` key and member of a customer's number (`id` as text), for
-    /// `ZADD` with the customer's recency or `ZREM`.
-    pub(super) fn suffix_entry(&self, id: &str, e164: &str) -> Option<(String, String)> {
-        Some((self.sx(bucket(e164)?), number_member(id, e164)))
+    /// The `sx:` keys (its last four digits, and its last seven) and the
+    /// member of a customer's number (`id` as text), for `ZADD` with the
+    /// customer's recency or `ZREM`.
+    pub(super) fn suffix_entries(&self, id: &str, e164: &str) -> Vec<(String, String)> {
+        [BUCKET_DIGITS, LONG_BUCKET_DIGITS]
+            .into_iter()
+            .filter_map(|len| bucket_of(e164, len))
+            .map(|b| (self.sx(b), number_member(id, e164)))
+            .collect()
     }
 }
 
@@ -233,14 +257,18 @@ mod tests {
 
     #[test]
     fn numbers_go_to_the_bucket_of_their_last_four_digits() {
-        assert_eq!(bucket("+6581226418"), Some("6418"));
+        assert_eq!(bucket("+6581226418"), Some("1226418"));
+        assert_eq!(bucket_of("+6581226418", BUCKET_DIGITS), Some("6418"));
         assert_eq!(bucket("812264"), Some("2264"));
         assert_eq!(bucket("0418"), Some("0418"));
         assert_eq!(bucket("418"), None);
         assert_eq!(bucket("+65-8122"), None);
         let keys = Keys::of("crm:", 3);
         let id = CustomerId::new();
-        let (key, member) = keys.suffix_entry(&id.to_string(), "+6581226418").unwrap();
+        let entries = keys.suffix_entries(&id.to_string(), "+6581226418");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].0, "crm:g3:sx:1226418");
+        let (key, member) = entries[0].clone();
         assert_eq!(key, "crm:g3:sx:6418");
         assert_eq!(member, format!("{id}\0+6581226418"));
         assert_eq!(

@@ -214,7 +214,7 @@ impl Keys {
                 .arg(&id_s)
                 .arg(&summary_json)
                 .ignore();
-            if let Some((key, member)) = self.suffix_entry(&id_s, ph) {
+            for (key, member) in self.suffix_entries(&id_s, ph) {
                 let recency = recency_score(summary.last_engagement_at.as_ref());
                 p.cmd("ZADD").arg(key).arg(recency).arg(member).ignore();
             }
@@ -269,7 +269,7 @@ impl Keys {
         }
         for ph in &entries.phones {
             p.cmd("HDEL").arg(self.ph(ph)).arg(&id_s).ignore();
-            if let Some((key, member)) = self.suffix_entry(&id_s, ph) {
+            for (key, member) in self.suffix_entries(&id_s, ph) {
                 p.cmd("ZREM").arg(key).arg(member).ignore();
             }
         }
@@ -365,7 +365,7 @@ impl NewCustomers {
         let at = self.customers.len();
         for ph in &entries.phones {
             self.phones.entry(keys.ph(ph)).or_default().push(at);
-            if let Some((key, member)) = keys.suffix_entry(&id, ph) {
+            for (key, member) in keys.suffix_entries(&id, ph) {
                 let recency = recency_score(summary.last_engagement_at.as_ref());
                 self.zadd(key, recency, member);
             }
