@@ -395,7 +395,10 @@ mod tests {
         assert!(one_typo_from("tann", "tan"));
         assert!(one_typo_from("anne", "ann"));
         assert!(!one_typo_from("tanx", "ann"), "two edits");
-        assert!(!one_typo_from("jhn", "john"), "a short query is not corrected");
+        assert!(
+            !one_typo_from("jhn", "john"),
+            "a short query is not corrected"
+        );
         assert!(!one_typo_from("tan", "tann"));
         assert!(one_typo_from("jonh", "john"));
         assert!(!one_typo_apart("john", "mary"));
