@@ -93,6 +93,7 @@ struct Stored {
 }
 
 /// A document made ready for the index outside the lock.
+#[derive(Clone)]
 struct Prepared {
     summary: CustomerSummary,
     entries: IndexEntries,
@@ -136,7 +137,7 @@ impl MemoryIndex {
 
 impl Generation {
     /// Indexes a prepared document (`None`: removes the customer).
-    fn upsert(&mut self, id: CustomerId, doc: Option<&Prepared>) {
+    fn upsert(&mut self, id: CustomerId, doc: Option<Prepared>) {
         self.remove(id, &IndexEntries::default());
         let Some(p) = doc else {
             return;
@@ -194,12 +195,12 @@ impl Generation {
         self.customers.insert(
             id,
             Stored {
-                summary: p.summary.clone(),
-                entries: p.entries.clone(),
+                summary: p.summary,
+                entries: p.entries,
                 fingerprint: OnceLock::new(),
                 rank: p.rank,
-                whole: p.whole.clone(),
-                sets: p.sets.clone(),
+                whole: p.whole,
+                sets: p.sets,
             },
         );
     }
@@ -435,7 +436,7 @@ impl SearchIndex for MemoryIndex {
         let prepared = Prepared::of(doc);
         self.state
             .write()
-            .apply(doc.id(), |g| g.upsert(doc.id(), prepared.as_ref()));
+            .apply(doc.id(), |g| g.upsert(doc.id(), prepared.clone()));
         Ok(())
     }
 
@@ -515,33 +516,57 @@ impl SearchIndex for MemoryIndex {
         };
         let mut customers = 0u64;
         let mut chunks = docs.ready_chunks(REBUILD_CHUNK);
-        while let Some(chunk) = chunks.next().await {
-            let mut prepared = Vec::with_capacity(chunk.len());
-            for item in chunk {
-                match item {
-                    Ok(doc) => prepared.push((doc.id(), Prepared::of(&doc))),
-                    Err(e) => {
-                        self.abandon(generation);
-                        return Err(IndexError::RebuildAbandoned(e.to_string()));
-                    }
-                }
-            }
-            let mut state = self.state.write();
-            match state.building.as_mut() {
-                Some((g, building)) if *g == generation => {
-                    for (id, p) in &prepared {
-                        if !building.live.contains(id) {
-                            building.upsert(*id, p.as_ref());
+        // A chunk is prepared (summary, tokens, sets) on a blocking thread
+        // while the one before it goes into the index.
+        let mut pending: Option<tokio::task::JoinHandle<Vec<(CustomerId, Option<Prepared>)>>> =
+            None;
+        loop {
+            let next = match chunks.next().await {
+                Some(chunk) => {
+                    let mut docs = Vec::with_capacity(chunk.len());
+                    for item in chunk {
+                        match item {
+                            Ok(doc) => docs.push(doc),
+                            Err(e) => {
+                                self.abandon(generation);
+                                return Err(IndexError::RebuildAbandoned(e.to_string()));
+                            }
                         }
                     }
+                    Some(tokio::task::spawn_blocking(move || {
+                        docs.iter()
+                            .map(|doc| (doc.id(), Prepared::of(doc)))
+                            .collect::<Vec<_>>()
+                    }))
                 }
-                _ => {
-                    return Err(IndexError::RebuildAbandoned(
-                        "another rebuild started".to_string(),
-                    ))
+                None => None,
+            };
+            if let Some(ready) = pending.take() {
+                let prepared = ready.await.map_err(|e| {
+                    self.abandon(generation);
+                    IndexError::RebuildAbandoned(format!("preparing documents failed: {e}"))
+                })?;
+                customers += prepared.len() as u64;
+                let mut state = self.state.write();
+                match state.building.as_mut() {
+                    Some((g, building)) if *g == generation => {
+                        for (id, p) in prepared {
+                            if !building.live.contains(&id) {
+                                building.upsert(id, p);
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(IndexError::RebuildAbandoned(
+                            "another rebuild started".to_string(),
+                        ))
+                    }
                 }
             }
-            customers += prepared.len() as u64;
+            match next {
+                Some(handle) => pending = Some(handle),
+                None => break,
+            }
         }
         let mut state = self.state.write();
         match state.building.take() {
