@@ -397,6 +397,7 @@ pub async fn build_state(
         live: LiveHub::default(),
         webhooks,
         streams: Arc::new(streams),
+        cursor_key: Arc::new(routes::search::cursor_key(&secret)),
     })
 }
 

@@ -34,4 +34,7 @@ pub struct AppState {
     pub webhooks: crate::webhooks::Webhooks,
     /// Stream tickets and the shutdown of open streams (`/v1/stream`).
     pub streams: Arc<crate::stream::Streams>,
+    /// Keys search cursors to their query (derived from the JWT secret, so
+    /// every instance accepts every other's cursors).
+    pub cursor_key: Arc<[u8; 32]>,
 }

@@ -84,21 +84,31 @@ pub struct SearchResults {
     pub total_estimate: u64,
 }
 
+/// The key of search cursors' query tags, derived from the JWT secret.
+pub fn cursor_key(jwt_secret: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    Sha256::new()
+        .chain_update(b"crm-api search cursors v1\0")
+        .chain_update(jwt_secret)
+        .finalize()
+        .into()
+}
+
 /// A search cursor: which query it belongs to, and the rank of the last
 /// hit shown.
-fn encode_cursor(query: &Query, after: &RankKey) -> String {
+fn encode_cursor(key: &[u8; 32], query: &Query, after: &RankKey) -> String {
     pagination::encode(&[
-        &query_tag(query),
+        &query_tag(key, query),
         &after.score.to_string(),
         &after.recency.to_string(),
         &after.id.to_string(),
     ])
 }
 
-fn decode_cursor(query: &Query, cursor: &str) -> Result<RankKey, ApiError> {
+fn decode_cursor(key: &[u8; 32], query: &Query, cursor: &str) -> Result<RankKey, ApiError> {
     let parts = pagination::decode(cursor, 4)?;
     let bad = || ApiError::field("cursor", "not a cursor this API issued");
-    if parts[0] != query_tag(query) {
+    if parts[0] != query_tag(key, query) {
         return Err(ApiError::field(
             "cursor",
             "this cursor belongs to another query; search again without it",
@@ -116,12 +126,15 @@ fn decode_cursor(query: &Query, cursor: &str) -> Result<RankKey, ApiError> {
     })
 }
 
-/// A short tag of the query (not the query itself: cursors travel in URLs
-/// and logs).
-fn query_tag(query: &Query) -> String {
+/// A short tag of the query, keyed with a secret so that a cursor seen in a
+/// URL or a log does not let anyone test guesses of what was searched.
+fn query_tag(key: &[u8; 32], query: &Query) -> String {
     use sha2::{Digest, Sha256};
-    let text = format!("{query:?}");
-    hex::encode(&Sha256::digest(text.as_bytes())[..8])
+    let tag = Sha256::new()
+        .chain_update(key)
+        .chain_update(format!("{query:?}").as_bytes())
+        .finalize();
+    hex::encode(&tag[..12])
 }
 
 /// Finds customers from whatever the user has.
@@ -189,7 +202,7 @@ async fn search(
     let after = params
         .cursor
         .as_deref()
-        .map(|c| decode_cursor(&query, c))
+        .map(|c| decode_cursor(&state.cursor_key, &query, c))
         .transpose()?;
     warmed_up(&state)?;
     let page = state
@@ -198,7 +211,10 @@ async fn search(
         .await
         .map_err(index_err)?;
     Ok(ApiJson(SearchResults {
-        next_cursor: page.next.as_ref().map(|k| encode_cursor(&query, k)),
+        next_cursor: page
+            .next
+            .as_ref()
+            .map(|k| encode_cursor(&state.cursor_key, &query, k)),
         total_estimate: page.total_estimate,
         items: page.hits,
     }))
