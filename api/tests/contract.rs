@@ -81,6 +81,27 @@ async fn run_schemathesis(app: &TestApp, token: &str, paths: &[&str]) -> (bool, 
     (output.status.success(), text)
 }
 
+/// [`run_schemathesis`], once more when the run failed only because
+/// schemathesis itself crashed (its coverage phase has raised a Python
+/// `SystemError` from inside the AST constructor now and then): a crash of
+/// the tool is not a finding about the API, but a second crash fails the test.
+async fn run_checked(app: &TestApp, token: &str, paths: &[&str]) -> (bool, String) {
+    let (ok, text) = run_schemathesis(app, token, paths).await;
+    if ok || !tool_crashed_only(&text) {
+        return (ok, text);
+    }
+    let (ok, again) = run_schemathesis(app, token, paths).await;
+    (
+        ok,
+        format!("{text}\n--- run again after a crash of schemathesis ---\n{again}"),
+    )
+}
+
+/// The run reports runtime errors of schemathesis and no failed check.
+fn tool_crashed_only(text: &str) -> bool {
+    text.contains("Runtime Error") && !text.contains("FAILURES") && !text.contains('\u{274c}')
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_spec_matches_the_server() {
     let app = spawn_app_with(|config| config.default_region = Some("SG".into())).await;
@@ -112,14 +133,14 @@ async fn the_spec_matches_the_server() {
         .to_string();
 
     // `/v1/stream` never ends by itself (tests/events.rs checks it).
-    let (staff_ok, staff) = run_schemathesis(
+    let (staff_ok, staff) = run_checked(
         &app,
         &admin,
         &["--exclude-path-regex ^/v1/(mobile/|stream$)"],
     )
     .await;
     let (mobile_ok, mobile) =
-        run_schemathesis(&app, &device_token, &["--include-path-regex ^/v1/mobile/"]).await;
+        run_checked(&app, &device_token, &["--include-path-regex ^/v1/mobile/"]).await;
     assert!(
         staff_ok,
         "schemathesis found failures on the staff routes:\n{staff}"
