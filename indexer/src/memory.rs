@@ -367,6 +367,15 @@ impl NameLists for Lists<'_> {
             .collect();
         Ok((sizes, reads.iter().map(|r| g.read(r)).collect()))
     }
+
+    async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
+        let state = self.0.read();
+        Ok(ids
+            .iter()
+            .filter_map(|id| state.current.customers.get(id))
+            .map(|s| Brief::from(&s.summary))
+            .collect())
+    }
 }
 
 fn prefixed<'a, V>(
@@ -456,19 +465,7 @@ impl SearchIndex for MemoryIndex {
         match Plan::of(query) {
             Plan::Name(tokens) => {
                 let words = query::query_words(query);
-                let page =
-                    ranking::search_names(&Lists(&self.state), &tokens, &words, limit + 1, after)
-                        .await?;
-                let briefs = {
-                    let state = self.state.read();
-                    page.top
-                        .iter()
-                        .filter_map(|s| state.current.customers.get(&s.id))
-                        .map(|s| Brief::from(&s.summary))
-                        .collect()
-                };
-                let hits = query::name_hits(page.top, briefs);
-                Ok(SearchResults::first(hits, limit, page.total_estimate))
+                ranking::name_page(&Lists(&self.state), &tokens, &words, limit, after).await
             }
             Plan::Phone {
                 e164,

@@ -172,6 +172,21 @@ impl Projector {
     /// order): each page is one store read of the customers and their
     /// latest engagements. The next page is read while the caller consumes
     /// this one (a task reads ahead, [`PAGES_AHEAD`] pages at most).
+    /// [`Projector::documents`], calling `progress` with the number read so
+    /// far after every page.
+    fn documents_counted<'a>(
+        &self,
+        progress: impl Fn(u64) + Send + Sync + 'a,
+    ) -> impl futures::Stream<Item = IndexResult<IndexedCustomer>> + Send + 'a {
+        let mut seen = 0u64;
+        self.documents().inspect(move |_| {
+            seen += 1;
+            if seen.is_multiple_of(PAGE as u64) {
+                progress(seen);
+            }
+        })
+    }
+
     pub fn documents(&self) -> BoxStream<'static, IndexResult<IndexedCustomer>> {
         let (tx, rx) = tokio::sync::mpsc::channel::<IndexResult<Vec<IndexedCustomer>>>(PAGES_AHEAD);
         let store = self.store.clone();
@@ -218,16 +233,7 @@ impl Projector {
         &self,
         progress: impl Fn(u64) + Send + Sync,
     ) -> IndexResult<RebuildReport> {
-        let mut seen = 0u64;
-        let docs = self
-            .documents()
-            .inspect(move |_| {
-                seen += 1;
-                if seen.is_multiple_of(PAGE as u64) {
-                    progress(seen);
-                }
-            })
-            .boxed();
+        let docs = self.documents_counted(progress).boxed();
         self.index.rebuild(docs).await
     }
 
@@ -245,15 +251,8 @@ impl Projector {
     ) -> IndexResult<RebuildReport> {
         self.warmup.begin();
         let warmup = self.warmup.clone();
-        let mut seen = 0u64;
         let docs = self
-            .documents()
-            .inspect(move |_| {
-                seen += 1;
-                if seen.is_multiple_of(PAGE as u64) {
-                    warmup.progress(seen);
-                }
-            })
+            .documents_counted(move |seen| warmup.progress(seen))
             .chain(stream::once(hold).filter_map(|()| std::future::ready(None)))
             .boxed();
         let report = self.index.rebuild(docs).await?;

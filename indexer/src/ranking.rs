@@ -38,7 +38,7 @@ use crm_models::names;
 use crm_models::time::Timestamp;
 use crm_models::CustomerId;
 
-use crate::query::{self, Match, NameScore};
+use crate::query::{self, Brief, Match, NameScore, SearchResults};
 use crate::IndexResult;
 
 /// Most vocabulary tokens one query token stands for: the tokens it is a
@@ -151,7 +151,7 @@ pub struct Vocabulary {
 /// The reads an adapter answers. Each call is one round trip to the index;
 /// no lock is held between calls.
 #[async_trait]
-pub trait NameLists: Sync {
+pub(crate) trait NameLists: Sync {
     /// The vocabulary of each query token, and `reads`.
     async fn vocabulary_and_read(
         &self,
@@ -165,6 +165,9 @@ pub trait NameLists: Sync {
         lists: &[List],
         reads: &[Read],
     ) -> IndexResult<(Vec<u64>, Vec<Vec<Entry>>)>;
+
+    /// What the hits show of these customers (those gone are left out).
+    async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>>;
 }
 
 /// The typo-table keys of an indexed token: itself and its deletion
@@ -561,6 +564,26 @@ fn sorted(mut v: Vec<Scored>, limit: usize) -> Vec<Scored> {
     v
 }
 
+/// A page of name hits after `after`: [`search_names`] asked for one more
+/// than `limit` (to know whether a next page exists), then the briefs of the
+/// page.
+pub(crate) async fn name_page(
+    lists: &dyn NameLists,
+    tokens: &[String],
+    words: &[String],
+    limit: usize,
+    after: Option<RankKey>,
+) -> IndexResult<SearchResults> {
+    let page = search_names(lists, tokens, words, limit + 1, after).await?;
+    let ids: Vec<CustomerId> = page.top.iter().map(|s| s.id).collect();
+    let briefs = lists.briefs(&ids).await?;
+    Ok(SearchResults::first(
+        query::name_hits(page.top, briefs),
+        limit,
+        page.total_estimate,
+    ))
+}
+
 /// A group of lists that together hold every customer matching some query
 /// tokens: the lists of one token's expansions, or of a set of tokens'
 /// combined expansions.
@@ -656,7 +679,7 @@ fn subsets(n: usize, size: usize) -> Vec<Vec<usize>> {
 
 /// The best `limit` name hits after `after` for the query `tokens` (typed
 /// as `words`).
-pub async fn search_names(
+pub(crate) async fn search_names(
     lists: &dyn NameLists,
     tokens: &[String],
     words: &[String],

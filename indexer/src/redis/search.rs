@@ -40,7 +40,7 @@ impl RedisIndex {
         Ok(out)
     }
 
-    /// A page of name hits ([`ranking::search_names`] over this index's
+    /// A page of name hits ([`ranking::name_page`] over this index's
     /// lists), then the briefs of the hits (one `HGET` each).
     pub(crate) async fn search_names(
         &self,
@@ -53,15 +53,7 @@ impl RedisIndex {
             index: self,
             keys: parking_lot::Mutex::new(None),
         };
-        let page = ranking::search_names(&lists, tokens, words, limit + 1, after).await?;
-        let keys = lists.keys()?;
-        let ids: Vec<CustomerId> = page.top.iter().map(|s| s.id).collect();
-        let briefs = self.briefs(&keys, &ids).await?;
-        Ok(SearchResults::first(
-            query::name_hits(page.top, briefs),
-            limit,
-            page.total_estimate,
-        ))
+        ranking::name_page(&lists, tokens, words, limit, after).await
     }
 
     pub(super) async fn search_emails(
@@ -241,6 +233,10 @@ impl NameLists for Lists<'_> {
             out.push(entries_of(next_value(&mut values)?)?);
         }
         Ok((sizes, out))
+    }
+
+    async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
+        self.index.briefs(&self.keys()?, ids).await
     }
 }
 
