@@ -92,7 +92,12 @@ async fn search_and_lookup(app: TestApp) {
     assert_eq!(by_phone["items"][0]["id"], id.as_str());
     assert_eq!(by_phone["items"][0]["matched_on"], "phone");
 
-    // Hits carry the last engagement; pages follow one another by cursor.
+    // Hits carry the last engagement (once the engagement is indexed);
+    // pages follow one another by cursor.
+    let by_phone = eventually(&app, &token, "/v1/search?q=81226418", |b| {
+        !b["items"][0]["last_engagement"].is_null()
+    })
+    .await;
     assert_eq!(
         by_phone["items"][0]["last_engagement"]["preview"],
         "Is the flat still available?"

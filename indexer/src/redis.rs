@@ -211,6 +211,13 @@ impl RedisIndex {
         query_within(&self.conn, pipe, WRITE_TIMEOUT).await
     }
 
+    /// A read a caller waits for (a search round after the first, the
+    /// hits' briefs): unreachable after [`READ_TIMEOUT`], as the first
+    /// round is, not after a write's limit.
+    async fn read_query(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
+        query_within(&self.conn, pipe, READ_TIMEOUT).await
+    }
+
     /// Runs the commands `build` adds against the live generation, in one
     /// round trip unless a rebuild switched since the last call.
     async fn read(&self, build: impl Fn(&Keys, &mut Pipeline)) -> IndexResult<(Keys, Vec<Value>)> {

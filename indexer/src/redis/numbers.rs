@@ -162,8 +162,9 @@ impl RedisIndex {
                 // Too few customers in the first entries: read on.
                 let mut pipe = ::redis::pipe();
                 zrange_rev(&mut pipe, &keys.sx(b), read, SUFFIX_CANDIDATES - read);
-                entries =
-                    from_owned_redis_value(next_value(&mut self.query(&pipe).await?.into_iter())?)?;
+                entries = from_owned_redis_value(next_value(
+                    &mut self.read_query(&pipe).await?.into_iter(),
+                )?)?;
                 read += entries.len();
                 matched.take(entries, digits, &mut found, &mut recency);
             }

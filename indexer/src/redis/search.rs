@@ -31,7 +31,7 @@ impl RedisIndex {
             pipe.cmd("HGET").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
         }
         let mut out = Vec::with_capacity(ids.len());
-        for v in self.query(&pipe).await? {
+        for v in self.read_query(&pipe).await? {
             let json: Option<Vec<u8>> = from_owned_redis_value(v)?;
             if let Some(json) = json {
                 out.push(brief_of_json(&json)?);
@@ -223,7 +223,7 @@ impl NameLists for Lists<'_> {
         for r in reads {
             add_read(&keys, &mut pipe, r);
         }
-        let mut values = self.index.query(&pipe).await?.into_iter();
+        let mut values = self.index.read_query(&pipe).await?.into_iter();
         let mut sizes = Vec::with_capacity(lists.len());
         for _ in lists {
             sizes.push(from_owned_redis_value::<u64>(next_value(&mut values)?)?);
