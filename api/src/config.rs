@@ -160,6 +160,8 @@ pub struct Config {
     pub metrics_token: Option<String>,
     #[command(flatten)]
     pub webhooks: crate::webhooks::WebhookConfig,
+    #[command(flatten)]
+    pub analytics: crate::analytics::AnalyticsConfig,
 }
 
 /// `CRM_METRICS_LISTEN`: an address, or `off`.
@@ -221,6 +223,7 @@ impl Config {
             metrics_listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 0)))),
             metrics_token: None,
             webhooks: crate::webhooks::WebhookConfig::default(),
+            analytics: crate::analytics::AnalyticsConfig::default(),
         }
     }
 }

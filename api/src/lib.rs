@@ -11,6 +11,7 @@
 //! - [`auth`]: passwords, tokens, API keys, role guards.
 //! - [`routes`]: one module per resource; [`openapi`]: the generated contract.
 
+pub mod analytics;
 pub mod auth;
 pub mod config;
 pub mod error;
@@ -104,7 +105,7 @@ impl Application {
         let store = open_store(&config).await?;
         let opened = open_events_and_index(&config).await?;
         let in_process = opened.in_process();
-        let state = build_state(config, store, opened.index).await?;
+        let state = build_state(config, store, opened.index, opened.memory).await?;
         let mut background = start_background(&state, opened.events, opened.log);
         if in_process {
             // Not ready from the first request on, until the load completes.
@@ -206,6 +207,9 @@ impl Application {
         for task in tasks {
             let _ = task.await;
         }
+        // The index worker has finished its batch: what the index holds now
+        // is what the next start-up begins from.
+        write_snapshot(&self.state.projector).await;
         served
     }
 }
@@ -245,10 +249,16 @@ async fn load_memory_index(
         match loaded {
             Ok(report) => {
                 tracing::info!(
-                    customers = report.customers,
+                    customers = report.rebuild.customers,
+                    from_snapshot = report.from_snapshot,
+                    from_store = report.from_store,
                     seconds = started.elapsed().as_secs_f64(),
                     "search index loaded"
                 );
+                // The next start-up reads the snapshot instead.
+                if report.snapshot_is_stale() {
+                    write_snapshot(&projector).await;
+                }
                 return;
             }
             Err(e) => {
@@ -260,6 +270,21 @@ async fn load_memory_index(
                 wait = (wait * 2).min(Duration::from_secs(10));
             }
         }
+    }
+}
+
+/// Writes the in-process index's snapshot (if it has one); a failure is
+/// logged: the next start-up then reads more from the store.
+async fn write_snapshot(projector: &Projector) {
+    let started = Instant::now();
+    match projector.write_snapshot().await {
+        Ok(Some(customers)) => tracing::info!(
+            customers,
+            seconds = started.elapsed().as_secs_f64(),
+            "search index snapshot written"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "cannot write the search index snapshot"),
     }
 }
 
@@ -324,6 +349,16 @@ fn start_background(
             stopped.clone(),
         )));
     }
+    if state.config.analytics.worker {
+        tasks.push(tokio::spawn(analytics::run_consumer(
+            state.crm.store().clone(),
+            Arc::new(crm_models::analytics::Consumer::new(
+                state.config.analytics.timezone,
+            )),
+            state.live.clone(),
+            stopped.clone(),
+        )));
+    }
     let relay = Relay::new(state.crm.store().clone(), events, state.crm.relay_wake())
         .with_retention(state.config.event_retention())
         .sharing_health(state.relay_healthy.clone());
@@ -354,6 +389,7 @@ pub async fn build_state(
     config: Config,
     store: Arc<dyn Store>,
     index: Arc<dyn SearchIndex>,
+    memory: Option<Arc<crm_indexer::MemoryIndex>>,
 ) -> anyhow::Result<AppState> {
     let secret = jwt_secret(&config)?;
     let default_region = config
@@ -380,7 +416,16 @@ pub async fn build_state(
     )
     .await?;
     let crm = Crm::new(store.clone()).with_policy(policy);
-    let projector = Arc::new(Projector::new(store, index.clone()));
+    let mut projector = Projector::new(store, index.clone());
+    if let Some(memory) = memory {
+        // The in-process index keeps a snapshot beside the store, so that
+        // a restart need not read every customer's engagements.
+        let path = config
+            .data_dir
+            .join(crm_indexer::memory::snapshot::SNAPSHOT_FILE);
+        projector = projector.with_snapshot(memory, path);
+    }
+    let projector = Arc::new(projector);
     let mobile =
         crm_mobile_bridge::MobileBridge::new(crm.clone(), projector.clone(), default_region);
     let webhooks = webhooks::Webhooks::new(config.webhooks.clone())?;

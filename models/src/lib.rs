@@ -17,6 +17,7 @@
 //! - [`service`]: the operations handlers call ([`service::Crm`]).
 //! - [`problem`]: the error-code table and the problem document of the HTTP API.
 
+pub mod analytics;
 pub mod customer;
 pub mod device;
 pub mod email;

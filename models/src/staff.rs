@@ -38,6 +38,9 @@ pub struct User {
     /// PHC string of an argon2id hash.
     pub password_hash: String,
     pub active: bool,
+    /// The sales team the user belongs to (analytics group by it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     #[serde(with = "time::rfc3339")]
     pub created_at: Timestamp,
     #[serde(with = "time::rfc3339")]

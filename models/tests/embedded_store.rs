@@ -44,6 +44,7 @@ async fn everything_survives_a_restart() {
         role: Role::Admin,
         password_hash: "$argon2id$...".into(),
         active: true,
+        team: None,
         created_at: t,
         updated_at: t,
     };

@@ -49,7 +49,7 @@ pub use api_keys::{
 pub use rate_limit::{LoginLimiter, ACCOUNT_FREE, PAIR_FREE, PER_ADDRESS_PER_MINUTE};
 pub use sessions::Session;
 pub use stream_sessions::StreamSession;
-pub use users::{NewUser, StaffRole, UserPatch};
+pub use users::{parse_team, NewUser, StaffRole, UserPatch};
 
 use crate::config::Config;
 use crate::error::ApiError;

@@ -182,6 +182,7 @@ mod tests {
             role,
             password_hash: String::new(),
             active: true,
+            team: None,
             created_at: now,
             updated_at: now,
         }

@@ -53,6 +53,7 @@ pub struct NewUser {
     name: String,
     role: StaffRole,
     password: NewPassword,
+    team: Option<String>,
 }
 
 impl NewUser {
@@ -79,10 +80,39 @@ impl NewUser {
                 name,
                 role,
                 password,
+                team: None,
             }),
             _ => Err(ApiError::Validation(errors)),
         }
     }
+
+    /// The user's team (see [`parse_team`]).
+    pub fn with_team(mut self, raw: Option<&str>) -> Result<Self, ApiError> {
+        self.team = raw.map(parse_team).transpose()?.flatten();
+        Ok(self)
+    }
+}
+
+/// Longest team name accepted, in characters.
+pub const MAX_TEAM_CHARS: usize = 100;
+
+/// A team name: trimmed, at most [`MAX_TEAM_CHARS`], no control
+/// characters; empty means no team.
+pub fn parse_team(raw: &str) -> Result<Option<String>, ApiError> {
+    let team = raw.trim();
+    if team.chars().count() > MAX_TEAM_CHARS {
+        return Err(ApiError::field(
+            "team",
+            format!("must be at most {MAX_TEAM_CHARS} characters long"),
+        ));
+    }
+    if team.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "team",
+            "must not contain control characters",
+        ));
+    }
+    Ok((!team.is_empty()).then(|| team.to_string()))
 }
 
 /// Changes to a user; `None` leaves a field as it is.
@@ -92,6 +122,8 @@ pub struct UserPatch {
     pub role: Option<StaffRole>,
     pub password: Option<NewPassword>,
     pub active: Option<bool>,
+    /// `Some(None)` takes the user out of their team.
+    pub team: Option<Option<String>>,
 }
 
 impl UserPatch {
@@ -124,6 +156,7 @@ impl UserPatch {
             role,
             password,
             active,
+            team: None,
         })
     }
 }
@@ -166,6 +199,7 @@ pub(super) async fn create_user(store: &dyn Store, new: NewUser) -> Result<User,
         role: new.role.into(),
         password_hash,
         active: true,
+        team: new.team,
         created_at: now,
         updated_at: now,
     };
@@ -246,6 +280,9 @@ impl Auth {
         if let Some(active) = patch.active {
             user.active = active;
         }
+        if let Some(team) = patch.team {
+            user.team = team;
+        }
         if let Some(password) = patch.password {
             user.password_hash = password::hash(password).await?;
         }
@@ -291,6 +328,9 @@ fn user_fields(before: &User, after: &User) -> Vec<String> {
     }
     if before.password_hash != after.password_hash {
         fields.push("password");
+    }
+    if before.team != after.team {
+        fields.push("team");
     }
     fields.into_iter().map(str::to_string).collect()
 }

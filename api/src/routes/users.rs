@@ -11,7 +11,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::pagination::{self, Page};
-use crate::auth::{AdminOnly, NewUser, StaffRole, UserPatch};
+use crate::auth::{parse_team, AdminOnly, NewUser, StaffRole, UserPatch};
 use crate::error::{ApiError, ApiJson, ApiPath, ApiQuery, Problem};
 use crate::state::AppState;
 
@@ -30,6 +30,9 @@ pub struct UserView {
     pub role: Role,
     /// Inactive users cannot log in, and their tokens stop working.
     pub active: bool,
+    /// The sales team (analytics group by it); absent when none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub team: Option<String>,
     #[serde(with = "time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: Timestamp,
@@ -46,6 +49,7 @@ impl From<User> for UserView {
             name: u.name,
             role: u.role,
             active: u.active,
+            team: u.team,
             created_at: u.created_at,
             updated_at: u.updated_at,
         }
@@ -61,6 +65,9 @@ pub struct CreateUser {
     /// At least 12 characters.
     pub password: String,
     pub role: StaffRole,
+    /// The sales team, at most 100 characters.
+    #[serde(default)]
+    pub team: Option<String>,
 }
 
 /// Creates a staff user.
@@ -80,7 +87,8 @@ async fn create_user(
     AdminOnly(_): AdminOnly,
     ApiJson(body): ApiJson<CreateUser>,
 ) -> Result<(StatusCode, ApiJson<UserView>), ApiError> {
-    let new = NewUser::parse(&body.email, &body.name, body.role, body.password)?;
+    let new = NewUser::parse(&body.email, &body.name, body.role, body.password)?
+        .with_team(body.team.as_deref())?;
     let user = state.auth.create_user(new).await?;
     Ok((StatusCode::CREATED, ApiJson(user.into())))
 }
@@ -161,6 +169,8 @@ pub struct PatchUser {
     pub password: Option<String>,
     /// `false` deactivates the user: sessions end, tokens stop working at once.
     pub active: Option<bool>,
+    /// The sales team; `""` takes the user out of their team.
+    pub team: Option<String>,
 }
 
 /// Changes a user. Admins cannot deactivate or demote themselves.
@@ -183,7 +193,8 @@ async fn patch_user(
     ApiJson(body): ApiJson<PatchUser>,
 ) -> Result<ApiJson<UserView>, ApiError> {
     let id = parse_user_id(&id)?;
-    let patch = UserPatch::parse(body.name.as_deref(), body.role, body.password, body.active)?;
+    let mut patch = UserPatch::parse(body.name.as_deref(), body.role, body.password, body.active)?;
+    patch.team = body.team.as_deref().map(parse_team).transpose()?;
     let user = state.auth.update_user(caller.user_id(), id, patch).await?;
     Ok(ApiJson(user.into()))
 }

@@ -264,6 +264,7 @@ mod tests {
                     role: Role::Agent,
                     password_hash: String::new(),
                     active: true,
+                    team: None,
                     created_at: crm_models::time::now(),
                     updated_at: crm_models::time::now(),
                 },

@@ -24,6 +24,7 @@
 //! [`Store::transaction`]. A relay ([`crate::relay`]), never the request,
 //! moves committed events on to the event stream.
 
+mod analytics;
 pub mod embedded;
 mod group_commit;
 pub mod mongo;
@@ -32,6 +33,7 @@ mod record_cache;
 pub mod tx;
 mod webhooks;
 
+pub use analytics::AnalyticsStore;
 pub use tx::{EngagementRef, Erased, Tx, TxWork};
 pub use webhooks::WebhookStore;
 
@@ -151,6 +153,7 @@ pub trait Store:
     + DeviceStore
     + EventLogStore
     + WebhookStore
+    + AnalyticsStore
     + Send
     + Sync
     + 'static

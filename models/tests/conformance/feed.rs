@@ -15,6 +15,7 @@ fn feed_user(n: usize) -> User {
         role: Role::Agent,
         password_hash: "$argon2id$not-a-real-hash".into(),
         active: true,
+        team: None,
         created_at: t0(),
         updated_at: t0(),
     }

@@ -39,6 +39,7 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+mod analytics;
 mod confirm;
 mod customers;
 mod devices;
@@ -51,6 +52,7 @@ pub mod tx_ops;
 mod webhooks;
 pub mod write_model;
 
+pub use analytics::*;
 pub use confirm::*;
 pub use customers::*;
 pub use devices::*;
@@ -194,6 +196,10 @@ macro_rules! store_suite {
                 webhook_claims_hold_a_lease_and_come_back_when_it_ends,
                 webhook_failing_too_long_is_disabled_with_its_event,
                 webhook_deliveries_page_requeue_and_prune,
+                analytics_count_a_scripted_day_per_agent_channel_and_day,
+                analytics_count_each_event_once,
+                analytics_days_follow_the_configured_zone,
+                analytics_forget_an_erased_customer_but_keep_the_counts,
             );
         }
     };

@@ -10,6 +10,7 @@ fn user(mail: &str) -> User {
         role: Role::Agent,
         password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
         active: true,
+        team: None,
         created_at: at(0),
         updated_at: at(0),
     }

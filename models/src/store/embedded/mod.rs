@@ -42,6 +42,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+mod analytics;
 mod call_signals;
 mod customers;
 mod devices;
@@ -269,6 +270,7 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(DEVICES_BY_HASH).map_err(db_err)?;
     txn.open_table(CALL_SIGNALS).map_err(db_err)?;
     webhooks::open_tables(txn)?;
+    analytics::open_tables(txn)?;
     Ok(())
 }
 

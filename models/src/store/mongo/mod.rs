@@ -25,6 +25,7 @@
 //! lease); [`tx`] runs transactions; this file connects and implements
 //! [`Store`] itself.
 
+mod analytics;
 mod codec;
 mod customers;
 mod devices;
@@ -288,6 +289,7 @@ impl MongoStore {
             .await
             .map_err(map_err)?;
         webhooks::create_indexes(self).await?;
+        analytics::create_indexes(self).await?;
         Ok(())
     }
 }
