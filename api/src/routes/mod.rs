@@ -1,6 +1,7 @@
 //! One module per resource. Each returns an `OpenApiRouter` so that the
 //! contract in `openapi.yaml` is generated from the same routes that serve.
 
+pub mod analytics;
 pub mod api_keys;
 pub mod auth;
 pub mod customers;
@@ -33,4 +34,5 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(devices::router())
         .merge(webhooks::router())
         .merge(events::router())
+        .merge(analytics::router())
 }

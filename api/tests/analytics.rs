@@ -1,0 +1,438 @@
+//! Sales analytics over HTTP: leaderboards, series and the overview from
+//! the rollups the in-process consumer keeps, who may read what, and the
+//! problems a bad query gets. (The counting itself, on both stores, is in
+//! the store conformance suite.)
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{expect_json, expect_problem, spawn_app, TestApp, USER_PASSWORD};
+use crm_models::event::EventFilter;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const DAY: &str = "2026-11-21";
+
+/// Waits until the analytics consumer has counted every event the log
+/// holds now (its cursor reaches the log's last event).
+async fn counted(app: &TestApp) {
+    let store = app.state.crm.store().clone();
+    let mut head = None;
+    loop {
+        let page = store
+            .read_feed(head, &EventFilter::default(), 1000)
+            .await
+            .unwrap()
+            .expect("the log holds its own events");
+        if page.last == head {
+            break;
+        }
+        head = page.last;
+    }
+    tokio::time::timeout(Duration::from_secs(20), async {
+        while store.analytics_cursor().await.unwrap() != head {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the analytics consumer counts the log within 20 s");
+}
+
+/// Creates a user with a team and logs it in: `(token, "user:<id>")`.
+async fn staff(app: &TestApp, email: &str, name: &str, team: Option<&str>) -> (String, String) {
+    let admin = app.admin_token().await;
+    let mut body =
+        json!({"email": email, "name": name, "password": USER_PASSWORD, "role": "agent"});
+    if let Some(team) = team {
+        body["team"] = json!(team);
+    }
+    let user: Value = expect_json(
+        app.post("/v1/users", &admin, &body).await,
+        StatusCode::CREATED,
+    )
+    .await;
+    assert_eq!(user["team"], json!(team));
+    let token = app.login(email, USER_PASSWORD).await.access_token;
+    (token, format!("user:{}", user["id"].as_str().unwrap()))
+}
+
+async fn record(app: &TestApp, token: &str, item: Value) {
+    let _: Value = expect_json(
+        app.post("/v1/engagements", token, &item).await,
+        StatusCode::CREATED,
+    )
+    .await;
+}
+
+fn sms(phone: &str, direction: &str, at: &str) -> Value {
+    json!({"customer": {"phone": phone}, "channel": "sms", "direction": direction,
+           "occurred_at": at, "body": "never counted as text"})
+}
+
+fn call(phone: &str, direction: &str, status: &str, secs: u32, at: &str) -> Value {
+    json!({"customer": {"phone": phone}, "channel": "call", "direction": direction,
+           "occurred_at": at, "duration_s": secs, "status": status})
+}
+
+/// Ann (North) sends three SMS to two customers and answers a call; Bob
+/// (South) makes one call; the website's key records an SMS. All on [`DAY`].
+async fn scripted_day(app: &TestApp) -> (String, String, String, String) {
+    let (ann, ann_id) = staff(app, "ann@example.com", "Ann", Some("North")).await;
+    let (bob, bob_id) = staff(app, "bob@example.com", "Bob", Some("South")).await;
+    let at = |hms: &str| format!("{DAY}T{hms}Z");
+    record(app, &ann, sms("+65 8122 6401", "outbound", &at("09:00:00"))).await;
+    record(app, &ann, sms("+65 8122 6401", "outbound", &at("09:10:00"))).await;
+    record(app, &ann, sms("+65 8122 6402", "outbound", &at("10:00:00"))).await;
+    record(
+        app,
+        &ann,
+        call("+65 8122 6402", "inbound", "answered", 90, &at("11:00:00")),
+    )
+    .await;
+    record(
+        app,
+        &bob,
+        call(
+            "+65 8122 6403",
+            "outbound",
+            "answered",
+            300,
+            &at("12:00:00"),
+        ),
+    )
+    .await;
+    let key = app.service_key("website").await;
+    record(app, &key, sms("+65 8122 6404", "outbound", &at("13:00:00"))).await;
+    // The day before, for the change.
+    record(
+        app,
+        &bob,
+        call(
+            "+65 8122 6403",
+            "outbound",
+            "missed",
+            0,
+            "2026-11-20T12:00:00Z",
+        ),
+    )
+    .await;
+    record(
+        app,
+        &bob,
+        call(
+            "+65 8122 6403",
+            "outbound",
+            "answered",
+            60,
+            "2026-11-20T12:30:00Z",
+        ),
+    )
+    .await;
+    counted(app).await;
+    (ann, ann_id, bob, bob_id)
+}
+
+fn board(v: &Value) -> Vec<(String, u64, u64, i64)> {
+    v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| {
+            (
+                i["agent"]["name"].as_str().unwrap_or("").to_string(),
+                i["rank"].as_u64().unwrap(),
+                i["value"].as_u64().unwrap(),
+                i["change"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn leaderboards_rank_agents_per_team_with_the_change_since_the_day_before() {
+    let app = spawn_app().await;
+    let (ann, ann_id, _bob, bob_id) = scripted_day(&app).await;
+    let period = format!("{DAY}..{DAY}");
+
+    let all: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/leaderboard?metric=engagements&period={period}"),
+            &ann,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(all["metric"], "engagements");
+    assert_eq!(all["period"], json!({"from": DAY, "to": DAY}));
+    assert_eq!(
+        all["previous_period"],
+        json!({"from": "2026-11-20", "to": "2026-11-20"})
+    );
+    assert_eq!(
+        board(&all),
+        vec![
+            ("Ann".into(), 1, 4, 4),
+            // Bob and the key tie on one; Bob made two calls the day before.
+            ("Bob".into(), 2, 1, -1),
+            ("website".into(), 2, 1, 1),
+        ]
+    );
+    assert_eq!(
+        all["items"][0]["agent"],
+        json!({"id": ann_id, "name": "Ann", "team": "North"})
+    );
+
+    let talk: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/leaderboard?metric=talk_seconds&period={period}&team=South"),
+            &ann,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(talk["team"], "South");
+    assert_eq!(board(&talk), vec![("Bob".into(), 1, 300, 240)]);
+    assert_eq!(talk["items"][0]["agent"]["id"], bob_id);
+
+    // Bob leaves his team: the team's board is the team's members now.
+    let admin = app.admin_token().await;
+    let bob_path = format!("/v1/users/{}", bob_id.trim_start_matches("user:"));
+    let left: Value = expect_json(
+        app.patch(&bob_path, &admin, &json!({"team": ""})).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert!(left.get("team").is_none(), "{left}");
+    let empty: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/leaderboard?metric=talk_seconds&period={period}&team=South"),
+            &ann,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(empty["items"], json!([]));
+
+    let customers: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/leaderboard?metric=customers_engaged&period={period}&limit=1"),
+            &ann,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(board(&customers), vec![("Ann".into(), 1, 2, 2)]);
+}
+
+#[tokio::test]
+async fn agents_read_their_own_series_and_admins_everyones() {
+    let app = spawn_app().await;
+    let (ann, ann_id, _bob, bob_id) = scripted_day(&app).await;
+    let admin = app.admin_token().await;
+    let range = "from=2026-11-20&to=2026-11-21";
+
+    let own: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/series?metric=sms_outbound&{range}"),
+            &ann,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        own["items"],
+        json!([{"key": "2026-11-20", "value": 0}, {"key": DAY, "value": 3}])
+    );
+    expect_problem(
+        app.get(
+            &format!("/v1/analytics/series?agent={bob_id}&{range}"),
+            &ann,
+        )
+        .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    expect_problem(
+        app.get(&format!("/v1/analytics/series?team=South&{range}"), &ann)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+
+    let by_agent: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/series?metric=calls_answered&group_by=agent&{range}"),
+            &admin,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        by_agent["items"],
+        json!([
+            {"key": bob_id, "name": "Bob", "value": 2},
+            {"key": ann_id, "name": "Ann", "value": 1},
+        ])
+    );
+    let by_team: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/series?metric=engagements&group_by=team&{range}"),
+            &admin,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        by_team["items"],
+        json!([
+            {"key": "North", "value": 4},
+            {"key": "South", "value": 3},
+            {"key": null, "value": 1},
+        ])
+    );
+    let by_channel: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/series?group_by=channel&team=North&{range}"),
+            &admin,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        by_channel["items"],
+        json!([{"key": "sms", "value": 3}, {"key": "call", "value": 1}])
+    );
+    // Page views and new customers belong to nobody: admins only.
+    let created: Value = expect_json(
+        app.get(
+            "/v1/analytics/series?metric=new_customers&group_by=channel",
+            &admin,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(created["items"], json!([{"key": null, "value": 4}]));
+    expect_problem(
+        app.get("/v1/analytics/series?metric=new_customers", &ann)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_overview_puts_today_beside_yesterday_until_the_same_hour() {
+    use chrono::Timelike;
+    let app = spawn_app().await;
+    let (ann, _) = staff(&app, "ann@example.com", "Ann", None).await;
+    let now = crm_models::time::now();
+    let yesterday = now - chrono::Duration::days(1);
+    let at = |t: chrono::DateTime<chrono::Utc>| crm_models::time::format(&t);
+    record(&app, &ann, sms("+65 8122 6401", "outbound", &at(now))).await;
+    record(&app, &ann, sms("+65 8122 6401", "inbound", &at(now))).await;
+    record(&app, &ann, sms("+65 8122 6401", "outbound", &at(yesterday))).await;
+    record(
+        &app,
+        &ann,
+        call("+65 8122 6401", "inbound", "missed", 0, &at(yesterday)),
+    )
+    .await;
+    // Two hours later yesterday: past the hour it is now, so not counted
+    // (two, so that the hour turning during the test changes nothing).
+    if now.hour() < 22 {
+        let later = yesterday + chrono::Duration::hours(2);
+        record(&app, &ann, sms("+65 8122 6401", "outbound", &at(later))).await;
+    }
+    counted(&app).await;
+    let overview: Value = expect_json(
+        app.get("/v1/analytics/overview", &ann).await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(overview["today"], json!(now.format("%Y-%m-%d").to_string()));
+    let sms_row = overview["channels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["channel"] == "sms")
+        .unwrap()
+        .clone();
+    assert_eq!(
+        sms_row["today"],
+        json!({"sms_inbound": 1, "sms_outbound": 1})
+    );
+    assert_eq!(sms_row["yesterday_same_hour"], json!({"sms_outbound": 1}));
+    assert_eq!(
+        overview["total"]["yesterday_same_hour"],
+        json!({"calls_inbound": 1, "calls_missed": 1, "sms_outbound": 1})
+    );
+    // The one customer was created today.
+    assert_eq!(
+        overview["total"]["today"],
+        json!({"sms_inbound": 1, "sms_outbound": 1, "new_customers": 1})
+    );
+}
+
+#[tokio::test]
+async fn keys_read_no_figures_and_bad_queries_are_named() {
+    let app = spawn_app().await;
+    let key = app.service_key("website").await;
+    for path in [
+        "/v1/analytics/leaderboard",
+        "/v1/analytics/series",
+        "/v1/analytics/overview",
+    ] {
+        expect_problem(
+            app.get(path, &key).await,
+            StatusCode::FORBIDDEN,
+            "forbidden",
+        )
+        .await;
+    }
+    let admin = app.admin_token().await;
+    for (query, field) in [
+        ("/v1/analytics/leaderboard?metric=revenue", "metric"),
+        ("/v1/analytics/leaderboard?metric=web_views", "metric"),
+        ("/v1/analytics/leaderboard?period=fortnight", "period"),
+        (
+            "/v1/analytics/leaderboard?period=2026-11-10..2026-11-01",
+            "period",
+        ),
+        (
+            "/v1/analytics/leaderboard?period=2025-01-01..2026-12-31",
+            "period",
+        ),
+        ("/v1/analytics/leaderboard?limit=0", "limit"),
+        ("/v1/analytics/series?group_by=week", "group_by"),
+        (
+            "/v1/analytics/series?metric=web_views&group_by=agent",
+            "group_by",
+        ),
+        ("/v1/analytics/series?from=2026-13-01", "from"),
+        ("/v1/analytics/series?from=2026-11-02&to=2026-11-01", "from"),
+        ("/v1/analytics/series?channel=fax", "channel"),
+    ] {
+        let problem = expect_problem(
+            app.get(query, &admin).await,
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "validation_failed",
+        )
+        .await;
+        assert_eq!(problem["errors"][0]["field"], field, "{query}: {problem}");
+    }
+}
