@@ -436,3 +436,99 @@ async fn keys_read_no_figures_and_bad_queries_are_named() {
         assert_eq!(problem["errors"][0]["field"], field, "{query}: {problem}");
     }
 }
+
+#[tokio::test]
+async fn exports_stream_the_daily_rows_as_csv_or_ndjson() {
+    let app = spawn_app().await;
+    let (ann, ann_id, _bob, bob_id) = scripted_day(&app).await;
+    let admin = app.admin_token().await;
+    // Three weeks: read from the store a week at a time.
+    let response = app
+        .get(
+            "/v1/analytics/export?from=2026-11-01&to=2026-11-21&format=csv",
+            &admin,
+        )
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        "text/csv; charset=utf-8"
+    );
+    assert_eq!(
+        response.headers()["content-disposition"],
+        "attachment; filename=\"analytics-2026-11-01-2026-11-21.csv\""
+    );
+    let text = response.text().await.unwrap();
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    assert_eq!(&header[..4], ["day", "agent", "team", "channel"]);
+    let rows: Vec<std::collections::HashMap<&str, &str>> = lines
+        .map(|l| header.iter().copied().zip(l.split(',')).collect())
+        .collect();
+    let find = |day: &str, agent: &str, channel: &str| {
+        rows.iter()
+            .find(|r| r["day"] == day && r["agent"] == agent && r["channel"] == channel)
+            .unwrap_or_else(|| panic!("no row {day} {agent} {channel} in {text}"))
+    };
+    let bob_before = find("2026-11-20", &bob_id, "call");
+    assert_eq!(
+        (
+            bob_before["team"],
+            bob_before["calls_outbound"],
+            bob_before["calls_answered"],
+            bob_before["talk_seconds"],
+            bob_before["sms_outbound"],
+        ),
+        ("South", "2", "1", "60", "0")
+    );
+    let ann_sms = find(DAY, &ann_id, "sms");
+    assert_eq!((ann_sms["team"], ann_sms["sms_outbound"]), ("North", "3"));
+    assert_eq!(find(DAY, &ann_id, "")["customers_engaged"], "2");
+    // Rows of both days only, in day order: 20th (Bob's call, his customers),
+    // then the 21st.
+    let days: Vec<&str> = rows.iter().map(|r| r["day"]).collect();
+    let mut sorted = days.clone();
+    sorted.sort();
+    assert_eq!(days, sorted);
+    assert!(days.iter().all(|d| *d == "2026-11-20" || *d == DAY));
+
+    let ndjson = app
+        .get(
+            "/v1/analytics/export?from=2026-11-21&to=2026-11-21&format=ndjson",
+            &admin,
+        )
+        .await;
+    assert_eq!(ndjson.headers()["content-type"], "application/x-ndjson");
+    let objects: Vec<Value> = ndjson
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let ann_call = objects
+        .iter()
+        .find(|o| o["agent"] == json!(ann_id) && o["channel"] == "call")
+        .unwrap();
+    assert_eq!(ann_call["calls_inbound"], 1);
+    assert_eq!(ann_call["talk_seconds"], 90);
+    assert_eq!(ann_call["team"], "North");
+    assert_eq!(
+        objects.len(),
+        rows.iter().filter(|r| r["day"] == DAY).count()
+    );
+
+    expect_problem(
+        app.get("/v1/analytics/export", &ann).await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    let problem = expect_problem(
+        app.get("/v1/analytics/export?format=xlsx", &admin).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "format");
+}

@@ -41,6 +41,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(leaderboard))
         .routes(routes!(series))
         .routes(routes!(overview))
+        .routes(routes!(export))
 }
 
 // --- periods ---
@@ -693,6 +694,206 @@ async fn overview(
     }))
 }
 
+// --- export ---
+
+/// Days read from the store per part of an export.
+const EXPORT_DAYS: i64 = 7;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    /// First day (YYYY-MM-DD); default 29 days before `to`.
+    #[param(format = Date)]
+    pub from: Option<String>,
+    /// Last day (YYYY-MM-DD); default today. At most 366 days in all.
+    #[param(format = Date)]
+    pub to: Option<String>,
+    /// `csv` (default) or `ndjson`.
+    pub format: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Csv,
+    Ndjson,
+}
+
+/// The stored metrics, in the order of the export's columns.
+fn export_metrics() -> impl Iterator<Item = Metric> {
+    Metric::ALL
+        .iter()
+        .copied()
+        .filter(|m| *m != Metric::Engagements)
+}
+
+/// A CSV field, quoted when it holds a comma, a quote or a line break,
+/// and with a leading `'` when a spreadsheet would read it as a formula.
+fn csv_field(raw: &str) -> String {
+    let text = if raw.starts_with(['=', '+', '-', '@']) {
+        format!("'{raw}")
+    } else {
+        raw.to_string()
+    };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}
+
+fn csv_header() -> String {
+    let mut line = String::from("day,agent,team,channel");
+    for m in export_metrics() {
+        line.push(',');
+        line.push_str(m.as_str());
+    }
+    line.push('\n');
+    line
+}
+
+fn export_line(format: Format, row: &DailyRow, team: Option<&str>) -> String {
+    let day = row.key.day.format("%Y-%m-%d").to_string();
+    let agent = row.key.agent.as_deref();
+    let channel = row.key.channel.map(Channel::as_str);
+    match format {
+        Format::Csv => {
+            let mut line = format!(
+                "{day},{},{},{}",
+                csv_field(agent.unwrap_or("")),
+                csv_field(team.unwrap_or("")),
+                channel.unwrap_or("")
+            );
+            for m in export_metrics() {
+                line.push(',');
+                line.push_str(&m.of(&row.counts).to_string());
+            }
+            line.push('\n');
+            line
+        }
+        Format::Ndjson => {
+            let mut object = serde_json::Map::new();
+            object.insert("day".into(), day.into());
+            object.insert("agent".into(), agent.into());
+            object.insert("team".into(), team.into());
+            object.insert("channel".into(), channel.into());
+            for m in export_metrics() {
+                object.insert(m.as_str().into(), m.of(&row.counts).into());
+            }
+            let mut line = serde_json::Value::Object(object).to_string();
+            line.push('\n');
+            line
+        }
+    }
+}
+
+/// Daily rows per agent and channel over a range, for BI tools (admins):
+/// CSV with a header line, or one JSON object per line; streamed a week
+/// at a time. Rows with no agent hold page views and new customers; the
+/// row of an agent with no channel holds the distinct customers engaged.
+#[utoipa::path(
+    get, path = "/v1/analytics/export", tag = "analytics",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "`day,agent,team,channel,` then one column per metric (`format=csv`), or one object per line with the same fields (`format=ndjson`)",
+         content((String = "text/csv"), (String = "application/x-ndjson"))),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: admins only", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: a bad day, range or format", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn export(
+    State(state): State<AppState>,
+    crate::auth::AdminOnly(_): crate::auth::AdminOnly,
+    ApiQuery(query): ApiQuery<ExportQuery>,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::http::header::{CONTENT_DISPOSITION, CONTENT_TYPE};
+    use axum::response::IntoResponse;
+    let mut errors = Vec::new();
+    let format = match query.format.as_deref().unwrap_or("csv") {
+        "csv" => Format::Csv,
+        "ndjson" => Format::Ndjson,
+        _ => {
+            errors.push(field_error("format", "must be csv or ndjson"));
+            Format::Csv
+        }
+    };
+    let to = match query.to.as_deref().map(parse_day).transpose() {
+        Ok(t) => t.unwrap_or_else(|| today(&state)),
+        Err(m) => {
+            errors.push(field_error("to", m));
+            today(&state)
+        }
+    };
+    let from = match query.from.as_deref().map(parse_day).transpose() {
+        Ok(f) => f.unwrap_or(to - Duration::days(DEFAULT_SERIES_DAYS - 1)),
+        Err(m) => {
+            errors.push(field_error("from", m));
+            to
+        }
+    };
+    let range = checked(from, to)
+        .map_err(|m| errors.push(field_error("from", m)))
+        .ok();
+    let Some(range) = range.filter(|_| errors.is_empty()) else {
+        return Err(ApiError::Validation(errors));
+    };
+    let store = state.crm.store().clone();
+    let teams: HashMap<String, String> = Agents::load(store.as_ref())
+        .await?
+        .known
+        .into_values()
+        .filter_map(|a| a.team.map(|t| (a.id, t)))
+        .collect();
+    let header = (format == Format::Csv).then(csv_header);
+    // One part per week of days: a long range is never held in memory whole.
+    let parts = futures::stream::unfold(Some(range.from), move |next| {
+        let store = store.clone();
+        let teams = teams.clone();
+        async move {
+            let start = next?;
+            let end = (start + Duration::days(EXPORT_DAYS - 1)).min(range.to);
+            let after = end.succ_opt().filter(|d| *d <= range.to);
+            let part = match store.analytics_rows(start, end).await {
+                Ok(rows) => Ok(rows
+                    .iter()
+                    .map(|r| {
+                        let team = r.key.agent.as_deref().and_then(|a| teams.get(a));
+                        export_line(format, r, team.map(String::as_str))
+                    })
+                    .collect::<String>()),
+                Err(e) => {
+                    // The status is sent already: end the body with an error.
+                    tracing::warn!(error = %e, "analytics export: cannot read the rollups");
+                    Err(std::io::Error::other("the store cannot be read"))
+                }
+            };
+            let stop = part.is_err();
+            Some((part, if stop { None } else { after }))
+        }
+    });
+    let body = futures::StreamExt::chain(
+        futures::stream::iter(header.map(Ok::<String, std::io::Error>)),
+        parts,
+    );
+    let (content_type, extension) = match format {
+        Format::Csv => ("text/csv; charset=utf-8", "csv"),
+        Format::Ndjson => ("application/x-ndjson", "ndjson"),
+    };
+    let disposition = format!(
+        "attachment; filename=\"analytics-{}-{}.{extension}\"",
+        range.from, range.to
+    );
+    Ok((
+        [
+            (CONTENT_TYPE, content_type.to_string()),
+            (CONTENT_DISPOSITION, disposition),
+        ],
+        axum::body::Body::from_stream(body),
+    )
+        .into_response())
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -738,6 +939,16 @@ mod tests {
             parse_period("2026-11-01..2026-11-10", today).unwrap(),
             (r("2026-11-01", "2026-11-10"), r("2026-10-22", "2026-10-31"))
         );
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_and_never_formulas() {
+        assert_eq!(csv_field("North"), "North");
+        assert_eq!(csv_field("North, East"), "\"North, East\"");
+        assert_eq!(csv_field("the \"A\" team"), "\"the \"\"A\"\" team\"");
+        assert_eq!(csv_field("=HYPERLINK(1)"), "'=HYPERLINK(1)");
+        assert!(csv_header().starts_with("day,agent,team,channel,calls_inbound,"));
+        assert!(!csv_header().contains("engagements"));
     }
 
     #[test]
