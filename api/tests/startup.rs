@@ -89,12 +89,31 @@ fn hit_ids(body: &Value) -> Vec<String> {
 // connections are gone when it returns, so the second can open the store.
 #[tokio::test]
 async fn a_restart_answers_at_once_and_search_follows_when_the_index_is_loaded() {
+    restart(Snapshot::Kept).await;
+}
+
+/// The same restart when the snapshot written at the last stop is gone (a
+/// first start after an upgrade from a version without one, a lost file):
+/// the load reads every customer from the store.
+#[tokio::test]
+async fn a_restart_without_a_snapshot_loads_from_the_store() {
+    restart(Snapshot::Lost).await;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Snapshot {
+    Kept,
+    Lost,
+}
+
+async fn restart(snapshot: Snapshot) {
     let dir = tempfile::tempdir().unwrap();
     let client = Client::new();
 
     // First run: customers in the store.
     let app = Application::build(config(dir.path())).await.unwrap();
     let addr = format!("http://{}", app.local_addr());
+    let first = app.state().clone();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(app.run_until_stopped(async move {
         let _ = stopped.await;
@@ -121,8 +140,23 @@ async fn a_restart_answers_at_once_and_search_follows_when_the_index_is_loaded()
         json!({"name": "Tan Wei Ming", "emails": ["weiming@acme.com"]}),
     )
     .await;
+    // What the index holds at the stop is what the snapshot holds (a
+    // customer it missed would be read from the store at the restart).
+    indexed_as(first.index.as_ref(), &weiming, "Tan Wei Ming").await;
+    indexed_as(first.index.as_ref(), &bob, "Bob Lim").await;
+    indexed_as(first.index.as_ref(), &ann, "Ann Tan").await;
+    drop(first);
     stop.send(()).unwrap();
     server.await.unwrap().unwrap();
+    // The stop wrote the index's snapshot beside the store.
+    let snapshot_file = dir
+        .path()
+        .join(crm_indexer::memory::snapshot::SNAPSHOT_FILE);
+    let written = std::fs::read_to_string(&snapshot_file).unwrap();
+    assert_eq!(written.lines().count(), 5, "header, 3 customers, trailer");
+    if snapshot == Snapshot::Lost {
+        std::fs::remove_file(&snapshot_file).unwrap();
+    }
 
     // Restart with the index's load held after it has read every customer.
     let (release, held) = tokio::sync::oneshot::channel::<()>();

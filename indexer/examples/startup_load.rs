@@ -13,8 +13,11 @@
 //!   engagements per store read), nothing indexed;
 //! - `rebuild`: [`Projector::rebuild`] into an empty memory index (what
 //!   `crm-indexer rebuild` runs);
-//! - `load`: [`Projector::load`] into an empty memory index, what crm-api
-//!   runs at start-up now.
+//! - `load`: [`Projector::load`] into an empty memory index, without a
+//!   snapshot (the first start, or one after the snapshot was lost);
+//! - `snapshot`: the same load with the snapshot written beside the store
+//!   (written first from a loaded index when there is none), what crm-api
+//!   runs at start-up after a restart.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measurement tool: a panic says what failed
 
@@ -159,7 +162,39 @@ async fn main() {
             let report = projector.load(std::future::ready(())).await.unwrap();
             println!(
                 "run {run} load: {} customers in {:.2} s (RSS {:.0} MiB)",
-                report.customers,
+                report.rebuild.customers,
+                started.elapsed().as_secs_f64(),
+                rss_mib()
+            );
+            drop(projector);
+            check(index.as_ref()).await;
+        }
+        if only.as_deref().is_none_or(|o| o == "snapshot") {
+            let path = dir.join(crm_indexer::memory::snapshot::SNAPSHOT_FILE);
+            if !path.exists() {
+                let index = Arc::new(MemoryIndex::new());
+                Projector::new(store.clone(), index.clone())
+                    .load(std::future::ready(()))
+                    .await
+                    .unwrap();
+                let started = Instant::now();
+                let written = index.write_snapshot(&path).unwrap();
+                println!(
+                    "snapshot written: {written} customers, {:.0} MiB in {:.2} s",
+                    std::fs::metadata(&path).unwrap().len() as f64 / 1048576.0,
+                    started.elapsed().as_secs_f64()
+                );
+            }
+            let index = Arc::new(MemoryIndex::new());
+            let projector =
+                Projector::new(store.clone(), index.clone()).with_snapshot(index.clone(), path);
+            let started = Instant::now();
+            let report = projector.load(std::future::ready(())).await.unwrap();
+            println!(
+                "run {run} load with the snapshot: {} customers ({} from the snapshot, {} from the store) in {:.2} s (RSS {:.0} MiB)",
+                report.rebuild.customers,
+                report.from_snapshot,
+                report.from_store,
                 started.elapsed().as_secs_f64(),
                 rss_mib()
             );

@@ -19,7 +19,7 @@ const MAX_NAME_TOKENS: usize = 64;
 /// Bumped when what is indexed for the same document changes (the tokenizer,
 /// the summary, the layout of the keys), so that verify reports every
 /// customer as stale.
-const FINGERPRINT_VERSION: &str = "index-v4";
+pub(crate) const FINGERPRINT_VERSION: &str = "index-v4";
 
 /// A customer as the index sees it: the profile and its latest engagements.
 /// Built by the caller from the store; the index never reads the store.

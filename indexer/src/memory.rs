@@ -30,7 +30,9 @@ use crate::{
     MAX_SEARCH_LIMIT,
 };
 
+mod bulk;
 mod numbers;
+pub mod snapshot;
 
 /// In-process index behind one lock. Searches take the read lock for each
 /// of their few reads, upserts the write lock; every operation is short.
@@ -90,11 +92,30 @@ struct Stored {
     whole: Option<String>,
     /// [`token_sets`]: `None` for a name in `long`.
     sets: Option<Vec<String>>,
+    /// The customer record this was made from ([`snapshot::source_of`]).
+    source: snapshot::Source,
+}
+
+impl Stored {
+    fn into_prepared(self) -> Prepared {
+        Prepared {
+            terms: Arc::new(NameTerms {
+                tokens: self.entries.tokens.clone(),
+                words: self.entries.words.clone(),
+            }),
+            summary: self.summary,
+            entries: self.entries,
+            rank: self.rank,
+            whole: self.whole,
+            sets: self.sets,
+            source: self.source,
+        }
+    }
 }
 
 /// A document made ready for the index outside the lock.
 #[derive(Clone)]
-struct Prepared {
+pub(crate) struct Prepared {
     summary: CustomerSummary,
     entries: IndexEntries,
     terms: Arc<NameTerms>,
@@ -102,30 +123,44 @@ struct Prepared {
     whole: Option<String>,
     /// [`token_sets`]: `None` for a name in `long`.
     sets: Option<Vec<String>>,
+    source: snapshot::Source,
 }
 
 impl Prepared {
     /// `None` for a customer the index drops (merged).
-    fn of(doc: &IndexedCustomer) -> Option<Prepared> {
+    pub(crate) fn of(doc: &IndexedCustomer) -> Option<Prepared> {
         if !doc.is_searchable() {
             return None;
         }
-        let entries = doc.entries();
-        let summary = doc.summary();
+        Some(Prepared::from_parts(
+            doc.summary(),
+            doc.entries(),
+            snapshot::source_of(&doc.customer),
+        ))
+    }
+
+    /// What is derived from the summary and the entries (the ranking, the
+    /// name lists' keys) made again.
+    fn from_parts(
+        summary: CustomerSummary,
+        entries: IndexEntries,
+        source: snapshot::Source,
+    ) -> Prepared {
         let recency = summary
             .last_engagement_at
             .map_or(i64::MIN, |t| t.timestamp_micros());
-        Some(Prepared {
+        Prepared {
             terms: Arc::new(NameTerms {
                 tokens: entries.tokens.clone(),
                 words: entries.words.clone(),
             }),
             whole: whole_name_key(&entries.words),
             sets: token_sets(&entries.tokens),
-            rank: Reverse((recency, doc.id())),
+            rank: Reverse((recency, summary.id)),
             summary,
             entries,
-        })
+            source,
+        }
     }
 }
 
@@ -201,6 +236,7 @@ impl Generation {
                 rank: p.rank,
                 whole: p.whole,
                 sets: p.sets,
+                source: p.source,
             },
         );
     }
@@ -502,19 +538,13 @@ impl SearchIndex for MemoryIndex {
         docs: BoxStream<'_, IndexResult<IndexedCustomer>>,
     ) -> IndexResult<RebuildReport> {
         let started = std::time::Instant::now();
-        let generation = {
-            let mut state = self.state.write();
-            let next = state
-                .generation
-                .max(state.building.as_ref().map_or(0, |b| b.0))
-                + 1;
-            state.building = Some((next, Generation::default()));
-            next
-        };
+        let generation = self.begin_build();
         let mut customers = 0u64;
+        let mut prepared: Vec<(CustomerId, Prepared)> = Vec::new();
         let mut chunks = docs.ready_chunks(REBUILD_CHUNK);
         // A chunk is prepared (summary, tokens, sets) on a blocking thread
-        // while the one before it goes into the index.
+        // while the next one is read; the generation is built from all of
+        // them at the end ([`Generation::bulk`]).
         let mut pending: Option<tokio::task::JoinHandle<Vec<(CustomerId, Option<Prepared>)>>> =
             None;
         loop {
@@ -539,25 +569,14 @@ impl SearchIndex for MemoryIndex {
                 None => None,
             };
             if let Some(ready) = pending.take() {
-                let prepared = ready.await.map_err(|e| {
+                let chunk = ready.await.map_err(|e| {
                     self.abandon(generation);
                     IndexError::RebuildAbandoned(format!("preparing documents failed: {e}"))
                 })?;
-                customers += prepared.len() as u64;
-                let mut state = self.state.write();
-                match state.building.as_mut() {
-                    Some((g, building)) if *g == generation => {
-                        for (id, p) in prepared {
-                            if !building.live.contains(&id) {
-                                building.upsert(id, p);
-                            }
-                        }
-                    }
-                    _ => {
-                        return Err(IndexError::RebuildAbandoned(
-                            "another rebuild started".to_string(),
-                        ))
-                    }
+                customers += chunk.len() as u64;
+                prepared.extend(chunk.into_iter().filter_map(|(id, p)| Some((id, p?))));
+                if !self.is_building(generation) {
+                    return Err(another_rebuild());
                 }
             }
             match next {
@@ -565,28 +584,8 @@ impl SearchIndex for MemoryIndex {
                 None => break,
             }
         }
-        let mut state = self.state.write();
-        match state.building.take() {
-            Some((g, mut building)) if g == generation => {
-                building.live.clear();
-                let replaced = std::mem::replace(&mut state.current, building);
-                state.generation = generation;
-                drop(state);
-                // Freeing a million customers takes a while: not under the lock.
-                drop(replaced);
-                Ok(RebuildReport {
-                    generation,
-                    customers,
-                    live_after: started.elapsed(),
-                })
-            }
-            other => {
-                state.building = other;
-                Err(IndexError::RebuildAbandoned(
-                    "another rebuild started".to_string(),
-                ))
-            }
-        }
+        self.finish_build(generation, prepared, customers, started)
+            .await
     }
 
     async fn fingerprints(
@@ -624,7 +623,78 @@ impl SearchIndex for MemoryIndex {
 }
 
 impl MemoryIndex {
-    fn abandon(&self, generation: u64) {
+    /// Starts building a generation beside the live one: from now on,
+    /// upserts and removals also go into it and win over what the build
+    /// puts there ([`MemoryIndex::finish_build`]). Returns its number.
+    pub(crate) fn begin_build(&self) -> u64 {
+        let mut state = self.state.write();
+        let next = state
+            .generation
+            .max(state.building.as_ref().map_or(0, |b| b.0))
+            + 1;
+        state.building = Some((next, Generation::default()));
+        next
+    }
+
+    /// Builds the generation out of `prepared` ([`Generation::bulk`]), lays
+    /// what was written meanwhile over it, and makes it the live one.
+    /// `customers`: how many documents the build read.
+    pub(crate) async fn finish_build(
+        &self,
+        generation: u64,
+        prepared: Vec<(CustomerId, Prepared)>,
+        customers: u64,
+        started: std::time::Instant,
+    ) -> IndexResult<RebuildReport> {
+        let mut built = tokio::task::spawn_blocking(move || Generation::bulk(prepared))
+            .await
+            .map_err(|e| {
+                self.abandon(generation);
+                IndexError::RebuildAbandoned(format!("building the index failed: {e}"))
+            })?;
+        let mut state = self.state.write();
+        match state.building.take() {
+            Some((g, mut building)) if g == generation => {
+                // What upserts and removals wrote while the documents were
+                // read is newer than the documents: it wins.
+                for id in std::mem::take(&mut building.live) {
+                    let doc = building.customers.remove(&id).map(Stored::into_prepared);
+                    built.upsert(id, doc);
+                }
+                let replaced = std::mem::replace(&mut state.current, built);
+                state.generation = generation;
+                drop(state);
+                // Freeing a million customers takes a while: not under the lock.
+                drop(replaced);
+                drop(building);
+                Ok(RebuildReport {
+                    generation,
+                    customers,
+                    live_after: started.elapsed(),
+                })
+            }
+            other => {
+                state.building = other;
+                Err(another_rebuild())
+            }
+        }
+    }
+}
+
+fn another_rebuild() -> IndexError {
+    IndexError::RebuildAbandoned("another rebuild started".to_string())
+}
+
+impl MemoryIndex {
+    fn is_building(&self, generation: u64) -> bool {
+        self.state
+            .read()
+            .building
+            .as_ref()
+            .is_some_and(|b| b.0 == generation)
+    }
+
+    pub(crate) fn abandon(&self, generation: u64) {
         let mut state = self.state.write();
         if state.building.as_ref().is_some_and(|b| b.0 == generation) {
             state.building = None;

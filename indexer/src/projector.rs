@@ -7,7 +7,9 @@
 //! the store holds.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Instant;
 
 use async_trait::async_trait;
 use futures::stream::{self, BoxStream, StreamExt};
@@ -17,6 +19,8 @@ use crm_models::linking::{similar_profiles, Suggestion, SuggestionReason};
 use crm_models::store::{EngagementFilter, Store, StoreError};
 use crm_models::{Customer, CustomerId, CustomerStatus, PhoneNumber};
 
+use crate::memory::snapshot::{source_of, Snapshot, Source};
+use crate::memory::{MemoryIndex, Prepared};
 use crate::query::Query;
 use crate::warmup::Warmup;
 use crate::worker::{ApplyError, EventHandler};
@@ -40,6 +44,37 @@ pub struct Projector {
     index: Arc<dyn SearchIndex>,
     /// Whether the index has been loaded (ready unless a load began).
     warmup: Arc<Warmup>,
+    /// The in-process index and the file of its snapshot, when it has one
+    /// ([`Projector::with_snapshot`]).
+    snapshot: Option<(Arc<MemoryIndex>, PathBuf)>,
+}
+
+/// What a load did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadReport {
+    pub rebuild: RebuildReport,
+    /// Customers taken from the snapshot as they were.
+    pub from_snapshot: u64,
+    /// Customers read from the store with their engagements (every one
+    /// when there was no usable snapshot).
+    pub from_store: u64,
+}
+
+impl LoadReport {
+    /// Whether a new snapshot would spare the next start-up reads: more
+    /// than a tenth of the customers came from the store.
+    pub fn snapshot_is_stale(&self) -> bool {
+        self.from_store > 0 && self.from_store * 10 > self.from_snapshot + self.from_store
+    }
+}
+
+/// A load from a snapshot, before its generation goes live.
+struct Reused {
+    generation: u64,
+    prepared: Vec<(CustomerId, Prepared)>,
+    customers: u64,
+    from_snapshot: u64,
+    from_store: u64,
 }
 
 /// What verify found.
@@ -81,7 +116,33 @@ impl Projector {
             store,
             index,
             warmup: Arc::new(Warmup::ready()),
+            snapshot: None,
         }
+    }
+
+    /// Loads ([`Projector::load`]) take what they can from the snapshot of
+    /// `index` (which must be this projector's index) at `path`, and
+    /// [`Projector::write_snapshot`] writes it there.
+    pub fn with_snapshot(mut self, index: Arc<MemoryIndex>, path: PathBuf) -> Self {
+        self.snapshot = Some((index, path));
+        self
+    }
+
+    /// Writes the index's snapshot, once the index is loaded (a snapshot of
+    /// a half-loaded index would replace a better one); returns how many
+    /// customers it holds, `None` when there is nothing to write.
+    pub async fn write_snapshot(&self) -> IndexResult<Option<u64>> {
+        let Some((index, path)) = self.snapshot.clone() else {
+            return Ok(None);
+        };
+        if !self.warmup.is_ready() {
+            return Ok(None);
+        }
+        let written = tokio::task::spawn_blocking(move || index.write_snapshot(&path))
+            .await
+            .map_err(|e| IndexError::Internal(format!("writing the snapshot: {e}")))?
+            .map_err(|e| IndexError::Internal(e.to_string()))?;
+        Ok(Some(written))
     }
 
     pub fn index(&self) -> &Arc<dyn SearchIndex> {
@@ -227,6 +288,51 @@ impl Projector {
         .boxed()
     }
 
+    /// Every customer record (without engagements), each with the hash the
+    /// snapshot checks it by ([`crate::memory::snapshot::source_of`]): a
+    /// page is hashed on a blocking thread while the next one is read.
+    async fn hashed_records(&self) -> IndexResult<Vec<(Customer, Source)>> {
+        let mut out = Vec::new();
+        let mut after = None;
+        let mut hashing: Option<tokio::task::JoinHandle<Vec<(Customer, Source)>>> = None;
+        loop {
+            let page = self
+                .store
+                .customers_with_latest_engagements(after, LOAD_PAGE, 0)
+                .await
+                .map_err(store_err);
+            if let Some(h) = hashing.take() {
+                out.extend(
+                    h.await.map_err(|e| {
+                        IndexError::Internal(format!("hashing customer records: {e}"))
+                    })?,
+                );
+                self.warmup.progress(out.len() as u64);
+            }
+            let page = page?;
+            let last = page.len() < LOAD_PAGE;
+            after = page.last().map(|(c, _)| c.id);
+            hashing = Some(tokio::task::spawn_blocking(move || {
+                page.into_iter()
+                    .map(|(c, _)| {
+                        let source = source_of(&c);
+                        (c, source)
+                    })
+                    .collect()
+            }));
+            if last {
+                break;
+            }
+        }
+        if let Some(h) = hashing {
+            out.extend(
+                h.await
+                    .map_err(|e| IndexError::Internal(format!("hashing customer records: {e}")))?,
+            );
+        }
+        Ok(out)
+    }
+
     /// Rebuilds the whole index from the store; `progress` is called with the
     /// number of customers read so far, every page.
     pub async fn rebuild(
@@ -242,28 +348,141 @@ impl Projector {
     /// progress and becomes ready when the index holds every customer.
     /// Events applied meanwhile go to the index as usual (a rebuild keeps
     /// what they wrote over the document it read: [`SearchIndex::rebuild`]),
-    /// so none is lost. `hold` is awaited after the last customer is read
-    /// and before the index switches to what was loaded (tests hold the load
-    /// there; pass `std::future::ready(())` otherwise).
+    /// so none is lost. With a snapshot ([`Projector::with_snapshot`]) the
+    /// load reads the customer records only, and the engagements of those
+    /// whose record changed since the snapshot was written
+    /// ([`crate::memory::snapshot`]). `hold` is awaited after the last
+    /// customer is read and before the index switches to what was loaded
+    /// (tests hold the load there; pass `std::future::ready(())` otherwise).
     pub async fn load(
         &self,
         hold: impl std::future::Future<Output = ()> + Send,
-    ) -> IndexResult<RebuildReport> {
+    ) -> IndexResult<LoadReport> {
         self.warmup.begin();
-        let warmup = self.warmup.clone();
-        let docs = self
-            .documents_counted(move |seen| warmup.progress(seen))
-            .chain(stream::once(hold).filter_map(|()| std::future::ready(None)))
-            .boxed();
-        let report = self.index.rebuild(docs).await?;
+        let started = Instant::now();
+        let report = match self.reuse().await? {
+            Some((reused, index)) => {
+                hold.await;
+                let rebuild = index
+                    .finish_build(
+                        reused.generation,
+                        reused.prepared,
+                        reused.customers,
+                        started,
+                    )
+                    .await?;
+                LoadReport {
+                    rebuild,
+                    from_snapshot: reused.from_snapshot,
+                    from_store: reused.from_store,
+                }
+            }
+            None => {
+                let warmup = self.warmup.clone();
+                let docs = self
+                    .documents_counted(move |seen| warmup.progress(seen))
+                    .chain(stream::once(hold).filter_map(|()| std::future::ready(None)))
+                    .boxed();
+                let rebuild = self.index.rebuild(docs).await?;
+                LoadReport {
+                    rebuild,
+                    from_snapshot: 0,
+                    from_store: rebuild.customers,
+                }
+            }
+        };
         // Duplicate checks of writes made meanwhile searched an incomplete
         // index: they run now.
-        for id in self.warmup.finish(report.customers) {
+        for id in self.warmup.finish(report.rebuild.customers) {
             if let Err(e) = self.suggest_duplicates(id).await {
                 tracing::warn!(error = %e, customer = %id, "duplicate check failed");
             }
         }
         Ok(report)
+    }
+
+    /// Takes what it can from the snapshot: reads and checks the snapshot
+    /// while every customer record (not their engagements) is read and
+    /// hashed, takes the snapshot's entry of each customer whose record has
+    /// not changed since, and reads the others as an event would. `None`
+    /// (and nothing built) without a usable snapshot, or when so many
+    /// customers changed that reading everything is faster.
+    async fn reuse(&self) -> IndexResult<Option<(Reused, Arc<MemoryIndex>)>> {
+        let Some((index, path)) = self.snapshot.clone() else {
+            return Ok(None);
+        };
+        if !path.exists() {
+            return Ok(None);
+        }
+        let generation = index.begin_build();
+        let reused = self.reuse_into(generation, path).await;
+        match reused {
+            Ok(Some(reused)) => Ok(Some((reused, index))),
+            other => {
+                index.abandon(generation);
+                other.map(|_| None)
+            }
+        }
+    }
+
+    async fn reuse_into(&self, generation: u64, path: PathBuf) -> IndexResult<Option<Reused>> {
+        let read = tokio::task::spawn_blocking(move || Snapshot::read(&path));
+        let records = self.hashed_records().await;
+        let mut snapshot = match read.await {
+            Ok(Ok(Some(snapshot))) => snapshot,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "the search index snapshot is not used; loading from the store");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "reading the search index snapshot failed");
+                return Ok(None);
+            }
+        };
+        let records = records?;
+        let customers = records.len() as u64;
+        // Beyond this many changed customers, a full read is faster.
+        let most_changed = snapshot.len() / 5 + 10_000;
+        let (mut prepared, changed) = tokio::task::spawn_blocking(move || {
+            let mut prepared = Vec::with_capacity(snapshot.len());
+            let mut changed = Vec::new();
+            for (c, source) in records {
+                if c.status == CustomerStatus::Merged {
+                    continue;
+                }
+                match snapshot.take(c.id, &source) {
+                    Some(p) => prepared.push((c.id, p)),
+                    None => changed.push(c),
+                }
+            }
+            (prepared, changed)
+        })
+        .await
+        .map_err(|e| IndexError::Internal(format!("checking the snapshot: {e}")))?;
+        if changed.len() > most_changed {
+            tracing::info!(
+                changed = changed.len(),
+                "the search index snapshot is too old to help; loading from the store"
+            );
+            return Ok(None);
+        }
+        let from_snapshot = prepared.len() as u64;
+        let from_store = changed.len() as u64;
+        let mut docs = stream::iter(changed).map(|c| self.indexed(c)).buffered(16);
+        while let Some(doc) = docs.next().await {
+            let doc = doc?;
+            if let Some(p) = Prepared::of(&doc) {
+                prepared.push((doc.id(), p));
+            }
+        }
+        Ok(Some(Reused {
+            generation,
+            prepared,
+            customers,
+            from_snapshot,
+            from_store,
+        }))
     }
 
     /// Compares the index with the store.

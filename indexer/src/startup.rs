@@ -241,12 +241,14 @@ pub struct EventsAndIndex {
     pub events: Arc<dyn EventStream>,
     pub log: Arc<dyn EventLog>,
     pub index: Arc<dyn SearchIndex>,
+    /// The same index when it is the in-process one (it has a snapshot).
+    pub memory: Option<Arc<MemoryIndex>>,
 }
 
 impl EventsAndIndex {
     /// Whether the index lives in this process (and starts empty).
     pub fn in_process(&self) -> bool {
-        self.index.kind() == "memory"
+        self.memory.is_some()
     }
 }
 
@@ -261,14 +263,17 @@ pub async fn open_events_and_index(config: &SharedConfig) -> anyhow::Result<Even
                 events: stream.clone(),
                 log: stream,
                 index: Arc::new(index),
+                memory: None,
             }
         }
         None => {
             let log = Arc::new(MemoryEventStream::default());
+            let memory = Arc::new(MemoryIndex::new());
             EventsAndIndex {
                 events: log.clone(),
                 log,
-                index: Arc::new(MemoryIndex::new()),
+                index: memory.clone(),
+                memory: Some(memory),
             }
         }
     })

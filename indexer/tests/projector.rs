@@ -313,7 +313,8 @@ async fn documents_and_load_hold_what_the_store_holds() {
     assert!(long > 1_000, "timelines longer than a summary: {long}");
 
     let report = s.projector.load(std::future::ready(())).await.unwrap();
-    assert_eq!(report.customers, total as u64);
+    assert_eq!(report.rebuild.customers, total as u64);
+    assert_eq!((report.from_snapshot, report.from_store), (0, total as u64));
     assert!(s.projector.index_ready());
     let indexed = s.projector.index().all_fingerprints().await.unwrap();
     let expected: Vec<(CustomerId, String)> = docs
@@ -329,4 +330,187 @@ async fn documents_and_load_hold_what_the_store_holds() {
     let indexed: Vec<(CustomerId, String)> =
         indexed.into_iter().map(|f| (f.id, f.fingerprint)).collect();
     assert_eq!(indexed, expected);
+}
+
+/// A store, the in-process index with its snapshot file in the data
+/// directory, and what moves events between them.
+struct SnapshotSetup {
+    s: Setup,
+    path: std::path::PathBuf,
+}
+
+fn setup_with_snapshot() -> SnapshotSetup {
+    let mut s = setup();
+    let path = s
+        ._dir
+        .path()
+        .join(crm_indexer::memory::snapshot::SNAPSHOT_FILE);
+    let memory = Arc::new(MemoryIndex::new());
+    s.projector =
+        Projector::new(s.crm.store().clone(), memory.clone()).with_snapshot(memory, path.clone());
+    SnapshotSetup { s, path }
+}
+
+/// A fresh in-process index over the same store and snapshot: what a
+/// restart starts from.
+fn restarted(t: &SnapshotSetup) -> Projector {
+    let memory = Arc::new(MemoryIndex::new());
+    Projector::new(t.s.crm.store().clone(), memory.clone()).with_snapshot(memory, t.path.clone())
+}
+
+async fn customer(s: &Setup, name: &str, number: &str) -> crm_models::CustomerId {
+    s.crm
+        .create_customer(CustomerInput {
+            name: Some(name.into()),
+            identifiers: vec![phone(number)],
+            status: None,
+        })
+        .await
+        .unwrap()
+        .0
+        .id
+}
+
+/// A restart takes every customer whose record is as the snapshot saw it
+/// from the snapshot, and reads the others: renamed, engaged, merged,
+/// erased and new customers after the snapshot are all as the store holds
+/// them, and verify finds nothing amiss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_takes_unchanged_customers_from_the_snapshot_and_reads_the_rest() {
+    let t = setup_with_snapshot();
+    let s = &t.s;
+    let mut ids = Vec::new();
+    for (i, name) in [
+        "Ann Tan", "Bob Lim", "Cat Ng", "Dan Ong", "Eve Koh", "Fay Goh", "Gus Teo",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let id = customer(s, name, &format!("9000 000{i}")).await;
+        s.crm
+            .record_engagement(sms(EngagementTarget::Customer(id), "before"))
+            .await
+            .unwrap();
+        ids.push(id);
+    }
+    drain(s).await;
+    assert_eq!(s.projector.write_snapshot().await.unwrap(), Some(7));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&t.path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the snapshot holds personal data");
+    }
+
+    // After the snapshot: a rename, an engagement, a merge, an erasure and
+    // a new customer; three customers stay as they were.
+    s.crm
+        .patch_customer(
+            ids[0],
+            crm_models::service::CustomerPatch {
+                name: Some(Some("Ann Wee".into())),
+                ..Default::default()
+            },
+            crm_models::service::LinkMode::Auto,
+        )
+        .await
+        .unwrap();
+    s.crm
+        .record_engagement(sms(EngagementTarget::Customer(ids[1]), "after"))
+        .await
+        .unwrap();
+    s.crm
+        .merge_customers(ids[2], &[ids[3]], "admin")
+        .await
+        .unwrap();
+    s.crm.delete_customer(ids[4]).await.unwrap();
+    let new = customer(s, "Hal Yeo", "9000 0009").await;
+
+    let p = restarted(&t);
+    let report = p.load(std::future::ready(())).await.unwrap();
+    assert_eq!(
+        (report.from_snapshot, report.from_store),
+        (2, 4),
+        "Fay and Gus from the snapshot; Ann, Bob, Cat (the survivor) and Hal read"
+    );
+    assert_eq!(
+        report.rebuild.customers, 7,
+        "Dan's merged record is read too"
+    );
+    let verified = p.verify().await.unwrap();
+    assert!(verified.is_clean(), "{verified:?}");
+    assert_eq!(verified.expected, 6);
+    let index = p.index();
+    let found = |q: &'static str| {
+        let index = index.clone();
+        async move {
+            index
+                .search(&Query::Any(q.into()), 10)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|h| h.id)
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(found("ann wee").await, vec![ids[0]]);
+    assert!(found("tan").await.is_empty(), "the old name is gone");
+    assert_eq!(found("hal").await, vec![new]);
+    assert!(found("eve").await.is_empty(), "the erased customer is gone");
+    assert_eq!(found("fay goh").await, vec![ids[5]]);
+    let bob = index.summary(ids[1]).await.unwrap().unwrap();
+    assert_eq!(bob.counts.sms, 2);
+    assert_eq!(bob.last_engagements[0].preview, "after");
+    let cat = index
+        .lookup_phone(&PhoneNumber::parse("+6590000003", None).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(cat.iter().map(|c| c.id).collect::<Vec<_>>(), vec![ids[2]]);
+}
+
+/// A snapshot that is cut short, damaged, or made by another index layout
+/// is not used: the load reads everything from the store, and then the
+/// snapshot can be written again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unusable_snapshot_is_ignored() {
+    let t = setup_with_snapshot();
+    let s = &t.s;
+    for i in 0..3 {
+        customer(s, &format!("Person {i}"), &format!("9100 000{i}")).await;
+    }
+    drain(s).await;
+    assert_eq!(s.projector.write_snapshot().await.unwrap(), Some(3));
+    let whole = std::fs::read_to_string(&t.path).unwrap();
+    let lines: Vec<&str> = whole.lines().collect();
+    assert_eq!(lines.len(), 5, "a header, three customers, a trailer");
+
+    let loads_from_snapshot = |contents: String| {
+        std::fs::write(&t.path, contents).unwrap();
+        let p = restarted(&t);
+        async move {
+            let report = p.load(std::future::ready(())).await.unwrap();
+            assert!(p.verify().await.unwrap().is_clean());
+            assert_eq!(report.rebuild.customers, 3);
+            report.from_snapshot
+        }
+    };
+    assert_eq!(
+        loads_from_snapshot(whole.clone()).await,
+        3,
+        "the good one is used"
+    );
+    let cut = lines[..4].join("\n") + "\n";
+    assert_eq!(loads_from_snapshot(cut).await, 0, "no trailer");
+    let damaged = whole.replacen("\"summary\"", "\"summarx\"", 1);
+    assert_eq!(loads_from_snapshot(damaged).await, 0, "an unreadable entry");
+    let miscounted = whole.replace("{\"end\":3}", "{\"end\":4}");
+    assert_eq!(loads_from_snapshot(miscounted).await, 0, "a wrong count");
+    let other = whole.replacen("index-v", "index-old-v", 1);
+    assert_eq!(loads_from_snapshot(other).await, 0, "another layout");
+    assert_eq!(loads_from_snapshot("garbage".into()).await, 0);
+
+    // Nothing is written while the index is not loaded.
+    let p = restarted(&t);
+    p.warmup().begin();
+    assert_eq!(p.write_snapshot().await.unwrap(), None);
 }
