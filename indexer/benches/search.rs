@@ -74,6 +74,16 @@ struct Args {
     names: Names,
     /// Give the Postgres peer a B-tree on `last_engagement_at` (Twenty has none).
     pg_recency_index: bool,
+    /// The backends to measure (`--only redis,postgres`); all by default.
+    only: Vec<String>,
+    /// The rows to measure (`--rows prefix,full,email,phone,ending,mix,mix32`); all by default.
+    rows: Vec<String>,
+}
+
+impl Args {
+    fn runs(&self, backend: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|b| b == backend)
+    }
 }
 
 fn args() -> Args {
@@ -83,6 +93,8 @@ fn args() -> Args {
         seed: 42,
         names: Names::Wide,
         pg_recency_index: false,
+        only: Vec::new(),
+        rows: Vec::new(),
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -94,6 +106,33 @@ fn args() -> Args {
             ("--seed", Some(n)) => a.seed = n.parse().unwrap(),
             ("--names", Some(n)) => a.names = n.parse().unwrap(),
             ("--pg-recency-index", _) => a.pg_recency_index = true,
+            ("--only", Some(list)) => {
+                a.only = list.split(',').map(str::to_string).collect();
+                for b in &a.only {
+                    assert!(
+                        ["embedded", "redis", "postgres"].contains(&b.as_str()),
+                        "--only takes embedded, redis and postgres, comma-separated"
+                    );
+                }
+            }
+            ("--rows", Some(list)) => {
+                a.rows = list.split(',').map(str::to_string).collect();
+                for r in &a.rows {
+                    assert!(
+                        ROW_NAMES.contains(&r.as_str()),
+                        "--rows takes {}, comma-separated",
+                        ROW_NAMES.join(", ")
+                    );
+                }
+            }
+            ("--help", _) | ("-h", _) => {
+                println!(
+                    "search bench: --customers N (100000) --names wide|narrow (wide) --seconds S (5) \
+                     --seed N (42) --pg-recency-index --only embedded,redis,postgres (all) \
+                     --rows prefix,full,email,phone,ending,mix,mix32 (all)"
+                );
+                std::process::exit(0);
+            }
             _ => {}
         }
         i += 1;
@@ -118,6 +157,9 @@ struct Typed {
     text: String,
     id: CustomerId,
 }
+
+/// The names `--rows` knows the rows by, in table order.
+const ROW_NAMES: [&str; 7] = ["prefix", "full", "email", "phone", "ending", "mix", "mix32"];
 
 /// The rows of the table: a label, the clients, and the queries.
 struct Row {
@@ -250,6 +292,11 @@ fn rows(args: &Args) -> Vec<Row> {
             queries: mix,
         },
     ]
+    .into_iter()
+    .zip(ROW_NAMES)
+    .filter(|(_, name)| args.rows.is_empty() || args.rows.iter().any(|r| r == name))
+    .map(|(row, _)| row)
+    .collect()
 }
 
 /// Every row on one backend.
@@ -359,7 +406,9 @@ async fn main() {
     let mut loads = Vec::new();
 
     // Embedded: the memory index, loaded as crm-api loads it.
-    let embedded = {
+    let embedded = if !args.runs("embedded") {
+        None
+    } else {
         let before = rss_bytes();
         let index = Arc::new(MemoryIndex::new());
         let t = Instant::now();
@@ -371,12 +420,15 @@ async fn main() {
             took.as_secs_f64(),
             mib(rss_bytes().saturating_sub(before))
         ));
-        measure("embedded", index_searcher(index), &rows, secs).await
+        Some(measure("embedded", index_searcher(index), &rows, secs).await)
     };
 
     // Redis.
-    let url = redis_server::start();
-    let (on_redis, get) = {
+    let mut redis_costs = Vec::new();
+    let (on_redis, get) = if !args.runs("redis") {
+        (None, None)
+    } else {
+        let url = redis_server::start();
         let index = Arc::new(RedisIndex::connect(&url, PREFIX).await.unwrap());
         let t = Instant::now();
         let report = index.rebuild(docs(&args, "Redis load")).await.unwrap();
@@ -402,7 +454,25 @@ async fn main() {
             resizing.as_secs_f64(),
             mib(used)
         ));
-        let stats = measure("Redis", index_searcher(index), &rows, secs).await;
+        let mut stats = Vec::new();
+        for row in &rows {
+            let before = RedisCost::now(&index, &mut conn).await;
+            let searches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+            let counted = {
+                let (search, searches) = (index_searcher(index.clone()), searches.clone());
+                let counted: Searcher = Arc::new(move |q| {
+                    searches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    search(q)
+                });
+                counted
+            };
+            stats.extend(measure("Redis", counted, std::slice::from_ref(row), secs).await);
+            let after = RedisCost::now(&index, &mut conn).await;
+            let cost = after
+                .per_search_since(&before, searches.load(std::sync::atomic::Ordering::Relaxed));
+            eprintln!("Redis: {} at {} clients: {cost}", row.label, row.clients);
+            redis_costs.push(cost);
+        }
 
         // The baseline: one round trip through the same client.
         let () = redis::cmd("SET")
@@ -431,11 +501,16 @@ async fn main() {
         // Free Redis's memory for the next backend.
         let mut conn = client.get_connection_manager().await.unwrap();
         let () = redis::cmd("FLUSHALL").query_async(&mut conn).await.unwrap();
-        (stats, get)
+        (Some(stats), Some(get))
     };
 
     // The Twenty-style PostgreSQL peer, when PostgreSQL is installed.
-    let (on_postgres, pg_line) = match postgres::start() {
+    let started = if args.runs("postgres") {
+        postgres::start()
+    } else {
+        Err("not asked for (--only)".to_string())
+    };
+    let (on_postgres, pg_line) = match started {
         Ok(pg) => {
             let t = Instant::now();
             let rows_loaded = pg
@@ -501,11 +576,18 @@ async fn main() {
         println!("- {l}");
     }
     println!();
-    println!(
-        "baseline: redis `GET` (200 B value), {CLIENTS} clients: {}",
-        cell(&get)
-    );
-    println!();
+    if let Some(get) = &get {
+        println!(
+            "baseline: redis `GET` (200 B value), {CLIENTS} clients: {}",
+            cell(get)
+        );
+        println!();
+    }
+    let column = |results: &Option<Vec<Stats>>, i: usize, f: &dyn Fn(&Stats) -> String| {
+        results
+            .as_ref()
+            .map_or_else(|| "not run".to_string(), |s| f(&s[i]))
+    };
     let pg_cell = |i: usize, f: &dyn Fn(&Stats) -> String| {
         on_postgres
             .as_ref()
@@ -518,8 +600,8 @@ async fn main() {
             "| {} | {} | {} | {} | {} |",
             row.label,
             row.clients,
-            cell(&embedded[i]),
-            cell(&on_redis[i]),
+            column(&embedded, i, &cell),
+            column(&on_redis, i, &cell),
             pg_cell(i, &cell)
         );
     }
@@ -532,9 +614,100 @@ async fn main() {
             "| {} | {} | {} | {} | {} |",
             row.label,
             row.clients,
-            share(&embedded[i]),
-            share(&on_redis[i]),
+            column(&embedded, i, &share),
+            column(&on_redis, i, &share),
             pg_cell(i, &share)
         );
     }
+    if !redis_costs.is_empty() {
+        println!();
+        println!("| Redis, per search | clients | round trips | commands | redis-server CPU | bench process CPU |");
+        println!("| --- | --- | --- | --- | --- | --- |");
+        for (row, c) in rows.iter().zip(&redis_costs) {
+            println!(
+                "| {} | {} | {:.2} | {:.1} | {:.0} µs | {:.0} µs |",
+                row.label, row.clients, c.round_trips, c.commands, c.server_us, c.client_us
+            );
+        }
+    }
+}
+
+/// What one search cost on Redis, averaged over a row (warm-up included):
+/// round trips, commands Redis ran, and CPU time of redis-server and of
+/// this process (the index client, and the bench's own small share).
+struct RedisCost {
+    round_trips: f64,
+    commands: f64,
+    server_us: f64,
+    client_us: f64,
+}
+
+impl std::fmt::Display for RedisCost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:.2} round trips, {:.1} commands, redis-server CPU {:.0} µs, bench process CPU {:.0} µs per search",
+            self.round_trips, self.commands, self.server_us, self.client_us
+        )
+    }
+}
+
+/// Counters behind [`RedisCost`] at one moment.
+struct RedisCounters {
+    round_trips: u64,
+    commands: u64,
+    server_s: f64,
+    client_s: f64,
+}
+
+impl RedisCost {
+    async fn now(index: &RedisIndex, conn: &mut redis::aio::ConnectionManager) -> RedisCounters {
+        let info: String = redis::cmd("INFO")
+            .arg("all")
+            .query_async(conn)
+            .await
+            .unwrap();
+        let field = |name: &str| -> f64 {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(':')))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        RedisCounters {
+            round_trips: index.round_trips(),
+            commands: field("total_commands_processed") as u64,
+            server_s: field("used_cpu_user") + field("used_cpu_sys"),
+            client_s: process_cpu_seconds(),
+        }
+    }
+}
+
+impl RedisCounters {
+    fn per_search_since(&self, before: &RedisCounters, searches: u64) -> RedisCost {
+        let n = searches.max(1) as f64;
+        RedisCost {
+            round_trips: self.round_trips.saturating_sub(before.round_trips) as f64 / n,
+            // The INFO of the measurement itself is one command.
+            commands: self.commands.saturating_sub(before.commands + 1) as f64 / n,
+            server_us: (self.server_s - before.server_s) * 1e6 / n,
+            client_us: (self.client_s - before.client_s) * 1e6 / n,
+        }
+    }
+}
+
+/// User and system CPU time of this process so far, from `/proc/self/stat`.
+fn process_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // Fields after the command name (which may hold spaces) in parentheses.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 11 and 12 from 0 here.
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // Clock ticks per second: 100 on Linux.
+    (ticks(11) + ticks(12)) / 100.0
 }

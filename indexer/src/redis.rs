@@ -224,6 +224,12 @@ impl RedisIndex {
         read_live(&self.conn, &self.prefix, &self.generation, build).await
     }
 
+    /// Pipelines (round trips) sent so far on the index's main connection
+    /// (every read and write but caller-ID lookups), for benchmarks.
+    pub fn round_trips(&self) -> u64 {
+        self.conn.sent()
+    }
+
     /// Another handle on the same connection and keys, for writer tasks.
     fn sibling(&self) -> RedisIndex {
         RedisIndex::with_connection(self.conn.clone(), &self.prefix)

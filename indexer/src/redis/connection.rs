@@ -8,7 +8,7 @@
 //! a second and given two seconds to connect; until one connects, the
 //! current one keeps being used.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -29,6 +29,8 @@ pub(crate) struct Connection {
     current: RwLock<ConnectionManager>,
     renewing: AtomicBool,
     last_attempt: Mutex<Option<Instant>>,
+    /// Pipelines sent so far (round trips), for benchmarks.
+    sent: AtomicU64,
 }
 
 fn config() -> ConnectionManagerConfig {
@@ -50,6 +52,7 @@ impl Connection {
             current: RwLock::new(manager),
             renewing: AtomicBool::new(false),
             last_attempt: Mutex::new(None),
+            sent: AtomicU64::new(0),
         })
     }
 
@@ -58,9 +61,15 @@ impl Connection {
         self.client.get_connection_info()
     }
 
-    /// A handle on the current connection manager.
+    /// A handle on the current connection manager, to send one pipeline.
     pub(crate) fn get(&self) -> ConnectionManager {
+        self.sent.fetch_add(1, Ordering::Relaxed);
         self.current.read().clone()
+    }
+
+    /// Pipelines sent through [`get`](Self::get) so far.
+    pub(crate) fn sent(&self) -> u64 {
+        self.sent.load(Ordering::Relaxed)
     }
 
     /// Redis did not answer: start building a fresh connection manager,
