@@ -168,6 +168,25 @@ pub(crate) trait NameLists: Sync {
 
     /// What the hits show of these customers (those gone are left out).
     async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>>;
+
+    /// [`briefs`](Self::briefs) of `ids`, and whether each of `check` has
+    /// one, in the same round trip: a page's hits, and the one after them
+    /// that tells whether a next page exists (only its presence matters).
+    async fn briefs_and_presence(
+        &self,
+        ids: &[CustomerId],
+        check: &[CustomerId],
+    ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
+        let mut all = ids.to_vec();
+        all.extend_from_slice(check);
+        let mut briefs = self.briefs(&all).await?;
+        let present = check
+            .iter()
+            .map(|id| briefs.iter().any(|b| b.id == *id))
+            .collect();
+        briefs.retain(|b| ids.contains(&b.id));
+        Ok((briefs, present))
+    }
 }
 
 /// The typo-table keys of an indexed token: itself and its deletion
@@ -576,7 +595,26 @@ pub(crate) async fn name_page(
 ) -> IndexResult<SearchResults> {
     let page = search_names(lists, tokens, words, limit + 1, after).await?;
     let ids: Vec<CustomerId> = page.top.iter().map(|s| s.id).collect();
-    let briefs = lists.briefs(&ids).await?;
+    let (shown, after_page) = ids.split_at(ids.len().min(limit));
+    // The hit after the page only says whether a next page exists: its
+    // presence is read, not its summary.
+    let (mut briefs, present) = lists.briefs_and_presence(shown, after_page).await?;
+    if briefs.len() == shown.len() {
+        let hits = query::name_hits(page.top, briefs);
+        let next = if present.iter().any(|p| *p) {
+            hits.last().map(|h| h.rank_key())
+        } else {
+            None
+        };
+        return Ok(SearchResults {
+            hits,
+            total_estimate: page.total_estimate,
+            next,
+        });
+    }
+    // A hit of the page is gone (a removal half applied): the one after
+    // the page takes its place.
+    briefs.extend(lists.briefs(after_page).await?);
     Ok(SearchResults::first(
         query::name_hits(page.top, briefs),
         limit,
@@ -732,6 +770,15 @@ pub(crate) async fn search_names(
         .into_iter()
         .filter(|k| !whole.iter().any(|(w, _)| w == k))
         .collect();
+    // The whole names may have proven the page already (a full name with
+    // namesakes): when no list of the groups can enter it, nothing else is
+    // read, as the loop below would conclude once it had the sizes.
+    if n > 1 && corrected.is_empty() && proven(&best, &cursors, &token_groups, &set_groups, n) {
+        return Ok(NamePage {
+            top: sorted(best.found.into_values().collect(), limit),
+            total_estimate: best.matched.len() as u64,
+        });
+    }
     let mut sized: Vec<List> = Vec::new();
     for g in token_groups.iter().chain(&set_groups) {
         for (l, _) in &g.lists {
@@ -910,6 +957,37 @@ pub(crate) async fn search_names(
     Ok(NamePage {
         top,
         total_estimate,
+    })
+}
+
+/// Whether the page read so far is final: no whole-name list read in the
+/// first round (`cursors`) and no list of the `groups`, with the best score
+/// a full or a partial match from it can have, can enter it. Then the
+/// search ends without reading the lists' sizes; it estimates no more than
+/// it matched, as it does when the driver was never read.
+fn proven(
+    best: &Ranked<'_>,
+    cursors: &[Cursor],
+    token_groups: &[Group],
+    set_groups: &[Group],
+    n: usize,
+) -> bool {
+    let Some(kth) = best.threshold() else {
+        return false;
+    };
+    if cursors
+        .iter()
+        .any(|c| !c.done && best.may_improve(Some(kth), c))
+    {
+        return false;
+    }
+    let may_improve = |bound: f64| bound >= kth.score;
+    !token_groups.iter().chain(set_groups).any(|g| {
+        g.lists.iter().any(|(_, kinds)| {
+            let covered = g.covers.len();
+            may_improve(full_bound(n, *kinds, covered))
+                || may_improve(partial_bound(n, *kinds, covered))
+        })
     })
 }
 

@@ -32,12 +32,43 @@ impl RedisIndex {
         }
         let mut out = Vec::with_capacity(ids.len());
         for v in self.read_query(&pipe).await? {
-            let json: Option<Vec<u8>> = from_owned_redis_value(v)?;
-            if let Some(json) = json {
+            if let Some(json) = bulk_of(v)? {
                 out.push(brief_of_json(&json)?);
             }
         }
         Ok(out)
+    }
+
+    /// [`briefs`](Self::briefs) of `ids`, and whether each of `check` has
+    /// a summary (`HEXISTS`, which sends no summary back), in one round trip.
+    pub(super) async fn briefs_and_presence(
+        &self,
+        keys: &Keys,
+        ids: &[CustomerId],
+        check: &[CustomerId],
+    ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
+        if ids.is_empty() && check.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let mut pipe = ::redis::pipe();
+        for id in ids {
+            pipe.cmd("HGET").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
+        }
+        for id in check {
+            pipe.cmd("HEXISTS").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
+        }
+        let mut values = self.read_query(&pipe).await?.into_iter();
+        let mut briefs = Vec::with_capacity(ids.len());
+        for _ in ids {
+            if let Some(json) = bulk_of(next_value(&mut values)?)? {
+                briefs.push(brief_of_json(&json)?);
+            }
+        }
+        let mut present = Vec::with_capacity(check.len());
+        for _ in check {
+            present.push(from_owned_redis_value::<bool>(next_value(&mut values)?)?);
+        }
+        Ok((briefs, present))
     }
 
     /// A page of name hits ([`ranking::name_page`] over this index's
@@ -146,6 +177,15 @@ fn add_read(keys: &Keys, p: &mut Pipeline, r: &Read) {
 /// A posting list's entries; one that does not parse ends the chunk (the
 /// list then counts as read to its end).
 fn entries_of(v: Value) -> IndexResult<Vec<Entry>> {
+    // `ZRANGE .. WITHSCORES` over RESP2: member, score, member, score...
+    // read in place; any other shape goes through the generic conversion.
+    let v = match v {
+        Value::Array(items) if items.len() % 2 == 0 => match entries_in_place(&items) {
+            Some(out) => return Ok(out),
+            None => Value::Array(items),
+        },
+        other => other,
+    };
     let raw: Vec<(Vec<u8>, f64)> = from_owned_redis_value(v)?;
     let mut out = Vec::with_capacity(raw.len());
     for (m, recency) in raw {
@@ -159,6 +199,27 @@ fn entries_of(v: Value) -> IndexResult<Vec<Entry>> {
         });
     }
     Ok(out)
+}
+
+/// [`entries_of`] a flat array of member and score bulk strings; `None`
+/// when it is not one.
+fn entries_in_place(items: &[Value]) -> Option<Vec<Entry>> {
+    let mut out = Vec::with_capacity(items.len() / 2);
+    for pair in items.chunks_exact(2) {
+        let (Value::BulkString(member), Value::BulkString(score)) = (&pair[0], &pair[1]) else {
+            return None;
+        };
+        let recency: f64 = std::str::from_utf8(score).ok()?.parse().ok()?;
+        let Some((id, tokens, words)) = parse_name_member(member) else {
+            break;
+        };
+        out.push(Entry {
+            id,
+            recency,
+            terms: Arc::new(NameTerms { tokens, words }),
+        });
+    }
+    Some(out)
 }
 
 #[async_trait]
@@ -238,6 +299,25 @@ impl NameLists for Lists<'_> {
     async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
         self.index.briefs(&self.keys()?, ids).await
     }
+
+    async fn briefs_and_presence(
+        &self,
+        ids: &[CustomerId],
+        check: &[CustomerId],
+    ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
+        self.index
+            .briefs_and_presence(&self.keys()?, ids, check)
+            .await
+    }
+}
+
+/// A bulk string reply's bytes, moved out; `None` for nil.
+fn bulk_of(v: Value) -> IndexResult<Option<Vec<u8>>> {
+    match v {
+        Value::BulkString(bytes) => Ok(Some(bytes)),
+        Value::Nil => Ok(None),
+        other => Ok(from_owned_redis_value(other)?),
+    }
 }
 
 pub(super) fn lex_from(prefix: &[u8]) -> Vec<u8> {
@@ -267,64 +347,187 @@ fn zrange_prefix(p: &mut Pipeline, key: &str, prefix: &[u8]) {
         .arg(CANDIDATES);
 }
 
-/// What a search hit shows, read from a summary's JSON (the rest of it is
-/// skipped). Its values were normalised before they were written, so they
-/// are trusted.
+/// What a search hit shows, read from a summary's JSON. The summary's
+/// fields come in their declared order, the engagements last: once the
+/// first engagement is read the rest of the JSON (the older engagements) is
+/// not even scanned. Its values were normalised before they were written,
+/// so they are trusted.
 fn brief_of_json(json: &[u8]) -> IndexResult<Brief> {
-    #[derive(serde::Deserialize)]
-    struct Stored {
-        id: CustomerId,
-        #[serde(default)]
-        name: Option<String>,
-        phones: Vec<String>,
-        emails: Vec<String>,
-        #[serde(default, with = "time::rfc3339_option")]
-        last_engagement_at: Option<time::Timestamp>,
-        #[serde(default)]
-        last_engagements: FirstEngagement,
+    let mut read = BriefFields::default();
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let outcome = serde::de::DeserializeSeed::deserialize(&mut read, &mut de);
+    match outcome {
+        Ok(()) => de.end().map_err(corrupt)?,
+        // Stopped on purpose after the first engagement.
+        Err(_) if read.stopped => {}
+        Err(e) => return Err(corrupt(e)),
     }
-    let s: Stored = serde_json::from_slice(json).map_err(corrupt)?;
+    let (Some(id), Some(phones), Some(emails)) = (read.id, read.phones, read.emails) else {
+        return Err(IndexError::Internal(
+            "index data does not decode: a summary lacks its id, phones or emails".into(),
+        ));
+    };
     Ok(Brief {
-        id: s.id,
-        name: s.name,
-        phones: s
-            .phones
+        id,
+        name: read.name,
+        phones: phones
             .into_iter()
             .map(PhoneNumber::from_e164_unchecked)
             .collect(),
-        emails: s
-            .emails
+        emails: emails
             .into_iter()
             .map(Email::from_normalised_unchecked)
             .collect(),
-        last_engagement_at: s.last_engagement_at,
-        last_engagement: s.last_engagements.0,
+        last_engagement_at: read.last_engagement_at.flatten(),
+        last_engagement: read.last_engagement,
     })
 }
 
-/// The first of a list of engagements (the newest); the others are skipped
-/// unread.
+/// The fields of a summary a brief needs, as read so far.
 #[derive(Default)]
-struct FirstEngagement(Option<EngagementBrief>);
+struct BriefFields {
+    id: Option<CustomerId>,
+    name: Option<String>,
+    phones: Option<Vec<String>>,
+    emails: Option<Vec<String>>,
+    /// `Some` once read (`Some(None)`: never engaged).
+    last_engagement_at: Option<Option<time::Timestamp>>,
+    last_engagement: Option<EngagementBrief>,
+    /// The read stopped after the first engagement, every other field read.
+    stopped: bool,
+}
 
-impl<'de> serde::Deserialize<'de> for FirstEngagement {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct First;
-        impl<'de> serde::de::Visitor<'de> for First {
-            type Value = FirstEngagement;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a list of engagements")
+impl BriefFields {
+    /// Every field that comes before the engagements has been read.
+    fn ready_to_stop(&self) -> bool {
+        self.id.is_some()
+            && self.phones.is_some()
+            && self.emails.is_some()
+            && self.last_engagement_at.is_some()
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum SummaryField {
+    Id,
+    Name,
+    Phones,
+    Emails,
+    LastEngagementAt,
+    LastEngagements,
+    #[serde(other)]
+    Other,
+}
+
+/// Why a brief's read ends early; never shown (see `BriefFields::stopped`).
+const STOP: &str = "brief read";
+
+impl<'de> serde::de::DeserializeSeed<'de> for &mut BriefFields {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for &mut BriefFields {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a customer summary")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        use serde::de::{Error, IgnoredAny};
+        while let Some(field) = map.next_key::<SummaryField>()? {
+            match field {
+                SummaryField::Id => self.id = Some(map.next_value()?),
+                SummaryField::Name => self.name = map.next_value()?,
+                SummaryField::Phones => self.phones = Some(map.next_value()?),
+                SummaryField::Emails => self.emails = Some(map.next_value()?),
+                SummaryField::LastEngagementAt => {
+                    let at = map.next_value::<Option<Text<'de>>>()?;
+                    let at = at
+                        .map(|t| time::parse(&t.0).map_err(A::Error::custom))
+                        .transpose()?;
+                    self.last_engagement_at = Some(at);
+                }
+                SummaryField::LastEngagements => {
+                    let stop = self.ready_to_stop();
+                    map.next_value_seed(First {
+                        slot: &mut self.last_engagement,
+                        stop: stop.then_some(&mut self.stopped),
+                    })?;
+                }
+                SummaryField::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<FirstEngagement, A::Error> {
-                let first = seq.next_element::<EngagementBrief>()?;
-                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
-                Ok(FirstEngagement(first))
+            if self.stopped {
+                return Err(A::Error::custom(STOP));
             }
         }
-        d.deserialize_seq(First)
+        Ok(())
+    }
+}
+
+/// Reads the first of a list of engagements (the newest) into `slot`.
+/// With `stop`, reading ends there and `stop` is set: the JSON reader then
+/// fails on the unread rest, which the caller knows to ignore. Otherwise
+/// the others are skipped unread.
+struct First<'s> {
+    slot: &'s mut Option<EngagementBrief>,
+    stop: Option<&'s mut bool>,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for First<'_> {
+    type Value = ();
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for First<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a list of engagements")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        *self.slot = seq.next_element::<EngagementBrief>()?;
+        match self.stop {
+            Some(stopped) if self.slot.is_some() => *stopped = true,
+            _ => while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {},
+        }
+        Ok(())
+    }
+}
+
+/// A string borrowed from the JSON when it has no escapes.
+struct Text<'a>(std::borrow::Cow<'a, str>);
+
+impl<'de> serde::Deserialize<'de> for Text<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v.to_string())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(std::borrow::Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 
@@ -361,6 +564,98 @@ mod tests {
         let json = serde_json::to_vec(&summary).unwrap();
         assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
         assert!(brief_of_json(b"{\"id\":1}").is_err());
+    }
+
+    #[test]
+    fn briefs_stop_after_the_first_engagement_in_any_field_order() {
+        let engagement = |preview: &str| EngagementBrief {
+            id: EngagementId::new(),
+            channel: Channel::Sms,
+            direction: Some(crm_models::Direction::Inbound),
+            occurred_at: time::now(),
+            preview: preview.into(),
+        };
+        let summary = CustomerSummary {
+            id: CustomerId::new(),
+            name: Some("Wei \\ \"Ming\"".into()),
+            status: crm_models::CustomerStatus::Active,
+            phone: None,
+            email: None,
+            phones: vec![PhoneNumber::parse("+6581226418", None).unwrap()],
+            emails: vec![],
+            counts: crm_models::ChannelCounts::default(),
+            last_engagement_at: Some(time::now()),
+            last_engagements: vec![
+                engagement("newest"),
+                engagement("older"),
+                engagement("oldest"),
+            ],
+        };
+        let json = serde_json::to_vec(&summary).unwrap();
+        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
+        // The older engagements are not even scanned: cut off, the brief
+        // still reads.
+        let older = json.windows(7).position(|w| w == b"\"older\"").unwrap();
+        assert_eq!(
+            brief_of_json(&json[..older]).unwrap(),
+            Brief::from(&summary)
+        );
+
+        // Engagements before the other fields: read to the end.
+        let mut fields: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&json).unwrap();
+        let engagements = fields.remove("last_engagements").unwrap();
+        let mut reordered = serde_json::Map::new();
+        reordered.insert("last_engagements".into(), engagements);
+        reordered.extend(fields);
+        let json = serde_json::to_vec(&reordered).unwrap();
+        assert!(json.starts_with(b"{\"last_engagements\""));
+        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
+
+        // No engagements.
+        let quiet = CustomerSummary {
+            last_engagements: vec![],
+            ..summary.clone()
+        };
+        let json = serde_json::to_vec(&quiet).unwrap();
+        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&quiet));
+
+        // Broken before the engagements: an error, not a brief.
+        let json = serde_json::to_vec(&summary).unwrap();
+        let cut = json.windows(8).position(|w| w == b"\"emails\"").unwrap();
+        assert!(brief_of_json(&json[..cut]).is_err());
+        let mut no_phones: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&json).unwrap();
+        no_phones.remove("phones");
+        assert!(brief_of_json(&serde_json::to_vec(&no_phones).unwrap()).is_err());
+    }
+
+    #[test]
+    fn list_entries_are_read_in_place() {
+        let id = CustomerId::new();
+        let member = |id: CustomerId| format!("{id}\0ann tan").into_bytes();
+        let reply = Value::Array(vec![
+            Value::BulkString(member(id)),
+            Value::BulkString(b"1765432100000000".to_vec()),
+            Value::BulkString(member(id)),
+            Value::BulkString(b"-9e+18".to_vec()),
+        ]);
+        let entries = entries_of(reply).unwrap();
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].id, id);
+        assert_eq!(entries[0].recency, 1_765_432_100_000_000.0);
+        assert_eq!(entries[1].recency, ranking::NEVER);
+        assert_eq!(
+            entries[0].terms.tokens,
+            vec!["ann".to_string(), "tan".to_string()]
+        );
+        // RESP3 pairs take the generic path.
+        let pairs = Value::Array(vec![Value::Array(vec![
+            Value::BulkString(member(id)),
+            Value::Double(5.0),
+        ])]);
+        let entries = entries_of(pairs).unwrap();
+        assert_eq!((entries.len(), entries[0].recency), (1, 5.0));
     }
 
     #[test]
