@@ -359,6 +359,10 @@ fn start_background(
             stopped.clone(),
         )));
     }
+    tasks.push(tokio::spawn(analytics::boards::run_watcher(
+        state.clone(),
+        stopped.clone(),
+    )));
     let relay = Relay::new(state.crm.store().clone(), events, state.crm.relay_wake())
         .with_retention(state.config.event_retention())
         .sharing_health(state.relay_healthy.clone());
@@ -440,6 +444,7 @@ pub async fn build_state(
         metrics: telemetry::metrics_handle(),
         relay_healthy: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         live: LiveHub::default(),
+        boards: analytics::boards::Boards::default(),
         webhooks,
         streams: Arc::new(streams),
         cursor_key: Arc::new(routes::search::cursor_key(&secret)),

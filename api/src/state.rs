@@ -30,6 +30,8 @@ pub struct AppState {
     pub relay_healthy: Arc<std::sync::atomic::AtomicBool>,
     /// Published events for the live streams this process holds.
     pub live: crm_models::live::LiveHub,
+    /// Live leaderboard updates for the streams of this process.
+    pub boards: crate::analytics::boards::Boards,
     /// Webhook settings, HTTP client and the worker's wake-up.
     pub webhooks: crate::webhooks::Webhooks,
     /// Stream tickets and the shutdown of open streams (`/v1/stream`).

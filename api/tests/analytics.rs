@@ -532,3 +532,75 @@ async fn exports_stream_the_daily_rows_as_csv_or_ndjson() {
     .await;
     assert_eq!(problem["errors"][0]["field"], "format");
 }
+
+/// The data of the next `leaderboard.updated` on `response` that `done`
+/// accepts (the ones before it are skipped); checks it carries no `id:`.
+async fn board_update(response: &mut reqwest::Response, done: impl Fn(&Value) -> bool) -> Value {
+    let mut buffer = String::new();
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            while let Some(end) = buffer.find("\n\n") {
+                let block: String = buffer.drain(..end + 2).collect();
+                if !block.lines().any(|l| l == "event: leaderboard.updated") {
+                    continue;
+                }
+                assert!(!block.lines().any(|l| l.starts_with("id:")), "{block}");
+                let data = block
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .expect("an update has data");
+                let data: Value = serde_json::from_str(data).unwrap();
+                if done(&data) {
+                    return data;
+                }
+            }
+            let chunk = response.chunk().await.unwrap().expect("the stream goes on");
+            buffer.push_str(std::str::from_utf8(&chunk).unwrap());
+        }
+    })
+    .await
+    .expect("a leaderboard update within 20 s")
+}
+
+#[tokio::test]
+async fn a_live_board_is_pushed_after_an_engagement_changes_it() {
+    let app = spawn_app().await;
+    let (ann, ann_id) = staff(&app, "ann@example.com", "Ann", Some("North")).await;
+    let (bob, _) = staff(&app, "bob@example.com", "Bob", Some("South")).await;
+    let problem = expect_problem(
+        app.get("/v1/stream?leaderboard=web_views", &ann).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem["errors"][0]["field"], "leaderboard");
+    let mut stream = app
+        .get("/v1/stream?leaderboard=sms_outbound&team=North", &bob)
+        .await;
+    assert_eq!(stream.status(), StatusCode::OK);
+
+    let now = crm_models::time::format(&crm_models::time::now());
+    record(&app, &ann, sms("+65 8122 6401", "outbound", &now)).await;
+    let update = board_update(&mut stream, |d| d["items"][0]["value"] == 1).await;
+    assert_eq!(update["metric"], "sms_outbound");
+    assert_eq!(update["team"], "North");
+    let today = app
+        .state
+        .config
+        .analytics
+        .timezone
+        .day_of(&crm_models::time::now())
+        .to_string();
+    assert_eq!(update["period"], json!({"from": today, "to": today}));
+    assert_eq!(
+        update["items"],
+        json!([{"rank": 1, "agent": {"id": ann_id, "name": "Ann", "team": "North"},
+                "value": 1, "previous": 0, "change": 1}])
+    );
+
+    // Two more: the board follows (within the second after the last update).
+    record(&app, &ann, sms("+65 8122 6402", "outbound", &now)).await;
+    record(&app, &ann, sms("+65 8122 6403", "outbound", &now)).await;
+    let update = board_update(&mut stream, |d| d["items"][0]["value"] == 3).await;
+    assert_eq!(update["items"][0]["agent"]["id"], ann_id);
+}

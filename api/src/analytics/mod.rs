@@ -1,7 +1,8 @@
 //! Sales analytics: the consumer that keeps the daily rollups (see
 //! [`crm_models::analytics`] for what is counted and why each event counts
 //! once) and its settings (`CRM_TIMEZONE`, `CRM_ANALYTICS_WORKER`). The
-//! routes are in [`crate::routes::analytics`].
+//! routes are in [`crate::routes::analytics`]; live boards on the stream
+//! in [`boards`].
 //!
 //! The consumer reads the store's event log in feed order from its own
 //! cursor (kept in the store), folds each page into increments and commits
@@ -9,6 +10,8 @@
 //! the one whose cursor is stale is refused and reads the cursor again.
 //! It wakes on each event the relay publishes, so the figures follow an
 //! engagement within a moment.
+
+pub mod boards;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -155,7 +155,7 @@ fn today(state: &AppState) -> NaiveDate {
 // --- agents ---
 
 /// Who a figure belongs to.
-#[derive(Debug, Clone, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct AgentView {
     /// `user:<id>` or `key:<id>`.
     pub id: String,
@@ -168,13 +168,13 @@ pub struct AgentView {
 
 /// Staff and keys by agent id (`user:<id>`, `key:<id>`), and the active
 /// users (who appear on a board with nothing counted yet).
-struct Agents {
+pub(crate) struct Agents {
     known: HashMap<String, AgentView>,
     active: Vec<String>,
 }
 
 impl Agents {
-    async fn load(store: &dyn Store) -> Result<Agents, ApiError> {
+    pub(crate) async fn load(store: &dyn Store) -> Result<Agents, ApiError> {
         let mut known = HashMap::new();
         let mut active = Vec::new();
         let mut after = None;
@@ -225,6 +225,11 @@ impl Agents {
     fn team_of(&self, id: &str) -> Option<&str> {
         self.known.get(id).and_then(|a| a.team.as_deref())
     }
+
+    /// Every team a known agent is in.
+    pub(crate) fn teams(&self) -> std::collections::BTreeSet<String> {
+        self.known.values().filter_map(|a| a.team.clone()).collect()
+    }
 }
 
 // --- leaderboard ---
@@ -249,7 +254,7 @@ pub struct LeaderboardQuery {
 }
 
 /// One agent's place on a board.
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, ToSchema)]
 pub struct LeaderboardEntry {
     /// 1 for the highest value; equal values share a rank.
     pub rank: usize,
@@ -318,6 +323,27 @@ async fn leaderboard(
     let store = state.crm.store();
     let rows = store.analytics_rows(previous.from, period.to).await?;
     let agents = Agents::load(store.as_ref()).await?;
+    let items = rank(&rows, &agents, metric, period, previous, team, limit);
+    Ok(ApiJson(Leaderboard {
+        metric: metric.to_string(),
+        period,
+        previous_period: previous,
+        team: team.map(str::to_string),
+        items,
+    }))
+}
+
+/// The top `limit` agents (of `team`, when given) by `metric` over
+/// `period`, with their values over `previous` (`rows` must cover both).
+pub(crate) fn rank(
+    rows: &[DailyRow],
+    agents: &Agents,
+    metric: Metric,
+    period: DayRange,
+    previous: DayRange,
+    team: Option<&str>,
+    limit: usize,
+) -> Vec<LeaderboardEntry> {
     let in_team = |id: &str| team.is_none_or(|t| agents.team_of(id) == Some(t));
     let mut values: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     for id in &agents.active {
@@ -325,7 +351,7 @@ async fn leaderboard(
             values.entry(id.clone()).or_default();
         }
     }
-    for r in &rows {
+    for r in rows {
         let Some(agent) = r.key.agent.as_deref().filter(|a| in_team(a)) else {
             continue;
         };
@@ -363,13 +389,7 @@ async fn leaderboard(
             change: signed(value) - signed(before),
         });
     }
-    Ok(ApiJson(Leaderboard {
-        metric: metric.to_string(),
-        period,
-        previous_period: previous,
-        team: team.map(str::to_string),
-        items,
-    }))
+    items
 }
 
 fn signed(n: u64) -> i64 {

@@ -203,6 +203,12 @@ pub struct StreamQuery {
     /// A ticket from `POST /v1/stream/tickets`, instead of an
     /// `Authorization` header. Access tokens are never accepted here.
     ticket: Option<String>,
+    /// Live leaderboards to receive as `leaderboard.updated` (today's top
+    /// ten, at most once a second per board): agent metrics,
+    /// comma-separated or repeated, or `all`.
+    leaderboard: Option<Vec<String>>,
+    /// With `leaderboard`: the boards of this team (default: of every agent).
+    team: Option<String>,
 }
 
 /// Live events (Server-Sent Events) for staff: each event has `id:` (the
@@ -219,6 +225,11 @@ pub struct StreamQuery {
 /// events, and customer and engagement events for the customers they name
 /// in `customer`; never `user.*` or `webhook.*`. Admins receive everything
 /// unless they narrow it.
+///
+/// With `leaderboard`, staff also receive `event: leaderboard.updated`
+/// (no `id:`: it is not in the log) whenever the named boards of today
+/// change, with `data` as `{metric, team, period, items}`, the items as
+/// `GET /v1/analytics/leaderboard` lists them.
 #[utoipa::path(
     get, path = "/v1/stream", tag = "events",
     params(StreamQuery,
@@ -228,7 +239,7 @@ pub struct StreamQuery {
         (status = 200, description = "An endless `text/event-stream`", body = String, content_type = "text/event-stream"),
         (status = 401, description = "`unauthorized`: no valid access token or ticket", body = Problem, content_type = "application/problem+json"),
         (status = 403, description = "`forbidden`: staff only", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "`validation_failed`: an unknown or forbidden type, a bad id, more than 50 customers", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: an unknown or forbidden type, a bad id, more than 50 customers, an unknown leaderboard metric", body = Problem, content_type = "application/problem+json"),
     )
 )]
 async fn stream(
@@ -250,12 +261,16 @@ async fn stream(
     let mut after = None;
     let mut types = Vec::new();
     let mut customers = Vec::new();
+    let mut boards = Vec::new();
+    let mut team = None;
     for (name, value) in &query {
         match name.as_str() {
             "ticket" => {}
             "after" => after = Some(value.as_str()),
             "types" => types.push(value.as_str()),
             "customer" => customers.push(value.as_str()),
+            "leaderboard" => boards.push(value.as_str()),
+            "team" => team = Some(value.as_str()),
             other => return Err(unknown_parameter(other)),
         }
     }
@@ -267,7 +282,8 @@ async fn stream(
         Some(id) => Some(parse_event_id("Last-Event-ID", id)?),
         None => after.map(|a| parse_event_id("after", a)).transpose()?,
     };
-    let filter = stream_filter(&session, &types, &customers)?;
+    let filter = stream_filter(&session, &types, &customers)?
+        .with_boards(crate::analytics::boards::BoardFilter::parse(boards, team)?);
     if *state.streams.shutdown_signal().borrow() {
         return Err(ApiError::Unavailable(
             "the server is shutting down; reconnect".into(),

@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::StreamFilter;
+use crate::analytics::boards::BoardUpdate;
 use crate::auth::StreamSession;
 use crate::state::AppState;
 
@@ -62,11 +63,13 @@ pub fn open(state: AppState, start: StreamStart) -> impl Stream<Item = Result<Ev
     // Subscribe before the first read of the log, so that nothing published
     // in between is missed.
     let live = state.live.subscribe();
+    let boards = state.boards.subscribe();
     let shutdown = state.streams.shutdown_signal();
     let now = Instant::now();
     metrics::gauge!("crm_live_streams").increment(1.0);
     let feed = Feed {
         live,
+        boards,
         shutdown,
         filter: start.filter,
         session: start.session,
@@ -91,6 +94,7 @@ enum Wake {
     Stop,
     Check,
     Heard(Result<Arc<EventEnvelope>, broadcast::error::RecvError>),
+    Board(Result<Arc<BoardUpdate>, broadcast::error::RecvError>),
 }
 
 /// Resolves when the server shuts down.
@@ -109,6 +113,9 @@ enum Phase {
 struct Feed {
     state: AppState,
     live: broadcast::Receiver<Arc<EventEnvelope>>,
+    /// Live leaderboard updates (`leaderboard.updated`), for the boards the
+    /// filter names.
+    boards: broadcast::Receiver<Arc<BoardUpdate>>,
     shutdown: watch::Receiver<bool>,
     filter: StreamFilter,
     session: StreamSession,
@@ -154,6 +161,7 @@ impl Feed {
                         _ = stopping(&mut self.shutdown) => Wake::Stop,
                         _ = tokio::time::sleep_until(check_at) => Wake::Check,
                         received = self.live.recv() => Wake::Heard(received),
+                        update = self.boards.recv() => Wake::Board(update),
                     };
                     match wake {
                         Wake::Stop => self.end("shutdown"),
@@ -169,6 +177,20 @@ impl Feed {
                             self.end("too_slow");
                         }
                         Wake::Heard(Err(broadcast::error::RecvError::Closed)) => {
+                            self.end("shutdown")
+                        }
+                        Wake::Board(Ok(update)) => {
+                            if self.filter.allows_board(&update) {
+                                if let Ok(data) = serde_json::to_string(update.as_ref()) {
+                                    return Some(
+                                        Event::default().event("leaderboard.updated").data(data),
+                                    );
+                                }
+                            }
+                        }
+                        // A missed board update is superseded by the next one.
+                        Wake::Board(Err(broadcast::error::RecvError::Lagged(_))) => {}
+                        Wake::Board(Err(broadcast::error::RecvError::Closed)) => {
                             self.end("shutdown")
                         }
                     }

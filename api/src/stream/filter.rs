@@ -87,6 +87,8 @@ pub struct StreamFilter {
     customers: HashSet<CustomerId>,
     /// Set for an agent: whose calls and devices they receive.
     agent: Option<UserId>,
+    /// The live leaderboards it asked for (`leaderboard=`, `team=`).
+    boards: Option<crate::analytics::boards::BoardFilter>,
 }
 
 impl StreamFilter {
@@ -128,7 +130,20 @@ impl StreamFilter {
             types,
             customers: customers.into_iter().collect(),
             agent,
+            boards: None,
         })
+    }
+
+    /// Also carries `leaderboard.updated` for these boards (staff may see
+    /// every board).
+    pub fn with_boards(mut self, boards: Option<crate::analytics::boards::BoardFilter>) -> Self {
+        self.boards = boards;
+        self
+    }
+
+    /// Whether the stream carries this board's update.
+    pub fn allows_board(&self, update: &crate::analytics::boards::BoardUpdate) -> bool {
+        self.boards.as_ref().is_some_and(|b| b.allows(update))
     }
 
     /// What the store can filter on before [`StreamFilter::allows`] looks:
