@@ -29,14 +29,16 @@
 //! - The connection is a `ConnectionManager` (see `connection`): it
 //!   reconnects by itself; a command sent while Redis is down fails with
 //!   [`IndexError::Unavailable`]. Caller-ID reads have a connection of their
-//!   own (see `phone_reads`).
+//!   own (see `phone_reads`), and so do name searches, each taking one for
+//!   all its rounds (see `search_links`).
 //!
 //! Modules: `keys` (key names, member encodings and scores), `writes`
 //! (upserts and removals, and what a rebuild batch writes for customers new
 //! to the generation), `rebuild` (generations, rebuild, delete, abandon,
 //! fingerprints), `search` (names and emails, and the briefs a hit shows),
 //! `numbers` (phone numbers, whole, national or by their last digits);
-//! `connection`, `phone_reads` and `resp` carry the commands.
+//! `connection`, `phone_reads`, `search_links` and `resp` carry the
+//! commands.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -155,6 +157,7 @@ mod phone_reads;
 mod rebuild;
 mod resp;
 mod search;
+mod search_links;
 mod writes;
 
 use connection::Connection;
@@ -170,6 +173,8 @@ pub struct RedisIndex {
     abandon: Script,
     /// Caller-ID lookups, pipelined together.
     phone_reads: phone_reads::PhoneReads,
+    /// Connections name searches take, one search at a time each.
+    search_links: search_links::SearchLinks,
 }
 
 impl RedisIndex {
@@ -191,6 +196,7 @@ impl RedisIndex {
                 prefix: prefix.to_string(),
                 generation: generation.clone(),
             }),
+            search_links: search_links::SearchLinks::new(conn.info().clone()),
             conn,
             prefix: prefix.to_string(),
             generation,
@@ -224,10 +230,11 @@ impl RedisIndex {
         read_live(&self.conn, &self.prefix, &self.generation, build).await
     }
 
-    /// Pipelines (round trips) sent so far on the index's main connection
-    /// (every read and write but caller-ID lookups), for benchmarks.
+    /// Pipelines (round trips) sent so far on the index's shared
+    /// connection and the name searches' own (every read and write but
+    /// caller-ID lookups), for benchmarks.
     pub fn round_trips(&self) -> u64 {
-        self.conn.sent()
+        self.conn.sent() + self.search_links.sent()
     }
 
     /// Another handle on the same connection and keys, for writer tasks.

@@ -116,10 +116,10 @@ impl PhoneReads {
 
 /// An open connection: its two halves and what has been read but not yet
 /// parsed.
-struct Link {
-    reader: Box<dyn AsyncRead + Send + Unpin>,
-    writer: Box<dyn AsyncWrite + Send + Unpin>,
-    buf: Vec<u8>,
+pub(super) struct Link {
+    pub(super) reader: Box<dyn AsyncRead + Send + Unpin>,
+    pub(super) writer: Box<dyn AsyncWrite + Send + Unpin>,
+    pub(super) buf: Vec<u8>,
 }
 
 impl Link {
@@ -458,8 +458,9 @@ fn redis_error(message: &[u8]) -> IndexError {
     IndexError::Internal(format!("Redis: {}", String::from_utf8_lossy(message)))
 }
 
-/// Opens a connection to Redis and logs in, as the index's URL says.
-async fn connect(info: &ConnectionInfo) -> IndexResult<Link> {
+/// Opens a connection to Redis and logs in, as the index's URL says (the
+/// caller-ID reads' and the name searches' own connections).
+pub(super) async fn connect(info: &ConnectionInfo) -> IndexResult<Link> {
     let unreachable = |e: std::io::Error| IndexError::Unavailable(format!("Redis: {e}"));
     let mut link = match &info.addr {
         ConnectionAddr::Tcp(host, port) => {
@@ -481,7 +482,7 @@ async fn connect(info: &ConnectionInfo) -> IndexResult<Link> {
         #[allow(unreachable_patterns)]
         _ => {
             return Err(IndexError::Unavailable(
-                "caller-ID reads connect to Redis over TCP or a Unix socket only".into(),
+                "the index's own connections reach Redis over TCP or a Unix socket only".into(),
             ))
         }
     };
@@ -526,7 +527,7 @@ async fn connect(info: &ConnectionInfo) -> IndexResult<Link> {
                 }
                 Ok(Some((Frame::Error(e), _))) => {
                     return Err(IndexError::Unavailable(format!(
-                        "Redis refused the caller-ID connection: {}",
+                        "Redis refused the index's connection: {}",
                         String::from_utf8_lossy(e)
                     )))
                 }

@@ -9,8 +9,11 @@ use async_trait::async_trait;
 use crm_models::time;
 use crm_models::{CustomerId, Email, PhoneNumber};
 
-use super::keys::{parse_name_member, split_member, Keys, SUMMARY_FIELD};
-use super::{corrupt, next_value, RedisIndex, CANDIDATES};
+use std::sync::atomic::Ordering;
+
+use super::keys::{gen_key, parse_name_member, split_member, Keys, SUMMARY_FIELD};
+use super::search_links::{Failed, Taken};
+use super::{corrupt, next_value, parse_generation, RedisIndex, CANDIDATES, READ_TIMEOUT};
 use crate::doc::EngagementBrief;
 use crate::query::{self, Brief, Match, MatchedOn, SearchHit, SearchResults};
 use crate::ranking::{
@@ -26,49 +29,8 @@ impl RedisIndex {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = ::redis::pipe();
-        for id in ids {
-            pipe.cmd("HGET").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
-        }
-        let mut out = Vec::with_capacity(ids.len());
-        for v in self.read_query(&pipe).await? {
-            if let Some(json) = bulk_of(v)? {
-                out.push(brief_of_json(&json)?);
-            }
-        }
-        Ok(out)
-    }
-
-    /// [`briefs`](Self::briefs) of `ids`, and whether each of `check` has
-    /// a summary (`HEXISTS`, which sends no summary back), in one round trip.
-    pub(super) async fn briefs_and_presence(
-        &self,
-        keys: &Keys,
-        ids: &[CustomerId],
-        check: &[CustomerId],
-    ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
-        if ids.is_empty() && check.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let mut pipe = ::redis::pipe();
-        for id in ids {
-            pipe.cmd("HGET").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
-        }
-        for id in check {
-            pipe.cmd("HEXISTS").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
-        }
-        let mut values = self.read_query(&pipe).await?.into_iter();
-        let mut briefs = Vec::with_capacity(ids.len());
-        for _ in ids {
-            if let Some(json) = bulk_of(next_value(&mut values)?)? {
-                briefs.push(brief_of_json(&json)?);
-            }
-        }
-        let mut present = Vec::with_capacity(check.len());
-        for _ in check {
-            present.push(from_owned_redis_value::<bool>(next_value(&mut values)?)?);
-        }
-        Ok((briefs, present))
+        let pipe = briefs_pipeline(keys, ids, &[]);
+        Ok(briefs_of_replies(self.read_query(&pipe).await?, ids.len(), 0)?.0)
     }
 
     /// A page of name hits ([`ranking::name_page`] over this index's
@@ -83,6 +45,7 @@ impl RedisIndex {
         let lists = Lists {
             index: self,
             keys: parking_lot::Mutex::new(None),
+            link: parking_lot::Mutex::new(self.search_links.take().await),
         };
         ranking::name_page(&lists, tokens, words, limit, after).await
     }
@@ -144,9 +107,66 @@ impl RedisIndex {
 struct Lists<'a> {
     index: &'a RedisIndex,
     keys: parking_lot::Mutex<Option<Keys>>,
+    /// The search's own connection; `None` to use the shared one.
+    link: parking_lot::Mutex<Option<Taken<'a>>>,
 }
 
 impl Lists<'_> {
+    /// Runs `pipe` on the search's own connection, or on the shared one
+    /// when it has none or its own just failed to carry the pipeline.
+    async fn run(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
+        let taken = self.link.lock().take();
+        if let Some(mut own) = taken {
+            match own.query(pipe, READ_TIMEOUT).await {
+                Ok(values) => {
+                    *self.link.lock() = Some(own);
+                    return Ok(values);
+                }
+                Err(Failed::Answer(e)) => {
+                    *self.link.lock() = Some(own);
+                    return Err(e);
+                }
+                // Closed while idle (Redis restarted), say: the shared
+                // connection reconnects by itself.
+                Err(Failed::Link(e)) => {
+                    tracing::debug!(error = %e, "index: a search connection failed; using the shared one");
+                }
+            }
+        }
+        self.index.read_query(pipe).await
+    }
+
+    /// The commands `build` adds against the live generation, with the
+    /// generation check every first read makes (see `read_live`).
+    async fn read_live(
+        &self,
+        build: impl Fn(&Keys, &mut Pipeline),
+    ) -> IndexResult<(Keys, Vec<Value>)> {
+        let seen = &self.index.generation;
+        let mut generation = seen.load(Ordering::Relaxed);
+        for _ in 0..3 {
+            let keys = Keys::of(&self.index.prefix, generation);
+            let mut pipe = ::redis::pipe();
+            pipe.cmd("HGET")
+                .arg(gen_key(&self.index.prefix))
+                .arg("current");
+            build(&keys, &mut pipe);
+            let mut values = self.run(&pipe).await?;
+            if values.is_empty() {
+                return Err(IndexError::Internal("empty pipeline reply".into()));
+            }
+            let live = parse_generation(values.remove(0))?;
+            if live == generation {
+                return Ok((keys, values));
+            }
+            seen.store(live, Ordering::Relaxed);
+            generation = live;
+        }
+        Err(IndexError::Internal(
+            "the index generation changed three times during one read".into(),
+        ))
+    }
+
     fn keys(&self) -> IndexResult<Keys> {
         self.keys
             .lock()
@@ -230,8 +250,7 @@ impl NameLists for Lists<'_> {
         reads: &[Read],
     ) -> IndexResult<(Vec<Vocabulary>, Vec<Vec<Entry>>)> {
         let (keys, values) = self
-            .index
-            .read(|k, p| {
+            .read_live(|k, p| {
                 for q in tokens {
                     p.cmd("ZRANGEBYLEX")
                         .arg(k.tk())
@@ -284,7 +303,7 @@ impl NameLists for Lists<'_> {
         for r in reads {
             add_read(&keys, &mut pipe, r);
         }
-        let mut values = self.index.read_query(&pipe).await?.into_iter();
+        let mut values = self.run(&pipe).await?.into_iter();
         let mut sizes = Vec::with_capacity(lists.len());
         for _ in lists {
             sizes.push(from_owned_redis_value::<u64>(next_value(&mut values)?)?);
@@ -297,7 +316,7 @@ impl NameLists for Lists<'_> {
     }
 
     async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
-        self.index.briefs(&self.keys()?, ids).await
+        Ok(self.briefs_and_presence(ids, &[]).await?.0)
     }
 
     async fn briefs_and_presence(
@@ -305,10 +324,46 @@ impl NameLists for Lists<'_> {
         ids: &[CustomerId],
         check: &[CustomerId],
     ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
-        self.index
-            .briefs_and_presence(&self.keys()?, ids, check)
-            .await
+        if ids.is_empty() && check.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let pipe = briefs_pipeline(&self.keys()?, ids, check);
+        briefs_of_replies(self.run(&pipe).await?, ids.len(), check.len())
     }
+}
+
+/// The summary (`HGET`) of each of `ids`, and whether each of `check` has
+/// one (`HEXISTS`, which sends no summary back).
+fn briefs_pipeline(keys: &Keys, ids: &[CustomerId], check: &[CustomerId]) -> Pipeline {
+    let mut pipe = ::redis::pipe();
+    for id in ids {
+        pipe.cmd("HGET").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
+    }
+    for id in check {
+        pipe.cmd("HEXISTS").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
+    }
+    pipe
+}
+
+/// The replies of [`briefs_pipeline`]: the briefs of the ids with a
+/// summary (stale entries are left out), and the presence of the others.
+fn briefs_of_replies(
+    replies: Vec<Value>,
+    ids: usize,
+    check: usize,
+) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
+    let mut values = replies.into_iter();
+    let mut briefs = Vec::with_capacity(ids);
+    for _ in 0..ids {
+        if let Some(json) = bulk_of(next_value(&mut values)?)? {
+            briefs.push(brief_of_json(&json)?);
+        }
+    }
+    let mut present = Vec::with_capacity(check);
+    for _ in 0..check {
+        present.push(from_owned_redis_value::<bool>(next_value(&mut values)?)?);
+    }
+    Ok((briefs, present))
 }
 
 /// A bulk string reply's bytes, moved out; `None` for nil.
