@@ -32,10 +32,29 @@ pub enum Command {
         #[command(subcommand)]
         command: UserCommand,
     },
+    /// Sales analytics: recount the daily rollups from the store.
+    Analytics {
+        #[command(subcommand)]
+        command: AnalyticsCommand,
+    },
     /// Find and mend what half-applied merges of older versions left
     /// (merged_into cycles, merges without a record, leftovers); print what
     /// was done. crm-api also does this in the background at every start.
     Repair,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AnalyticsCommand {
+    /// Count every customer and engagement in the store again (days in
+    /// CRM_TIMEZONE) and replace the rollups with the result; the consumer
+    /// goes on from the event log's head as it was when the count began.
+    /// Run it while nothing is written (engagements written meanwhile may
+    /// count twice on MongoDB; run `verify` after). Prints a line per 500
+    /// customers.
+    Rebuild,
+    /// Count again and compare with the rollups: print each figure that
+    /// differs; exit 1 when there is any.
+    Verify,
 }
 
 #[derive(Debug, Subcommand)]

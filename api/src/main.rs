@@ -2,7 +2,7 @@ use std::io::BufRead;
 
 use anyhow::Context;
 use clap::Parser;
-use crm_api::config::{Cli, Command, UserCommand};
+use crm_api::config::{AnalyticsCommand, Cli, Command, UserCommand};
 use crm_api::{open_store, shutdown_signal, telemetry, Application};
 
 #[tokio::main]
@@ -19,6 +19,20 @@ async fn main() -> anyhow::Result<()> {
             let report = crm_models::service::Crm::new(store).repair().await?;
             println!("{}", serde_json::to_string_pretty(&report)?);
             Ok(())
+        }
+        Some(Command::Analytics { command }) => {
+            let store = open_store(&cli.config).await?;
+            let zone = cli.config.analytics.timezone;
+            match command {
+                AnalyticsCommand::Rebuild => crm_api::analytics::rebuild(store, zone).await,
+                AnalyticsCommand::Verify => {
+                    if crm_api::analytics::verify(store, zone).await? {
+                        Ok(())
+                    } else {
+                        std::process::exit(1)
+                    }
+                }
+            }
         }
         Some(Command::Openapi) => {
             print!("{}", crm_api::openapi::yaml().map_err(anyhow::Error::msg)?);

@@ -604,3 +604,62 @@ async fn a_live_board_is_pushed_after_an_engagement_changes_it() {
     let update = board_update(&mut stream, |d| d["items"][0]["value"] == 3).await;
     assert_eq!(update["items"][0]["agent"]["id"], ann_id);
 }
+
+#[tokio::test]
+async fn rebuild_and_verify_recount_the_store() {
+    let app = spawn_app().await;
+    scripted_day(&app).await;
+    let store = app.state.crm.store().clone();
+    let zone = app.state.config.analytics.timezone;
+    assert!(crm_api::analytics::verify(store.clone(), zone)
+        .await
+        .unwrap());
+
+    // A figure no event gave: verify finds it, a rebuild removes it.
+    let cursor = store.analytics_cursor().await.unwrap();
+    let day = chrono::NaiveDate::parse_from_str(DAY, "%Y-%m-%d").unwrap();
+    let counts = crm_models::analytics::Counts {
+        sms_outbound: 5,
+        ..Default::default()
+    };
+    let drift = crm_models::analytics::AnalyticsBatch {
+        rows: vec![crm_models::analytics::DailyRow {
+            key: crm_models::analytics::RowKey {
+                day,
+                agent: Some("user:nobody".into()),
+                channel: Some(crm_models::Channel::Sms),
+            },
+            counts,
+        }],
+        ..Default::default()
+    };
+    assert!(store
+        .apply_analytics(cursor, uuid::Uuid::now_v7(), &drift)
+        .await
+        .unwrap());
+    assert!(!crm_api::analytics::verify(store.clone(), zone)
+        .await
+        .unwrap());
+    crm_api::analytics::rebuild(store.clone(), zone)
+        .await
+        .unwrap();
+    assert!(crm_api::analytics::verify(store.clone(), zone)
+        .await
+        .unwrap());
+    let admin = app.admin_token().await;
+    let board: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/leaderboard?period={DAY}..{DAY}&metric=sms_outbound"),
+            &admin,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(board["items"][0]["value"], 3, "{board}");
+    assert!(board["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|i| i["agent"]["id"] != "user:nobody"));
+}

@@ -592,6 +592,81 @@ impl Consumer {
         })
     }
 
+    /// Counts everything again from the store: every customer's creation
+    /// and every engagement the store holds, as the consumer would have
+    /// (except that an engagement counts for the customer it is on now,
+    /// after merges). `progress` hears the customers walked so far.
+    pub async fn recount(
+        &self,
+        store: &dyn Store,
+        progress: &mut (dyn FnMut(u64) + Send),
+    ) -> StoreResult<Recount> {
+        use crate::store::{CustomerCursor, EngagementCursor, EngagementFilter};
+        const PAGE: usize = 500;
+        // The head first: what is written meanwhile is the consumer's (an
+        // engagement recorded after the head's event is left to it).
+        let mut head = None;
+        let mut head_at = None;
+        loop {
+            let page = store
+                .read_feed(head, &EventFilter::default(), 5_000)
+                .await?
+                .unwrap_or_default();
+            if let Some(last) = page.events.last() {
+                head_at = Some(last.occurred_at);
+            }
+            match page.last {
+                Some(last) if Some(last) != head => head = Some(last),
+                _ => break,
+            }
+        }
+        let counts = |e: &Engagement| head_at.is_some_and(|at| e.recorded_at <= at);
+        let mut tally = Tally::new(self.zone);
+        let (mut customers, mut engagements) = (0u64, 0u64);
+        let mut after = None;
+        loop {
+            let page = store.list_customers(None, after, PAGE).await?;
+            after = page.last().map(|c| CustomerCursor {
+                updated_at: c.updated_at,
+                id: c.id,
+            });
+            for c in &page {
+                if head_at.is_some_and(|at| c.created_at <= at) {
+                    tally.new_customer(&c.created_at);
+                }
+                let mut cursor = None;
+                loop {
+                    let items = store
+                        .list_engagements(c.id, &EngagementFilter::default(), cursor, PAGE)
+                        .await?;
+                    cursor = items.last().map(|e| EngagementCursor {
+                        occurred_at: e.occurred_at,
+                        id: e.id,
+                    });
+                    for e in items.iter().filter(|e| counts(e)) {
+                        let agent = self.agent(store, e).await?;
+                        tally.engagement(e, e.customer_id, agent.as_deref());
+                        engagements += 1;
+                    }
+                    if items.len() < PAGE {
+                        break;
+                    }
+                }
+                customers += 1;
+            }
+            progress(customers);
+            if page.len() < PAGE {
+                break;
+            }
+        }
+        Ok(Recount {
+            head,
+            batch: tally.into_batch(),
+            customers,
+            engagements,
+        })
+    }
+
     /// The increments of these events (reads each engagement from the store).
     pub async fn fold(
         &self,
@@ -635,6 +710,150 @@ impl Consumer {
         }
         Ok(tally.into_batch())
     }
+}
+
+/// What a recount from the store found (see [`Consumer::recount`]).
+#[derive(Debug, Clone, Default)]
+pub struct Recount {
+    /// The last event of the log when the recount began: the consumer goes
+    /// on after it once the recount replaces the rollups.
+    pub head: Option<uuid::Uuid>,
+    pub batch: AnalyticsBatch,
+    pub customers: u64,
+    pub engagements: u64,
+}
+
+impl Recount {
+    /// The daily rows the recount gives, distinct customers included.
+    pub fn rows(&self) -> BTreeMap<RowKey, Counts> {
+        let mut rows: BTreeMap<RowKey, Counts> = self
+            .batch
+            .rows
+            .iter()
+            .map(|r| (r.key.clone(), r.counts))
+            .collect();
+        for m in &self.batch.engaged {
+            rows.entry(RowKey {
+                day: m.day,
+                agent: Some(m.agent.clone()),
+                channel: None,
+            })
+            .or_default()
+            .customers_engaged += 1;
+        }
+        rows
+    }
+
+    /// The hourly totals the recount gives.
+    pub fn hours(&self) -> BTreeMap<HourKey, Counts> {
+        self.batch
+            .hours
+            .iter()
+            .map(|h| (h.key.clone(), h.counts))
+            .collect()
+    }
+}
+
+/// A figure the store holds that a recount does not give.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    /// `2026-11-21 user:<id> call`, or `2026-11-21 09h call` for an hour's totals.
+    pub row: String,
+    pub metric: &'static str,
+    pub stored: u64,
+    pub recounted: u64,
+}
+
+impl std::fmt::Display for Difference {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {}: stored {}, recounted {}",
+            self.row, self.metric, self.stored, self.recounted
+        )
+    }
+}
+
+/// The days every stored figure falls in (the years the API accepts).
+fn all_days() -> (NaiveDate, NaiveDate) {
+    (
+        NaiveDate::from_ymd_opt(crate::time::MIN_YEAR - 1, 1, 1).unwrap_or(NaiveDate::MIN),
+        NaiveDate::from_ymd_opt(crate::time::MAX_YEAR, 12, 31).unwrap_or(NaiveDate::MAX),
+    )
+}
+
+fn compare<K: Ord>(
+    stored: BTreeMap<K, Counts>,
+    recounted: BTreeMap<K, Counts>,
+    name: impl Fn(&K) -> String,
+    out: &mut Vec<Difference>,
+) {
+    let keys: BTreeSet<&K> = stored.keys().chain(recounted.keys()).collect();
+    for k in keys {
+        let (a, b) = (
+            stored.get(k).copied().unwrap_or_default(),
+            recounted.get(k).copied().unwrap_or_default(),
+        );
+        for m in Metric::ALL
+            .iter()
+            .copied()
+            .filter(|m| *m != Metric::Engagements)
+        {
+            if m.of(&a) != m.of(&b) {
+                out.push(Difference {
+                    row: name(k),
+                    metric: m.as_str(),
+                    stored: m.of(&a),
+                    recounted: m.of(&b),
+                });
+            }
+        }
+    }
+}
+
+/// Compares the stored rollups with a recount: every figure that differs.
+pub async fn verify(store: &dyn Store, recount: &Recount) -> StoreResult<Vec<Difference>> {
+    let (from, to) = all_days();
+    let stored: BTreeMap<RowKey, Counts> = store
+        .analytics_rows(from, to)
+        .await?
+        .into_iter()
+        .map(|r| (r.key, r.counts))
+        .collect();
+    let hours: BTreeMap<HourKey, Counts> = store
+        .analytics_hours(from, to)
+        .await?
+        .into_iter()
+        .map(|h| (h.key, h.counts))
+        .collect();
+    let mut out = Vec::new();
+    compare(
+        stored,
+        recount.rows(),
+        |k| {
+            format!(
+                "{} {} {}",
+                k.day,
+                k.agent.as_deref().unwrap_or("-"),
+                k.channel.map_or("-", Channel::as_str)
+            )
+        },
+        &mut out,
+    );
+    compare(
+        hours,
+        recount.hours(),
+        |k| {
+            format!(
+                "{} {:02}h {}",
+                k.day,
+                k.hour,
+                k.channel.map_or("-", Channel::as_str)
+            )
+        },
+        &mut out,
+    );
+    Ok(out)
 }
 
 /// Sums rows by a key of the caller's choice.

@@ -33,8 +33,8 @@ const STORE_BACKOFF: Duration = Duration::from_secs(1);
 pub struct AnalyticsConfig {
     /// The time zone whose calendar days the figures are counted in (an
     /// IANA name: `Asia/Singapore`, `Europe/Berlin`). Changing it applies
-    /// to what is counted from then on (`crm-api analytics rebuild`
-    /// recounts).
+    /// to what is counted from then on; `crm-api analytics rebuild`
+    /// recounts everything in the new zone.
     #[arg(
         long = "timezone",
         env = "CRM_TIMEZONE",
@@ -44,7 +44,7 @@ pub struct AnalyticsConfig {
     pub timezone: Zone,
     /// Run the analytics consumer in this process (several processes
     /// share the work).
-    #[arg(long = "analytics-worker", env = "CRM_ANALYTICS_WORKER", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    #[arg(id = "analytics_worker", long = "analytics-worker", env = "CRM_ANALYTICS_WORKER", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub worker: bool,
 }
 
@@ -115,6 +115,53 @@ pub async fn run_consumer(
     }
 }
 
+/// `crm-api analytics rebuild`: counts the store again and replaces the
+/// rollups with the result.
+pub async fn rebuild(store: Arc<dyn Store>, zone: Zone) -> anyhow::Result<()> {
+    let recount = recount(store.as_ref(), zone).await?;
+    store
+        .replace_analytics(recount.head, &recount.batch)
+        .await?;
+    println!(
+        "rebuilt the analytics of {} customers and {} engagements ({} daily rows, time zone {zone})",
+        recount.customers,
+        recount.engagements,
+        recount.rows().len()
+    );
+    Ok(())
+}
+
+/// `crm-api analytics verify`: counts the store again and prints every
+/// figure the rollups hold otherwise; true when there is none.
+pub async fn verify(store: Arc<dyn Store>, zone: Zone) -> anyhow::Result<bool> {
+    let recount = recount(store.as_ref(), zone).await?;
+    let differences = crm_models::analytics::verify(store.as_ref(), &recount).await?;
+    for d in &differences {
+        println!("{d}");
+    }
+    println!(
+        "{} differences over {} customers and {} engagements (time zone {zone})",
+        differences.len(),
+        recount.customers,
+        recount.engagements
+    );
+    Ok(differences.is_empty())
+}
+
+async fn recount(store: &dyn Store, zone: Zone) -> anyhow::Result<crm_models::analytics::Recount> {
+    let consumer = Consumer::new(zone);
+    let mut last = 0;
+    let recount = consumer
+        .recount(store, &mut |customers| {
+            if customers >= last + 500 {
+                last = customers;
+                eprintln!("counted {customers} customers");
+            }
+        })
+        .await?;
+    Ok(recount)
+}
+
 /// Waits until the relay published something (or [`POLL`] passed, or `stop`).
 async fn news(
     stop: &mut watch::Receiver<bool>,
@@ -132,5 +179,32 @@ async fn pause(stop: &mut watch::Receiver<bool>, how_long: Duration) {
     tokio::select! {
         _ = stop.wait_for(|s| *s) => {}
         _ = tokio::time::sleep(how_long) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::{CommandFactory, Parser};
+
+    use crate::config::Cli;
+
+    #[test]
+    fn the_command_line_is_well_formed_and_reads_the_zone() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "crm-api",
+            "--timezone",
+            "Asia/Singapore",
+            "--analytics-worker",
+            "false",
+        ])
+        .map_err(|e| e.to_string());
+        let cli = match cli {
+            Ok(cli) => cli,
+            Err(e) => panic!("{e}"),
+        };
+        assert_eq!(cli.config.analytics.timezone.name(), "Asia/Singapore");
+        assert!(!cli.config.analytics.worker);
+        assert!(Cli::try_parse_from(["crm-api", "--timezone", "Mars/Base"]).is_err());
     }
 }

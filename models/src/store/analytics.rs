@@ -30,6 +30,17 @@ pub trait AnalyticsStore: Send + Sync {
         batch: &AnalyticsBatch,
     ) -> StoreResult<bool>;
 
+    /// Replaces every rollup, hourly total and marker with what `batch`
+    /// gives (applied to nothing) and sets the cursor to `cursor`: a
+    /// rebuild. Not meant to run beside a consumer: on MongoDB it is not
+    /// one transaction (a rebuild may be larger than one), so an
+    /// interrupted rebuild leaves partial figures until it runs again.
+    async fn replace_analytics(
+        &self,
+        cursor: Option<Uuid>,
+        batch: &AnalyticsBatch,
+    ) -> StoreResult<()>;
+
     /// The rows of the days `from..=to`, in [`RowKey`](crate::analytics::RowKey)
     /// order (day, agent with none first, channel with none last).
     async fn analytics_rows(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<DailyRow>>;

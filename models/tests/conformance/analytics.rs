@@ -549,3 +549,120 @@ pub async fn analytics_forget_an_erased_customer_but_keep_the_counts(store: Arc<
         .unwrap());
     assert_eq!(engaged_of(rows_of(store.as_ref(), d).await), Some(2));
 }
+
+pub async fn analytics_rebuild_gives_the_same_figures_and_verify_finds_drift(
+    store: Arc<dyn Store>,
+) {
+    let (ann, bob) = (UserId::new(), UserId::new());
+    let ann_phone = phone_of(ann, "rebuild-ann");
+    store.insert_device(&ann_phone).await.unwrap();
+    // Created now, as the service creates them: `customer.created` counts on
+    // the day of the event, a recount on the day of `created_at`.
+    let customers: Vec<Customer> = (0..2).map(|_| customer_at(time::now())).collect();
+    for c in &customers {
+        store.insert_customer(c).await.unwrap();
+    }
+    let by_ann = || Source {
+        device_id: Some(ann_phone.id),
+        ..Source::default()
+    };
+    let by_bob = || Source {
+        user_id: Some(format!("user:{bob}")),
+        ..Source::default()
+    };
+    let (c1, c2) = (customers[0].id, customers[1].id);
+    use Direction::*;
+    let items = vec![
+        engagement(
+            c1,
+            "2026-11-21T09:00:00Z",
+            by_ann(),
+            call_of(Inbound, CallStatus::Answered, 75),
+        ),
+        engagement(c2, "2026-11-21T09:30:00Z", by_ann(), sms_of(Outbound)),
+        engagement(c2, "2026-11-21T23:59:59Z", by_bob(), whatsapp_of(Inbound)),
+        engagement(c1, "2026-11-22T00:00:00Z", by_bob(), sms_of(Inbound)),
+        engagement(c1, "2026-11-22T10:00:00Z", by_bob(), web_view()),
+    ];
+    store.insert_engagements(&items).await.unwrap();
+    let consumer = Consumer::new(Zone::default());
+    count_all(store.as_ref(), &consumer, 2).await;
+    let (from, to) = (day("2000-01-01"), day("2100-01-01"));
+    let counted = store.analytics_rows(from, to).await.unwrap();
+    let counted_hours = store.analytics_hours(from, to).await.unwrap();
+    let cursor = store.analytics_cursor().await.unwrap();
+
+    // A recount of the store gives what the consumer counted.
+    let mut walked = Vec::new();
+    let recount = consumer
+        .recount(store.as_ref(), &mut |n| walked.push(n))
+        .await
+        .unwrap();
+    assert_eq!((recount.customers, recount.engagements), (2, 5));
+    assert_eq!(walked.last(), Some(&2));
+    assert_eq!(
+        recount.head, cursor,
+        "the head of the log is what was counted"
+    );
+    assert_eq!(
+        crm_models::analytics::verify(store.as_ref(), &recount)
+            .await
+            .unwrap(),
+        vec![]
+    );
+
+    // Drift (a figure the events never gave) is found, then rebuilt away.
+    let drift = AnalyticsBatch {
+        rows: vec![DailyRow {
+            key: RowKey {
+                day: day("2026-11-21"),
+                agent: Some(format!("user:{bob}")),
+                channel: Some(Channel::Whatsapp),
+            },
+            counts: counts(&[("whatsapp_inbound", 2)]),
+        }],
+        ..AnalyticsBatch::default()
+    };
+    let moved = Uuid::now_v7();
+    assert!(store.apply_analytics(cursor, moved, &drift).await.unwrap());
+    let found = crm_models::analytics::verify(store.as_ref(), &recount)
+        .await
+        .unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(
+        found[0].to_string(),
+        format!("2026-11-21 user:{bob} whatsapp whatsapp_inbound: stored 3, recounted 1")
+    );
+    store
+        .replace_analytics(recount.head, &recount.batch)
+        .await
+        .unwrap();
+    assert_eq!(store.analytics_rows(from, to).await.unwrap(), counted);
+    assert_eq!(
+        store.analytics_hours(from, to).await.unwrap(),
+        counted_hours
+    );
+    assert_eq!(store.analytics_cursor().await.unwrap(), cursor);
+
+    // The consumer goes on after the rebuild: what comes next counts once.
+    let next = vec![engagement(
+        c2,
+        "2026-11-22T11:00:00Z",
+        by_ann(),
+        sms_of(Outbound),
+    )];
+    store.insert_engagements(&next).await.unwrap();
+    count_all(store.as_ref(), &consumer, 100).await;
+    let rows = rows_of(store.as_ref(), day("2026-11-22")).await;
+    assert_eq!(
+        rows.get(&(Some(format!("user:{ann}")), Some(Channel::Sms))),
+        Some(&counts(&[("sms_outbound", 1)]))
+    );
+    let again = consumer.recount(store.as_ref(), &mut |_| {}).await.unwrap();
+    assert_eq!(
+        crm_models::analytics::verify(store.as_ref(), &again)
+            .await
+            .unwrap(),
+        vec![]
+    );
+}

@@ -196,6 +196,37 @@ impl AnalyticsStore for EmbeddedStore {
         .await
     }
 
+    async fn replace_analytics(
+        &self,
+        cursor: Option<Uuid>,
+        batch: &AnalyticsBatch,
+    ) -> StoreResult<()> {
+        let batch = batch.clone();
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            txn.delete_table(DAILY).map_err(db_err)?;
+            txn.delete_table(HOURLY).map_err(db_err)?;
+            txn.delete_table(ENGAGED).map_err(db_err)?;
+            txn.delete_table(ENGAGED_BY_CUSTOMER).map_err(db_err)?;
+            open_tables(&txn)?;
+            {
+                let mut table = txn.open_table(CURSOR).map_err(db_err)?;
+                match cursor {
+                    Some(c) => {
+                        table.insert(COUNTED, c.as_u128()).map_err(db_err)?;
+                    }
+                    None => {
+                        table.remove(COUNTED).map_err(db_err)?;
+                    }
+                }
+            }
+            apply(&txn, &batch)?;
+            txn.commit().map_err(db_err)?;
+            Ok(())
+        })
+        .await
+    }
+
     async fn analytics_rows(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<DailyRow>> {
         if to < from {
             return Ok(Vec::new());

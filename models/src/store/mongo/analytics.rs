@@ -331,6 +331,105 @@ impl AnalyticsStore for MongoStore {
         Ok(work.moved)
     }
 
+    async fn replace_analytics(
+        &self,
+        cursor: Option<Uuid>,
+        batch: &AnalyticsBatch,
+    ) -> StoreResult<()> {
+        const CHUNK: usize = 5_000;
+        for coll in [
+            self.analytics_daily(),
+            self.analytics_hourly(),
+            self.analytics_engaged(),
+        ] {
+            coll.delete_many(doc! {}).await.map_err(map_err)?;
+        }
+        // The rows with their distinct customers, written as they are.
+        let mut rows: BTreeMap<RowKey, Counts> = BTreeMap::new();
+        for r in &batch.rows {
+            rows.entry(r.key.clone()).or_default().add(&r.counts);
+        }
+        let mut markers = Vec::new();
+        let mut seen = HashSet::new();
+        for m in &batch.engaged {
+            let id = format!("{}|{}|{}", day_text(m.day), m.agent, m.customer);
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            markers.push(doc! { "_id": id, "customer_id": m.customer.to_string() });
+            rows.entry(RowKey {
+                day: m.day,
+                agent: Some(m.agent.clone()),
+                channel: None,
+            })
+            .or_default()
+            .customers_engaged += 1;
+        }
+        let counts_doc = |c: &Counts| {
+            let mut d = Document::new();
+            for (name, n) in c.fields() {
+                d.insert(name, Bson::Int64(i64::try_from(n).unwrap_or(i64::MAX)));
+            }
+            d
+        };
+        let daily: Vec<Document> = rows
+            .iter()
+            .filter(|(_, c)| !c.is_empty())
+            .map(|(k, c)| {
+                doc! {
+                    "_id": row_id(k),
+                    "day": day_text(k.day),
+                    "agent": optional(k.agent.as_deref()),
+                    "channel": optional(k.channel.map(Channel::as_str)),
+                    "counts": counts_doc(c),
+                }
+            })
+            .collect();
+        let hourly: Vec<Document> = batch
+            .hours
+            .iter()
+            .map(|h| {
+                let k = &h.key;
+                let channel = k.channel.map_or("", Channel::as_str);
+                doc! {
+                    "_id": format!("{}|{:02}|{channel}", day_text(k.day), k.hour),
+                    "day": day_text(k.day),
+                    "hour": i32::from(k.hour),
+                    "channel": optional(k.channel.map(Channel::as_str)),
+                    "counts": counts_doc(&h.counts),
+                }
+            })
+            .collect();
+        for (coll, docs) in [
+            (self.analytics_daily(), daily),
+            (self.analytics_hourly(), hourly),
+            (self.analytics_engaged(), markers),
+        ] {
+            for chunk in docs.chunks(CHUNK) {
+                coll.insert_many(chunk.to_vec()).await.map_err(map_err)?;
+            }
+        }
+        match cursor {
+            Some(c) => {
+                self.analytics_cursor_coll()
+                    .update_one(
+                        doc! { "_id": COUNTED },
+                        doc! { "$set": { "at": c.to_string() } },
+                    )
+                    .upsert(true)
+                    .await
+                    .map_err(map_err)?;
+            }
+            None => {
+                self.analytics_cursor_coll()
+                    .delete_one(doc! { "_id": COUNTED })
+                    .await
+                    .map_err(map_err)?;
+            }
+        }
+        Ok(())
+    }
+
     async fn analytics_rows(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<DailyRow>> {
         if to < from {
             return Ok(Vec::new());
