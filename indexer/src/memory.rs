@@ -96,6 +96,20 @@ struct Stored {
     source: snapshot::Source,
 }
 
+impl From<Prepared> for Stored {
+    fn from(p: Prepared) -> Stored {
+        Stored {
+            summary: p.summary,
+            entries: p.entries,
+            fingerprint: OnceLock::new(),
+            rank: p.rank,
+            whole: p.whole,
+            sets: p.sets,
+            source: p.source,
+        }
+    }
+}
+
 impl Stored {
     fn into_prepared(self) -> Prepared {
         Prepared {
@@ -227,18 +241,7 @@ impl Generation {
         for n in &p.entries.national {
             self.national.entry(n.clone()).or_default().insert(id);
         }
-        self.customers.insert(
-            id,
-            Stored {
-                summary: p.summary,
-                entries: p.entries,
-                fingerprint: OnceLock::new(),
-                rank: p.rank,
-                whole: p.whole,
-                sets: p.sets,
-                source: p.source,
-            },
-        );
+        self.customers.insert(id, Stored::from(p));
     }
 
     /// Removes what the customer is indexed under, and `also` (identifiers

@@ -6,7 +6,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use foldhash::HashMapExt;
 
@@ -219,20 +219,7 @@ impl Generation {
         };
         let customers = docs
             .into_iter()
-            .map(|(id, p)| {
-                (
-                    id,
-                    Stored {
-                        summary: p.summary,
-                        entries: p.entries,
-                        fingerprint: OnceLock::new(),
-                        rank: p.rank,
-                        whole: p.whole,
-                        sets: p.sets,
-                        source: p.source,
-                    },
-                )
-            })
+            .map(|(id, p)| (id, Stored::from(p)))
             .collect();
         Generation {
             customers,
