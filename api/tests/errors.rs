@@ -550,6 +550,46 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
             C::ValidationFailed,
         ));
     }
+    // Sales analytics: staff read the boards, admins export; keys nothing.
+    for path in [
+        "/v1/analytics/leaderboard",
+        "/v1/analytics/series",
+        "/v1/analytics/overview",
+        "/v1/analytics/export",
+    ] {
+        rows.push(row(
+            Method::GET,
+            path,
+            path,
+            Nobody,
+            Body::None,
+            C::Unauthorized,
+        ));
+        rows.push(row(Method::GET, path, path, Key, Body::None, C::Forbidden));
+    }
+    rows.push(row(
+        Method::GET,
+        "/v1/analytics/export",
+        "/v1/analytics/export",
+        Agent,
+        Body::None,
+        C::Forbidden,
+    ));
+    for path in [
+        "/v1/analytics/leaderboard?metric=nope",
+        "/v1/analytics/series?group_by=nope",
+        "/v1/analytics/export?format=nope",
+    ] {
+        let route = path.split('?').next().unwrap_or(path);
+        rows.push(row(
+            Method::GET,
+            route,
+            path,
+            Admin,
+            Body::None,
+            C::ValidationFailed,
+        ));
+    }
     // Webhooks: admins only.
     let hook_body = json!({"url": "http://127.0.0.1:9/other", "types": []});
     let webhook_routes: [(Method, &'static str, String, Body); 9] = [
