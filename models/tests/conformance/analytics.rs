@@ -666,3 +666,59 @@ pub async fn analytics_rebuild_gives_the_same_figures_and_verify_finds_drift(
         vec![]
     );
 }
+
+pub async fn analytics_count_on_from_the_oldest_event_when_the_cursor_expired(
+    store: Arc<dyn Store>,
+) {
+    let user = UserId::new();
+    let customer = customer_at(time::now());
+    store.insert_customer(&customer).await.unwrap();
+    let source = Source {
+        user_id: Some(format!("user:{user}")),
+        ..Source::default()
+    };
+    let items = vec![engagement(
+        customer.id,
+        "2026-11-21T09:00:00Z",
+        source,
+        sms_of(Direction::Inbound),
+    )];
+    store.insert_engagements(&items).await.unwrap();
+    relay(store.as_ref()).await;
+    // A cursor the log does not hold (its event was pruned).
+    let gone = Uuid::now_v7();
+    assert!(store
+        .apply_analytics(None, gone, &AnalyticsBatch::default())
+        .await
+        .unwrap());
+    let consumer = Consumer::new(Zone::default());
+    assert_eq!(
+        consumer
+            .step(store.as_ref(), Some(gone), 100)
+            .await
+            .unwrap(),
+        Step::Expired
+    );
+    // A restart that does not hold the stored cursor changes nothing.
+    assert_eq!(
+        consumer.restart(store.as_ref(), None, 100).await.unwrap(),
+        Step::Lost
+    );
+    let Step::Moved { to, .. } = consumer
+        .restart(store.as_ref(), Some(gone), 100)
+        .await
+        .unwrap()
+    else {
+        panic!("the restart counts from the oldest event");
+    };
+    assert_eq!(store.analytics_cursor().await.unwrap(), Some(to));
+    let rows = rows_of(store.as_ref(), day("2026-11-21")).await;
+    assert_eq!(
+        rows.get(&(Some(format!("user:{user}")), Some(Channel::Sms))),
+        Some(&counts(&[("sms_inbound", 1)]))
+    );
+    assert_eq!(
+        consumer.step(store.as_ref(), Some(to), 100).await.unwrap(),
+        Step::Idle
+    );
+}
