@@ -29,8 +29,8 @@
 //! - The connection is a `ConnectionManager` (see `connection`): it
 //!   reconnects by itself; a command sent while Redis is down fails with
 //!   [`IndexError::Unavailable`]. Caller-ID reads have a connection of their
-//!   own (see `phone_reads`), and so do name searches, each taking one for
-//!   all its rounds (see `search_links`).
+//!   own (see `phone_reads`), and so do searches, each taking one for all
+//!   its rounds (see `search_links`).
 //!
 //! Modules: `keys` (key names, member encodings and scores), `writes`
 //! (upserts and removals, and what a rebuild batch writes for customers new

@@ -19,6 +19,7 @@ use ::redis::from_owned_redis_value;
 use crm_models::CustomerId;
 
 use super::keys::Keys;
+use super::search::Reader;
 use super::{next_value, RedisIndex};
 use crate::number_search::NumberMatches;
 use crate::query::{self, Brief, Match, SearchResults};
@@ -120,8 +121,9 @@ impl RedisIndex {
             }
             _ => SUFFIX_CANDIDATES,
         };
-        let (keys, values) = self
-            .read(|k, p| {
+        let reader = Reader::new(self).await;
+        let (keys, values) = reader
+            .read_live(|k, p| {
                 for number in e164 {
                     p.cmd("HKEYS").arg(k.ph(number));
                 }
@@ -162,9 +164,8 @@ impl RedisIndex {
                 // Too few customers in the first entries: read on.
                 let mut pipe = ::redis::pipe();
                 zrange_rev(&mut pipe, &keys.sx(b), read, SUFFIX_CANDIDATES - read);
-                entries = from_owned_redis_value(next_value(
-                    &mut self.read_query(&pipe).await?.into_iter(),
-                )?)?;
+                entries =
+                    from_owned_redis_value(next_value(&mut reader.run(&pipe).await?.into_iter())?)?;
                 read += entries.len();
                 matched.take(entries, digits, &mut found, &mut recency);
             }
@@ -184,7 +185,7 @@ impl RedisIndex {
             .map(|(id, _)| id)
             .filter(|id| !recency.contains_key(id))
             .collect();
-        let mut briefs: HashMap<CustomerId, Brief> = self
+        let mut briefs: HashMap<CustomerId, Brief> = reader
             .briefs(&keys, &unknown)
             .await?
             .into_iter()
@@ -200,7 +201,8 @@ impl RedisIndex {
             .filter(|id| !briefs.contains_key(id))
             .collect();
         briefs.extend(
-            self.briefs(&keys, &missing)
+            reader
+                .briefs(&keys, &missing)
                 .await?
                 .into_iter()
                 .map(|b| (b.id, b)),

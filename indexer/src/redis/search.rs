@@ -23,16 +23,6 @@ use crate::ranking::{
 use crate::{IndexError, IndexResult};
 
 impl RedisIndex {
-    /// Reads the brief of each id (one round trip); ids without a summary
-    /// (stale entries) are left out.
-    pub(super) async fn briefs(&self, keys: &Keys, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pipe = briefs_pipeline(keys, ids, &[]);
-        Ok(briefs_of_replies(self.read_query(&pipe).await?, ids.len(), 0)?.0)
-    }
-
     /// A page of name hits ([`ranking::name_page`] over this index's
     /// lists), then the briefs of the hits (one `HGET` each).
     pub(crate) async fn search_names(
@@ -43,9 +33,8 @@ impl RedisIndex {
         after: Option<RankKey>,
     ) -> IndexResult<SearchResults> {
         let lists = Lists {
-            index: self,
+            reader: Reader::new(self).await,
             keys: parking_lot::Mutex::new(None),
-            link: parking_lot::Mutex::new(self.search_links.take().await),
         };
         ranking::name_page(&lists, tokens, words, limit, after).await
     }
@@ -55,8 +44,9 @@ impl RedisIndex {
         text: &str,
         exact: bool,
     ) -> IndexResult<Vec<SearchHit>> {
-        let (keys, values) = self
-            .read(|k, p| {
+        let reader = Reader::new(self).await;
+        let (keys, values) = reader
+            .read_live(|k, p| {
                 if exact {
                     p.cmd("SMEMBERS").arg(k.em(text));
                 }
@@ -81,40 +71,46 @@ impl RedisIndex {
             let entry = matches.entry(id).or_insert(m);
             *entry = (*entry).max(m);
         }
-        self.rank_found(&keys, MatchedOn::Email, matches).await
-    }
-
-    async fn rank_found(
-        &self,
-        keys: &Keys,
-        on: MatchedOn,
-        matches: HashMap<CustomerId, Match>,
-    ) -> IndexResult<Vec<SearchHit>> {
-        let ids: Vec<CustomerId> = matches.keys().copied().collect();
-        let found = self
-            .briefs(keys, &ids)
-            .await?
-            .into_iter()
-            .filter_map(|brief| matches.get(&brief.id).map(|m| (brief, *m)))
-            .collect::<Vec<_>>();
-        Ok(query::rank_matches(on, found))
+        rank_found(&reader, &keys, MatchedOn::Email, matches).await
     }
 }
 
-/// The name lists of one generation of the Redis index, for
-/// [`ranking::search_names`]: the first call reads the live generation
-/// along with its data, the later ones use it.
-struct Lists<'a> {
+async fn rank_found(
+    reader: &Reader<'_>,
+    keys: &Keys,
+    on: MatchedOn,
+    matches: HashMap<CustomerId, Match>,
+) -> IndexResult<Vec<SearchHit>> {
+    let ids: Vec<CustomerId> = matches.keys().copied().collect();
+    let found = reader
+        .briefs(keys, &ids)
+        .await?
+        .into_iter()
+        .filter_map(|brief| matches.get(&brief.id).map(|m| (brief, *m)))
+        .collect::<Vec<_>>();
+    Ok(query::rank_matches(on, found))
+}
+
+/// The reads of one search: on the search's own connection (see
+/// `search_links`) when it got one, else on the shared one.
+pub(super) struct Reader<'a> {
     index: &'a RedisIndex,
-    keys: parking_lot::Mutex<Option<Keys>>,
-    /// The search's own connection; `None` to use the shared one.
+    /// `None` to use the shared connection.
     link: parking_lot::Mutex<Option<Taken<'a>>>,
 }
 
-impl Lists<'_> {
+impl<'a> Reader<'a> {
+    /// Takes a connection for the search, if one is to be had.
+    pub(super) async fn new(index: &'a RedisIndex) -> Reader<'a> {
+        Reader {
+            index,
+            link: parking_lot::Mutex::new(index.search_links.take().await),
+        }
+    }
+
     /// Runs `pipe` on the search's own connection, or on the shared one
     /// when it has none or its own just failed to carry the pipeline.
-    async fn run(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
+    pub(super) async fn run(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
         let taken = self.link.lock().take();
         if let Some(mut own) = taken {
             match own.query(pipe, READ_TIMEOUT).await {
@@ -138,7 +134,7 @@ impl Lists<'_> {
 
     /// The commands `build` adds against the live generation, with the
     /// generation check every first read makes (see `read_live`).
-    async fn read_live(
+    pub(super) async fn read_live(
         &self,
         build: impl Fn(&Keys, &mut Pipeline),
     ) -> IndexResult<(Keys, Vec<Value>)> {
@@ -167,6 +163,37 @@ impl Lists<'_> {
         ))
     }
 
+    /// The brief of each id (one round trip); ids without a summary (stale
+    /// entries) are left out.
+    pub(super) async fn briefs(&self, keys: &Keys, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
+        Ok(self.briefs_and_presence(keys, ids, &[]).await?.0)
+    }
+
+    /// [`briefs`](Self::briefs) of `ids`, and whether each of `check` has
+    /// a summary, in one round trip.
+    async fn briefs_and_presence(
+        &self,
+        keys: &Keys,
+        ids: &[CustomerId],
+        check: &[CustomerId],
+    ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
+        if ids.is_empty() && check.is_empty() {
+            return Ok((Vec::new(), Vec::new()));
+        }
+        let pipe = briefs_pipeline(keys, ids, check);
+        briefs_of_replies(self.run(&pipe).await?, ids.len(), check.len())
+    }
+}
+
+/// The name lists of one generation of the Redis index, for
+/// [`ranking::search_names`]: the first call reads the live generation
+/// along with its data, the later ones use it.
+struct Lists<'a> {
+    reader: Reader<'a>,
+    keys: parking_lot::Mutex<Option<Keys>>,
+}
+
+impl Lists<'_> {
     fn keys(&self) -> IndexResult<Keys> {
         self.keys
             .lock()
@@ -250,6 +277,7 @@ impl NameLists for Lists<'_> {
         reads: &[Read],
     ) -> IndexResult<(Vec<Vocabulary>, Vec<Vec<Entry>>)> {
         let (keys, values) = self
+            .reader
             .read_live(|k, p| {
                 for q in tokens {
                     p.cmd("ZRANGEBYLEX")
@@ -303,7 +331,7 @@ impl NameLists for Lists<'_> {
         for r in reads {
             add_read(&keys, &mut pipe, r);
         }
-        let mut values = self.run(&pipe).await?.into_iter();
+        let mut values = self.reader.run(&pipe).await?.into_iter();
         let mut sizes = Vec::with_capacity(lists.len());
         for _ in lists {
             sizes.push(from_owned_redis_value::<u64>(next_value(&mut values)?)?);
@@ -316,7 +344,7 @@ impl NameLists for Lists<'_> {
     }
 
     async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {
-        Ok(self.briefs_and_presence(ids, &[]).await?.0)
+        self.reader.briefs(&self.keys()?, ids).await
     }
 
     async fn briefs_and_presence(
@@ -324,11 +352,9 @@ impl NameLists for Lists<'_> {
         ids: &[CustomerId],
         check: &[CustomerId],
     ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
-        if ids.is_empty() && check.is_empty() {
-            return Ok((Vec::new(), Vec::new()));
-        }
-        let pipe = briefs_pipeline(&self.keys()?, ids, check);
-        briefs_of_replies(self.run(&pipe).await?, ids.len(), check.len())
+        self.reader
+            .briefs_and_presence(&self.keys()?, ids, check)
+            .await
     }
 }
 

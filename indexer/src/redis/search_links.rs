@@ -1,11 +1,11 @@
-//! Name searches read on connections of their own, one search at a time on
-//! each.
+//! Searches (names, emails, numbers) read on connections of their own, one
+//! search at a time on each.
 //!
-//! A name search is a few pipelines in a row, each waiting for the one
-//! before. On the shared multiplexed connection every pipeline goes through
-//! the `redis` crate's connection task and back (two task wake-ups, often
-//! across threads, and a general reply parser) before the search can go on:
-//! under load, more of this process's CPU than the search itself. Here a
+//! A search is a few pipelines in a row, each waiting for the one before.
+//! On the shared multiplexed connection every pipeline goes through the
+//! `redis` crate's connection task and back (two task wake-ups, often
+//! across threads, and a general reply parser) before the search can go
+//! on: under load, more of this process's CPU than the search itself. Here a
 //! search takes an idle connection for all its rounds and writes and reads
 //! it itself ([`resp`]), so a reply wakes the search directly.
 //!
