@@ -663,3 +663,59 @@ async fn rebuild_and_verify_recount_the_store() {
         .iter()
         .all(|i| i["agent"]["id"] != "user:nobody"));
 }
+
+#[tokio::test]
+async fn response_time_boards_rank_the_fastest_first() {
+    let app = spawn_app().await;
+    let (ann, _) = staff(&app, "ann@example.com", "Ann", None).await;
+    let (bob, _) = staff(&app, "bob@example.com", "Bob", None).await;
+    // Cid answers nobody: not on a response-time board.
+    let _ = staff(&app, "cid@example.com", "Cid", None).await;
+    let at = |hms: &str| format!("{DAY}T{hms}Z");
+    record(&app, &ann, sms("+65 8122 6410", "inbound", &at("09:00:00"))).await;
+    record(
+        &app,
+        &ann,
+        sms("+65 8122 6410", "outbound", &at("09:00:20")),
+    )
+    .await;
+    record(
+        &app,
+        &bob,
+        call("+65 8122 6411", "inbound", "missed", 0, &at("09:00:00")),
+    )
+    .await;
+    record(
+        &app,
+        &bob,
+        sms("+65 8122 6411", "outbound", &at("09:08:00")),
+    )
+    .await;
+    counted(&app).await;
+    let fastest: Value = expect_json(
+        app.get(
+            &format!("/v1/analytics/leaderboard?metric=first_response_median&period={DAY}..{DAY}"),
+            &ann,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    // The upper bounds of their buckets: 20 s is within 30 s, 8 min within 10.
+    assert_eq!(
+        board(&fastest),
+        vec![("Ann".into(), 1, 30, 30), ("Bob".into(), 2, 600, 600)]
+    );
+    let count: Value = expect_json(
+        app.get(
+            &format!(
+                "/v1/analytics/series?metric=first_responses&group_by=channel&from={DAY}&to={DAY}"
+            ),
+            &app.admin_token().await,
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(count["items"], json!([{"key": "sms", "value": 2}]));
+}

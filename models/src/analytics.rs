@@ -11,8 +11,14 @@
 //! calls not answered: missed, rejected or voicemail), talk seconds (of
 //! answered calls); SMS, WhatsApp and email in and out; web page views
 //! (per day, no agent: a visitor's own doing); new customers (per day, no
-//! agent: `customer.created`); and the distinct customers an agent engaged
-//! with on a day (on the agent's row without a channel).
+//! agent: `customer.created`); the distinct customers an agent engaged
+//! with on a day (on the agent's row without a channel); and first
+//! responses: an outbound engagement answering a customer who has been
+//! waiting since an inbound one (the earliest since the last outbound, by
+//! anyone) counts for its agent, with its time in a histogram of buckets
+//! (30 s, 1, 2, 5, 10, 15, 30 min, 1, 2, 4, 8 h, 1 day, 1 week, more), from
+//! which the median and 90th percentile of any set of rows are read (as the
+//! upper bound of the bucket they fall in).
 //!
 //! # How it stays exact
 //! Daily rollups live in the store (see
@@ -132,16 +138,28 @@ macro_rules! metrics {
             $($(#[$doc])* $variant,)+
             /// Calls, SMS, WhatsApp and emails, both ways.
             Engagements,
+            /// The median first-response time, seconds (the upper bound of
+            /// its bucket; lower is better).
+            FirstResponseMedian,
+            /// The 90th percentile of first-response times, seconds.
+            FirstResponseP90,
         }
 
         impl Metric {
             /// Every metric, in the order the API lists them.
-            pub const ALL: &'static [Metric] = &[$(Metric::$variant,)+ Metric::Engagements];
+            pub const ALL: &'static [Metric] = &[
+                $(Metric::$variant,)+
+                Metric::Engagements,
+                Metric::FirstResponseMedian,
+                Metric::FirstResponseP90,
+            ];
 
             pub fn as_str(self) -> &'static str {
                 match self {
                     $(Metric::$variant => stringify!($field),)+
                     Metric::Engagements => "engagements",
+                    Metric::FirstResponseMedian => "first_response_median",
+                    Metric::FirstResponseP90 => "first_response_p90",
                 }
             }
 
@@ -150,7 +168,9 @@ macro_rules! metrics {
             pub fn per_agent(self) -> bool {
                 match self {
                     $(Metric::$variant => $agent,)+
-                    Metric::Engagements => true,
+                    Metric::Engagements
+                    | Metric::FirstResponseMedian
+                    | Metric::FirstResponseP90 => true,
                 }
             }
 
@@ -163,7 +183,24 @@ macro_rules! metrics {
                             + c.whatsapp_inbound + c.whatsapp_outbound
                             + c.email_inbound + c.email_outbound
                     }
+                    Metric::FirstResponseMedian => c.response_percentile(50),
+                    Metric::FirstResponseP90 => c.response_percentile(90),
                 }
+            }
+
+            /// Whether the figure is not a sum of the stored fields (it is
+            /// read from several; export leaves it out).
+            pub fn derived(self) -> bool {
+                matches!(
+                    self,
+                    Metric::Engagements | Metric::FirstResponseMedian | Metric::FirstResponseP90
+                )
+            }
+
+            /// Whether a lower figure ranks higher (response times), and an
+            /// agent with none is not ranked.
+            pub fn lower_is_better(self) -> bool {
+                matches!(self, Metric::FirstResponseMedian | Metric::FirstResponseP90)
             }
         }
 
@@ -212,6 +249,107 @@ metrics! {
     NewCustomers => new_customers, false;
     /// Distinct customers an agent engaged with that day.
     CustomersEngaged => customers_engaged, true;
+    /// Outbound engagements that answered a customer waiting since an
+    /// inbound one (see [`first_response`]).
+    FirstResponses => first_responses, true;
+    /// Their response times, in seconds, summed.
+    FirstResponseSeconds => first_response_seconds, true;
+    /// First responses within 30 seconds (the histogram the median and the
+    /// 90th percentile are read from; each bucket counts the responses
+    /// longer than the one before and at most its own bound).
+    FirstResponseLe30s => first_response_le_30s, true;
+    FirstResponseLe1m => first_response_le_1m, true;
+    FirstResponseLe2m => first_response_le_2m, true;
+    FirstResponseLe5m => first_response_le_5m, true;
+    FirstResponseLe10m => first_response_le_10m, true;
+    FirstResponseLe15m => first_response_le_15m, true;
+    FirstResponseLe30m => first_response_le_30m, true;
+    FirstResponseLe1h => first_response_le_1h, true;
+    FirstResponseLe2h => first_response_le_2h, true;
+    FirstResponseLe4h => first_response_le_4h, true;
+    FirstResponseLe8h => first_response_le_8h, true;
+    FirstResponseLe1d => first_response_le_1d, true;
+    FirstResponseLe7d => first_response_le_7d, true;
+    /// Slower than a week.
+    FirstResponseGt7d => first_response_gt_7d, true;
+}
+
+/// The upper bounds (seconds) of the first-response buckets, in the order
+/// of [`Counts::response_buckets`]; the last bucket has none.
+pub const RESPONSE_BOUNDS: [u64; 13] = [
+    30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 14_400, 28_800, 86_400, 604_800,
+];
+
+impl Counts {
+    fn response_buckets(&self) -> [u64; 14] {
+        [
+            self.first_response_le_30s,
+            self.first_response_le_1m,
+            self.first_response_le_2m,
+            self.first_response_le_5m,
+            self.first_response_le_10m,
+            self.first_response_le_15m,
+            self.first_response_le_30m,
+            self.first_response_le_1h,
+            self.first_response_le_2h,
+            self.first_response_le_4h,
+            self.first_response_le_8h,
+            self.first_response_le_1d,
+            self.first_response_le_7d,
+            self.first_response_gt_7d,
+        ]
+    }
+
+    /// Records one first response of `seconds`.
+    pub fn add_response(&mut self, seconds: u64) {
+        self.first_responses += 1;
+        self.first_response_seconds += seconds;
+        let bucket = RESPONSE_BOUNDS
+            .iter()
+            .position(|b| seconds <= *b)
+            .unwrap_or(RESPONSE_BOUNDS.len());
+        let field = match bucket {
+            0 => &mut self.first_response_le_30s,
+            1 => &mut self.first_response_le_1m,
+            2 => &mut self.first_response_le_2m,
+            3 => &mut self.first_response_le_5m,
+            4 => &mut self.first_response_le_10m,
+            5 => &mut self.first_response_le_15m,
+            6 => &mut self.first_response_le_30m,
+            7 => &mut self.first_response_le_1h,
+            8 => &mut self.first_response_le_2h,
+            9 => &mut self.first_response_le_4h,
+            10 => &mut self.first_response_le_8h,
+            11 => &mut self.first_response_le_1d,
+            12 => &mut self.first_response_le_7d,
+            _ => &mut self.first_response_gt_7d,
+        };
+        *field += 1;
+    }
+
+    /// The `percent` percentile of the first responses, as the upper bound
+    /// of the bucket it falls in (a week and more: the last bound); 0 when
+    /// there is none.
+    pub fn response_percentile(&self, percent: u64) -> u64 {
+        let buckets = self.response_buckets();
+        let total: u64 = buckets.iter().sum();
+        if total == 0 {
+            return 0;
+        }
+        // The rank of the percentile, 1-based: ceil(total * percent / 100).
+        let rank = (total * percent).div_ceil(100).max(1);
+        let mut seen = 0;
+        for (i, n) in buckets.iter().enumerate() {
+            seen += n;
+            if seen >= rank {
+                return RESPONSE_BOUNDS
+                    .get(i)
+                    .copied()
+                    .unwrap_or(RESPONSE_BOUNDS[RESPONSE_BOUNDS.len() - 1]);
+            }
+        }
+        RESPONSE_BOUNDS[RESPONSE_BOUNDS.len() - 1]
+    }
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -438,6 +576,13 @@ impl Tally {
             .or_default()
     }
 
+    /// Counts a first response of `seconds` given by the outbound `e`.
+    pub fn response(&mut self, e: &Engagement, agent: Option<&str>, seconds: u64) {
+        let day = self.zone.day_of(&e.occurred_at);
+        self.row(day, agent, Some(e.channel()))
+            .add_response(seconds);
+    }
+
     /// Counts a customer created at `at`.
     pub fn new_customer(&mut self, at: &Timestamp) {
         let (day, hour) = self.zone.day_and_hour(at);
@@ -468,6 +613,37 @@ impl Tally {
             forget: self.forget.into_iter().collect(),
         }
     }
+}
+
+/// Engagements a first response looks back over.
+const LOOK_BACK: usize = 100;
+
+/// The first response an outbound engagement gives: the seconds from the
+/// earliest inbound engagement of its customer since the last outbound one
+/// before it (by any agent, on any channel but the web) to it; `None`
+/// when nobody was waiting. Read from what the store holds when it is
+/// counted (the [`LOOK_BACK`] engagements before it).
+pub async fn first_response(store: &dyn Store, e: &Engagement) -> StoreResult<Option<u64>> {
+    if e.channel() == Channel::Web || e.detail.direction() != Some(Direction::Outbound) {
+        return Ok(None);
+    }
+    let filter = crate::store::EngagementFilter {
+        channel: None,
+        since: None,
+        until: Some(e.occurred_at),
+    };
+    let before = store
+        .list_engagements(e.customer_id, &filter, None, LOOK_BACK)
+        .await?;
+    let mut waiting = None;
+    for b in before.iter().filter(|b| b.channel() != Channel::Web) {
+        match b.detail.direction() {
+            Some(Direction::Outbound) => break,
+            Some(Direction::Inbound) => waiting = Some(b.occurred_at),
+            None => {}
+        }
+    }
+    Ok(waiting.map(|t| u64::try_from((e.occurred_at - t).num_seconds()).unwrap_or(0)))
 }
 
 /// The agent of an engagement: who posted it, else the owner of the device
@@ -506,8 +682,8 @@ pub struct Consumer {
 }
 
 /// An engagement read back to be counted, with the customer it was
-/// recorded on and its agent.
-type Counted = (Engagement, Option<CustomerId>, Option<String>);
+/// recorded on, its agent and the first response it gives.
+type Counted = (Engagement, Option<CustomerId>, Option<String>, Option<u64>);
 
 /// Engagements read at once while folding a page.
 const READS_AT_ONCE: usize = 16;
@@ -646,6 +822,9 @@ impl Consumer {
                     for e in items.iter().filter(|e| counts(e)) {
                         let agent = self.agent(store, e).await?;
                         tally.engagement(e, e.customer_id, agent.as_deref());
+                        if let Some(seconds) = first_response(store, e).await? {
+                            tally.response(e, agent.as_deref(), seconds);
+                        }
                         engagements += 1;
                     }
                     if items.len() < PAGE {
@@ -689,16 +868,20 @@ impl Consumer {
                     return Ok(None);
                 };
                 let agent = self.agent(store, &e).await?;
-                Ok(Some((e, customer, agent)))
+                let response = first_response(store, &e).await?;
+                Ok(Some((e, customer, agent, response)))
             })
             .buffered(READS_AT_ONCE)
             .collect()
             .await;
         let mut tally = Tally::new(self.zone);
         for found in read {
-            if let Some((e, customer, agent)) = found? {
+            if let Some((e, customer, agent, response)) = found? {
                 let customer = customer.unwrap_or(e.customer_id);
                 tally.engagement(&e, customer, agent.as_deref());
+                if let Some(seconds) = response {
+                    tally.response(&e, agent.as_deref(), seconds);
+                }
             }
         }
         for e in events {
@@ -794,11 +977,7 @@ fn compare<K: Ord>(
             stored.get(k).copied().unwrap_or_default(),
             recounted.get(k).copied().unwrap_or_default(),
         );
-        for m in Metric::ALL
-            .iter()
-            .copied()
-            .filter(|m| *m != Metric::Engagements)
-        {
+        for m in Metric::ALL.iter().copied().filter(|m| !m.derived()) {
             if m.of(&a) != m.of(&b) {
                 out.push(Difference {
                     row: name(k),
@@ -945,6 +1124,31 @@ mod tests {
         );
         assert_eq!(batch.engaged.len(), 5);
         assert_eq!(Metric::Engagements.of(&c), 5);
+    }
+
+    #[test]
+    fn response_times_fall_in_buckets_and_percentiles_read_their_bounds() {
+        let mut c = Counts::default();
+        assert_eq!(c.response_percentile(50), 0);
+        for secs in [10, 30, 31, 200, 200, 590, 3_000, 90_000, 700_000, 5] {
+            c.add_response(secs);
+        }
+        assert_eq!((c.first_responses, c.first_response_seconds), (10, 794_066));
+        assert_eq!(
+            (
+                c.first_response_le_30s,
+                c.first_response_le_1m,
+                c.first_response_le_5m
+            ),
+            (3, 1, 2)
+        );
+        assert_eq!((c.first_response_le_1d, c.first_response_gt_7d), (0, 1));
+        // Sorted: 5 10 30 | 31 | 200 200 | 590 | 3000 | 90000 | 700000.
+        assert_eq!(Metric::FirstResponseMedian.of(&c), 300);
+        assert_eq!(Metric::FirstResponseP90.of(&c), 604_800);
+        assert_eq!(c.response_percentile(30), 30);
+        assert!(Metric::FirstResponseMedian.lower_is_better());
+        assert!(Metric::FirstResponseMedian.derived() && !Metric::FirstResponses.derived());
     }
 
     #[test]

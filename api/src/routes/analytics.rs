@@ -242,7 +242,10 @@ pub struct LeaderboardQuery {
     /// `calls_outbound`, `calls_answered`, `calls_missed`, `talk_seconds`,
     /// `sms_inbound`, `sms_outbound`, `whatsapp_inbound`,
     /// `whatsapp_outbound`, `email_inbound`, `email_outbound`,
-    /// `customers_engaged`, `engagements`.
+    /// `customers_engaged`, `engagements`, `first_responses`,
+    /// `first_response_median` and `first_response_p90` (seconds, lowest
+    /// first; agents without responses are left out), and the response
+    /// histogram's buckets (`first_response_le_30s` ... `first_response_gt_7d`).
     pub metric: Option<String>,
     /// `today` (default), `yesterday`, `week` (Monday to today), `month`
     /// (the 1st to today) or `FROM..TO` (dates, at most 366 days).
@@ -274,7 +277,7 @@ pub struct Leaderboard {
     pub previous_period: DayRange,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub team: Option<String>,
-    /// Highest first; ties by name.
+    /// Highest first (lowest for response times); ties by name.
     pub items: Vec<LeaderboardEntry>,
 }
 
@@ -345,31 +348,36 @@ pub(crate) fn rank(
     limit: usize,
 ) -> Vec<LeaderboardEntry> {
     let in_team = |id: &str| team.is_none_or(|t| agents.team_of(id) == Some(t));
-    let mut values: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    // Each agent's counts in both periods, summed before the metric is
+    // read (a percentile is not a sum).
+    let mut totals: BTreeMap<String, (Counts, Counts)> = BTreeMap::new();
     for id in &agents.active {
         if in_team(id) {
-            values.entry(id.clone()).or_default();
+            totals.entry(id.clone()).or_default();
         }
     }
     for r in rows {
         let Some(agent) = r.key.agent.as_deref().filter(|a| in_team(a)) else {
             continue;
         };
-        let value = metric.of(&r.counts);
-        let entry = values.entry(agent.to_string()).or_default();
+        let entry = totals.entry(agent.to_string()).or_default();
         if period.contains(r.key.day) {
-            entry.0 += value;
+            entry.0.add(&r.counts);
         }
         if previous.contains(r.key.day) {
-            entry.1 += value;
+            entry.1.add(&r.counts);
         }
     }
-    let mut ranked: Vec<(AgentView, u64, u64)> = values
+    let lower = metric.lower_is_better();
+    let mut ranked: Vec<(AgentView, u64, u64)> = totals
         .into_iter()
-        .map(|(id, (value, before))| (agents.view(&id), value, before))
+        // A response time needs responses: agents with none are not ranked.
+        .filter(|(_, (now, _))| !lower || now.first_responses > 0)
+        .map(|(id, (now, before))| (agents.view(&id), metric.of(&now), metric.of(&before)))
         .collect();
     ranked.sort_by(|a, b| {
-        b.1.cmp(&a.1)
+        let by_value = if lower { a.1.cmp(&b.1) } else { b.1.cmp(&a.1) };
+        by_value
             .then_with(|| a.0.name.cmp(&b.0.name))
             .then_with(|| a.0.id.cmp(&b.0.id))
     });
@@ -741,10 +749,7 @@ enum Format {
 
 /// The stored metrics, in the order of the export's columns.
 fn export_metrics() -> impl Iterator<Item = Metric> {
-    Metric::ALL
-        .iter()
-        .copied()
-        .filter(|m| *m != Metric::Engagements)
+    Metric::ALL.iter().copied().filter(|m| !m.derived())
 }
 
 /// A CSV field, quoted when it holds a comma, a quote or a line break,

@@ -43,8 +43,30 @@ fn day(raw: &str) -> NaiveDate {
     NaiveDate::parse_from_str(raw, "%Y-%m-%d").unwrap()
 }
 
-/// The rows of one day as `(agent, channel) -> counts`.
+/// The rows of one day as `(agent, channel) -> counts`, without the
+/// first-response figures (their own check looks at them).
 async fn rows_of(
+    store: &dyn Store,
+    d: NaiveDate,
+) -> HashMap<(Option<String>, Option<Channel>), Counts> {
+    with_responses(store, d)
+        .await
+        .into_iter()
+        .map(|(k, c)| {
+            let mut kept = Counts::default();
+            for (name, n) in c.fields() {
+                if !name.starts_with("first_response") {
+                    kept.set(name, n);
+                }
+            }
+            (k, kept)
+        })
+        .filter(|(_, c)| !c.is_empty())
+        .collect()
+}
+
+/// The rows of one day as `(agent, channel) -> counts`.
+async fn with_responses(
     store: &dyn Store,
     d: NaiveDate,
 ) -> HashMap<(Option<String>, Option<Channel>), Counts> {
@@ -720,5 +742,74 @@ pub async fn analytics_count_on_from_the_oldest_event_when_the_cursor_expired(
     assert_eq!(
         consumer.step(store.as_ref(), Some(to), 100).await.unwrap(),
         Step::Idle
+    );
+}
+
+pub async fn analytics_first_responses_count_for_the_agent_who_answered(store: Arc<dyn Store>) {
+    let (ann, bob) = (UserId::new(), UserId::new());
+    let customer = customer_at(time::now());
+    store.insert_customer(&customer).await.unwrap();
+    let by = |user: UserId| Source {
+        user_id: Some(format!("user:{user}")),
+        ..Source::default()
+    };
+    let c = customer.id;
+    use Direction::*;
+    let items = vec![
+        // Waiting since 09:00 (the earliest inbound since the last outbound).
+        engagement(c, "2026-11-21T09:00:00Z", by(ann), sms_of(Inbound)),
+        engagement(
+            c,
+            "2026-11-21T09:02:00Z",
+            by(ann),
+            call_of(Inbound, CallStatus::Missed, 0),
+        ),
+        // A page view is no answer.
+        engagement(c, "2026-11-21T09:05:00Z", by(ann), web_view()),
+        // Bob answers ten minutes later.
+        engagement(c, "2026-11-21T09:10:00Z", by(bob), sms_of(Outbound)),
+        // Nobody was waiting any more.
+        engagement(
+            c,
+            "2026-11-21T09:15:00Z",
+            by(ann),
+            call_of(Outbound, CallStatus::Answered, 40),
+        ),
+        // Ann answers the next one in 20 seconds.
+        engagement(c, "2026-11-21T10:00:00Z", by(ann), whatsapp_of(Inbound)),
+        engagement(c, "2026-11-21T10:00:20Z", by(ann), whatsapp_of(Outbound)),
+    ];
+    store.insert_engagements(&items).await.unwrap();
+    let consumer = Consumer::new(Zone::default());
+    count_all(store.as_ref(), &consumer, 3).await;
+    let rows = with_responses(store.as_ref(), day("2026-11-21")).await;
+    let bob_sms = rows[&(Some(format!("user:{bob}")), Some(Channel::Sms))];
+    assert_eq!(
+        (
+            bob_sms.first_responses,
+            bob_sms.first_response_seconds,
+            bob_sms.first_response_le_10m
+        ),
+        (1, 600, 1)
+    );
+    let ann_call = rows[&(Some(format!("user:{ann}")), Some(Channel::Call))];
+    assert_eq!(ann_call.first_responses, 0);
+    let ann_whatsapp = rows[&(Some(format!("user:{ann}")), Some(Channel::Whatsapp))];
+    assert_eq!(
+        (
+            ann_whatsapp.first_responses,
+            ann_whatsapp.first_response_seconds
+        ),
+        (1, 20)
+    );
+    assert_eq!(Metric::FirstResponseMedian.of(&ann_whatsapp), 30);
+    assert_eq!(Metric::FirstResponseMedian.of(&bob_sms), 600);
+    // A recount finds the same responses.
+    let recount = consumer.recount(store.as_ref(), &mut |_| {}).await.unwrap();
+    assert_eq!(
+        crm_models::analytics::verify(store.as_ref(), &recount)
+            .await
+            .unwrap(),
+        vec![]
     );
 }
