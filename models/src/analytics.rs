@@ -617,6 +617,8 @@ impl Tally {
 
 /// Engagements a first response looks back over.
 const LOOK_BACK: usize = 100;
+/// Engagements it reads first.
+const FIRST_LOOK: usize = 8;
 
 /// The first response an outbound engagement gives: the seconds from the
 /// earliest inbound engagement of its customer since the last outbound one
@@ -632,18 +634,31 @@ pub async fn first_response(store: &dyn Store, e: &Engagement) -> StoreResult<Op
         since: None,
         until: Some(e.occurred_at),
     };
-    let before = store
-        .list_engagements(e.customer_id, &filter, None, LOOK_BACK)
-        .await?;
-    let mut waiting = None;
-    for b in before.iter().filter(|b| b.channel() != Channel::Web) {
-        match b.detail.direction() {
-            Some(Direction::Outbound) => break,
-            Some(Direction::Inbound) => waiting = Some(b.occurred_at),
-            None => {}
+    // Most answers are settled by the last few engagements: read those
+    // first, and the whole look-back only when they are all inbound.
+    for limit in [FIRST_LOOK, LOOK_BACK] {
+        let before = store
+            .list_engagements(e.customer_id, &filter, None, limit)
+            .await?;
+        let mut waiting = None;
+        let mut settled = before.len() < limit;
+        for b in before.iter().filter(|b| b.channel() != Channel::Web) {
+            match b.detail.direction() {
+                Some(Direction::Outbound) => {
+                    settled = true;
+                    break;
+                }
+                Some(Direction::Inbound) => waiting = Some(b.occurred_at),
+                None => {}
+            }
+        }
+        if settled || limit == LOOK_BACK {
+            return Ok(
+                waiting.map(|t| u64::try_from((e.occurred_at - t).num_seconds()).unwrap_or(0))
+            );
         }
     }
-    Ok(waiting.map(|t| u64::try_from((e.occurred_at - t).num_seconds()).unwrap_or(0)))
+    Ok(None)
 }
 
 /// The agent of an engagement: who posted it, else the owner of the device
@@ -1036,9 +1051,9 @@ pub async fn verify(store: &dyn Store, recount: &Recount) -> StoreResult<Vec<Dif
 }
 
 /// Sums rows by a key of the caller's choice.
-pub fn sum_by<K: Ord>(
-    rows: &[DailyRow],
-    mut key: impl FnMut(&DailyRow) -> Option<K>,
+pub fn sum_by<'a, K: Ord>(
+    rows: &'a [DailyRow],
+    mut key: impl FnMut(&'a DailyRow) -> Option<K>,
 ) -> BTreeMap<K, Counts> {
     let mut out: BTreeMap<K, Counts> = BTreeMap::new();
     for r in rows {

@@ -350,17 +350,17 @@ pub(crate) fn rank(
     let in_team = |id: &str| team.is_none_or(|t| agents.team_of(id) == Some(t));
     // Each agent's counts in both periods, summed before the metric is
     // read (a percentile is not a sum).
-    let mut totals: BTreeMap<String, (Counts, Counts)> = BTreeMap::new();
+    let mut totals: BTreeMap<&str, (Counts, Counts)> = BTreeMap::new();
     for id in &agents.active {
         if in_team(id) {
-            totals.entry(id.clone()).or_default();
+            totals.entry(id.as_str()).or_default();
         }
     }
     for r in rows {
         let Some(agent) = r.key.agent.as_deref().filter(|a| in_team(a)) else {
             continue;
         };
-        let entry = totals.entry(agent.to_string()).or_default();
+        let entry = totals.entry(agent).or_default();
         if period.contains(r.key.day) {
             entry.0.add(&r.counts);
         }
@@ -373,7 +373,7 @@ pub(crate) fn rank(
         .into_iter()
         // A response time needs responses: agents with none are not ranked.
         .filter(|(_, (now, _))| !lower || now.first_responses > 0)
-        .map(|(id, (now, before))| (agents.view(&id), metric.of(&now), metric.of(&before)))
+        .map(|(id, (now, before))| (agents.view(id), metric.of(&now), metric.of(&before)))
         .collect();
     ranked.sort_by(|a, b| {
         let by_value = if lower { a.1.cmp(&b.1) } else { b.1.cmp(&a.1) };
@@ -562,7 +562,8 @@ async fn series(
                     .is_some_and(|a| agents.team_of(a) == Some(t))
             })
     };
-    let rows: Vec<DailyRow> = rows.into_iter().filter(|r| keep(r)).collect();
+    let mut rows = rows;
+    rows.retain(|r| keep(r));
     let items = match group_by {
         GroupBy::Day => {
             let by_day = sum_by(&rows, |r| Some(r.key.day));
@@ -578,25 +579,18 @@ async fn series(
             }
             items
         }
-        GroupBy::Agent => points(sum_by(&rows, |r| r.key.agent.clone()), metric, |id| {
-            (Some(id.clone()), agents.view(id).name)
+        GroupBy::Agent => points(sum_by(&rows, |r| r.key.agent.as_deref()), metric, |id| {
+            (Some(id.to_string()), agents.view(id).name)
         }),
         GroupBy::Team => points(
-            sum_by(&rows, |r| {
-                r.key
-                    .agent
-                    .as_deref()
-                    .map(|a| agents.team_of(a).map(str::to_string))
-            }),
+            sum_by(&rows, |r| r.key.agent.as_deref().map(|a| agents.team_of(a))),
             metric,
-            |team| (team.clone(), None),
+            |team| (team.map(str::to_string), None),
         ),
         GroupBy::Channel => points(
-            sum_by(&rows, |r| {
-                Some(r.key.channel.map(|c| c.as_str().to_string()))
-            }),
+            sum_by(&rows, |r| Some(r.key.channel.map(|c| c.as_str()))),
             metric,
-            |c| (c.clone(), None),
+            |c| (c.map(str::to_string), None),
         ),
     };
     Ok(ApiJson(Series {

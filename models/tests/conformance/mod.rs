@@ -203,6 +203,7 @@ macro_rules! store_suite {
                 analytics_rebuild_gives_the_same_figures_and_verify_finds_drift,
                 analytics_count_on_from_the_oldest_event_when_the_cursor_expired,
                 analytics_first_responses_count_for_the_agent_who_answered,
+                analytics_reads_see_late_writes_to_past_days,
             );
         }
     };

@@ -14,7 +14,9 @@
 
 use async_trait::async_trait;
 use chrono::{Datelike, NaiveDate};
-use redb::{ReadableTable, TableDefinition, WriteTransaction};
+use std::sync::Arc;
+
+use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
 use uuid::Uuid;
 
 use super::{channel_code, db_err, decode, encode, EmbeddedStore};
@@ -159,6 +161,89 @@ fn forget(
     Ok(())
 }
 
+/// Moves the cursor from `from` to `to` and applies `batch`, in one
+/// transaction; false when the cursor was not at `from`.
+fn apply_from(
+    db: &Database,
+    from: Option<Uuid>,
+    to: Uuid,
+    batch: &AnalyticsBatch,
+) -> StoreResult<bool> {
+    let txn = db.begin_write().map_err(db_err)?;
+    {
+        let mut cursor = txn.open_table(CURSOR).map_err(db_err)?;
+        let now = cursor.get(COUNTED).map_err(db_err)?.map(|g| g.value());
+        if now != from.map(|f| f.as_u128()) {
+            return Ok(false);
+        }
+        cursor.insert(COUNTED, to.as_u128()).map_err(db_err)?;
+    }
+    apply(&txn, batch)?;
+    txn.commit().map_err(db_err)?;
+    Ok(true)
+}
+
+/// Replaces every rollup with `batch` and sets the cursor, in one transaction.
+fn replace(db: &Database, cursor: Option<Uuid>, batch: &AnalyticsBatch) -> StoreResult<()> {
+    let txn = db.begin_write().map_err(db_err)?;
+    txn.delete_table(DAILY).map_err(db_err)?;
+    txn.delete_table(HOURLY).map_err(db_err)?;
+    txn.delete_table(ENGAGED).map_err(db_err)?;
+    txn.delete_table(ENGAGED_BY_CUSTOMER).map_err(db_err)?;
+    open_tables(&txn)?;
+    {
+        let mut table = txn.open_table(CURSOR).map_err(db_err)?;
+        match cursor {
+            Some(c) => {
+                table.insert(COUNTED, c.as_u128()).map_err(db_err)?;
+            }
+            None => {
+                table.remove(COUNTED).map_err(db_err)?;
+            }
+        }
+    }
+    apply(&txn, batch)?;
+    txn.commit().map_err(db_err)?;
+    Ok(())
+}
+
+/// The stored rows of one day, in key order.
+fn read_day(
+    table: &impl ReadableTable<DayKey<'static>, &'static [u8]>,
+    day: i32,
+) -> StoreResult<Vec<DailyRow>> {
+    let mut rows = Vec::new();
+    for entry in table
+        .range((day, "", 0u8)..(day.saturating_add(1), "", 0u8))
+        .map_err(db_err)?
+    {
+        let (key, value) = entry.map_err(db_err)?;
+        let (day, agent, channel) = key.value();
+        rows.push(DailyRow {
+            key: RowKey {
+                day: day_of(day)?,
+                agent: (!agent.is_empty()).then(|| agent.to_string()),
+                channel: channel_of(channel)?,
+            },
+            counts: decode("analytics row", value.value())?,
+        });
+    }
+    Ok(rows)
+}
+
+/// The days a batch changes daily rows of.
+fn days_of(batch: &AnalyticsBatch) -> Vec<i32> {
+    let mut days: Vec<i32> = batch
+        .rows
+        .iter()
+        .map(|r| day_number(r.key.day))
+        .chain(batch.engaged.iter().map(|m| day_number(m.day)))
+        .collect();
+    days.sort_unstable();
+    days.dedup();
+    days
+}
+
 #[async_trait]
 impl AnalyticsStore for EmbeddedStore {
     async fn analytics_cursor(&self) -> StoreResult<Option<Uuid>> {
@@ -179,19 +264,12 @@ impl AnalyticsStore for EmbeddedStore {
         batch: &AnalyticsBatch,
     ) -> StoreResult<bool> {
         let batch = batch.clone();
+        let cache = Arc::clone(&self.analytics_days);
         self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            {
-                let mut cursor = txn.open_table(CURSOR).map_err(db_err)?;
-                let now = cursor.get(COUNTED).map_err(db_err)?.map(|g| g.value());
-                if now != from.map(|f| f.as_u128()) {
-                    return Ok(false);
-                }
-                cursor.insert(COUNTED, to.as_u128()).map_err(db_err)?;
-            }
-            apply(&txn, &batch)?;
-            txn.commit().map_err(db_err)?;
-            Ok(true)
+            let applied = apply_from(db, from, to, &batch);
+            // Committed or not, the days it touched are read again.
+            cache.touched(days_of(&batch).into_iter());
+            applied
         })
         .await
     }
@@ -202,27 +280,11 @@ impl AnalyticsStore for EmbeddedStore {
         batch: &AnalyticsBatch,
     ) -> StoreResult<()> {
         let batch = batch.clone();
+        let cache = Arc::clone(&self.analytics_days);
         self.run(move |db| {
-            let txn = db.begin_write().map_err(db_err)?;
-            txn.delete_table(DAILY).map_err(db_err)?;
-            txn.delete_table(HOURLY).map_err(db_err)?;
-            txn.delete_table(ENGAGED).map_err(db_err)?;
-            txn.delete_table(ENGAGED_BY_CUSTOMER).map_err(db_err)?;
-            open_tables(&txn)?;
-            {
-                let mut table = txn.open_table(CURSOR).map_err(db_err)?;
-                match cursor {
-                    Some(c) => {
-                        table.insert(COUNTED, c.as_u128()).map_err(db_err)?;
-                    }
-                    None => {
-                        table.remove(COUNTED).map_err(db_err)?;
-                    }
-                }
-            }
-            apply(&txn, &batch)?;
-            txn.commit().map_err(db_err)?;
-            Ok(())
+            let replaced = replace(db, cursor, &batch);
+            cache.clear();
+            replaced
         })
         .await
     }
@@ -231,25 +293,27 @@ impl AnalyticsStore for EmbeddedStore {
         if to < from {
             return Ok(Vec::new());
         }
+        let (first, last) = (day_number(from), day_number(to));
+        let cache = Arc::clone(&self.analytics_days);
         self.run(move |db| {
+            // The epoch before the read transaction opens (see DayCache).
+            let (epoch, held) = cache.get(first..=last);
             let txn = db.begin_read().map_err(db_err)?;
             let table = txn.open_table(DAILY).map_err(db_err)?;
-            let mut rows = Vec::new();
-            let end = day_number(to).saturating_add(1);
-            for entry in table
-                .range((day_number(from), "", 0u8)..(end, "", 0u8))
-                .map_err(db_err)?
-            {
-                let (key, value) = entry.map_err(db_err)?;
-                let (day, agent, channel) = key.value();
-                rows.push(DailyRow {
-                    key: RowKey {
-                        day: day_of(day)?,
-                        agent: (!agent.is_empty()).then(|| agent.to_string()),
-                        channel: channel_of(channel)?,
-                    },
-                    counts: decode("analytics row", value.value())?,
+            let mut days = Vec::with_capacity(held.len());
+            for (day, held) in (first..=last).zip(held) {
+                days.push(match held {
+                    Some(day_rows) => day_rows,
+                    None => {
+                        let day_rows = Arc::new(read_day(&table, day)?);
+                        cache.keep(epoch, day, Arc::clone(&day_rows));
+                        day_rows
+                    }
                 });
+            }
+            let mut rows = Vec::with_capacity(days.iter().map(|d| d.len()).sum());
+            for day_rows in &days {
+                rows.extend(day_rows.iter().cloned());
             }
             Ok(rows)
         })

@@ -43,6 +43,7 @@ use serde::Serialize;
 use uuid::Uuid;
 
 mod analytics;
+mod analytics_days;
 mod call_signals;
 mod customers;
 mod devices;
@@ -120,6 +121,8 @@ pub struct EmbeddedStore {
     devices: Arc<RecordCache<String, Device>>,
     /// When incoming-call signals were last committed durably.
     signals_synced: Arc<parking_lot::Mutex<Option<std::time::Instant>>>,
+    /// Decoded daily analytics rollups, a day at a time.
+    analytics_days: Arc<analytics_days::DayCache>,
 }
 
 impl std::fmt::Debug for EmbeddedStore {
@@ -196,6 +199,7 @@ impl EmbeddedStore {
             users: Arc::new(RecordCache::new()),
             devices: Arc::new(RecordCache::new()),
             signals_synced: Arc::new(parking_lot::Mutex::new(None)),
+            analytics_days: Arc::default(),
         })
     }
 
