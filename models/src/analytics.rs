@@ -1052,7 +1052,7 @@ pub async fn verify(store: &dyn Store, recount: &Recount) -> StoreResult<Vec<Dif
 
 /// Sums rows by a key of the caller's choice.
 pub fn sum_by<'a, K: Ord>(
-    rows: &'a [DailyRow],
+    rows: impl IntoIterator<Item = &'a DailyRow>,
     mut key: impl FnMut(&'a DailyRow) -> Option<K>,
 ) -> BTreeMap<K, Counts> {
     let mut out: BTreeMap<K, Counts> = BTreeMap::new();

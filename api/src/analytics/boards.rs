@@ -249,7 +249,7 @@ async fn rank_all(
         to: today - Days::days(1),
     };
     let store = state.crm.store();
-    let rows = store.analytics_rows(previous.from, period.to).await?;
+    let blocks = store.analytics_row_blocks(previous.from, period.to).await?;
     let agents = Agents::load(store.as_ref()).await?;
     let teams: Vec<Option<String>> = std::iter::once(None)
         .chain(agents.teams().into_iter().map(Some))
@@ -258,7 +258,7 @@ async fn rank_all(
     for metric in Metric::ALL.iter().copied().filter(|m| m.per_agent()) {
         for team in &teams {
             let items = rank(
-                &rows,
+                blocks.iter().flat_map(|b| b.iter()),
                 &agents,
                 metric,
                 period,

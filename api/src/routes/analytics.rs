@@ -324,9 +324,10 @@ async fn leaderboard(
         return Err(ApiError::Validation(errors));
     };
     let store = state.crm.store();
-    let rows = store.analytics_rows(previous.from, period.to).await?;
+    let blocks = store.analytics_row_blocks(previous.from, period.to).await?;
     let agents = Agents::load(store.as_ref()).await?;
-    let items = rank(&rows, &agents, metric, period, previous, team, limit);
+    let rows = blocks.iter().flat_map(|b| b.iter());
+    let items = rank(rows, &agents, metric, period, previous, team, limit);
     Ok(ApiJson(Leaderboard {
         metric: metric.to_string(),
         period,
@@ -338,8 +339,8 @@ async fn leaderboard(
 
 /// The top `limit` agents (of `team`, when given) by `metric` over
 /// `period`, with their values over `previous` (`rows` must cover both).
-pub(crate) fn rank(
-    rows: &[DailyRow],
+pub(crate) fn rank<'a>(
+    rows: impl IntoIterator<Item = &'a DailyRow>,
     agents: &Agents,
     metric: Metric,
     period: DayRange,
@@ -548,7 +549,7 @@ async fn series(
         Some(own)
     };
     let store = state.crm.store();
-    let rows = store.analytics_rows(range.from, range.to).await?;
+    let blocks = store.analytics_row_blocks(range.from, range.to).await?;
     let agents = Agents::load(store.as_ref()).await?;
     let keep = |r: &DailyRow| {
         channel.is_none_or(|c| r.key.channel == Some(c))
@@ -562,11 +563,14 @@ async fn series(
                     .is_some_and(|a| agents.team_of(a) == Some(t))
             })
     };
-    let mut rows = rows;
-    rows.retain(|r| keep(r));
+    let rows: Vec<&DailyRow> = blocks
+        .iter()
+        .flat_map(|b| b.iter())
+        .filter(|r| keep(r))
+        .collect();
     let items = match group_by {
         GroupBy::Day => {
-            let by_day = sum_by(&rows, |r| Some(r.key.day));
+            let by_day = sum_by(rows.iter().copied(), |r| Some(r.key.day));
             let mut items = Vec::new();
             let mut day = range.from;
             while day <= range.to {
@@ -579,16 +583,22 @@ async fn series(
             }
             items
         }
-        GroupBy::Agent => points(sum_by(&rows, |r| r.key.agent.as_deref()), metric, |id| {
-            (Some(id.to_string()), agents.view(id).name)
-        }),
+        GroupBy::Agent => points(
+            sum_by(rows.iter().copied(), |r| r.key.agent.as_deref()),
+            metric,
+            |id| (Some(id.to_string()), agents.view(id).name),
+        ),
         GroupBy::Team => points(
-            sum_by(&rows, |r| r.key.agent.as_deref().map(|a| agents.team_of(a))),
+            sum_by(rows.iter().copied(), |r| {
+                r.key.agent.as_deref().map(|a| agents.team_of(a))
+            }),
             metric,
             |team| (team.map(str::to_string), None),
         ),
         GroupBy::Channel => points(
-            sum_by(&rows, |r| Some(r.key.channel.map(|c| c.as_str()))),
+            sum_by(rows.iter().copied(), |r| {
+                Some(r.key.channel.map(|c| c.as_str()))
+            }),
             metric,
             |c| (c.map(str::to_string), None),
         ),

@@ -2,6 +2,8 @@
 //! distinct-customer markers and the consumer's cursor (see
 //! [`crate::analytics`]).
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use chrono::NaiveDate;
 use uuid::Uuid;
@@ -44,6 +46,18 @@ pub trait AnalyticsStore: Send + Sync {
     /// The rows of the days `from..=to`, in [`RowKey`](crate::analytics::RowKey)
     /// order (day, agent with none first, channel with none last).
     async fn analytics_rows(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<DailyRow>>;
+
+    /// The same rows as [`analytics_rows`](Self::analytics_rows), in the
+    /// same order, as shared blocks: what a query that only reads them
+    /// takes (the embedded store hands out the days it keeps decoded, a
+    /// block each, without copying a row).
+    async fn analytics_row_blocks(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<Arc<Vec<DailyRow>>>> {
+        Ok(vec![Arc::new(self.analytics_rows(from, to).await?)])
+    }
 
     /// The hourly totals of the days `from..=to`, in
     /// [`HourKey`](crate::analytics::HourKey) order.

@@ -909,6 +909,13 @@ pub async fn analytics_reads_see_late_writes_to_past_days(store: Arc<dyn Store>)
     let cursor = writer.await.unwrap();
     reader.await.unwrap();
     assert_eq!(sms_total(store.as_ref(), d1, d3).await, 37);
+    let blocks = store.analytics_row_blocks(d1, d3).await.unwrap();
+    let flat: Vec<DailyRow> = blocks.iter().flat_map(|b| b.iter().cloned()).collect();
+    assert_eq!(
+        flat,
+        store.analytics_rows(d1, d3).await.unwrap(),
+        "blocks hold the rows, in order"
+    );
 
     let rebuilt = AnalyticsBatch {
         rows: vec![sms_row(d1, 5)],

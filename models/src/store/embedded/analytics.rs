@@ -290,6 +290,19 @@ impl AnalyticsStore for EmbeddedStore {
     }
 
     async fn analytics_rows(&self, from: NaiveDate, to: NaiveDate) -> StoreResult<Vec<DailyRow>> {
+        let days = self.analytics_row_blocks(from, to).await?;
+        let mut rows = Vec::with_capacity(days.iter().map(|d| d.len()).sum());
+        for day_rows in &days {
+            rows.extend(day_rows.iter().cloned());
+        }
+        Ok(rows)
+    }
+
+    async fn analytics_row_blocks(
+        &self,
+        from: NaiveDate,
+        to: NaiveDate,
+    ) -> StoreResult<Vec<Arc<Vec<DailyRow>>>> {
         if to < from {
             return Ok(Vec::new());
         }
@@ -311,11 +324,7 @@ impl AnalyticsStore for EmbeddedStore {
                     }
                 });
             }
-            let mut rows = Vec::with_capacity(days.iter().map(|d| d.len()).sum());
-            for day_rows in &days {
-                rows.extend(day_rows.iter().cloned());
-            }
-            Ok(rows)
+            Ok(days)
         })
         .await
     }
