@@ -40,7 +40,7 @@ use axum::{Json, Router};
 use chrono::{Duration as Days, NaiveDate, TimeZone, Utc};
 use crm_api::config::Config;
 use crm_api::Application;
-use crm_models::analytics::{Tally, Zone};
+use crm_models::analytics::{Metric, Tally, Zone};
 use crm_models::engagement::{
     CallStatus, Direction, Engagement, EngagementDetail, PayloadType, Source,
 };
@@ -732,17 +732,6 @@ async fn main() {
 async fn counted_on(state: &crm_api::state::AppState, day: NaiveDate) -> u64 {
     let rows = state.crm.store().analytics_rows(day, day).await.unwrap();
     rows.iter()
-        .map(|r| {
-            let c = &r.counts;
-            c.calls_inbound
-                + c.calls_outbound
-                + c.sms_inbound
-                + c.sms_outbound
-                + c.whatsapp_inbound
-                + c.whatsapp_outbound
-                + c.email_inbound
-                + c.email_outbound
-                + c.web_views
-        })
+        .map(|r| Metric::Engagements.of(&r.counts) + r.counts.web_views)
         .sum()
 }

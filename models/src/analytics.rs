@@ -636,29 +636,31 @@ pub async fn first_response(store: &dyn Store, e: &Engagement) -> StoreResult<Op
     };
     // Most answers are settled by the last few engagements: read those
     // first, and the whole look-back only when they are all inbound.
-    for limit in [FIRST_LOOK, LOOK_BACK] {
-        let before = store
-            .list_engagements(e.customer_id, &filter, None, limit)
+    let mut before = store
+        .list_engagements(e.customer_id, &filter, None, FIRST_LOOK)
+        .await?;
+    let (mut waiting, settled) = waiting_since(&before);
+    if !settled && before.len() == FIRST_LOOK {
+        before = store
+            .list_engagements(e.customer_id, &filter, None, LOOK_BACK)
             .await?;
-        let mut waiting = None;
-        let mut settled = before.len() < limit;
-        for b in before.iter().filter(|b| b.channel() != Channel::Web) {
-            match b.detail.direction() {
-                Some(Direction::Outbound) => {
-                    settled = true;
-                    break;
-                }
-                Some(Direction::Inbound) => waiting = Some(b.occurred_at),
-                None => {}
-            }
-        }
-        if settled || limit == LOOK_BACK {
-            return Ok(
-                waiting.map(|t| u64::try_from((e.occurred_at - t).num_seconds()).unwrap_or(0))
-            );
+        waiting = waiting_since(&before).0;
+    }
+    Ok(waiting.map(|t| u64::try_from((e.occurred_at - t).num_seconds()).unwrap_or(0)))
+}
+
+/// Of engagements newest first: the earliest inbound one since the last
+/// outbound one (the web aside), and whether an outbound one was met.
+fn waiting_since(before: &[Engagement]) -> (Option<Timestamp>, bool) {
+    let mut waiting = None;
+    for b in before.iter().filter(|b| b.channel() != Channel::Web) {
+        match b.detail.direction() {
+            Some(Direction::Outbound) => return (waiting, true),
+            Some(Direction::Inbound) => waiting = Some(b.occurred_at),
+            None => {}
         }
     }
-    Ok(None)
+    (waiting, false)
 }
 
 /// The agent of an engagement: who posted it, else the owner of the device

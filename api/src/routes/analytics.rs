@@ -144,6 +144,34 @@ fn field_error(field: &str, message: impl ToString) -> crm_models::service::Fiel
     crm_models::service::FieldError::new(field, message.to_string())
 }
 
+/// The days `from..=to` of a query (`to` today and `from`
+/// [`DEFAULT_SERIES_DAYS`] before it when absent); `None`, with the
+/// errors noted, when either is bad or the range is.
+fn query_range(
+    state: &AppState,
+    from: Option<&str>,
+    to: Option<&str>,
+    errors: &mut Vec<crm_models::service::FieldError>,
+) -> Option<DayRange> {
+    let to = match to.map(parse_day).transpose() {
+        Ok(t) => t.unwrap_or_else(|| today(state)),
+        Err(m) => {
+            errors.push(field_error("to", m));
+            today(state)
+        }
+    };
+    let from = match from.map(parse_day).transpose() {
+        Ok(f) => f.unwrap_or(to - Duration::days(DEFAULT_SERIES_DAYS - 1)),
+        Err(m) => {
+            errors.push(field_error("from", m));
+            to
+        }
+    };
+    checked(from, to)
+        .map_err(|m| errors.push(field_error("from", m)))
+        .ok()
+}
+
 fn today(state: &AppState) -> NaiveDate {
     state
         .config
@@ -512,23 +540,12 @@ async fn series(
             }
         },
     };
-    let to = match query.to.as_deref().map(parse_day).transpose() {
-        Ok(t) => t.unwrap_or_else(|| today(&state)),
-        Err(m) => {
-            errors.push(field_error("to", m));
-            today(&state)
-        }
-    };
-    let from = match query.from.as_deref().map(parse_day).transpose() {
-        Ok(f) => f.unwrap_or(to - Duration::days(DEFAULT_SERIES_DAYS - 1)),
-        Err(m) => {
-            errors.push(field_error("from", m));
-            to
-        }
-    };
-    let range = checked(from, to)
-        .map_err(|m| errors.push(field_error("from", m)))
-        .ok();
+    let range = query_range(
+        &state,
+        query.from.as_deref(),
+        query.to.as_deref(),
+        &mut errors,
+    );
     let Some(range) = range.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
@@ -847,23 +864,12 @@ async fn export(
             Format::Csv
         }
     };
-    let to = match query.to.as_deref().map(parse_day).transpose() {
-        Ok(t) => t.unwrap_or_else(|| today(&state)),
-        Err(m) => {
-            errors.push(field_error("to", m));
-            today(&state)
-        }
-    };
-    let from = match query.from.as_deref().map(parse_day).transpose() {
-        Ok(f) => f.unwrap_or(to - Duration::days(DEFAULT_SERIES_DAYS - 1)),
-        Err(m) => {
-            errors.push(field_error("from", m));
-            to
-        }
-    };
-    let range = checked(from, to)
-        .map_err(|m| errors.push(field_error("from", m)))
-        .ok();
+    let range = query_range(
+        &state,
+        query.from.as_deref(),
+        query.to.as_deref(),
+        &mut errors,
+    );
     let Some(range) = range.filter(|_| errors.is_empty()) else {
         return Err(ApiError::Validation(errors));
     };
