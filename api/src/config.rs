@@ -177,6 +177,11 @@ pub struct Config {
     /// that send `Authorization: Bearer <this token>`.
     #[arg(long, env = "CRM_METRICS_TOKEN", global = true, hide_env_values = true)]
     pub metrics_token: Option<String>,
+    /// Origins of front ends served elsewhere that may call the API from a
+    /// browser (comma-separated: `https://crm.example.com,http://localhost:3000`).
+    /// Unset: none (the console at `/` is the API's own origin).
+    #[arg(long, env = "CRM_CORS_ORIGINS", value_delimiter = ',', global = true)]
+    pub cors_origins: Vec<crate::cors::CorsOrigin>,
     #[command(flatten)]
     pub webhooks: crate::webhooks::WebhookConfig,
     #[command(flatten)]
@@ -241,6 +246,7 @@ impl Config {
             // Tests run many applications at once: each its own free port.
             metrics_listen: MetricsListen(Some(SocketAddr::from(([127, 0, 0, 1], 0)))),
             metrics_token: None,
+            cors_origins: Vec::new(),
             webhooks: crate::webhooks::WebhookConfig::default(),
             analytics: crate::analytics::AnalyticsConfig::default(),
         }

@@ -10,10 +10,13 @@
 //! - [`error`]: the one error type and its problem+json rendering.
 //! - [`auth`]: passwords, tokens, API keys, role guards.
 //! - [`routes`]: one module per resource; [`openapi`]: the generated contract.
+//! - [`console`]: the sales staff's console at `/`; [`cors`]: other origins.
 
 pub mod analytics;
 pub mod auth;
 pub mod config;
+pub mod console;
+pub mod cors;
 pub mod error;
 pub mod openapi;
 pub mod request_metrics;
@@ -502,8 +505,11 @@ pub fn app(state: AppState) -> Router {
     let (api, _) = routes::api_router().split_for_parts();
     let request_id = HeaderName::from_static("x-request-id");
     let mobile = crm_mobile_bridge::router(state.mobile.clone());
-    api.merge(mobile)
+    let cors = cors::layer(&state.config.cors_origins);
+    let router = api
+        .merge(mobile)
         .merge(routes::health::router())
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         // One stack, applied once: each `layer` call would box and clone
@@ -523,8 +529,13 @@ pub fn app(state: AppState) -> Router {
                 .layer(axum::middleware::from_fn(request_timeout))
                 .layer(DefaultBodyLimit::max(DEFAULT_BODY_LIMIT))
                 .layer(request_metrics::RequestMetricsLayer),
-        )
-        .with_state(state)
+        );
+    // Outside the rest: a preflight is answered before anything else runs.
+    match cors {
+        Some(cors) => router.layer(cors),
+        None => router,
+    }
+    .with_state(state)
 }
 
 /// A request that takes longer than [`REQUEST_TIMEOUT`] is answered 503
