@@ -41,6 +41,7 @@
 //! | `crm:g<N>:ns:<tokens>` | ZSET | the customers whose name has all of these two or three tokens (sorted, space-separated), as in `nm:`: a query of several words reads the customers having them together instead of checking every customer with its commonest word; names with more than five tokens go to `nl` instead |
 //! | `crm:g<N>:nl` | ZSET | the customers whose name has more than five tokens (not counting CJK ones), as in `nm:`: read beside `ns:` lists |
 //! | `crm:g<N>:ty:<variant>` | SET | name tokens (not ids) having that deletion variant, or being it (a three-letter token is its own only key, so that a four-letter query reaches it by a deletion): one-typo matching |
+//! | `crm:g<N>:vv` | STRING | the vocabulary's version: a new random value after every change to `tk` or `ty:` (a token new to the vocabulary, or gone from it). A name search keeps the vocabulary it read for its query tokens with this version, and next time sends its second round's reads with its first and `GET vv`: the reads count when the version is the same, and it reads the vocabulary again when not (an index without `vv` is read every time) |
 //! | `crm:g<N>:used` | STRING | set when a customer is written into the generation: replacing a generation without it deletes nothing (versions before kept every customer id in a `crm:g<N>:ids` ZSET, looked for too). Verify walks the `cust:` keys with `SCAN` |
 //!
 //! Every command touches one key (pipelined, never `SINTER`/`SUNION`/`MGET`

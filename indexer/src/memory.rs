@@ -22,8 +22,8 @@ use crm_models::{CustomerId, PhoneNumber};
 use crate::doc::{fingerprint_of, CustomerSummary, IndexEntries, IndexedCustomer};
 use crate::query::{self, Brief, Match, MatchedOn, Plan, Query, SearchResults};
 use crate::ranking::{
-    self, query_typo_keys, token_sets, typo_keys, whole_name_key, Entry, List, NameLists,
-    NameTerms, RankKey, Read, Vocabulary, MAX_EXPANSIONS,
+    self, query_typo_keys, token_sets, typo_keys, whole_name_key, Entry, FirstRound, List,
+    NameLists, NameTerms, RankKey, Read, Vocabulary, MAX_EXPANSIONS,
 };
 use crate::{
     FingerprintPage, IndexError, IndexResult, IndexedFingerprint, RebuildReport, SearchIndex,
@@ -372,7 +372,8 @@ impl NameLists for Lists<'_> {
         &self,
         tokens: &[String],
         reads: &[Read],
-    ) -> IndexResult<(Vec<Vocabulary>, Vec<Vec<Entry>>)> {
+        _ahead: Option<(&[List], &[Read])>,
+    ) -> IndexResult<FirstRound> {
         let state = self.0.read();
         let g = &state.current;
         let vocabulary = tokens
@@ -390,7 +391,11 @@ impl NameLists for Lists<'_> {
                     .collect(),
             })
             .collect();
-        Ok((vocabulary, reads.iter().map(|r| g.read(r)).collect()))
+        Ok(FirstRound {
+            vocabulary,
+            replies: reads.iter().map(|r| g.read(r)).collect(),
+            ahead: None,
+        })
     }
 
     async fn sizes_and_read(

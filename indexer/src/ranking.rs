@@ -148,16 +148,36 @@ pub struct Vocabulary {
     pub near: Vec<String>,
 }
 
+/// What the first round of a name search answers.
+pub struct FirstRound {
+    pub vocabulary: Vec<Vocabulary>,
+    /// The first round's own reads.
+    pub replies: Vec<Vec<Entry>>,
+    /// The sizes and reads asked for ahead, when the vocabulary they were
+    /// planned from is still current.
+    pub ahead: Option<(Vec<u64>, Vec<Vec<Entry>>)>,
+}
+
 /// The reads an adapter answers. Each call is one round trip to the index;
 /// no lock is held between calls.
 #[async_trait]
 pub(crate) trait NameLists: Sync {
-    /// The vocabulary of each query token, and `reads`.
+    /// The vocabulary of each query token as an earlier search read it,
+    /// when the adapter kept it; [`vocabulary_and_read`](Self::vocabulary_and_read)
+    /// then checks that it is still current.
+    fn vocabulary_hint(&self, _tokens: &[String]) -> Option<Vec<Vocabulary>> {
+        None
+    }
+
+    /// The vocabulary of each query token, and `reads`; with `ahead` (the
+    /// sizes and reads planned from [`vocabulary_hint`](Self::vocabulary_hint)),
+    /// those too, answered only when the hint was current.
     async fn vocabulary_and_read(
         &self,
         tokens: &[String],
         reads: &[Read],
-    ) -> IndexResult<(Vec<Vocabulary>, Vec<Vec<Entry>>)>;
+        ahead: Option<(&[List], &[Read])>,
+    ) -> IndexResult<FirstRound>;
 
     /// The number of entries of each list, and `reads`.
     async fn sizes_and_read(
@@ -715,6 +735,93 @@ fn subsets(n: usize, size: usize) -> Vec<Vec<usize>> {
     out
 }
 
+/// What a search reads in its second round, worked out from the
+/// vocabulary: each token's expansions, the groups of lists that may drive,
+/// the whole names the query names with its typos corrected, the lists
+/// whose sizes pick the driver, and the first chunks read at once.
+struct Plan {
+    expansions: Vec<Vec<(String, Match)>>,
+    token_groups: Vec<Group>,
+    set_groups: Vec<Group>,
+    corrected: Vec<String>,
+    sized: Vec<List>,
+    /// The corrected whole names' first chunks, then the early cursors'.
+    reads: Vec<Read>,
+    /// With one query token there is no driver to choose: its lists' first
+    /// chunks come in the same round as their sizes.
+    early: Vec<Cursor>,
+}
+
+impl Plan {
+    fn of(
+        tokens: &[String],
+        whole: &[(String, f64)],
+        vocabulary: Vec<Vocabulary>,
+        limit: usize,
+    ) -> Plan {
+        let n = tokens.len();
+        let expansions: Vec<Vec<(String, Match)>> = tokens
+            .iter()
+            .zip(vocabulary)
+            .map(|(q, v)| expansion(q, v))
+            .collect();
+        // The groups of lists that may drive: each token's, and each set of
+        // two or three tokens' (customers having them all, in ranking order).
+        let token_groups: Vec<Group> = (0..n).map(|i| token_group(i, &expansions)).collect();
+        let mut set_groups: Vec<Group> = Vec::new();
+        if query::partial_allowed(tokens) && n <= MAX_SET_TOKENS {
+            for size in 2..=n.min(3) {
+                set_groups.extend(
+                    subsets(n, size)
+                        .into_iter()
+                        .filter_map(|covers| set_group(covers, &expansions)),
+                );
+            }
+        }
+        let corrected: Vec<String> = typo_whole_name_keys(tokens, &expansions)
+            .into_iter()
+            .filter(|k| !whole.iter().any(|(w, _)| w == k))
+            .collect();
+        let mut sized: Vec<List> = Vec::new();
+        for g in token_groups.iter().chain(&set_groups) {
+            for (l, _) in &g.lists {
+                if !sized.contains(l) {
+                    sized.push(l.clone());
+                }
+            }
+        }
+        let mut reads: Vec<Read> = corrected
+            .iter()
+            .map(|k| Read {
+                list: List::Whole(k.clone()),
+                start: 0,
+                count: limit,
+            })
+            .collect();
+        let mut early: Vec<Cursor> = Vec::new();
+        if n == 1 {
+            for mut c in token_groups[0].cursors(|kinds, _| full_bound(n, kinds, 1)) {
+                c.driver = true;
+                reads.push(Read {
+                    list: c.list.clone(),
+                    start: 0,
+                    count: limit,
+                });
+                early.push(c);
+            }
+        }
+        Plan {
+            expansions,
+            token_groups,
+            set_groups,
+            corrected,
+            sized,
+            reads,
+            early,
+        }
+    }
+}
+
 /// The best `limit` name hits after `after` for the query `tokens` (typed
 /// as `words`).
 pub(crate) async fn search_names(
@@ -736,84 +843,56 @@ pub(crate) async fn search_names(
             count: limit,
         })
         .collect();
-    let (vocabulary, replies) = lists.vocabulary_and_read(tokens, &first).await?;
+    // With the vocabulary the adapter kept from an earlier search, the
+    // second round's sizes and reads go out with the first, and are used
+    // when the vocabulary has not changed since.
+    let hinted = lists
+        .vocabulary_hint(tokens)
+        .map(|v| Plan::of(tokens, &whole, v, limit));
+    let ahead = hinted
+        .as_ref()
+        .map(|p| (p.sized.as_slice(), p.reads.as_slice()));
+    let round = lists.vocabulary_and_read(tokens, &first, ahead).await?;
     let mut cursors: Vec<Cursor> = Vec::new();
-    for ((key, bound), entries) in whole.iter().zip(replies) {
+    for ((key, bound), entries) in whole.iter().zip(round.replies) {
         let mut c = Cursor::new(List::Whole(key.clone()), *bound);
         take(&mut c, entries, limit, &mut best);
         cursors.push(c);
     }
-    let expansions: Vec<Vec<(String, Match)>> = tokens
-        .iter()
-        .zip(vocabulary)
-        .map(|(q, v)| expansion(q, v))
-        .collect();
-
-    // The groups of lists that may drive: each token's, and each set of
-    // two or three tokens' (customers having them all, in ranking order).
-    let token_groups: Vec<Group> = (0..n).map(|i| token_group(i, &expansions)).collect();
-    let mut set_groups: Vec<Group> = Vec::new();
-    if query::partial_allowed(tokens) && n <= MAX_SET_TOKENS {
-        for size in 2..=n.min(3) {
-            set_groups.extend(
-                subsets(n, size)
-                    .into_iter()
-                    .filter_map(|covers| set_group(covers, &expansions)),
-            );
-        }
-    }
-
-    // Round two: the sizes of those lists (to pick the driver and
-    // estimate), and the whole names the query names with its typos
-    // corrected.
-    let corrected: Vec<String> = typo_whole_name_keys(tokens, &expansions)
-        .into_iter()
-        .filter(|k| !whole.iter().any(|(w, _)| w == k))
-        .collect();
-    // The whole names may have proven the page already (a full name with
-    // namesakes): when no list of the groups can enter it, nothing else is
-    // read, as the loop below would conclude once it had the sizes.
-    if n > 1 && corrected.is_empty() && proven(&best, &cursors, &token_groups, &set_groups, n) {
-        return Ok(NamePage {
-            top: sorted(best.found.into_values().collect(), limit),
-            total_estimate: best.matched.len() as u64,
-        });
-    }
-    let mut sized: Vec<List> = Vec::new();
-    for g in token_groups.iter().chain(&set_groups) {
-        for (l, _) in &g.lists {
-            if !sized.contains(l) {
-                sized.push(l.clone());
+    let (plan, sizes, replies) = match (hinted, round.ahead) {
+        (Some(plan), Some((sizes, replies))) => (plan, sizes, replies),
+        _ => {
+            let plan = Plan::of(tokens, &whole, round.vocabulary, limit);
+            // The whole names may have proven the page already (a full
+            // name with namesakes): when no list of the groups can enter
+            // it, nothing else is read, as the loop below would conclude
+            // once it had the sizes.
+            if n > 1
+                && plan.corrected.is_empty()
+                && proven(&best, &cursors, &plan.token_groups, &plan.set_groups, n)
+            {
+                return Ok(NamePage {
+                    top: sorted(best.found.into_values().collect(), limit),
+                    total_estimate: best.matched.len() as u64,
+                });
             }
+            let (sizes, replies) = if plan.sized.is_empty() && plan.reads.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                lists.sizes_and_read(&plan.sized, &plan.reads).await?
+            };
+            (plan, sizes, replies)
         }
-    }
-    let mut reads: Vec<Read> = corrected
-        .iter()
-        .map(|k| Read {
-            list: List::Whole(k.clone()),
-            start: 0,
-            count: limit,
-        })
-        .collect();
-    // With one query token there is no driver to choose: its lists' first
-    // chunks come in the same round as their sizes.
-    let mut early: Vec<Cursor> = Vec::new();
-    if n == 1 {
-        for mut c in token_groups[0].cursors(|kinds, _| full_bound(n, kinds, 1)) {
-            c.driver = true;
-            reads.push(Read {
-                list: c.list.clone(),
-                start: 0,
-                count: limit,
-            });
-            early.push(c);
-        }
-    }
-    let (sizes, replies) = if sized.is_empty() && reads.is_empty() {
-        (Vec::new(), Vec::new())
-    } else {
-        lists.sizes_and_read(&sized, &reads).await?
     };
+    let Plan {
+        expansions,
+        token_groups,
+        set_groups,
+        corrected,
+        sized,
+        early,
+        ..
+    } = plan;
     let sizes: HashMap<List, u64> = sized.into_iter().zip(sizes).collect();
     let mut replies = replies.into_iter();
     for key in &corrected {

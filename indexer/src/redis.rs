@@ -12,8 +12,9 @@
 //!   index's lists: the vocabulary (`tk` prefix range, typo table `ty:`),
 //!   the whole-name lists `wn:` and the posting lists `nm:<token>`, read in
 //!   ranking order (most recent first) a chunk at a time, a round trip a
-//!   round: about three for a type-ahead query. Only the hits it answers
-//!   with have their summary read.
+//!   round: about three for a type-ahead query, two when the vocabulary of
+//!   its tokens is kept from an earlier search (checked against `vv` in the
+//!   first round). Only the hits it answers with have their summary read.
 //! - **Writes** are pipelined, not transactions (`MULTI` cannot span Cluster
 //!   slots): a reader may see a half-applied upsert for a moment; the next
 //!   upsert of the customer, or a rebuild, repairs any interrupted one.
@@ -175,6 +176,8 @@ pub struct RedisIndex {
     phone_reads: phone_reads::PhoneReads,
     /// Connections name searches take, one search at a time each.
     search_links: search_links::SearchLinks,
+    /// Query tokens' vocabulary, as searches last read it.
+    known_vocabulary: search::KnownVocabulary,
 }
 
 impl RedisIndex {
@@ -202,6 +205,7 @@ impl RedisIndex {
             generation,
             switch: Script::new(SWITCH),
             abandon: Script::new(ABANDON),
+            known_vocabulary: search::KnownVocabulary::default(),
         }
     }
 

@@ -432,6 +432,43 @@ async fn renaming_removes_the_old_keys(index: &dyn SearchIndex) {
     assert_eq!(index.lookup_phone(&new).await.unwrap()[0].id, c.id);
 }
 
+/// A search twice with the same words answers from the vocabulary as it is
+/// now: tokens new since the first search (by prefix and by one typo),
+/// tokens gone, and a rebuild's new generation.
+async fn searches_follow_vocabulary_changes(index: &dyn SearchIndex) {
+    let narendra = engaged(customer("Narendra Kumar", &[], &[]), "2026-01-01T00:00:00Z");
+    put(index, &[&narendra]).await;
+    assert_eq!(any(index, "nar").await, vec![narendra.id]);
+    assert!(any(index, "narayn").await.is_empty());
+    assert_eq!(full(index, "kumar nar").await, vec![narendra.id]);
+
+    let narayan = engaged(customer("Narayan Kumar", &[], &[]), "2026-02-01T00:00:00Z");
+    put(index, &[&narayan]).await;
+    assert_eq!(any(index, "nar").await, vec![narayan.id, narendra.id]);
+    assert_eq!(
+        any(index, "narayn").await,
+        vec![narayan.id],
+        "one typo reaches a new token"
+    );
+    assert_eq!(
+        full(index, "kumar nar").await,
+        vec![narayan.id, narendra.id]
+    );
+
+    index.remove(narendra.id, &[]).await.unwrap();
+    assert_eq!(any(index, "nar").await, vec![narayan.id]);
+    assert!(any(index, "narendra").await.is_empty());
+
+    let nadia = customer("Nadia Kumar", &[], &[]);
+    index
+        .rebuild(stream::iter(vec![Ok(doc(&nadia))]).boxed())
+        .await
+        .unwrap();
+    assert!(any(index, "nar").await.is_empty());
+    assert_eq!(any(index, "kumar").await, vec![nadia.id]);
+    assert_eq!(any(index, "na").await, vec![nadia.id]);
+}
+
 async fn removing_a_customer(index: &dyn SearchIndex) {
     let ann = customer("Ann Tan", &["+6581226418"], &["ann@example.com"]);
     let keep = customer("Ann Lee", &[], &[]);
@@ -1326,6 +1363,7 @@ macro_rules! suite {
             trailing_digits_after_exact_and_national_matches,
             trailing_digits_follow_changes_and_removals,
             trailing_digits_after_a_rebuild_and_in_pages,
+            searches_follow_vocabulary_changes,
         );
     };
 }
@@ -1364,6 +1402,41 @@ async fn redis_reader_with_a_stale_generation_follows_a_rebuild() {
     let callers = reader.lookup_phone(&phone).await.unwrap();
     assert_eq!(callers[0].name.as_deref(), Some("Annie Tan"));
     assert_eq!(any(&reader, "annie").await, vec![ann.id]);
+}
+
+/// A reader that kept the vocabulary of its query tokens (crm-api) sees
+/// the tokens another process (the indexer) adds or removes afterwards.
+#[tokio::test]
+async fn redis_reader_follows_another_writers_vocabulary() {
+    let (writer, cleanup) = redis_index().await;
+    let reader = RedisIndex::connect(&cleanup.url, &cleanup.prefix)
+        .await
+        .unwrap();
+    let ann = engaged(customer("Ann Tan", &[], &[]), "2026-01-01T00:00:00Z");
+    writer.upsert(&doc(&ann)).await.unwrap();
+    // Round trips of one search: the vocabulary (with the whole-name
+    // lists), the posting lists, the hits' summaries; two once the
+    // vocabulary is kept; four when it changed meanwhile (the round sent
+    // with the kept vocabulary does not count).
+    let trips = |q: &'static str| {
+        let reader = &reader;
+        async move {
+            let before = reader.round_trips();
+            let found = any(reader, q).await;
+            (found, reader.round_trips() - before)
+        }
+    };
+    assert_eq!(trips("an").await, (vec![ann.id], 3));
+    assert_eq!(trips("an").await, (vec![ann.id], 2));
+    assert!(any(&reader, "annabel").await.is_empty());
+    let annabel = engaged(customer("Annabel Lee", &[], &[]), "2026-02-01T00:00:00Z");
+    writer.upsert(&doc(&annabel)).await.unwrap();
+    assert_eq!(trips("an").await, (vec![annabel.id, ann.id], 4));
+    assert_eq!(trips("an").await, (vec![annabel.id, ann.id], 2));
+    assert_eq!(any(&reader, "annabel").await, vec![annabel.id]);
+    writer.remove(annabel.id, &[]).await.unwrap();
+    assert_eq!(any(&reader, "an").await, vec![ann.id]);
+    assert!(any(&reader, "annabel").await.is_empty());
 }
 
 /// A rebuild deletes every key of the generation it replaced, and reports
@@ -1431,6 +1504,7 @@ async fn redis_key_schema() {
         p("sx:6418"),
         p("sx:1226418"),
         p("tk"),
+        p("vv"),
         p("wn:ann tanaka"),
         // A three-letter token is its own typo key (`anne` reaches it).
         p("ty:ann"),

@@ -1,6 +1,8 @@
 //! Key names of the Redis index and the encodings of the members and scores
 //! written under them.
 
+use ::redis::Pipeline;
+
 use crm_models::time;
 use crm_models::CustomerId;
 
@@ -84,6 +86,19 @@ impl Keys {
 
     pub(super) fn ty(&self, variant: &str) -> String {
         self.key("ty:", variant)
+    }
+    /// The vocabulary's version: set to a new random value after each
+    /// change to `tk` or the typo table `ty:`, so that a search can keep a
+    /// query token's vocabulary and check it with one `GET`.
+    pub(super) fn vv(&self) -> String {
+        self.key("vv", "")
+    }
+    /// Marks the vocabulary changed; sent after the commands that change it.
+    pub(super) fn vocabulary_changed(&self, p: &mut Pipeline) {
+        use std::hash::BuildHasher;
+        let version =
+            std::collections::hash_map::RandomState::new().hash_one(std::time::SystemTime::now());
+        p.cmd("SET").arg(self.vv()).arg(version).ignore();
     }
     /// Written by the versions that kept every customer id in one sorted
     /// set; only looked for now (see `ever_indexed`).

@@ -290,6 +290,7 @@ impl RedisIndex {
                     keys.add_token(&mut write, t);
                 }
             }
+            keys.vocabulary_changed(&mut write);
             query_within(&self.conn, &write, WRITE_TIMEOUT).await?;
         }
         Ok(())

@@ -17,8 +17,8 @@ use super::{corrupt, next_value, parse_generation, RedisIndex, CANDIDATES, READ_
 use crate::doc::EngagementBrief;
 use crate::query::{self, Brief, Match, MatchedOn, SearchHit, SearchResults};
 use crate::ranking::{
-    self, query_typo_keys, Entry, List, NameLists, NameTerms, RankKey, Read, Vocabulary,
-    MAX_EXPANSIONS,
+    self, query_typo_keys, Entry, FirstRound, List, NameLists, NameTerms, RankKey, Read,
+    Vocabulary, MAX_EXPANSIONS,
 };
 use crate::{IndexError, IndexResult};
 
@@ -35,6 +35,7 @@ impl RedisIndex {
         let lists = Lists {
             reader: Reader::new(self).await,
             keys: parking_lot::Mutex::new(None),
+            hint: parking_lot::Mutex::new(None),
         };
         ranking::name_page(&lists, tokens, words, limit, after).await
     }
@@ -191,6 +192,70 @@ impl<'a> Reader<'a> {
 struct Lists<'a> {
     reader: Reader<'a>,
     keys: parking_lot::Mutex<Option<Keys>>,
+    /// The kept vocabulary handed out by `vocabulary_hint`.
+    hint: parking_lot::Mutex<Option<Hint>>,
+}
+
+/// The vocabulary of query tokens as searches last read it, with the
+/// generation and the vocabulary version (`vv`) they read it at: a search
+/// whose tokens are all here sends its second round with its first and
+/// checks the version in the same round trip.
+#[derive(Default)]
+pub(super) struct KnownVocabulary(parking_lot::Mutex<Known>);
+
+/// What a search was handed by [`KnownVocabulary::get`].
+struct Hint {
+    base: String,
+    version: Vec<u8>,
+    vocabulary: Vec<Vocabulary>,
+}
+
+#[derive(Default)]
+struct Known {
+    /// The generation's key prefix (`Keys::base`).
+    base: String,
+    version: Vec<u8>,
+    tokens: HashMap<String, Vocabulary>,
+}
+
+/// Most query tokens kept; all are forgotten when there would be more.
+const KNOWN_TOKENS: usize = 4096;
+
+impl KnownVocabulary {
+    /// The vocabulary of every one of `tokens`, if all are kept, and the
+    /// generation and version it was read at.
+    fn get(&self, tokens: &[String]) -> Option<Hint> {
+        let known = self.0.lock();
+        let vocabulary = tokens
+            .iter()
+            .map(|t| known.tokens.get(t).cloned())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Hint {
+            base: known.base.clone(),
+            version: known.version.clone(),
+            vocabulary,
+        })
+    }
+
+    /// Keeps what a search read at `version` of `base`'s vocabulary; what
+    /// was kept at another version goes.
+    fn put(&self, base: &str, version: &[u8], tokens: &[String], vocabulary: &[Vocabulary]) {
+        let mut known = self.0.lock();
+        if known.base != base || known.version != version || known.tokens.len() >= KNOWN_TOKENS {
+            known.base = base.to_string();
+            known.version = version.to_vec();
+            known.tokens.clear();
+        }
+        for (t, v) in tokens.iter().zip(vocabulary) {
+            known.tokens.insert(t.clone(), v.clone());
+        }
+    }
+}
+
+/// The vocabulary version a `GET vv` answered; `None` when it was never
+/// set (an index written before versions were).
+fn version_of(v: Value) -> IndexResult<Option<Vec<u8>>> {
+    bulk_of(v)
 }
 
 impl Lists<'_> {
@@ -219,6 +284,18 @@ fn add_read(keys: &Keys, p: &mut Pipeline, r: &Read) {
         .arg(r.start + r.count.max(1) - 1)
         .arg("REV")
         .arg("WITHSCORES");
+}
+
+/// The entries of the next `count` replies, each a posting list's chunk.
+fn entries_of_each(
+    values: &mut impl Iterator<Item = Value>,
+    count: usize,
+) -> IndexResult<Vec<Vec<Entry>>> {
+    let mut out = Vec::with_capacity(count);
+    for _ in 0..count {
+        out.push(entries_of(next_value(values)?)?);
+    }
+    Ok(out)
 }
 
 /// A posting list's entries; one that does not parse ends the chunk (the
@@ -271,14 +348,58 @@ fn entries_in_place(items: &[Value]) -> Option<Vec<Entry>> {
 
 #[async_trait]
 impl NameLists for Lists<'_> {
+    fn vocabulary_hint(&self, tokens: &[String]) -> Option<Vec<Vocabulary>> {
+        let hint = self.reader.index.known_vocabulary.get(tokens)?;
+        let vocabulary = hint.vocabulary.clone();
+        *self.hint.lock() = Some(hint);
+        Some(vocabulary)
+    }
+
     async fn vocabulary_and_read(
         &self,
         tokens: &[String],
         reads: &[Read],
-    ) -> IndexResult<(Vec<Vocabulary>, Vec<Vec<Entry>>)> {
+        ahead: Option<(&[List], &[Read])>,
+    ) -> IndexResult<FirstRound> {
+        let hint = self.hint.lock().take();
+        if let (Some(known), Some((sized, planned))) = (hint, ahead) {
+            let (keys, values) = self
+                .reader
+                .read_live(|k, p| {
+                    p.cmd("GET").arg(k.vv());
+                    for r in reads {
+                        add_read(k, p, r);
+                    }
+                    for l in sized {
+                        p.cmd("ZCARD").arg(list_key(k, l));
+                    }
+                    for r in planned {
+                        add_read(k, p, r);
+                    }
+                })
+                .await?;
+            let mut values = values.into_iter();
+            let version = version_of(next_value(&mut values)?)?;
+            if keys.base == known.base && version.as_deref() == Some(known.version.as_slice()) {
+                *self.keys.lock() = Some(keys);
+                let replies = entries_of_each(&mut values, reads.len())?;
+                let mut sizes = Vec::with_capacity(sized.len());
+                for _ in sized {
+                    sizes.push(from_owned_redis_value::<u64>(next_value(&mut values)?)?);
+                }
+                let ahead = entries_of_each(&mut values, planned.len())?;
+                return Ok(FirstRound {
+                    vocabulary: known.vocabulary,
+                    replies,
+                    ahead: Some((sizes, ahead)),
+                });
+            }
+            // The vocabulary changed since it was kept: read it.
+        }
         let (keys, values) = self
             .reader
             .read_live(|k, p| {
+                p.cmd("GET").arg(k.vv());
                 for q in tokens {
                     p.cmd("ZRANGEBYLEX")
                         .arg(k.tk())
@@ -296,8 +417,8 @@ impl NameLists for Lists<'_> {
                 }
             })
             .await?;
-        *self.keys.lock() = Some(keys);
         let mut values = values.into_iter();
+        let version = version_of(next_value(&mut values)?)?;
         let mut vocabulary = Vec::with_capacity(tokens.len());
         for q in tokens {
             let prefixed: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
@@ -308,11 +429,19 @@ impl NameLists for Lists<'_> {
             }
             vocabulary.push(Vocabulary { prefixed, near });
         }
-        let mut out = Vec::with_capacity(reads.len());
-        for _ in reads {
-            out.push(entries_of(next_value(&mut values)?)?);
+        if let Some(version) = version {
+            self.reader
+                .index
+                .known_vocabulary
+                .put(&keys.base, &version, tokens, &vocabulary);
         }
-        Ok((vocabulary, out))
+        *self.keys.lock() = Some(keys);
+        let replies = entries_of_each(&mut values, reads.len())?;
+        Ok(FirstRound {
+            vocabulary,
+            replies,
+            ahead: None,
+        })
     }
 
     async fn sizes_and_read(
@@ -336,11 +465,7 @@ impl NameLists for Lists<'_> {
         for _ in lists {
             sizes.push(from_owned_redis_value::<u64>(next_value(&mut values)?)?);
         }
-        let mut out = Vec::with_capacity(reads.len());
-        for _ in reads {
-            out.push(entries_of(next_value(&mut values)?)?);
-        }
-        Ok((sizes, out))
+        Ok((sizes, entries_of_each(&mut values, reads.len())?))
     }
 
     async fn briefs(&self, ids: &[CustomerId]) -> IndexResult<Vec<Brief>> {

@@ -61,7 +61,15 @@ impl RedisIndex {
                 orphan_candidates.extend(gone.into_iter().map(|t| (g, t)));
             }
         }
-        query_within(&self.conn, &write, WRITE_TIMEOUT).await?;
+        // The only replies: `ZADD tk`, 1 for a token new to the vocabulary.
+        let added = query_within(&self.conn, &write, WRITE_TIMEOUT).await?;
+        if added.iter().any(|v| matches!(v, Value::Int(n) if *n > 0)) {
+            let mut changed = ::redis::pipe();
+            for &(g, _) in &targets {
+                self.keys(g).vocabulary_changed(&mut changed);
+            }
+            query_within(&self.conn, &changed, WRITE_TIMEOUT).await?;
+        }
         self.drop_orphan_tokens(orphan_candidates).await
     }
 
@@ -81,20 +89,24 @@ impl RedisIndex {
         }
         let counts = self.query(&pipe).await?;
         let mut cleanup = ::redis::pipe();
-        let mut any = false;
+        let mut changed: Vec<u64> = Vec::new();
         for ((g, t), count) in tokens.iter().zip(counts) {
             let count: u64 = from_owned_redis_value(count)?;
             if count == 0 {
                 let keys = self.keys(*g);
                 cleanup.cmd("ZREM").arg(keys.tk()).arg(t).ignore();
-                any = true;
                 for v in typo_keys(t) {
                     cleanup.cmd("SREM").arg(keys.ty(&v)).arg(t).ignore();
-                    any = true;
+                }
+                if !changed.contains(g) {
+                    changed.push(*g);
                 }
             }
         }
-        if any {
+        for g in &changed {
+            self.keys(*g).vocabulary_changed(&mut cleanup);
+        }
+        if !changed.is_empty() {
             query_within(&self.conn, &cleanup, WRITE_TIMEOUT).await?;
         }
         Ok(())
@@ -232,8 +244,10 @@ impl Keys {
     }
 
     /// The token-level entries of `t`: the vocabulary and the typo table.
+    /// The `ZADD` to the vocabulary answers (1 when the token is new to it):
+    /// the writer then marks the vocabulary changed.
     pub(super) fn add_token(&self, p: &mut Pipeline, t: &str) {
-        p.cmd("ZADD").arg(self.tk()).arg(0).arg(t).ignore();
+        p.cmd("ZADD").arg(self.tk()).arg(0).arg(t);
         for v in typo_keys(t) {
             p.cmd("SADD").arg(self.ty(&v)).arg(t).ignore();
         }
