@@ -54,6 +54,8 @@ function route() {
   }
   document.body.dataset.page = page;
   document.title = `CRM · ${page}`;
+  // A screen reader starts at the new page, unless the page chose a field.
+  if (page !== 'new' && !main.contains(document.activeElement)) main.focus({preventScroll: true});
 }
 
 function home() {

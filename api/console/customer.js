@@ -7,6 +7,7 @@ import {channelIcon, clear, describe, h, problemText, toast, when} from './dom.j
 
 const PAGE = 30;
 const CHANNELS = ['call', 'sms', 'whatsapp', 'email', 'web'];
+const LABELS = {call: 'Calls', sms: 'SMS', whatsapp: 'WhatsApp', email: 'Email', web: 'Web'};
 
 export function customerPage(main, id, go) {
   const state = {customer: null, channel: '', cursor: null, loading: false, shown: new Set()};
@@ -18,7 +19,7 @@ export function customerPage(main, id, go) {
   const merge = h('section', {class: 'card', 'aria-labelledby': 'merge-title'});
   const timelineList = h('ol', {class: 'timeline', id: 'timeline', 'aria-label': 'Engagements, newest first'});
   const sentinel = h('div', {class: 'sentinel', 'aria-hidden': 'true'});
-  const filters = h('div', {class: 'filters', role: 'radiogroup', 'aria-label': 'Channel'});
+  const filters = h('div', {class: 'filters', role: 'group', 'aria-label': 'Show channel'});
   const timeline = h('section', {class: 'card timeline-card', 'aria-labelledby': 'timeline-title'},
     h('h2', {id: 'timeline-title'}, 'Timeline'), filters, timelineList, sentinel);
 
@@ -232,10 +233,15 @@ export function customerPage(main, id, go) {
 
   // --- timeline ------------------------------------------------------------
   function showFilters() {
-    const options = [['', 'All'], ...CHANNELS.map((c) => [c, c === 'sms' ? 'SMS' : c[0].toUpperCase() + c.slice(1)])];
+    const options = [['', 'All'], ...CHANNELS.map((c) => [c, LABELS[c]])];
     clear(filters, options.map(([value, label]) => h('button', {
-      type: 'button', role: 'radio', 'aria-checked': String(state.channel === value), class: 'filter',
-      onclick: () => { state.channel = value; showFilters(); restartTimeline(); },
+      type: 'button', 'aria-pressed': String(state.channel === value), class: 'filter',
+      onclick: () => {
+        state.channel = value;
+        showFilters();
+        filters.querySelector('[aria-pressed=true]').focus();
+        restartTimeline();
+      },
     }, value ? channelIcon(value) : null, ' ', label)));
   }
 

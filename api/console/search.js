@@ -6,7 +6,7 @@
 import {api} from './api.js';
 import {channelIcon, clear, describe, h, when} from './dom.js';
 
-const DEBOUNCE_MS = 120;
+const DEBOUNCE_MS = 80;
 const LIMIT = 8;
 
 export function mountSearch(container, open) {

@@ -339,6 +339,7 @@ async fn a_salesperson_works_the_console_in_a_real_browser() {
         "open customer",
         "live sms",
         "call popup",
+        "reload keeps the session",
         "merge and undo",
         "wall board",
         "deactivated user logged out",
