@@ -178,7 +178,10 @@ async fn restart(snapshot: Snapshot) {
     let ready = send(client.get(format!("{addr}/readyz")), StatusCode::OK).await;
     assert_eq!(ready["status"], "warming_up", "{ready}");
     assert_eq!(ready["search"], "warming_up", "{ready}");
-    assert_eq!(ready["search_customers_loaded"], 0, "{ready}");
+    // Held after every customer was read (or checked against the
+    // snapshot); progress is counted a page at a time, so it says 0 or 3.
+    let loaded = ready["search_customers_loaded"].as_u64().unwrap();
+    assert!(loaded == 0 || loaded == 3, "{ready}");
 
     // Logins, reads and caller-ID answer from the store.
     let token = login(&client, &addr).await;

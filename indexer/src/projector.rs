@@ -19,7 +19,7 @@ use crm_models::linking::{similar_profiles, Suggestion, SuggestionReason};
 use crm_models::store::{EngagementFilter, Store, StoreError};
 use crm_models::{Customer, CustomerId, CustomerStatus, PhoneNumber};
 
-use crate::memory::snapshot::{source_of, Snapshot, Source};
+use crate::memory::snapshot::{Snapshot, Source};
 use crate::memory::{MemoryIndex, Prepared};
 use crate::query::Query;
 use crate::warmup::Warmup;
@@ -288,49 +288,25 @@ impl Projector {
         .boxed()
     }
 
-    /// Every customer record (without engagements), each with the hash the
-    /// snapshot checks it by ([`crate::memory::snapshot::source_of`]): a
-    /// page is hashed on a blocking thread while the next one is read.
-    async fn hashed_records(&self) -> IndexResult<Vec<(Customer, Source)>> {
+    /// The hash of every customer record, as the snapshot checks it
+    /// ([`crate::memory::snapshot::source_of`]), read a page at a time.
+    async fn record_hashes(&self) -> IndexResult<Vec<(CustomerId, Source)>> {
         let mut out = Vec::new();
         let mut after = None;
-        let mut hashing: Option<tokio::task::JoinHandle<Vec<(Customer, Source)>>> = None;
         loop {
             let page = self
                 .store
-                .customers_with_latest_engagements(after, LOAD_PAGE, 0)
+                .customer_record_hashes(after, LOAD_PAGE * 4)
                 .await
-                .map_err(store_err);
-            if let Some(h) = hashing.take() {
-                out.extend(
-                    h.await.map_err(|e| {
-                        IndexError::Internal(format!("hashing customer records: {e}"))
-                    })?,
-                );
-                self.warmup.progress(out.len() as u64);
-            }
-            let page = page?;
-            let last = page.len() < LOAD_PAGE;
-            after = page.last().map(|(c, _)| c.id);
-            hashing = Some(tokio::task::spawn_blocking(move || {
-                page.into_iter()
-                    .map(|(c, _)| {
-                        let source = source_of(&c);
-                        (c, source)
-                    })
-                    .collect()
-            }));
+                .map_err(store_err)?;
+            let last = page.len() < LOAD_PAGE * 4;
+            after = page.last().map(|(id, _)| *id);
+            out.extend(page);
+            self.warmup.progress(out.len() as u64);
             if last {
-                break;
+                return Ok(out);
             }
         }
-        if let Some(h) = hashing {
-            out.extend(
-                h.await
-                    .map_err(|e| IndexError::Internal(format!("hashing customer records: {e}")))?,
-            );
-        }
-        Ok(out)
     }
 
     /// Rebuilds the whole index from the store; `progress` is called with the
@@ -402,9 +378,10 @@ impl Projector {
     }
 
     /// Takes what it can from the snapshot: reads and checks the snapshot
-    /// while every customer record (not their engagements) is read and
-    /// hashed, takes the snapshot's entry of each customer whose record has
-    /// not changed since, and reads the others as an event would. `None`
+    /// while the hash of every customer record is read (the embedded store
+    /// hashes its records as stored, decoding none), takes the snapshot's
+    /// entry of each customer whose record has not changed since, and reads
+    /// the others as an event would. `None`
     /// (and nothing built) without a usable snapshot, or when so many
     /// customers changed that reading everything is faster.
     async fn reuse(&self) -> IndexResult<Option<(Reused, Arc<MemoryIndex>)>> {
@@ -427,7 +404,7 @@ impl Projector {
 
     async fn reuse_into(&self, generation: u64, path: PathBuf) -> IndexResult<Option<Reused>> {
         let read = tokio::task::spawn_blocking(move || Snapshot::read(&path));
-        let records = self.hashed_records().await;
+        let records = self.record_hashes().await;
         let mut snapshot = match read.await {
             Ok(Ok(Some(snapshot))) => snapshot,
             Ok(Ok(None)) => return Ok(None),
@@ -447,33 +424,40 @@ impl Projector {
         let (mut prepared, changed) = tokio::task::spawn_blocking(move || {
             let mut prepared = Vec::with_capacity(snapshot.len());
             let mut changed = Vec::new();
-            for (c, source) in records {
-                if c.status == CustomerStatus::Merged {
-                    continue;
-                }
-                match snapshot.take(c.id, &source) {
-                    Some(p) => prepared.push((c.id, p)),
-                    None => changed.push(c),
+            for (id, source) in records {
+                match snapshot.take(id, &source) {
+                    Some(p) => prepared.push((id, p)),
+                    None => changed.push(id),
                 }
             }
             (prepared, changed)
         })
         .await
         .map_err(|e| IndexError::Internal(format!("checking the snapshot: {e}")))?;
-        if changed.len() > most_changed {
-            tracing::info!(
-                changed = changed.len(),
-                "the search index snapshot is too old to help; loading from the store"
-            );
-            return Ok(None);
-        }
         let from_snapshot = prepared.len() as u64;
-        let from_store = changed.len() as u64;
-        let mut docs = stream::iter(changed).map(|c| self.indexed(c)).buffered(16);
-        while let Some(doc) = docs.next().await {
-            let doc = doc?;
-            if let Some(p) = Prepared::of(&doc) {
-                prepared.push((doc.id(), p));
+        // The others (merged customers too: the snapshot has none) are read
+        // as an event would read them.
+        let mut from_store = 0u64;
+        for ids in changed.chunks(LOAD_PAGE) {
+            let records = self.store.get_customers(ids).await.map_err(store_err)?;
+            let unmerged: Vec<Customer> = records
+                .into_iter()
+                .filter(|c| c.status != CustomerStatus::Merged)
+                .collect();
+            from_store += unmerged.len() as u64;
+            if from_store > most_changed as u64 {
+                tracing::info!(
+                    changed = changed.len(),
+                    "the search index snapshot is too old to help; loading from the store"
+                );
+                return Ok(None);
+            }
+            let mut docs = stream::iter(unmerged).map(|c| self.indexed(c)).buffered(16);
+            while let Some(doc) = docs.next().await {
+                let doc = doc?;
+                if let Some(p) = Prepared::of(&doc) {
+                    prepared.push((doc.id(), p));
+                }
             }
         }
         Ok(Some(Reused {

@@ -3,7 +3,9 @@
 //!
 //! - Each customer's entry carries a hash of the customer record it was
 //!   made from ([`source_of`]). A load takes an entry only when the store's
-//!   record hashes the same, and reads the customer again otherwise: the
+//!   record hashes the same (the store answers the hashes; the embedded one
+//!   hashes its records' JSON as stored, without decoding them), and reads
+//!   the customer again otherwise: the
 //!   snapshot can be any age, from any moment, and is never trusted beyond
 //!   what the store confirms. Every write that changes what the index holds
 //!   of a customer changes its record too (an engagement's insert counts it
@@ -23,8 +25,8 @@ use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use crm_models::store::{customer_record_hash, RecordHash};
 use crm_models::{Customer, CustomerId};
 
 use crate::doc::{CustomerSummary, IndexEntries, FINGERPRINT_VERSION};
@@ -32,7 +34,7 @@ use crate::doc::{CustomerSummary, IndexEntries, FINGERPRINT_VERSION};
 use super::{MemoryIndex, Prepared};
 
 /// A hash of the customer record an entry was made from.
-pub type Source = [u8; 16];
+pub type Source = RecordHash;
 
 /// The file name of the snapshot in the data directory.
 pub const SNAPSHOT_FILE: &str = "search-index.snapshot";
@@ -44,18 +46,11 @@ const FORMAT_VERSION: u32 = 1;
 const WRITE_CHUNK: usize = 2_048;
 
 /// The hash of what the store holds of a customer (its JSON), the same for
-/// every store and every run.
+/// every store and every run: what
+/// [`customer_record_hashes`](crm_models::store::EngagementStore::customer_record_hashes)
+/// answers.
 pub fn source_of(customer: &Customer) -> Source {
-    let mut hasher = Sha256::new();
-    // Serialising a customer cannot fail (no maps with non-string keys); an
-    // empty hash would only make the entry never match.
-    if let Ok(json) = serde_json::to_vec(customer) {
-        hasher.update(&json);
-    }
-    let digest = hasher.finalize();
-    let mut source = [0u8; 16];
-    source.copy_from_slice(&digest[..16]);
-    source
+    customer_record_hash(customer)
 }
 
 #[derive(Serialize, Deserialize)]

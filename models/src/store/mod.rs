@@ -281,6 +281,45 @@ pub trait EngagementStore: Send + Sync {
         limit: usize,
         per_customer: usize,
     ) -> StoreResult<Vec<(Customer, Vec<Engagement>)>>;
+
+    /// Customers in id order (merged ones too), strictly after `after`, at
+    /// most `limit`, each with the [`record_hash`] of its record as JSON:
+    /// what a load checks the index's snapshot against. The default reads
+    /// and encodes every record; an adapter that stores the JSON hashes it
+    /// as stored, without decoding it.
+    async fn customer_record_hashes(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(CustomerId, RecordHash)>> {
+        let page = self
+            .customers_with_latest_engagements(after, limit, 0)
+            .await?;
+        Ok(page
+            .iter()
+            .map(|(c, _)| (c.id, customer_record_hash(c)))
+            .collect())
+    }
+}
+
+/// A hash of a customer record's JSON (the first 16 bytes of its SHA-256).
+pub type RecordHash = [u8; 16];
+
+/// The [`RecordHash`] of these bytes.
+pub fn record_hash(json: &[u8]) -> RecordHash {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(json);
+    let mut hash = [0u8; 16];
+    hash.copy_from_slice(&digest[..16]);
+    hash
+}
+
+/// The [`RecordHash`] of a customer as its JSON, the same for every store
+/// and every run (the embedded store keeps exactly this JSON).
+pub fn customer_record_hash(customer: &Customer) -> RecordHash {
+    // Serialising a customer cannot fail (no maps with non-string keys); an
+    // empty record's hash would only make it never match.
+    record_hash(&serde_json::to_vec(customer).unwrap_or_default())
 }
 
 /// Merge records (written by merge and undo transactions, see [`tx`]) and

@@ -445,3 +445,63 @@ pub async fn customers_with_latest_engagements_page_in_id_order(store: Arc<dyn S
         .unwrap()
         .is_empty());
 }
+
+/// The hashes a load checks the index's snapshot by: each record's, in id
+/// order, a page at a time (pages large enough to be read in parts too),
+/// and a new one when the record changes.
+pub async fn customer_record_hashes_are_those_of_the_records(store: Arc<dyn Store>) {
+    let customers: Vec<Customer> = (0..2_100)
+        .map(|i| {
+            let mut c = Customer::new(CustomerId(Uuid::new_v4()), Some(format!("Ann {i}")), at(0));
+            if i % 3 == 0 {
+                c.emails
+                    .push(Email::parse(&format!("ann{i}@example.com")).unwrap());
+            }
+            c
+        })
+        .collect();
+    for chunk in customers.chunks(100) {
+        futures::future::try_join_all(chunk.iter().map(|c| store.insert_customer(c)))
+            .await
+            .unwrap();
+    }
+    let first = customers[0].id;
+    let before = store.customer_record_hashes(None, 5_000).await.unwrap();
+    store
+        .insert_engagements(&[sms(first, at(5))])
+        .await
+        .unwrap();
+
+    let mut by_id: Vec<CustomerId> = customers.iter().map(|c| c.id).collect();
+    by_id.sort();
+    for page in [1_000, 2_500] {
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let got = store.customer_record_hashes(after, page).await.unwrap();
+            assert!(got.len() <= page);
+            seen.extend(got.iter().map(|(id, _)| *id));
+            let Some(&(last, _)) = got.last() else { break };
+            after = Some(last);
+        }
+        assert_eq!(seen, by_id, "page {page}: every customer once, in id order");
+    }
+    let now = store.customer_record_hashes(None, 5_000).await.unwrap();
+    let records = store.get_customers(&by_id).await.unwrap();
+    assert_eq!(records.len(), now.len());
+    for (id, hash) in &now {
+        let record = records.iter().find(|c| c.id == *id).unwrap();
+        assert_eq!(*hash, customer_record_hash(record), "{id}");
+        let old = before.iter().find(|(b, _)| b == id).unwrap().1;
+        assert_eq!(
+            old == *hash,
+            *id != first,
+            "only the changed record hashes anew"
+        );
+    }
+    assert!(store
+        .customer_record_hashes(None, 0)
+        .await
+        .unwrap()
+        .is_empty());
+}

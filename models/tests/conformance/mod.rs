@@ -87,7 +87,8 @@ use crm_models::service::{
 };
 use crm_models::staff::{ApiKey, KeyScope, RefreshToken, Role, User};
 use crm_models::store::{
-    Claim, CustomerCursor, EngagementCursor, EngagementFilter, EngagementInsert, Store, StoreError,
+    customer_record_hash, Claim, CustomerCursor, EngagementCursor, EngagementFilter,
+    EngagementInsert, Store, StoreError,
 };
 use crm_models::time::{self, Timestamp};
 
@@ -146,6 +147,7 @@ macro_rules! store_suite {
                 list_engagements_newest_first_with_filters_and_paging,
                 list_engagements_ties_are_ordered_by_id_desc,
                 customers_with_latest_engagements_page_in_id_order,
+                customer_record_hashes_are_those_of_the_records,
                 users_insert_get_update_conflicts,
                 users_list_pages_and_count,
                 refresh_token_is_used_once,

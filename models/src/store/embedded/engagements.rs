@@ -18,7 +18,8 @@ use crate::engagement::{Channel, Engagement};
 use crate::event::{DomainEvent, EventEnvelope};
 use crate::ids::{CustomerId, EngagementId};
 use crate::store::{
-    EngagementCursor, EngagementFilter, EngagementInsert, EngagementStore, StoreResult,
+    record_hash, EngagementCursor, EngagementFilter, EngagementInsert, EngagementStore, RecordHash,
+    StoreResult,
 };
 use crate::time::Timestamp;
 
@@ -125,14 +126,49 @@ const SKIP_BEFORE_SEEK: usize = 32;
 const THREAD_SHARE: usize = 1_024;
 
 /// [`EngagementStore::customers_with_latest_engagements`]: the page's
-/// customer ids, then the page read and decoded in parts, each on its own
-/// thread and in its own read transaction.
+/// customers read and decoded in parts ([`read_in_parts`]).
 fn read_latest_page(
     db: &Database,
     after: Option<CustomerId>,
     limit: usize,
     per_customer: usize,
 ) -> StoreResult<Vec<(Customer, Vec<Engagement>)>> {
+    read_in_parts(db, after, limit, |db, from, to| {
+        read_part(db, from, to, per_customer)
+    })
+}
+
+/// [`EngagementStore::customer_record_hashes`]: each stored record's
+/// bytes hashed as they are, in parts ([`read_in_parts`]); nothing decoded.
+fn read_hash_page(
+    db: &Database,
+    after: Option<CustomerId>,
+    limit: usize,
+) -> StoreResult<Vec<(CustomerId, RecordHash)>> {
+    read_in_parts(db, after, limit, |db, from, to| {
+        let txn = db.begin_read().map_err(db_err)?;
+        let customers = txn.open_table(CUSTOMERS).map_err(db_err)?;
+        let mut out = Vec::new();
+        for entry in customers
+            .range::<u128>((from, Bound::Included(to)))
+            .map_err(db_err)?
+        {
+            let (k, v) = entry.map_err(db_err)?;
+            out.push((customer_id(k.value()), record_hash(v.value())));
+        }
+        Ok(out)
+    })
+}
+
+/// The customers after `after` (at most `limit`), in id order: the page's
+/// ids first, then `part` of each range of them, each on its own thread and
+/// in its own read transaction.
+fn read_in_parts<T: Send>(
+    db: &Database,
+    after: Option<CustomerId>,
+    limit: usize,
+    part: impl Fn(&Database, Bound<u128>, u128) -> StoreResult<Vec<T>> + Sync,
+) -> StoreResult<Vec<T>> {
     let start = after.map_or(Bound::Unbounded, |id| Bound::Excluded(id.0.as_u128()));
     let ids = {
         let txn = db.begin_read().map_err(db_err)?;
@@ -169,12 +205,13 @@ fn read_latest_page(
         from = Bound::Excluded(end);
     }
     let mut out = if parts.len() == 1 {
-        read_part(db, start, last, per_customer)?
+        part(db, start, last)?
     } else {
-        let results: Vec<StoreResult<Vec<_>>> = std::thread::scope(|scope| {
+        let part = &part;
+        let results: Vec<StoreResult<Vec<T>>> = std::thread::scope(|scope| {
             let handles: Vec<_> = parts
                 .iter()
-                .map(|&(from, to)| scope.spawn(move || read_part(db, from, to, per_customer)))
+                .map(|&(from, to)| scope.spawn(move || part(db, from, to)))
                 .collect();
             handles
                 .into_iter()
@@ -356,5 +393,16 @@ impl EngagementStore for EmbeddedStore {
         }
         self.run(move |db| read_latest_page(db, after, limit, per_customer))
             .await
+    }
+
+    async fn customer_record_hashes(
+        &self,
+        after: Option<CustomerId>,
+        limit: usize,
+    ) -> StoreResult<Vec<(CustomerId, RecordHash)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.run(move |db| read_hash_page(db, after, limit)).await
     }
 }
