@@ -25,6 +25,7 @@ pub mod engagement;
 pub mod event;
 pub mod events;
 pub mod ids;
+pub mod import;
 pub mod ingest;
 pub mod linking;
 pub mod live;

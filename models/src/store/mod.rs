@@ -9,7 +9,8 @@
 //! [`Store`] combines one sub-trait per aggregate: [`CustomerStore`]
 //! (customers and identities), [`EngagementStore`], [`MergeStore`] (merges
 //! and suggestions), [`StaffStore`] (users, refresh tokens, API keys),
-//! [`DeviceStore`] (devices and call signals) and [`EventLogStore`]; each
+//! [`DeviceStore`] (devices and call signals), [`EventLogStore`] and
+//! [`ImportStore`] (bulk imports); each
 //! adapter implements them in one file per aggregate. A `dyn Store` has all
 //! their methods; [`prelude`] brings the traits into scope for calls on an
 //! adapter's own type.
@@ -27,6 +28,7 @@
 mod analytics;
 pub mod embedded;
 mod group_commit;
+mod imports;
 pub mod mongo;
 pub mod prelude;
 mod record_cache;
@@ -34,6 +36,7 @@ pub mod tx;
 mod webhooks;
 
 pub use analytics::AnalyticsStore;
+pub use imports::ImportStore;
 pub use tx::{EngagementRef, Erased, Tx, TxWork};
 pub use webhooks::WebhookStore;
 
@@ -154,6 +157,7 @@ pub trait Store:
     + EventLogStore
     + WebhookStore
     + AnalyticsStore
+    + ImportStore
     + Send
     + Sync
     + 'static

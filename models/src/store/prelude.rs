@@ -3,6 +3,6 @@
 //! `dyn Store` needs no import): `use crm_models::store::prelude::*;`.
 
 pub use super::{
-    AnalyticsStore, CustomerStore, DeviceStore, EngagementStore, EventLogStore, MergeStore,
-    StaffStore, Store,
+    AnalyticsStore, CustomerStore, DeviceStore, EngagementStore, EventLogStore, ImportStore,
+    MergeStore, StaffStore, Store,
 };

@@ -45,6 +45,7 @@ mod customers;
 mod devices;
 mod engagements;
 mod feed;
+mod imports;
 mod linking;
 mod service;
 mod staff;
@@ -58,6 +59,7 @@ pub use customers::*;
 pub use devices::*;
 pub use engagements::*;
 pub use feed::*;
+pub use imports::*;
 pub use linking::*;
 pub use service::*;
 pub use staff::*;
@@ -193,6 +195,8 @@ macro_rules! store_suite {
                 service_concurrent_confirm_creates_of_one_new_phone_never_merge,
                 service_confirm_patch_racing_a_create_for_one_phone_never_merges,
                 feed_reads_in_commit_order_pages_after_last_and_filters, feed_has_no_page_after_a_cursor_it_does_not_hold, feed_puts_an_event_committed_late_after_the_cursor,
+                imports_insert_get_and_idempotency_key,
+                import_chunks_keep_rejected_rows_once_and_resume_state,
                 webhooks_insert_get_update_list_delete,
                 webhook_dispatch_is_idempotent_and_moves_the_cursor,
                 webhook_claims_hold_a_lease_and_come_back_when_it_ends,

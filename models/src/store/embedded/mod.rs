@@ -21,6 +21,7 @@
 //! - `call_signals`: (time, id) of a batch's newest signal → the batch's signals
 //!   in a binary form, so a range scan reads them in time order (see
 //!   `call_signals`).
+//! - `imports`, `imports_by_key`, `import_rejected`: bulk imports (see `imports`).
 //!
 //! Times in keys are microseconds since the epoch with the sign bit flipped, so
 //! that the big-endian bytes sort in time order (negative times too).
@@ -49,6 +50,7 @@ mod customers;
 mod devices;
 mod engagements;
 mod events;
+mod imports;
 mod merges;
 mod staff;
 mod stored_engagement;
@@ -274,6 +276,7 @@ fn open_all_tables(txn: &WriteTransaction) -> StoreResult<()> {
     txn.open_table(DEVICES_BY_HASH).map_err(db_err)?;
     txn.open_table(CALL_SIGNALS).map_err(db_err)?;
     webhooks::open_tables(txn)?;
+    imports::open_tables(txn)?;
     analytics::open_tables(txn)?;
     Ok(())
 }

@@ -31,6 +31,7 @@ mod customers;
 mod devices;
 mod engagements;
 mod events;
+mod imports;
 mod merges;
 mod staff;
 mod tx;
@@ -289,6 +290,7 @@ impl MongoStore {
             .await
             .map_err(map_err)?;
         webhooks::create_indexes(self).await?;
+        imports::create_indexes(self).await?;
         analytics::create_indexes(self).await?;
         Ok(())
     }
