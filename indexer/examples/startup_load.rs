@@ -17,7 +17,9 @@
 //!   snapshot (the first start, or one after the snapshot was lost);
 //! - `snapshot`: the same load with the snapshot written beside the store
 //!   (written first from a loaded index when there is none), what crm-api
-//!   runs at start-up after a restart.
+//!   runs at start-up after a restart;
+//! - with `--only parts`: the two reads that load makes side by side, each
+//!   alone (the snapshot file, and the store's record hashes).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a measurement tool: a panic says what failed
 
@@ -168,6 +170,39 @@ async fn main() {
             );
             drop(projector);
             check(index.as_ref()).await;
+        }
+        if only.as_deref() == Some("parts") {
+            // The two reads a load with the snapshot makes side by side,
+            // each alone.
+            let path = dir.join(crm_indexer::memory::snapshot::SNAPSHOT_FILE);
+            let started = Instant::now();
+            let snapshot = tokio::task::spawn_blocking(move || {
+                crm_indexer::memory::snapshot::Snapshot::read(&path)
+            })
+            .await
+            .unwrap()
+            .unwrap()
+            .expect("a snapshot (run --only snapshot first)");
+            println!(
+                "run {run} snapshot file read: {} customers in {:.2} s",
+                snapshot.len(),
+                started.elapsed().as_secs_f64()
+            );
+            drop(snapshot);
+            let started = Instant::now();
+            let (mut after, mut count) = (None, 0usize);
+            loop {
+                let page = store.customer_record_hashes(after, 16_384).await.unwrap();
+                count += page.len();
+                match page.last() {
+                    Some((id, _)) if page.len() == 16_384 => after = Some(*id),
+                    _ => break,
+                }
+            }
+            println!(
+                "run {run} record hashes: {count} customers in {:.2} s",
+                started.elapsed().as_secs_f64()
+            );
         }
         if only.as_deref().is_none_or(|o| o == "snapshot") {
             let path = dir.join(crm_indexer::memory::snapshot::SNAPSHOT_FILE);
