@@ -37,6 +37,60 @@ pub enum Command {
         #[command(subcommand)]
         command: AnalyticsCommand,
     },
+    /// Export every customer or every engagement to a file (or standard
+    /// output), read from the configured store a page at a time, with a
+    /// progress bar on standard error.
+    Export {
+        /// `customers` or `engagements`.
+        #[arg(long, value_parser = ["customers", "engagements"])]
+        kind: String,
+        /// `ndjson` or `csv`.
+        #[arg(long, default_value = "ndjson", value_parser = ["ndjson", "csv"])]
+        format: String,
+        /// The file to write (created readable by its owner only); standard
+        /// output when absent.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Only customers changed at or after this time (RFC 3339).
+        #[arg(long)]
+        updated_since: Option<String>,
+        /// Engagements only: one channel.
+        #[arg(long)]
+        channel: Option<String>,
+        /// Engagements only: `occurred_at` at or after (RFC 3339).
+        #[arg(long)]
+        from: Option<String>,
+        /// Engagements only: `occurred_at` before (RFC 3339).
+        #[arg(long)]
+        to: Option<String>,
+        /// Resume after the row with this `cursor`.
+        #[arg(long)]
+        after: Option<String>,
+    },
+    /// Import customers or engagements from a CSV or NDJSON file into the
+    /// configured store, through the same parsing and identity linking as
+    /// live traffic; prints the summary as JSON, and the first rejected
+    /// rows on standard error.
+    Import {
+        /// The file (`.csv`, or `.ndjson` / `.jsonl`).
+        file: PathBuf,
+        /// `customers` or `engagements`.
+        #[arg(long, value_parser = ["customers", "engagements"])]
+        kind: String,
+        /// `csv` or `ndjson`; by default from the file's extension.
+        #[arg(long, value_parser = ["ndjson", "csv"])]
+        format: Option<String>,
+        /// Column names to fields, as JSON: `{"Mobile": "phones", "E-mail": "emails"}`.
+        #[arg(long)]
+        mapping: Option<String>,
+        /// ISO country for this file's numbers written without `+`
+        /// (default: CRM_DEFAULT_REGION).
+        #[arg(long)]
+        region: Option<String>,
+        /// Report what would happen, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Find and mend what half-applied merges of older versions left
     /// (merged_into cycles, merges without a record, leftovers); print what
     /// was done. crm-api also does this in the background at every start.

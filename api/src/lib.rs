@@ -14,6 +14,7 @@
 
 pub mod analytics;
 pub mod auth;
+pub mod bulk;
 pub mod config;
 pub mod console;
 pub mod cors;
@@ -110,6 +111,11 @@ impl Application {
         let in_process = opened.in_process();
         let state = build_state(config, store, opened.index, opened.memory).await?;
         let mut background = start_background(&state, opened.events, opened.log);
+        // Imports a stop or a crash interrupted go on from their last chunk.
+        tokio::spawn(bulk::jobs::resume_unfinished(
+            state.crm.clone(),
+            state.config.data_dir.clone(),
+        ));
         if in_process {
             // Not ready from the first request on, until the load completes.
             state.projector.warmup().begin();
@@ -542,6 +548,11 @@ pub fn app(state: AppState) -> Router {
 /// `unavailable` (a problem document with `Retry-After`), like any other
 /// moment the service cannot finish the work.
 async fn request_timeout(request: Request, next: axum::middleware::Next) -> Response {
+    // An import's body (up to 1 GiB) is read before the answer: its
+    // upload may take longer than any other request.
+    if request.method() == axum::http::Method::POST && request.uri().path() == "/v1/imports" {
+        return next.run(request).await;
+    }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
         Ok(response) => response,
         Err(_) => {

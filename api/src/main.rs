@@ -14,6 +14,46 @@ async fn main() -> anyhow::Result<()> {
             let app = Application::build(cli.config).await?;
             app.run_until_stopped(shutdown_signal()).await
         }
+        Some(Command::Export {
+            kind,
+            format,
+            out,
+            updated_since,
+            channel,
+            from,
+            to,
+            after,
+        }) => {
+            let args = crm_api::bulk::cli::ExportArgs {
+                kind,
+                format,
+                out,
+                updated_since,
+                channel,
+                from,
+                to,
+                after,
+            };
+            crm_api::bulk::cli::export(&cli.config, args).await
+        }
+        Some(Command::Import {
+            file,
+            kind,
+            format,
+            mapping,
+            region,
+            dry_run,
+        }) => {
+            let args = crm_api::bulk::cli::ImportArgs {
+                file,
+                kind,
+                format,
+                mapping,
+                region,
+                dry_run,
+            };
+            crm_api::bulk::cli::import(&cli.config, args).await
+        }
         Some(Command::Repair) => {
             let store = open_store(&cli.config).await?;
             let report = crm_models::service::Crm::new(store).repair().await?;

@@ -8,7 +8,9 @@ pub mod customers;
 pub mod devices;
 pub mod engagements;
 pub mod events;
+pub mod exports;
 pub mod health;
+pub mod imports;
 pub mod input;
 pub mod linking;
 pub mod pagination;
@@ -35,4 +37,6 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(webhooks::router())
         .merge(events::router())
         .merge(analytics::router())
+        .merge(exports::router())
+        .merge(imports::router())
 }

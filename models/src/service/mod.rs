@@ -12,6 +12,7 @@
 //! write so that the events move on at once.
 
 mod batch;
+mod import;
 mod linking;
 mod repair;
 mod txn;
