@@ -1,0 +1,216 @@
+//! SIGKILL of crm-api in the middle of an import: started again, it resumes
+//! the import from its last committed chunk and ends with the same result
+//! as an import that ran without interruption (the counts, the rejected
+//! rows and the customers). The real `crm-api` binary runs as a child
+//! process on the embedded store, configured by environment.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is how a test fails
+
+#[path = "common/processes.rs"]
+mod processes;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use processes::ApiProcess as Api;
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const ADMIN_EMAIL: &str = "admin@example.com";
+const ADMIN_PASSWORD: &str = "correct horse battery staple";
+const ROWS: usize = 30_000;
+
+/// Rows of new people, people seen before in the file (another way of
+/// writing the number, the email in capitals), bad rows and blocked ones.
+fn file() -> String {
+    let mut csv = String::from("name,Mobile,Email\n");
+    for i in 1..=ROWS {
+        let line = match i % 10 {
+            // Someone from up to 1,500 rows back: within the chunk or an
+            // earlier one.
+            3 | 7 => {
+                // A row i' < i with i' % 10 == 1: always a new person's.
+                let decade = i - i % 10 + 1;
+                let back = ((i * 7919) % 150 + 1) * 10;
+                let j = if decade > back { decade - back } else { decade };
+                let n = 90_000_000 + j;
+                format!(
+                    "Again {j},{} {:04},PERSON{j}@ACME.IO",
+                    n / 10_000,
+                    n % 10_000
+                )
+            }
+            5 => format!("Bad {i},no number {i},"),
+            9 if i % 20 == 9 => "Blocked,+65 8888 8888,".to_string(),
+            _ => format!("Person {i},+65{},person{i}@acme.io", 90_000_000 + i),
+        };
+        csv.push_str(&line);
+        csv.push('\n');
+    }
+    csv
+}
+
+fn api(dir: &std::path::Path) -> Api {
+    Api::new(vec![
+        ("CRM_DATA_DIR".into(), dir.display().to_string()),
+        ("CRM_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
+        ("CRM_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
+        ("CRM_DEFAULT_REGION".into(), "SG".into()),
+        ("CRM_LOG".into(), "info".into()),
+    ])
+}
+
+async fn login(client: &reqwest::Client, api: &Api) -> String {
+    let r = client
+        .post(api.url("/v1/auth/login"))
+        .json(&json!({"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json::<Value>().await.unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn status(client: &reqwest::Client, api: &Api, token: &str, id: &str) -> Value {
+    let r = client
+        .get(api.url(&format!("/v1/imports/{id}")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    r.json().await.unwrap()
+}
+
+async fn post(client: &reqwest::Client, api: &Api, token: &str) -> String {
+    let r = client
+        .post(api.url("/v1/imports?kind=customers&mapping=%7B%22Mobile%22%3A%22phones%22%7D"))
+        .bearer_auth(token)
+        .header("content-type", "text/csv")
+        .body(file())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+/// Polls until `done` holds for the import's status.
+async fn until(
+    client: &reqwest::Client,
+    api: &Api,
+    token: &str,
+    id: &str,
+    done: impl Fn(&Value) -> bool,
+) -> Value {
+    tokio::time::timeout(Duration::from_secs(300), async {
+        loop {
+            let v = status(client, api, token, id).await;
+            if done(&v) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the import gets there")
+}
+
+/// What an import left: its counts, its rejected rows, and the customers.
+async fn outcome(
+    client: &reqwest::Client,
+    api: &Api,
+    token: &str,
+    id: &str,
+) -> (Value, String, BTreeSet<String>) {
+    let v = status(client, api, token, id).await;
+    let counts = json!({
+        "state": v["state"], "rows_read": v["rows_read"], "created": v["created"],
+        "linked": v["linked"], "merged": v["merged"], "rejected": v["rejected"],
+    });
+    let rejected = client
+        .get(api.url(&format!("/v1/imports/{id}/rejected")))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let export = client
+        .get(api.url("/v1/export/customers?format=csv"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let mut reader = csv::Reader::from_reader(export.as_bytes());
+    let customers = reader
+        .records()
+        .map(|r| {
+            let r = r.unwrap();
+            // name, status, phones, emails, social: not ids or times.
+            format!("{}|{}|{}|{}|{}", &r[1], &r[2], &r[3], &r[4], &r[5])
+        })
+        .collect();
+    (counts, rejected, customers)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_half_way_resumes_to_the_same_result() {
+    let client = reqwest::Client::new();
+
+    // Without interruption.
+    let dir = tempfile::tempdir().unwrap();
+    let mut whole = api(dir.path());
+    whole.start(&client).await;
+    let token = login(&client, &whole).await;
+    let id = post(&client, &whole, &token).await;
+    until(&client, &whole, &token, &id, |v| v["state"] == "completed").await;
+    let expected = outcome(&client, &whole, &token, &id).await;
+    assert_eq!(expected.0["rows_read"], ROWS);
+    assert_eq!(expected.0["rejected"], 4_500);
+    assert_eq!(expected.0["linked"], 6_000);
+    assert_eq!(expected.0["created"], 19_500);
+    whole.kill();
+
+    // Killed once some chunks are committed, and started again.
+    let dir = tempfile::tempdir().unwrap();
+    let mut killed = api(dir.path());
+    killed.start(&client).await;
+    let token = login(&client, &killed).await;
+    let id = post(&client, &killed, &token).await;
+    let at_kill = until(&client, &killed, &token, &id, |v| {
+        v["rows_read"].as_u64().unwrap_or(0) >= 5_000
+    })
+    .await;
+    killed.kill();
+    assert_eq!(
+        at_kill["state"], "running",
+        "the import must still be running when crm-api is killed: {at_kill}"
+    );
+    assert!(at_kill["rows_read"].as_u64().unwrap() < ROWS as u64);
+    killed.start(&client).await;
+    let token = login(&client, &killed).await;
+    until(&client, &killed, &token, &id, |v| v["state"] == "completed").await;
+    let resumed = outcome(&client, &killed, &token, &id).await;
+    assert_eq!(resumed.0, expected.0);
+    assert_eq!(resumed.1, expected.1);
+    assert_eq!(resumed.2.len(), expected.2.len());
+    assert_eq!(resumed.2, expected.2);
+    // The spooled file is gone once the import is done.
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("imports"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
