@@ -169,7 +169,10 @@ export function liveStream(params, handlers) {
         wait = 500;
         if (handlers.open) handlers.open();
       };
-      source.onerror = () => again();
+      source.onerror = () => {
+        console.info('live stream interrupted; opening it again');
+        again();
+      };
       for (const [type, handler] of Object.entries(handlers)) {
         if (type === 'open' || type === 'reset') continue;
         source.addEventListener(type, (event) => {
@@ -183,6 +186,7 @@ export function liveStream(params, handlers) {
       });
       source.addEventListener('closed', async (event) => {
         const reason = JSON.parse(event.data).reason;
+        console.info('live stream closed by the server:', reason);
         source.close();
         if (reason === 'session_ended' && !(await checkSession())) return;
         again();

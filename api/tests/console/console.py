@@ -219,6 +219,7 @@ def bench(cfg):
     with sync_playwright() as p:
         browser = launch(p, cfg)
         page = browser.new_context(viewport={"width": 1366, "height": 768}).new_page()
+        page.on("console", lambda m: print("console: " + m.text, file=sys.stderr, flush=True))
         log_in(page, cfg, agent)
         keystroke = []
         for i in range(rounds):
@@ -238,9 +239,14 @@ def bench(cfg):
             number, customer = numbers[i % len(numbers)]
             page.evaluate("document.getElementById('calls').replaceChildren()")
             started = time.perf_counter()
-            call_api(cfg, "GET", "/v1/mobile/caller-id?number=" + urllib.parse.quote(number),
-                     agent["device_token"])
-            page.wait_for_selector(f'.call[data-customer="{customer}"]', timeout=WAIT)
+            found = call_api(cfg, "GET", "/v1/mobile/caller-id?number=" + urllib.parse.quote(number),
+                             agent["device_token"])
+            try:
+                page.wait_for_selector(f'.call[data-customer="{customer}"]', timeout=WAIT)
+            except Exception:
+                print(f"round {i}: no popup for {number} ({customer}); caller-ID said {found}; "
+                      f"popups: {page.inner_html('#calls')}", file=sys.stderr, flush=True)
+                raise
             popup.append((time.perf_counter() - started) * 1000)
         browser.close()
     summary = {}
