@@ -338,6 +338,7 @@ async fn a_salesperson_works_the_console_in_a_real_browser() {
         "search nare",
         "open customer",
         "live sms",
+        "edit and filter",
         "call popup",
         "reload keeps the session",
         "merge and undo",

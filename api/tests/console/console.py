@@ -112,6 +112,26 @@ def e2e(cfg):
         shots.take(desk, "customer-1366x768")
         step("live sms")
 
+        # Inline edit: a bad email is refused with its field's error shown
+        # beside it; the profile is saved once it is fixed.
+        desk.click("#edit-profile")
+        desk.fill("#f-emails", "narendra@example.com\nnot an email")
+        desk.click("form.edit button[type=submit]")
+        desk.wait_for_function(
+            "document.querySelector('#e-emails')?.textContent.includes('line 2')", timeout=WAIT)
+        assert desk.get_attribute("#f-emails", "aria-invalid") == "true"
+        shots.take(desk, "customer-edit-error-1366x768")
+        desk.fill("#f-emails", "narendra@example.com\nnarendra.k@example.com")
+        desk.click("form.edit button[type=submit]")
+        desk.wait_for_selector('.profile .emails:has-text("narendra.k@example.com")', timeout=WAIT)
+        # The timeline by channel: calls only (there are none yet).
+        desk.click('.filters button:has-text("Calls")')
+        desk.wait_for_selector('.timeline li.muted:has-text("No engagements")', timeout=WAIT)
+        assert desk.query_selector(".engagement") is None
+        desk.click('.filters button:has-text("All")')
+        desk.wait_for_selector(".engagement", timeout=WAIT)
+        step("edit and filter")
+
         lookup = call_api(cfg, "GET", "/v1/mobile/caller-id?number=" + urllib.parse.quote(priya["phone"]),
                           agent["device_token"])
         assert lookup["customers"][0]["id"] == priya["id"], lookup
