@@ -480,11 +480,21 @@ async fn an_unusable_snapshot_is_ignored() {
     }
     drain(s).await;
     assert_eq!(s.projector.write_snapshot().await.unwrap(), Some(3));
-    let whole = std::fs::read_to_string(&t.path).unwrap();
-    let lines: Vec<&str> = whole.lines().collect();
-    assert_eq!(lines.len(), 5, "a header, three customers, a trailer");
+    // A header line, three records (each its length, then the record), a
+    // trailer (a length of u32::MAX, then the count).
+    let whole = std::fs::read(&t.path).unwrap();
+    let header_end = whole.iter().position(|b| *b == b'\n').unwrap() + 1;
+    let mut records: Vec<Vec<u8>> = Vec::new();
+    let mut at = header_end;
+    while u32::from_le_bytes(whole[at..at + 4].try_into().unwrap()) != u32::MAX {
+        let n = u32::from_le_bytes(whole[at..at + 4].try_into().unwrap()) as usize;
+        records.push(whole[at..at + 4 + n].to_vec());
+        at += 4 + n;
+    }
+    assert_eq!(records.len(), 3, "three customers");
+    assert_eq!(whole[at..], [&[0xff; 4][..], &3u64.to_le_bytes()].concat());
 
-    let loads_from_snapshot = |contents: String| {
+    let loads_from_snapshot = |contents: Vec<u8>| {
         std::fs::write(&t.path, contents).unwrap();
         let p = restarted(&t);
         async move {
@@ -499,15 +509,24 @@ async fn an_unusable_snapshot_is_ignored() {
         3,
         "the good one is used"
     );
-    let cut = lines[..4].join("\n") + "\n";
+    let cut = whole[..at].to_vec();
     assert_eq!(loads_from_snapshot(cut).await, 0, "no trailer");
-    let damaged = whole.replacen("\"summary\"", "\"summarx\"", 1);
+    let mut damaged = whole[..header_end].to_vec();
+    damaged.extend_from_slice(&records[0]);
+    damaged.extend_from_slice(&[3, 0, 0, 0, 0xff, 0xff, 0xff]);
+    damaged.extend_from_slice(&records[2]);
+    damaged.extend_from_slice(&whole[at..]);
     assert_eq!(loads_from_snapshot(damaged).await, 0, "an unreadable entry");
-    let miscounted = whole.replace("{\"end\":3}", "{\"end\":4}");
+    let mut miscounted = whole.clone();
+    let end = miscounted.len();
+    miscounted[end - 8..].copy_from_slice(&4u64.to_le_bytes());
     assert_eq!(loads_from_snapshot(miscounted).await, 0, "a wrong count");
-    let other = whole.replacen("index-v", "index-old-v", 1);
+    let header = String::from_utf8(whole[..header_end].to_vec()).unwrap();
+    assert!(header.contains("index-v"), "{header}");
+    let mut other = header.replacen("index-v", "index-old-v", 1).into_bytes();
+    other.extend_from_slice(&whole[header_end..]);
     assert_eq!(loads_from_snapshot(other).await, 0, "another layout");
-    assert_eq!(loads_from_snapshot("garbage".into()).await, 0);
+    assert_eq!(loads_from_snapshot(b"garbage".to_vec()).await, 0);
 
     // Nothing is written while the index is not loaded.
     let p = restarted(&t);
