@@ -514,6 +514,7 @@ impl EventHandler for Projector {
         }
         // Look for likely duplicates of customers whose profile changed. A
         // failure here costs a suggestion, never the event.
+        let mut suggestions: Vec<Suggestion> = Vec::new();
         for envelope in events {
             if let (
                 DomainEvent::CustomerCreated {} | DomainEvent::CustomerUpdated { .. },
@@ -525,10 +526,19 @@ impl EventHandler for Projector {
                 if self.warmup.defer(id) {
                     continue;
                 }
-                if let Err(e) = self.suggest_duplicates(id).await {
-                    tracing::warn!(error = %e, customer = %id, "duplicate check failed");
+                match self.duplicate_suggestions(id).await {
+                    Ok(found) => suggestions.extend(found),
+                    Err(e) => {
+                        tracing::warn!(error = %e, customer = %id, "duplicate check failed")
+                    }
                 }
             }
+        }
+        // One write for the batch's suggestions: a burst of new namesakes
+        // (an import, say) must not hold the index back behind one store
+        // transaction per pair.
+        if let Err(e) = self.store.upsert_suggestions(&suggestions).await {
+            tracing::warn!(error = %e, count = suggestions.len(), "keeping duplicate suggestions failed");
         }
         Ok(())
     }
@@ -542,14 +552,24 @@ impl Projector {
     /// email domain or phone prefix, and keeps a suggestion for each pair
     /// (`GET /v1/duplicates`). Candidates come from the name index.
     pub async fn suggest_duplicates(&self, id: CustomerId) -> IndexResult<usize> {
+        let suggestions = self.duplicate_suggestions(id).await?;
+        self.store
+            .upsert_suggestions(&suggestions)
+            .await
+            .map_err(store_err)?;
+        Ok(suggestions.len())
+    }
+
+    /// The suggestions [`Projector::suggest_duplicates`] keeps for `id`.
+    async fn duplicate_suggestions(&self, id: CustomerId) -> IndexResult<Vec<Suggestion>> {
         let Some(customer) = self.store.get_customer(id).await.map_err(store_err)? else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         let Some(name) = customer.name.clone() else {
-            return Ok(0);
+            return Ok(Vec::new());
         };
         if customer.status == CustomerStatus::Merged || crm_models::names::words(&name).len() < 2 {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let hits = self
             .index
@@ -557,29 +577,22 @@ impl Projector {
             .await?;
         let ids: Vec<CustomerId> = hits.iter().map(|h| h.id).filter(|h| *h != id).collect();
         if ids.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let others = self.store.get_customers(&ids).await.map_err(store_err)?;
-        let mut kept = 0;
-        for other in others {
-            if other.status == CustomerStatus::Merged {
-                continue;
-            }
-            if let Some((score, detail)) = similar_profiles(&customer, &other) {
-                let suggestion = Suggestion::new(
+        Ok(others
+            .iter()
+            .filter(|other| other.status != CustomerStatus::Merged)
+            .filter_map(|other| {
+                let (score, detail) = similar_profiles(&customer, other)?;
+                Some(Suggestion::new(
                     customer.id,
                     other.id,
                     SuggestionReason::SimilarProfile,
                     detail,
                     score,
-                );
-                self.store
-                    .upsert_suggestion(&suggestion)
-                    .await
-                    .map_err(store_err)?;
-                kept += 1;
-            }
-        }
-        Ok(kept)
+                ))
+            })
+            .collect())
     }
 }

@@ -336,6 +336,15 @@ pub trait MergeStore: Send + Sync {
 
     /// Keeps a suggestion, replacing the one for the same pair.
     async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()>;
+    /// [`upsert_suggestion`](Self::upsert_suggestion) of each, in order (a
+    /// later one for the same pair wins); the embedded store writes them in
+    /// one transaction.
+    async fn upsert_suggestions(&self, suggestions: &[Suggestion]) -> StoreResult<()> {
+        for s in suggestions {
+            self.upsert_suggestion(s).await?;
+        }
+        Ok(())
+    }
     /// Suggestions by pair key, after the given key, at most `limit`.
     async fn list_suggestions(
         &self,

@@ -278,6 +278,21 @@ pub async fn suggestions_are_kept_once_per_pair(store: Arc<dyn Store>) {
         .unwrap();
     assert_eq!(rest.len(), 1);
     assert_ne!(rest[0].key(), first[0].key());
+
+    // Several at once: each kept, a later one for the same pair winning.
+    let d = CustomerId::new();
+    let s4 = Suggestion::new(c, d, SuggestionReason::SimilarProfile, "same name", 0.4);
+    let s5 = Suggestion::new(d, c, SuggestionReason::IdentifierCap, "cap", 0.9);
+    let s6 = Suggestion::new(b, d, SuggestionReason::SimilarProfile, "same name", 0.6);
+    store
+        .upsert_suggestions(&[s4, s5.clone(), s6])
+        .await
+        .unwrap();
+    store.upsert_suggestions(&[]).await.unwrap();
+    let all = store.list_suggestions(None, 10).await.unwrap();
+    assert_eq!(all.len(), 4, "{all:?}");
+    let cd = all.iter().find(|s| s.key() == s5.key()).unwrap();
+    assert_eq!(cd.reason, SuggestionReason::IdentifierCap, "the later one");
 }
 
 // --- the service ---

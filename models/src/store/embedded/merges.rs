@@ -47,15 +47,25 @@ impl MergeStore for EmbeddedStore {
     }
 
     async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
-        let suggestion = suggestion.clone();
+        self.upsert_suggestions(std::slice::from_ref(suggestion))
+            .await
+    }
+
+    async fn upsert_suggestions(&self, suggestions: &[Suggestion]) -> StoreResult<()> {
+        if suggestions.is_empty() {
+            return Ok(());
+        }
+        let suggestions = suggestions.to_vec();
         self.run(move |db| {
             let txn = db.begin_write().map_err(db_err)?;
             {
-                let bytes = encode("suggestion", &suggestion)?;
-                txn.open_table(SUGGESTIONS)
-                    .map_err(db_err)?
-                    .insert(suggestion.key().as_str(), bytes.as_slice())
-                    .map_err(db_err)?;
+                let mut table = txn.open_table(SUGGESTIONS).map_err(db_err)?;
+                for suggestion in &suggestions {
+                    let bytes = encode("suggestion", suggestion)?;
+                    table
+                        .insert(suggestion.key().as_str(), bytes.as_slice())
+                        .map_err(db_err)?;
+                }
             }
             txn.commit().map_err(db_err)
         })
