@@ -13,33 +13,10 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{expect_json, spawn_app};
+use common::{chromium, expect_json, playwright_python, spawn_app};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-const HOW: &str = "run the tests with ./scripts/test.sh, which installs them";
-
-fn python() -> PathBuf {
-    let venv = std::env::var("CRM_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    let python = venv.join("bin").join("python");
-    assert!(
-        python.exists(),
-        "no Python virtualenv with Playwright at {}: {HOW}",
-        venv.display()
-    );
-    python
-}
-
-fn chromium() -> PathBuf {
-    let path = std::env::var("CRM_TEST_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/usr/bin/chromium"));
-    assert!(path.exists(), "no chromium at {}: {HOW}", path.display());
-    path
-}
 
 /// The browser's next line on stdout.
 async fn next<R: tokio::io::AsyncBufRead + Unpin>(lines: &mut tokio::io::Lines<R>) -> String {
@@ -83,7 +60,7 @@ async fn an_event_source_with_a_ticket_receives_the_incoming_call_popup() {
     .await;
 
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/browser/sse_ticket.py");
-    let mut browser = tokio::process::Command::new(python())
+    let mut browser = tokio::process::Command::new(playwright_python())
         .arg(script)
         .arg(&app.address)
         .arg(ticket["ticket"].as_str().unwrap())

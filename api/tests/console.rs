@@ -17,7 +17,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use common::{
-    expect_json, spawn_app, spawn_app_with, TestApp, ADMIN_EMAIL, ADMIN_PASSWORD, USER_PASSWORD,
+    chromium, expect_json, playwright_python, spawn_app, spawn_app_with, TestApp, ADMIN_EMAIL,
+    ADMIN_PASSWORD, USER_PASSWORD,
 };
 use reqwest::header::{
     ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
@@ -26,8 +27,6 @@ use reqwest::header::{
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-const HOW: &str = "run the tests with ./scripts/test.sh, which installs them";
 
 async fn get(app: &TestApp, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = app.client.get(app.url(path));
@@ -222,27 +221,6 @@ async fn listed_origins_may_call_the_api_from_a_browser_and_others_may_not() {
         .is_none());
 }
 
-fn python() -> PathBuf {
-    let venv = std::env::var("CRM_TEST_VENV")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
-    let python = venv.join("bin").join("python");
-    assert!(
-        python.exists(),
-        "no Python virtualenv with Playwright at {}: {HOW}",
-        venv.display()
-    );
-    python
-}
-
-fn chromium() -> PathBuf {
-    let path = std::env::var("CRM_TEST_CHROMIUM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("/usr/bin/chromium"));
-    assert!(path.exists(), "no chromium at {}: {HOW}", path.display());
-    path
-}
-
 /// What the browser script needs: the people, their tokens and customers.
 async fn seed(app: &TestApp) -> Value {
     let admin = app.admin_token().await;
@@ -325,7 +303,7 @@ async fn a_salesperson_works_the_console_in_a_real_browser() {
     let app = spawn_app().await;
     let config = seed(&app).await;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/console/console.py");
-    let mut browser = tokio::process::Command::new(python())
+    let mut browser = tokio::process::Command::new(playwright_python())
         .arg(script)
         .arg(config.to_string())
         .stdout(Stdio::piped())

@@ -242,3 +242,31 @@ pub async fn expect_problem(response: Response, status: StatusCode, code: &str) 
     assert_eq!(problem["status"], status.as_u16(), "{problem}");
     problem
 }
+
+/// The Python of the test virtualenv, with Playwright (`CRM_TEST_VENV`;
+/// `./scripts/test.sh` makes it).
+pub fn playwright_python() -> std::path::PathBuf {
+    let venv = std::env::var("CRM_TEST_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.venv"));
+    let python = venv.join("bin").join("python");
+    assert!(
+        python.exists(),
+        "no Python virtualenv with Playwright at {}: run the tests with ./scripts/test.sh, which installs it",
+        venv.display()
+    );
+    python
+}
+
+/// Debian's chromium (`CRM_TEST_CHROMIUM` to use another).
+pub fn chromium() -> std::path::PathBuf {
+    let path = std::env::var("CRM_TEST_CHROMIUM")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from("/usr/bin/chromium"));
+    assert!(
+        path.exists(),
+        "no chromium at {}: run the tests with ./scripts/test.sh, which installs it",
+        path.display()
+    );
+    path
+}
