@@ -590,6 +590,56 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
             C::ValidationFailed,
         ));
     }
+    // Bulk import and export: admins only.
+    let bulk_routes: [(Method, &'static str, String); 5] = [
+        (
+            Method::GET,
+            "/v1/export/customers",
+            "/v1/export/customers".into(),
+        ),
+        (
+            Method::GET,
+            "/v1/export/engagements",
+            "/v1/export/engagements".into(),
+        ),
+        (
+            Method::POST,
+            "/v1/imports",
+            "/v1/imports?kind=customers".into(),
+        ),
+        (
+            Method::GET,
+            "/v1/imports/{id}",
+            format!("/v1/imports/{nobody}"),
+        ),
+        (
+            Method::GET,
+            "/v1/imports/{id}/rejected",
+            format!("/v1/imports/{nobody}/rejected"),
+        ),
+    ];
+    for (method, route, path) in bulk_routes {
+        for (who, code) in [
+            (Nobody, C::Unauthorized),
+            (Key, C::Forbidden),
+            (Agent, C::Forbidden),
+        ] {
+            rows.push(row(method.clone(), route, &path, who, Body::None, code));
+        }
+    }
+    for (method, path) in [
+        (Method::GET, "/v1/export/customers?format=nope"),
+        (Method::GET, "/v1/export/engagements?channel=nope"),
+        (Method::POST, "/v1/imports?kind=nope"),
+    ] {
+        let route = path.split('?').next().unwrap_or(path);
+        let body = if method == Method::POST {
+            Body::Raw("text/csv", b"name\nAnn\n".to_vec())
+        } else {
+            Body::None
+        };
+        rows.push(row(method, route, path, Admin, body, C::ValidationFailed));
+    }
     // Webhooks: admins only.
     let hook_body = json!({"url": "http://127.0.0.1:9/other", "types": []});
     let webhook_routes: [(Method, &'static str, String, Body); 9] = [
