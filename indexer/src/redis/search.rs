@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ::redis::{from_owned_redis_value, Pipeline, Value};
 use async_trait::async_trait;
@@ -215,11 +216,17 @@ struct Known {
     /// The generation's key prefix (`Keys::base`).
     base: String,
     version: Vec<u8>,
-    tokens: HashMap<String, Vocabulary>,
+    /// Each token's vocabulary and when it was read.
+    tokens: HashMap<String, (Instant, Vocabulary)>,
 }
 
 /// Most query tokens kept; all are forgotten when there would be more.
 const KNOWN_TOKENS: usize = 4096;
+
+/// How long a token's vocabulary is used as read. A writer that stopped
+/// between adding a token and setting `vv` (killed, or Redis gone) leaves
+/// the version unchanged: readers then see the new token this long after.
+const KNOWN_FOR: Duration = Duration::from_secs(5);
 
 impl KnownVocabulary {
     /// The vocabulary of every one of `tokens`, if all are kept, and the
@@ -228,7 +235,10 @@ impl KnownVocabulary {
         let known = self.0.lock();
         let vocabulary = tokens
             .iter()
-            .map(|t| known.tokens.get(t).cloned())
+            .map(|t| {
+                let (read_at, v) = known.tokens.get(t)?;
+                (read_at.elapsed() < KNOWN_FOR).then(|| v.clone())
+            })
             .collect::<Option<Vec<_>>>()?;
         Some(Hint {
             base: known.base.clone(),
@@ -246,8 +256,9 @@ impl KnownVocabulary {
             known.version = version.to_vec();
             known.tokens.clear();
         }
+        let now = Instant::now();
         for (t, v) in tokens.iter().zip(vocabulary) {
-            known.tokens.insert(t.clone(), v.clone());
+            known.tokens.insert(t.clone(), (now, v.clone()));
         }
     }
 }
