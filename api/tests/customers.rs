@@ -4,7 +4,7 @@ mod common;
 
 use std::collections::BTreeSet;
 
-use common::{expect_json, expect_problem, spawn_app, spawn_app_with};
+use common::{expect_json, expect_problem, problem_fields, spawn_app, spawn_app_with};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -508,12 +508,7 @@ async fn engagements_make_one_timeline_and_retries_are_stored_once() {
         "validation_failed",
     )
     .await;
-    let fields: BTreeSet<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(
         fields,
         BTreeSet::from(["direction", "url", "view", "colour"])

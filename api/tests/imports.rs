@@ -14,7 +14,7 @@ mod mongo_server;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::{expect_json, expect_problem, spawn_app, spawn_app_with, TestApp};
+use common::{expect_json, expect_problem, problem_fields, spawn_app, spawn_app_with, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -443,12 +443,7 @@ async fn bad_imports_are_refused_with_the_fields_named() {
         "validation_failed",
     )
     .await;
-    let fields: BTreeSet<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, BTreeSet::from(["kind", "mapping"]));
     let problem = expect_problem(
         post_import(
@@ -466,12 +461,7 @@ async fn bad_imports_are_refused_with_the_fields_named() {
         "validation_failed",
     )
     .await;
-    let fields: BTreeSet<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, BTreeSet::from(["mapping.Mobile", "mapping.Phone"]));
     // Nothing was kept of either.
     assert!(std::fs::read_dir(app.data_dir.path().join("imports"))

@@ -12,7 +12,7 @@ mod redis_server;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use common::{expect_json, expect_problem, spawn_app_with, TestApp};
+use common::{expect_json, expect_problem, problem_fields, spawn_app_with, TestApp};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -557,12 +557,7 @@ async fn track_validates_and_is_for_ingest_roles() {
         "validation_failed",
     )
     .await;
-    let fields: BTreeSet<&str> = problem["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = problem_fields(&problem);
     assert_eq!(fields, BTreeSet::from(["email", "url", "colour"]));
     // A retried page view with the same client event id is stored once.
     let body = json!({"anonymous_id": "v1", "url": "https://shop.example/", "view": "home", "client_event_id": "pv-1"});

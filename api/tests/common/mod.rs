@@ -270,3 +270,13 @@ pub fn chromium() -> std::path::PathBuf {
     );
     path
 }
+
+/// The fields a validation problem names (its `errors[].field`).
+pub fn problem_fields(problem: &Value) -> std::collections::BTreeSet<&str> {
+    problem["errors"]
+        .as_array()
+        .expect("a validation problem lists its errors")
+        .iter()
+        .map(|e| e["field"].as_str().expect("each error names its field"))
+        .collect()
+}
