@@ -10,7 +10,8 @@
 //! redis client at the same concurrency: what one round trip costs here.
 //! Client and server share the machine's cores; the rebuild line says how
 //! much CPU time each of them spent on it. `--rebuild-only` stops after the
-//! rebuild line (and prints Redis's `INFO commandstats` to stderr).
+//! rebuild line and Redis's memory by kind of key (and prints Redis's
+//! `INFO commandstats` to stderr).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a benchmark stops loudly on any failure
 
@@ -85,6 +86,61 @@ async fn used_memory(conn: &mut redis::aio::ConnectionManager) -> u64 {
         .find_map(|l| l.strip_prefix("used_memory:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap()
+}
+
+/// Redis memory by kind of key (`cust`, `ph`, `nm`, ...: what follows the
+/// generation in the key), from `MEMORY USAGE` of every key (all elements
+/// counted): lines of kind, keys, bytes per customer, share of the total.
+async fn memory_by_kind(conn: &mut redis::aio::ConnectionManager, customers: u64) -> Vec<String> {
+    let mut kinds: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{PREFIX}*"))
+            .arg("COUNT")
+            .arg(2000)
+            .query_async(conn)
+            .await
+            .unwrap();
+        let mut pipe = redis::pipe();
+        for key in &keys {
+            pipe.cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0);
+        }
+        let sizes: Vec<Option<u64>> = pipe.query_async(conn).await.unwrap();
+        for (key, size) in keys.iter().zip(sizes) {
+            let rest = &key[PREFIX.len()..];
+            // `g<N>:` first for index data.
+            let rest = match rest.iter().position(|&b| b == b':') {
+                Some(i) if rest.first() == Some(&b'g') => &rest[i + 1..],
+                _ => rest,
+            };
+            let kind = rest.split(|&b| b == b':').next().unwrap_or(rest);
+            let entry = kinds
+                .entry(String::from_utf8_lossy(kind).into_owned())
+                .or_default();
+            entry.0 += 1;
+            entry.1 += size.unwrap_or(0);
+        }
+        cursor = next;
+        if cursor == 0 {
+            break;
+        }
+    }
+    let total: u64 = kinds.values().map(|(_, b)| b).sum();
+    let mut rows: Vec<_> = kinds.into_iter().collect();
+    rows.sort_by_key(|(_, (_, bytes))| std::cmp::Reverse(*bytes));
+    rows.into_iter()
+        .map(|(kind, (keys, bytes))| {
+            format!(
+                "memory: {kind:<5} {:>10} keys {:>7.0} bytes per customer {:>5.1}%",
+                thousands(keys as f64),
+                bytes as f64 / customers as f64,
+                100.0 * bytes as f64 / total.max(1) as f64
+            )
+        })
+        .collect()
 }
 
 /// `redis-server`'s process id, from `INFO server`.
@@ -239,6 +295,9 @@ async fn main() {
             eprintln!("{line}");
         }
         println!("{rebuild_line}");
+        for line in memory_by_kind(&mut conn, args.customers).await {
+            println!("{line}");
+        }
         println!("{}", verify_walk(&index, args.customers).await);
         return;
     }
