@@ -1,7 +1,8 @@
 //! Bulk import and export over HTTP, on the embedded store and on MongoDB:
 //! a 1,000-row CSV with duplicates in three phone formats, emails in mixed
 //! case, blocked values, bad rows and an existing customer gives exactly the
-//! expected counts and rejected rows; a dry run writes nothing; posting
+//! expected counts and rejected rows; a dry run writes nothing and counts
+//! what the import then does, under the linker's safeguards; posting
 //! again with the same `Idempotency-Key` starts nothing; an export imports
 //! into a fresh store with the same customers and timelines.
 
@@ -276,6 +277,9 @@ async fn the_thousand_rows(app: &TestApp) {
         ),
         (Some(1000), Some(630), Some(270), Some(10), Some(90))
     );
+    for count in ["rows_read", "created", "linked", "merged", "rejected"] {
+        assert_eq!(dry[count], done[count], "the dry run's {count}");
+    }
 
     // The store: the existing customer, 630 created, 10 of them merged away.
     let customers = all_customers(app).await;
@@ -424,6 +428,85 @@ async fn a_thousand_rows_give_the_expected_counts_on_mongodb() {
     let (app, database) = mongo_app().await;
     the_thousand_rows(&app).await;
     drop_database(&database).await;
+}
+
+/// Rows the merge safeguards decide: a merge past the cap on phones is
+/// refused (the row links), a merge within it happens, and a later row
+/// naming two customers already merged links.
+fn capped_rows() -> String {
+    let phones = |from: usize, n: usize| {
+        (from..from + n)
+            .map(|i| format!("+659200{i:04}"))
+            .collect::<Vec<_>>()
+            .join(";")
+    };
+    [
+        "name,phones,emails".to_string(),
+        format!("A,{},a@acme.io", phones(1, 6)),
+        format!("B,{},b@acme.io", phones(11, 5)),
+        // 11 phones merged: over the cap of 10.
+        ",,a@acme.io;b@acme.io".into(),
+        "C,+6592000101,c@acme.io".into(),
+        "D,+6592000102,d@acme.io".into(),
+        // C and D merged.
+        ",+6592000101,d@acme.io".into(),
+        // The same two, already one customer.
+        ",+6592000102,c@acme.io".into(),
+        // A and B again: still over the cap.
+        ",+6592000001,b@acme.io".into(),
+    ]
+    .join("\n")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dry_run_counts_what_the_import_does_under_the_merge_safeguards() {
+    let app = spawn_app().await;
+    let admin = app.admin_token().await;
+    let counts = |v: &Value| {
+        (
+            v["rows_read"].as_u64(),
+            v["created"].as_u64(),
+            v["linked"].as_u64(),
+            v["merged"].as_u64(),
+            v["rejected"].as_u64(),
+        )
+    };
+    let query = "kind=customers&region=SG";
+    let dry = import_and_wait(
+        &app,
+        &admin,
+        &format!("{query}&dry_run=true"),
+        capped_rows(),
+    )
+    .await;
+    assert_eq!(dry["state"], "completed", "{dry}");
+    assert!(all_customers(&app).await.is_empty());
+    let done = import_and_wait(&app, &admin, query, capped_rows()).await;
+    assert_eq!(done["state"], "completed", "{done}");
+    assert_eq!(counts(&done), (Some(8), Some(4), Some(3), Some(1), Some(0)));
+    assert_eq!(counts(&dry), counts(&done));
+    // A and B were kept apart; C and D are one.
+    assert_eq!(
+        all_customers(&app)
+            .await
+            .iter()
+            .filter(|c| c.status != crm_models::CustomerStatus::Merged)
+            .count(),
+        3
+    );
+
+    // The same file again, now that the store holds its customers: every
+    // row links, and the dry run says so first.
+    let dry = import_and_wait(
+        &app,
+        &admin,
+        &format!("{query}&dry_run=true"),
+        capped_rows(),
+    )
+    .await;
+    let done = import_and_wait(&app, &admin, query, capped_rows()).await;
+    assert_eq!(counts(&done), (Some(8), Some(0), Some(8), Some(0), Some(0)));
+    assert_eq!(counts(&dry), counts(&done));
 }
 
 #[tokio::test]

@@ -1,9 +1,12 @@
 //! Import: customers or engagements from a CSV or NDJSON file, through the
 //! same parsing and identity linking as live traffic.
 //!
-//! - A file is read a chunk of [`CHUNK`] rows at a time; nothing holds the
-//!   whole file. The HTTP route spools the body to a file beside the store
-//!   (readable by its owner only) first; `crm-api import` reads its file.
+//! - A file is read a chunk of [`CHUNK`] rows at a time, and parsed, on a
+//!   blocking thread one chunk ahead of the chunk being applied (the next
+//!   chunk's parse overlaps the current chunk's store write); nothing holds
+//!   the whole file. The HTTP route spools the body to a file beside the
+//!   store (readable by its owner only) first; `crm-api import` reads its
+//!   file.
 //! - Customer rows go through [`Crm::import_customers`] (what an API key's
 //!   `POST /v1/customers` does: links to the customer an identifier names,
 //!   merges under the same safeguards); engagement rows through the one
@@ -13,24 +16,22 @@
 //!   ([`ImportStore::save_import_chunk`]). A restart resumes after the last
 //!   committed row: the chunk that was in flight is applied again. Its rows
 //!   find the customers (and engagements, by their `client_event_id`) they
-//!   made the first time; a row that links to a customer created after the
-//!   last commit, the first row of the chunk to name it, counts as the one
-//!   that created it, as it did in the interrupted run.
+//!   made the first time, and each row is counted as its first application
+//!   counted it (created, linked or merged; see `replay`).
 //! - A row identified only by blocked values is rejected: it could never
 //!   be told apart from the next one, nor found again on resume.
 //! - A dry run writes no customer or engagement: each row is checked and
-//!   its outcome worked out from the store's identities and the file's
-//!   earlier rows (kept in memory: one entry per identifier); the record
-//!   and the rejected rows are kept as for an import.
+//!   its outcome worked out from the store and the file's earlier rows
+//!   under the linker's safeguards (see `dry_run`, which bounds what it
+//!   keeps); the record and the rejected rows are kept as for an import.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crm_models::customer::{CustomerStatus, Identifier};
-use crm_models::ids::CustomerId;
 use crm_models::import::{
     Import, ImportCounts, ImportFormat, ImportKind, ImportState, RejectedRow,
 };
@@ -41,6 +42,9 @@ use crm_models::time::{self, Timestamp};
 use crm_models::{Email, PhoneNumber, Region};
 use serde_json::{Map, Value};
 use uuid::Uuid;
+
+use super::dry_run::{DryRun, DryRunError};
+use super::replay;
 
 /// Rows applied and committed together.
 pub const CHUNK: usize = 1000;
@@ -64,6 +68,9 @@ pub enum ImportError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The import cannot go on (a dry run of a file too large to follow).
+    #[error("{0}")]
+    Stopped(String),
 }
 
 /// One row as read from the file.
@@ -440,7 +447,7 @@ impl Plan {
     fn engagement(
         &self,
         row: &RawRow,
-        import: &Import,
+        import: &ImportRef,
     ) -> Result<crm_models::service::NewEngagement, String> {
         let mut object = Map::new();
         let mut customer = Map::new();
@@ -570,32 +577,104 @@ fn crm_error(e: &CrmError) -> Option<String> {
     }
 }
 
-/// Where the identifiers of a dry run's rows would go.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Owner {
-    Stored(CustomerId),
-    /// An earlier row of the file (its number).
-    Row(u64),
+/// Why a chunk was not applied.
+enum ChunkError {
+    /// The store failed: the chunk is tried again.
+    Store(StoreError),
+    /// The import cannot go on (the reason).
+    Stop(String),
+}
+
+impl From<StoreError> for ChunkError {
+    fn from(e: StoreError) -> Self {
+        ChunkError::Store(e)
+    }
 }
 
 /// What a running import keeps between chunks.
 #[derive(Default)]
 struct Session {
-    /// Dry run: identifier key → who would own it.
-    owners: HashMap<String, Owner>,
+    /// Dry run: what the file's earlier rows would have made.
+    dry_run: DryRun,
     /// The chunk is applied again (after a restart or a store failure):
     /// customers created at or after this time count as this chunk's.
     replay_since: Option<Timestamp>,
-    /// Customers of a replayed chunk already counted.
-    replay_seen: HashSet<CustomerId>,
+}
+
+/// What an engagement row's parse needs of its import.
+#[derive(Clone)]
+struct ImportRef {
+    id: Uuid,
+    created_by: String,
+}
+
+/// A chunk's rows as read, and each one parsed (or why not).
+struct Chunk {
+    rows: Vec<RawRow>,
+    parsed: Parsed,
+}
+
+enum Parsed {
+    Customers(Vec<Result<CustomerInput, String>>),
+    Engagements(Vec<Result<crm_models::service::NewEngagement, String>>),
+}
+
+impl Plan {
+    /// Parses every row of a chunk (no I/O).
+    fn parse(&self, rows: &[RawRow], crm: &Crm, import: &ImportRef) -> Parsed {
+        match self.kind {
+            ImportKind::Customers => {
+                Parsed::Customers(rows.iter().map(|r| self.customer(r, crm)).collect())
+            }
+            ImportKind::Engagements => {
+                Parsed::Engagements(rows.iter().map(|r| self.engagement(r, import)).collect())
+            }
+        }
+    }
+}
+
+/// Reads and parses the file's chunks on a blocking thread, one chunk ahead
+/// of the one being applied: the next chunk's parse overlaps the current
+/// chunk's store write. The last chunk sent is an empty one (the end of the
+/// file) or a read error; the thread stops then, or when the job is dropped.
+fn read_ahead(
+    mut reader: RowReader,
+    plan: Arc<Plan>,
+    crm: Crm,
+    import: ImportRef,
+) -> tokio::sync::mpsc::Receiver<std::io::Result<Chunk>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tokio::task::spawn_blocking(move || loop {
+        let rows = match reader.read(CHUNK) {
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.blocking_send(Err(e));
+                return;
+            }
+        };
+        let end = rows.is_empty();
+        let parsed = plan.parse(&rows, &crm, &import);
+        if tx.blocking_send(Ok(Chunk { rows, parsed })).is_err() || end {
+            return;
+        }
+    });
+    rx
+}
+
+/// The job's file: opened (rows already committed skipped), then read ahead
+/// from the first step on.
+enum Rows {
+    Opened(RowReader),
+    Reading(tokio::sync::mpsc::Receiver<std::io::Result<Chunk>>),
+    Done,
 }
 
 /// A running import: the record, the file and the service.
 pub struct Job {
     crm: Crm,
     pub import: Import,
-    plan: Plan,
-    reader: Option<RowReader>,
+    plan: Arc<Plan>,
+    rows: Rows,
     session: Session,
 }
 
@@ -641,8 +720,8 @@ impl Job {
         Ok(Job {
             crm,
             import,
-            plan,
-            reader: Some(reader),
+            plan: Arc::new(plan),
+            rows: Rows::Opened(reader),
             session: Session {
                 replay_since,
                 ..Session::default()
@@ -671,17 +750,29 @@ impl Job {
     /// Reads, applies and commits the next chunk; false at the end of the
     /// file (the import is then completed and saved).
     pub async fn step(&mut self) -> Result<bool, ImportError> {
-        let Some(mut reader) = self.reader.take() else {
+        if let Rows::Opened(_) = self.rows {
+            if let Rows::Opened(reader) = std::mem::replace(&mut self.rows, Rows::Done) {
+                let import = ImportRef {
+                    id: self.import.id,
+                    created_by: self.import.created_by.clone(),
+                };
+                self.rows = Rows::Reading(read_ahead(
+                    reader,
+                    Arc::clone(&self.plan),
+                    self.crm.clone(),
+                    import,
+                ));
+            }
+        }
+        let Rows::Reading(chunks) = &mut self.rows else {
             return Ok(false);
         };
-        let (reader, rows) = tokio::task::spawn_blocking(move || {
-            let rows = reader.read(CHUNK);
-            (reader, rows)
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
-        let rows = rows?;
-        if rows.is_empty() {
+        let chunk = chunks
+            .recv()
+            .await
+            .ok_or_else(|| std::io::Error::other("the file's reader stopped"))??;
+        if chunk.rows.is_empty() {
+            self.rows = Rows::Done;
             self.import.state = ImportState::Completed;
             self.import.finished_at = Some(time::now());
             self.import.updated_at = time::now();
@@ -694,12 +785,13 @@ impl Job {
                 .await?;
             return Ok(false);
         }
-        self.reader = Some(reader);
+        let Chunk { rows, parsed } = chunk;
         let mut attempt = 0;
         let (counts, rejected) = loop {
-            match self.apply(&rows).await {
+            match self.apply(&rows, &parsed).await {
                 Ok(done) => break done,
-                Err(e) if attempt < STORE_RETRIES => {
+                Err(ChunkError::Stop(reason)) => return Err(ImportError::Stopped(reason)),
+                Err(ChunkError::Store(e)) if attempt < STORE_RETRIES => {
                     attempt += 1;
                     tracing::warn!(import = %self.import.id, error = %e, attempt, "import chunk failed; trying it again");
                     // Some of the chunk may have been written: count it as a replay.
@@ -708,11 +800,10 @@ impl Job {
                         .get_or_insert(self.import.updated_at);
                     tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await;
                 }
-                Err(e) => return Err(e.into()),
+                Err(ChunkError::Store(e)) => return Err(e.into()),
             }
         };
         self.session.replay_since = None;
-        self.session.replay_seen.clear();
         let mut counts = counts;
         counts.rows_read = rows.len() as u64;
         self.import.counts.add(&counts);
@@ -739,11 +830,14 @@ impl Job {
     async fn apply(
         &mut self,
         rows: &[RawRow],
-    ) -> Result<(ImportCounts, Vec<RejectedRow>), StoreError> {
-        match (self.plan.kind, self.import.dry_run) {
-            (ImportKind::Customers, false) => self.apply_customers(rows).await,
-            (ImportKind::Customers, true) => self.simulate_customers(rows).await,
-            (ImportKind::Engagements, dry_run) => self.apply_engagements(rows, dry_run).await,
+        parsed: &Parsed,
+    ) -> Result<(ImportCounts, Vec<RejectedRow>), ChunkError> {
+        match (parsed, self.import.dry_run) {
+            (Parsed::Customers(parsed), false) => Ok(self.apply_customers(rows, parsed).await?),
+            (Parsed::Customers(parsed), true) => self.simulate_customers(rows, parsed).await,
+            (Parsed::Engagements(parsed), dry_run) => {
+                Ok(self.apply_engagements(rows, parsed, dry_run).await?)
+            }
         }
     }
 
@@ -759,37 +853,48 @@ impl Job {
     async fn apply_customers(
         &mut self,
         rows: &[RawRow],
+        parsed: &[Result<CustomerInput, String>],
     ) -> Result<(ImportCounts, Vec<RejectedRow>), StoreError> {
         let mut counts = ImportCounts::default();
         let mut rejected = Vec::new();
         let mut inputs = Vec::new();
         let mut of_input = Vec::new();
-        for row in rows {
-            match self.plan.customer(row, &self.crm) {
+        for (row, input) in rows.iter().zip(parsed) {
+            match input {
                 Ok(input) => {
-                    inputs.push(input);
-                    of_input.push(row);
+                    inputs.push(input.clone());
+                    of_input.push((row, input));
                 }
-                Err(e) => rejected.push(self.reject(row, e)),
+                Err(e) => rejected.push(self.reject(row, e.clone())),
             }
         }
         let outcomes = self.crm.import_customers(inputs).await;
-        for (row, outcome) in of_input.into_iter().zip(outcomes) {
+        // Applied again: each row's outcome is the one its first application had.
+        let first = match self.session.replay_since {
+            Some(since) => {
+                let applied: Vec<&[Identifier]> = of_input
+                    .iter()
+                    .zip(&outcomes)
+                    .filter(|(_, outcome)| outcome.is_ok())
+                    .map(|((_, input), _)| input.identifiers.as_slice())
+                    .collect();
+                Some(
+                    replay::first_outcomes(
+                        self.crm.store().as_ref(),
+                        self.crm.policy(),
+                        since,
+                        &applied,
+                    )
+                    .await?,
+                )
+            }
+            None => None,
+        };
+        let mut first = first.map(Vec::into_iter);
+        for ((row, _), outcome) in of_input.into_iter().zip(outcomes) {
             match outcome {
-                Ok((customer, how)) => {
-                    let how = match (how, self.session.replay_since) {
-                        (Resolution::Linked, Some(since))
-                            if customer.created_at >= since
-                                && self.session.replay_seen.insert(customer.id) =>
-                        {
-                            Resolution::Created
-                        }
-                        (how, Some(_)) => {
-                            self.session.replay_seen.insert(customer.id);
-                            how
-                        }
-                        (how, None) => how,
-                    };
+                Ok((_, how)) => {
+                    let how = first.as_mut().and_then(Iterator::next).unwrap_or(how);
                     match how {
                         Resolution::Created => counts.created += 1,
                         Resolution::Linked => counts.linked += 1,
@@ -806,82 +911,35 @@ impl Job {
         Ok((counts, rejected))
     }
 
-    /// A dry run of customer rows: the outcome each would have, from the
-    /// store's identities and the file's earlier rows; nothing is written.
+    /// A dry run of customer rows: the outcome each would have (see
+    /// [`DryRun`]); nothing is written.
     async fn simulate_customers(
         &mut self,
         rows: &[RawRow],
-    ) -> Result<(ImportCounts, Vec<RejectedRow>), StoreError> {
+        inputs: &[Result<CustomerInput, String>],
+    ) -> Result<(ImportCounts, Vec<RejectedRow>), ChunkError> {
         let mut counts = ImportCounts::default();
         let mut rejected = Vec::new();
         let mut parsed = Vec::new();
-        for row in rows {
-            match self.plan.customer(row, &self.crm) {
+        for (row, input) in rows.iter().zip(inputs) {
+            match input {
                 Ok(input) => match crm_models::service::clean_name(input.name.as_deref(), "name") {
-                    Ok(_) => parsed.push((row, input)),
+                    Ok(_) => parsed.push((row.number, input)),
                     Err(e) => rejected.push(self.reject(row, crm_error(&e).unwrap_or_default())),
                 },
-                Err(e) => rejected.push(self.reject(row, e)),
+                Err(e) => rejected.push(self.reject(row, e.clone())),
             }
         }
-        let keys: Vec<String> = parsed
-            .iter()
-            .flat_map(|(_, input)| {
-                input
-                    .identifiers
-                    .iter()
-                    .filter(|id| self.crm.policy().blocked_reason(id).is_none())
-                    .map(Identifier::key)
-            })
-            .filter(|k| !self.session.owners.contains_key(k))
-            .collect::<std::collections::BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let infos = self.crm.store().identities(&keys).await?;
-        let mut shared: HashSet<String> = HashSet::new();
-        for (key, info) in keys.iter().zip(infos) {
-            match info {
-                Some(i) if i.shared => {
-                    shared.insert(key.clone());
-                }
-                Some(i) => {
-                    if let Some(owner) = i.owner {
-                        self.session
-                            .owners
-                            .insert(key.clone(), Owner::Stored(owner));
-                    }
-                }
-                None => {}
-            }
-        }
-        for (row, input) in parsed {
-            let linking: Vec<String> = input
-                .identifiers
-                .iter()
-                .filter(|id| self.crm.policy().blocked_reason(id).is_none())
-                .map(Identifier::key)
-                .filter(|k| !shared.contains(k))
-                .collect();
-            let named: HashSet<Owner> = linking
-                .iter()
-                .filter_map(|k| self.session.owners.get(k).copied())
-                .collect();
-            let owner = match named.len() {
-                0 => {
-                    counts.created += 1;
-                    Owner::Row(row.number)
-                }
-                1 => {
-                    counts.linked += 1;
-                    named.into_iter().next().unwrap_or(Owner::Row(row.number))
-                }
-                _ => {
-                    counts.merged += 1;
-                    named.into_iter().next().unwrap_or(Owner::Row(row.number))
-                }
-            };
-            for k in linking {
-                self.session.owners.insert(k, owner);
+        let outcomes = match self.session.dry_run.chunk(&self.crm, &parsed).await {
+            Ok(outcomes) => outcomes,
+            Err(DryRunError::Store(e)) => return Err(ChunkError::Store(e)),
+            Err(e) => return Err(ChunkError::Stop(e.to_string())),
+        };
+        for how in outcomes {
+            match how {
+                Resolution::Created => counts.created += 1,
+                Resolution::Linked => counts.linked += 1,
+                Resolution::Merged => counts.merged += 1,
             }
         }
         counts.rejected = rejected.len() as u64;
@@ -891,19 +949,20 @@ impl Job {
     async fn apply_engagements(
         &mut self,
         rows: &[RawRow],
+        parsed: &[Result<crm_models::service::NewEngagement, String>],
         dry_run: bool,
     ) -> Result<(ImportCounts, Vec<RejectedRow>), StoreError> {
         let mut counts = ImportCounts::default();
         let mut rejected = Vec::new();
         let mut items = Vec::new();
         let mut of_item = Vec::new();
-        for row in rows {
-            match self.plan.engagement(row, &self.import) {
+        for (row, item) in rows.iter().zip(parsed) {
+            match item {
                 Ok(item) => {
-                    items.push(item);
+                    items.push(item.clone());
                     of_item.push(row);
                 }
-                Err(e) => rejected.push(self.reject(row, e)),
+                Err(e) => rejected.push(self.reject(row, e.clone())),
             }
         }
         if dry_run {
