@@ -90,6 +90,10 @@ pub enum Command {
         /// Report what would happen, and write nothing.
         #[arg(long)]
         dry_run: bool,
+        /// Go on with an import of this file that stopped before its end
+        /// (its id, as the command printed it): from its last committed row.
+        #[arg(long, value_name = "IMPORT_ID")]
+        resume: Option<String>,
     },
     /// Find and mend what half-applied merges of older versions left
     /// (merged_into cycles, merges without a record, leftovers); print what

@@ -43,6 +43,7 @@ async fn main() -> anyhow::Result<()> {
             mapping,
             region,
             dry_run,
+            resume,
         }) => {
             let args = crm_api::bulk::cli::ImportArgs {
                 file,
@@ -51,6 +52,7 @@ async fn main() -> anyhow::Result<()> {
                 mapping,
                 region,
                 dry_run,
+                resume,
             };
             crm_api::bulk::cli::import(&cli.config, args).await
         }

@@ -96,6 +96,8 @@ pub struct ImportArgs {
     pub mapping: Option<String>,
     pub region: Option<String>,
     pub dry_run: bool,
+    /// The id of a stopped import of this file to go on with.
+    pub resume: Option<String>,
 }
 
 /// The format a file's name says.
@@ -105,6 +107,48 @@ pub fn format_of(path: &Path) -> Option<ImportFormat> {
         "ndjson" | "jsonl" => Some(ImportFormat::Ndjson),
         _ => None,
     }
+}
+
+/// The stopped import `id` of this file, ready to go on: made by this
+/// command, not finished, of the same kind and a file of the same size. A
+/// dry run starts over (what it worked out was kept in memory only).
+async fn resumable(
+    store: &std::sync::Arc<dyn crm_models::store::Store>,
+    id: &str,
+    kind: ImportKind,
+    bytes_total: u64,
+    file: &Path,
+) -> anyhow::Result<Import> {
+    let id: uuid::Uuid = id
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--resume takes the import's id (a UUID)"))?;
+    let mut import = store
+        .get_import(id)
+        .await?
+        .with_context(|| format!("there is no import {id}"))?;
+    anyhow::ensure!(
+        import.created_by == "cli",
+        "import {id} was posted over HTTP: crm-api resumes it when it starts"
+    );
+    anyhow::ensure!(
+        !import.state.finished(),
+        "import {id} is already {}",
+        serde_json::to_value(import.state)?
+            .as_str()
+            .unwrap_or("finished")
+    );
+    anyhow::ensure!(import.kind == kind, "import {id} is of another --kind");
+    anyhow::ensure!(
+        import.bytes_total == Some(bytes_total),
+        "{} is not the file import {id} read (its size differs)",
+        file.display()
+    );
+    if import.dry_run {
+        import.counts = Default::default();
+        import.bytes_read = 0;
+        import.state = crm_models::import::ImportState::Queued;
+    }
+    Ok(import)
 }
 
 /// The summary both the command and the route answer.
@@ -153,18 +197,28 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
         .len();
     let store = crate::open_store(config).await?;
     let crm = Crm::new(store.clone()).with_policy(config.link_policy(parsed_region)?);
-    let record = NewImport {
-        kind,
-        format,
-        dry_run: args.dry_run,
-        mapping,
-        region,
-        created_by: "cli".into(),
-        idempotency_key: None,
-        bytes_total: Some(bytes_total),
-    }
-    .record(uuid::Uuid::now_v7());
-    store.insert_import(&record).await?;
+    let record = match &args.resume {
+        Some(id) => resumable(&store, id, kind, bytes_total, &args.file).await?,
+        None => {
+            let record = NewImport {
+                kind,
+                format,
+                dry_run: args.dry_run,
+                mapping,
+                region,
+                created_by: "cli".into(),
+                idempotency_key: None,
+                bytes_total: Some(bytes_total),
+            }
+            .record(uuid::Uuid::now_v7());
+            store.insert_import(&record).await?;
+            record
+        }
+    };
+    let id = record.id;
+    let resume_hint =
+        format!("to go on from the last committed row, run the same command with --resume {id}");
+    eprintln!("import {id}; if it stops before the end, {resume_hint}");
     let job = match Job::open(crm, record, args.file.clone()).await {
         Ok(job) => job,
         Err(ImportError::Invalid(errors)) => anyhow::bail!(
@@ -182,15 +236,29 @@ pub async fn import(config: &Config, args: ImportArgs) -> anyhow::Result<()> {
         ProgressStyle::with_template("{bar:40} {percent}% {msg} {elapsed} (eta {eta})")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let done = job
-        .run(|i| {
-            bar.set_position(i.bytes_read);
-            bar.set_message(format!(
-                "{} rows, {} rejected",
-                i.counts.rows_read, i.counts.rejected
-            ));
-        })
-        .await?;
+    bar.set_position(job.import.bytes_read);
+    let run = job.run(|i| {
+        bar.set_position(i.bytes_read);
+        bar.set_message(format!(
+            "{} rows, {} rejected",
+            i.counts.rows_read, i.counts.rejected
+        ));
+    });
+    // Interrupted, the import stops between two of its writes: every
+    // committed chunk is kept, and --resume applies the chunk in flight again.
+    let done = tokio::select! {
+        done = run => match done {
+            Ok(done) => done,
+            Err(e) => {
+                bar.abandon();
+                return Err(anyhow::Error::from(e).context(format!("import {id} stopped; {resume_hint}")));
+            }
+        },
+        _ = tokio::signal::ctrl_c() => {
+            bar.abandon();
+            anyhow::bail!("import {id} interrupted; {resume_hint}");
+        }
+    };
     bar.finish();
     println!("{}", serde_json::to_string_pretty(&summary(&done))?);
     let rejected = store.rejected_rows(done.id, None, 20).await?;

@@ -664,7 +664,7 @@ fn read_ahead(
 /// The job's file: opened (rows already committed skipped), then read ahead
 /// from the first step on.
 enum Rows {
-    Opened(RowReader),
+    Opened(Box<RowReader>),
     Reading(tokio::sync::mpsc::Receiver<std::io::Result<Chunk>>),
     Done,
 }
@@ -721,7 +721,7 @@ impl Job {
             crm,
             import,
             plan: Arc::new(plan),
-            rows: Rows::Opened(reader),
+            rows: Rows::Opened(Box::new(reader)),
             session: Session {
                 replay_since,
                 ..Session::default()
@@ -757,7 +757,7 @@ impl Job {
                     created_by: self.import.created_by.clone(),
                 };
                 self.rows = Rows::Reading(read_ahead(
-                    reader,
+                    *reader,
                     Arc::clone(&self.plan),
                     self.crm.clone(),
                     import,
