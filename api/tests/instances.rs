@@ -11,7 +11,7 @@
 //!    found by search through both;
 //! 2. failed logins sent to both instances are counted together;
 //! 3. a session ended, then a user deactivated, through A is refused by B
-//!    within a second;
+//!    within a second, and the user's live stream on B ends;
 //! 4. a device revoked through A is refused by B within a second;
 //! 5. every event reaches the Redis stream exactly once, and the feed is the
 //!    same through both instances;
@@ -546,7 +546,8 @@ async fn failed_logins_are_counted_across_instances(cluster: &Cluster, admin: &s
 }
 
 /// 3. A session ended through A, then the user deactivated through A: B
-///    refuses each within a second (requests, refresh, and a new login).
+///    refuses each within a second (requests, refresh, a new login), and
+///    ends the live stream the user held there.
 async fn a_user_deactivated_on_one_is_refused_by_the_other(cluster: &Cluster, admin: &str) {
     let email = "deactivated@instances.example";
     let user = cluster
@@ -606,6 +607,8 @@ async fn a_user_deactivated_on_one_is_refused_by_the_other(cluster: &Cluster, ad
     .await;
     b.expect(Method::GET, "/v1/me", access, None, StatusCode::OK)
         .await;
+    // A live stream the user holds on B.
+    let stream = listen(b, access).await;
 
     cluster
         .a()
@@ -646,6 +649,13 @@ async fn a_user_deactivated_on_one_is_refused_by_the_other(cluster: &Cluster, ad
                 .await;
             status == StatusCode::UNAUTHORIZED
         },
+    )
+    .await;
+    within(
+        "B to end the live stream of a user deactivated through A",
+        deactivated,
+        PROPAGATION,
+        || async { stream.names().iter().any(|e| e == "closed") },
     )
     .await;
     let (status, body) = b.login(email, USER_PASSWORD, "198.51.100.30").await;

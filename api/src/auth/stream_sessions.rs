@@ -58,6 +58,13 @@ impl Auth {
         staff_session(user.id, user.role, sid)
     }
 
+    /// The stream's user was deactivated or changed, maybe through another
+    /// instance, which ended their sessions: the next session check reads
+    /// the ended sessions from the store.
+    pub fn stream_user_changed(&self) {
+        self.revocations.changed_here();
+    }
+
     /// Whether the session has not ended (from memory, at most half a second
     /// old; see `revocations`).
     pub async fn stream_session_open(&self, session: &StreamSession) -> Result<bool, ApiError> {

@@ -20,7 +20,9 @@
 //! The stream ends (after `event: closed` with a reason) when the server
 //! shuts down (`shutdown`), when the session that opened it ends or its user
 //! is deactivated or changes role (`session_ended`), or when the log cannot
-//! be read (`unavailable`).
+//! be read (`unavailable`). Sessions and users are checked every few
+//! seconds, and at once when the stream hears that its user was
+//! deactivated or changed (the event reaches every instance).
 
 use std::collections::{HashSet, VecDeque};
 use std::convert::Infallible;
@@ -30,7 +32,7 @@ use std::time::Duration;
 use axum::response::sse::Event;
 use crm_mobile_bridge::CallerIdCustomer;
 use crm_models::event::{DomainEvent, EventEnvelope};
-use crm_models::ids::CustomerId;
+use crm_models::ids::{CustomerId, UserId};
 use crm_models::live::RING;
 use futures::Stream;
 use serde_json::{json, Value};
@@ -236,8 +238,17 @@ impl Feed {
     }
 
     /// The event heard live, unless the stream does not carry it or
-    /// replayed it already.
+    /// replayed it already. News that the stream's own user was
+    /// deactivated or changed role or password, through any instance, makes
+    /// the stream check its session and user at once rather than at the
+    /// next periodic check.
     async fn live_event(&mut self, event: &EventEnvelope) -> Option<Event> {
+        if changes_access_of(event, self.session.user_id) {
+            self.state.auth.stream_user_changed();
+            let now = Instant::now();
+            self.session_check_at = now;
+            self.user_check_at = now;
+        }
         if !self.filter.allows(event) {
             return None;
         }
@@ -315,6 +326,20 @@ impl Feed {
                 None
             }
         }
+    }
+}
+
+/// Whether `event` may have taken `user`'s right to a stream away.
+fn changes_access_of(event: &EventEnvelope, user: UserId) -> bool {
+    match &event.event {
+        DomainEvent::UserDeactivated { user_id } => *user_id == user,
+        DomainEvent::UserUpdated { user_id, fields } => {
+            *user_id == user
+                && fields
+                    .iter()
+                    .any(|f| matches!(f.as_str(), "active" | "role" | "password"))
+        }
+        _ => false,
     }
 }
 
