@@ -1,5 +1,6 @@
 // Incoming calls: when one of the user's phones asks caller-ID, the server
-// pushes `call.incoming` on the user's stream; a popup shows the caller.
+// pushes `call.incoming` on the user's stream; a popup shows the caller, or
+// for a number nobody has, offers to create the customer with that number.
 
 import {liveStream, session} from './api.js';
 import {channelIcon, describe, h, when} from './dom.js';
@@ -26,6 +27,11 @@ function show(container, data, go) {
     dismiss();
     go('#/customers/' + customer.id);
   };
+  // The new-customer form, with the number the phone asked about.
+  const createCustomer = () => {
+    dismiss();
+    go('#/new' + (data.number ? '?' + new URLSearchParams({q: data.number}) : ''));
+  };
   const body = customer
     ? [
       h('p', {class: 'caller'}, customer.name || '(no name)'),
@@ -39,11 +45,12 @@ function show(container, data, go) {
     ]
     : [
       h('p', {class: 'caller'}, 'Unknown caller'),
+      data.number ? h('p', {class: 'caller-number'}, data.number) : null,
       h('div', {class: 'buttons'},
-        h('button', {type: 'button', class: 'primary', onclick: () => { dismiss(); go('#/new'); }}, 'Create customer'),
+        h('button', {type: 'button', class: 'primary create-caller', onclick: createCustomer}, 'Create customer'),
         h('button', {type: 'button', onclick: dismiss}, 'Dismiss')),
     ];
-  const popup = h('section', {class: 'call', role: 'alertdialog', 'aria-labelledby': titleId, dataset: {customer: data.customer_id || ''}},
+  const popup = h('section', {class: 'call', role: 'alertdialog', 'aria-labelledby': titleId, dataset: {customer: data.customer_id || '', signal: data.signal_id}},
     h('h2', {id: titleId}, 'Incoming call'), body);
   popup.addEventListener('keydown', (e) => { if (e.key === 'Escape') dismiss(); });
   container.prepend(popup);

@@ -780,6 +780,48 @@ async fn an_agent_sees_only_their_calls_devices_and_subscribed_customers() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_caller_pops_up_with_its_number_on_the_owners_stream_only() {
+    let app = spawn_app_with(|c| c.default_region = Some("SG".into())).await;
+    let admin = app.admin_token().await;
+    let ann_agent = app.agent_token("ann.agent@example.com").await;
+    let ann_id = user_id_of(&app, &ann_agent).await;
+    let (ann_device, ann_phone) = enroll(&app, &ann_agent).await;
+    let mut mine = open_stream(&app, Some(&ann_agent), "?types=call.incoming", None).await;
+    let mut everything = open_stream(&app, Some(&admin), "?types=call.incoming", None).await;
+
+    let answer = caller_id(&app, &ann_phone, "+6589990000").await;
+    assert_eq!(answer, json!({"known": false, "customers": []}));
+
+    let seen = mine.until(|e| e.event == "call.incoming").await;
+    let call = seen.last().unwrap().json();
+    assert_eq!(call["customer_id"], Value::Null, "{call}");
+    assert_eq!(call["data"]["user_id"], json!(ann_id));
+    assert_eq!(call["data"]["device_id"], json!(ann_device));
+    assert_eq!(call["data"]["customer"], Value::Null);
+    assert_eq!(call["data"]["number"], "+6589990000", "{call}");
+    // An admin hears every phone, but not the number of somebody else's caller.
+    let heard = everything.until(|e| e.event == "call.incoming").await;
+    let theirs = heard.last().unwrap();
+    assert_eq!(
+        theirs.json()["data"]["signal_id"],
+        call["data"]["signal_id"]
+    );
+    assert_eq!(theirs.json()["data"]["number"], Value::Null);
+    assert!(!theirs.data.contains("89990000"), "{}", theirs.data);
+
+    // The log keeps the event about no customer, with ids only.
+    let feed = whole_feed(&app, &admin, "&types=call.incoming", 100).await;
+    assert_eq!(feed.len(), 1, "{feed:?}");
+    assert!(
+        feed[0].get("customer_id").is_none_or(Value::is_null),
+        "{}",
+        feed[0]
+    );
+    assert_eq!(feed[0]["data"]["signal_id"], call["data"]["signal_id"]);
+    assert!(!feed[0].to_string().contains("89990000"), "{}", feed[0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_admin_sees_everything_unless_narrowed() {
     let app = spawn_app_with(|c| c.default_region = Some("SG".into())).await;
     let admin = app.admin_token().await;

@@ -663,15 +663,24 @@ async fn caller_id_answers_known_unknown_and_shared_numbers_and_signals_the_desk
         let page: Value =
             expect_json(app.get("/v1/calls/incoming", &ann).await, StatusCode::OK).await;
         signals = page["items"].as_array().unwrap().clone();
-        if signals.len() >= 3 {
+        if signals.len() >= 4 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    assert_eq!(signals.len(), 3, "{signals:?}");
+    assert_eq!(signals.len(), 4, "{signals:?}");
     assert_eq!(signals[0]["customer_id"], customer.as_str());
     assert_eq!(signals[0]["device_id"], device_id.as_str());
     assert_eq!(signals[0]["number"], "+6581226418");
+    // The unknown number is a signal too, about no customer, so that Ann's
+    // desktop can offer to create one.
+    let unknown: Vec<&Value> = signals
+        .iter()
+        .filter(|s| s["number"] == "+6590000000")
+        .collect();
+    assert_eq!(unknown.len(), 1, "{signals:?}");
+    assert_eq!(unknown[0]["customer_id"], Value::Null);
+    assert_eq!(unknown[0]["device_id"], device_id.as_str());
     let bob = app.agent_token("bob@example.com").await;
     let theirs: Value =
         expect_json(app.get("/v1/calls/incoming", &bob).await, StatusCode::OK).await;
@@ -682,7 +691,7 @@ async fn caller_id_answers_known_unknown_and_shared_numbers_and_signals_the_desk
         StatusCode::OK,
     )
     .await;
-    assert_eq!(all["items"].as_array().unwrap().len(), 3);
+    assert_eq!(all["items"].as_array().unwrap().len(), 4);
     for bad in ["yesterday", "2026-11-21T09:30:60Z", "0000-01-01T00:00:00Z"] {
         let problem = expect_problem(
             app.get(&format!("/v1/calls/incoming?since={bad}"), &ann)

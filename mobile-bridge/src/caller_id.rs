@@ -158,7 +158,8 @@ fn push_popup_customer(body: &mut String, summary: &SummaryJson) -> Result<(), s
 impl MobileBridge {
     /// Who has this number. From the index; from the store when the index
     /// cannot be reached. Each customer found is recorded as an incoming-call
-    /// signal for the device's owner.
+    /// signal for the device's owner; a number nobody has is one signal
+    /// about no customer, so that the owner's desktop can offer to create one.
     pub async fn caller_id(&self, device: &Device, number: &str) -> Result<CallerIdJson, ApiError> {
         let CallerLookup { phone, found, .. } =
             crm_indexer::caller_id::lookup(self.projector(), number, self.region_of(device))
@@ -167,15 +168,19 @@ impl MobileBridge {
         let answer = CallerIdJson::of(&found)
             .map_err(|e| ApiError::Internal(format!("index data does not decode: {e}")))?;
         let now = crm_models::time::now();
+        let signal = |customer_id| CallSignal {
+            id: uuid::Uuid::now_v7(),
+            customer_id,
+            device_id: device.id,
+            user_id: device.user_id,
+            number: phone.clone(),
+            at: now,
+        };
+        if found.is_empty() {
+            self.signals().record(signal(None));
+        }
         for summary in &found {
-            self.signals().record(CallSignal {
-                id: uuid::Uuid::now_v7(),
-                customer_id: summary.id,
-                device_id: device.id,
-                user_id: device.user_id,
-                number: phone.clone(),
-                at: now,
-            });
+            self.signals().record(signal(Some(summary.id)));
         }
         Ok(answer)
     }

@@ -112,6 +112,23 @@ impl MobileBridge {
     ) -> Result<Vec<CallSignal>, ApiError> {
         Ok(self.store().list_call_signals(user, since, limit).await?)
     }
+
+    /// One of `user`'s incoming-call signals by id, stored at most a minute
+    /// before `by` (its event's time); `None` when it is not (or no longer)
+    /// kept.
+    pub async fn incoming_call(
+        &self,
+        user: UserId,
+        id: uuid::Uuid,
+        by: Timestamp,
+    ) -> Result<Option<CallSignal>, ApiError> {
+        let since = by - chrono::Duration::seconds(60);
+        let signals = self
+            .store()
+            .list_call_signals(Some(user), since, 1_000)
+            .await?;
+        Ok(signals.into_iter().find(|s| s.id == id))
+    }
 }
 
 /// The device routes under `/v1/mobile`, with their documentation.

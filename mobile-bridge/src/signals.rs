@@ -101,7 +101,7 @@ mod tests {
     fn signal(at: crm_models::time::Timestamp) -> CallSignal {
         CallSignal {
             id: uuid::Uuid::now_v7(),
-            customer_id: CustomerId::new(),
+            customer_id: Some(CustomerId::new()),
             device_id: DeviceId::new(),
             user_id: UserId::new(),
             number: PhoneNumber::parse("+6581226418", None).unwrap(),

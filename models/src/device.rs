@@ -33,13 +33,17 @@ pub struct Device {
     pub last_upload_at: Option<Timestamp>,
 }
 
-/// A caller-ID lookup that found a customer: "this customer is calling
-/// this user's phone now", for a desktop popup.
+/// A caller-ID lookup: "this customer (or an unknown number) is calling
+/// this user's phone now", for a desktop popup. Kept for a few days only;
+/// the number is here and never in the signal's event.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CallSignal {
     #[schema(value_type = String, format = Uuid)]
     pub id: Uuid,
-    pub customer_id: CustomerId,
+    /// The customer the lookup found; `null` when nobody has the number (the
+    /// desktop then offers to create one).
+    #[serde(default)]
+    pub customer_id: Option<CustomerId>,
     pub device_id: DeviceId,
     /// The device's owner.
     pub user_id: UserId,
@@ -51,10 +55,11 @@ pub struct CallSignal {
 }
 
 impl CallSignal {
-    /// The signal's `call.incoming` event (ids only; a desktop stream adds
-    /// the popup when it pushes it).
+    /// The signal's `call.incoming` event (ids only, never the number; a
+    /// desktop stream adds the popup when it pushes it). About no customer
+    /// when the number is unknown.
     pub fn incoming_event(&self) -> crate::event::EventEnvelope {
-        crate::event::EventEnvelope::about(
+        crate::event::EventEnvelope::new(
             self.customer_id,
             crate::event::DomainEvent::CallIncoming {
                 signal_id: self.id,

@@ -196,7 +196,7 @@ async fn call_signals_between_durable_commits_are_read_at_once_and_kept_by_a_cle
         (0..3)
             .map(|i| CallSignal {
                 id: uuid::Uuid::now_v7(),
-                customer_id: CustomerId::new(),
+                customer_id: Some(CustomerId::new()),
                 device_id: DeviceId::new(),
                 user_id: user,
                 number: PhoneNumber::parse("+6581226418", None).unwrap(),

@@ -132,8 +132,8 @@ pub struct IncomingCalls {
     pub items: Vec<CallSignal>,
 }
 
-/// Incoming-call signals: caller-ID lookups that found a customer, made by
-/// the caller's devices (admins: every device), for a desktop popup.
+/// Incoming-call signals: caller-ID lookups (with no `customer_id` for a
+/// number nobody has), made by the caller's devices (admins: every device), for a desktop popup.
 #[utoipa::path(
     get, path = "/v1/calls/incoming", tag = "devices",
     params(IncomingQuery),

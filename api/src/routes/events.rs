@@ -489,13 +489,17 @@ fn data_schema(event_type: &str) -> ObjectBuilder {
             .required("occurred_at"),
         "call.incoming" => data
             .description(Some(
-                "In the feed: ids only. On the live stream also `customer_id` and `customer`, the \
-                 caller-ID popup (null when the customer is gone).",
+                "In the feed: ids only; about no customer when the number is unknown. On the \
+                 live stream also `customer_id` and `customer`, the caller-ID popup (null when \
+                 the number is unknown or the customer is gone), and `number`: for an unknown \
+                 caller, on the phone owner's own stream only, the number the phone asked \
+                 about (null otherwise).",
             ))
             .property("signal_id", uuid())
             .property("device_id", uuid())
             .property("user_id", uuid().description(Some("The phone's owner")))
             .property("customer_id", uuid())
+            .property("number", string().description(Some("E.164")))
             .property(
                 "customer",
                 RefOr::Ref(Ref::from_schema_name(

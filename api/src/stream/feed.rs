@@ -290,7 +290,10 @@ impl Feed {
     }
 
     /// `id`, `event` and `data` of one event: the envelope as the log keeps
-    /// it, except that `call.incoming` carries the caller-ID popup.
+    /// it, except that `call.incoming` carries the caller-ID popup. An
+    /// unknown caller's has no customer; on its phone owner's own stream
+    /// (and only there) it carries the number the phone asked about, read
+    /// from the short-lived signal record, never from the event.
     async fn render(&self, event: &EventEnvelope) -> Option<Event> {
         let data = match &event.event {
             DomainEvent::CallIncoming {
@@ -298,8 +301,13 @@ impl Feed {
                 device_id,
                 user_id,
             } => {
+                let mut number = Value::Null;
                 let customer = match event.customer_id {
                     Some(id) => popup(&self.state, id).await,
+                    None if *user_id == self.session.user_id => {
+                        number = unknown_number(&self.state, event, *user_id, *signal_id).await;
+                        Value::Null
+                    }
                     None => Value::Null,
                 };
                 let mut envelope = serde_json::to_value(event).ok()?;
@@ -309,6 +317,7 @@ impl Feed {
                     "user_id": user_id,
                     "customer_id": event.customer_id,
                     "customer": customer,
+                    "number": number,
                 });
                 serde_json::to_string(&envelope)
             }
@@ -358,6 +367,28 @@ async fn popup(state: &AppState, id: CustomerId) -> Value {
         .map(CallerIdCustomer::from)
         .and_then(|c| serde_json::to_value(c).ok())
         .unwrap_or(Value::Null)
+}
+
+/// The number an unknown caller's signal holds, for its owner's popup;
+/// `null` when the signal is gone (past its retention) or unreadable.
+async fn unknown_number(
+    state: &AppState,
+    event: &EventEnvelope,
+    user: UserId,
+    signal: Uuid,
+) -> Value {
+    match state
+        .mobile
+        .incoming_call(user, signal, event.occurred_at)
+        .await
+    {
+        Ok(Some(s)) => json!(s.number),
+        Ok(None) => Value::Null,
+        Err(e) => {
+            tracing::warn!(signal_id = %signal, error = %e, "no number for an unknown caller's popup");
+            Value::Null
+        }
+    }
 }
 
 fn reset() -> Event {

@@ -3,7 +3,7 @@
 //! about, read from the store at delivery: the customer for customer
 //! events, the engagement for `engagement.recorded`, the device or user
 //! (never a secret or a hash), the call signal and its customer for
-//! `call.incoming`. An object that is gone (an erased customer) adds
+//! `call.incoming` (an unknown caller's signal without its number). An object that is gone (an erased customer) adds
 //! nothing: the body then carries only ids.
 
 use chrono::Duration;
@@ -66,7 +66,15 @@ pub async fn body(store: &dyn Store, event: &EventEnvelope) -> StoreResult<Value
                 .list_call_signals(Some(*user_id), since, 1_000)
                 .await?;
             if let Some(s) = signals.iter().find(|s| s.id == *signal_id) {
-                data.insert("signal".into(), to_json(s));
+                let mut signal = to_json(s);
+                // A number nobody has is nobody's profile: it stays on the
+                // phone owner's screen and out of deliveries.
+                if s.customer_id.is_none() {
+                    if let Some(fields) = signal.as_object_mut() {
+                        fields.remove("number");
+                    }
+                }
+                data.insert("signal".into(), signal);
             }
             if let Some(c) = event.customer_id {
                 add_customer(store, c, &mut data).await?;

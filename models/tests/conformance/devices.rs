@@ -1,6 +1,7 @@
 //! Devices and incoming-call signals.
 
 use super::*;
+use crm_models::event::{DomainEvent, EventEnvelope};
 
 // --- devices ---
 
@@ -89,7 +90,7 @@ pub async fn devices_insert_get_list_revoke(store: Arc<dyn Store>) {
 fn signal(user: UserId, when: Timestamp) -> CallSignal {
     CallSignal {
         id: Uuid::now_v7(),
-        customer_id: CustomerId::new(),
+        customer_id: Some(CustomerId::new()),
         device_id: DeviceId::new(),
         user_id: user,
         number: PhoneNumber::parse("+6581226418", None).unwrap(),
@@ -105,7 +106,11 @@ pub async fn call_signals_by_time_and_user(store: Arc<dyn Store>) {
         .unwrap()
         .is_empty());
     let a1 = signal(ann, at(10));
-    let b1 = signal(bob, at(20));
+    // An unknown number: a signal about no customer.
+    let b1 = CallSignal {
+        customer_id: None,
+        ..signal(bob, at(20))
+    };
     let a2 = signal(ann, at(30));
     let a3 = signal(ann, at(40));
     store
@@ -122,6 +127,38 @@ pub async fn call_signals_by_time_and_user(store: Arc<dyn Store>) {
         store.list_call_signals(None, at(0), 10).await.unwrap(),
         vec![a1.clone(), b1.clone(), a2.clone(), a3.clone()]
     );
+    // One `call.incoming` per signal, ids only: the unknown caller's is
+    // about no customer, and no event holds the number.
+    let events = store.events_after(None, 100).await.unwrap();
+    let calls: Vec<&EventEnvelope> = events
+        .iter()
+        .filter(|e| e.name() == "call.incoming")
+        .collect();
+    // (The embedded store may log a retried signal's event again.)
+    let signals: std::collections::HashSet<Uuid> = calls
+        .iter()
+        .filter_map(|e| match &e.event {
+            DomainEvent::CallIncoming { signal_id, .. } => Some(*signal_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(signals.len(), 4, "{calls:?}");
+    let unknown = calls
+        .iter()
+        .find(|e| matches!(&e.event, DomainEvent::CallIncoming { signal_id, .. } if *signal_id == b1.id))
+        .expect("the unknown caller's event");
+    assert_eq!(unknown.customer_id, None);
+    assert_eq!(
+        calls
+            .iter()
+            .find(|e| matches!(&e.event, DomainEvent::CallIncoming { signal_id, .. } if *signal_id == a1.id))
+            .map(|e| e.customer_id),
+        Some(a1.customer_id)
+    );
+    for e in &calls {
+        let json = serde_json::to_string(e).unwrap();
+        assert!(!json.contains("6581226418"), "{json}");
+    }
     assert_eq!(
         store
             .list_call_signals(Some(ann), at(10), 10)

@@ -321,7 +321,7 @@ pub async fn erasure_removes_the_person_and_everything_merged_into_it(store: Arc
     store
         .insert_call_signals(vec![CallSignal {
             id: Uuid::now_v7(),
-            customer_id: a.id,
+            customer_id: Some(a.id),
             device_id: DeviceId::new(),
             user_id: user,
             number: phone("+6581226418"),

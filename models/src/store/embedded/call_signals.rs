@@ -91,13 +91,14 @@ fn record(signals: &[CallSignal]) -> (Key, Vec<u8>) {
 }
 
 /// A signal in 73 bytes and the number: the form byte, the four ids (16
-/// bytes each), the time (microseconds since the epoch, 8 bytes, big
+/// bytes each; the nil UUID for no customer), the time (microseconds since the epoch, 8 bytes, big
 /// endian), then the E.164 number.
 pub(super) fn encode_one(s: &CallSignal) -> Vec<u8> {
     let number = s.number.as_str().as_bytes();
     let mut out = Vec::with_capacity(73 + number.len());
     out.push(ONE);
-    for id in [s.id, s.customer_id.0, s.device_id.0, s.user_id.0] {
+    let customer = s.customer_id.map_or(Uuid::nil(), |c| c.0);
+    for id in [s.id, customer, s.device_id.0, s.user_id.0] {
         out.extend_from_slice(id.as_bytes());
     }
     out.extend_from_slice(&s.at.timestamp_micros().to_be_bytes());
@@ -157,7 +158,7 @@ pub(super) fn decode_one(bytes: &[u8]) -> StoreResult<CallSignal> {
     let number = std::str::from_utf8(number).map_err(|_| corrupt("number is not text"))?;
     Ok(CallSignal {
         id: id(0),
-        customer_id: CustomerId(id(1)),
+        customer_id: Some(id(1)).filter(|c| !c.is_nil()).map(CustomerId),
         device_id: DeviceId(id(2)),
         user_id: UserId(id(3)),
         number: PhoneNumber::from_e164_unchecked(number.to_string()),
@@ -269,9 +270,10 @@ pub(super) fn erase_customer(
     for entry in table.iter().map_err(db_err)? {
         let (k, v) = entry.map_err(db_err)?;
         let signals = decode_record(v.value())?;
-        if signals.iter().any(|s| s.customer_id == customer) {
-            let (theirs, kept): (Vec<_>, Vec<_>) =
-                signals.into_iter().partition(|s| s.customer_id == customer);
+        if signals.iter().any(|s| s.customer_id == Some(customer)) {
+            let (theirs, kept): (Vec<_>, Vec<_>) = signals
+                .into_iter()
+                .partition(|s| s.customer_id == Some(customer));
             gone.extend(theirs.iter().map(|s| s.id));
             rewrites.push((k.value(), kept));
         }
@@ -294,7 +296,7 @@ mod tests {
     fn signal_at(micros: i64) -> CallSignal {
         CallSignal {
             id: Uuid::now_v7(),
-            customer_id: CustomerId::new(),
+            customer_id: Some(CustomerId::new()),
             device_id: DeviceId::new(),
             user_id: UserId::new(),
             number: PhoneNumber::parse("+447911123456", None).unwrap(),
@@ -311,6 +313,14 @@ mod tests {
         // Signals stored as JSON before the binary form still read.
         let json = serde_json::to_vec(&s).unwrap();
         assert_eq!(decode_record(&json).unwrap(), std::slice::from_ref(&s));
+        // An unknown caller's signal names no customer, in both forms.
+        let unknown = CallSignal {
+            customer_id: None,
+            ..signal_at(1)
+        };
+        assert_eq!(decode_one(&encode_one(&unknown)).unwrap(), unknown);
+        let json = serde_json::to_vec(&unknown).unwrap();
+        assert_eq!(decode_one(&json).unwrap(), unknown);
         let (t, u) = (signal_at(5), signal_at(-5));
         let batch = records(vec![t.clone(), s.clone(), u.clone(), s.clone()]);
         assert_eq!(batch.len(), 1);
