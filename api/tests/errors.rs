@@ -439,6 +439,12 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
             Body::None,
         ),
         (
+            Method::DELETE,
+            "/v1/duplicates/{a}/{b}",
+            format!("/v1/duplicates/{ann}/{lim}"),
+            Body::None,
+        ),
+        (
             Method::POST,
             "/v1/identities/{identifier}/shared",
             "/v1/identities/+6581226418/shared".into(),
@@ -808,6 +814,11 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
         (Method::GET, "/v1/search", "/v1/search?q=ann".to_string()),
         (Method::GET, "/v1/devices", "/v1/devices".to_string()),
         (Method::GET, "/v1/duplicates", "/v1/duplicates".to_string()),
+        (
+            Method::DELETE,
+            "/v1/duplicates/{a}/{b}",
+            format!("/v1/duplicates/{ann}/{lim}"),
+        ),
     ] {
         rows.push(row(method, route, path, Key, Body::None, C::Forbidden));
     }
@@ -897,6 +908,23 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
         Admin,
         json_body(json!({})),
         C::MergeNotFound,
+    ));
+    // A pair never suggested, and an id that is no customer id.
+    rows.push(row(
+        Method::DELETE,
+        "/v1/duplicates/{a}/{b}",
+        format!("/v1/duplicates/{ann}/{nobody}"),
+        Agent,
+        Body::None,
+        C::NotFound,
+    ));
+    rows.push(row(
+        Method::DELETE,
+        "/v1/duplicates/{a}/{b}",
+        format!("/v1/duplicates/not-an-id/{ann}"),
+        Agent,
+        Body::None,
+        C::CustomerNotFound,
     ));
     rows.push(row(
         Method::DELETE,
@@ -1105,6 +1133,14 @@ async fn every_route_and_every_error_code_answer_a_problem_with_the_tables_statu
         "/v1/duplicates",
         "/v1/duplicates?limit=0",
         Admin,
+        Body::None,
+        C::ValidationFailed,
+    ));
+    rows.push(row(
+        Method::DELETE,
+        "/v1/duplicates/{a}/{b}",
+        format!("/v1/duplicates/{ann}/{ann}"),
+        Agent,
         Body::None,
         C::ValidationFailed,
     ));

@@ -432,6 +432,23 @@ async fn shared_and_blocked_numbers_never_merge() {
     )
     .await;
 
+    let read = |id: Value| {
+        let app = &app;
+        let agent = agent.clone();
+        async move {
+            expect_json::<Value>(
+                app.get(&format!("/v1/customers/{}", id.as_str().unwrap()), &agent)
+                    .await,
+                StatusCode::OK,
+            )
+            .await
+        }
+    };
+    assert_eq!(
+        read(guest["id"].clone()).await["shared_identifiers"],
+        json!([])
+    );
+
     // Only admins mark a number shared; bad values are refused.
     expect_problem(
         app.post(
@@ -472,6 +489,12 @@ async fn shared_and_blocked_numbers_never_merge() {
         shared,
         json!({"identifier": "phone:+6563388888", "shared": true})
     );
+    // The customer says which of its identifiers are shared, to anyone
+    // who reads it.
+    assert_eq!(
+        read(guest["id"].clone()).await["shared_identifiers"],
+        json!(["phone:+6563388888"])
+    );
 
     let second: Value = expect_json(
         app.post(
@@ -505,6 +528,35 @@ async fn shared_and_blocked_numbers_never_merge() {
         ]),
         "a shared number finds all its customers"
     );
+    let second_read = read(second["customer_id"].clone()).await;
+    assert_eq!(
+        second_read["shared_identifiers"],
+        json!(["phone:+6563388888"]),
+        "{second_read}"
+    );
+    // Unmarked, it is no longer shown shared.
+    let unshared: Value = expect_json(
+        app.post(
+            "/v1/identities/phone:+6563388888/shared",
+            &admin,
+            &json!({"shared": false}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(unshared["shared"], false);
+    assert_eq!(
+        read(guest["id"].clone()).await["shared_identifiers"],
+        json!([])
+    );
+    // Marked again for the rest of the test.
+    expect_json::<Value>(
+        app.post("/v1/identities/6338%208888/shared", &admin, &json!({}))
+            .await,
+        StatusCode::OK,
+    )
+    .await;
 
     // A number blocked in configuration never links two calls.
     let mut callers = BTreeSet::new();
@@ -613,4 +665,71 @@ async fn similar_profiles_are_suggested_not_merged() {
     assert_eq!(items[0]["reason"], "similar_profile");
     assert!(items[0]["detail"].as_str().unwrap().contains("acme.com"));
     index_agrees(&app).await;
+
+    // Staff dismiss the pair (in either order): it is not listed again, not
+    // even after a change to one of them has the finder look at it again.
+    let pair: Vec<&str> = items[0]["customer_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let key = app.service_key("website").await;
+    expect_problem(
+        app.delete(&format!("/v1/duplicates/{}/{}", pair[0], pair[1]), &key)
+            .await,
+        StatusCode::FORBIDDEN,
+        "forbidden",
+    )
+    .await;
+    for _ in 0..2 {
+        let dismissed = app
+            .delete(&format!("/v1/duplicates/{}/{}", pair[1], pair[0]), &agent)
+            .await;
+        assert_eq!(dismissed.status(), StatusCode::NO_CONTENT);
+    }
+    let dupes: Value = expect_json(app.get("/v1/duplicates", &agent).await, StatusCode::OK).await;
+    assert_eq!(dupes["items"], json!([]), "{dupes}");
+    let second: Value = expect_json(
+        app.get(&format!("/v1/customers/{}", pair[1]), &agent).await,
+        StatusCode::OK,
+    )
+    .await;
+    expect_json::<Value>(
+        app.patch(
+            &format!("/v1/customers/{}", pair[0]),
+            &agent,
+            &json!({"name": second["name"]}),
+        )
+        .await,
+        StatusCode::OK,
+    )
+    .await;
+    index_agrees(&app).await;
+    let dupes: Value = expect_json(app.get("/v1/duplicates", &agent).await, StatusCode::OK).await;
+    assert_eq!(
+        dupes["items"],
+        json!([]),
+        "dismissed stays dismissed: {dupes}"
+    );
+    // A pair never suggested, and the same customer twice.
+    let others: Vec<&String> = ids.iter().filter(|i| !pair.contains(&i.as_str())).collect();
+    expect_problem(
+        app.delete(
+            &format!("/v1/duplicates/{}/{}", others[0], others[1]),
+            &agent,
+        )
+        .await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    )
+    .await;
+    let problem = expect_problem(
+        app.delete(&format!("/v1/duplicates/{}/{}", pair[0], pair[0]), &agent)
+            .await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "validation_failed",
+    )
+    .await;
+    assert_eq!(problem_fields(&problem), BTreeSet::from(["b"]));
 }

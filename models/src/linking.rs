@@ -102,6 +102,14 @@ pub struct Suggestion {
     pub score: f64,
     #[serde(with = "time::rfc3339")]
     pub at: Timestamp,
+    /// When staff dismissed the pair ("not the same person"): it is kept,
+    /// so that the pair is not suggested again, but no longer listed.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "time::rfc3339_option"
+    )]
+    pub dismissed_at: Option<Timestamp>,
 }
 
 impl Suggestion {
@@ -119,12 +127,19 @@ impl Suggestion {
             detail: detail.into(),
             score,
             at: time::now(),
+            dismissed_at: None,
         }
     }
 
     /// The store key: the pair.
     pub fn key(&self) -> String {
-        format!("{}:{}", self.customer_ids[0], self.customer_ids[1])
+        Self::pair_key(self.customer_ids[0], self.customer_ids[1])
+    }
+
+    /// The store key of a pair, in either order.
+    pub fn pair_key(a: CustomerId, b: CustomerId) -> String {
+        let (x, y) = if a <= b { (a, b) } else { (b, a) };
+        format!("{x}:{y}")
     }
 }
 

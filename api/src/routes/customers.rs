@@ -158,11 +158,23 @@ fn check_count(n: usize, field: &str, errors: &mut Vec<FieldError>) {
     }
 }
 
+/// A customer as `GET /v1/customers/{id}` shows it: the profile, and which
+/// of its identifiers are marked shared.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct CustomerView {
+    #[serde(flatten)]
+    pub customer: Customer,
+    /// The keys of the profile's identifiers marked shared (`phone:+6563388888`,
+    /// see `POST /v1/identities/{identifier}/shared`): they link nobody.
+    pub shared_identifiers: Vec<String>,
+}
+
+/// A customer; a merged one's survivor (reads follow `merged_into`).
 #[utoipa::path(
     get, path = "/v1/customers/{id}", tag = "customers",
     params(("id" = String, Path, description = "Customer id")),
     responses(
-        (status = 200, body = Customer),
+        (status = 200, body = CustomerView),
         (status = 404, description = "`customer_not_found`", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -170,9 +182,14 @@ async fn get_customer(
     State(state): State<AppState>,
     _caller: Staff,
     ApiPath(id): ApiPath<String>,
-) -> Result<ApiJson<Customer>, ApiError> {
+) -> Result<ApiJson<CustomerView>, ApiError> {
     let id = parse_customer_id(&id)?;
-    Ok(ApiJson(state.crm.get_customer(id).await?))
+    let customer = state.crm.get_customer(id).await?;
+    let shared_identifiers = state.crm.shared_identifiers(&customer).await?;
+    Ok(ApiJson(CustomerView {
+        customer,
+        shared_identifiers,
+    }))
 }
 
 /// A JSON merge patch (RFC 7396) of the profile. `null` clears a field (for

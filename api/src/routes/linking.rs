@@ -27,6 +27,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(customer_history))
         .routes(routes!(undo_merge))
         .routes(routes!(list_duplicates))
+        .routes(routes!(dismiss_duplicate))
         .routes(routes!(mark_shared))
 }
 
@@ -215,6 +216,42 @@ async fn list_duplicates(
     Ok(ApiJson(DuplicatesPage {
         items: items.into_iter().map(DuplicateItem::from).collect(),
     }))
+}
+
+/// Dismisses a suggested pair: they are not the same person. The pair is
+/// no longer listed, and not suggested again. Either order of the two ids;
+/// dismissing a pair again changes nothing.
+#[utoipa::path(
+    delete, path = "/v1/duplicates/{a}/{b}", tag = "linking",
+    params(
+        ("a" = String, Path, description = "One customer of the pair"),
+        ("b" = String, Path, description = "The other"),
+    ),
+    responses(
+        (status = 204, description = "Dismissed"),
+        (status = 401, description = "`unauthorized`", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "`forbidden`: staff only", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "`customer_not_found`: an id is not a customer id. `not_found`: the pair was never suggested", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "`validation_failed`: the same customer twice", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn dismiss_duplicate(
+    State(state): State<AppState>,
+    Staff(caller): Staff,
+    ApiPath((a, b)): ApiPath<(String, String)>,
+) -> Result<axum::http::StatusCode, ApiError> {
+    let (a, b) = (parse_customer_id(&a)?, parse_customer_id(&b)?);
+    if a == b {
+        return Err(ApiError::field("b", "must be another customer than a"));
+    }
+    if !state.crm.dismiss_duplicate(a, b).await? {
+        return Err(ApiError::not_found(
+            ErrorCode::NotFound,
+            "this pair was never suggested as duplicates",
+        ));
+    }
+    tracing::info!(actor = %caller.actor(), "suggested duplicates dismissed");
+    Ok(axum::http::StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Default, Deserialize, utoipa::ToSchema)]

@@ -349,8 +349,30 @@ impl Crm {
         Ok(())
     }
 
-    /// Suggested duplicates still open (both customers exist, neither merged),
-    /// most likely first.
+    /// The keys of the customer's identifiers that are marked shared, in the
+    /// profile's order.
+    pub async fn shared_identifiers(&self, customer: &Customer) -> Result<Vec<String>, CrmError> {
+        let keys: Vec<String> = customer.identifiers().iter().map(Identifier::key).collect();
+        if keys.is_empty() {
+            return Ok(keys);
+        }
+        let infos = self.store.identities(&keys).await?;
+        Ok(keys
+            .into_iter()
+            .zip(infos)
+            .filter(|(_, info)| info.is_some_and(|i| i.shared))
+            .map(|(key, _)| key)
+            .collect())
+    }
+
+    /// Dismisses the suggested pair ("not the same person"): it is not
+    /// listed or suggested again. False when the pair was never suggested.
+    pub async fn dismiss_duplicate(&self, a: CustomerId, b: CustomerId) -> Result<bool, CrmError> {
+        Ok(self.store.dismiss_suggestion(a, b, time::now()).await?)
+    }
+
+    /// Suggested duplicates still open (both customers exist, neither merged,
+    /// not dismissed), most likely first.
     pub async fn duplicates(&self, limit: usize) -> Result<Vec<Suggestion>, CrmError> {
         const SCAN: usize = 500;
         let mut out = Vec::new();
@@ -373,6 +395,7 @@ impl Crm {
                 .collect();
             out.extend(
                 page.iter()
+                    .filter(|s| s.dismissed_at.is_none())
                     .filter(|s| s.customer_ids.iter().all(|id| active.contains(id)))
                     .cloned(),
             );

@@ -334,7 +334,8 @@ pub trait MergeStore: Send + Sync {
     /// Merges that involve the customer (as survivor or merged), oldest first.
     async fn merges_of(&self, customer: CustomerId) -> StoreResult<Vec<MergeRecord>>;
 
-    /// Keeps a suggestion, replacing the one for the same pair.
+    /// Keeps a suggestion, replacing the one for the same pair; a pair
+    /// dismissed before stays dismissed (its `dismissed_at` is kept).
     async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()>;
     /// [`upsert_suggestion`](Self::upsert_suggestion) of each, in order (a
     /// later one for the same pair wins); the embedded store writes them in
@@ -345,7 +346,16 @@ pub trait MergeStore: Send + Sync {
         }
         Ok(())
     }
-    /// Suggestions by pair key, after the given key, at most `limit`.
+    /// Marks the pair's suggestion dismissed at `at` (kept if it was
+    /// dismissed before): false when there is no suggestion for the pair.
+    async fn dismiss_suggestion(
+        &self,
+        a: CustomerId,
+        b: CustomerId,
+        at: Timestamp,
+    ) -> StoreResult<bool>;
+    /// Suggestions by pair key (dismissed ones too), after the given key, at
+    /// most `limit`.
     async fn list_suggestions(
         &self,
         after: Option<&str>,

@@ -295,6 +295,90 @@ pub async fn suggestions_are_kept_once_per_pair(store: Arc<dyn Store>) {
     assert_eq!(cd.reason, SuggestionReason::IdentifierCap, "the later one");
 }
 
+/// A dismissed pair stays dismissed: a later suggestion for it (the finder
+/// seeing the same pair again) keeps the dismissal, and the service no
+/// longer lists it.
+pub async fn dismissed_suggestions_are_not_suggested_again(store: Arc<dyn Store>) {
+    let crm = crm(store.clone());
+    let a = crm
+        .create_customer(CustomerInput {
+            name: Some("Tan Wei Ming".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .0;
+    let b = crm
+        .create_customer(CustomerInput {
+            name: Some("Wei Ming Tan".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .0;
+    let c = crm
+        .create_customer(CustomerInput {
+            name: Some("Tan Wei Jie".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .0;
+    let ab = Suggestion::new(
+        a.id,
+        b.id,
+        SuggestionReason::SimilarProfile,
+        "same name",
+        0.7,
+    );
+    let ac = Suggestion::new(
+        a.id,
+        c.id,
+        SuggestionReason::SimilarProfile,
+        "same name",
+        0.5,
+    );
+    store
+        .upsert_suggestions(&[ab.clone(), ac.clone()])
+        .await
+        .unwrap();
+    assert_eq!(crm.duplicates(10).await.unwrap().len(), 2);
+
+    // Either order names the pair.
+    assert!(store.dismiss_suggestion(b.id, a.id, at(5)).await.unwrap());
+    let open = crm.duplicates(10).await.unwrap();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(open[0].key(), ac.key());
+    let kept = store.list_suggestions(None, 10).await.unwrap();
+    let dismissed = kept.iter().find(|s| s.key() == ab.key()).unwrap();
+    assert_eq!(dismissed.dismissed_at, Some(at(5)));
+
+    // Suggested again, alone or in a batch: still dismissed, at its time.
+    let again = Suggestion::new(a.id, b.id, SuggestionReason::IdentifierCap, "cap", 0.9);
+    store.upsert_suggestion(&again).await.unwrap();
+    store.upsert_suggestions(&[again.clone()]).await.unwrap();
+    let kept = store.list_suggestions(None, 10).await.unwrap();
+    let dismissed = kept.iter().find(|s| s.key() == ab.key()).unwrap();
+    assert_eq!(
+        dismissed.reason,
+        SuggestionReason::IdentifierCap,
+        "replaced"
+    );
+    assert_eq!(dismissed.dismissed_at, Some(at(5)), "still dismissed");
+    assert_eq!(crm.duplicates(10).await.unwrap().len(), 1);
+
+    // Dismissing again keeps the first time; a pair never suggested is not
+    // dismissed.
+    assert!(store.dismiss_suggestion(a.id, b.id, at(9)).await.unwrap());
+    let kept = store.list_suggestions(None, 10).await.unwrap();
+    let dismissed = kept.iter().find(|s| s.key() == ab.key()).unwrap();
+    assert_eq!(dismissed.dismissed_at, Some(at(5)));
+    assert!(!store.dismiss_suggestion(b.id, c.id, at(9)).await.unwrap());
+    assert!(!crm.dismiss_duplicate(b.id, c.id).await.unwrap());
+    assert!(crm.dismiss_duplicate(c.id, a.id).await.unwrap());
+    assert!(crm.duplicates(10).await.unwrap().is_empty());
+}
+
 // --- the service ---
 
 pub async fn service_call_sms_whatsapp_from_one_number_make_one_customer(store: Arc<dyn Store>) {

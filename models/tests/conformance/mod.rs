@@ -166,6 +166,7 @@ macro_rules! store_suite {
                 move_identities_and_engagements_carry_counts,
                 merge_records_history_and_undo_once,
                 suggestions_are_kept_once_per_pair,
+                dismissed_suggestions_are_not_suggested_again,
                 service_call_sms_whatsapp_from_one_number_make_one_customer,
                 service_one_event_naming_two_customers_merges_and_undo_restores,
                 service_web_visitor_logs_in_then_calls,

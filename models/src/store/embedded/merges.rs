@@ -4,11 +4,13 @@
 use std::ops::Bound;
 
 use async_trait::async_trait;
+use redb::ReadableTable;
 
 use super::{db_err, decode, encode, EmbeddedStore, MERGES, MERGES_BY_CUSTOMER, SUGGESTIONS};
 use crate::ids::CustomerId;
 use crate::linking::{MergeId, MergeRecord, Suggestion};
 use crate::store::{MergeStore, StoreResult};
+use crate::time::Timestamp;
 
 #[async_trait]
 impl MergeStore for EmbeddedStore {
@@ -61,6 +63,21 @@ impl MergeStore for EmbeddedStore {
             {
                 let mut table = txn.open_table(SUGGESTIONS).map_err(db_err)?;
                 for suggestion in &suggestions {
+                    let dismissed_at = match table.get(suggestion.key().as_str()).map_err(db_err)? {
+                        Some(old) => decode::<Suggestion>("suggestion", old.value())?.dismissed_at,
+                        None => None,
+                    };
+                    let kept;
+                    let suggestion = match dismissed_at {
+                        Some(at) => {
+                            kept = Suggestion {
+                                dismissed_at: Some(at),
+                                ..suggestion.clone()
+                            };
+                            &kept
+                        }
+                        None => suggestion,
+                    };
                     let bytes = encode("suggestion", suggestion)?;
                     table
                         .insert(suggestion.key().as_str(), bytes.as_slice())
@@ -68,6 +85,45 @@ impl MergeStore for EmbeddedStore {
                 }
             }
             txn.commit().map_err(db_err)
+        })
+        .await
+    }
+
+    async fn dismiss_suggestion(
+        &self,
+        a: CustomerId,
+        b: CustomerId,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        let key = Suggestion::pair_key(a, b);
+        self.run(move |db| {
+            let txn = db.begin_write().map_err(db_err)?;
+            let found = {
+                let mut table = txn.open_table(SUGGESTIONS).map_err(db_err)?;
+                let old = match table.get(key.as_str()).map_err(db_err)? {
+                    Some(bytes) => Some(decode::<Suggestion>("suggestion", bytes.value())?),
+                    None => None,
+                };
+                match old {
+                    Some(s) if s.dismissed_at.is_some() => true,
+                    Some(s) => {
+                        let bytes = encode(
+                            "suggestion",
+                            &Suggestion {
+                                dismissed_at: Some(at),
+                                ..s
+                            },
+                        )?;
+                        table
+                            .insert(key.as_str(), bytes.as_slice())
+                            .map_err(db_err)?;
+                        true
+                    }
+                    None => false,
+                }
+            };
+            txn.commit().map_err(db_err)?;
+            Ok(found)
         })
         .await
     }

@@ -9,6 +9,7 @@ use super::MongoStore;
 use crate::ids::CustomerId;
 use crate::linking::{MergeId, MergeRecord, Suggestion};
 use crate::store::{MergeStore, StoreError, StoreResult};
+use crate::time::{self, Timestamp};
 
 #[async_trait]
 impl MergeStore for MongoStore {
@@ -34,15 +35,45 @@ impl MergeStore for MongoStore {
     }
 
     async fn upsert_suggestion(&self, suggestion: &Suggestion) -> StoreResult<()> {
-        let mut doc = bson::to_document(suggestion)
+        // `$set` of the new fields only: a dismissal (`dismissed_at`, which
+        // a new suggestion does not have) stays.
+        let mut fields = bson::to_document(suggestion)
             .map_err(|e| StoreError::Internal(format!("cannot encode a suggestion: {e}")))?;
-        doc.insert("_id", suggestion.key());
+        fields.remove("dismissed_at");
         self.suggestions
-            .replace_one(doc! { "_id": suggestion.key() }, doc)
+            .update_one(doc! { "_id": suggestion.key() }, doc! { "$set": fields })
             .upsert(true)
             .await
             .map(|_| ())
             .map_err(map_err)
+    }
+
+    async fn dismiss_suggestion(
+        &self,
+        a: CustomerId,
+        b: CustomerId,
+        at: Timestamp,
+    ) -> StoreResult<bool> {
+        let key = Suggestion::pair_key(a, b);
+        let found = self
+            .suggestions
+            .update_one(
+                doc! { "_id": &key, "dismissed_at": null },
+                doc! { "$set": { "dismissed_at": time::format(&at) } },
+            )
+            .await
+            .map_err(map_err)?;
+        if found.matched_count > 0 {
+            return Ok(true);
+        }
+        // Dismissed before, or no suggestion at all.
+        let kept = self
+            .suggestions
+            .find_one(doc! { "_id": &key })
+            .projection(doc! { "_id": 1 })
+            .await
+            .map_err(map_err)?;
+        Ok(kept.is_some())
     }
 
     async fn list_suggestions(
