@@ -241,19 +241,16 @@ export function devicesPage(main) {
 }
 
 // --- duplicates ----------------------------------------------------------------------
-const HIDDEN_KEY = 'crm.hidden_duplicates';
-
 export function duplicatesPage(main, go) {
   const list = h('div', {class: 'pairs'});
   clear(main, h('section', {class: 'card wide', 'aria-labelledby': 'dups-title'},
     h('h1', {id: 'dups-title'}, 'Possible duplicates'),
-    h('p', {class: 'muted'}, 'Suggested pairs, most likely first. “Not now” hides a pair in this tab only.'), list));
-  const hidden = new Set(JSON.parse(sessionStorage.getItem(HIDDEN_KEY) || '[]'));
+    h('p', {class: 'muted'}, 'Suggested pairs, most likely first. “Dismiss” says they are different people: the pair is not suggested again.'), list));
 
   async function load() {
     const page = await attempt(() => api('/v1/duplicates?limit=50'));
     if (!page) return;
-    const items = page.items.filter((d) => !hidden.has(d.customer_ids.join(',')));
+    const items = page.items;
     clear(list, items.length === 0 ? h('p', {class: 'muted'}, 'No suggestions') : null);
     for (const item of items) list.append(await pair(item));
   }
@@ -266,7 +263,7 @@ export function duplicatesPage(main, go) {
         h('p', {}, c.phones.join(', ') || '—'), h('p', {}, c.emails.join(', ') || '—'),
         h('p', {class: 'muted'}, 'since ', when(c.created_at))]
       : h('p', {class: 'muted'}, id + ' is gone'));
-    return h('article', {class: 'pair', 'aria-label': item.detail},
+    return h('article', {class: 'pair', 'aria-label': item.detail, dataset: {pair: item.customer_ids.join(',')}},
       h('p', {class: 'reason'}, `${item.reason.replaceAll('_', ' ')} · ${Math.round(item.score * 100)}% · ${item.detail}`),
       h('div', {class: 'cards'}, customers.map((c, i) => card(c, item.customer_ids[i]))),
       h('div', {class: 'buttons'},
@@ -274,11 +271,13 @@ export function duplicatesPage(main, go) {
           const merged = await attempt(() => api(`/v1/customers/${keep}/merge`, {method: 'POST', body: {ids: others}}));
           if (merged) { toast('Merged'); go('#/customers/' + keep); }
         }}, 'Merge into the first'),
-        h('button', {type: 'button', onclick: () => {
-          hidden.add(item.customer_ids.join(','));
-          sessionStorage.setItem(HIDDEN_KEY, JSON.stringify([...hidden]));
-          load();
-        }}, 'Not now')));
+        h('button', {type: 'button', class: 'dismiss', onclick: async () => {
+          const path = '/v1/duplicates/' + item.customer_ids.map(encodeURIComponent).join('/');
+          if (await attempt(() => api(path, {method: 'DELETE'}).then(() => true))) {
+            toast('Dismissed: not suggested again');
+            load();
+          }
+        }}, 'Dismiss')));
   }
   load();
 }

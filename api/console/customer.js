@@ -95,7 +95,9 @@ export function customerPage(main, id, go) {
     form.querySelectorAll('.field-error, .form-error').forEach((el) => { el.textContent = ''; });
     form.querySelectorAll('[aria-invalid]').forEach((el) => el.removeAttribute('aria-invalid'));
     try {
-      state.customer = await api(`/v1/customers/${id}`, {method: 'PATCH', body, contentType: 'application/merge-patch+json'});
+      const saved = await api(`/v1/customers/${id}`, {method: 'PATCH', body, contentType: 'application/merge-patch+json'});
+      // A patch answers with the profile only: the shared marks stay as read.
+      state.customer = {...saved, shared_identifiers: state.customer.shared_identifiers || []};
       showProfile();
       showIdentifiers();
       toast('Profile saved');
@@ -124,18 +126,24 @@ export function customerPage(main, id, go) {
     const c = state.customer;
     const ids = [...c.phones.map((p) => 'phone:' + p), ...c.emails.map((m) => 'email:' + m),
       ...Object.entries(c.social || {}).map(([k, v]) => `${k}:${v}`)];
+    const shared = new Set(c.shared_identifiers || []);
     clear(identifiers, h('h2', {id: 'ids-title'}, 'Identifiers'),
-      h('ul', {class: 'identifiers'}, ids.map((key) => h('li', {},
+      h('ul', {class: 'identifiers'}, ids.map((key) => h('li', {dataset: {identifier: key, shared: String(shared.has(key))}},
         h('code', {}, key),
+        shared.has(key)
+          ? [' ', h('span', {class: 'badge shared', title: 'Shared (a switchboard, a family phone): it links nobody'}, 'shared')]
+          : null,
         isAdmin && (key.startsWith('phone:') || key.startsWith('email:'))
-          ? h('button', {type: 'button', class: 'small', onclick: () => markShared(key)}, 'Mark shared')
+          ? h('button', {type: 'button', class: 'small toggle-shared', 'aria-pressed': String(shared.has(key)),
+            onclick: () => markShared(key, !shared.has(key))}, shared.has(key) ? 'Unmark shared' : 'Mark shared')
           : null))));
   }
 
-  async function markShared(key) {
+  async function markShared(key, on) {
     try {
-      await api(`/v1/identities/${encodeURIComponent(key)}/shared`, {method: 'POST', body: {shared: true}});
-      toast(`${key} is shared now: it no longer links customers`);
+      await api(`/v1/identities/${encodeURIComponent(key)}/shared`, {method: 'POST', body: {shared: on}});
+      toast(on ? `${key} is shared now: it no longer links customers` : `${key} links customers again`);
+      await loadProfile();
     } catch (e) {
       toast(problemText(e));
     }

@@ -16,10 +16,13 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use common::{
     chromium, expect_json, playwright_python, spawn_app, spawn_app_with, TestApp, ADMIN_EMAIL,
     ADMIN_PASSWORD, USER_PASSWORD,
 };
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::header::{
     ACCEPT_ENCODING, CONTENT_ENCODING, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
     X_CONTENT_TYPE_OPTIONS,
@@ -221,6 +224,48 @@ async fn listed_origins_may_call_the_api_from_a_browser_and_others_may_not() {
         .is_none());
 }
 
+/// The same token, expired an hour ago (signed with the real secret): the
+/// server answers it 401, as it does once an access token's time is up.
+fn expired(token: &str, secret: &[u8]) -> String {
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let mut claims: Value =
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    let now = chrono::Utc::now().timestamp();
+    claims["iat"] = json!(now - 7200);
+    claims["nbf"] = json!(now - 7200);
+    claims["exp"] = json!(now - 3600);
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret),
+    )
+    .unwrap()
+}
+
+/// The suggested pair of these customers (ids in the suggestion's order),
+/// once the duplicate finder has suggested it.
+async fn wait_for_suggestion(app: &TestApp, token: &str, ids: &[String]) -> Vec<String> {
+    for _ in 0..400 {
+        let dupes: Value =
+            expect_json(app.get("/v1/duplicates", token).await, StatusCode::OK).await;
+        for item in dupes["items"].as_array().unwrap() {
+            let mut pair: Vec<String> = item["customer_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap().to_string())
+                .collect();
+            let shown = pair.clone();
+            pair.sort();
+            if pair == ids {
+                return shown;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the duplicate finder never suggested {ids:?}");
+}
+
 /// What the browser script needs: the people, their tokens and customers.
 async fn seed(app: &TestApp) -> Value {
     let admin = app.admin_token().await;
@@ -282,6 +327,21 @@ async fn seed(app: &TestApp) -> Value {
         StatusCode::CREATED,
     )
     .await;
+    // Two profiles the duplicate finder pairs (the same name, one company).
+    let mut similar = Vec::new();
+    for body in [
+        json!({"name": "Tan Wei Ming", "emails": ["weiming@acme.com"]}),
+        json!({"name": "Wei Ming Tan", "emails": ["wm.tan@acme.com"]}),
+    ] {
+        let created: Value = expect_json(
+            app.post("/v1/customers", &agent_token, &body).await,
+            StatusCode::CREATED,
+        )
+        .await;
+        similar.push(created["id"].as_str().unwrap().to_string());
+    }
+    similar.sort();
+    let pair = wait_for_suggestion(app, &agent_token, &similar).await;
     let screenshots =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/console-screenshots");
     std::fs::create_dir_all(&screenshots).unwrap();
@@ -291,10 +351,13 @@ async fn seed(app: &TestApp) -> Value {
         "screenshots": screenshots,
         "admin": {"email": ADMIN_EMAIL, "password": ADMIN_PASSWORD, "token": admin},
         "agent": {"email": "asha@example.com", "password": USER_PASSWORD, "id": agent["id"],
-                  "token": agent_token, "device_token": device["token"]},
+                  "token": agent_token, "device_token": device["token"],
+                  "expired_token": expired(&agent_token, &app.jwt_secret())},
         "narendra": {"id": ids[0], "name": "Narendra Kumar"},
         "priya": {"id": ids[1], "name": "Priya Nair", "phone": "+6581112222"},
         "duplicate": {"id": ids[2], "email": "priya.n@example.com"},
+        "stranger": {"name": "Walk-in Caller", "phone": "+6588887777"},
+        "similar": {"pair": pair},
     })
 }
 
@@ -319,7 +382,11 @@ async fn a_salesperson_works_the_console_in_a_real_browser() {
         "edit and filter",
         "call popup",
         "reload keeps the session",
+        "unknown caller created",
+        "expired token refreshed silently",
         "merge and undo",
+        "mark shared",
+        "dismiss duplicates",
         "wall board",
         "deactivated user logged out",
     ] {
@@ -396,4 +463,14 @@ async fn a_salesperson_works_the_console_in_a_real_browser() {
     )
     .await;
     assert_eq!(timeline["items"].as_array().unwrap().len(), 2, "{timeline}");
+    // The pair dismissed in the browser is no longer suggested.
+    let dupes: Value = expect_json(app.get("/v1/duplicates", &admin).await, StatusCode::OK).await;
+    assert!(
+        dupes["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["customer_ids"] != config["similar"]["pair"]),
+        "{dupes}"
+    );
 }

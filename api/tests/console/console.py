@@ -118,7 +118,7 @@ def e2e(cfg):
         desk.fill("#f-emails", "narendra@example.com\nnot an email")
         desk.click("form.edit button[type=submit]")
         desk.wait_for_function(
-            "document.querySelector('#e-emails')?.textContent.includes('line 2')", timeout=WAIT)
+            "() => document.querySelector('#e-emails')?.textContent.includes('line 2')", timeout=WAIT)
         assert desk.get_attribute("#f-emails", "aria-invalid") == "true"
         shots.take(desk, "customer-edit-error-1366x768")
         desk.fill("#f-emails", "narendra@example.com\nnarendra.k@example.com")
@@ -154,6 +154,53 @@ def e2e(cfg):
         assert desk.query_selector("form.login") is None
         step("reload keeps the session")
 
+        # A number nobody has: the popup offers to create the customer, and
+        # the form it opens has the number in it.
+        stranger = cfg["stranger"]
+        lookup = call_api(cfg, "GET", "/v1/mobile/caller-id?number=" + urllib.parse.quote(stranger["phone"]),
+                          agent["device_token"])
+        assert lookup == {"known": False, "customers": []}, lookup
+        unknown = desk.wait_for_selector('.call[data-customer=""]:has-text("Unknown caller")', timeout=WAIT)
+        assert stranger["phone"] in unknown.inner_text(), unknown.inner_text()
+        shots.take(desk, "unknown-caller-1366x768")
+        desk.locator('.call[data-customer=""] button.create-caller').click(timeout=WAIT)
+        desk.wait_for_selector("body[data-page=new]", timeout=WAIT)
+        assert desk.input_value("#n-phones") == stranger["phone"], desk.input_value("#n-phones")
+        desk.fill("#n-name", stranger["name"])
+        desk.click("form.edit button[type=submit]")
+        desk.wait_for_function(
+            "name => document.querySelector('#customer-name')?.textContent === name",
+            arg=stranger["name"], timeout=WAIT)
+        assert stranger["phone"] in desk.inner_text(".profile .phones")
+        step("unknown caller created")
+
+        # The access token has expired: the server answers 401, the console
+        # renews it with the refresh token and the search still shows its
+        # results, without a login. (The first search request carries an
+        # expired token, as it would once its time is up.)
+        expired = []
+        def send_expired(route, request):
+            if expired:
+                route.continue_()
+                return
+            expired.append(request.url)
+            headers = dict(request.headers)
+            headers["authorization"] = "Bearer " + agent["expired_token"]
+            route.continue_(headers=headers)
+        answers = []
+        desk.on("response", lambda r: answers.append((r.url, r.status)))
+        desk.route("**/v1/search?*", send_expired)
+        search(desk, "narendra")
+        hit = desk.wait_for_selector("#search-results .hit .hit-name", timeout=WAIT)
+        assert "Narendra" in hit.inner_text(), hit.inner_text()
+        desk.unroute("**/v1/search?*")
+        assert expired, "no search request was sent with the expired token"
+        assert any(url == expired[0] and status == 401 for url, status in answers), answers
+        assert any(url.endswith("/v1/auth/refresh") and status == 200 for url, status in answers), answers
+        assert desk.query_selector("form.login") is None
+        desk.keyboard.press("Escape")
+        step("expired token refreshed silently")
+
         # An admin, on a wide screen: merge Priya's duplicate into her, then undo.
         boss = browser.new_context(viewport={"width": 1920, "height": 1080}).new_page()
         boss.on("pageerror", lambda e: errors.append(str(e)))
@@ -175,6 +222,30 @@ def e2e(cfg):
         boss.wait_for_selector(".history button.undo", state="detached", timeout=WAIT)
         step("merge and undo")
 
+        # An identifier marked shared shows the mark; unmarked, it goes.
+        ident = f'.identifiers li[data-identifier="phone:{priya["phone"]}"]'
+        boss.wait_for_selector(f'{ident}[data-shared=false]', timeout=WAIT)
+        boss.locator(f"{ident} button.toggle-shared").click(timeout=WAIT)
+        boss.wait_for_selector(f'{ident}[data-shared=true] .badge.shared', timeout=WAIT)
+        assert boss.inner_text(f"{ident} button.toggle-shared") == "Unmark shared"
+        shots.take(boss, "identifier-shared-1920x1080")
+        boss.locator(f"{ident} button.toggle-shared").click(timeout=WAIT)
+        boss.wait_for_selector(f'{ident}[data-shared=false]', timeout=WAIT)
+        assert boss.query_selector(f"{ident} .badge.shared") is None
+        step("mark shared")
+
+        # A suggested pair, dismissed: gone from the list, and after a reload.
+        pair = ",".join(cfg["similar"]["pair"])
+        boss.goto(cfg["base"] + "/#/duplicates")
+        boss.wait_for_selector(f'.pair[data-pair="{pair}"]', timeout=WAIT)
+        shots.take(boss, "duplicates-1920x1080")
+        boss.locator(f'.pair[data-pair="{pair}"] button.dismiss').click(timeout=WAIT)
+        boss.wait_for_selector(f'.pair[data-pair="{pair}"]', state="detached", timeout=WAIT)
+        boss.reload()
+        boss.wait_for_selector("body[data-page=duplicates]", timeout=WAIT)
+        boss.wait_for_selector('.pairs p.muted:has-text("No suggestions")', timeout=WAIT)
+        step("dismiss duplicates")
+
         boss.goto(cfg["base"] + "/#/board")
         boss.wait_for_selector(".board[data-live=true]", timeout=WAIT)
         row = f'#board-rows tr[data-agent="user:{agent["id"]}"] .value'
@@ -189,7 +260,7 @@ def e2e(cfg):
         shots.take(boss, "wall-board-1920x1080")
         step("wall board")
 
-        for page, name in [("#/duplicates", "duplicates"), ("#/devices", "devices"),
+        for page, name in [("#/devices", "devices"),
                            ("#/admin/keys", "admin-keys"), ("#/admin/webhooks", "admin-webhooks")]:
             boss.goto(cfg["base"] + "/" + page)
             boss.wait_for_selector("main .card h1", timeout=WAIT)
