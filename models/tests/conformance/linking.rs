@@ -356,7 +356,10 @@ pub async fn dismissed_suggestions_are_not_suggested_again(store: Arc<dyn Store>
     // Suggested again, alone or in a batch: still dismissed, at its time.
     let again = Suggestion::new(a.id, b.id, SuggestionReason::IdentifierCap, "cap", 0.9);
     store.upsert_suggestion(&again).await.unwrap();
-    store.upsert_suggestions(&[again.clone()]).await.unwrap();
+    store
+        .upsert_suggestions(std::slice::from_ref(&again))
+        .await
+        .unwrap();
     let kept = store.list_suggestions(None, 10).await.unwrap();
     let dismissed = kept.iter().find(|s| s.key() == ab.key()).unwrap();
     assert_eq!(
