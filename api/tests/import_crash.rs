@@ -1,11 +1,14 @@
 //! SIGKILL of crm-api in the middle of an import: started again, it resumes
 //! the import from its last committed chunk and ends with the same result
-//! as an import that ran without interruption (the counts, the rejected
-//! rows and the customers). The real `crm-api` binary runs as a child
-//! process on the embedded store, configured by environment.
+//! as an import that ran without interruption (the counts of created,
+//! linked and merged rows, the rejected rows and the customers). The real
+//! `crm-api` binary runs as a child process, configured by environment, on
+//! the embedded store and on MongoDB.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is how a test fails
 
+#[path = "../../models/tests/support/mongo_server.rs"]
+mod mongo_server;
 #[path = "common/processes.rs"]
 mod processes;
 
@@ -18,14 +21,27 @@ use serde_json::{json, Value};
 
 const ADMIN_EMAIL: &str = "admin@example.com";
 const ADMIN_PASSWORD: &str = "correct horse battery staple";
+const JWT_SECRET: &str = "import-crash-test-secret-of-at-least-32-bytes";
+/// Rows of the file: fewer on the test MongoDB server (a Python server on
+/// which each merge's transaction takes about a second), two chunks.
 const ROWS: usize = 30_000;
+const MONGODB_ROWS: usize = 2_000;
 
 /// Rows of new people, people seen before in the file (another way of
-/// writing the number, the email in capitals), bad rows and blocked ones.
-fn file() -> String {
+/// writing the number, the email in capitals), rows that name two people
+/// (merged), bad rows and blocked ones.
+fn file(rows: usize) -> String {
     let mut csv = String::from("name,Mobile,Email\n");
-    for i in 1..=ROWS {
+    for i in 1..=rows {
         let line = match i % 10 {
+            // The number of the person 18 rows back and the email of the
+            // one 8 rows back (two new people, named together by no other
+            // row): the two are merged.
+            9 if i % 20 == 19 => format!(
+                "Merge {i},+65{},person{}@acme.io",
+                90_000_000 + i - 18,
+                i - 8
+            ),
             // Someone from up to 1,500 rows back: within the chunk or an
             // earlier one.
             3 | 7 => {
@@ -50,14 +66,33 @@ fn file() -> String {
     csv
 }
 
-fn api(dir: &std::path::Path) -> Api {
-    Api::new(vec![
+/// Where a crm-api keeps its data: the embedded store, or a database of
+/// its own on the test MongoDB server.
+#[derive(Clone, Copy)]
+enum Backend {
+    Embedded,
+    MongoDb,
+}
+
+fn api(dir: &std::path::Path, backend: Backend) -> Api {
+    let mut env = vec![
         ("CRM_DATA_DIR".into(), dir.display().to_string()),
         ("CRM_ADMIN_EMAIL".into(), ADMIN_EMAIL.into()),
         ("CRM_ADMIN_PASSWORD".into(), ADMIN_PASSWORD.into()),
         ("CRM_DEFAULT_REGION".into(), "SG".into()),
         ("CRM_LOG".into(), "info".into()),
-    ])
+    ];
+    if let Backend::MongoDb = backend {
+        env.extend([
+            ("CRM_MONGODB_URI".into(), mongo_server::mongodb_uri()),
+            (
+                "CRM_MONGODB_DATABASE".into(),
+                format!("crm_import_crash_{}", uuid::Uuid::new_v4().simple()),
+            ),
+            ("CRM_JWT_SECRET".into(), JWT_SECRET.into()),
+        ]);
+    }
+    Api::new(env)
 }
 
 async fn login(client: &reqwest::Client, api: &Api) -> String {
@@ -85,12 +120,12 @@ async fn status(client: &reqwest::Client, api: &Api, token: &str, id: &str) -> V
     r.json().await.unwrap()
 }
 
-async fn post(client: &reqwest::Client, api: &Api, token: &str) -> String {
+async fn post(client: &reqwest::Client, api: &Api, token: &str, rows: usize) -> String {
     let r = client
         .post(api.url("/v1/imports?kind=customers&mapping=%7B%22Mobile%22%3A%22phones%22%7D"))
         .bearer_auth(token)
         .header("content-type", "text/csv")
-        .body(file())
+        .body(file(rows))
         .send()
         .await
         .unwrap();
@@ -165,31 +200,46 @@ async fn outcome(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_import_killed_half_way_resumes_to_the_same_result() {
+async fn an_import_killed_half_way_resumes_to_the_same_result_on_the_embedded_store() {
+    killed_half_way(Backend::Embedded).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_killed_half_way_resumes_to_the_same_result_on_mongodb() {
+    killed_half_way(Backend::MongoDb).await;
+}
+
+async fn killed_half_way(backend: Backend) {
     let client = reqwest::Client::new();
+    let rows = match backend {
+        Backend::Embedded => ROWS,
+        Backend::MongoDb => MONGODB_ROWS,
+    };
 
     // Without interruption.
     let dir = tempfile::tempdir().unwrap();
-    let mut whole = api(dir.path());
+    let mut whole = api(dir.path(), backend);
     whole.start(&client).await;
     let token = login(&client, &whole).await;
-    let id = post(&client, &whole, &token).await;
+    let id = post(&client, &whole, &token, rows).await;
     until(&client, &whole, &token, &id, |v| v["state"] == "completed").await;
     let expected = outcome(&client, &whole, &token, &id).await;
-    assert_eq!(expected.0["rows_read"], ROWS);
-    assert_eq!(expected.0["rejected"], 4_500);
-    assert_eq!(expected.0["linked"], 6_000);
-    assert_eq!(expected.0["created"], 19_500);
+    // Of every 20 rows: 3 rejected, 4 linked, 1 merged, 12 created.
+    assert_eq!(expected.0["rows_read"], rows);
+    assert_eq!(expected.0["rejected"], rows / 20 * 3);
+    assert_eq!(expected.0["linked"], rows / 20 * 4);
+    assert_eq!(expected.0["merged"], rows / 20);
+    assert_eq!(expected.0["created"], rows / 20 * 12);
     whole.kill();
 
     // Killed once some chunks are committed, and started again.
     let dir = tempfile::tempdir().unwrap();
-    let mut killed = api(dir.path());
+    let mut killed = api(dir.path(), backend);
     killed.start(&client).await;
     let token = login(&client, &killed).await;
-    let id = post(&client, &killed, &token).await;
+    let id = post(&client, &killed, &token, rows).await;
     let at_kill = until(&client, &killed, &token, &id, |v| {
-        v["rows_read"].as_u64().unwrap_or(0) >= 5_000
+        v["rows_read"].as_u64().unwrap_or(0) >= rows as u64 / 6
     })
     .await;
     killed.kill();
@@ -197,7 +247,7 @@ async fn an_import_killed_half_way_resumes_to_the_same_result() {
         at_kill["state"], "running",
         "the import must still be running when crm-api is killed: {at_kill}"
     );
-    assert!(at_kill["rows_read"].as_u64().unwrap() < ROWS as u64);
+    assert!(at_kill["rows_read"].as_u64().unwrap() < rows as u64);
     killed.start(&client).await;
     let token = login(&client, &killed).await;
     until(&client, &killed, &token, &id, |v| v["state"] == "completed").await;
