@@ -222,11 +222,19 @@ async fn patch_keeps_identities_consistent_and_delete_erases() {
     )
     .await;
     assert_eq!(taken["customers"], json!([bob["id"]]));
-    let unchanged: Value = expect_json(
+    let mut unchanged: Value = expect_json(
         app.get(&format!("/v1/customers/{id}"), &token).await,
         StatusCode::OK,
     )
     .await;
+    // A read adds which identifiers are shared (none here) to the profile.
+    assert_eq!(
+        unchanged
+            .as_object_mut()
+            .unwrap()
+            .remove("shared_identifiers"),
+        Some(json!([]))
+    );
     assert_eq!(unchanged, ann);
     let patched: Value = expect_json(
         app.patch(

@@ -79,12 +79,23 @@ async fn create(app: &TestApp, token: &str, body: Value) -> Value {
     .await
 }
 
+/// The profile as `GET /v1/customers/{id}` reads it, without the list of
+/// shared identifiers that a read adds (none in these tests).
 async fn read_customer(app: &TestApp, token: &str, id: String) -> Value {
-    expect_json(
+    let mut customer: Value = expect_json(
         app.get(&format!("/v1/customers/{id}"), token).await,
         StatusCode::OK,
     )
-    .await
+    .await;
+    assert_eq!(
+        customer
+            .as_object_mut()
+            .unwrap()
+            .remove("shared_identifiers"),
+        Some(json!([])),
+        "{customer}"
+    );
+    customer
 }
 
 fn id(v: &Value) -> String {
