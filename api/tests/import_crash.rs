@@ -264,3 +264,89 @@ async fn killed_half_way(backend: Backend) {
         0
     );
 }
+
+/// `crm-api import` killed as soon as it has begun, then run again with the
+/// `--resume <id>` it printed: it goes on and ends with the counts of an
+/// uninterrupted run; resumed once more, it says the import is done.
+#[test]
+fn the_import_command_killed_resumes_with_the_id_it_printed() {
+    use std::io::BufRead;
+    use std::process::Stdio;
+
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("customers.csv");
+    std::fs::write(&csv, file(ROWS)).unwrap();
+    let data = dir.path().join("data");
+    let api = api(&data, Backend::Embedded);
+    let import = |extra: &[&str]| {
+        let mut cmd = api.command(std::path::Path::new(env!("CARGO_BIN_EXE_crm-api")));
+        // Logs go to standard output, beside the summary: errors only.
+        cmd.env("CRM_LOG", "error")
+            .arg("import")
+            .arg(&csv)
+            .args([
+                "--kind",
+                "customers",
+                "--mapping",
+                r#"{"Mobile": "phones"}"#,
+            ])
+            .args(extra);
+        cmd
+    };
+
+    let mut first = import(&[])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    processes::watch(first.id());
+    let stderr = std::io::BufReader::new(first.stderr.take().unwrap());
+    let hint = stderr
+        .lines()
+        .map(Result::unwrap)
+        .find(|l| l.starts_with("import ") && l.contains("--resume"))
+        .expect("the command prints the import's id first");
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let id = hint
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .trim_end_matches(';')
+        .to_string();
+    assert!(hint.ends_with(&format!("--resume {id}")), "{hint}");
+
+    let resumed = import(&["--resume", &id]).output().unwrap();
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let summary: Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(summary["id"], json!(id));
+    assert_eq!(summary["state"], "completed");
+    assert_eq!(
+        [
+            &summary["rows_read"],
+            &summary["rejected"],
+            &summary["linked"],
+            &summary["merged"],
+            &summary["created"]
+        ],
+        [
+            &json!(ROWS),
+            &json!(ROWS / 20 * 3),
+            &json!(ROWS / 20 * 4),
+            &json!(ROWS / 20),
+            &json!(ROWS / 20 * 12)
+        ]
+    );
+
+    let again = import(&["--resume", &id]).output().unwrap();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("is already completed"),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
