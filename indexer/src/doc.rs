@@ -19,7 +19,7 @@ const MAX_NAME_TOKENS: usize = 64;
 /// Bumped when what is indexed for the same document changes (the tokenizer,
 /// the summary, the layout of the keys), so that verify reports every
 /// customer as stale.
-pub(crate) const FINGERPRINT_VERSION: &str = "index-v4";
+pub(crate) const FINGERPRINT_VERSION: &str = "index-v5";
 
 /// A customer as the index sees it: the profile and its latest engagements.
 /// Built by the caller from the store; the index never reads the store.
@@ -222,17 +222,29 @@ impl IndexedCustomer {
 
     pub(crate) fn entries(&self) -> IndexEntries {
         let c = &self.customer;
-        let mut tokens = c.name.as_deref().map(names::tokenize).unwrap_or_default();
-        tokens.truncate(MAX_NAME_TOKENS);
-        let mut words = c.name.as_deref().map(names::words).unwrap_or_default();
-        words.truncate(MAX_NAME_TOKENS);
-        IndexEntries {
-            tokens,
-            words,
-            phones: c.phones.iter().map(|p| p.as_str().to_string()).collect(),
-            national: national_numbers(&c.phones),
-            emails: c.emails.iter().map(|e| e.as_str().to_string()).collect(),
-        }
+        entries_of(c.name.as_deref(), &c.phones, &c.emails)
+    }
+}
+
+impl CustomerSummary {
+    /// What the customer it sums up is indexed under: the same as
+    /// [`IndexedCustomer::entries`] of the document it was made from.
+    pub(crate) fn entries(&self) -> IndexEntries {
+        entries_of(self.name.as_deref(), &self.phones, &self.emails)
+    }
+}
+
+fn entries_of(name: Option<&str>, phones: &[PhoneNumber], emails: &[Email]) -> IndexEntries {
+    let mut tokens = name.map(names::tokenize).unwrap_or_default();
+    tokens.truncate(MAX_NAME_TOKENS);
+    let mut words = name.map(names::words).unwrap_or_default();
+    words.truncate(MAX_NAME_TOKENS);
+    IndexEntries {
+        tokens,
+        words,
+        phones: phones.iter().map(|p| p.as_str().to_string()).collect(),
+        national: national_numbers(phones),
+        emails: emails.iter().map(|e| e.as_str().to_string()).collect(),
     }
 }
 

@@ -68,6 +68,7 @@ pub mod generate;
 pub mod live_tail;
 pub mod memory;
 mod number_search;
+mod packed;
 pub mod projector;
 pub mod query;
 pub mod ranking;

@@ -26,7 +26,7 @@
 //!   one writes. Customers new to the generation (nearly all) are written
 //!   with one command per key and batch, sorted-set members in order
 //!   (see `NewCustomers`); upserts and removals applied meanwhile win over
-//!   the rebuild's copy (see `LIVE_FIELD`).
+//!   the rebuild's copy (see `keys::LIVE`).
 //! - The connection is a `ConnectionManager` (see `connection`): it
 //!   reconnects by itself; a command sent while Redis is down fails with
 //!   [`IndexError::Unavailable`]. Caller-ID reads have a connection of their
@@ -162,7 +162,7 @@ mod search_links;
 mod writes;
 
 use connection::Connection;
-use keys::{gen_key, Keys, SUMMARY_FIELD};
+use keys::{gen_key, split_cust, Keys};
 use writes::Change;
 
 pub struct RedisIndex {
@@ -258,7 +258,7 @@ fn parse_generation(v: Value) -> IndexResult<u64> {
     Ok(g.unwrap_or(0))
 }
 
-fn corrupt(e: serde_json::Error) -> IndexError {
+fn corrupt(e: impl std::fmt::Display) -> IndexError {
     IndexError::Internal(format!("index data does not decode: {e}"))
 }
 
@@ -337,29 +337,31 @@ impl SearchIndex for RedisIndex {
     }
 
     async fn lookup_phone_json(&self, phone: &PhoneNumber) -> IndexResult<Vec<SummaryJson>> {
-        let found = self
-            .phone_reads
-            .hgetall(phone.as_str())
-            .await?
-            .into_iter()
-            .map(|(id, json)| {
-                let id = id
-                    .parse()
-                    .map_err(|_| IndexError::Internal(format!("index data: bad id {id:?}")))?;
-                Ok(SummaryJson { id, json })
-            })
-            .collect::<IndexResult<Vec<_>>>()?;
+        let mut found = Vec::new();
+        for (id, value) in self.phone_reads.owners(phone.as_str()).await? {
+            let id = keys::id_from(&id)
+                .ok_or_else(|| IndexError::Internal("index data: a malformed id".into()))?;
+            // A customer removed since its number was read has no summary.
+            if let Some(packed) = split_cust(&value).1 {
+                let summary = crate::packed::unpack(packed).map_err(corrupt)?;
+                let json = serde_json::to_string(&summary).map_err(corrupt)?;
+                found.push(SummaryJson { id, json });
+            }
+        }
         crate::doc::most_recent_json_first(found).map_err(corrupt)
     }
 
     async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>> {
         let (_, mut values) = self
             .read(|k, p| {
-                p.cmd("HGET").arg(k.cust(id)).arg(SUMMARY_FIELD);
+                p.cmd("GET").arg(k.cust(id));
             })
             .await?;
-        let json: Option<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
-        json.map(|json| serde_json::from_slice(&json).map_err(corrupt))
+        let value: Option<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+        value
+            .as_deref()
+            .and_then(|v| split_cust(v).1)
+            .map(|p| crate::packed::unpack(p).map_err(corrupt))
             .transpose()
     }
 
