@@ -126,26 +126,6 @@ impl SummaryJson {
     }
 }
 
-/// Most recently engaged first, then by id: the order of caller-ID answers.
-pub(crate) fn most_recent_json_first(
-    mut found: Vec<SummaryJson>,
-) -> Result<Vec<SummaryJson>, serde_json::Error> {
-    #[derive(Deserialize)]
-    struct Recency {
-        #[serde(default, with = "time::rfc3339_option")]
-        last_engagement_at: Option<Timestamp>,
-    }
-    if found.len() < 2 {
-        return Ok(found);
-    }
-    let mut keyed = found
-        .drain(..)
-        .map(|s| Ok((s.view::<Recency>()?.last_engagement_at, s)))
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-    keyed.sort_by(|(a_at, a), (b_at, b)| b_at.cmp(a_at).then_with(|| a.id.cmp(&b.id)));
-    Ok(keyed.into_iter().map(|(_, s)| s).collect())
-}
-
 /// The keys a customer is indexed under. Kept with the summary so that a
 /// re-upsert removes what the customer no longer has.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -419,28 +399,6 @@ mod tests {
         for (j, s) in json.iter().zip(&summaries) {
             assert_eq!(&j.decode().unwrap(), s);
         }
-        let ordered: Vec<CustomerId> = crate::query::most_recent_first(summaries)
-            .iter()
-            .map(|s| s.id)
-            .collect();
-        let ordered_json: Vec<CustomerId> =
-            most_recent_json_first(json.into_iter().rev().collect())
-                .unwrap()
-                .iter()
-                .map(|s| s.id)
-                .collect();
-        assert_eq!(ordered_json, ordered);
-        let broken = vec![
-            SummaryJson {
-                id: CustomerId::new(),
-                json: "{\"last_engagement_at\":".into(),
-            },
-            SummaryJson {
-                id: CustomerId::new(),
-                json: "{}".into(),
-            },
-        ];
-        assert!(most_recent_json_first(broken).is_err());
     }
 
     #[test]

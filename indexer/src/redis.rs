@@ -3,9 +3,10 @@
 //! - **Round trips.** Every read is one pipeline that also asks for the live
 //!   generation (`HGET crm:gen current`) beside the data commands, which use the
 //!   generation cached from the previous call. When the two agree (always,
-//!   except right after a rebuild switched), the answer is complete: a
-//!   caller-ID lookup is one `HGET` + one `HGETALL` in one round trip. When
-//!   they differ, the cache is updated and the pipeline sent again.
+//!   except right after a rebuild switched), the answer is complete. When
+//!   they differ, the cache is updated and the pipeline sent again. A
+//!   caller-ID lookup is two such reads: the number's owners, then their
+//!   summaries (kept once, under the customer).
 //! - **Hot paths stay cheap.** No command takes several posting lists
 //!   (`SINTER` blocks Redis for milliseconds on big sets). A name search is
 //!   [`ranking::search_names`](crate::ranking::search_names) over this
@@ -181,6 +182,21 @@ pub struct RedisIndex {
 }
 
 impl RedisIndex {
+    /// The summaries of the customers with the number `phone` (any order).
+    async fn owners_of(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
+        let mut found = Vec::new();
+        for (id, value) in self.phone_reads.owners(phone.as_str()).await? {
+            if keys::id_from(&id).is_none() {
+                return Err(IndexError::Internal("index data: a malformed id".into()));
+            }
+            // A customer removed since its number was read has no summary.
+            if let Some(packed) = split_cust(&value).1 {
+                found.push(crate::packed::unpack(packed).map_err(corrupt)?);
+            }
+        }
+        Ok(found)
+    }
+
     pub const DEFAULT_PREFIX: &'static str = "crm:";
 
     /// Connects to `url` (`redis://host:6379/0`); keys start with `prefix`.
@@ -329,26 +345,14 @@ impl SearchIndex for RedisIndex {
     }
 
     async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
-        self.lookup_phone_json(phone)
-            .await?
-            .iter()
-            .map(|s| s.decode().map_err(corrupt))
-            .collect()
+        Ok(query::most_recent_first(self.owners_of(phone).await?))
     }
 
     async fn lookup_phone_json(&self, phone: &PhoneNumber) -> IndexResult<Vec<SummaryJson>> {
-        let mut found = Vec::new();
-        for (id, value) in self.phone_reads.owners(phone.as_str()).await? {
-            let id = keys::id_from(&id)
-                .ok_or_else(|| IndexError::Internal("index data: a malformed id".into()))?;
-            // A customer removed since its number was read has no summary.
-            if let Some(packed) = split_cust(&value).1 {
-                let summary = crate::packed::unpack(packed).map_err(corrupt)?;
-                let json = serde_json::to_string(&summary).map_err(corrupt)?;
-                found.push(SummaryJson { id, json });
-            }
-        }
-        crate::doc::most_recent_json_first(found).map_err(corrupt)
+        query::most_recent_first(self.owners_of(phone).await?)
+            .iter()
+            .map(|s| SummaryJson::of(s).map_err(corrupt))
+            .collect()
     }
 
     async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>> {
