@@ -143,10 +143,13 @@ async fn write_and_erase(app: &TestApp) {
 async fn dump_redis(url: &str, prefix: &str) -> String {
     let client = redis::Client::open(url).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = Vec::new();
+    // Key names, members and values may be binary (ids are 16 bytes, the
+    // summaries packed): everything is read as bytes and shown lossily, so
+    // that any text in them is still seen.
+    let mut keys: Vec<Vec<u8>> = Vec::new();
     let mut cursor: u64 = 0;
     loop {
-        let (next, page): (u64, Vec<String>) = redis::cmd("SCAN")
+        let (next, page): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(format!("{prefix}*"))
@@ -178,7 +181,10 @@ async fn dump_redis(url: &str, prefix: &str) -> String {
             "set" => redis::cmd("SMEMBERS"),
             "zset" | "list" => redis::cmd(if kind == "zset" { "ZRANGE" } else { "LRANGE" }),
             "stream" => redis::cmd("XRANGE"),
-            other => panic!("unexpected key type {other} for {key}"),
+            other => panic!(
+                "unexpected key type {other} for {}",
+                String::from_utf8_lossy(&key)
+            ),
         };
         cmd.arg(&key);
         match kind.as_str() {
@@ -191,9 +197,34 @@ async fn dump_redis(url: &str, prefix: &str) -> String {
             _ => {}
         }
         let value: redis::Value = cmd.query_async(&mut conn).await.unwrap();
-        dump.push_str(&format!("{key} {value:?}\n"));
+        dump.push_str(&String::from_utf8_lossy(&key));
+        dump.push(' ');
+        render(&value, &mut dump);
+        dump.push('\n');
     }
     dump
+}
+
+/// A reply as text, byte strings decoded lossily.
+fn render(value: &redis::Value, out: &mut String) {
+    match value {
+        redis::Value::BulkString(bytes) => out.push_str(&String::from_utf8_lossy(bytes)),
+        redis::Value::Array(items) | redis::Value::Set(items) => {
+            for item in items {
+                render(item, out);
+                out.push(' ');
+            }
+        }
+        redis::Value::Map(pairs) => {
+            for (k, v) in pairs {
+                render(k, out);
+                out.push(' ');
+                render(v, out);
+                out.push(' ');
+            }
+        }
+        other => out.push_str(&format!("{other:?}")),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

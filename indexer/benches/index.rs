@@ -106,7 +106,11 @@ async fn memory_by_kind(conn: &mut redis::aio::ConnectionManager, customers: u64
             .unwrap();
         let mut pipe = redis::pipe();
         for key in &keys {
-            pipe.cmd("MEMORY").arg("USAGE").arg(key).arg("SAMPLES").arg(0);
+            pipe.cmd("MEMORY")
+                .arg("USAGE")
+                .arg(key)
+                .arg("SAMPLES")
+                .arg(0);
         }
         let sizes: Vec<Option<u64>> = pipe.query_async(conn).await.unwrap();
         for (key, size) in keys.iter().zip(sizes) {

@@ -19,7 +19,7 @@ const MAX_NAME_TOKENS: usize = 64;
 /// Bumped when what is indexed for the same document changes (the tokenizer,
 /// the summary, the layout of the keys), so that verify reports every
 /// customer as stale.
-pub(crate) const FINGERPRINT_VERSION: &str = "index-v4";
+pub(crate) const FINGERPRINT_VERSION: &str = "index-v5";
 
 /// A customer as the index sees it: the profile and its latest engagements.
 /// Built by the caller from the store; the index never reads the store.
@@ -126,26 +126,6 @@ impl SummaryJson {
     }
 }
 
-/// Most recently engaged first, then by id: the order of caller-ID answers.
-pub(crate) fn most_recent_json_first(
-    mut found: Vec<SummaryJson>,
-) -> Result<Vec<SummaryJson>, serde_json::Error> {
-    #[derive(Deserialize)]
-    struct Recency {
-        #[serde(default, with = "time::rfc3339_option")]
-        last_engagement_at: Option<Timestamp>,
-    }
-    if found.len() < 2 {
-        return Ok(found);
-    }
-    let mut keyed = found
-        .drain(..)
-        .map(|s| Ok((s.view::<Recency>()?.last_engagement_at, s)))
-        .collect::<Result<Vec<_>, serde_json::Error>>()?;
-    keyed.sort_by(|(a_at, a), (b_at, b)| b_at.cmp(a_at).then_with(|| a.id.cmp(&b.id)));
-    Ok(keyed.into_iter().map(|(_, s)| s).collect())
-}
-
 /// The keys a customer is indexed under. Kept with the summary so that a
 /// re-upsert removes what the customer no longer has.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -222,17 +202,29 @@ impl IndexedCustomer {
 
     pub(crate) fn entries(&self) -> IndexEntries {
         let c = &self.customer;
-        let mut tokens = c.name.as_deref().map(names::tokenize).unwrap_or_default();
-        tokens.truncate(MAX_NAME_TOKENS);
-        let mut words = c.name.as_deref().map(names::words).unwrap_or_default();
-        words.truncate(MAX_NAME_TOKENS);
-        IndexEntries {
-            tokens,
-            words,
-            phones: c.phones.iter().map(|p| p.as_str().to_string()).collect(),
-            national: national_numbers(&c.phones),
-            emails: c.emails.iter().map(|e| e.as_str().to_string()).collect(),
-        }
+        entries_of(c.name.as_deref(), &c.phones, &c.emails)
+    }
+}
+
+impl CustomerSummary {
+    /// What the customer it sums up is indexed under: the same as
+    /// [`IndexedCustomer::entries`] of the document it was made from.
+    pub(crate) fn entries(&self) -> IndexEntries {
+        entries_of(self.name.as_deref(), &self.phones, &self.emails)
+    }
+}
+
+fn entries_of(name: Option<&str>, phones: &[PhoneNumber], emails: &[Email]) -> IndexEntries {
+    let mut tokens = name.map(names::tokenize).unwrap_or_default();
+    tokens.truncate(MAX_NAME_TOKENS);
+    let mut words = name.map(names::words).unwrap_or_default();
+    words.truncate(MAX_NAME_TOKENS);
+    IndexEntries {
+        tokens,
+        words,
+        phones: phones.iter().map(|p| p.as_str().to_string()).collect(),
+        national: national_numbers(phones),
+        emails: emails.iter().map(|e| e.as_str().to_string()).collect(),
     }
 }
 
@@ -407,28 +399,6 @@ mod tests {
         for (j, s) in json.iter().zip(&summaries) {
             assert_eq!(&j.decode().unwrap(), s);
         }
-        let ordered: Vec<CustomerId> = crate::query::most_recent_first(summaries)
-            .iter()
-            .map(|s| s.id)
-            .collect();
-        let ordered_json: Vec<CustomerId> =
-            most_recent_json_first(json.into_iter().rev().collect())
-                .unwrap()
-                .iter()
-                .map(|s| s.id)
-                .collect();
-        assert_eq!(ordered_json, ordered);
-        let broken = vec![
-            SummaryJson {
-                id: CustomerId::new(),
-                json: "{\"last_engagement_at\":".into(),
-            },
-            SummaryJson {
-                id: CustomerId::new(),
-                json: "{}".into(),
-            },
-        ];
-        assert!(most_recent_json_first(broken).is_err());
     }
 
     #[test]

@@ -29,13 +29,11 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `crm:gen` | HASH | `current`: the generation readers use (absent: 0); `building`: the one a rebuild is writing, if any |
-//! | `crm:g<N>:cust:<id>` | HASH | `summary`: the caller-ID summary as JSON; `fingerprint`; `indexed`: the tokens, phones and emails it is indexed under, so that a re-upsert can remove what is gone; `live` when an upsert or removal wrote it while a rebuild was building this generation (a removal leaves only `live`), so that the rebuild does not overwrite it with a document it read earlier |
-//! | `crm:g<N>:ph:<e164>` | HASH | customer id → the caller-ID summary as JSON (a copy): a caller-ID lookup is one `HGETALL` |
-//! | `crm:g<N>:pn:<national number>` | SET | customer ids, for numbers typed without country code (`81226418`) |
-//! | `crm:g<N>:sx:<dddd>` | ZSET | the numbers ending with the four digits `dddd`, and `sx:<ddddddd>` those ending with the seven: member `<id>\0<e164>` per customer and number, score the customer's last engagement as in `nm:`; four to six trailing digits typed (`6418`, `812264`) read the bucket of their last four, seven or more (`81226418`) the bucket of their last seven, most recent first, and keep the numbers ending with all of them |
-//! | `crm:g<N>:em:<email>` | SET | customer ids |
-//! | `crm:g<N>:ex` | ZSET | `<email>\0<id>`, score 0: email prefix search with `ZRANGEBYLEX` |
-//! | `crm:g<N>:nm:<token>` | ZSET | the customers with that name token: member `<id>\0<tokens>[\0<words>]` (the customer's name tokens, space-separated, and its words when they differ), score the last engagement in µs since 1970 (never: -9e18); read most recent first |
+//! | `crm:g<N>:cust:<id>` | STRING | a flags byte, then the caller-ID summary packed (`packed`: postcard, about a third of its JSON); the flag `live` (1) marks a customer an upsert or removal wrote while a rebuild was building this generation (a removal leaves the flags byte alone), so that the rebuild does not overwrite it with a document it read earlier. What the customer is indexed under (for a re-upsert to remove what is gone) and its fingerprint are computed from the summary |
+//! | `crm:g<N>:ph:<e164>` | HASH | the customers with that number: id → empty; a caller-ID lookup is `HKEYS` of it, then `MGET` of its owners' `cust:` keys (two round trips, each shared by the lookups queued meanwhile) |
+//! | `crm:g<N>:sx:<dddd>` | ZSET | the numbers ending with the four digits `dddd`, and `sx:<ddddd>` those ending with the five: member `<id><e164>` per customer and number, score the customer's last engagement as in `nm:`; four trailing digits typed (`6418`) read the bucket of their last four, five or more (`81226418`) the bucket of their last five, most recent first, and keep the numbers ending with all of them; a number whose national number is the digits typed (trunk zeros dropped) is a national match |
+//! | `crm:g<N>:ex` | ZSET | `<email>\0<id>`, score 0: email search with `ZRANGEBYLEX` (an address's own members sort first in its prefix range, so the range gives exact matches too) |
+//! | `crm:g<N>:nm:<token>` | ZSET | the customers with that name token: member `<id><tokens>[\0<words>]` (the customer's name tokens, space-separated, and its words when they differ), score the last engagement in µs since 1970 (never: -9e18); read most recent first |
 //! | `crm:g<N>:tk` | ZSET | every name token, score 0: the vocabulary; a query token's prefix range (`ZRANGEBYLEX`) gives the posting lists it matches |
 //! | `crm:g<N>:wn:<words>` | ZSET | the customers whose name is exactly these words in this order (space-separated), as in `nm:`: whole-name matches without scanning (a query looks up every arrangement of its words, the order typed ranking first) |
 //! | `crm:g<N>:ns:<tokens>` | ZSET | the customers whose name has all of these two or three tokens (sorted, space-separated), as in `nm:`: a query of several words reads the customers having them together instead of checking every customer with its commonest word; names with more than five tokens go to `nl` instead |
@@ -44,9 +42,18 @@
 //! | `crm:g<N>:vv` | STRING | the vocabulary's version: a new random value after every change to `tk` or `ty:` (a token new to the vocabulary, or gone from it). A name search keeps the vocabulary it read for its query tokens with this version (for at most 5 s, so that a writer stopped between a change and `vv` delays readers no longer), and next time sends its second round's reads with its first and `GET vv`: the reads count when the version is the same, and it reads the vocabulary again when not (an index without `vv` is read every time) |
 //! | `crm:g<N>:used` | STRING | set when a customer is written into the generation: replacing a generation without it deletes nothing (versions before kept every customer id in a `crm:g<N>:ids` ZSET, looked for too). Verify walks the `cust:` keys with `SCAN` |
 //!
-//! Every command touches one key (pipelined, never `SINTER`/`SUNION`/`MGET`
-//! across keys; the two small Lua scripts touch only `crm:gen`), so the schema
-//! works on Redis Cluster as it is.
+//! `<id>` in a key, member or field is the customer id's 16 bytes, not its
+//! 36 characters.
+//!
+//! Every command touches one key (pipelined, never `SINTER`/`SUNION`
+//! across keys; the two small Lua scripts touch only `crm:gen`), except the
+//! caller-ID reads' `MGET` of a number's owners, which a cluster would split
+//! per slot.
+//!
+//! The layout of `cust:`, `ph:`, `sx:` and the members changed, and `em:`
+//! and `pn:` went, to halve the memory per customer: an index written
+//! before needs `crm-indexer rebuild` (the fingerprint version changed with
+//! it).
 //!
 //! `wn:` keys were the sorted words before the word order counted, and
 //! three-letter tokens had no `ty:` key: an index written before needs
@@ -68,6 +75,7 @@ pub mod generate;
 pub mod live_tail;
 pub mod memory;
 mod number_search;
+mod packed;
 pub mod projector;
 pub mod query;
 pub mod ranking;

@@ -3,9 +3,10 @@
 //! - **Round trips.** Every read is one pipeline that also asks for the live
 //!   generation (`HGET crm:gen current`) beside the data commands, which use the
 //!   generation cached from the previous call. When the two agree (always,
-//!   except right after a rebuild switched), the answer is complete: a
-//!   caller-ID lookup is one `HGET` + one `HGETALL` in one round trip. When
-//!   they differ, the cache is updated and the pipeline sent again.
+//!   except right after a rebuild switched), the answer is complete. When
+//!   they differ, the cache is updated and the pipeline sent again. A
+//!   caller-ID lookup is two such reads: the number's owners, then their
+//!   summaries (kept once, under the customer).
 //! - **Hot paths stay cheap.** No command takes several posting lists
 //!   (`SINTER` blocks Redis for milliseconds on big sets). A name search is
 //!   [`ranking::search_names`](crate::ranking::search_names) over this
@@ -26,7 +27,7 @@
 //!   one writes. Customers new to the generation (nearly all) are written
 //!   with one command per key and batch, sorted-set members in order
 //!   (see `NewCustomers`); upserts and removals applied meanwhile win over
-//!   the rebuild's copy (see `LIVE_FIELD`).
+//!   the rebuild's copy (see `keys::LIVE`).
 //! - The connection is a `ConnectionManager` (see `connection`): it
 //!   reconnects by itself; a command sent while Redis is down fails with
 //!   [`IndexError::Unavailable`]. Caller-ID reads have a connection of their
@@ -162,7 +163,7 @@ mod search_links;
 mod writes;
 
 use connection::Connection;
-use keys::{gen_key, Keys, SUMMARY_FIELD};
+use keys::{gen_key, split_cust, Keys};
 use writes::Change;
 
 pub struct RedisIndex {
@@ -181,6 +182,21 @@ pub struct RedisIndex {
 }
 
 impl RedisIndex {
+    /// The summaries of the customers with the number `phone` (any order).
+    async fn owners_of(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
+        let mut found = Vec::new();
+        for (id, value) in self.phone_reads.owners(phone.as_str()).await? {
+            if keys::id_from(&id).is_none() {
+                return Err(IndexError::Internal("index data: a malformed id".into()));
+            }
+            // A customer removed since its number was read has no summary.
+            if let Some(packed) = split_cust(&value).1 {
+                found.push(crate::packed::unpack(packed).map_err(corrupt)?);
+            }
+        }
+        Ok(found)
+    }
+
     pub const DEFAULT_PREFIX: &'static str = "crm:";
 
     /// Connects to `url` (`redis://host:6379/0`); keys start with `prefix`.
@@ -258,7 +274,7 @@ fn parse_generation(v: Value) -> IndexResult<u64> {
     Ok(g.unwrap_or(0))
 }
 
-fn corrupt(e: serde_json::Error) -> IndexError {
+fn corrupt(e: impl std::fmt::Display) -> IndexError {
     IndexError::Internal(format!("index data does not decode: {e}"))
 }
 
@@ -329,37 +345,27 @@ impl SearchIndex for RedisIndex {
     }
 
     async fn lookup_phone(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
-        self.lookup_phone_json(phone)
-            .await?
-            .iter()
-            .map(|s| s.decode().map_err(corrupt))
-            .collect()
+        Ok(query::most_recent_first(self.owners_of(phone).await?))
     }
 
     async fn lookup_phone_json(&self, phone: &PhoneNumber) -> IndexResult<Vec<SummaryJson>> {
-        let found = self
-            .phone_reads
-            .hgetall(phone.as_str())
-            .await?
-            .into_iter()
-            .map(|(id, json)| {
-                let id = id
-                    .parse()
-                    .map_err(|_| IndexError::Internal(format!("index data: bad id {id:?}")))?;
-                Ok(SummaryJson { id, json })
-            })
-            .collect::<IndexResult<Vec<_>>>()?;
-        crate::doc::most_recent_json_first(found).map_err(corrupt)
+        query::most_recent_first(self.owners_of(phone).await?)
+            .iter()
+            .map(|s| SummaryJson::of(s).map_err(corrupt))
+            .collect()
     }
 
     async fn summary(&self, id: CustomerId) -> IndexResult<Option<CustomerSummary>> {
         let (_, mut values) = self
             .read(|k, p| {
-                p.cmd("HGET").arg(k.cust(id)).arg(SUMMARY_FIELD);
+                p.cmd("GET").arg(k.cust(id));
             })
             .await?;
-        let json: Option<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
-        json.map(|json| serde_json::from_slice(&json).map_err(corrupt))
+        let value: Option<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+        value
+            .as_deref()
+            .and_then(|v| split_cust(v).1)
+            .map(|p| crate::packed::unpack(p).map_err(corrupt))
             .transpose()
     }
 

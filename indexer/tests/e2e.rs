@@ -538,7 +538,13 @@ async fn verify_names_drifted_customers_and_rebuild_mends_them() {
         .await
         .unwrap();
     let deleted: u64 = redis::cmd("DEL")
-        .arg(format!("{}g{generation}:cust:{gone}", backends.prefix))
+        .arg(
+            [
+                format!("{}g{generation}:cust:", backends.prefix).into_bytes(),
+                gone.0.as_bytes().to_vec(),
+            ]
+            .concat(),
+        )
         .query_async(&mut redis)
         .await
         .unwrap();

@@ -1482,38 +1482,38 @@ async fn redis_key_schema() {
     let (url, prefix) = (cleanup.url.clone(), cleanup.prefix.clone());
     let ann = customer("Ann Tanaka", &["+6581226418"], &["ann@example.com"]);
     index.upsert(&doc(&ann)).await.unwrap();
+    let id = ann.id.0.as_bytes().to_vec();
 
     let client = redis::Client::open(url.as_str()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let mut keys: Vec<String> = redis::cmd("KEYS")
+    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS")
         .arg(format!("{prefix}*"))
         .query_async(&mut conn)
         .await
         .unwrap();
     keys.sort();
     let p = |k: &str| format!("{prefix}g0:{k}");
-    let mut expected = vec![
-        p(&format!("cust:{}", ann.id)),
-        p("em:ann@example.com"),
-        p("ex"),
-        p("used"),
-        p("nm:ann"),
-        p("nm:tanaka"),
-        p("ph:+6581226418"),
-        p("pn:81226418"),
-        p("sx:6418"),
-        p("sx:1226418"),
-        p("tk"),
-        p("vv"),
-        p("wn:ann tanaka"),
+    let cust = [p("cust:").into_bytes(), id.clone()].concat();
+    let mut expected: Vec<Vec<u8>> = vec![
+        cust.clone(),
+        p("ex").into_bytes(),
+        p("used").into_bytes(),
+        p("nm:ann").into_bytes(),
+        p("nm:tanaka").into_bytes(),
+        p("ph:+6581226418").into_bytes(),
+        p("sx:6418").into_bytes(),
+        p("sx:26418").into_bytes(),
+        p("tk").into_bytes(),
+        p("vv").into_bytes(),
+        p("wn:ann tanaka").into_bytes(),
         // A three-letter token is its own typo key (`anne` reaches it).
-        p("ty:ann"),
-        p("ns:ann tanaka"),
+        p("ty:ann").into_bytes(),
+        p("ns:ann tanaka").into_bytes(),
     ];
     for v in [
         "tanaka", "anaka", "tnaka", "taaka", "tanka", "tanaa", "tanak",
     ] {
-        expected.push(p(&format!("ty:{v}")));
+        expected.push(p(&format!("ty:{v}")).into_bytes());
     }
     expected.sort();
     assert_eq!(keys, expected);
@@ -1522,7 +1522,7 @@ async fn redis_key_schema() {
     let zrange = |key: String| {
         let mut conn = zconn.clone();
         async move {
-            let members: Vec<String> = redis::cmd("ZRANGE")
+            let members: Vec<Vec<u8>> = redis::cmd("ZRANGE")
                 .arg(key)
                 .arg(0)
                 .arg(-1)
@@ -1532,34 +1532,50 @@ async fn redis_key_schema() {
             members
         }
     };
-    assert_eq!(zrange(p("tk")).await, vec!["ann", "tanaka"]);
-    let entry = format!("{}\0ann tanaka", ann.id);
+    let text = |members: Vec<Vec<u8>>| -> Vec<String> {
+        members
+            .into_iter()
+            .map(|m| String::from_utf8(m).unwrap())
+            .collect()
+    };
+    assert_eq!(text(zrange(p("tk")).await), vec!["ann", "tanaka"]);
+    // Members carry the id's 16 bytes.
+    let entry = [id.clone(), b"ann tanaka".to_vec()].concat();
     assert_eq!(zrange(p("nm:ann")).await, vec![entry.clone()]);
     assert_eq!(zrange(p("nm:tanaka")).await, vec![entry.clone()]);
     assert_eq!(zrange(p("wn:ann tanaka")).await, vec![entry.clone()]);
     assert_eq!(zrange(p("ns:ann tanaka")).await, vec![entry]);
-    let mut fields: Vec<String> = redis::cmd("HKEYS")
-        .arg(p(&format!("cust:{}", ann.id)))
+    assert_eq!(
+        zrange(p("ex")).await,
+        vec![[b"ann@example.com\0".to_vec(), id.clone()].concat()]
+    );
+    assert_eq!(
+        zrange(p("sx:6418")).await,
+        vec![[id.clone(), b"+6581226418".to_vec()].concat()]
+    );
+    // The summary is kept once, under the customer: a flags byte, then the
+    // packed summary, about a third of its JSON.
+    let value: Vec<u8> = redis::cmd("GET")
+        .arg(&cust)
         .query_async(&mut conn)
         .await
         .unwrap();
-    fields.sort();
-    assert_eq!(fields, vec!["fingerprint", "indexed", "summary"]);
-    let summary: String = redis::cmd("HGET")
-        .arg(p(&format!("cust:{}", ann.id)))
-        .arg("summary")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let summary: crm_indexer::CustomerSummary = serde_json::from_str(&summary).unwrap();
-    assert_eq!(summary, doc(&ann).summary());
-    let on_phone: String = redis::cmd("HGET")
-        .arg(p("ph:+6581226418"))
-        .arg(ann.id.to_string())
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(on_phone, serde_json::to_string(&summary).unwrap());
+    assert_eq!(value[0], 0, "not marked live");
+    let json = serde_json::to_vec(&doc(&ann).summary()).unwrap();
+    assert!(value.len() * 2 < json.len(), "{} bytes", value.len());
+    assert_eq!(
+        index.summary(ann.id).await.unwrap(),
+        Some(doc(&ann).summary())
+    );
+    // Numbers name their customers' ids only.
+    for key in [p("ph:+6581226418")] {
+        let on_number: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(on_number, vec![(id.clone(), Vec::new())], "{key}");
+    }
 
     // Renaming drops the old token's keys, typo entries included.
     let mut renamed = ann.clone();
@@ -1581,7 +1597,8 @@ async fn redis_key_schema() {
         vec![p("ty:ann")],
         "only the token left has typo keys"
     );
-    assert_eq!(zrange(p("tk")).await, vec!["ann"]);
-    assert_eq!(zrange(p("nm:ann")).await, vec![format!("{}\0ann", ann.id)]);
-    assert_eq!(zrange(p("wn:ann")).await, vec![format!("{}\0ann", ann.id)]);
+    assert_eq!(text(zrange(p("tk")).await), vec!["ann"]);
+    let entry = [id.clone(), b"ann".to_vec()].concat();
+    assert_eq!(zrange(p("nm:ann")).await, vec![entry.clone()]);
+    assert_eq!(zrange(p("wn:ann")).await, vec![entry]);
 }

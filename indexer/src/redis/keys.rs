@@ -37,8 +37,17 @@ impl Keys {
         k.push_str(name);
         k
     }
-    pub(super) fn cust(&self, id: CustomerId) -> String {
-        self.key("cust:", &id.to_string())
+    /// `cust:<id>`, the id as its 16 bytes.
+    pub(super) fn cust(&self, id: CustomerId) -> Vec<u8> {
+        self.cust_bytes(id.0.as_bytes())
+    }
+    /// [`cust`](Self::cust) of an id given as its bytes.
+    pub(super) fn cust_bytes(&self, id: &[u8]) -> Vec<u8> {
+        let mut k = Vec::with_capacity(self.base.len() + 5 + id.len());
+        k.extend_from_slice(self.base.as_bytes());
+        k.extend_from_slice(b"cust:");
+        k.extend_from_slice(id);
+        k
     }
     /// What every `cust:<id>` key of the generation starts with.
     pub(super) fn cust_prefix(&self) -> String {
@@ -46,12 +55,6 @@ impl Keys {
     }
     pub(super) fn ph(&self, e164: &str) -> String {
         self.key("ph:", e164)
-    }
-    pub(super) fn pn(&self, national: &str) -> String {
-        self.key("pn:", national)
-    }
-    pub(super) fn em(&self, email: &str) -> String {
-        self.key("em:", email)
     }
     pub(super) fn ex(&self) -> String {
         self.key("ex", "")
@@ -110,48 +113,79 @@ impl Keys {
     }
 }
 
-/// The field of `cust:<id>` that marks a customer written into a generation
-/// being built by a live upsert or removal (a removal leaves a `cust:<id>`
-/// holding only this field, which readers take for no summary): the rebuild
-/// leaves such a customer as it is.
-pub(super) const LIVE_FIELD: &str = "live";
+/// `cust:<id>` is a STRING: a flags byte, then the customer's summary
+/// packed ([`crate::packed`]). Nothing else is kept: what the customer is
+/// indexed under (to remove what it no longer has) and its fingerprint (for
+/// verify) are computed from the summary.
+///
+/// The flag [`LIVE`] marks a customer written into a generation being built
+/// by a live upsert or removal (a removal leaves the flags byte alone): the
+/// rebuild leaves such a customer as it is.
+pub(super) const LIVE: u8 = 1;
 
-/// The field of `cust:<id>` holding the caller-ID summary as JSON.
-pub(super) const SUMMARY_FIELD: &str = "summary";
-
-/// A posting-list entry: `<id>\0<tokens>`, and `\0<words>` when the words
-/// differ from the tokens (CJK substrings), space-separated (neither has
-/// spaces). It carries what scoring needs, so no summary is read for
-/// candidates that are not answered.
-pub(super) fn name_member(id: CustomerId, entries: &IndexEntries) -> String {
-    name_member_of(&id.to_string(), entries)
+/// The value of `cust:<id>`: the flags, then the packed summary if any.
+pub(super) fn cust_value(packed: Option<&[u8]>, live: bool) -> Vec<u8> {
+    let mut v = Vec::with_capacity(1 + packed.map_or(0, <[u8]>::len));
+    v.push(if live { LIVE } else { 0 });
+    if let Some(p) = packed {
+        v.extend_from_slice(p);
+    }
+    v
 }
 
-/// [`name_member`] with the id as text.
-pub(super) fn name_member_of(id: &str, entries: &IndexEntries) -> String {
-    let joined = |words: &[String], m: &mut String| {
+/// A `cust:<id>` value read back: whether it is marked live, and the packed
+/// summary (`None` for the mark a removal leaves).
+pub(super) fn split_cust(value: &[u8]) -> (bool, Option<&[u8]>) {
+    match value.split_first() {
+        Some((flags, rest)) => (flags & LIVE != 0, (!rest.is_empty()).then_some(rest)),
+        None => (false, None),
+    }
+}
+
+/// A customer id as members and fields hold it: its 16 bytes.
+pub(super) type IdBytes = [u8; 16];
+
+pub(super) fn id_bytes(id: CustomerId) -> IdBytes {
+    *id.0.as_bytes()
+}
+
+/// The id of 16 bytes; `None` for any other length.
+pub(super) fn id_from(bytes: &[u8]) -> Option<CustomerId> {
+    Some(CustomerId(uuid::Uuid::from_slice(bytes).ok()?))
+}
+
+/// A posting-list entry: the id's 16 bytes, then `<tokens>`, and
+/// `\0<words>` when the words differ from the tokens (CJK substrings),
+/// space-separated (neither has spaces). It carries what scoring needs, so
+/// no summary is read for candidates that are not answered.
+pub(super) fn name_member(id: CustomerId, entries: &IndexEntries) -> Vec<u8> {
+    name_member_of(&id_bytes(id), entries)
+}
+
+/// [`name_member`] with the id as bytes.
+pub(super) fn name_member_of(id: &IdBytes, entries: &IndexEntries) -> Vec<u8> {
+    let joined = |words: &[String], m: &mut Vec<u8>| {
         for (i, w) in words.iter().enumerate() {
             if i > 0 {
-                m.push(' ');
+                m.push(b' ');
             }
-            m.push_str(w);
+            m.extend_from_slice(w.as_bytes());
         }
     };
-    let mut m = String::with_capacity(id.len() + 64);
-    m.push_str(id);
-    m.push('\0');
+    let mut m = Vec::with_capacity(id.len() + 48);
+    m.extend_from_slice(id);
     joined(&entries.tokens, &mut m);
     if entries.words != entries.tokens {
-        m.push('\0');
+        m.push(0);
         joined(&entries.words, &mut m);
     }
     m
 }
 
 pub(super) fn parse_name_member(m: &[u8]) -> Option<(CustomerId, Vec<String>, Vec<String>)> {
-    let text = std::str::from_utf8(m).ok()?;
+    let id = id_from(m.get(..16)?)?;
+    let text = std::str::from_utf8(&m[16..]).ok()?;
     let mut parts = text.split('\0');
-    let id = parts.next()?.parse().ok()?;
     let split = |s: &str| -> Vec<String> {
         s.split(' ')
             .filter(|t| !t.is_empty())
@@ -178,25 +212,30 @@ pub(super) fn recency_score(at: Option<&time::Timestamp>) -> f64 {
     ranking::recency_of(at)
 }
 
-/// `<value>\0<id>`: a sorted-set member for prefix search.
-pub(super) fn member(value: &str, id: CustomerId) -> String {
-    member_of(value, &id.to_string())
+/// `<value>\0<id>` (the id's 16 bytes): a sorted-set member for prefix
+/// search. A value's members sort together and before those of any longer
+/// value it is a prefix of (the 0 byte sorts first), so a prefix range lists
+/// exact matches first.
+pub(super) fn member(value: &str, id: CustomerId) -> Vec<u8> {
+    member_of(value, &id_bytes(id))
 }
 
-/// [`member`] with the id as text.
-pub(super) fn member_of(value: &str, id: &str) -> String {
-    let mut m = String::with_capacity(value.len() + 1 + id.len());
-    m.push_str(value);
-    m.push('\0');
-    m.push_str(id);
+/// [`member`] with the id as bytes.
+pub(super) fn member_of(value: &str, id: &IdBytes) -> Vec<u8> {
+    let mut m = Vec::with_capacity(value.len() + 1 + id.len());
+    m.extend_from_slice(value.as_bytes());
+    m.push(0);
+    m.extend_from_slice(id);
     m
 }
 
 pub(super) fn split_member(m: &[u8]) -> Option<(&str, CustomerId)> {
-    let at = m.iter().position(|b| *b == 0)?;
+    let at = m.len().checked_sub(17)?;
+    if m[at] != 0 {
+        return None;
+    }
     let value = std::str::from_utf8(&m[..at]).ok()?;
-    let id = std::str::from_utf8(&m[at + 1..]).ok()?.parse().ok()?;
-    Some((value, id))
+    Some((value, id_from(&m[at + 1..])?))
 }
 
 #[cfg(test)]
@@ -207,8 +246,10 @@ mod tests {
     fn members_round_trip() {
         let id = CustomerId::new();
         let m = member("ann", id);
-        assert_eq!(split_member(m.as_bytes()), Some(("ann", id)));
-        assert_eq!(split_member(b"no-separator"), None);
+        assert_eq!(m.len(), 3 + 1 + 16);
+        assert_eq!(split_member(&m), Some(("ann", id)));
+        assert_eq!(split_member(b"no-separator-and-far-too-long"), None);
+        assert_eq!(split_member(b"short"), None);
     }
 
     #[test]
@@ -220,9 +261,9 @@ mod tests {
             ..IndexEntries::default()
         };
         let m = name_member(id, &latin);
-        assert_eq!(m, format!("{id}\0ann tan"));
+        assert_eq!(m, [id.0.as_bytes().as_slice(), b"ann tan"].concat());
         assert_eq!(
-            parse_name_member(m.as_bytes()),
+            parse_name_member(&m),
             Some((id, latin.tokens.clone(), latin.words.clone()))
         );
         let cjk = IndexEntries {
@@ -232,27 +273,23 @@ mod tests {
         };
         let m = name_member(id, &cjk);
         assert_eq!(
-            parse_name_member(m.as_bytes()),
+            parse_name_member(&m),
             Some((id, cjk.tokens.clone(), cjk.words.clone()))
         );
-        assert_eq!(parse_name_member(b"not-an-id\0ann"), None);
+        assert_eq!(parse_name_member(b"too short"), None);
     }
 
     #[test]
-    fn name_members_with_text_ids_match() {
-        let id = CustomerId::new();
-        let entries = IndexEntries {
-            tokens: vec!["陈大".into(), "陈".into()],
-            words: vec!["陈大".into()],
-            ..IndexEntries::default()
-        };
+    fn cust_values_say_live_and_hold_the_summary() {
         assert_eq!(
-            name_member_of(&id.to_string(), &entries),
-            format!("{id}\0陈大 陈\0陈大")
+            split_cust(&cust_value(Some(b"xy"), false)),
+            (false, Some(&b"xy"[..]))
         );
         assert_eq!(
-            member("ann@example.com", id),
-            format!("ann@example.com\0{id}")
+            split_cust(&cust_value(Some(b"xy"), true)),
+            (true, Some(&b"xy"[..]))
         );
+        assert_eq!(split_cust(&cust_value(None, true)), (true, None));
+        assert_eq!(split_cust(b""), (false, None));
     }
 }

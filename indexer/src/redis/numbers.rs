@@ -1,24 +1,27 @@
-//! Searches by phone number: the whole number (`ph:`), the national number
-//! (`pn:`), and the last digits (`sx:`).
+//! Searches by phone number: the whole number (`ph:`), and the national
+//! number and the last digits (`sx:`).
 //!
 //! Numbers are found by their last digits through buckets: `sx:<dddd>` holds
-//! every number ending with the four digits `dddd`, and `sx:<ddddddd>` every
-//! number ending with those seven, one member `<id>\0<e164>` per customer
-//! and number, scored by the customer's last engagement like the name
-//! posting lists. Four digits typed read the bucket most recent first; five
-//! or six read the bucket of their last four and keep the numbers ending
-//! with all of them; seven or more (a whole national number, the usual
-//! case) read the bucket of their last seven, which holds about one number. A bucket is one small key (about
-//! a hundred members per million numbers), so a query is one command on one
-//! key, and only the hits of the page have their summary read.
+//! every number ending with the four digits `dddd`, and `sx:<ddddd>` every
+//! number ending with those five, one member per customer and number (the
+//! id's 16 bytes, then the E.164 number), scored by the customer's last
+//! engagement like the name posting lists. Four digits typed read the bucket
+//! most recent first; five or more (a whole national number, the usual case)
+//! read the bucket of their last five, which holds about ten numbers per
+//! million, and keep the numbers ending with all of them. A number whose
+//! national number is the digits typed (trunk zeros dropped: `07911 123456`)
+//! is a national match, found in the same bucket. A bucket is one small key
+//! (about a hundred members per million numbers for four digits), so a
+//! query is one command on one key, and only the hits of the page have
+//! their summary read.
 
 use std::collections::{HashMap, HashSet};
 
 use ::redis::from_owned_redis_value;
 
-use crm_models::CustomerId;
+use crm_models::{CustomerId, PhoneNumber};
 
-use super::keys::Keys;
+use super::keys::{id_from, IdBytes, Keys};
 use super::search::Reader;
 use super::{next_value, RedisIndex};
 use crate::number_search::NumberMatches;
@@ -35,7 +38,7 @@ pub const SUFFIX_CANDIDATES: usize = 500;
 const BUCKET_DIGITS: usize = query::MIN_SUFFIX_DIGITS;
 
 /// Digits the bucket of a long ending is named by.
-const LONG_BUCKET_DIGITS: usize = 7;
+const LONG_BUCKET_DIGITS: usize = 5;
 
 /// The bucket of trailing digits typed: their last [`LONG_BUCKET_DIGITS`]
 /// when there are that many, else their last [`BUCKET_DIGITS`]; `None`
@@ -63,18 +66,16 @@ fn bucket_of(digits: &str, len: usize) -> Option<&str> {
 
 /// `<id>\0<e164>`: the id first, so that members of one score come in id
 /// order (highest first when read in reverse), as the ranking breaks ties.
-fn number_member(id: &str, e164: &str) -> String {
-    let mut m = String::with_capacity(id.len() + 1 + e164.len());
-    m.push_str(id);
-    m.push('\0');
-    m.push_str(e164);
+fn number_member(id: &IdBytes, e164: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(id.len() + e164.len());
+    m.extend_from_slice(id);
+    m.extend_from_slice(e164.as_bytes());
     m
 }
 
 fn split_number_member(m: &[u8]) -> Option<(CustomerId, &str)> {
-    let at = m.iter().position(|b| *b == 0)?;
-    let id = std::str::from_utf8(&m[..at]).ok()?.parse().ok()?;
-    let e164 = std::str::from_utf8(&m[at + 1..]).ok()?;
+    let id = id_from(m.get(..16)?)?;
+    let e164 = std::str::from_utf8(&m[16..]).ok()?;
     Some((id, e164))
 }
 
@@ -84,10 +85,10 @@ impl Keys {
         self.key("sx:", last_digits)
     }
 
-    /// The `sx:` keys (its last four digits, and its last seven) and the
-    /// member of a customer's number (`id` as text), for `ZADD` with the
+    /// The `sx:` keys (its last four digits, and its last five) and the
+    /// member of a customer's number, for `ZADD` with the
     /// customer's recency or `ZREM`.
-    pub(super) fn suffix_entries(&self, id: &str, e164: &str) -> Vec<(String, String)> {
+    pub(super) fn suffix_entries(&self, id: &IdBytes, e164: &str) -> Vec<(String, Vec<u8>)> {
         [BUCKET_DIGITS, LONG_BUCKET_DIGITS]
             .into_iter()
             .filter_map(|len| bucket_of(e164, len))
@@ -127,9 +128,6 @@ impl RedisIndex {
                 for number in e164 {
                     p.cmd("HKEYS").arg(k.ph(number));
                 }
-                if let Some(n) = national {
-                    p.cmd("SMEMBERS").arg(k.pn(n));
-                }
                 if let Some((_, b)) = suffix {
                     let key = k.sx(b);
                     zrange_rev(p, &key, 0, first_read);
@@ -139,14 +137,10 @@ impl RedisIndex {
             .await?;
         let mut values = values.into_iter();
         let mut found = NumberMatches::default();
-        for i in 0..e164.len() + usize::from(national.is_some()) {
-            let m = if i < e164.len() {
-                Match::Exact
-            } else {
-                Match::National
-            };
-            let ids: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
-            for id in ids.iter().filter_map(|s| s.parse().ok()) {
+        for _ in 0..e164.len() {
+            let m = Match::Exact;
+            let ids: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values)?)?;
+            for id in ids.iter().filter_map(|b| id_from(b)) {
                 found.add(id, m);
             }
         }
@@ -159,7 +153,7 @@ impl RedisIndex {
             let in_bucket: usize = from_owned_redis_value(next_value(&mut values)?)?;
             let mut read = entries.len();
             let mut matched = Bucket::default();
-            matched.take(entries, digits, &mut found, &mut recency);
+            matched.take(entries, digits, national, &mut found, &mut recency);
             if read == first_read && read < in_bucket && matched.customers.len() < limit + 1 {
                 // Too few customers in the first entries: read on.
                 let mut pipe = ::redis::pipe();
@@ -167,7 +161,7 @@ impl RedisIndex {
                 entries =
                     from_owned_redis_value(next_value(&mut reader.run(&pipe).await?.into_iter())?)?;
                 read += entries.len();
-                matched.take(entries, digits, &mut found, &mut recency);
+                matched.take(entries, digits, national, &mut found, &mut recency);
             }
             if read < in_bucket && read > 0 {
                 // The bucket was read in part: as many matches per member
@@ -232,11 +226,13 @@ struct Bucket {
 
 impl Bucket {
     /// Takes bucket entries (most recent first): each customer's recency,
-    /// and a suffix match for those whose number ends with `digits`.
+    /// a suffix match for those whose number ends with `digits`, and a
+    /// national match for those whose national number is `national`.
     fn take(
         &mut self,
         entries: Vec<(Vec<u8>, f64)>,
         digits: &str,
+        national: Option<&str>,
         found: &mut NumberMatches,
         recency: &mut HashMap<CustomerId, f64>,
     ) {
@@ -245,6 +241,15 @@ impl Bucket {
                 continue;
             };
             recency.insert(id, score);
+            if let Some(n) = national {
+                if query::ends_with_digits(number, n)
+                    && PhoneNumber::from_e164_unchecked(number.to_string())
+                        .national_number()
+                        .is_some_and(|own| own == n)
+                {
+                    found.add(id, Match::National);
+                }
+            }
             if query::ends_with_digits(number, digits) {
                 self.members += 1;
                 self.customers.insert(id);
@@ -260,24 +265,25 @@ mod tests {
 
     #[test]
     fn numbers_go_to_the_bucket_of_their_last_four_digits() {
-        assert_eq!(bucket("+6581226418"), Some("1226418"));
+        assert_eq!(bucket("+6581226418"), Some("26418"));
         assert_eq!(bucket_of("+6581226418", BUCKET_DIGITS), Some("6418"));
-        assert_eq!(bucket("812264"), Some("2264"));
+        assert_eq!(bucket("812264"), Some("12264"));
+        assert_eq!(bucket("2264"), Some("2264"));
         assert_eq!(bucket("0418"), Some("0418"));
         assert_eq!(bucket("418"), None);
         assert_eq!(bucket("+65-8122"), None);
         let keys = Keys::of("crm:", 3);
         let id = CustomerId::new();
-        let entries = keys.suffix_entries(&id.to_string(), "+6581226418");
+        let entries = keys.suffix_entries(id.0.as_bytes(), "+6581226418");
         assert_eq!(entries.len(), 2);
-        assert_eq!(entries[1].0, "crm:g3:sx:1226418");
+        assert_eq!(entries[1].0, "crm:g3:sx:26418");
         let (key, member) = entries[0].clone();
         assert_eq!(key, "crm:g3:sx:6418");
-        assert_eq!(member, format!("{id}\0+6581226418"));
         assert_eq!(
-            split_number_member(member.as_bytes()),
-            Some((id, "+6581226418"))
+            member,
+            [id.0.as_bytes().as_slice(), b"+6581226418"].concat()
         );
-        assert_eq!(split_number_member(b"not-an-id\0+6581226418"), None);
+        assert_eq!(split_number_member(&member), Some((id, "+6581226418")));
+        assert_eq!(split_number_member(b"short"), None);
     }
 }

@@ -1,14 +1,18 @@
 //! Caller-ID reads share round trips (automatic pipelining), on a connection
 //! of their own.
 //!
-//! Each caller-ID lookup is one `HGETALL` of a `ph:` key, plus the check of
-//! the live generation that every read makes. Sent one by one, every lookup
-//! costs Redis (and this process) a socket read and a socket write, which
-//! under load cost more than the commands. Here lookups queue for one task
-//! that sends whatever has queued as one pipeline: one generation check,
-//! then one `HGETALL` per lookup, and hands each lookup its reply as soon as
-//! it is read. While two pipelines are in flight the next lookups queue, so
-//! batches grow with the load; a lone lookup is sent at once.
+//! Each caller-ID lookup is two reads, each with the check of the live
+//! generation that every read makes: `HKEYS` of a `ph:` key (who has the
+//! number), then `MGET` of those customers' `cust:` keys (their summaries;
+//! the summary is kept once, not under each number). Sent one by one, every
+//! read costs Redis (and this process) a socket read and a socket write,
+//! which under load cost more than the commands. Here reads queue for one
+//! task that sends whatever has queued as one pipeline: one generation
+//! check, then one command per read, and hands each read its reply as soon
+//! as it is read. While two pipelines are in flight the next reads queue, so
+//! batches grow with the load; a lone read is sent at once. A lookup's
+//! second read must find the generation of its first still live, or the
+//! lookup starts over.
 //!
 //! The task owns its connection and speaks the protocol itself ([`resp`]):
 //! no hop to the `redis` crate's connection task, and each reply is read
@@ -50,14 +54,34 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 /// again, at most this many times in all.
 const MAX_ATTEMPTS: u8 = 3;
 
-/// A hash's `(field, value)` pairs: for a `ph:` key, customer id and
-/// summary JSON.
-pub(super) type Entries = Vec<(String, String)>;
+/// The owners of a number: each customer's id (its 16 bytes, the field of
+/// `ph:<e164>`) and its `cust:<id>` value.
+pub(super) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// What one queued read asks.
+enum Ask {
+    /// `HKEYS ph:<e164>` in the live generation: who has the number.
+    Owners(String),
+    /// `MGET cust:<id> ...` in `generation`: their summaries.
+    Summaries { generation: u64, ids: Vec<Vec<u8>> },
+}
+
+/// What a read answers.
+enum Answer {
+    Owners {
+        generation: u64,
+        ids: Vec<Vec<u8>>,
+    },
+    /// One value per id asked, `None` where there is none.
+    Summaries(Vec<Option<Vec<u8>>>),
+    /// Another generation is live than the one the summaries were asked in.
+    Stale,
+}
 
 struct Lookup {
-    e164: String,
+    ask: Ask,
     attempts: u8,
-    reply: oneshot::Sender<IndexResult<Entries>>,
+    reply: oneshot::Sender<IndexResult<Answer>>,
 }
 
 /// What the batching task needs, shared with the index that owns it.
@@ -84,11 +108,44 @@ impl PhoneReads {
         }
     }
 
-    /// The entries of `ph:<e164>` in the live generation.
-    pub(super) async fn hgetall(&self, e164: &str) -> IndexResult<Entries> {
+    /// Who has the number `e164` in the live generation, with their
+    /// `cust:<id>` values read in the same generation.
+    pub(super) async fn owners(&self, e164: &str) -> IndexResult<Entries> {
+        for _ in 0..MAX_ATTEMPTS {
+            let (generation, ids) = match self.ask(Ask::Owners(e164.to_string())).await? {
+                Answer::Owners { generation, ids } => (generation, ids),
+                _ => return Err(IndexError::Internal("caller-ID read out of step".into())),
+            };
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let ask = Ask::Summaries {
+                generation,
+                ids: ids.clone(),
+            };
+            match self.ask(ask).await? {
+                Answer::Summaries(values) => {
+                    return Ok(ids
+                        .into_iter()
+                        .zip(values)
+                        .filter_map(|(id, v)| Some((id, v?)))
+                        .collect())
+                }
+                Answer::Stale => continue,
+                Answer::Owners { .. } => {
+                    return Err(IndexError::Internal("caller-ID read out of step".into()))
+                }
+            }
+        }
+        Err(IndexError::Internal(
+            "the index generation changed three times during one read".into(),
+        ))
+    }
+
+    async fn ask(&self, ask: Ask) -> IndexResult<Answer> {
         let (reply, answer) = oneshot::channel();
         self.enqueue(Lookup {
-            e164: e164.to_string(),
+            ask,
             attempts: 0,
             reply,
         });
@@ -277,12 +334,34 @@ impl Reads {
             }
         }
         let generation = self.target.generation.load(Ordering::Relaxed);
+        // Summaries asked in another generation than the one live now (as
+        // far as this task knows) start over.
+        let (batch, stale): (Vec<Lookup>, Vec<Lookup>) = batch.into_iter().partition(
+            |l| !matches!(&l.ask, Ask::Summaries { generation: g, .. } if *g != generation),
+        );
+        for l in stale {
+            let _ = l.reply.send(Ok(Answer::Stale));
+        }
+        if batch.is_empty() {
+            return;
+        }
         let keys = Keys::of(&self.target.prefix, generation);
         let gen_key = gen_key(&self.target.prefix);
         let mut out = Vec::with_capacity(64 + batch.len() * (keys.base.len() + 40));
         resp::command(&mut out, &[b"HGET", gen_key.as_bytes(), b"current"]);
         for lookup in &batch {
-            resp::command(&mut out, &[b"HGETALL", keys.ph(&lookup.e164).as_bytes()]);
+            match &lookup.ask {
+                Ask::Owners(e164) => {
+                    resp::command(&mut out, &[b"HKEYS", keys.ph(e164).as_bytes()]);
+                }
+                Ask::Summaries { ids, .. } => {
+                    let names: Vec<Vec<u8>> = ids.iter().map(|id| keys.cust_bytes(id)).collect();
+                    let mut args: Vec<&[u8]> = Vec::with_capacity(1 + names.len());
+                    args.push(b"MGET");
+                    args.extend(names.iter().map(Vec::as_slice));
+                    resp::command(&mut out, &args);
+                }
+            }
         }
         self.in_flight.push_back(Sent {
             generation,
@@ -390,6 +469,8 @@ fn deliver(
         };
         if let Some(e) = &sent.failed {
             let _ = lookup.reply.send(Err(e.clone()));
+        } else if sent.stale && matches!(lookup.ask, Ask::Summaries { .. }) {
+            let _ = lookup.reply.send(Ok(Answer::Stale));
         } else if sent.stale {
             lookup.attempts += 1;
             if lookup.attempts >= MAX_ATTEMPTS {
@@ -400,7 +481,14 @@ fn deliver(
                 again.push(lookup);
             }
         } else {
-            let _ = lookup.reply.send(entries_of(&frame));
+            let answer = match &lookup.ask {
+                Ask::Owners(_) => fields_of(&frame).map(|ids| Answer::Owners {
+                    generation: sent.generation,
+                    ids,
+                }),
+                Ask::Summaries { .. } => values_of(&frame).map(Answer::Summaries),
+            };
+            let _ = lookup.reply.send(answer);
         }
     }
     if !sent.check_pending && sent.lookups.is_empty() {
@@ -430,28 +518,37 @@ fn generation_of(frame: &Frame<'_>) -> IndexResult<u64> {
     }
 }
 
-/// An `HGETALL` reply: pairs of strings.
-fn entries_of(frame: &Frame<'_>) -> IndexResult<Entries> {
-    let items = match frame {
-        Frame::Array(Some(items)) if items.len() % 2 == 0 => items,
-        Frame::Error(e) => return Err(redis_error(e)),
-        _ => {
-            return Err(IndexError::Internal(
-                "Redis answered HGETALL with something else".into(),
-            ))
-        }
-    };
-    let text = |f: &Frame<'_>| match f {
-        Frame::Bulk(Some(bytes)) => String::from_utf8(bytes.to_vec())
-            .map_err(|_| IndexError::Internal("index data: not UTF-8".into())),
-        _ => Err(IndexError::Internal(
-            "Redis answered HGETALL with something else".into(),
-        )),
-    };
-    items
-        .chunks_exact(2)
-        .map(|pair| Ok((text(&pair[0])?, text(&pair[1])?)))
-        .collect()
+/// An `HKEYS` reply: the fields.
+fn fields_of(frame: &Frame<'_>) -> IndexResult<Vec<Vec<u8>>> {
+    let other = || IndexError::Internal("Redis answered HKEYS with something else".into());
+    match frame {
+        Frame::Array(Some(items)) => items
+            .iter()
+            .map(|f| match f {
+                Frame::Bulk(Some(bytes)) => Ok(bytes.to_vec()),
+                _ => Err(other()),
+            })
+            .collect(),
+        Frame::Error(e) => Err(redis_error(e)),
+        _ => Err(other()),
+    }
+}
+
+/// An `MGET` reply: a value or nil per key.
+fn values_of(frame: &Frame<'_>) -> IndexResult<Vec<Option<Vec<u8>>>> {
+    let other = || IndexError::Internal("Redis answered MGET with something else".into());
+    match frame {
+        Frame::Array(Some(items)) => items
+            .iter()
+            .map(|f| match f {
+                Frame::Bulk(Some(bytes)) => Ok(Some(bytes.to_vec())),
+                Frame::Bulk(None) => Ok(None),
+                _ => Err(other()),
+            })
+            .collect(),
+        Frame::Error(e) => Err(redis_error(e)),
+        _ => Err(other()),
+    }
 }
 
 fn redis_error(message: &[u8]) -> IndexError {
@@ -618,13 +715,23 @@ mod tests {
             .collect()
     }
 
-    /// Answers like Redis holding `hashes` (key to one field and value)
-    /// and `p:gen current` from `live`; records every command.
+    /// Answers like Redis holding `numbers` (a `ph:` key to the one
+    /// customer id that has it, and that customer's `cust:` value in the
+    /// same generation) and `p:gen current` from `live`; records every
+    /// command. `after_owners` runs after each `HKEYS`.
     fn store(
-        hashes: HashMap<String, (String, String)>,
+        numbers: HashMap<String, (String, String)>,
         live: Arc<Mutex<Option<u64>>>,
         log: Log,
+        after_owners: Arc<dyn Fn() + Send + Sync>,
     ) -> Handler {
+        let custs: HashMap<String, String> = numbers
+            .iter()
+            .filter_map(|(key, (id, value))| {
+                let (generation, _) = key.split_once("ph:")?;
+                Some((format!("{generation}cust:{id}"), value.clone()))
+            })
+            .collect();
         Arc::new(move |conn, args| {
             let args = text(args);
             log.lock().push((conn, args.clone()));
@@ -634,14 +741,32 @@ mod tests {
                     Some(g) => bulk(&g.to_string()),
                     None => b"$-1\r\n".to_vec(),
                 },
-                "HGETALL" => match hashes.get(&args[1]) {
-                    Some((f, v)) => [b"*2\r\n".to_vec(), bulk(f), bulk(v)].concat(),
-                    None => b"*0\r\n".to_vec(),
-                },
+                "HKEYS" => {
+                    let reply = match numbers.get(&args[1]) {
+                        Some((id, _)) => [b"*1\r\n".to_vec(), bulk(id)].concat(),
+                        None => b"*0\r\n".to_vec(),
+                    };
+                    after_owners();
+                    reply
+                }
+                "MGET" => {
+                    let mut reply = format!("*{}\r\n", args.len() - 1).into_bytes();
+                    for key in &args[1..] {
+                        match custs.get(key) {
+                            Some(v) => reply.extend(bulk(v)),
+                            None => reply.extend(b"$-1\r\n"),
+                        }
+                    }
+                    reply
+                }
                 _ => b"-ERR unknown command\r\n".to_vec(),
             };
             Some(reply)
         })
+    }
+
+    fn nothing() -> Arc<dyn Fn() + Send + Sync> {
+        Arc::new(|| {})
     }
 
     #[tokio::test]
@@ -662,27 +787,77 @@ mod tests {
         ]);
         let live = Arc::new(Mutex::new(Some(2)));
         let log = Arc::new(Mutex::new(Vec::new()));
-        let addr = fake_redis(store(hashes, live.clone(), log.clone())).await;
+        let addr = fake_redis(store(hashes, live.clone(), log.clone(), nothing())).await;
         let reads = reads(&format!("redis://ann:s3cret@{addr}/3"));
 
         // The first read finds generation 2 live (it assumed 0) and goes
         // again against it.
-        let found = reads.hgetall("+6581226418").await.unwrap();
-        assert_eq!(found, [("id-2".to_string(), "{\"g\":2}".to_string())]);
-        assert_eq!(reads.hgetall("+6500000000").await.unwrap(), []);
+        let found = reads.owners("+6581226418").await.unwrap();
+        assert_eq!(found, [(b"id-2".to_vec(), b"{\"g\":2}".to_vec())]);
+        assert_eq!(reads.owners("+6500000000").await.unwrap(), []);
         *live.lock() = Some(3);
-        let (a, b) = tokio::join!(reads.hgetall("+6581226418"), reads.hgetall("+6590000000"));
-        assert_eq!(a.unwrap()[0].0, "id-3");
-        assert_eq!(b.unwrap()[0].0, "id-9");
+        let (a, b) = tokio::join!(reads.owners("+6581226418"), reads.owners("+6590000000"));
+        assert_eq!(a.unwrap()[0].0, b"id-3");
+        assert_eq!(b.unwrap()[0].0, b"id-9");
 
         let log = log.lock();
         assert!(log.iter().all(|(conn, _)| *conn == 1), "one connection");
         assert_eq!(log[0].1, ["AUTH", "ann", "s3cret"]);
         assert_eq!(log[1].1, ["SELECT", "3"]);
         assert_eq!(log[2].1, ["HGET", "p:gen", "current"]);
-        assert_eq!(log[3].1, ["HGETALL", "p:g0:ph:+6581226418"]);
+        assert_eq!(log[3].1, ["HKEYS", "p:g0:ph:+6581226418"]);
         assert_eq!(log[4].1, ["HGET", "p:gen", "current"]);
-        assert_eq!(log[5].1, ["HGETALL", "p:g2:ph:+6581226418"]);
+        assert_eq!(log[5].1, ["HKEYS", "p:g2:ph:+6581226418"]);
+        assert_eq!(log[6].1, ["HGET", "p:gen", "current"]);
+        assert_eq!(log[7].1, ["MGET", "p:g2:cust:id-2"]);
+    }
+
+    #[tokio::test]
+    async fn a_generation_switch_between_the_two_reads_starts_the_lookup_over() {
+        let numbers = HashMap::from([
+            (
+                "p:g2:ph:+6581226418".to_string(),
+                ("id-2".into(), "old".into()),
+            ),
+            (
+                "p:g3:ph:+6581226418".to_string(),
+                ("id-3".into(), "new".into()),
+            ),
+        ]);
+        let live = Arc::new(Mutex::new(Some(2)));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        // A rebuild switches to generation 3 right after the owners are read
+        // in generation 2 (the first time only).
+        let switch = {
+            let live = live.clone();
+            Arc::new(move || {
+                let mut live = live.lock();
+                if *live == Some(2) {
+                    *live = Some(3);
+                }
+            })
+        };
+        let addr = fake_redis(store(numbers, live.clone(), log.clone(), switch)).await;
+        let reads = reads(&format!("redis://{addr}"));
+        reads.target.generation.store(2, Ordering::Relaxed);
+        let found = reads.owners("+6581226418").await.unwrap();
+        assert_eq!(found, [(b"id-3".to_vec(), b"new".to_vec())]);
+        let sent: Vec<Vec<String>> = log
+            .lock()
+            .iter()
+            .map(|(_, c)| c.clone())
+            .filter(|c| c[0] != "HGET")
+            .collect();
+        assert_eq!(
+            sent,
+            [
+                vec!["HKEYS", "p:g2:ph:+6581226418"],
+                // Answered after the switch: not used.
+                vec!["MGET", "p:g2:cust:id-2"],
+                vec!["HKEYS", "p:g3:ph:+6581226418"],
+                vec!["MGET", "p:g3:cust:id-3"],
+            ]
+        );
     }
 
     #[tokio::test]
@@ -695,7 +870,7 @@ mod tests {
         });
         let addr = fake_redis(refuse).await;
         let err = reads(&format!("redis://:wrong@{addr}"))
-            .hgetall("+6581226418")
+            .owners("+6581226418")
             .await
             .unwrap_err();
         assert!(
@@ -708,21 +883,22 @@ mod tests {
         let wrongtype: Handler = Arc::new(|_, args| {
             Some(match (args[0].as_slice(), args.get(1).map(Vec::as_slice)) {
                 (b"HGET", _) => b"$-1\r\n".to_vec(),
-                (b"HGETALL", Some(b"p:g0:ph:+1")) => {
+                (b"HKEYS", Some(b"p:g0:ph:+1")) => {
                     b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
                         .to_vec()
                 }
-                _ => [b"*2\r\n".to_vec(), bulk("id"), bulk("{}")].concat(),
+                (b"HKEYS", _) => [b"*1\r\n".to_vec(), bulk("id")].concat(),
+                _ => [b"*1\r\n".to_vec(), bulk("{}")].concat(),
             })
         });
         let addr = fake_redis(wrongtype).await;
         let reads = reads(&format!("redis://{addr}"));
-        let (bad, good) = tokio::join!(reads.hgetall("+1"), reads.hgetall("+2"));
+        let (bad, good) = tokio::join!(reads.owners("+1"), reads.owners("+2"));
         assert!(
             matches!(&bad, Err(IndexError::Internal(m)) if m.contains("WRONGTYPE")),
             "{bad:?}"
         );
-        assert_eq!(good.unwrap(), [("id".to_string(), "{}".to_string())]);
+        assert_eq!(good.unwrap(), [(b"id".to_vec(), b"{}".to_vec())]);
     }
 
     #[tokio::test]
@@ -735,14 +911,15 @@ mod tests {
             match args[0].as_slice() {
                 b"HGET" => Some(b"$-1\r\n".to_vec()),
                 _ if conn == 1 => None,
-                _ => Some([b"*2\r\n".to_vec(), bulk("id"), bulk("{}")].concat()),
+                b"HKEYS" => Some([b"*1\r\n".to_vec(), bulk("id")].concat()),
+                _ => Some([b"*1\r\n".to_vec(), bulk("{}")].concat()),
             }
         });
         let addr = fake_redis(handler).await;
         let reads = reads(&format!("redis://{addr}"));
-        let err = reads.hgetall("+6581226418").await.unwrap_err();
+        let err = reads.owners("+6581226418").await.unwrap_err();
         assert!(matches!(err, IndexError::Unavailable(_)), "{err:?}");
-        let found = reads.hgetall("+6581226418").await.unwrap();
+        let found = reads.owners("+6581226418").await.unwrap();
         assert_eq!(found.len(), 1);
         assert_eq!(log.lock().last(), Some(&2), "a second connection");
     }
@@ -752,11 +929,10 @@ mod tests {
         let silent: Handler = Arc::new(|_, _| Some(Vec::new()));
         let addr = fake_redis(silent).await;
         let reads_silent = reads(&format!("redis://{addr}"));
-        let err =
-            tokio::time::timeout(Duration::from_secs(30), reads_silent.hgetall("+6581226418"))
-                .await
-                .expect("the read gives up by itself")
-                .unwrap_err();
+        let err = tokio::time::timeout(Duration::from_secs(30), reads_silent.owners("+6581226418"))
+            .await
+            .expect("the read gives up by itself")
+            .unwrap_err();
         assert!(
             matches!(&err, IndexError::Unavailable(m) if m.contains("did not answer")),
             "{err:?}"
@@ -769,7 +945,7 @@ mod tests {
             .port();
         let reads = reads(&format!("redis://127.0.0.1:{port}"));
         for _ in 0..2 {
-            let err = reads.hgetall("+6581226418").await.unwrap_err();
+            let err = reads.owners("+6581226418").await.unwrap_err();
             assert!(matches!(err, IndexError::Unavailable(_)), "{err:?}");
         }
     }

@@ -15,13 +15,13 @@ use parking_lot::Mutex;
 
 use crm_models::CustomerId;
 
-use super::keys::LIVE_FIELD;
+use super::keys::split_cust;
 use super::writes::{Change, NewCustomers};
 use super::{
     corrupt, next_value, query_within, RedisIndex, DELETE_BATCH, READ_TIMEOUT, REBUILD_WRITERS,
     SCANS_PER_PAGE, WRITE_TIMEOUT,
 };
-use crate::doc::{IndexEntries, IndexedCustomer};
+use crate::doc::IndexedCustomer;
 use crate::{
     FingerprintPage, IndexError, IndexResult, IndexedFingerprint, RebuildReport, REBUILD_BATCH,
 };
@@ -149,7 +149,7 @@ impl RedisIndex {
         // a Redis shared with other data most calls find nothing. Scan on
         // until the page has `limit` keys, the walk ends, or
         // `SCANS_PER_PAGE` calls were made.
-        let mut found: Vec<String> = Vec::new();
+        let mut found: Vec<Vec<u8>> = Vec::new();
         let mut next = scan;
         for _ in 0..SCANS_PER_PAGE {
             let mut pipe = ::redis::pipe();
@@ -160,7 +160,7 @@ impl RedisIndex {
                 .arg("COUNT")
                 .arg(limit.max(1));
             let mut replies = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
-            let (after, keys): (u64, Vec<String>) =
+            let (after, keys): (u64, Vec<Vec<u8>>) =
                 from_owned_redis_value(next_value(&mut replies.drain(..))?)?;
             found.extend(keys);
             next = after;
@@ -170,18 +170,23 @@ impl RedisIndex {
         }
         let ids: Vec<CustomerId> = found
             .iter()
-            .filter_map(|k| k.strip_prefix(&prefix)?.parse().ok())
+            .filter_map(|k| super::keys::id_from(k.strip_prefix(prefix.as_bytes())?))
             .collect();
         let mut items = Vec::with_capacity(ids.len());
         if !ids.is_empty() {
             let mut pipe = ::redis::pipe();
             for id in &ids {
-                pipe.cmd("HGET").arg(keys.cust(*id)).arg("fingerprint");
+                pipe.cmd("GET").arg(keys.cust(*id));
             }
-            let prints = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
-            for (id, v) in ids.into_iter().zip(prints) {
-                if let Some(fingerprint) = from_owned_redis_value::<Option<String>>(v)? {
-                    items.push(IndexedFingerprint { id, fingerprint });
+            let values = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
+            for (id, v) in ids.into_iter().zip(values) {
+                let value: Option<Vec<u8>> = from_owned_redis_value(v)?;
+                if let Some(p) = value.as_deref().and_then(|v| split_cust(v).1) {
+                    let summary = crate::packed::unpack(p).map_err(corrupt)?;
+                    items.push(IndexedFingerprint {
+                        id,
+                        fingerprint: crate::doc::fingerprint_of(&summary),
+                    });
                 }
             }
         }
@@ -218,10 +223,7 @@ impl RedisIndex {
         let mut pipe = ::redis::pipe();
         pipe.cmd("HGET").arg(self.gen_key()).arg("building");
         for doc in &batch {
-            pipe.cmd("HMGET")
-                .arg(keys.cust(doc.id()))
-                .arg("indexed")
-                .arg(LIVE_FIELD);
+            pipe.cmd("GET").arg(keys.cust(doc.id()));
         }
         let mut replies = self.query(&pipe).await?.into_iter();
         let building: Option<u64> = from_owned_redis_value(next_value(&mut replies)?)?;
@@ -235,12 +237,12 @@ impl RedisIndex {
         let mut write = ::redis::pipe();
         let mut tokens: Vec<String> = Vec::new();
         for doc in &batch {
-            let (indexed, live): (Option<String>, Option<String>) =
-                from_owned_redis_value(next_value(&mut replies)?)?;
-            if live.is_some() {
+            let value: Option<Vec<u8>> = from_owned_redis_value(next_value(&mut replies)?)?;
+            let (live, summary) = value.as_deref().map_or((false, None), split_cust);
+            if live {
                 continue;
             }
-            match indexed {
+            match summary {
                 None if doc.is_searchable() => {
                     let entries = doc.entries();
                     new.add(&keys, doc, &entries)?;
@@ -248,8 +250,8 @@ impl RedisIndex {
                 }
                 // Not indexed, and not to be.
                 None => {}
-                Some(raw) => {
-                    let old: IndexEntries = serde_json::from_str(&raw).map_err(corrupt)?;
+                Some(packed) => {
+                    let old = crate::packed::unpack(packed).map_err(corrupt)?.entries();
                     // Tokens this leaves without customers keep their
                     // token-level keys out: `write_vocabulary` checks.
                     let _ = keys.write_change(

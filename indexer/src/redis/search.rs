@@ -7,15 +7,13 @@ use std::time::{Duration, Instant};
 use ::redis::{from_owned_redis_value, Pipeline, Value};
 use async_trait::async_trait;
 
-use crm_models::time;
-use crm_models::{CustomerId, Email, PhoneNumber};
+use crm_models::CustomerId;
 
 use std::sync::atomic::Ordering;
 
-use super::keys::{gen_key, parse_name_member, split_member, Keys, SUMMARY_FIELD};
+use super::keys::{gen_key, parse_name_member, split_cust, split_member, Keys};
 use super::search_links::{Failed, Taken};
 use super::{corrupt, next_value, parse_generation, RedisIndex, CANDIDATES, READ_TIMEOUT};
-use crate::doc::EngagementBrief;
 use crate::query::{self, Brief, Match, MatchedOn, SearchHit, SearchResults};
 use crate::ranking::{
     self, query_typo_keys, Entry, FirstRound, List, NameLists, NameTerms, RankKey, Read,
@@ -47,22 +45,14 @@ impl RedisIndex {
         exact: bool,
     ) -> IndexResult<Vec<SearchHit>> {
         let reader = Reader::new(self).await;
+        // The prefix range lists the customers with exactly `text` first.
         let (keys, values) = reader
             .read_live(|k, p| {
-                if exact {
-                    p.cmd("SMEMBERS").arg(k.em(text));
-                }
                 zrange_prefix(p, &k.ex(), text.as_bytes());
             })
             .await?;
         let mut matches: HashMap<CustomerId, Match> = HashMap::new();
         let mut values = values.into_iter();
-        if exact {
-            let ids: Vec<String> = from_owned_redis_value(next_value(&mut values)?)?;
-            for id in ids.iter().filter_map(|s| s.parse().ok()) {
-                matches.insert(id, Match::Exact);
-            }
-        }
         let members: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values)?)?;
         for (email, id) in members.iter().filter_map(|m| split_member(m)) {
             let m = if exact && email == text {
@@ -494,15 +484,16 @@ impl NameLists for Lists<'_> {
     }
 }
 
-/// The summary (`HGET`) of each of `ids`, and whether each of `check` has
-/// one (`HEXISTS`, which sends no summary back).
+/// The summary (`GET`) of each of `ids`, and whether each of `check` has
+/// one (`STRLEN`, which sends no summary back: a value of one byte is the
+/// live mark of a removal).
 fn briefs_pipeline(keys: &Keys, ids: &[CustomerId], check: &[CustomerId]) -> Pipeline {
     let mut pipe = ::redis::pipe();
     for id in ids {
-        pipe.cmd("HGET").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
+        pipe.cmd("GET").arg(keys.cust(*id));
     }
     for id in check {
-        pipe.cmd("HEXISTS").arg(keys.cust(*id)).arg(SUMMARY_FIELD);
+        pipe.cmd("STRLEN").arg(keys.cust(*id));
     }
     pipe
 }
@@ -517,13 +508,15 @@ fn briefs_of_replies(
     let mut values = replies.into_iter();
     let mut briefs = Vec::with_capacity(ids);
     for _ in 0..ids {
-        if let Some(json) = bulk_of(next_value(&mut values)?)? {
-            briefs.push(brief_of_json(&json)?);
+        if let Some(value) = bulk_of(next_value(&mut values)?)? {
+            if let Some(packed) = split_cust(&value).1 {
+                briefs.push(brief_of_packed(packed)?);
+            }
         }
     }
     let mut present = Vec::with_capacity(check);
     for _ in 0..check {
-        present.push(from_owned_redis_value::<bool>(next_value(&mut values)?)?);
+        present.push(from_owned_redis_value::<u64>(next_value(&mut values)?)? > 1);
     }
     Ok((briefs, present))
 }
@@ -564,293 +557,23 @@ fn zrange_prefix(p: &mut Pipeline, key: &str, prefix: &[u8]) {
         .arg(CANDIDATES);
 }
 
-/// What a search hit shows, read from a summary's JSON. The summary's
-/// fields come in their declared order, the engagements last: once the
-/// first engagement is read the rest of the JSON (the older engagements) is
-/// not even scanned. Its values were normalised before they were written,
-/// so they are trusted.
-fn brief_of_json(json: &[u8]) -> IndexResult<Brief> {
-    let mut read = BriefFields::default();
-    let mut de = serde_json::Deserializer::from_slice(json);
-    let outcome = serde::de::DeserializeSeed::deserialize(&mut read, &mut de);
-    match outcome {
-        Ok(()) => de.end().map_err(corrupt)?,
-        // Stopped on purpose after the first engagement.
-        Err(_) if read.stopped => {}
-        Err(e) => return Err(corrupt(e)),
-    }
-    let (Some(id), Some(phones), Some(emails)) = (read.id, read.phones, read.emails) else {
-        return Err(IndexError::Internal(
-            "index data does not decode: a summary lacks its id, phones or emails".into(),
-        ));
-    };
-    Ok(Brief {
-        id,
-        name: read.name,
-        phones: phones
-            .into_iter()
-            .map(PhoneNumber::from_e164_unchecked)
-            .collect(),
-        emails: emails
-            .into_iter()
-            .map(Email::from_normalised_unchecked)
-            .collect(),
-        last_engagement_at: read.last_engagement_at.flatten(),
-        last_engagement: read.last_engagement,
-    })
-}
-
-/// The fields of a summary a brief needs, as read so far.
-#[derive(Default)]
-struct BriefFields {
-    id: Option<CustomerId>,
-    name: Option<String>,
-    phones: Option<Vec<String>>,
-    emails: Option<Vec<String>>,
-    /// `Some` once read (`Some(None)`: never engaged).
-    last_engagement_at: Option<Option<time::Timestamp>>,
-    last_engagement: Option<EngagementBrief>,
-    /// The read stopped after the first engagement, every other field read.
-    stopped: bool,
-}
-
-impl BriefFields {
-    /// Every field that comes before the engagements has been read.
-    fn ready_to_stop(&self) -> bool {
-        self.id.is_some()
-            && self.phones.is_some()
-            && self.emails.is_some()
-            && self.last_engagement_at.is_some()
-    }
-}
-
-#[derive(serde::Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum SummaryField {
-    Id,
-    Name,
-    Phones,
-    Emails,
-    LastEngagementAt,
-    LastEngagements,
-    #[serde(other)]
-    Other,
-}
-
-/// Why a brief's read ends early; never shown (see `BriefFields::stopped`).
-const STOP: &str = "brief read";
-
-impl<'de> serde::de::DeserializeSeed<'de> for &mut BriefFields {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for &mut BriefFields {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a customer summary")
-    }
-
-    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        use serde::de::{Error, IgnoredAny};
-        while let Some(field) = map.next_key::<SummaryField>()? {
-            match field {
-                SummaryField::Id => self.id = Some(map.next_value()?),
-                SummaryField::Name => self.name = map.next_value()?,
-                SummaryField::Phones => self.phones = Some(map.next_value()?),
-                SummaryField::Emails => self.emails = Some(map.next_value()?),
-                SummaryField::LastEngagementAt => {
-                    let at = map.next_value::<Option<Text<'de>>>()?;
-                    let at = at
-                        .map(|t| time::parse(&t.0).map_err(A::Error::custom))
-                        .transpose()?;
-                    self.last_engagement_at = Some(at);
-                }
-                SummaryField::LastEngagements => {
-                    let stop = self.ready_to_stop();
-                    map.next_value_seed(First {
-                        slot: &mut self.last_engagement,
-                        stop: stop.then_some(&mut self.stopped),
-                    })?;
-                }
-                SummaryField::Other => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-            if self.stopped {
-                return Err(A::Error::custom(STOP));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// Reads the first of a list of engagements (the newest) into `slot`.
-/// With `stop`, reading ends there and `stop` is set: the JSON reader then
-/// fails on the unread rest, which the caller knows to ignore. Otherwise
-/// the others are skipped unread.
-struct First<'s> {
-    slot: &'s mut Option<EngagementBrief>,
-    stop: Option<&'s mut bool>,
-}
-
-impl<'de> serde::de::DeserializeSeed<'de> for First<'_> {
-    type Value = ();
-
-    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> serde::de::Visitor<'de> for First<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("a list of engagements")
-    }
-
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        *self.slot = seq.next_element::<EngagementBrief>()?;
-        match self.stop {
-            Some(stopped) if self.slot.is_some() => *stopped = true,
-            _ => while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {},
-        }
-        Ok(())
-    }
-}
-
-/// A string borrowed from the JSON when it has no escapes.
-struct Text<'a>(std::borrow::Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for Text<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Borrowed(v)))
-            }
-            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(v.to_string())))
-            }
-            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(std::borrow::Cow::Owned(v)))
-            }
-        }
-        d.deserialize_str(V)
-    }
+/// What a search hit shows, from a packed summary.
+fn brief_of_packed(packed: &[u8]) -> IndexResult<Brief> {
+    Ok(Brief::from(
+        &crate::packed::unpack(packed).map_err(corrupt)?,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::doc::CustomerSummary;
+    use crate::doc::EngagementBrief;
     use crm_models::{Channel, EngagementId};
-
-    #[test]
-    fn briefs_are_read_from_the_summary_json() {
-        let mut summary = CustomerSummary {
-            id: CustomerId::new(),
-            name: Some("Ann \"phones\":[] Tan".into()),
-            status: crm_models::CustomerStatus::Active,
-            phone: None,
-            email: None,
-            phones: vec![PhoneNumber::parse("+6581226418", None).unwrap()],
-            emails: vec![Email::parse("ann@example.com").unwrap()],
-            counts: crm_models::ChannelCounts::default(),
-            last_engagement_at: Some(time::now()),
-            last_engagements: vec![EngagementBrief {
-                id: EngagementId::new(),
-                channel: Channel::Sms,
-                direction: None,
-                occurred_at: time::now(),
-                preview: "{\"emails\":[\"x@y.z\"]}".into(),
-            }],
-        };
-        let json = serde_json::to_vec(&summary).unwrap();
-        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
-        summary.name = None;
-        summary.last_engagement_at = None;
-        let json = serde_json::to_vec(&summary).unwrap();
-        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
-        assert!(brief_of_json(b"{\"id\":1}").is_err());
-    }
-
-    #[test]
-    fn briefs_stop_after_the_first_engagement_in_any_field_order() {
-        let engagement = |preview: &str| EngagementBrief {
-            id: EngagementId::new(),
-            channel: Channel::Sms,
-            direction: Some(crm_models::Direction::Inbound),
-            occurred_at: time::now(),
-            preview: preview.into(),
-        };
-        let summary = CustomerSummary {
-            id: CustomerId::new(),
-            name: Some("Wei \\ \"Ming\"".into()),
-            status: crm_models::CustomerStatus::Active,
-            phone: None,
-            email: None,
-            phones: vec![PhoneNumber::parse("+6581226418", None).unwrap()],
-            emails: vec![],
-            counts: crm_models::ChannelCounts::default(),
-            last_engagement_at: Some(time::now()),
-            last_engagements: vec![
-                engagement("newest"),
-                engagement("older"),
-                engagement("oldest"),
-            ],
-        };
-        let json = serde_json::to_vec(&summary).unwrap();
-        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
-        // The older engagements are not even scanned: cut off, the brief
-        // still reads.
-        let older = json.windows(7).position(|w| w == b"\"older\"").unwrap();
-        assert_eq!(
-            brief_of_json(&json[..older]).unwrap(),
-            Brief::from(&summary)
-        );
-
-        // Engagements before the other fields: read to the end.
-        let mut fields: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&json).unwrap();
-        let engagements = fields.remove("last_engagements").unwrap();
-        let mut reordered = serde_json::Map::new();
-        reordered.insert("last_engagements".into(), engagements);
-        reordered.extend(fields);
-        let json = serde_json::to_vec(&reordered).unwrap();
-        assert!(json.starts_with(b"{\"last_engagements\""));
-        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&summary));
-
-        // No engagements.
-        let quiet = CustomerSummary {
-            last_engagements: vec![],
-            ..summary.clone()
-        };
-        let json = serde_json::to_vec(&quiet).unwrap();
-        assert_eq!(brief_of_json(&json).unwrap(), Brief::from(&quiet));
-
-        // Broken before the engagements: an error, not a brief.
-        let json = serde_json::to_vec(&summary).unwrap();
-        let cut = json.windows(8).position(|w| w == b"\"emails\"").unwrap();
-        assert!(brief_of_json(&json[..cut]).is_err());
-        let mut no_phones: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&json).unwrap();
-        no_phones.remove("phones");
-        assert!(brief_of_json(&serde_json::to_vec(&no_phones).unwrap()).is_err());
-    }
 
     #[test]
     fn list_entries_are_read_in_place() {
         let id = CustomerId::new();
-        let member = |id: CustomerId| format!("{id}\0ann tan").into_bytes();
+        let member = |id: CustomerId| [id.0.as_bytes().as_slice(), b"ann tan"].concat();
         let reply = Value::Array(vec![
             Value::BulkString(member(id)),
             Value::BulkString(b"1765432100000000".to_vec()),
@@ -881,7 +604,7 @@ mod tests {
             id: EngagementId::new(),
             channel: Channel::Sms,
             direction: None,
-            occurred_at: time::now(),
+            occurred_at: crm_models::time::now(),
             preview: "hi".into(),
         };
         let json = serde_json::to_string(&vec![brief.clone()]).unwrap();

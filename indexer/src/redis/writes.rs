@@ -8,11 +8,12 @@ use ::redis::{from_owned_redis_value, Pipeline, Value};
 use crm_models::CustomerId;
 
 use super::keys::{
-    member, member_of, name_member, name_member_of, recency_score, whole_name, Keys, LIVE_FIELD,
-    SUMMARY_FIELD,
+    cust_value, id_bytes, member, member_of, name_member, name_member_of, recency_score,
+    split_cust, whole_name, IdBytes, Keys,
 };
 use super::{corrupt, query_within, RedisIndex, WRITE_TIMEOUT};
 use crate::doc::{IndexEntries, IndexedCustomer};
+use crate::packed;
 use crate::ranking::typo_keys;
 use crate::IndexResult;
 
@@ -39,7 +40,7 @@ impl RedisIndex {
         for &(g, _) in &targets {
             let keys = self.keys(g);
             for change in changes {
-                pipe.cmd("HGET").arg(keys.cust(change.id())).arg("indexed");
+                pipe.cmd("GET").arg(keys.cust(change.id()));
             }
         }
         let previous = self.query(&pipe).await?;
@@ -50,12 +51,9 @@ impl RedisIndex {
         for &(g, live) in &targets {
             let keys = self.keys(g);
             for change in changes {
-                let old: IndexEntries = match previous.next() {
+                let old = match previous.next() {
                     Some(Value::Nil) | None => IndexEntries::default(),
-                    Some(v) => {
-                        let raw: String = from_owned_redis_value(v)?;
-                        serde_json::from_str(&raw).map_err(corrupt)?
-                    }
+                    Some(v) => indexed_under(&from_owned_redis_value::<Vec<u8>>(v)?)?,
                 };
                 let gone = keys.write_change(&mut write, change, old, live, None)?;
                 orphan_candidates.extend(gone.into_iter().map(|t| (g, t)));
@@ -132,7 +130,7 @@ impl Change<'_> {
 impl Keys {
     /// Writes one change given what the customer is indexed under now
     /// (`old`): removes what it no longer has, writes the rest. `live` marks
-    /// the customer in a generation being built (see [`LIVE_FIELD`]). With
+    /// the customer in a generation being built (see [`LIVE`](super::keys::LIVE)). With
     /// `vocabulary`, the token-level keys are not written but the tokens are
     /// added to it (a rebuild writes them once at the end). Returns the tokens
     /// that may have lost their last customer.
@@ -185,9 +183,9 @@ impl Keys {
         vocabulary: bool,
     ) -> IndexResult<()> {
         let id = doc.id();
-        let id_s = id.to_string();
+        let id_b = id_bytes(id);
         let summary = doc.summary();
-        let summary_json = serde_json::to_string(&summary).map_err(corrupt)?;
+        let packed = packed::pack(&summary);
         if !entries.tokens.is_empty() {
             let recency = recency_score(summary.last_engagement_at.as_ref());
             let entry = name_member(id, entries);
@@ -213,7 +211,6 @@ impl Keys {
             }
         }
         for e in &entries.emails {
-            p.cmd("SADD").arg(self.em(e)).arg(&id_s).ignore();
             p.cmd("ZADD")
                 .arg(self.ex())
                 .arg(0)
@@ -221,24 +218,16 @@ impl Keys {
                 .ignore();
         }
         for ph in &entries.phones {
-            p.cmd("HSET")
-                .arg(self.ph(ph))
-                .arg(&id_s)
-                .arg(&summary_json)
-                .ignore();
-            for (key, member) in self.suffix_entries(&id_s, ph) {
+            p.cmd("HSET").arg(self.ph(ph)).arg(&id_b).arg("").ignore();
+            for (key, member) in self.suffix_entries(&id_b, ph) {
                 let recency = recency_score(summary.last_engagement_at.as_ref());
                 p.cmd("ZADD").arg(key).arg(recency).arg(member).ignore();
             }
         }
-        for n in &entries.national {
-            p.cmd("SADD").arg(self.pn(n)).arg(&id_s).ignore();
-        }
-        let mut fields = summary_fields(summary_json, entries)?;
-        if live {
-            fields.push((LIVE_FIELD, "1".into()));
-        }
-        p.cmd("HSET").arg(self.cust(id)).arg(&fields).ignore();
+        p.cmd("SET")
+            .arg(self.cust(id))
+            .arg(cust_value(Some(&packed), live))
+            .ignore();
         p.cmd("SET").arg(self.used()).arg(1).ignore();
         Ok(())
     }
@@ -276,48 +265,37 @@ impl Keys {
     /// entries go with `unindex_name`; typo-table and vocabulary entries are
     /// token-level, see `drop_orphan_tokens`).
     pub(super) fn unindex(&self, p: &mut Pipeline, id: CustomerId, entries: &IndexEntries) {
-        let id_s = id.to_string();
+        let id_b = id_bytes(id);
         for e in &entries.emails {
-            p.cmd("SREM").arg(self.em(e)).arg(&id_s).ignore();
             p.cmd("ZREM").arg(self.ex()).arg(member(e, id)).ignore();
         }
         for ph in &entries.phones {
-            p.cmd("HDEL").arg(self.ph(ph)).arg(&id_s).ignore();
-            for (key, member) in self.suffix_entries(&id_s, ph) {
+            p.cmd("HDEL").arg(self.ph(ph)).arg(&id_b).ignore();
+            for (key, member) in self.suffix_entries(&id_b, ph) {
                 p.cmd("ZREM").arg(key).arg(member).ignore();
             }
         }
-        for n in &entries.national {
-            p.cmd("SREM").arg(self.pn(n)).arg(&id_s).ignore();
-        }
     }
 
-    /// Deletes the summary and the id; `live` leaves a marked, empty
-    /// summary behind (see [`LIVE_FIELD`]).
+    /// Deletes the summary; `live` leaves the live mark behind instead (see
+    /// [`LIVE`](super::keys::LIVE)).
     pub(super) fn remove_customer(&self, p: &mut Pipeline, id: CustomerId, live: bool) {
         let cust = self.cust(id);
-        p.cmd("DEL").arg(&cust).ignore();
         if live {
-            p.cmd("HSET").arg(&cust).arg(LIVE_FIELD).arg("1").ignore();
+            p.cmd("SET").arg(&cust).arg(cust_value(None, true)).ignore();
+        } else {
+            p.cmd("DEL").arg(&cust).ignore();
         }
     }
 }
 
-/// Field names and values of a `cust:<id>` hash.
-pub(super) type Fields = Vec<(&'static str, String)>;
-
-/// The `cust:<id>` fields of a summary (`summary_json` is its JSON): the
-/// summary, its fingerprint and what it is indexed under. Three fields
-/// instead of one per summary field (17) take a tenth less memory per
-/// customer: Redis keeps a hash with a value over 64 bytes as a hash table,
-/// with an entry per field.
-pub(super) fn summary_fields(summary_json: String, entries: &IndexEntries) -> IndexResult<Fields> {
-    let fingerprint = crate::doc::fingerprint_of_json(summary_json.as_bytes());
-    Ok(vec![
-        (SUMMARY_FIELD, summary_json),
-        ("fingerprint", fingerprint),
-        ("indexed", serde_json::to_string(entries).map_err(corrupt)?),
-    ])
+/// What a `cust:<id>` value says the customer is indexed under: the
+/// entries of its summary (none for the mark a removal leaves).
+pub(super) fn indexed_under(value: &[u8]) -> IndexResult<IndexEntries> {
+    match split_cust(value).1 {
+        Some(p) => Ok(packed::unpack(p).map_err(corrupt)?.entries()),
+        None => Ok(IndexEntries::default()),
+    }
 }
 
 /// What a rebuild batch writes for customers the generation does not have
@@ -325,25 +303,16 @@ pub(super) fn summary_fields(summary_json: String, entries: &IndexEntries) -> In
 /// customer, with nothing to remove first (no `HDEL` of absent fields, no
 /// old entries). Sorted-set members go in their sort order, so that
 /// consecutive inserts walk mostly the same path of the set's skip list
-/// (Redis spends most of a rebuild inserting into the big sets: `ids`, `ex`,
-/// the posting lists).
+/// (Redis spends most of a rebuild inserting into the big sets: `ex`, the
+/// posting lists).
 #[derive(Default)]
 pub(super) struct NewCustomers {
     /// Sorted-set key → (score, member).
-    sorted: HashMap<String, Vec<(f64, String)>>,
-    /// Set key → members.
-    sets: HashMap<String, Vec<String>>,
-    /// `ph:<e164>` → the customers (indexes into `customers`) with it.
-    phones: HashMap<String, Vec<usize>>,
-    /// Per customer: its id, `cust:<id>` and its fields.
-    customers: Vec<NewCustomer>,
-}
-
-struct NewCustomer {
-    id: String,
-    key: String,
-    /// [`summary_fields`]: the summary JSON first.
-    fields: Fields,
+    sorted: HashMap<String, Vec<(f64, Vec<u8>)>>,
+    /// `ph:` key → the ids to add as fields (with empty values).
+    hashes: HashMap<String, Vec<IdBytes>>,
+    /// Per customer: `cust:<id>` and its packed summary.
+    customers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl NewCustomers {
@@ -353,11 +322,10 @@ impl NewCustomers {
         doc: &IndexedCustomer,
         entries: &IndexEntries,
     ) -> IndexResult<()> {
-        let id = doc.id().to_string();
+        let id = id_bytes(doc.id());
         let summary = doc.summary();
-        let summary_json = serde_json::to_string(&summary).map_err(corrupt)?;
+        let recency = recency_score(summary.last_engagement_at.as_ref());
         if !entries.tokens.is_empty() {
-            let recency = recency_score(summary.last_engagement_at.as_ref());
             let entry = name_member_of(&id, entries);
             for t in &entries.tokens {
                 self.zadd(keys.nm(t), recency, entry.clone());
@@ -370,53 +338,39 @@ impl NewCustomers {
             }
         }
         for e in &entries.emails {
-            self.sadd(keys.em(e), id.clone());
             self.zadd(keys.ex(), 0.0, member_of(e, &id));
         }
-        for n in &entries.national {
-            self.sadd(keys.pn(n), id.clone());
-        }
-        let at = self.customers.len();
         for ph in &entries.phones {
-            self.phones.entry(keys.ph(ph)).or_default().push(at);
+            self.hashes.entry(keys.ph(ph)).or_default().push(id);
             for (key, member) in keys.suffix_entries(&id, ph) {
-                let recency = recency_score(summary.last_engagement_at.as_ref());
                 self.zadd(key, recency, member);
             }
         }
-        self.customers.push(NewCustomer {
-            key: keys.key("cust:", &id),
-            id,
-            fields: summary_fields(summary_json, entries)?,
-        });
+        self.customers
+            .push((keys.cust(doc.id()), packed::pack(&summary)));
         Ok(())
     }
 
-    fn zadd(&mut self, key: String, score: f64, member: String) {
+    fn zadd(&mut self, key: String, score: f64, member: Vec<u8>) {
         self.sorted.entry(key).or_default().push((score, member));
-    }
-
-    fn sadd(&mut self, key: String, member: String) {
-        self.sets.entry(key).or_default().push(member);
     }
 
     pub(super) fn write(self, keys: &Keys, p: &mut Pipeline) {
         if !self.customers.is_empty() {
             p.cmd("SET").arg(keys.used()).arg(1).ignore();
         }
-        for c in &self.customers {
-            p.cmd("HSET").arg(&c.key).arg(&c.fields).ignore();
+        for (key, packed) in &self.customers {
+            p.cmd("SET")
+                .arg(key)
+                .arg(cust_value(Some(packed), false))
+                .ignore();
         }
-        for (key, at) in &self.phones {
+        for (key, ids) in &self.hashes {
             p.cmd("HSET").arg(key);
-            for &i in at {
-                let c = &self.customers[i];
-                p.arg(&c.id).arg(&c.fields[0].1);
+            for id in ids {
+                p.arg(id).arg("");
             }
             p.ignore();
-        }
-        for (key, members) in &self.sets {
-            p.cmd("SADD").arg(key).arg(members).ignore();
         }
         for (key, mut members) in self.sorted {
             members.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
