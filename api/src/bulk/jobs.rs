@@ -4,9 +4,12 @@
 //! import left unfinished by a stop or a crash resumes when crm-api starts
 //! again (from its spooled file, which is removed once the import is done).
 //! The spool is on the instance's disk: with several instances behind a
-//! load balancer, the one that accepted an import resumes it.
+//! load balancer, the one that accepted an import resumes it. Another
+//! instance starting meanwhile leaves it alone unless it has made no
+//! progress for [`ORPHANED_AFTER`] (its instance gone for good).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use axum::body::Body;
 use crm_models::import::{Import, ImportState};
@@ -124,9 +127,28 @@ pub fn describe(e: &ImportError) -> String {
     }
 }
 
-/// Resumes every unfinished import whose spooled file is here; one whose
-/// file is gone is marked failed. A dry run starts over (what it worked
-/// out is kept in memory only).
+/// How long an unfinished import whose spooled file is not on this
+/// instance may go without a committed chunk before this instance, starting,
+/// takes it for orphaned and marks it failed. The instance running it
+/// commits a chunk every second or so; one that stopped resumes it when it
+/// starts again, which is usually sooner.
+pub const ORPHANED_AFTER: Duration = Duration::from_secs(10 * 60);
+
+/// Whether an unfinished import whose spooled file is not here is to be
+/// marked failed at `now`: posted over HTTP (an import of `crm-api import`
+/// runs only as long as that command, which resumes it itself), and
+/// without progress for [`ORPHANED_AFTER`].
+pub fn orphaned(import: &Import, now: crm_models::time::Timestamp) -> bool {
+    let idle = (now - import.updated_at).to_std().unwrap_or_default();
+    import.created_by != "cli"
+        && matches!(import.state, ImportState::Queued | ImportState::Running)
+        && idle >= ORPHANED_AFTER
+}
+
+/// Resumes every unfinished import whose spooled file is here. One whose
+/// file is not here is another instance's, or was removed by hand: it is
+/// marked failed once it is [`orphaned`]. A dry run starts over (what it
+/// worked out is kept in memory only).
 pub async fn resume_unfinished(crm: Crm, data_dir: PathBuf) {
     let store = crm.store().clone();
     let unfinished = match store.unfinished_imports().await {
@@ -139,9 +161,7 @@ pub async fn resume_unfinished(crm: Crm, data_dir: PathBuf) {
     for mut import in unfinished {
         let path = spool_path(&data_dir, import.id);
         if !path.exists() {
-            // Another instance's spool, or a file removed by hand; an import
-            // of `crm-api import` runs only as long as that command.
-            if import.created_by != "cli" && import.state == ImportState::Running {
+            if orphaned(&import, crm_models::time::now()) {
                 fail(
                     &store,
                     import,
@@ -158,5 +178,58 @@ pub async fn resume_unfinished(crm: Crm, data_dir: PathBuf) {
         }
         tracing::info!(import = %import.id, from_row = import.counts.rows_read, "resuming import");
         start(crm.clone(), import, path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crm_models::import::{ImportCounts, ImportFormat, ImportKind};
+    use crm_models::time;
+
+    fn import(state: ImportState, created_by: &str, idle: Duration) -> Import {
+        let now = time::now();
+        let updated = now - chrono::Duration::from_std(idle).unwrap();
+        Import {
+            id: uuid::Uuid::now_v7(),
+            kind: ImportKind::Customers,
+            format: ImportFormat::Csv,
+            state,
+            dry_run: false,
+            idempotency_key: None,
+            mapping: Default::default(),
+            region: None,
+            created_by: created_by.into(),
+            created_at: updated,
+            updated_at: updated,
+            finished_at: None,
+            bytes_total: Some(1000),
+            bytes_read: 0,
+            columns: Vec::new(),
+            counts: ImportCounts::default(),
+            error: None,
+        }
+    }
+
+    #[test]
+    fn only_an_import_idle_for_the_grace_period_counts_as_orphaned() {
+        let now = time::now();
+        let minute = Duration::from_secs(60);
+        // Another instance's import, running or about to: left alone.
+        for state in [ImportState::Queued, ImportState::Running] {
+            assert!(!orphaned(&import(state, "user:1", minute), now));
+            assert!(orphaned(
+                &import(state, "user:1", ORPHANED_AFTER + minute),
+                now
+            ));
+        }
+        // The command line resumes its own; finished ones are finished.
+        let idle = ORPHANED_AFTER + minute;
+        assert!(!orphaned(&import(ImportState::Running, "cli", idle), now));
+        assert!(!orphaned(
+            &import(ImportState::Completed, "user:1", idle),
+            now
+        ));
+        assert!(!orphaned(&import(ImportState::Failed, "user:1", idle), now));
     }
 }
