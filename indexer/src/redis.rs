@@ -189,9 +189,13 @@ impl RedisIndex {
             if keys::id_from(&id).is_none() {
                 return Err(IndexError::Internal("index data: a malformed id".into()));
             }
-            // A customer removed since its number was read has no summary.
+            // A customer removed since its number was read has no summary,
+            // and one whose number changed meanwhile no longer has it.
             if let Some(packed) = split_cust(&value).1 {
-                found.push(crate::packed::unpack(packed).map_err(corrupt)?);
+                let summary = crate::packed::unpack(packed).map_err(corrupt)?;
+                if summary.phones.contains(phone) {
+                    found.push(summary);
+                }
             }
         }
         Ok(found)
