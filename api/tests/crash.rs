@@ -36,7 +36,6 @@ mod mongo_server;
 mod processes;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,7 +48,7 @@ use crm_models::store::prelude::*;
 use crm_models::store::{CustomerCursor, EngagementFilter};
 use futures::StreamExt;
 use parking_lot::Mutex;
-use processes::{ApiProcess as Api, RedisProcess};
+use processes::{crm_indexer_binary, ApiProcess as Api, RedisProcess};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -70,17 +69,6 @@ const KILL_AFTER_MERGES: usize = 4;
 const ADMIN_EMAIL: &str = "crash-admin@example.com";
 const ADMIN_PASSWORD: &str = "a long enough admin password";
 const JWT_SECRET: &str = "crash-test-secret-of-at-least-32-bytes-0123456789";
-
-fn crm_indexer_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_crm-api")).with_file_name("crm-indexer");
-    assert!(
-        path.is_file(),
-        "{} does not exist: build it first with `cargo build --workspace` (the README's \
-         `./scripts/test.sh` runs `cargo test --workspace`, which builds it)",
-        path.display()
-    );
-    path
-}
 
 /// Sends a request; `None` when no answer came (the server is gone).
 async fn send(

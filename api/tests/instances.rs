@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use processes::{ApiProcess, RedisProcess};
+use processes::{crm_indexer_binary, ApiProcess, RedisProcess};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 
@@ -64,17 +64,6 @@ const SURNAMES: [&str; CUSTOMERS] = [
     "Galloway",
     "Hollingsworth",
 ];
-
-fn crm_indexer_binary() -> PathBuf {
-    let path = Path::new(env!("CARGO_BIN_EXE_crm-api")).with_file_name("crm-indexer");
-    assert!(
-        path.is_file(),
-        "{} does not exist: build it first with `cargo build --workspace` (the README's \
-         `./scripts/test.sh` runs `cargo test --workspace`, which builds it)",
-        path.display()
-    );
-    path
-}
 
 /// A `crm-indexer run` worker; killed when dropped, its log printed when
 /// the test fails.

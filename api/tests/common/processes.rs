@@ -255,3 +255,16 @@ impl Drop for ApiProcess {
         }
     }
 }
+
+/// The `crm-indexer` binary built beside `crm-api` (by `cargo test
+/// --workspace`, as the README's test command runs it).
+pub fn crm_indexer_binary() -> PathBuf {
+    let path = Path::new(env!("CARGO_BIN_EXE_crm-api")).with_file_name("crm-indexer");
+    assert!(
+        path.is_file(),
+        "{} does not exist: build it first with `cargo build --workspace` (the README's \
+         `./scripts/test.sh` runs `cargo test --workspace`, which builds it)",
+        path.display()
+    );
+    path
+}
