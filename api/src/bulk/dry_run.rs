@@ -267,16 +267,7 @@ impl DryRun {
                 Who::Row(_) => None,
             })
             .collect();
-        if stored.len() >= 2 {
-            for a in &stored {
-                for m in crm.store().merges_of(*a).await? {
-                    if stored.iter().any(|b| m.protects(*a, *b)) {
-                        return Ok(true);
-                    }
-                }
-            }
-        }
-        Ok(false)
+        Ok(stored.len() >= 2 && crm.undone_merge_between(&stored).await?.is_some())
     }
 
     /// Joins the customers into the first (the oldest).

@@ -118,6 +118,22 @@ impl Crm {
         self.current(id).await
     }
 
+    /// An undone merge between two of `ids`: it keeps them from being merged
+    /// automatically again (see [`MergeRecord::protects`]).
+    pub async fn undone_merge_between(
+        &self,
+        ids: &[CustomerId],
+    ) -> StoreResult<Option<MergeRecord>> {
+        for a in ids {
+            for m in self.store.merges_of(*a).await? {
+                if ids.iter().any(|b| m.protects(*a, *b)) {
+                    return Ok(Some(m));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// What stops these customers from being merged automatically: an undone
     /// merge between two of them, or the caps on phones and emails.
     pub(super) async fn merge_blocker(
@@ -125,19 +141,14 @@ impl Crm {
         customers: &[Customer],
     ) -> Result<Option<(SuggestionReason, String)>, CrmError> {
         let ids: Vec<CustomerId> = customers.iter().map(|c| c.id).collect();
-        for c in customers {
-            for m in self.store.merges_of(c.id).await? {
-                let protected = ids.iter().any(|other| m.protects(c.id, *other));
-                if protected {
-                    return Ok(Some((
-                        SuggestionReason::UndoneMerge,
-                        format!(
-                            "a merge of these customers was undone ({}); merge them by hand if they are one person",
-                            m.id
-                        ),
-                    )));
-                }
-            }
+        if let Some(m) = self.undone_merge_between(&ids).await? {
+            return Ok(Some((
+                SuggestionReason::UndoneMerge,
+                format!(
+                    "a merge of these customers was undone ({}); merge them by hand if they are one person",
+                    m.id
+                ),
+            )));
         }
         let phones: BTreeSet<_> = customers.iter().flat_map(|c| c.phones.iter()).collect();
         let emails: BTreeSet<_> = customers.iter().flat_map(|c| c.emails.iter()).collect();
