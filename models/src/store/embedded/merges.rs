@@ -62,25 +62,16 @@ impl MergeStore for EmbeddedStore {
             let txn = db.begin_write().map_err(db_err)?;
             {
                 let mut table = txn.open_table(SUGGESTIONS).map_err(db_err)?;
-                for suggestion in &suggestions {
-                    let dismissed_at = match table.get(suggestion.key().as_str()).map_err(db_err)? {
-                        Some(old) => decode::<Suggestion>("suggestion", old.value())?.dismissed_at,
-                        None => None,
-                    };
-                    let kept;
-                    let suggestion = match dismissed_at {
-                        Some(at) => {
-                            kept = Suggestion {
-                                dismissed_at: Some(at),
-                                ..suggestion.clone()
-                            };
-                            &kept
-                        }
-                        None => suggestion,
-                    };
-                    let bytes = encode("suggestion", suggestion)?;
+                for mut suggestion in suggestions {
+                    let key = suggestion.key();
+                    // A pair dismissed before stays dismissed.
+                    if let Some(old) = table.get(key.as_str()).map_err(db_err)? {
+                        let old = decode::<Suggestion>("suggestion", old.value())?;
+                        suggestion.dismissed_at = suggestion.dismissed_at.or(old.dismissed_at);
+                    }
+                    let bytes = encode("suggestion", &suggestion)?;
                     table
-                        .insert(suggestion.key().as_str(), bytes.as_slice())
+                        .insert(key.as_str(), bytes.as_slice())
                         .map_err(db_err)?;
                 }
             }
@@ -104,23 +95,15 @@ impl MergeStore for EmbeddedStore {
                     Some(bytes) => Some(decode::<Suggestion>("suggestion", bytes.value())?),
                     None => None,
                 };
-                match old {
-                    Some(s) if s.dismissed_at.is_some() => true,
-                    Some(s) => {
-                        let bytes = encode(
-                            "suggestion",
-                            &Suggestion {
-                                dismissed_at: Some(at),
-                                ..s
-                            },
-                        )?;
-                        table
-                            .insert(key.as_str(), bytes.as_slice())
-                            .map_err(db_err)?;
-                        true
-                    }
-                    None => false,
+                let found = old.is_some();
+                if let Some(mut s) = old.filter(|s| s.dismissed_at.is_none()) {
+                    s.dismissed_at = Some(at);
+                    let bytes = encode("suggestion", &s)?;
+                    table
+                        .insert(key.as_str(), bytes.as_slice())
+                        .map_err(db_err)?;
                 }
+                found
             };
             txn.commit().map_err(db_err)?;
             Ok(found)
