@@ -80,6 +80,7 @@ pub mod projector;
 pub mod query;
 pub mod ranking;
 pub mod redis;
+pub mod redis_link;
 pub mod startup;
 pub mod stream;
 pub mod warmup;

@@ -10,9 +10,9 @@
 use std::future::Future;
 use std::time::Duration;
 
+use crate::redis_link::{Link, LinkConfig, Target};
 use crm_models::event::EventEnvelope;
 use crm_models::live::LiveHub;
-use redis::aio::ConnectionManager;
 use redis::streams::StreamReadReply;
 
 /// How long one `XREAD` blocks.
@@ -32,7 +32,7 @@ pub async fn tail_into_hub(
 ) {
     tokio::pin!(shutdown);
     let mut last: Option<String> = None;
-    let mut conn: Option<ConnectionManager> = None;
+    let mut conn: Option<Link> = None;
     let mut backoff = Duration::ZERO;
     loop {
         if !backoff.is_zero() {
@@ -44,10 +44,7 @@ pub async fn tail_into_hub(
         let step = async {
             let c = match conn.as_mut() {
                 Some(c) => c,
-                None => {
-                    let client = redis::Client::open(url.as_str())?;
-                    conn.insert(ConnectionManager::new(client).await?)
-                }
+                None => conn.insert(Target::parse(&url)?.connect(blocking()).await?),
             };
             let from = match &last {
                 Some(id) => id.clone(),
@@ -100,8 +97,16 @@ pub async fn tail_into_hub(
     }
 }
 
+/// A connection for reads that block up to [`BLOCK`].
+fn blocking() -> LinkConfig {
+    LinkConfig {
+        response_timeout: Some(BLOCK * 2),
+        ..LinkConfig::default()
+    }
+}
+
 /// The id of the newest entry (`0-0` when the stream is empty or missing).
-async fn newest_id(conn: &mut ConnectionManager, key: &str) -> redis::RedisResult<String> {
+async fn newest_id(conn: &mut Link, key: &str) -> redis::RedisResult<String> {
     let newest: Vec<(String, Vec<(String, String)>)> = redis::cmd("XREVRANGE")
         .arg(key)
         .arg("+")
@@ -141,12 +146,12 @@ pub async fn relay_wake_bridge(
         .unwrap_or_default();
     let me = format!("{}:{started}", std::process::id());
     let publish = async {
-        let mut conn: Option<ConnectionManager> = None;
+        let mut conn: Option<Link> = None;
         loop {
             local_writes.notified().await;
             if conn.is_none() {
-                if let Ok(client) = redis::Client::open(url.as_str()) {
-                    conn = ConnectionManager::new(client).await.ok();
+                if let Ok(target) = Target::parse(&url) {
+                    conn = target.connect(LinkConfig::default()).await.ok();
                 }
             }
             if let Some(c) = conn.as_mut() {
@@ -164,9 +169,12 @@ pub async fn relay_wake_bridge(
     };
     let listen = async {
         let mut backoff = Duration::from_millis(100);
+        // On a cluster a message published on any node reaches every node:
+        // one node is subscribed to, the next one after a failure.
+        let mut node = 0usize;
         loop {
             let subscribed = async {
-                let client = redis::Client::open(url.as_str())?;
+                let client = Target::parse(&url)?.node_client(node)?;
                 let mut pubsub = client.get_async_pubsub().await?;
                 pubsub.subscribe(&channel).await?;
                 Ok::<_, redis::RedisError>(pubsub)
@@ -187,6 +195,7 @@ pub async fn relay_wake_bridge(
                     tracing::debug!(error = %e, "cannot subscribe to relay wake-ups; relays poll")
                 }
             }
+            node = node.wrapping_add(1);
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }

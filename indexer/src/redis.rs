@@ -173,10 +173,12 @@ pub struct RedisIndex {
     generation: Arc<AtomicU64>,
     switch: Script,
     abandon: Script,
-    /// Caller-ID lookups, pipelined together.
-    phone_reads: phone_reads::PhoneReads,
-    /// Connections name searches take, one search at a time each.
-    search_links: search_links::SearchLinks,
+    /// Caller-ID lookups, pipelined together (one Redis; on a cluster each
+    /// lookup is two reads on the shared connection).
+    phone_reads: Option<phone_reads::PhoneReads>,
+    /// Connections name searches take, one search at a time each (one
+    /// Redis; on a cluster searches use the shared connection).
+    search_links: Option<search_links::SearchLinks>,
     /// Query tokens' vocabulary, as searches last read it.
     known_vocabulary: search::KnownVocabulary,
 }
@@ -184,8 +186,12 @@ pub struct RedisIndex {
 impl RedisIndex {
     /// The summaries of the customers with the number `phone` (any order).
     async fn owners_of(&self, phone: &PhoneNumber) -> IndexResult<Vec<CustomerSummary>> {
+        let owners = match &self.phone_reads {
+            Some(reads) => reads.owners(phone.as_str()).await?,
+            None => self.owners_read(phone.as_str()).await?,
+        };
         let mut found = Vec::new();
-        for (id, value) in self.phone_reads.owners(phone.as_str()).await? {
+        for (id, value) in owners {
             if keys::id_from(&id).is_none() {
                 return Err(IndexError::Internal("index data: a malformed id".into()));
             }
@@ -214,12 +220,16 @@ impl RedisIndex {
     fn with_connection(conn: Arc<Connection>, prefix: &str) -> Self {
         let generation = Arc::new(AtomicU64::new(0));
         RedisIndex {
-            phone_reads: phone_reads::PhoneReads::new(phone_reads::Target {
-                info: conn.info().clone(),
-                prefix: prefix.to_string(),
-                generation: generation.clone(),
+            phone_reads: conn.info().map(|info| {
+                phone_reads::PhoneReads::new(phone_reads::Target {
+                    info: info.clone(),
+                    prefix: prefix.to_string(),
+                    generation: generation.clone(),
+                })
             }),
-            search_links: search_links::SearchLinks::new(conn.info().clone()),
+            search_links: conn
+                .info()
+                .map(|info| search_links::SearchLinks::new(info.clone())),
             conn,
             prefix: prefix.to_string(),
             generation,
@@ -234,7 +244,44 @@ impl RedisIndex {
     }
 
     fn keys(&self, generation: u64) -> Keys {
-        Keys::of(&self.prefix, generation)
+        Keys::of(&self.prefix, generation).on_cluster(self.conn.is_cluster())
+    }
+
+    /// Caller-ID on a cluster: the number's owners, then their summaries,
+    /// each read against the live generation; a rebuild switching between
+    /// the two starts it over.
+    async fn owners_read(&self, e164: &str) -> IndexResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        for _ in 0..3 {
+            let (keys, mut values) = self
+                .read(|k, p| {
+                    p.cmd("HKEYS").arg(k.ph(e164));
+                })
+                .await?;
+            let ids: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+            if ids.is_empty() {
+                return Ok(Vec::new());
+            }
+            let (again, values) = self
+                .read(|k, p| {
+                    for id in &ids {
+                        p.cmd("GET").arg(k.cust_bytes(id));
+                    }
+                })
+                .await?;
+            if again.base != keys.base {
+                continue;
+            }
+            let mut found = Vec::with_capacity(ids.len());
+            for (id, v) in ids.into_iter().zip(values) {
+                if let Some(v) = from_owned_redis_value::<Option<Vec<u8>>>(v)? {
+                    found.push((id, v));
+                }
+            }
+            return Ok(found);
+        }
+        Err(IndexError::Internal(
+            "the index generation changed three times during one lookup".into(),
+        ))
     }
 
     async fn query(&self, pipe: &Pipeline) -> IndexResult<Vec<Value>> {
@@ -258,7 +305,7 @@ impl RedisIndex {
     /// connection and the name searches' own (every read and write but
     /// caller-ID lookups), for benchmarks.
     pub fn round_trips(&self) -> u64 {
-        self.conn.sent() + self.search_links.sent()
+        self.conn.sent() + self.search_links.as_ref().map_or(0, |l| l.sent())
     }
 
     /// Another handle on the same connection and keys, for writer tasks.

@@ -8,10 +8,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::redis_link::{Link, LinkConfig, Target};
 use async_trait::async_trait;
 use crm_models::event::EventEnvelope;
 use crm_models::events::{DeadLetter, Delivery, EventError, EventLog, EventStream, PendingEntry};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::streams::{
     StreamAutoClaimReply, StreamId, StreamPendingCountReply, StreamRangeReply, StreamReadReply,
 };
@@ -41,10 +41,10 @@ impl Default for RedisStreamConfig {
 
 /// The event log on a Redis stream.
 pub struct RedisEventStream {
-    conn: ConnectionManager,
+    conn: Link,
     /// Blocking reads get their own connection: a blocked `XREADGROUP` holds
     /// its connection, and publishing or acknowledging must not wait behind it.
-    blocking: Mutex<ConnectionManager>,
+    blocking: Mutex<Link>,
     stream_key: String,
     dead_key: String,
     max_len: usize,
@@ -53,26 +53,25 @@ pub struct RedisEventStream {
 impl RedisEventStream {
     /// Connects to Redis at `url` (`redis://host:port/db`).
     pub async fn connect(url: &str, config: RedisStreamConfig) -> Result<Self, EventError> {
-        let client = redis::Client::open(url)
+        let target = Target::parse(url)
             .map_err(|e| EventError::Internal(format!("invalid redis url: {e}")))?;
         // Reconnect attempts wait about 1 s, then 2 s at most: redis-rs hands
         // `factor` to its backoff as the growth per attempt (its default of
         // 100 makes the second wait a minute).
-        let reconnect = ConnectionManagerConfig::new()
-            .set_connection_timeout(CONNECT_TIMEOUT)
-            .set_factor(2)
-            .set_max_delay(2_000)
-            .set_number_of_retries(3);
-        let commands = reconnect.clone().set_response_timeout(RESPONSE_TIMEOUT);
+        let reconnect = LinkConfig {
+            connect_timeout: CONNECT_TIMEOUT,
+            response_timeout: None,
+            retries: 3,
+            backoff: Some((2, 2_000)),
+        };
+        let commands = LinkConfig {
+            response_timeout: Some(RESPONSE_TIMEOUT),
+            ..reconnect
+        };
         // No response timeout: a blocked read legitimately takes its time;
         // `read` bounds it instead.
-        let blocking = reconnect;
-        let conn = ConnectionManager::new_with_config(client.clone(), commands)
-            .await
-            .map_err(map_err)?;
-        let blocking = ConnectionManager::new_with_config(client, blocking)
-            .await
-            .map_err(map_err)?;
+        let conn = target.connect(commands).await.map_err(map_err)?;
+        let blocking = target.connect(reconnect).await.map_err(map_err)?;
         Ok(RedisEventStream {
             conn,
             blocking: Mutex::new(blocking),

@@ -30,8 +30,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crm_indexer::redis_link::{Link, LinkConfig, Target};
 use parking_lot::{Mutex, RwLock};
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use crate::error::ApiError;
 
@@ -303,8 +303,8 @@ return 0
 
 /// The Redis side of the limiter.
 struct SharedLimits {
-    client: redis::Client,
-    connection: RwLock<ConnectionManager>,
+    target: Target,
+    connection: RwLock<Link>,
     prefix: String,
     address: redis::Script,
     failures: redis::Script,
@@ -313,21 +313,21 @@ struct SharedLimits {
     last_renewal: Mutex<Option<Instant>>,
 }
 
-fn manager_config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(REDIS_TIMEOUT)
-        .set_response_timeout(REDIS_TIMEOUT)
-        .set_number_of_retries(1)
+fn manager_config() -> LinkConfig {
+    LinkConfig {
+        connect_timeout: REDIS_TIMEOUT,
+        response_timeout: Some(REDIS_TIMEOUT),
+        retries: 1,
+        backoff: None,
+    }
 }
 
 impl SharedLimits {
     async fn connect(url: &str, prefix: &str) -> anyhow::Result<Self> {
-        let client = redis::Client::open(url)?;
-        let connection = client
-            .get_connection_manager_with_config(manager_config())
-            .await?;
+        let target = Target::parse(url)?;
+        let connection = target.connect(manager_config()).await?;
         Ok(SharedLimits {
-            client,
+            target,
             connection: RwLock::new(connection),
             prefix: prefix.to_string(),
             address: redis::Script::new(ADDRESS_SCRIPT),
@@ -441,8 +441,7 @@ impl SharedLimits {
         tokio::spawn(async move {
             let fresh = tokio::time::timeout(
                 Duration::from_secs(2),
-                this.client
-                    .get_connection_manager_with_config(manager_config()),
+                this.target.connect(manager_config()),
             )
             .await;
             match fresh {

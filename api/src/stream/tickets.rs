@@ -14,10 +14,10 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use crm_indexer::redis_link::{Link, LinkConfig, Target};
 use crm_models::ids::UserId;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use parking_lot::Mutex;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -70,7 +70,7 @@ enum UsedNonces {
     /// Nonce -> when it may be forgotten.
     Local(Mutex<HashMap<String, Instant>>),
     Shared {
-        connection: ConnectionManager,
+        connection: Link,
         prefix: String,
     },
 }
@@ -97,13 +97,13 @@ impl Tickets {
         let used = match redis_url {
             None => UsedNonces::Local(Mutex::new(HashMap::new())),
             Some(url) => {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(REDIS_TIMEOUT)
-                    .set_response_timeout(REDIS_TIMEOUT)
-                    .set_number_of_retries(1);
-                let connection = redis::Client::open(url)?
-                    .get_connection_manager_with_config(config)
-                    .await?;
+                let config = LinkConfig {
+                    connect_timeout: REDIS_TIMEOUT,
+                    response_timeout: Some(REDIS_TIMEOUT),
+                    retries: 1,
+                    backoff: None,
+                };
+                let connection = Target::parse(url)?.connect(config).await?;
                 UsedNonces::Shared {
                     connection,
                     prefix: redis_prefix.to_string(),

@@ -12,10 +12,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, ConnectionInfo};
+use ::redis::ConnectionInfo;
 use parking_lot::{Mutex, RwLock};
 
+use crate::redis_link::{Link, LinkConfig, Target};
 use crate::{IndexError, IndexResult};
 
 /// Least time between two attempts at a fresh connection.
@@ -25,30 +25,29 @@ const RENEW_EVERY: Duration = Duration::from_secs(1);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub(crate) struct Connection {
-    client: Client,
-    current: RwLock<ConnectionManager>,
+    target: Target,
+    current: RwLock<Link>,
     renewing: AtomicBool,
     last_attempt: Mutex<Option<Instant>>,
     /// Pipelines sent so far (round trips), for benchmarks.
     sent: AtomicU64,
 }
 
-fn config() -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(2))
-        .set_response_timeout(Duration::from_secs(2))
-        .set_number_of_retries(3)
+fn config() -> LinkConfig {
+    LinkConfig {
+        connect_timeout: Duration::from_secs(2),
+        response_timeout: Some(Duration::from_secs(2)),
+        retries: 3,
+        backoff: None,
+    }
 }
 
 impl Connection {
     pub(crate) async fn open(url: &str) -> IndexResult<Self> {
-        let client = Client::open(url).map_err(IndexError::from)?;
-        let manager = client
-            .get_connection_manager_with_config(config())
-            .await
-            .map_err(IndexError::from)?;
+        let target = Target::parse(url).map_err(IndexError::from)?;
+        let manager = target.connect(config()).await.map_err(IndexError::from)?;
         Ok(Connection {
-            client,
+            target,
             current: RwLock::new(manager),
             renewing: AtomicBool::new(false),
             last_attempt: Mutex::new(None),
@@ -56,13 +55,18 @@ impl Connection {
         })
     }
 
-    /// Where Redis is and how to log in, as the URL said.
-    pub(crate) fn info(&self) -> &ConnectionInfo {
-        self.client.get_connection_info()
+    /// Where the one Redis is and how to log in, as the URL said; `None`
+    /// for a cluster.
+    pub(crate) fn info(&self) -> Option<&ConnectionInfo> {
+        self.target.single_info()
     }
 
-    /// A handle on the current connection manager, to send one pipeline.
-    pub(crate) fn get(&self) -> ConnectionManager {
+    pub(crate) fn is_cluster(&self) -> bool {
+        self.target.is_cluster()
+    }
+
+    /// A handle on the current connection, to send one pipeline.
+    pub(crate) fn get(&self) -> Link {
         self.sent.fetch_add(1, Ordering::Relaxed);
         self.current.read().clone()
     }
@@ -75,7 +79,7 @@ impl Connection {
     /// Redis did not answer: start building a fresh connection manager,
     /// unless one is being built or the last attempt was under a second ago.
     pub(crate) fn unreachable(self: &Arc<Self>) {
-        let client = self.client.clone();
+        let target = self.target.clone();
         {
             let mut last = self.last_attempt.lock();
             if last.is_some_and(|t| t.elapsed() < RENEW_EVERY) {
@@ -89,11 +93,7 @@ impl Connection {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             // Connecting can hang while Redis is down, hence the bound.
-            let fresh = tokio::time::timeout(
-                CONNECT_TIMEOUT,
-                client.get_connection_manager_with_config(config()),
-            )
-            .await;
+            let fresh = tokio::time::timeout(CONNECT_TIMEOUT, target.connect(config())).await;
             match fresh {
                 Ok(Ok(manager)) => {
                     *this.current.write() = manager;

@@ -14,6 +14,9 @@ use crate::ranking;
 pub(super) struct Keys {
     /// `crm:g<N>:`
     pub(super) base: String,
+    /// On a cluster: a customer's summary is written after its other keys
+    /// (see [`defer_summary`](Self::defer_summary)).
+    cluster: bool,
 }
 
 /// `<prefix>gen`: the live generation (`current`) and the one being built.
@@ -26,6 +29,24 @@ impl Keys {
     pub(super) fn of(prefix: &str, generation: u64) -> Keys {
         Keys {
             base: format!("{prefix}g{generation}:"),
+            cluster: false,
+        }
+    }
+
+    /// The same keys, written on a cluster or not.
+    pub(super) fn on_cluster(mut self, cluster: bool) -> Keys {
+        self.cluster = cluster;
+        self
+    }
+
+    /// Before the command writing a customer's summary: on a cluster, where
+    /// a pipeline's slots are written at the same time, it then waits for
+    /// the customer's other keys (as on one Redis, where a pipeline runs in
+    /// order), so that a write cut short leaves the old summary, whose
+    /// entries the next write removes.
+    pub(super) fn defer_summary(&self, p: &mut Pipeline) {
+        if self.cluster {
+            crate::redis_link::defer_next(p);
         }
     }
 

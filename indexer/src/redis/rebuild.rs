@@ -128,23 +128,33 @@ impl RedisIndex {
 
     /// Walks the live generation's `cust:<id>` keys with `SCAN` (the cursor
     /// is `<generation>:<SCAN cursor>`, so a walk stays in the generation it
-    /// started in) and reads each one's fingerprint. A `cust:<id>` without
-    /// one holds only the `live` mark of a removal: nobody to report.
+    /// started in; on a cluster `<generation>:<master>:<SCAN cursor>`, the
+    /// masters walked one after another in slot order) and reads each one's
+    /// fingerprint. A `cust:<id>` without one holds only the `live` mark of a
+    /// removal: nobody to report.
     pub(super) async fn fingerprint_page(
         &self,
         cursor: Option<String>,
         limit: usize,
     ) -> IndexResult<FingerprintPage> {
-        let (generation, scan) = match cursor {
-            None => (self.generations().await?.0, 0u64),
-            Some(c) => c
-                .split_once(':')
-                .and_then(|(g, s)| Some((g.parse().ok()?, s.parse().ok()?)))
-                .ok_or_else(|| IndexError::Internal(format!("not a fingerprint cursor: {c:?}")))?,
+        let bad = |c: &str| IndexError::Internal(format!("not a fingerprint cursor: {c:?}"));
+        let (generation, mut node, scan) = match cursor {
+            None => (self.generations().await?.0, 0usize, 0u64),
+            Some(c) => {
+                let parts: Vec<&str> = c.split(':').collect();
+                let number = |s: &str| s.parse::<u64>().map_err(|_| bad(&c));
+                match parts[..] {
+                    [g, s] => (number(g)?, 0, number(s)?),
+                    [g, n, s] => (number(g)?, number(n)? as usize, number(s)?),
+                    _ => return Err(bad(&c)),
+                }
+            }
         };
         let keys = self.keys(generation);
         let prefix = keys.cust_prefix();
         let pattern = format!("{}*", glob_escape(&prefix));
+        let mut link = self.conn.get();
+        let nodes = link.nodes().await?;
         // `COUNT` bounds the buckets one `SCAN` looks at, not the matches: on
         // a Redis shared with other data most calls find nothing. Scan on
         // until the page has `limit` keys, the walk ends, or
@@ -152,19 +162,23 @@ impl RedisIndex {
         let mut found: Vec<Vec<u8>> = Vec::new();
         let mut next = scan;
         for _ in 0..SCANS_PER_PAGE {
-            let mut pipe = ::redis::pipe();
-            pipe.cmd("SCAN")
-                .arg(next)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(limit.max(1));
-            let mut replies = query_within(&self.conn, &pipe, READ_TIMEOUT).await?;
-            let (after, keys): (u64, Vec<Vec<u8>>) =
-                from_owned_redis_value(next_value(&mut replies.drain(..))?)?;
+            let Some(at) = nodes.get(node) else {
+                next = 0;
+                break;
+            };
+            let (after, keys) =
+                tokio::time::timeout(READ_TIMEOUT, link.scan(at, next, &pattern, limit.max(1)))
+                    .await
+                    .map_err(|_| IndexError::Unavailable("Redis did not answer a SCAN".into()))??;
             found.extend(keys);
             next = after;
-            if next == 0 || found.len() >= limit {
+            if next == 0 {
+                node += 1;
+                if node >= nodes.len() {
+                    break;
+                }
+            }
+            if found.len() >= limit {
                 break;
             }
         }
@@ -190,9 +204,13 @@ impl RedisIndex {
                 }
             }
         }
+        let more = next != 0 || node < nodes.len();
         Ok(FingerprintPage {
             items,
-            next: (next != 0).then(|| format!("{generation}:{next}")),
+            next: more.then(|| match nodes.len() {
+                1 => format!("{generation}:{next}"),
+                _ => format!("{generation}:{node}:{next}"),
+            }),
         })
     }
 
@@ -321,30 +339,26 @@ impl RedisIndex {
     async fn delete_generation(&self, generation: u64) -> IndexResult<u64> {
         let pattern = format!("{}g{generation}:*", glob_escape(&self.prefix));
         let mut conn = self.conn.get();
-        let mut cursor: u64 = 0;
         let mut deleted = 0u64;
-        loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = ::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(&pattern)
-                .arg("COUNT")
-                .arg(DELETE_BATCH)
-                .query_async(&mut conn)
-                .await?;
-            if !keys.is_empty() {
-                let mut pipe = ::redis::pipe();
-                for k in &keys {
-                    pipe.cmd("UNLINK").arg(k).ignore();
+        for node in conn.nodes().await? {
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys) = conn.scan(&node, cursor, &pattern, DELETE_BATCH).await?;
+                if !keys.is_empty() {
+                    let mut pipe = ::redis::pipe();
+                    for k in &keys {
+                        pipe.cmd("UNLINK").arg(k).ignore();
+                    }
+                    pipe.query_async::<()>(&mut conn).await?;
+                    deleted += keys.len() as u64;
                 }
-                pipe.query_async::<()>(&mut conn).await?;
-                deleted += keys.len() as u64;
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
             }
-            if next == 0 {
-                return Ok(deleted);
-            }
-            cursor = next;
         }
+        Ok(deleted)
     }
 
     /// Whether a live generation may hold customers' keys: `used` is set by

@@ -96,7 +96,10 @@ impl<'a> Reader<'a> {
     pub(super) async fn new(index: &'a RedisIndex) -> Reader<'a> {
         Reader {
             index,
-            link: parking_lot::Mutex::new(index.search_links.take().await),
+            link: parking_lot::Mutex::new(match &index.search_links {
+                Some(links) => links.take().await,
+                None => None,
+            }),
         }
     }
 

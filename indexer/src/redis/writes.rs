@@ -224,6 +224,7 @@ impl Keys {
                 p.cmd("ZADD").arg(key).arg(recency).arg(member).ignore();
             }
         }
+        self.defer_summary(p);
         p.cmd("SET")
             .arg(self.cust(id))
             .arg(cust_value(Some(&packed), live))
@@ -281,6 +282,7 @@ impl Keys {
     /// [`LIVE`](super::keys::LIVE)).
     pub(super) fn remove_customer(&self, p: &mut Pipeline, id: CustomerId, live: bool) {
         let cust = self.cust(id);
+        self.defer_summary(p);
         if live {
             p.cmd("SET").arg(&cust).arg(cust_value(None, true)).ignore();
         } else {
