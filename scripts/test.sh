@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace. On a fresh machine it first installs what
-# the tests start by themselves: redis-server (Debian/Ubuntu apt or Homebrew),
-# curl and jq (for the README's examples), Debian's chromium (for the browser
-# test), the MongoDB-compatible test
+# the tests start by themselves: redis-server and redis-cli (for the tests'
+# Redis Cluster; Debian/Ubuntu apt or Homebrew), curl and jq (for the README's
+# examples), Debian's chromium (for the browser test), the MongoDB-compatible test
 # server `secantusd-py` (PyPI package `secantusdb`), `schemathesis`,
 # `playwright` and `standardwebhooks` (all into ./.venv). Extra arguments go to `cargo test`.
 set -euo pipefail
@@ -18,10 +18,11 @@ as_root() {
     echo "need root to run: $*" >&2; return 1; fi
 }
 
-# redis-server for the tests' own servers; curl and jq for the README's
-# examples, which a test runs.
+# redis-server for the tests' own servers and redis-cli to join them into a
+# Redis Cluster; curl and jq for the README's examples, which a test runs.
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || missing+=(redis-tools)
 command -v curl >/dev/null 2>&1 || missing+=(curl)
 command -v jq >/dev/null 2>&1 || missing+=(jq)
 # Debian's chromium for the browser test (api/tests/browser.rs), driven by
@@ -33,7 +34,8 @@ if [ "${#missing[@]}" -gt 0 ]; then
     as_root apt-get update -qq
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
   elif command -v brew >/dev/null 2>&1; then
-    brew install "${missing[@]/redis-server/redis}"
+    # Homebrew's redis has both redis-server and redis-cli.
+    brew install "${missing[@]/#redis-*/redis}"
   else
     echo "test.sh: install ${missing[*]} and run again" >&2
     exit 1
