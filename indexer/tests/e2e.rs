@@ -12,6 +12,7 @@
 mod support {
     #[path = "../../../models/tests/support/mongo_server.rs"]
     pub mod mongo_server;
+    pub mod redis_cluster;
     pub mod redis_server;
 }
 
@@ -21,6 +22,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crm_indexer::redis_link::{Link, LinkConfig, Target};
 use crm_indexer::{RedisIndex, SearchIndex};
 use crm_models::service::{Crm, CustomerInput, EngagementTarget, NewEngagement};
 use crm_models::store::mongo::MongoStore;
@@ -29,7 +31,6 @@ use crm_models::{
     CallStatus, ChannelCounts, Customer, CustomerId, Direction, EngagementDetail, Identifier,
     PhoneNumber, Source,
 };
-use support::redis_server::DeleteOnDrop;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 const BIN: &str = env!("CARGO_BIN_EXE_crm-indexer");
@@ -49,23 +50,39 @@ struct Backends {
     redis_url: String,
     prefix: String,
     store: Arc<MongoStore>,
-    _keys: DeleteOnDrop,
+    /// Deletes the test's keys when dropped.
+    _keys: Box<dyn std::any::Any + Send + Sync>,
 }
 
 impl Backends {
-    async fn new() -> Backends {
+    /// On one Redis, or on a Redis Cluster (three masters with a replica
+    /// each) with `cluster`.
+    async fn new(cluster: bool) -> Backends {
         let mongodb_uri = support::mongo_server::mongodb_uri();
         let database = format!("crm_e2e_{}", uuid::Uuid::new_v4().simple());
         let store = MongoStore::connect(&mongodb_uri, &database)
             .await
             .unwrap_or_else(|e| panic!("cannot connect to the test server at {mongodb_uri}: {e}"));
-        let redis_url = support::redis_server::url();
-        let prefix = support::redis_server::unique_prefix();
+        let (redis_url, prefix, keys): (String, String, Box<dyn std::any::Any + Send + Sync>) =
+            if cluster {
+                let url = support::redis_cluster::url();
+                let prefix = support::redis_cluster::unique_prefix();
+                let keys = support::redis_cluster::DeleteOnDrop {
+                    url: url.clone(),
+                    prefix: prefix.clone(),
+                };
+                (url, prefix, Box::new(keys))
+            } else {
+                let url = support::redis_server::url();
+                let prefix = support::redis_server::unique_prefix();
+                let keys = support::redis_server::DeleteOnDrop {
+                    url: url.clone(),
+                    prefix: prefix.clone(),
+                };
+                (url, prefix, Box::new(keys))
+            };
         Backends {
-            _keys: DeleteOnDrop {
-                url: redis_url.clone(),
-                prefix: prefix.clone(),
-            },
+            _keys: keys,
             mongodb_uri,
             database,
             redis_url,
@@ -87,10 +104,11 @@ impl Backends {
             .unwrap()
     }
 
-    async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis_url.as_str())
+    /// A connection to the Redis or the cluster.
+    async fn redis(&self) -> Link {
+        Target::parse(&self.redis_url)
             .unwrap()
-            .get_multiplexed_async_connection()
+            .connect(LinkConfig::default())
             .await
             .unwrap()
     }
@@ -285,7 +303,7 @@ fn int(v: Option<&redis::Value>) -> Option<i64> {
 
 /// Pending and unread (lag) entries of the `indexer` group; `None` while the
 /// group does not exist or Redis cannot tell the lag.
-async fn backlog(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> Option<(i64, i64)> {
+async fn backlog(conn: &mut Link, prefix: &str) -> Option<(i64, i64)> {
     let groups: Vec<HashMap<String, redis::Value>> = redis::cmd("XINFO")
         .arg("GROUPS")
         .arg(format!("{prefix}events"))
@@ -298,7 +316,7 @@ async fn backlog(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> 
     Some((int(group.get("pending"))?, int(group.get("lag"))?))
 }
 
-async fn pending_count(conn: &mut redis::aio::MultiplexedConnection, prefix: &str) -> i64 {
+async fn pending_count(conn: &mut Link, prefix: &str) -> i64 {
     backlog(conn, prefix)
         .await
         .map_or(0, |(pending, _)| pending)
@@ -309,8 +327,18 @@ async fn pending_count(conn: &mut redis::aio::MultiplexedConnection, prefix: &st
 /// the index ends up equal to the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_indexer_survives_kills_and_catches_up_with_ten_thousand_engagements() {
+    survives_kills_and_catches_up(false).await;
+}
+
+/// The same on a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_the_indexer_survives_kills_and_catches_up() {
+    survives_kills_and_catches_up(true).await;
+}
+
+async fn survives_kills_and_catches_up(cluster: bool) {
     let started = Instant::now();
-    let backends = Backends::new().await;
+    let backends = Backends::new(cluster).await;
     let crm = backends.crm().await;
     let mut redis = backends.redis().await;
     let mut indexers = Indexers::new();
@@ -508,7 +536,17 @@ async fn interrupted_rebuild_leaves_the_live_index(backends: &Backends, indexers
 /// Verify names what drifted (exit 1) and a rebuild mends it (exit 0).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verify_names_drifted_customers_and_rebuild_mends_them() {
-    let backends = Backends::new().await;
+    verify_and_rebuild_mend(false).await;
+}
+
+/// The same on a Redis Cluster.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_cluster_verify_names_drifted_customers_and_rebuild_mends_them() {
+    verify_and_rebuild_mend(true).await;
+}
+
+async fn verify_and_rebuild_mend(cluster: bool) {
+    let backends = Backends::new(cluster).await;
     let crm = backends.crm().await;
     let indexers = Indexers::new();
     for n in 0..60 {

@@ -33,6 +33,16 @@ async fn redis_log(max_len: usize) -> Arc<dyn EventLog> {
     Arc::new(RedisEventStream::connect(&url, config).await.unwrap())
 }
 
+/// The Redis stream on a Redis Cluster of three masters with a replica each.
+async fn redis_cluster_log(max_len: usize) -> Arc<dyn EventLog> {
+    let url = support::redis_cluster::url();
+    let config = RedisStreamConfig {
+        prefix: support::redis_cluster::unique_prefix(),
+        max_len,
+    };
+    Arc::new(RedisEventStream::connect(&url, config).await.unwrap())
+}
+
 /// The suite, once per adapter: `event_log_suite!(module, factory)` where
 /// `factory(max_len)` makes an empty log.
 macro_rules! event_log_suite {
@@ -114,6 +124,7 @@ macro_rules! event_log_suite {
 
 event_log_suite!(memory, memory_log);
 event_log_suite!(redis, redis_log);
+event_log_suite!(redis_cluster, redis_cluster_log);
 
 /// `n` distinct events, each about its own new customer.
 fn events(n: usize) -> Vec<EventEnvelope> {

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support {
+    pub mod redis_cluster;
     pub mod redis_server;
 }
 
@@ -1303,7 +1304,7 @@ async fn three_words_among_many_partials(index: &dyn SearchIndex) {
 // --- adapters ---
 
 /// An adapter, and whatever must happen when the test is done with it.
-type Adapter = (Box<dyn SearchIndex>, Option<DeleteOnDrop>);
+type Adapter = (Box<dyn SearchIndex>, Option<Box<dyn std::any::Any>>);
 
 async fn memory_adapter() -> Adapter {
     (Box::new(MemoryIndex::new()), None)
@@ -1311,7 +1312,17 @@ async fn memory_adapter() -> Adapter {
 
 async fn redis_adapter() -> Adapter {
     let (index, cleanup) = redis_index().await;
-    (Box::new(index), Some(cleanup))
+    (Box::new(index), Some(Box::new(cleanup)))
+}
+
+/// The Redis adapter on a Redis Cluster of three masters with a replica
+/// each (`support::redis_cluster`).
+async fn redis_cluster_adapter() -> Adapter {
+    let url = support::redis_cluster::url();
+    let prefix = support::redis_cluster::unique_prefix();
+    let index = RedisIndex::connect(&url, &prefix).await.unwrap();
+    let cleanup = support::redis_cluster::DeleteOnDrop { url, prefix };
+    (Box::new(index), Some(Box::new(cleanup)))
 }
 
 macro_rules! conformance {
@@ -1370,6 +1381,7 @@ macro_rules! suite {
 
 suite!(memory_adapter);
 suite!(redis_adapter);
+suite!(redis_cluster_adapter);
 
 // --- Redis only ---
 
@@ -1601,4 +1613,190 @@ async fn redis_key_schema() {
     let entry = [id.clone(), b"ann".to_vec()].concat();
     assert_eq!(zrange(p("nm:ann")).await, vec![entry.clone()]);
     assert_eq!(zrange(p("wn:ann")).await, vec![entry]);
+}
+
+/// On a cluster too, a rebuild deletes every key of the generation it
+/// replaced, on every master.
+#[tokio::test]
+async fn redis_cluster_rebuild_deletes_the_replaced_generation() {
+    let url = support::redis_cluster::url();
+    let prefix = support::redis_cluster::unique_prefix();
+    let _cleanup = support::redis_cluster::DeleteOnDrop {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    let index = RedisIndex::connect(&url, &prefix).await.unwrap();
+    let many: Vec<Customer> = (0..300)
+        .map(|i| {
+            customer(
+                &format!("Spread {i} Tan"),
+                &[&format!("+6581{i:06}")],
+                &[&format!("spread{i}@example.com")],
+            )
+        })
+        .collect();
+    put(&index, &many.iter().collect::<Vec<_>>()).await;
+    let in_generation = |g: u64| {
+        let (url, prefix) = (url.clone(), prefix.clone());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                support::redis_cluster::keys_with_prefix(&url, &format!("{prefix}g{g}:"))
+            })
+            .await
+            .unwrap()
+        }
+    };
+    let before = in_generation(0).await;
+    assert!(before.len() > 1000, "{} keys", before.len());
+    let masters_holding = tokio::task::spawn_blocking({
+        let (url, prefix) = (url.clone(), prefix.clone());
+        move || {
+            support::redis_cluster::masters(&url)
+                .into_iter()
+                .filter(|m| {
+                    !support::redis_cluster::keys_with_prefix(
+                        &format!("redis+cluster://{m}"),
+                        &prefix,
+                    )
+                    .is_empty()
+                })
+                .count()
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(masters_holding, 3, "the keys are spread over the masters");
+
+    let report = index
+        .rebuild(stream::iter(many[..10].iter().map(|c| Ok(doc(c))).collect::<Vec<_>>()).boxed())
+        .await
+        .unwrap();
+    assert_eq!((report.generation, report.customers), (1, 10));
+    assert!(in_generation(0).await.is_empty());
+    assert!(!in_generation(1).await.is_empty());
+    let fingerprints = all_fingerprints(&index).await;
+    assert_eq!(fingerprints.len(), 10);
+}
+
+/// Every fingerprint of the live generation, walked a page at a time.
+async fn all_fingerprints(
+    index: &dyn SearchIndex,
+) -> std::collections::HashMap<CustomerId, String> {
+    let mut all = std::collections::HashMap::new();
+    let mut cursor = None;
+    loop {
+        let page = index.fingerprints(cursor, 50).await.unwrap();
+        for item in page.items {
+            all.insert(item.id, item.fingerprint);
+        }
+        match page.next {
+            Some(next) => cursor = Some(next),
+            None => return all,
+        }
+    }
+}
+
+/// A master of the cluster fails over (`CLUSTER FAILOVER` on its replica)
+/// while customers are renamed and renumbered round after round. A write
+/// that fails is sent again, as the index worker retries an event it could
+/// not apply. Afterwards the index holds exactly the last version of every
+/// customer: fingerprints as written, no old name or number found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cluster_failover_during_writes_leaves_no_divergence() {
+    const CUSTOMERS: usize = 150;
+    const MAX_ROUNDS: usize = 40;
+    let cluster = support::redis_cluster::start_private();
+    let prefix = support::redis_cluster::unique_prefix();
+    let index = std::sync::Arc::new(RedisIndex::connect(&cluster.url, &prefix).await.unwrap());
+    let version = |i: usize, round: usize| {
+        let mut c = customer(
+            &format!("Failover {i} Round{round}"),
+            &[&format!("+65{}{:06}", 81 + round % 9, i)],
+            &[],
+        );
+        c.id = CustomerId(uuid::Uuid::from_u128(0xfa11_0000 + i as u128));
+        c
+    };
+    let failed_over = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first_round_done = std::sync::Arc::new(tokio::sync::Notify::new());
+    let writer = tokio::spawn({
+        let (index, failed_over, first_round_done) =
+            (index.clone(), failed_over.clone(), first_round_done.clone());
+        async move {
+            let mut retried = 0usize;
+            let mut rounds_after = 0usize;
+            for round in 0..MAX_ROUNDS {
+                for i in 0..CUSTOMERS {
+                    let c = version(i, round);
+                    let mut attempts = 0;
+                    while let Err(e) = index.upsert(&doc(&c)).await {
+                        attempts += 1;
+                        retried += 1;
+                        assert!(attempts < 400, "a write kept failing for 10 s: {e}");
+                        // A pause before retrying, as the worker's backoff.
+                        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+                    }
+                }
+                if round == 0 {
+                    first_round_done.notify_one();
+                }
+                if failed_over.load(std::sync::atomic::Ordering::Acquire) {
+                    rounds_after += 1;
+                    if rounds_after == 2 {
+                        return (round, retried);
+                    }
+                }
+            }
+            panic!("the failover did not finish within {MAX_ROUNDS} rounds of writes");
+        }
+    });
+    first_round_done.notified().await;
+    let key = format!("{prefix}g0:tk");
+    let url = cluster.url.clone();
+    let (old, new) = tokio::task::spawn_blocking(move || {
+        support::redis_cluster::failover_master_of(&url, key.as_bytes())
+    })
+    .await
+    .unwrap();
+    assert_ne!(old, new);
+    failed_over.store(true, std::sync::atomic::Ordering::Release);
+    let (last, retried) = writer.await.unwrap();
+    eprintln!("failover {old} -> {new}; {last} rounds after the first; {retried} writes retried");
+
+    let expected: std::collections::HashMap<CustomerId, String> = (0..CUSTOMERS)
+        .map(|i| {
+            let c = version(i, last);
+            (c.id, doc(&c).fingerprint())
+        })
+        .collect();
+    assert_eq!(all_fingerprints(index.as_ref()).await, expected);
+    for i in [0, CUSTOMERS / 2, CUSTOMERS - 1] {
+        let now = version(i, last);
+        assert_eq!(
+            index.summary(now.id).await.unwrap(),
+            Some(doc(&now).summary())
+        );
+        assert_eq!(
+            ids(&index
+                .search(&Query::Any(format!("Failover {i} Round{last}")), 5)
+                .await
+                .unwrap())[0],
+            now.id
+        );
+        assert_eq!(index.lookup_phone(&now.phones[0]).await.unwrap().len(), 1);
+    }
+    for round in (last.saturating_sub(3)..last).filter(|r| r % 9 != last % 9) {
+        // A name is one typo from the next round's: hits may come, but
+        // each with the name written last.
+        let hits = find(index.as_ref(), Query::Any(format!("Round{round}"))).await;
+        assert!(
+            hits.iter().all(|h| h
+                .name
+                .as_deref()
+                .is_some_and(|n| n.ends_with(&format!("Round{last}")))),
+            "round {round}'s names are gone: {hits:?}"
+        );
+        let old_number = version(0, round).phones[0].clone();
+        assert!(index.lookup_phone(&old_number).await.unwrap().is_empty());
+    }
 }
