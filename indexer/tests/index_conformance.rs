@@ -1653,13 +1653,7 @@ async fn redis_cluster_rebuild_deletes_the_replaced_generation() {
         move || {
             support::redis_cluster::masters(&url)
                 .into_iter()
-                .filter(|m| {
-                    !support::redis_cluster::keys_with_prefix(
-                        &format!("redis+cluster://{m}"),
-                        &prefix,
-                    )
-                    .is_empty()
-                })
+                .filter(|m| !support::redis_cluster::keys_on_node(&url, m, &prefix).is_empty())
                 .count()
         }
     })
