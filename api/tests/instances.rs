@@ -28,6 +28,8 @@
 mod mongo_server;
 #[path = "common/processes.rs"]
 mod processes;
+#[path = "../../indexer/tests/support/redis_cluster.rs"]
+mod redis_cluster;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -35,6 +37,7 @@ use std::process::Child;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crm_indexer::redis_link::{LinkConfig, Target};
 use parking_lot::Mutex;
 use processes::{crm_indexer_binary, ApiProcess, RedisProcess};
 use reqwest::{Method, StatusCode};
@@ -190,8 +193,19 @@ impl On<'_> {
 }
 
 impl Cluster {
-    async fn start(dirs: &Path) -> (Cluster, RedisProcess, Vec<IndexerProcess>) {
-        let redis = RedisProcess::start(&dirs.join("redis"), false);
+    /// On a Redis of its own, or with `on_redis_cluster` on the test
+    /// process's Redis Cluster (three masters with a replica each).
+    async fn start(
+        dirs: &Path,
+        on_redis_cluster: bool,
+    ) -> (Cluster, Option<RedisProcess>, Vec<IndexerProcess>) {
+        let (redis, redis_url) = if on_redis_cluster {
+            (None, redis_cluster::url())
+        } else {
+            let redis = RedisProcess::start(&dirs.join("redis"), false);
+            let url = redis.url();
+            (Some(redis), url)
+        };
         let mongodb_uri = mongo_server::mongodb_uri();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("crm_instances_{id}");
@@ -199,7 +213,7 @@ impl Cluster {
         let shared = vec![
             ("CRM_MONGODB_URI".to_string(), mongodb_uri.clone()),
             ("CRM_MONGODB_DATABASE".to_string(), database.clone()),
-            ("CRM_REDIS_URL".to_string(), redis.url()),
+            ("CRM_REDIS_URL".to_string(), redis_url.clone()),
             ("CRM_REDIS_PREFIX".to_string(), prefix.clone()),
             ("CRM_LOG".to_string(), "info".to_string()),
         ];
@@ -240,7 +254,7 @@ impl Cluster {
             client,
             a,
             b,
-            redis_url: redis.url(),
+            redis_url,
             prefix,
             mongodb_uri,
             database,
@@ -756,9 +770,9 @@ async fn everything_relayed(cluster: &Cluster) -> HashSet<String> {
 ///    store's log once; the feed is the same through both instances.
 async fn each_event_is_published_once(cluster: &Cluster, admin: &str) -> HashSet<String> {
     let logged = everything_relayed(cluster).await;
-    let mut redis = redis::Client::open(cluster.redis_url.as_str())
+    let mut redis = Target::parse(&cluster.redis_url)
         .unwrap()
-        .get_multiplexed_async_connection()
+        .connect(LinkConfig::default())
         .await
         .unwrap();
     let stream_key = format!("{}events", cluster.prefix);
@@ -836,8 +850,22 @@ async fn every_stream_hears_every_event(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_and_two_workers_share_one_store_and_one_redis() {
+    two_instances_and_two_workers(false).await;
+}
+
+/// The same with a Redis Cluster instead of one Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_and_two_workers_share_one_store_and_one_redis_cluster() {
+    two_instances_and_two_workers(true).await;
+}
+
+async fn two_instances_and_two_workers(on_redis_cluster: bool) {
     let dirs = tempfile::tempdir().unwrap();
-    let (cluster, _redis, _workers) = Cluster::start(dirs.path()).await;
+    let (cluster, _redis, _workers) = Cluster::start(dirs.path(), on_redis_cluster).await;
+    let _keys = on_redis_cluster.then(|| redis_cluster::DeleteOnDrop {
+        url: cluster.redis_url.clone(),
+        prefix: cluster.prefix.clone(),
+    });
     let (status, tokens) = cluster
         .a()
         .login(ADMIN_EMAIL, ADMIN_PASSWORD, "198.51.100.10")

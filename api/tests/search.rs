@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test code: a panic is how a test fails
 
 mod common;
+#[path = "../../indexer/tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../../indexer/tests/support/redis_server.rs"]
 mod redis_server;
 
@@ -270,6 +272,26 @@ async fn search_and_caller_id_in_process() {
 async fn search_and_caller_id_with_redis() {
     let url = redis_server::url();
     let prefix = redis_server::unique_prefix();
+    let app = spawn_app_with(move |c| {
+        c.default_region = Some("SG".into());
+        c.redis_url = Some(url);
+        c.redis_prefix = prefix;
+    })
+    .await;
+    let ready = app.readyz().await;
+    assert_eq!(ready["index"], "redis");
+    assert_eq!(ready["status"], "ready");
+    search_and_lookup(app).await;
+}
+
+#[tokio::test]
+async fn search_and_caller_id_on_a_redis_cluster() {
+    let url = redis_cluster::url();
+    let prefix = redis_cluster::unique_prefix();
+    let _keys = redis_cluster::DeleteOnDrop {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
     let app = spawn_app_with(move |c| {
         c.default_region = Some("SG".into());
         c.redis_url = Some(url);

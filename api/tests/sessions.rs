@@ -9,6 +9,8 @@
 mod common;
 #[path = "common/processes.rs"]
 mod processes;
+#[path = "../../indexer/tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "../../indexer/tests/support/redis_server.rs"]
 mod redis_server;
 
@@ -352,6 +354,31 @@ async fn forwarded_for_is_believed_only_from_trusted_proxies() {
 async fn login_limits_are_shared_by_instances_on_one_redis() {
     let url = redis_server::url();
     let prefix = redis_server::unique_prefix();
+    let _keys = redis_server::DeleteOnDrop {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    login_limits_are_shared(url, prefix, redis_server::keys_with_prefix).await;
+}
+
+/// The same on a Redis Cluster: an account's two counters share a hash
+/// tag, so that one script updates both.
+#[tokio::test]
+async fn login_limits_are_shared_by_instances_on_a_redis_cluster() {
+    let url = redis_cluster::url();
+    let prefix = redis_cluster::unique_prefix();
+    let _keys = redis_cluster::DeleteOnDrop {
+        url: url.clone(),
+        prefix: prefix.clone(),
+    };
+    login_limits_are_shared(url, prefix, redis_cluster::keys_with_prefix).await;
+}
+
+async fn login_limits_are_shared(
+    url: String,
+    prefix: String,
+    keys_with_prefix: fn(&str, &str) -> Vec<Vec<u8>>,
+) {
     let configure = |c: &mut Config| {
         behind_local_proxy(c);
         c.redis_url = Some(url.clone());
@@ -383,13 +410,16 @@ async fn login_limits_are_shared_by_instances_on_one_redis() {
     .await;
 
     // The counters are in Redis under the prefix, expiring, without the email.
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let keys: Vec<String> = redis::cmd("KEYS")
-        .arg(format!("{prefix}*login*"))
-        .query_async(&mut conn)
+    let mut conn = crm_indexer::redis_link::Target::parse(&url)
+        .unwrap()
+        .connect(Default::default())
         .await
         .unwrap();
+    let keys: Vec<String> = keys_with_prefix(&url, &prefix)
+        .into_iter()
+        .map(|k| String::from_utf8(k).unwrap())
+        .filter(|k| k.contains("login"))
+        .collect();
     assert!(!keys.is_empty());
     for key in &keys {
         assert!(!key.contains("example.com"), "{key}");

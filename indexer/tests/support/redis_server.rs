@@ -90,6 +90,20 @@ fn answers_ping(port: u16) -> bool {
     matches!(s.read(&mut buf), Ok(n) if buf[..n].starts_with(b"+PONG"))
 }
 
+/// Every key starting with `prefix`.
+pub fn keys_with_prefix(url: &str, prefix: &str) -> Vec<Vec<u8>> {
+    let client = redis::Client::open(url).expect("a Redis URL");
+    let mut conn = client
+        .get_connection()
+        .expect("a connection to the test Redis");
+    let mut keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg(format!("{prefix}*"))
+        .query(&mut conn)
+        .expect("KEYS");
+    keys.sort();
+    keys
+}
+
 /// Deletes a test's keys when dropped (best effort), so a shared Redis named
 /// by `CRM_TEST_REDIS_URL` is left as it was found.
 pub struct DeleteOnDrop {
