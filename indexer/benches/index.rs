@@ -1,6 +1,10 @@
 //! The Redis search index at scale: rebuild, caller-ID, type-ahead.
 //!
-//! `cargo bench -p crm-indexer --bench index [-- --customers 1000000 --seconds 10 --concurrency 32 --rebuild-only]`
+//! `cargo bench -p crm-indexer --bench index [-- --customers 1000000 --seconds 10 --concurrency 32 --rebuild-only --cluster]`
+//!
+//! With `--cluster` the index is on a Redis Cluster of its own instead: three
+//! masters with a replica each, on loopback (memory is the masters' sum, the
+//! server CPU time all six servers').
 //!
 //! Starts its own `redis-server` on a free loopback port (no persistence),
 //! rebuilds the index from `generate::customers(seed, N)`, then measures
@@ -21,6 +25,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "support/load.rs"]
 mod load;
+#[path = "../tests/support/redis_cluster.rs"]
+mod redis_cluster;
 #[path = "support/redis_server.rs"]
 mod redis_server;
 
@@ -49,6 +55,7 @@ struct Args {
     concurrency: usize,
     seed: u64,
     rebuild_only: bool,
+    cluster: bool,
 }
 
 fn args() -> Args {
@@ -58,6 +65,7 @@ fn args() -> Args {
         concurrency: 32,
         seed: 42,
         rebuild_only: false,
+        cluster: false,
     };
     let argv: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -69,6 +77,7 @@ fn args() -> Args {
             ("--concurrency", Some(n)) => a.concurrency = n.parse().unwrap(),
             ("--seed", Some(n)) => a.seed = n.parse().unwrap(),
             ("--rebuild-only", _) => a.rebuild_only = true,
+            ("--cluster", _) => a.cluster = true,
             _ => {}
         }
         i += 1;
@@ -76,60 +85,80 @@ fn args() -> Args {
     a
 }
 
-async fn used_memory(conn: &mut redis::aio::ConnectionManager) -> u64 {
-    let info: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+/// The servers holding the keys: the one Redis, or the cluster's masters.
+type Servers = Vec<redis::aio::ConnectionManager>;
+
+async fn connect_each(urls: &[String]) -> Servers {
+    let mut out = Vec::new();
+    for url in urls {
+        let client = redis::Client::open(url.as_str()).unwrap();
+        out.push(client.get_connection_manager().await.unwrap());
+    }
+    out
+}
+
+/// `used_memory`, summed over `servers`.
+async fn used_memory(servers: &mut Servers) -> u64 {
+    let mut sum = 0;
+    for conn in servers.iter_mut() {
+        let info: String = redis::cmd("INFO")
+            .arg("memory")
+            .query_async(conn)
+            .await
+            .unwrap();
+        sum += info
+            .lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap();
+    }
+    sum
 }
 
 /// Redis memory by kind of key (`cust`, `ph`, `nm`, ...: what follows the
 /// generation in the key), from `MEMORY USAGE` of every key (all elements
 /// counted): lines of kind, keys, bytes per customer, share of the total.
-async fn memory_by_kind(conn: &mut redis::aio::ConnectionManager, customers: u64) -> Vec<String> {
+async fn memory_by_kind(servers: &mut Servers, customers: u64) -> Vec<String> {
     let mut kinds: std::collections::BTreeMap<String, (u64, u64)> = Default::default();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{PREFIX}*"))
-            .arg("COUNT")
-            .arg(2000)
-            .query_async(conn)
-            .await
-            .unwrap();
-        let mut pipe = redis::pipe();
-        for key in &keys {
-            pipe.cmd("MEMORY")
-                .arg("USAGE")
-                .arg(key)
-                .arg("SAMPLES")
-                .arg(0);
-        }
-        let sizes: Vec<Option<u64>> = pipe.query_async(conn).await.unwrap();
-        for (key, size) in keys.iter().zip(sizes) {
-            let rest = &key[PREFIX.len()..];
-            // `g<N>:` first for index data.
-            let rest = match rest.iter().position(|&b| b == b':') {
-                Some(i) if rest.first() == Some(&b'g') => &rest[i + 1..],
-                _ => rest,
-            };
-            let kind = rest.split(|&b| b == b':').next().unwrap_or(rest);
-            let entry = kinds
-                .entry(String::from_utf8_lossy(kind).into_owned())
-                .or_default();
-            entry.0 += 1;
-            entry.1 += size.unwrap_or(0);
-        }
-        cursor = next;
-        if cursor == 0 {
-            break;
+    for conn in servers.iter_mut() {
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, keys): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{PREFIX}*"))
+                .arg("COUNT")
+                .arg(2000)
+                .query_async(conn)
+                .await
+                .unwrap();
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("MEMORY")
+                    .arg("USAGE")
+                    .arg(key)
+                    .arg("SAMPLES")
+                    .arg(0);
+            }
+            let sizes: Vec<Option<u64>> = pipe.query_async(conn).await.unwrap();
+            for (key, size) in keys.iter().zip(sizes) {
+                let rest = &key[PREFIX.len()..];
+                // `g<N>:` first for index data.
+                let rest = match rest.iter().position(|&b| b == b':') {
+                    Some(i) if rest.first() == Some(&b'g') => &rest[i + 1..],
+                    _ => rest,
+                };
+                let kind = rest.split(|&b| b == b':').next().unwrap_or(rest);
+                let entry = kinds
+                    .entry(String::from_utf8_lossy(kind).into_owned())
+                    .or_default();
+                entry.0 += 1;
+                entry.1 += size.unwrap_or(0);
+            }
+            cursor = next;
+            if cursor == 0 {
+                break;
+            }
         }
     }
     let total: u64 = kinds.values().map(|(_, b)| b).sum();
@@ -147,17 +176,29 @@ async fn memory_by_kind(conn: &mut redis::aio::ConnectionManager, customers: u64
         .collect()
 }
 
-/// `redis-server`'s process id, from `INFO server`.
-async fn server_pid(conn: &mut redis::aio::ConnectionManager) -> u32 {
-    let info: String = redis::cmd("INFO")
-        .arg("server")
-        .query_async(conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix("process_id:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap()
+/// The process ids of the servers (`INFO server`).
+async fn server_pids(servers: &mut Servers) -> Vec<String> {
+    let mut pids = Vec::new();
+    for conn in servers.iter_mut() {
+        let info: String = redis::cmd("INFO")
+            .arg("server")
+            .query_async(conn)
+            .await
+            .unwrap();
+        pids.push(
+            info.lines()
+                .find_map(|l| l.strip_prefix("process_id:"))
+                .unwrap()
+                .trim()
+                .to_string(),
+        );
+    }
+    pids
+}
+
+/// CPU time of every server process so far.
+fn servers_cpu(pids: &[String]) -> f64 {
+    pids.iter().map(|p| cpu_seconds(p)).sum()
 }
 
 /// CPU time (user + system) a process has used so far, from
@@ -228,12 +269,31 @@ fn prefix_of(name: &str, rng: &mut SplitMix64) -> String {
 #[tokio::main]
 async fn main() {
     let args = args();
-    let url = redis_server::start();
+    let (url, _cluster) = if args.cluster {
+        let cluster = redis_cluster::start_private();
+        (cluster.url.clone(), Some(cluster))
+    } else {
+        (redis_server::start(), None)
+    };
+    // Memory and keys are the masters'; CPU time every server's.
+    let (masters, all): (Vec<String>, Vec<String>) = if args.cluster {
+        let node = |a: String| format!("redis://{a}");
+        let masters: Vec<String> = redis_cluster::masters(&url).into_iter().map(node).collect();
+        let mut all = masters.clone();
+        all.extend(redis_cluster::replicas(&url).into_iter().map(node));
+        (masters, all)
+    } else {
+        (vec![url.clone()], vec![url.clone()])
+    };
+    let mut servers = connect_each(&masters).await;
+    let pids = server_pids(&mut connect_each(&all).await).await;
     let index = Arc::new(RedisIndex::connect(&url, PREFIX).await.unwrap());
-    let client = redis::Client::open(url.as_str()).unwrap();
-    let mut conn = client.get_connection_manager().await.unwrap();
-    let before = used_memory(&mut conn).await;
-    let server = server_pid(&mut conn).await.to_string();
+    let mut conn = crm_indexer::redis_link::Target::parse(&url)
+        .unwrap()
+        .connect(crm_indexer::redis_link::LinkConfig::default())
+        .await
+        .unwrap();
+    let before = used_memory(&mut servers).await;
 
     // The generator alone, to tell its share of the rebuild time.
     let gen_n = args.customers.min(100_000);
@@ -261,15 +321,21 @@ async fn main() {
             IndexResult::Ok(doc)
         })
         .boxed();
-    let (client_cpu, server_cpu) = (cpu_seconds("self"), cpu_seconds(&server));
+    let (client_cpu, server_cpu) = (cpu_seconds("self"), servers_cpu(&pids));
     let t = Instant::now();
     let report = index.rebuild(docs).await.unwrap();
     let rebuild = t.elapsed();
     let client_cpu = cpu_seconds("self") - client_cpu;
-    let server_cpu = cpu_seconds(&server) - server_cpu;
+    let server_cpu = servers_cpu(&pids) - server_cpu;
     assert_eq!(report.customers, args.customers);
-    let after = used_memory(&mut conn).await;
-    let keys: u64 = redis::cmd("DBSIZE").query_async(&mut conn).await.unwrap();
+    let after = used_memory(&mut servers).await;
+    let mut keys = 0u64;
+    for server in servers.iter_mut() {
+        keys += redis::cmd("DBSIZE")
+            .query_async::<u64>(server)
+            .await
+            .unwrap();
+    }
     let per_customer = (after - before) as f64 / args.customers as f64;
     eprintln!("rebuild: {:.1} s", rebuild.as_secs_f64());
     let rebuild_line = format!(
@@ -290,16 +356,18 @@ async fn main() {
     );
     if args.rebuild_only {
         // Where Redis spent its time: calls and microseconds per command.
-        let stats: String = redis::cmd("INFO")
-            .arg("commandstats")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
-            eprintln!("{line}");
+        for server in servers.iter_mut() {
+            let stats: String = redis::cmd("INFO")
+                .arg("commandstats")
+                .query_async(server)
+                .await
+                .unwrap();
+            for line in stats.lines().filter(|l| l.starts_with("cmdstat_")) {
+                eprintln!("{line}");
+            }
         }
         println!("{rebuild_line}");
-        for line in memory_by_kind(&mut conn, args.customers).await {
+        for line in memory_by_kind(&mut servers, args.customers).await {
             println!("{line}");
         }
         println!("{}", verify_walk(&index, args.customers).await);
@@ -456,7 +524,12 @@ async fn main() {
     let fresh = stats(fresh, fresh_ok, start.elapsed());
 
     println!(
-        "search index on Redis: {} customers (seed {}), {c} concurrent tasks on one connection, {secs} s per row ({search_secs} s for searches)",
+        "search index on {}: {} customers (seed {}), {c} concurrent tasks on one connection, {secs} s per row ({search_secs} s for searches)",
+        if args.cluster {
+            "a Redis Cluster (3 masters, 3 replicas)"
+        } else {
+            "Redis"
+        },
         thousands(args.customers as f64),
         args.seed
     );

@@ -10,10 +10,13 @@
 //! the event stream, live push and the login limits send commands on. On a
 //! cluster each command goes to the master serving its key's slot, and the
 //! cluster client follows `MOVED` and `ASK` and reads the slot map again when
-//! it changes (a failover). A pipeline is split by slot: the commands of one
-//! slot go together, in their order, the slots' pipelines are sent at the
-//! same time, and the replies come back in the pipeline's order. Nothing is
-//! atomic across slots, which the index does not need (its writes are
+//! it changes (a failover). A pipeline is split by node, after the slot map
+//! as last read: the commands of one node go together, in their order, the
+//! nodes' pipelines are sent at the same time, and the replies come back in
+//! the pipeline's order. When a node's part fails (a slot moved, the node
+//! is gone), the slot map is read again and that part is sent again a slot
+//! at a time, which the cluster client redirects; every command the index
+//! sends may be sent twice. Nothing is atomic across slots, which the index does not need (its writes are
 //! pipelines, not transactions, on one server as well). A command marked
 //! with [`defer_next`] is held back until every unmarked command of the
 //! pipeline has been answered: the index writes a customer's summary last,
@@ -22,7 +25,10 @@
 //! sent one key at a time and its reply put back together.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+use parking_lot::RwLock;
 
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConfig};
@@ -155,9 +161,12 @@ impl Target {
                 c = c.set_response_timeout(
                     config.response_timeout.unwrap_or(Duration::from_secs(600)),
                 );
-                Ok(Link::Cluster(
-                    client.get_async_connection_with_config(c).await?,
-                ))
+                let mut conn = client.get_async_connection_with_config(c).await?;
+                let map = SlotMap::read(&mut conn).await?;
+                Ok(Link::Cluster(ClusterLink {
+                    conn,
+                    map: Arc::new(RwLock::new(Arc::new(map))),
+                }))
             }
         }
     }
@@ -183,7 +192,63 @@ pub enum Node {
 #[derive(Clone)]
 pub enum Link {
     Single(ConnectionManager),
-    Cluster(ClusterConnection),
+    Cluster(ClusterLink),
+}
+
+/// A cluster connection, and which master serves which slots as last read.
+#[derive(Clone)]
+pub struct ClusterLink {
+    conn: ClusterConnection,
+    map: Arc<RwLock<Arc<SlotMap>>>,
+}
+
+/// `CLUSTER SLOTS`: ranges of slots and the master serving each.
+struct SlotMap {
+    /// `(first slot, last slot, master)`, by first slot.
+    ranges: Vec<(u16, u16, (String, u16))>,
+}
+
+impl SlotMap {
+    async fn read(conn: &mut ClusterConnection) -> RedisResult<SlotMap> {
+        let slots = conn
+            .route_command(
+                redis::cmd("CLUSTER").arg("SLOTS"),
+                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+            )
+            .await?;
+        let mut ranges = slot_ranges(slots)?;
+        ranges.sort_by_key(|r| r.0);
+        Ok(SlotMap { ranges })
+    }
+
+    /// The master serving `slot`, if the map has one.
+    fn master(&self, slot: u16) -> Option<&(String, u16)> {
+        let i = self.ranges.partition_point(|r| r.0 <= slot);
+        let (start, end, node) = self.ranges.get(i.checked_sub(1)?)?;
+        (*start <= slot && slot <= *end).then_some(node)
+    }
+
+    /// Each master once, in the order of the first slot it serves.
+    fn masters(&self) -> Vec<(String, u16)> {
+        let mut first: BTreeMap<(String, u16), u16> = BTreeMap::new();
+        for (start, _, node) in &self.ranges {
+            let e = first.entry(node.clone()).or_insert(*start);
+            *e = (*e).min(*start);
+        }
+        let mut masters: Vec<((String, u16), u16)> = first.into_iter().collect();
+        masters.sort_by_key(|(_, start)| *start);
+        masters.into_iter().map(|(node, _)| node).collect()
+    }
+}
+
+impl ClusterLink {
+    /// Reads the slot map again (after a part of a pipeline failed).
+    async fn refresh(&mut self) {
+        match SlotMap::read(&mut self.conn).await {
+            Ok(map) => *self.map.write() = Arc::new(map),
+            Err(e) => tracing::debug!(error = %e, "cannot read the cluster's slot map"),
+        }
+    }
 }
 
 impl Link {
@@ -197,23 +262,12 @@ impl Link {
         let Link::Cluster(c) = self else {
             return Ok(vec![Node::Only]);
         };
-        let slots = c
-            .route_command(
-                redis::cmd("CLUSTER").arg("SLOTS"),
-                RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
-            )
-            .await?;
-        let ranges: Vec<(u16, u16, (String, u16))> = slot_ranges(slots)?;
-        let mut first: BTreeMap<(String, u16), u16> = BTreeMap::new();
-        for (start, _, node) in ranges {
-            let e = first.entry(node).or_insert(start);
-            *e = (*e).min(start);
-        }
-        let mut masters: Vec<((String, u16), u16)> = first.into_iter().collect();
-        masters.sort_by_key(|(_, start)| *start);
+        let map = SlotMap::read(&mut c.conn).await?;
+        let masters = map.masters();
+        *c.map.write() = Arc::new(map);
         Ok(masters
             .into_iter()
-            .map(|((host, port), _)| Node::At { host, port })
+            .map(|(host, port)| Node::At { host, port })
             .collect())
     }
 
@@ -235,6 +289,7 @@ impl Link {
             (Link::Single(c), _) => cmd.query_async(c).await,
             (Link::Cluster(c), Node::At { host, port }) => {
                 let v = c
+                    .conn
                     .route_command(
                         &cmd,
                         RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
@@ -282,7 +337,7 @@ impl ConnectionLike for Link {
     fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
         match self {
             Link::Single(c) => c.req_packed_command(cmd),
-            Link::Cluster(c) => c.req_packed_command(cmd),
+            Link::Cluster(c) => c.conn.req_packed_command(cmd),
         }
     }
 
@@ -298,9 +353,9 @@ impl ConnectionLike for Link {
                 if pipe.is_transaction() {
                     // A transaction must be one slot's: the cluster client
                     // says so.
-                    c.req_packed_commands(pipe, offset, count)
+                    c.conn.req_packed_commands(pipe, offset, count)
                 } else {
-                    Box::pin(split_by_slot(c.clone(), pipe))
+                    Box::pin(split_by_node(c.clone(), pipe))
                 }
             }
         }
@@ -333,31 +388,133 @@ enum Combine {
     Sum,
 }
 
-/// Pipelines by slot (`None`: commands without a key), in two stages:
-/// everything unmarked, then what [`defer_next`] marked.
-#[derive(Default)]
+/// Where a group of commands goes.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum To {
+    /// The master serving the slot, as the map says.
+    Node(String, u16),
+    /// A slot the map does not place: the cluster client finds it.
+    Slot(u16),
+    /// Commands without a key: any node.
+    Any,
+}
+
+/// One pipeline of a split: where it goes, its stage, its commands with
+/// their slots.
+struct Group {
+    to: To,
+    stage: usize,
+    pipe: Pipeline,
+    slots: Vec<Option<u16>>,
+}
+
+/// Pipelines by node, in two stages: everything unmarked, then what
+/// [`defer_next`] marked.
 struct Plan {
-    /// Per stage, the group of each slot.
-    groups: [BTreeMap<Option<u16>, usize>; 2],
-    pipes: Vec<(usize, Pipeline)>,
+    map: Arc<SlotMap>,
+    /// Per stage, the group of each destination.
+    index: [BTreeMap<To, usize>; 2],
+    groups: Vec<Group>,
     parts: Vec<Part>,
 }
 
 impl Plan {
     fn add(&mut self, stage: usize, slot: Option<u16>, cmd: Cmd) -> (usize, usize) {
-        let pipes = &mut self.pipes;
-        let g = *self.groups[stage].entry(slot).or_insert_with(|| {
-            pipes.push((stage, Pipeline::new()));
-            pipes.len() - 1
+        let to = match slot {
+            None => To::Any,
+            Some(s) => match self.map.master(s) {
+                Some((host, port)) => To::Node(host.clone(), *port),
+                None => To::Slot(s),
+            },
+        };
+        let groups = &mut self.groups;
+        let g = *self.index[stage].entry(to.clone()).or_insert_with(|| {
+            groups.push(Group {
+                to,
+                stage,
+                pipe: Pipeline::new(),
+                slots: Vec::new(),
+            });
+            groups.len() - 1
         });
-        let p = &mut self.pipes[g].1;
-        p.add_command(cmd);
-        (g, p.len() - 1)
+        let group = &mut self.groups[g];
+        group.pipe.add_command(cmd);
+        group.slots.push(slot);
+        (g, group.pipe.len() - 1)
     }
 }
 
-async fn split_by_slot(conn: ClusterConnection, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
-    let mut plan = Plan::default();
+/// Sends one group: to its node, and when that fails (a slot moved, the
+/// node is gone), after reading the slot map again, a slot at a time
+/// through the cluster client, which follows redirections.
+async fn send_group(mut link: ClusterLink, group: &Group) -> RedisResult<Vec<Value>> {
+    let first = match &group.to {
+        To::Node(host, port) => {
+            let route = SingleNodeRoutingInfo::ByAddress {
+                host: host.clone(),
+                port: *port,
+            };
+            let sent = link
+                .conn
+                .route_pipeline(&group.pipe, 0, group.pipe.len(), route)
+                .await;
+            match sent {
+                Ok(values) if !values.iter().any(is_redirection) => return Ok(values),
+                Ok(_) => None,
+                Err(e) => Some(e),
+            }
+        }
+        To::Slot(_) | To::Any => None,
+    };
+    if let Some(e) = &first {
+        tracing::debug!(error = %e, "a cluster node's part of a pipeline failed; sending it by slot");
+    }
+    if matches!(group.to, To::Node(..)) {
+        link.refresh().await;
+    }
+    // A slot at a time, the slots at the same time.
+    let mut by_slot: BTreeMap<Option<u16>, (Pipeline, Vec<usize>)> = BTreeMap::new();
+    for (i, (cmd, slot)) in group.pipe.cmd_iter().zip(&group.slots).enumerate() {
+        let (p, at) = by_slot
+            .entry(*slot)
+            .or_insert_with(|| (Pipeline::new(), Vec::new()));
+        p.add_command(cmd.clone());
+        at.push(i);
+    }
+    let sends = by_slot.values().map(|(p, at)| {
+        let mut conn = link.conn.clone();
+        async move {
+            let values = conn.req_packed_commands(p, 0, p.len()).await?;
+            Ok::<_, RedisError>((at, values))
+        }
+    });
+    let mut out = vec![Value::Nil; group.pipe.len()];
+    for (at, values) in futures::future::try_join_all(sends).await? {
+        for (i, v) in at.iter().zip(values) {
+            out[*i] = v;
+        }
+    }
+    Ok(out)
+}
+
+/// A reply saying the command belongs on another node.
+fn is_redirection(v: &Value) -> bool {
+    match v {
+        Value::ServerError(e) => matches!(
+            e.code(),
+            "MOVED" | "ASK" | "TRYAGAIN" | "CLUSTERDOWN" | "LOADING"
+        ),
+        _ => false,
+    }
+}
+
+async fn split_by_node(link: ClusterLink, pipe: &Pipeline) -> RedisResult<Vec<Value>> {
+    let mut plan = Plan {
+        map: link.map.read().clone(),
+        index: Default::default(),
+        groups: Vec::new(),
+        parts: Vec::new(),
+    };
     let mut deferred = false;
     for cmd in pipe.cmd_iter() {
         let args: Vec<&[u8]> = cmd
@@ -400,19 +557,16 @@ async fn split_by_slot(conn: ClusterConnection, pipe: &Pipeline) -> RedisResult<
             }
         }
     }
-    let mut replies: Vec<Option<Vec<Value>>> = vec![None; plan.pipes.len()];
+    let mut replies: Vec<Option<Vec<Value>>> = vec![None; plan.groups.len()];
     for stage in 0..2 {
         let sends = plan
-            .pipes
+            .groups
             .iter()
             .enumerate()
-            .filter(|(_, (s, _))| *s == stage)
-            .map(|(g, (_, p))| {
-                let mut conn = conn.clone();
-                async move {
-                    let values = conn.req_packed_commands(p, 0, p.len()).await?;
-                    Ok::<_, RedisError>((g, values))
-                }
+            .filter(|(_, group)| group.stage == stage)
+            .map(|(g, group)| {
+                let link = link.clone();
+                async move { Ok::<_, RedisError>((g, send_group(link, group).await?)) }
             });
         for (g, values) in futures::future::try_join_all(sends).await? {
             replies[g] = Some(values);
@@ -519,6 +673,29 @@ mod tests {
         // An empty tag does not count: the whole key is hashed.
         assert_eq!(slot(b"foo{}{bar}"), crc16(b"foo{}{bar}") % 16384);
         assert_eq!(slot(b"foo{{bar}}zap"), slot(b"{bar"));
+    }
+
+    #[test]
+    fn the_slot_map_places_slots() {
+        let node = |p: u16| ("127.0.0.1".to_string(), p);
+        let map = SlotMap {
+            ranges: vec![
+                (0, 5460, node(7001)),
+                (5461, 10922, node(7002)),
+                (10923, 16000, node(7003)),
+                (16001, 16383, node(7001)),
+            ],
+        };
+        assert_eq!(map.master(0), Some(&node(7001)));
+        assert_eq!(map.master(5460), Some(&node(7001)));
+        assert_eq!(map.master(5461), Some(&node(7002)));
+        assert_eq!(map.master(16383), Some(&node(7001)));
+        assert_eq!(map.masters(), vec![node(7001), node(7002), node(7003)]);
+        let gap = SlotMap {
+            ranges: vec![(10, 20, node(7001))],
+        };
+        assert_eq!(gap.master(5), None);
+        assert_eq!(gap.master(21), None);
     }
 
     #[test]
