@@ -47,8 +47,9 @@
 //!
 //! Every command touches one key (pipelined, never `SINTER`/`SUNION`
 //! across keys; the two small Lua scripts touch only `crm:gen`), except the
-//! caller-ID reads' `MGET` of a number's owners, which a cluster would split
-//! per slot.
+//! caller-ID reads' `MGET` of a number's owners on one Redis. On a Redis
+//! Cluster (`redis+cluster://`, see [`redis_link`]) pipelines are split by
+//! node and caller-ID reads each summary with its own `GET`.
 //!
 //! The layout of `cust:`, `ph:`, `sx:` and the members changed, and `em:`
 //! and `pn:` went, to halve the memory per customer: an index written

@@ -30,9 +30,11 @@
 //!   the rebuild's copy (see `keys::LIVE`).
 //! - The connection is a `ConnectionManager` (see `connection`): it
 //!   reconnects by itself; a command sent while Redis is down fails with
-//!   [`IndexError::Unavailable`]. Caller-ID reads have a connection of their
-//!   own (see `phone_reads`), and so do searches, each taking one for all
-//!   its rounds (see `search_links`).
+//!   [`IndexError::Unavailable`]. On one Redis, caller-ID reads have a
+//!   connection of their own (see `phone_reads`), and so do searches, each
+//!   taking one for all its rounds (see `search_links`). On a Redis Cluster
+//!   (see [`crate::redis_link`]) both use the shared connection, whose
+//!   pipelines go to each master at once.
 //!
 //! Modules: `keys` (key names, member encodings and scores), `writes`
 //! (upserts and removals, and what a rebuild batch writes for customers new
