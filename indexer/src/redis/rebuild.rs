@@ -366,12 +366,13 @@ impl RedisIndex {
     /// unset. (Not for a generation a rebuild left half-written.)
     async fn ever_indexed(&self, generation: u64) -> IndexResult<bool> {
         let keys = self.keys(generation);
-        let present: u64 = ::redis::cmd("EXISTS")
-            .arg(keys.used())
-            .arg(keys.ids())
-            .arg(keys.tk())
-            .query_async(&mut self.conn.get())
-            .await?;
+        // One key per command (the three may live on three cluster nodes).
+        let mut pipe = ::redis::pipe();
+        for key in [keys.used(), keys.ids(), keys.tk()] {
+            pipe.cmd("EXISTS").arg(key);
+        }
+        let present: Vec<u64> = pipe.query_async(&mut self.conn.get()).await?;
+        let present: u64 = present.iter().sum();
         Ok(present > 0)
     }
 
