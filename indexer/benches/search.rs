@@ -23,7 +23,9 @@
 //! surname), a full name as stored (2-3 words), an email, a national phone
 //! number (digits without country code), its last four digits (the peer
 //! filters numbers with `LIKE '%dddd'`, as a contains-filter on phone fields
-//! does), and the mix of the first four in equal shares;
+//! does), the first six digits of an eight-digit national number (digits
+//! inside a number; the peer: `LIKE '%dddddd%'`), and the mix of the first
+//! four in equal shares;
 //! at 8 clients, and the mix at 32; `limit` 10. The table gives `q/s, p50,
 //! p99` per cell; a second one the share of queries whose check passed
 //! (names: any hit; email and phone: the customer among the hits). A bare
@@ -148,6 +150,8 @@ enum Kind {
     Phone,
     /// The last four digits of a number.
     Ending,
+    /// The first six digits of a national number of eight.
+    Inside,
 }
 
 /// One query as typed, and the customer it was drawn from.
@@ -159,7 +163,9 @@ struct Typed {
 }
 
 /// The names `--rows` knows the rows by, in table order.
-const ROW_NAMES: [&str; 7] = ["prefix", "full", "email", "phone", "ending", "mix", "mix32"];
+const ROW_NAMES: [&str; 8] = [
+    "prefix", "full", "email", "phone", "ending", "inside", "mix", "mix32",
+];
 
 /// The rows of the table: a label, the clients, and the queries.
 struct Row {
@@ -176,7 +182,7 @@ fn check(q: &Typed, ids: &[CustomerId]) -> bool {
     match q.kind {
         // Low-variety names have thousands of namesakes: any hit will do.
         Kind::Prefix | Kind::FullName | Kind::Ending => !ids.is_empty(),
-        Kind::Email | Kind::Phone => ids.contains(&q.id),
+        Kind::Email | Kind::Phone | Kind::Inside => ids.contains(&q.id),
     }
 }
 
@@ -202,10 +208,11 @@ fn prefix_of(name: &str, rng: &mut SplitMix64) -> String {
     word.chars().take(want).collect()
 }
 
-fn queries(args: &Args) -> ([Vec<Typed>; 4], Vec<Typed>) {
+fn queries(args: &Args) -> ([Vec<Typed>; 4], Vec<Typed>, Vec<Typed>) {
     let mut rng = SplitMix64::new(args.seed ^ 0x5eed);
     let (mut prefix, mut full, mut email, mut phone) = (vec![], vec![], vec![], vec![]);
     let mut ending = vec![];
+    let mut inside = vec![];
     for _ in 0..SAMPLE.min(args.customers) {
         let doc = generate::customer_with(args.seed, rng.below(args.customers), args.names);
         let c = &doc.customer;
@@ -229,6 +236,13 @@ fn queries(args: &Args) -> ([Vec<Typed>; 4], Vec<Typed>) {
             });
         }
         let national = postgres::national(rng.pick(&c.phones));
+        if national.len() == 8 {
+            inside.push(Typed {
+                kind: Kind::Inside,
+                text: national[..6].to_string(),
+                id,
+            });
+        }
         ending.push(Typed {
             kind: Kind::Ending,
             text: national[national.len().saturating_sub(4)..].to_string(),
@@ -240,7 +254,7 @@ fn queries(args: &Args) -> ([Vec<Typed>; 4], Vec<Typed>) {
             id,
         });
     }
-    ([prefix, full, email, phone], ending)
+    ([prefix, full, email, phone], ending, inside)
 }
 
 /// The four kinds in turn: query `i` of the mix is of kind `i % 4`.
@@ -252,7 +266,7 @@ fn mix(kinds: &[Vec<Typed>; 4]) -> Vec<Typed> {
 }
 
 fn rows(args: &Args) -> Vec<Row> {
-    let (kinds, ending) = queries(args);
+    let (kinds, ending, inside) = queries(args);
     let mix = Arc::new(mix(&kinds));
     let [prefix, full, email, phone] = kinds.map(Arc::new);
     vec![
@@ -280,6 +294,11 @@ fn rows(args: &Args) -> Vec<Row> {
             label: "last four digits of a number",
             clients: CLIENTS,
             queries: Arc::new(ending),
+        },
+        Row {
+            label: "six digits inside a number (its first six of eight)",
+            clients: CLIENTS,
+            queries: Arc::new(inside),
         },
         Row {
             label: "whole mix",

@@ -80,6 +80,9 @@ impl SearchHit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(crate) enum Match {
     Typo,
+    /// A phone number with the digits typed inside it, one or two digits
+    /// before its end (`812264` in `+65 8122 6418`; see [`INNER_DIGITS`]).
+    Inner,
     /// A phone number whose digits end with the digits typed (`6418`).
     Suffix,
     Prefix,
@@ -95,6 +98,7 @@ impl Match {
             Match::National => 0.9,
             Match::Prefix => 0.7,
             Match::Suffix => 0.6,
+            Match::Inner => 0.5,
             Match::Typo => 0.4,
         }
     }
@@ -226,6 +230,39 @@ fn phone_plan(raw: &str, region: Option<Region>) -> Plan {
 /// Fewest digits that find numbers by their last digits: fewer match too
 /// many numbers to mean anything.
 pub const MIN_SUFFIX_DIGITS: usize = 4;
+
+/// How many digits typed are also looked for inside numbers (as well as at
+/// their end): five to seven, the start or the middle of a number as people
+/// remember it (`8122 64`, `12264`). Eight or more are a whole national
+/// number, and four match too many numbers.
+pub const INNER_DIGITS: std::ops::RangeInclusive<usize> = 5..=7;
+
+/// Most digits a number may have after the digits typed for an inner match.
+/// Each adapter reads the numbers ending with the digits typed and every
+/// tail of one or two digits (110 last-digit ranges or buckets), which
+/// stays cheap; three would be a thousand. An eight-digit number is found
+/// from any six or seven of its digits.
+pub const INNER_TAIL: usize = 2;
+
+/// The digits typed, when they are also looked for inside numbers.
+pub(crate) fn inner_digits(suffix: Option<&str>) -> Option<&str> {
+    suffix.filter(|s| INNER_DIGITS.contains(&s.len()) && s.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The endings a number with an inner match has after the digits typed:
+/// `0`-`9`, then `00`-`99`.
+pub(crate) fn inner_tails() -> impl Iterator<Item = String> {
+    (1..=INNER_TAIL).flat_map(|k| (0..10u32.pow(k as u32)).map(move |n| format!("{n:0k$}")))
+}
+
+/// Whether the E.164 number `e164` has `digits` one or two digits before
+/// its end.
+pub(crate) fn has_inner_digits(e164: &str, digits: &str) -> bool {
+    let d = e164.trim_start_matches('+');
+    (1..=INNER_TAIL).any(|k| {
+        d.len() >= digits.len() + k && d[d.len() - k - digits.len()..d.len() - k] == *digits
+    })
+}
 
 /// The digits of `number`, last first: the memory index keys numbers by
 /// them, so that a range finds the numbers ending with some digits.
@@ -644,7 +681,29 @@ mod tests {
         assert!(ends_with_digits("+6581226418", "6581226418"));
         assert!(!ends_with_digits("+6581226418", "+6418"));
         assert!(!ends_with_digits("+6581226419", "6418"));
-        assert!(Match::National > Match::Suffix && Match::Suffix > Match::Typo);
+        assert!(Match::National > Match::Suffix && Match::Suffix > Match::Inner);
+        assert!(Match::Inner > Match::Typo && Match::Inner.score() > Match::Typo.score());
+        assert!(Match::Inner.score() < Match::Suffix.score());
+        assert!(has_inner_digits("+6581226418", "812264"));
+        assert!(has_inner_digits("+6581226418", "8122641"));
+        assert!(
+            !has_inner_digits("+6581226418", "226418"),
+            "an ending is a suffix match"
+        );
+        assert!(
+            !has_inner_digits("+6581226418", "58122"),
+            "too far from the end"
+        );
+        assert!(!has_inner_digits("+18", "12345"));
+        let tails: Vec<String> = inner_tails().collect();
+        assert_eq!(tails.len(), 110);
+        assert_eq!(
+            (tails[0].as_str(), tails[10].as_str(), tails[109].as_str()),
+            ("0", "00", "99")
+        );
+        assert_eq!(inner_digits(Some("6418")), None);
+        assert_eq!(inner_digits(Some("812264")), Some("812264"));
+        assert_eq!(inner_digits(Some("81226418")), None);
         assert!(Match::Suffix.score() < Match::National.score());
     }
 

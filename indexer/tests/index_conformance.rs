@@ -1301,6 +1301,65 @@ async fn three_words_among_many_partials(index: &dyn SearchIndex) {
     );
 }
 
+/// Five to seven digits typed also find the numbers with them inside, one
+/// or two digits before the end (the start or the middle of a number as
+/// remembered), after the numbers ending with them, most recent first.
+async fn digits_inside_numbers(index: &dyn SearchIndex) {
+    let ann = engaged(
+        customer("Ann Tan", &["+6581226418"], &[]),
+        "2026-01-01T00:00:00Z",
+    );
+    let bob = engaged(
+        customer("Bob Lee", &["+6591226418"], &[]),
+        "2026-02-01T00:00:00Z",
+    );
+    let cat = engaged(
+        customer("Cat Ng", &["+6581226400"], &[]),
+        "2026-03-01T00:00:00Z",
+    );
+    let dan = engaged(
+        customer("Dan Wu", &["+6561112264"], &[]),
+        "2025-01-01T00:00:00Z",
+    );
+    put(index, &[&ann, &bob, &cat, &dan]).await;
+
+    // The first six digits of a Singapore number.
+    let hits = find(index, Query::Any("8122 64".into())).await;
+    assert_eq!(ids(&hits), vec![cat.id, ann.id]);
+    assert_eq!(hits[0].matched_on, MatchedOn::Phone);
+    assert_eq!(hits[0].score, 0.5);
+    assert_eq!(any(index, "8122641").await, vec![ann.id]);
+    // Dan's number ends with them: first, though the least recent.
+    let hits = find(index, Query::Any("12264".into())).await;
+    assert_eq!(ids(&hits), vec![dan.id, cat.id, bob.id, ann.id]);
+    assert!(hits[0].score > hits[1].score);
+    // An ending is a suffix match, not an inner one.
+    assert_eq!(any(index, "226418").await, vec![bob.id, ann.id]);
+    // Further from the end than two digits, or eight digits (a national
+    // number, looked up as such): not searched inside numbers.
+    assert!(any(index, "65812").await.is_empty());
+    assert!(any(index, "58122641").await.is_empty());
+    // Removed and renumbered customers leave.
+    index.remove(cat.id, &[]).await.unwrap();
+    let mut ann2 = ann.clone();
+    ann2.phones = vec![PhoneNumber::parse("+6569990001", None).unwrap()];
+    index.upsert(&doc(&ann2)).await.unwrap();
+    assert!(any(index, "812264").await.is_empty());
+    // Pages follow one another.
+    let page = index
+        .search_page(&Query::Any("12264".into()), 1, None)
+        .await
+        .unwrap();
+    assert_eq!(ids(&page.hits), vec![dan.id]);
+    assert_eq!(page.total_estimate, 2);
+    let rest = index
+        .search_page(&Query::Any("12264".into()), 1, page.next)
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest.hits), vec![bob.id]);
+    assert!(rest.next.is_none());
+}
+
 // --- adapters ---
 
 /// An adapter, and whatever must happen when the test is done with it.
@@ -1351,6 +1410,7 @@ macro_rules! suite {
             cjk_names,
             email_exact_and_prefix,
             phone_typed_any_way,
+            digits_inside_numbers,
             shared_number_gives_every_customer,
             concurrent_lookups_get_their_own_answers,
             renaming_removes_the_old_keys,

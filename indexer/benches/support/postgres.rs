@@ -302,6 +302,7 @@ pub struct Peer {
     by_email: Statement,
     by_phone: Statement,
     by_ending: Statement,
+    by_inside: Statement,
 }
 
 impl Peer {
@@ -341,12 +342,22 @@ impl Peer {
             )
             .await
             .unwrap();
+        // Digits inside a number, the same way.
+        let by_inside = client
+            .prepare(
+                "SELECT p.id::text FROM person_phone n JOIN person p ON p.id = n.person_id
+                 WHERE n.number LIKE '%' || $1 || '%'
+                 ORDER BY p.last_engagement_at DESC NULLS LAST LIMIT $2",
+            )
+            .await
+            .unwrap();
         Peer {
             client,
             by_name,
             by_email,
             by_phone,
             by_ending,
+            by_inside,
         }
     }
 
@@ -356,6 +367,8 @@ impl Peer {
         let q = q.trim();
         let rows = if q.len() <= 4 && !q.is_empty() && q.chars().all(|c| c.is_ascii_digit()) {
             self.client.query(&self.by_ending, &[&q, &limit]).await
+        } else if (5..=7).contains(&q.len()) && q.chars().all(|c| c.is_ascii_digit()) {
+            self.client.query(&self.by_inside, &[&q, &limit]).await
         } else if !q.is_empty() && q.chars().all(|c| c.is_ascii_digit()) {
             self.client.query(&self.by_phone, &[&q, &limit]).await
         } else if q.contains('@') {

@@ -1,6 +1,7 @@
 //! Searches by phone number on the memory index: the whole number, the
-//! national number, and the last digits (the range of the reversed digits
-//! typed in `suffixes`), ranked before any brief is built.
+//! national number, the last digits (the range of the reversed digits
+//! typed in `suffixes`) and digits inside a number (the ranges of each
+//! ending they may have), ranked before any brief is built.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -43,6 +44,20 @@ impl Generation {
                 for (id, r) in ids {
                     found.add(*id, Match::Suffix);
                     recency.insert(*id, *r);
+                }
+            }
+        }
+        // Digits inside numbers: those ending with the digits and one or two
+        // more, every such tail's range.
+        if let Some(inner) = query::inner_digits(suffix) {
+            let reversed = query::reversed_digits(inner);
+            for tail in query::inner_tails() {
+                let key = format!("{}{reversed}", query::reversed_digits(&tail));
+                for (_, ids) in prefixed(&self.suffixes, &key) {
+                    for (id, r) in ids {
+                        found.add(*id, Match::Inner);
+                        recency.insert(*id, *r);
+                    }
                 }
             }
         }

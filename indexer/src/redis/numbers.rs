@@ -34,6 +34,10 @@ use crate::IndexResult;
 /// spread evenly a bucket holds about a hundred).
 pub const SUFFIX_CANDIDATES: usize = 500;
 
+/// Most members read from each bucket of an inner match (see
+/// [`query::INNER_DIGITS`]), most recent first.
+pub const INNER_CANDIDATES: usize = 64;
+
 /// Digits a bucket is named by.
 const BUCKET_DIGITS: usize = query::MIN_SUFFIX_DIGITS;
 
@@ -122,6 +126,20 @@ impl RedisIndex {
             }
             _ => SUFFIX_CANDIDATES,
         };
+        // Digits inside numbers: the buckets of the digits followed by each
+        // tail of one or two digits.
+        let inner = query::inner_digits(suffix.map(|(digits, _)| digits));
+        let inner_buckets: Vec<String> = match inner {
+            Some(digits) => {
+                let mut buckets: Vec<String> = query::inner_tails()
+                    .filter_map(|tail| Some(bucket(&format!("{digits}{tail}"))?.to_string()))
+                    .collect();
+                buckets.sort();
+                buckets.dedup();
+                buckets
+            }
+            None => Vec::new(),
+        };
         let reader = Reader::new(self).await;
         let (keys, values) = reader
             .read_live(|k, p| {
@@ -132,6 +150,9 @@ impl RedisIndex {
                     let key = k.sx(b);
                     zrange_rev(p, &key, 0, first_read);
                     p.cmd("ZCARD").arg(&key);
+                }
+                for b in &inner_buckets {
+                    zrange_rev(p, &k.sx(b), 0, INNER_CANDIDATES);
                 }
             })
             .await?;
@@ -146,7 +167,7 @@ impl RedisIndex {
         }
         // The recency of every customer read from the bucket.
         let mut recency: HashMap<CustomerId, f64> = HashMap::new();
-        let mut total_estimate = None;
+        let mut beyond_read = 0u64;
         if let Some((digits, b)) = suffix {
             let mut entries: Vec<(Vec<u8>, f64)> =
                 from_owned_redis_value(next_value(&mut values)?)?;
@@ -154,6 +175,9 @@ impl RedisIndex {
             let mut read = entries.len();
             let mut matched = Bucket::default();
             matched.take(entries, digits, national, &mut found, &mut recency);
+            let inner_entries = (0..inner_buckets.len())
+                .map(|_| from_owned_redis_value(next_value(&mut values)?).map_err(Into::into))
+                .collect::<IndexResult<Vec<Vec<(Vec<u8>, f64)>>>>()?;
             if read == first_read && read < in_bucket && matched.customers.len() < limit + 1 {
                 // Too few customers in the first entries: read on.
                 let mut pipe = ::redis::pipe();
@@ -167,10 +191,23 @@ impl RedisIndex {
                 // The bucket was read in part: as many matches per member
                 // in the rest as in what was read.
                 let rest = (in_bucket - read) as f64 * matched.members as f64 / read as f64;
-                total_estimate = Some(found.len() as u64 + rest.round() as u64);
+                beyond_read = rest.round() as u64;
+            }
+            if let Some(digits) = inner {
+                for entries in inner_entries {
+                    for (member, score) in entries {
+                        let Some((id, number)) = split_number_member(&member) else {
+                            continue;
+                        };
+                        if query::has_inner_digits(number, digits) {
+                            found.add(id, Match::Inner);
+                            recency.entry(id).or_insert(score);
+                        }
+                    }
+                }
             }
         }
-        let total_estimate = total_estimate.unwrap_or(found.len() as u64);
+        let total_estimate = found.len() as u64 + beyond_read;
 
         // Whole or national matches the bucket did not give a recency:
         // their briefs tell it.
