@@ -202,10 +202,13 @@ pub struct ClusterLink {
     map: Arc<RwLock<Arc<SlotMap>>>,
 }
 
+/// A range of slots: its first and last slot and the master serving it.
+type SlotRange = (u16, u16, (String, u16));
+
 /// `CLUSTER SLOTS`: ranges of slots and the master serving each.
 struct SlotMap {
-    /// `(first slot, last slot, master)`, by first slot.
-    ranges: Vec<(u16, u16, (String, u16))>,
+    /// By first slot.
+    ranges: Vec<SlotRange>,
 }
 
 impl SlotMap {
@@ -309,7 +312,7 @@ impl Link {
 }
 
 /// `CLUSTER SLOTS`: each range's first and last slot and its master.
-fn slot_ranges(v: Value) -> RedisResult<Vec<(u16, u16, (String, u16))>> {
+fn slot_ranges(v: Value) -> RedisResult<Vec<SlotRange>> {
     let bad = || RedisError::from((ErrorKind::TypeError, "unexpected CLUSTER SLOTS reply"));
     let Value::Array(ranges) = v else {
         return Err(bad());
