@@ -270,18 +270,7 @@ async fn search_and_caller_id_in_process() {
 
 #[tokio::test]
 async fn search_and_caller_id_with_redis() {
-    let url = redis_server::url();
-    let prefix = redis_server::unique_prefix();
-    let app = spawn_app_with(move |c| {
-        c.default_region = Some("SG".into());
-        c.redis_url = Some(url);
-        c.redis_prefix = prefix;
-    })
-    .await;
-    let ready = app.readyz().await;
-    assert_eq!(ready["index"], "redis");
-    assert_eq!(ready["status"], "ready");
-    search_and_lookup(app).await;
+    search_and_lookup_on_redis(redis_server::url(), redis_server::unique_prefix()).await;
 }
 
 #[tokio::test]
@@ -292,6 +281,12 @@ async fn search_and_caller_id_on_a_redis_cluster() {
         url: url.clone(),
         prefix: prefix.clone(),
     };
+    search_and_lookup_on_redis(url, prefix).await;
+}
+
+/// crm-api with its index and event stream on the Redis (or cluster) at
+/// `url`, under `prefix`.
+async fn search_and_lookup_on_redis(url: String, prefix: String) {
     let app = spawn_app_with(move |c| {
         c.default_region = Some("SG".into());
         c.redis_url = Some(url);
