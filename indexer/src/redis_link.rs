@@ -17,7 +17,8 @@
 //! is gone), the slot map is read again and that part is sent again a slot
 //! at a time, which the cluster client redirects. A command may so be sent
 //! twice: the index's writes are idempotent, and an event published twice
-//! to the stream is applied once (its consumers skip what they have seen). Nothing is atomic across slots, which the index does not need (its writes are
+//! to the stream does the index no harm (the worker reads the customer
+//! fresh from the store), though a live stream may then show it twice. Nothing is atomic across slots, which the index does not need (its writes are
 //! pipelines, not transactions, on one server as well). A command marked
 //! with [`defer_next`] is held back until every unmarked command of the
 //! pipeline has been answered: the index writes a customer's summary last,
