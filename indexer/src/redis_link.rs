@@ -87,6 +87,16 @@ impl Default for LinkConfig {
 impl Target {
     /// Reads a URL: a cluster's (`redis+cluster://`) or one server's.
     pub fn parse(url: &str) -> RedisResult<Target> {
+        const TLS_CLUSTER: &str = "rediss+cluster://";
+        if url
+            .get(..TLS_CLUSTER.len())
+            .is_some_and(|s| s.eq_ignore_ascii_case(TLS_CLUSTER))
+        {
+            return Err(RedisError::from((
+                ErrorKind::InvalidClientConfig,
+                "TLS to a Redis Cluster (rediss+cluster://) is not supported; use redis+cluster://",
+            )));
+        }
         let scheme = url.get(..CLUSTER_SCHEME.len());
         if !scheme.is_some_and(|s| s.eq_ignore_ascii_case(CLUSTER_SCHEME)) {
             return Ok(Target::Single(Client::open(url)?));
@@ -717,6 +727,8 @@ mod tests {
         };
         assert_eq!(seeds[1].redis.password.as_deref(), Some("secret"));
         assert!(Target::parse("redis+cluster://").is_err());
+        let tls = Target::parse("rediss+cluster://h1:7000").err().unwrap();
+        assert!(tls.to_string().contains("not supported"), "{tls}");
         assert!(!Target::parse("redis://127.0.0.1:6379/0")
             .unwrap()
             .is_cluster());
