@@ -50,7 +50,7 @@ pub async fn tail_into_hub(
                 Some(id) => id.clone(),
                 None => newest_id(c, &stream_key).await?,
             };
-            let reply: Option<StreamReadReply> = redis::cmd("XREAD")
+            let read: redis::RedisResult<Option<StreamReadReply>> = redis::cmd("XREAD")
                 .arg("COUNT")
                 .arg(COUNT)
                 .arg("BLOCK")
@@ -59,7 +59,13 @@ pub async fn tail_into_hub(
                 .arg(&stream_key)
                 .arg(&from)
                 .query_async(c)
-                .await?;
+                .await;
+            let reply = match read {
+                // A cluster's failover turned the master into a replica
+                // while the read waited: read again, from the new master.
+                Err(e) if e.code() == Some("UNBLOCKED") => None,
+                other => other?,
+            };
             Ok::<_, redis::RedisError>((from, reply))
         };
         let result = tokio::select! {

@@ -260,10 +260,16 @@ impl EventLog for RedisEventStream {
                 .arg(">");
             let mut conn = self.blocking.lock().await;
             let limit = block + RESPONSE_TIMEOUT;
-            tokio::time::timeout(limit, cmd.query_async(&mut *conn))
+            let read = tokio::time::timeout(limit, cmd.query_async(&mut *conn))
                 .await
-                .map_err(|_| EventError::Unavailable("blocking read timed out".into()))?
-                .map_err(map_err)?
+                .map_err(|_| EventError::Unavailable("blocking read timed out".into()))?;
+            match read {
+                // The master became a replica while the read waited (a
+                // cluster's failover): nothing was delivered, and the next
+                // read goes to the new master.
+                Err(e) if e.code() == Some("UNBLOCKED") => None,
+                other => other.map_err(map_err)?,
+            }
         };
         let entries = reply
             .map(|r| r.keys.into_iter().flat_map(|k| k.ids).collect())

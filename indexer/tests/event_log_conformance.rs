@@ -674,3 +674,88 @@ mod redis_only {
         assert_eq!(RedisStreamConfig::default().max_len, 1_000_000);
     }
 }
+
+/// What only a Redis Cluster can meet.
+mod redis_cluster_only {
+    use super::*;
+
+    /// The master holding the stream fails over (`CLUSTER FAILOVER` on its
+    /// replica) between a read and its acknowledgement, with a blocked read
+    /// waiting: the group, its pending entry and every entry published
+    /// before and after are all there on the new master, each delivered once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_stream_and_its_group_survive_a_failover() {
+        let cluster = support::redis_cluster::start_private();
+        let prefix = support::redis_cluster::unique_prefix();
+        let log = Arc::new(
+            RedisEventStream::connect(
+                &cluster.url,
+                RedisStreamConfig {
+                    prefix: prefix.clone(),
+                    max_len: 1000,
+                },
+            )
+            .await
+            .unwrap(),
+        );
+        log.ensure_group(GROUP).await.unwrap();
+        let before = events(20);
+        log.publish(before.clone()).await.unwrap();
+        let first = log.read(GROUP, "c", 100, Duration::ZERO).await.unwrap();
+        assert_eq!(first.len(), 20);
+
+        let blocked = {
+            let log = log.clone();
+            tokio::spawn(async move {
+                log.read(GROUP, "waiting", 100, Duration::from_secs(20))
+                    .await
+                    .unwrap()
+            })
+        };
+        let url = cluster.url.clone();
+        let stream_key = log.stream_key().to_string();
+        let (old, new) = tokio::task::spawn_blocking(move || {
+            support::redis_cluster::failover_master_of(&url, stream_key.as_bytes())
+        })
+        .await
+        .unwrap();
+        assert_ne!(old, new);
+
+        let after = events(10);
+        log.publish(after.clone()).await.unwrap();
+        // The blocked reader gets the new entries (or times out, when its
+        // read went to the old master); the first consumer takes the rest.
+        let mut seen: Vec<CustomerId> = first
+            .iter()
+            .map(|d| d.envelope.customer_id.unwrap_or_default())
+            .collect();
+        seen.extend(
+            blocked
+                .await
+                .unwrap()
+                .iter()
+                .map(|d| d.envelope.customer_id.unwrap_or_default()),
+        );
+        loop {
+            let more = log.read(GROUP, "c", 100, Duration::ZERO).await.unwrap();
+            if more.is_empty() {
+                break;
+            }
+            seen.extend(
+                more.iter()
+                    .map(|d| d.envelope.customer_id.unwrap_or_default()),
+            );
+        }
+        let mut expected = ids_of(&before);
+        expected.extend(ids_of(&after));
+        assert_eq!(seen.len(), expected.len(), "each entry delivered once");
+        let seen: HashSet<CustomerId> = seen.into_iter().collect();
+        assert_eq!(seen, expected.into_iter().collect::<HashSet<_>>());
+        // The entry read before the switch is still pending, and acks.
+        let pending = log.pending(GROUP, 100).await.unwrap();
+        assert!(pending.iter().any(|p| p.id == first[0].id), "{pending:?}");
+        log.ack(GROUP, &[first[0].id.clone()]).await.unwrap();
+        let pending = log.pending(GROUP, 100).await.unwrap();
+        assert!(pending.iter().all(|p| p.id != first[0].id));
+    }
+}
