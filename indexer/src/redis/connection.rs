@@ -33,19 +33,13 @@ pub(crate) struct Connection {
     sent: AtomicU64,
 }
 
-fn config() -> LinkConfig {
-    LinkConfig {
-        connect_timeout: Duration::from_secs(2),
-        response_timeout: Some(Duration::from_secs(2)),
-        retries: 3,
-        backoff: None,
-    }
-}
-
 impl Connection {
     pub(crate) async fn open(url: &str) -> IndexResult<Self> {
         let target = Target::parse(url).map_err(IndexError::from)?;
-        let manager = target.connect(config()).await.map_err(IndexError::from)?;
+        let manager = target
+            .connect(LinkConfig::default())
+            .await
+            .map_err(IndexError::from)?;
         Ok(Connection {
             target,
             current: RwLock::new(manager),
@@ -93,7 +87,8 @@ impl Connection {
         let this = Arc::clone(self);
         tokio::spawn(async move {
             // Connecting can hang while Redis is down, hence the bound.
-            let fresh = tokio::time::timeout(CONNECT_TIMEOUT, target.connect(config())).await;
+            let fresh =
+                tokio::time::timeout(CONNECT_TIMEOUT, target.connect(LinkConfig::default())).await;
             match fresh {
                 Ok(Ok(manager)) => {
                     *this.current.write() = manager;
