@@ -115,24 +115,19 @@ impl DryRun {
         let keys: Vec<(Vec<String>, Vec<String>)> = rows
             .iter()
             .map(|(_, input)| {
-                let (linkable, blocked): (BTreeSet<String>, BTreeSet<String>) = (
-                    input
-                        .identifiers
-                        .iter()
-                        .filter(|id| crm.policy().blocked_reason(id).is_none())
+                let (linkable, blocked): (Vec<&Identifier>, Vec<&Identifier>) = input
+                    .identifiers
+                    .iter()
+                    .partition(|id| crm.policy().blocked_reason(id).is_none());
+                // Each key once, in order.
+                let keys = |ids: Vec<&Identifier>| -> Vec<String> {
+                    ids.into_iter()
                         .map(Identifier::key)
-                        .collect(),
-                    input
-                        .identifiers
-                        .iter()
-                        .filter(|id| crm.policy().blocked_reason(id).is_some())
-                        .map(Identifier::key)
-                        .collect(),
-                );
-                (
-                    linkable.into_iter().collect(),
-                    blocked.into_iter().collect(),
-                )
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect()
+                };
+                (keys(linkable), keys(blocked))
             })
             .collect();
         self.read_store(crm, &keys).await?;
