@@ -63,7 +63,7 @@ pub async fn tail_into_hub(
             let reply = match read {
                 // A cluster's failover turned the master into a replica
                 // while the read waited: read again, from the new master.
-                Err(e) if e.code() == Some("UNBLOCKED") => None,
+                Err(e) if crate::redis_link::is_unblocked_by_failover(&e) => None,
                 other => other?,
             };
             Ok::<_, redis::RedisError>((from, reply))

@@ -191,6 +191,13 @@ pub fn defer_next(p: &mut Pipeline) {
     p.cmd("ECHO").arg(DEFER_MARK).ignore();
 }
 
+/// Whether a blocked read was released because its master became a
+/// replica (a cluster's failover): nothing was read, and the next read goes
+/// to the new master.
+pub fn is_unblocked_by_failover(e: &RedisError) -> bool {
+    e.code() == Some("UNBLOCKED")
+}
+
 /// A node whose keys a walk (`SCAN`) must visit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Node {

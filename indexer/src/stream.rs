@@ -267,7 +267,7 @@ impl EventLog for RedisEventStream {
                 // The master became a replica while the read waited (a
                 // cluster's failover): nothing was delivered, and the next
                 // read goes to the new master.
-                Err(e) if e.code() == Some("UNBLOCKED") => None,
+                Err(e) if crate::redis_link::is_unblocked_by_failover(&e) => None,
                 other => other.map_err(map_err)?,
             }
         };
