@@ -180,6 +180,24 @@ impl On<'_> {
         value
     }
 
+    /// Waits (at most [`PROPAGATION`] after `since`) until this instance
+    /// answers the request with 401.
+    async fn refuses_within(
+        &self,
+        what: &str,
+        since: Instant,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) {
+        within(what, since, PROPAGATION, || async {
+            let (status, _) = self.send(method.clone(), path, token, body, None).await;
+            status == StatusCode::UNAUTHORIZED
+        })
+        .await;
+    }
+
     async fn login(&self, email: &str, password: &str, forwarded_for: &str) -> (StatusCode, Value) {
         self.send(
             Method::POST,
@@ -596,16 +614,13 @@ async fn a_user_deactivated_on_one_is_refused_by_the_other(cluster: &Cluster, ad
         )
         .await;
     let logged_out = Instant::now();
-    within(
+    b.refuses_within(
         "B to refuse the access token of a session ended through A",
         logged_out,
-        PROPAGATION,
-        || async {
-            let (status, _) = b
-                .send(Method::GET, "/v1/me", Some(second_access), None, None)
-                .await;
-            status == StatusCode::UNAUTHORIZED
-        },
+        Method::GET,
+        "/v1/me",
+        Some(second_access),
+        None,
     )
     .await;
     b.expect(Method::GET, "/v1/me", access, None, StatusCode::OK)
@@ -624,34 +639,22 @@ async fn a_user_deactivated_on_one_is_refused_by_the_other(cluster: &Cluster, ad
         )
         .await;
     let deactivated = Instant::now();
-    within(
+    b.refuses_within(
         "B to refuse the access token of a user deactivated through A",
         deactivated,
-        PROPAGATION,
-        || async {
-            let (status, _) = b
-                .send(Method::GET, "/v1/me", Some(access), None, None)
-                .await;
-            status == StatusCode::UNAUTHORIZED
-        },
+        Method::GET,
+        "/v1/me",
+        Some(access),
+        None,
     )
     .await;
-    within(
+    b.refuses_within(
         "B to refuse the refresh token of a user deactivated through A",
         deactivated,
-        PROPAGATION,
-        || async {
-            let (status, _) = b
-                .send(
-                    Method::POST,
-                    "/v1/auth/refresh",
-                    None,
-                    Some(&json!({ "refresh_token": refresh })),
-                    None,
-                )
-                .await;
-            status == StatusCode::UNAUTHORIZED
-        },
+        Method::POST,
+        "/v1/auth/refresh",
+        None,
+        Some(&json!({ "refresh_token": refresh })),
     )
     .await;
     within(
@@ -715,16 +718,13 @@ async fn a_device_revoked_on_one_is_refused_by_the_other(cluster: &Cluster, admi
         )
         .await;
     let revoked = Instant::now();
-    within(
+    b.refuses_within(
         "B to refuse the token of a device revoked through A",
         revoked,
-        PROPAGATION,
-        || async {
-            let (status, _) = b
-                .send(Method::GET, lookup, Some(device_token), None, None)
-                .await;
-            status == StatusCode::UNAUTHORIZED
-        },
+        Method::GET,
+        lookup,
+        Some(device_token),
+        None,
     )
     .await;
 }
