@@ -29,9 +29,8 @@
 //! | key | type | holds |
 //! | --- | --- | --- |
 //! | `crm:gen` | HASH | `current`: the generation readers use (absent: 0); `building`: the one a rebuild is writing, if any |
-//! | `crm:g<N>:cust:<id>` | STRING | a flags byte, then the caller-ID summary packed (`packed`: postcard, about a third of its JSON); the flag `live` (1) marks a customer an upsert or removal wrote while a rebuild was building this generation (a removal leaves the flags byte alone), so that the rebuild does not overwrite it with a document it read earlier. What the customer is indexed under (for a re-upsert to remove what is gone) and its fingerprint are computed from the summary |
-//! | `crm:g<N>:ph:<e164>` | HASH | the customers with that number: id → empty; a caller-ID lookup is `HKEYS` of it, then `MGET` of its owners' `cust:` keys (two round trips, each shared by the lookups queued meanwhile) |
-//! | `crm:g<N>:sx:<dddd>` | ZSET | the numbers ending with the four digits `dddd`, and `sx:<ddddd>` those ending with the five: member `<id><e164>` per customer and number, score the customer's last engagement as in `nm:`; four trailing digits typed (`6418`) read the bucket of their last four, five or more (`81226418`) the bucket of their last five, most recent first, and keep the numbers ending with all of them; a number whose national number is the digits typed (trunk zeros dropped) is a national match; five to seven digits typed also read the buckets of those digits followed by each tail of one or two digits, for numbers with the digits inside them |
+//! | `crm:g<N>:cust:<id>` | STRING | a flags byte, then the caller-ID summary packed (`packed`: postcard, under a third of its JSON; the id is left out, the key names it); the flag `live` (1) marks a customer an upsert or removal wrote while a rebuild was building this generation (a removal leaves the flags byte alone), so that the rebuild does not overwrite it with a document it read earlier. What the customer is indexed under (for a re-upsert to remove what is gone) and its fingerprint are computed from the summary |
+//! | `crm:g<N>:sx:<dddd>` | ZSET | the numbers ending with the four digits `dddd`, and `sx:<ddddd>` those ending with the five: member `<id><e164>` per customer and number, score the customer's last engagement as in `nm:`; a number's owners are the members of its five-digit bucket with that number (a caller-ID lookup is `ZRANGE` of the bucket, then `MGET` of the owners' `cust:` keys: two round trips, each shared by the lookups queued meanwhile; a number of fewer than five digits has a bucket of all of them); four trailing digits typed (`6418`) read the bucket of their last four, five or more (`81226418`) the bucket of their last five, most recent first, and keep the numbers ending with all of them; a number whose national number is the digits typed (trunk zeros dropped) is a national match; five to seven digits typed also read the buckets of those digits followed by each tail of one or two digits, for numbers with the digits inside them |
 //! | `crm:g<N>:ex` | ZSET | `<email>\0<id>`, score 0: email search with `ZRANGEBYLEX` (an address's own members sort first in its prefix range, so the range gives exact matches too) |
 //! | `crm:g<N>:nm:<token>` | ZSET | the customers with that name token: member `<id><tokens>[\0<words>]` (the customer's name tokens, space-separated, and its words when they differ), score the last engagement in µs since 1970 (never: -9e18); read most recent first |
 //! | `crm:g<N>:tk` | ZSET | every name token, score 0: the vocabulary; a query token's prefix range (`ZRANGEBYLEX`) gives the posting lists it matches |
@@ -50,6 +49,13 @@
 //! caller-ID reads' `MGET` of a number's owners on one Redis. On a Redis
 //! Cluster (`redis+cluster://`, see [`redis_link`]) pipelines are split by
 //! node and caller-ID reads each summary with its own `GET`.
+//!
+//! `ph:<e164>` keys (a HASH of a number's owners) went: a caller-ID lookup
+//! reads the number's five-digit `sx:` bucket instead, which an index
+//! written before has too; the old keys stay until the next rebuild deletes
+//! that generation. The packed summary's format changed with it (version 2:
+//! no id, times as differences, a call's preview as its status and
+//! duration); summaries of version 1 are still read. No rebuild is needed.
 //!
 //! The layout of `cust:`, `ph:`, `sx:` and the members changed, and `em:`
 //! and `pn:` went, to halve the memory per customer: an index written

@@ -1,13 +1,18 @@
 //! The caller-ID summary as the Redis index stores it: a compact binary
-//! encoding (`postcard`) instead of JSON, about a third of the bytes. Ids are
-//! their 16 bytes, times seconds and nanoseconds, enums one byte each, and
-//! the main phone and email are not repeated (they are the first of the
-//! lists). Readers turn it back into a [`CustomerSummary`] (and JSON where an
-//! answer needs it); the round trip is exact, so a fingerprint computed from
-//! a stored summary equals the one computed from the store.
+//! encoding (`postcard`) instead of JSON, under a third of the bytes. The
+//! customer's id is not kept (the key names it), engagement ids are their
+//! 16 bytes, times are seconds and nanoseconds (each engagement's seconds as
+//! the difference from the one before it, the last engagement's from the
+//! newest brief's), a brief's channel and direction share a byte, a call's
+//! preview is its status and duration, and the main phone and email are not
+//! repeated (they are the first of the lists). Readers turn it back into a
+//! [`CustomerSummary`] (and JSON where an answer needs it); the round trip
+//! is exact, so a fingerprint computed from a stored summary equals the one
+//! computed from the store.
 //!
-//! The first byte is the format's version ([`FORMAT`]); a value of another
-//! version reads as corrupt (a rebuild rewrites it).
+//! The first byte is the format's version ([`FORMAT`]). Values of the
+//! version before ([`FORMAT_V1`], which also held the id) are still read; a
+//! value of any other version reads as corrupt (a rebuild rewrites it).
 
 use serde::{Deserialize, Serialize};
 
@@ -19,7 +24,11 @@ use crm_models::{
 use crate::doc::{CustomerSummary, EngagementBrief};
 
 /// The version byte every packed summary starts with.
-pub(crate) const FORMAT: u8 = 1;
+pub(crate) const FORMAT: u8 = 2;
+
+/// The version before: the id included, times whole, one byte each for
+/// channel and direction, every preview as text.
+const FORMAT_V1: u8 = 1;
 
 #[derive(Debug, thiserror::Error)]
 #[error("not a packed summary: {0}")]
@@ -27,6 +36,77 @@ pub(crate) struct PackError(String);
 
 #[derive(Serialize, Deserialize)]
 struct Packed<'a> {
+    #[serde(borrow)]
+    name: Option<&'a str>,
+    status: u8,
+    #[serde(borrow)]
+    phones: Vec<&'a str>,
+    #[serde(borrow)]
+    emails: Vec<&'a str>,
+    counts: [u64; 5],
+    /// Seconds after the first brief's (or since 1970 when there is none),
+    /// and nanoseconds.
+    last_engagement_at: Option<(i64, u32)>,
+    #[serde(borrow)]
+    last_engagements: Vec<Brief<'a>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Brief<'a> {
+    id: [u8; 16],
+    /// Channel times three plus the direction (0: none, 1: inbound, 2:
+    /// outbound).
+    kind: u8,
+    /// Seconds after the brief before's (since 1970 for the first), and
+    /// nanoseconds.
+    occurred_at: (i64, u32),
+    #[serde(borrow)]
+    preview: Preview<'a>,
+}
+
+#[derive(Serialize, Deserialize)]
+enum Preview<'a> {
+    Text(&'a str),
+    /// `<status> call, <seconds>s`, as a call's preview reads.
+    Call(u8, u32),
+}
+
+/// Call statuses as a call's preview names them.
+const CALL_STATUSES: [&str; 4] = ["answered", "missed", "rejected", "voicemail"];
+
+impl<'a> Preview<'a> {
+    fn of(channel: Channel, text: &'a str) -> Preview<'a> {
+        if channel == Channel::Call {
+            if let Some(call) = Self::call(text) {
+                return call;
+            }
+        }
+        Preview::Text(text)
+    }
+
+    /// `text` as a call's status and duration, if it reads back the same.
+    fn call(text: &str) -> Option<Preview<'static>> {
+        let (status, rest) = text.split_once(" call, ")?;
+        let status = CALL_STATUSES.iter().position(|s| *s == status)?;
+        let secs: u32 = rest.strip_suffix('s')?.parse().ok()?;
+        let call = Preview::Call(status as u8, secs);
+        (call.text() == text).then_some(call)
+    }
+
+    fn text(&self) -> String {
+        match self {
+            Preview::Text(t) => (*t).to_string(),
+            Preview::Call(status, secs) => format!(
+                "{} call, {secs}s",
+                CALL_STATUSES.get(usize::from(*status)).unwrap_or(&"")
+            ),
+        }
+    }
+}
+
+/// The layout of [`FORMAT_V1`].
+#[derive(Serialize, Deserialize)]
+struct PackedV1<'a> {
     id: [u8; 16],
     #[serde(borrow)]
     name: Option<&'a str>,
@@ -38,11 +118,11 @@ struct Packed<'a> {
     counts: [u64; 5],
     last_engagement_at: Option<(i64, u32)>,
     #[serde(borrow)]
-    last_engagements: Vec<Brief<'a>>,
+    last_engagements: Vec<BriefV1<'a>>,
 }
 
 #[derive(Serialize, Deserialize)]
-struct Brief<'a> {
+struct BriefV1<'a> {
     id: [u8; 16],
     channel: u8,
     /// 0: none, 1: inbound, 2: outbound.
@@ -114,28 +194,41 @@ fn direction_from(c: u8) -> Result<Option<Direction>, PackError> {
     })
 }
 
-/// `summary` packed, version byte first.
+/// `summary` packed, version byte first (its id is not kept: the key names
+/// it).
 pub(crate) fn pack(summary: &CustomerSummary) -> Vec<u8> {
     let c = &summary.counts;
+    let mut before: Option<i64> = None;
+    let last_engagements: Vec<Brief<'_>> = summary
+        .last_engagements
+        .iter()
+        .map(|e| {
+            let (secs, nanos) = time_of(&e.occurred_at);
+            let delta = secs.wrapping_sub(before.unwrap_or(0));
+            before = Some(secs);
+            Brief {
+                id: *e.id.0.as_bytes(),
+                kind: channel_code(e.channel) * 3 + direction_code(e.direction),
+                occurred_at: (delta, nanos),
+                preview: Preview::of(e.channel, &e.preview),
+            }
+        })
+        .collect();
+    let first = summary
+        .last_engagements
+        .first()
+        .map(|e| e.occurred_at.timestamp());
     let packed = Packed {
-        id: *summary.id.0.as_bytes(),
         name: summary.name.as_deref(),
         status: status_code(summary.status),
         phones: summary.phones.iter().map(PhoneNumber::as_str).collect(),
         emails: summary.emails.iter().map(Email::as_str).collect(),
         counts: [c.web, c.call, c.sms, c.whatsapp, c.email],
-        last_engagement_at: summary.last_engagement_at.as_ref().map(time_of),
-        last_engagements: summary
-            .last_engagements
-            .iter()
-            .map(|e| Brief {
-                id: *e.id.0.as_bytes(),
-                channel: channel_code(e.channel),
-                direction: direction_code(e.direction),
-                occurred_at: time_of(&e.occurred_at),
-                preview: &e.preview,
-            })
-            .collect(),
+        last_engagement_at: summary.last_engagement_at.as_ref().map(|t| {
+            let (secs, nanos) = time_of(t);
+            (secs.wrapping_sub(first.unwrap_or(0)), nanos)
+        }),
+        last_engagements,
     };
     let out = vec![FORMAT];
     // Writing plain data into a Vec cannot fail.
@@ -145,29 +238,106 @@ pub(crate) fn pack(summary: &CustomerSummary) -> Vec<u8> {
     }
 }
 
-/// A packed summary read back.
-pub(crate) fn unpack(bytes: &[u8]) -> Result<CustomerSummary, PackError> {
-    let body = match bytes.split_first() {
-        Some((&FORMAT, body)) => body,
-        Some((v, _)) => return Err(PackError(format!("format {v}"))),
-        None => return Err(PackError("empty".into())),
-    };
+/// A packed summary of the customer `id` read back.
+pub(crate) fn unpack(id: CustomerId, bytes: &[u8]) -> Result<CustomerSummary, PackError> {
+    match bytes.split_first() {
+        Some((&FORMAT, body)) => unpack_v2(id, body),
+        Some((&FORMAT_V1, body)) => unpack_v1(body),
+        Some((v, _)) => Err(PackError(format!("format {v}"))),
+        None => Err(PackError("empty".into())),
+    }
+}
+
+fn unpack_v2(id: CustomerId, body: &[u8]) -> Result<CustomerSummary, PackError> {
     let p: Packed<'_> = postcard::from_bytes(body).map_err(|e| PackError(e.to_string()))?;
-    let phones: Vec<PhoneNumber> = p
-        .phones
+    let mut before: Option<i64> = None;
+    let mut first: Option<i64> = None;
+    let last_engagements = p
+        .last_engagements
+        .into_iter()
+        .map(|b| {
+            let (delta, nanos) = b.occurred_at;
+            let secs = before.unwrap_or(0).wrapping_add(delta);
+            before = Some(secs);
+            first.get_or_insert(secs);
+            Ok(EngagementBrief {
+                id: EngagementId(uuid::Uuid::from_bytes(b.id)),
+                channel: channel_from(b.kind / 3)?,
+                direction: direction_from(b.kind % 3)?,
+                occurred_at: time_from((secs, nanos))?,
+                preview: b.preview.text(),
+            })
+        })
+        .collect::<Result<Vec<_>, PackError>>()?;
+    let last_engagement_at = p
+        .last_engagement_at
+        .map(|(delta, nanos)| time_from((first.unwrap_or(0).wrapping_add(delta), nanos)))
+        .transpose()?;
+    summary_of(
+        id,
+        p.name,
+        p.status,
+        &p.phones,
+        &p.emails,
+        p.counts,
+        last_engagement_at,
+        last_engagements,
+    )
+}
+
+fn unpack_v1(body: &[u8]) -> Result<CustomerSummary, PackError> {
+    let p: PackedV1<'_> = postcard::from_bytes(body).map_err(|e| PackError(e.to_string()))?;
+    let last_engagements = p
+        .last_engagements
+        .into_iter()
+        .map(|b| {
+            Ok(EngagementBrief {
+                id: EngagementId(uuid::Uuid::from_bytes(b.id)),
+                channel: channel_from(b.channel)?,
+                direction: direction_from(b.direction)?,
+                occurred_at: time_from(b.occurred_at)?,
+                preview: b.preview.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, PackError>>()?;
+    let last_engagement_at = p.last_engagement_at.map(time_from).transpose()?;
+    summary_of(
+        CustomerId(uuid::Uuid::from_bytes(p.id)),
+        p.name,
+        p.status,
+        &p.phones,
+        &p.emails,
+        p.counts,
+        last_engagement_at,
+        last_engagements,
+    )
+}
+
+/// The summary of what either version holds.
+#[allow(clippy::too_many_arguments)]
+fn summary_of(
+    id: CustomerId,
+    name: Option<&str>,
+    status: u8,
+    phones: &[&str],
+    emails: &[&str],
+    counts: [u64; 5],
+    last_engagement_at: Option<Timestamp>,
+    last_engagements: Vec<EngagementBrief>,
+) -> Result<CustomerSummary, PackError> {
+    let phones: Vec<PhoneNumber> = phones
         .iter()
         .map(|s| PhoneNumber::from_e164_unchecked((*s).to_string()))
         .collect();
-    let emails: Vec<Email> = p
-        .emails
+    let emails: Vec<Email> = emails
         .iter()
         .map(|s| Email::from_normalised_unchecked((*s).to_string()))
         .collect();
-    let [web, call, sms, whatsapp, email] = p.counts;
+    let [web, call, sms, whatsapp, email] = counts;
     Ok(CustomerSummary {
-        id: CustomerId(uuid::Uuid::from_bytes(p.id)),
-        name: p.name.map(str::to_string),
-        status: status_from(p.status)?,
+        id,
+        name: name.map(str::to_string),
+        status: status_from(status)?,
         phone: phones.first().cloned(),
         email: emails.first().cloned(),
         phones,
@@ -179,20 +349,8 @@ pub(crate) fn unpack(bytes: &[u8]) -> Result<CustomerSummary, PackError> {
             whatsapp,
             email,
         },
-        last_engagement_at: p.last_engagement_at.map(time_from).transpose()?,
-        last_engagements: p
-            .last_engagements
-            .into_iter()
-            .map(|b| {
-                Ok(EngagementBrief {
-                    id: EngagementId(uuid::Uuid::from_bytes(b.id)),
-                    channel: channel_from(b.channel)?,
-                    direction: direction_from(b.direction)?,
-                    occurred_at: time_from(b.occurred_at)?,
-                    preview: b.preview.to_string(),
-                })
-            })
-            .collect::<Result<_, PackError>>()?,
+        last_engagement_at,
+        last_engagements,
     })
 }
 
@@ -200,37 +358,118 @@ pub(crate) fn unpack(bytes: &[u8]) -> Result<CustomerSummary, PackError> {
 mod tests {
     use super::*;
     use crate::generate;
+    use crm_models::time;
+
+    /// `summary` as the version before packed it.
+    fn pack_v1(summary: &CustomerSummary) -> Vec<u8> {
+        let c = &summary.counts;
+        let v1 = PackedV1 {
+            id: *summary.id.0.as_bytes(),
+            name: summary.name.as_deref(),
+            status: status_code(summary.status),
+            phones: summary.phones.iter().map(PhoneNumber::as_str).collect(),
+            emails: summary.emails.iter().map(Email::as_str).collect(),
+            counts: [c.web, c.call, c.sms, c.whatsapp, c.email],
+            last_engagement_at: summary.last_engagement_at.as_ref().map(time_of),
+            last_engagements: summary
+                .last_engagements
+                .iter()
+                .map(|e| BriefV1 {
+                    id: *e.id.0.as_bytes(),
+                    channel: channel_code(e.channel),
+                    direction: direction_code(e.direction),
+                    occurred_at: time_of(&e.occurred_at),
+                    preview: &e.preview,
+                })
+                .collect(),
+        };
+        postcard::to_extend(&v1, vec![FORMAT_V1]).unwrap()
+    }
 
     #[test]
-    fn packed_summaries_read_back_equal_and_take_a_third_of_the_json() {
-        let (mut packed_bytes, mut json_bytes) = (0usize, 0usize);
+    fn packed_summaries_read_back_equal_and_take_under_a_third_of_the_json() {
+        let (mut packed_bytes, mut v1_bytes, mut json_bytes) = (0usize, 0usize, 0usize);
         for doc in generate::customers(7, 500) {
             let summary = doc.summary();
             let packed = pack(&summary);
             assert_eq!(packed[0], FORMAT);
-            let back = unpack(&packed).unwrap();
+            let back = unpack(summary.id, &packed).unwrap();
             assert_eq!(back, summary);
             assert_eq!(
                 crate::doc::fingerprint_of(&back),
                 doc.fingerprint(),
                 "a fingerprint from the packed summary equals the store's"
             );
+            // The version before still reads, to the same summary.
+            let v1 = pack_v1(&summary);
+            assert_eq!(unpack(CustomerId::new(), &v1).unwrap(), summary);
             packed_bytes += packed.len();
+            v1_bytes += v1.len();
             json_bytes += serde_json::to_vec(&summary).unwrap().len();
         }
         assert!(
-            packed_bytes * 2 < json_bytes,
+            packed_bytes * 3 < json_bytes,
             "packed {packed_bytes} bytes, JSON {json_bytes}"
         );
+        assert!(
+            packed_bytes * 10 < v1_bytes * 9,
+            "packed {packed_bytes} bytes, the version before {v1_bytes}"
+        );
+    }
+
+    #[test]
+    fn unusual_summaries_read_back_exactly() {
+        let mut summary = generate::customer(7, 3).summary();
+        let at = |s: &str| time::parse(s).unwrap();
+        let brief = |channel, preview: &str, when: &str| EngagementBrief {
+            id: EngagementId::new(),
+            channel,
+            direction: Some(Direction::Inbound),
+            occurred_at: at(when),
+            preview: preview.to_string(),
+        };
+        summary.last_engagements = vec![
+            // Out of order, before 1970, with nanoseconds.
+            brief(
+                Channel::Call,
+                "answered call, 12s",
+                "2026-01-01T00:00:00.123456789Z",
+            ),
+            brief(Channel::Call, "answered call, 012s", "1960-05-01T00:00:00Z"),
+            brief(Channel::Call, "missed call, 0s", "2030-01-01T00:00:00Z"),
+            brief(Channel::Call, "Answered call, 5s", "2030-01-01T00:00:00Z"),
+            brief(
+                Channel::Call,
+                "answered call, 99999999999s",
+                "2030-01-01T00:00:00Z",
+            ),
+            brief(Channel::Sms, "answered call, 12s", "2030-01-01T00:00:00Z"),
+            brief(Channel::Web, "", "2030-01-01T00:00:00Z"),
+        ];
+        summary.last_engagements[6].direction = None;
+        for last in [None, Some(at("1999-12-31T23:59:59.5Z"))] {
+            summary.last_engagement_at = last;
+            let back = unpack(summary.id, &pack(&summary)).unwrap();
+            assert_eq!(back, summary);
+        }
+        summary.last_engagements.clear();
+        summary.last_engagement_at = Some(at("2026-01-01T00:00:00Z"));
+        assert_eq!(unpack(summary.id, &pack(&summary)).unwrap(), summary);
+        // A call's preview is its status and duration.
+        assert_eq!(
+            Preview::call("voicemail call, 0s").map(|p| p.text()),
+            Some("voicemail call, 0s".to_string())
+        );
+        assert!(Preview::call("answered call, 1.5s").is_none());
     }
 
     #[test]
     fn other_versions_and_garbage_read_as_errors() {
         let summary = generate::customer(7, 1).summary();
         let mut packed = pack(&summary);
-        assert!(unpack(&[]).is_err());
-        assert!(unpack(&packed[..packed.len() / 2]).is_err());
+        assert!(unpack(summary.id, &[]).is_err());
+        assert!(unpack(summary.id, &packed[..packed.len() / 2]).is_err());
         packed[0] = FORMAT + 1;
-        assert!(unpack(&packed).is_err());
+        assert!(unpack(summary.id, &packed).is_err());
     }
 }

@@ -194,13 +194,13 @@ impl RedisIndex {
         };
         let mut found = Vec::new();
         for (id, value) in owners {
-            if keys::id_from(&id).is_none() {
+            let Some(id) = keys::id_from(&id) else {
                 return Err(IndexError::Internal("index data: a malformed id".into()));
-            }
+            };
             // A customer removed since its number was read has no summary,
             // and one whose number changed meanwhile no longer has it.
             if let Some(packed) = split_cust(&value).1 {
-                let summary = crate::packed::unpack(packed).map_err(corrupt)?;
+                let summary = crate::packed::unpack(id, packed).map_err(corrupt)?;
                 if summary.phones.contains(phone) {
                     found.push(summary);
                 }
@@ -253,13 +253,19 @@ impl RedisIndex {
     /// each read against the live generation; a rebuild switching between
     /// the two starts it over.
     async fn owners_read(&self, e164: &str) -> IndexResult<Vec<(Vec<u8>, Vec<u8>)>> {
+        if !numbers::has_bucket(e164) {
+            return Ok(Vec::new());
+        }
         for _ in 0..3 {
             let (keys, mut values) = self
                 .read(|k, p| {
-                    p.cmd("HKEYS").arg(k.ph(e164));
+                    if let Some(bucket) = k.owners_bucket(e164) {
+                        p.cmd("ZRANGE").arg(bucket).arg(0).arg(-1);
+                    }
                 })
                 .await?;
-            let ids: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+            let members: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;
+            let ids = numbers::owners_among(members.iter().map(Vec::as_slice), e164);
             if ids.is_empty() {
                 return Ok(Vec::new());
             }
@@ -418,7 +424,7 @@ impl SearchIndex for RedisIndex {
         value
             .as_deref()
             .and_then(|v| split_cust(v).1)
-            .map(|p| crate::packed::unpack(p).map_err(corrupt))
+            .map(|p| crate::packed::unpack(id, p).map_err(corrupt))
             .transpose()
     }
 

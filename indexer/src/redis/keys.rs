@@ -74,9 +74,6 @@ impl Keys {
     pub(super) fn cust_prefix(&self) -> String {
         self.key("cust:", "")
     }
-    pub(super) fn ph(&self, e164: &str) -> String {
-        self.key("ph:", e164)
-    }
     pub(super) fn ex(&self) -> String {
         self.key("ex", "")
     }

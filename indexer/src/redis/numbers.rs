@@ -1,5 +1,5 @@
-//! Searches by phone number: the whole number (`ph:`), and the national
-//! number and the last digits (`sx:`).
+//! Searches by phone number: the whole number, the national number and the
+//! last digits, all through the `sx:` buckets.
 //!
 //! Numbers are found by their last digits through buckets: `sx:<dddd>` holds
 //! every number ending with the four digits `dddd`, and `sx:<ddddd>` every
@@ -14,6 +14,10 @@
 //! (about a hundred members per million numbers for four digits), so a
 //! query is one command on one key, and only the hits of the page have
 //! their summary read.
+//!
+//! A whole number's owners (caller-ID, a number typed with its country code)
+//! are the members of its five-digit bucket with that number: no key per
+//! number. (A number of fewer than five digits has a bucket of all of them.)
 
 use std::collections::{HashMap, HashSet};
 
@@ -83,19 +87,59 @@ fn split_number_member(m: &[u8]) -> Option<(CustomerId, &str)> {
     Some((id, e164))
 }
 
+/// The bucket a whole number is looked up in (caller-ID, a number typed
+/// whole): its last [`LONG_BUCKET_DIGITS`], or all its digits when it has
+/// fewer.
+fn owners_bucket(e164: &str) -> Option<&str> {
+    let digits = e164.trim_start_matches('+');
+    if digits.is_empty() {
+        return None;
+    }
+    bucket_of(e164, digits.len().min(LONG_BUCKET_DIGITS))
+}
+
+/// Whether `e164` has digits to be bucketed by (every number does).
+pub(super) fn has_bucket(e164: &str) -> bool {
+    owners_bucket(e164).is_some()
+}
+
+/// The ids of the members of a bucket (as `ZRANGE` lists them) whose
+/// number is `e164`: the number's owners.
+pub(super) fn owners_among<'m>(
+    members: impl IntoIterator<Item = &'m [u8]>,
+    e164: &str,
+) -> Vec<Vec<u8>> {
+    members
+        .into_iter()
+        .filter(|m| m.len() > 16 && &m[16..] == e164.as_bytes())
+        .map(|m| m[..16].to_vec())
+        .collect()
+}
+
 impl Keys {
     /// `sx:<dddd>`: the numbers ending with the digits `dddd`.
     pub(super) fn sx(&self, last_digits: &str) -> String {
         self.key("sx:", last_digits)
     }
 
-    /// The `sx:` keys (its last four digits, and its last five) and the
-    /// member of a customer's number, for `ZADD` with the
-    /// customer's recency or `ZREM`.
+    /// The bucket holding the whole number `e164` with its owners (see
+    /// [`owners_among`]); `None` for a number without digits.
+    pub(super) fn owners_bucket(&self, e164: &str) -> Option<String> {
+        owners_bucket(e164).map(|b| self.sx(b))
+    }
+
+    /// The `sx:` keys (its last four digits, and its last five, or all its
+    /// digits when it has fewer) and the member of a customer's number, for
+    /// `ZADD` with the customer's recency or `ZREM`.
     pub(super) fn suffix_entries(&self, id: &IdBytes, e164: &str) -> Vec<(String, Vec<u8>)> {
-        [BUCKET_DIGITS, LONG_BUCKET_DIGITS]
+        let mut buckets: Vec<&str> = bucket_of(e164, BUCKET_DIGITS).into_iter().collect();
+        if let Some(b) = owners_bucket(e164) {
+            if !buckets.contains(&b) {
+                buckets.push(b);
+            }
+        }
+        buckets
             .into_iter()
-            .filter_map(|len| bucket_of(e164, len))
             .map(|b| (self.sx(b), number_member(id, e164)))
             .collect()
     }
@@ -140,11 +184,14 @@ impl RedisIndex {
             }
             None => Vec::new(),
         };
+        // Whole numbers: their owners are the members of their bucket with
+        // that number.
+        let exact: Vec<&String> = e164.iter().filter(|n| owners_bucket(n).is_some()).collect();
         let reader = Reader::new(self).await;
         let (keys, values) = reader
             .read_live(|k, p| {
-                for number in e164 {
-                    p.cmd("HKEYS").arg(k.ph(number));
+                for key in exact.iter().filter_map(|n| k.owners_bucket(n)) {
+                    p.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
                 }
                 if let Some((_, b)) = suffix {
                     let key = k.sx(b);
@@ -158,15 +205,19 @@ impl RedisIndex {
             .await?;
         let mut values = values.into_iter();
         let mut found = NumberMatches::default();
-        for _ in 0..e164.len() {
-            let m = Match::Exact;
-            let ids: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values)?)?;
-            for id in ids.iter().filter_map(|b| id_from(b)) {
-                found.add(id, m);
+        // The recency of every customer read from a bucket.
+        let mut recency: HashMap<CustomerId, f64> = HashMap::new();
+        for number in &exact {
+            let entries: Vec<(Vec<u8>, f64)> = from_owned_redis_value(next_value(&mut values)?)?;
+            for (member, score) in entries {
+                if let Some((id, n)) = split_number_member(&member) {
+                    if n == number.as_str() {
+                        found.add(id, Match::Exact);
+                        recency.insert(id, score);
+                    }
+                }
             }
         }
-        // The recency of every customer read from the bucket.
-        let mut recency: HashMap<CustomerId, f64> = HashMap::new();
         let mut beyond_read = 0u64;
         if let Some((digits, b)) = suffix {
             let mut entries: Vec<(Vec<u8>, f64)> =

@@ -2,8 +2,8 @@
 //! of their own.
 //!
 //! Each caller-ID lookup is two reads, each with the check of the live
-//! generation that every read makes: `HKEYS` of a `ph:` key (who has the
-//! number), then `MGET` of those customers' `cust:` keys (their summaries;
+//! generation that every read makes: `ZRANGE` of the number's five-digit
+//! `sx:` bucket (its members with the number are its owners), then `MGET` of those customers' `cust:` keys (their summaries;
 //! the summary is kept once, not under each number). Sent one by one, every
 //! read costs Redis (and this process) a socket read and a socket write,
 //! which under load cost more than the commands. Here reads queue for one
@@ -33,6 +33,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::numbers;
 use super::resp::{self, Frame};
 use super::{gen_key, Keys, READ_TIMEOUT};
 use crate::{IndexError, IndexResult};
@@ -55,12 +56,13 @@ const RECONNECT_EVERY: Duration = Duration::from_millis(500);
 const MAX_ATTEMPTS: u8 = 3;
 
 /// The owners of a number: each customer's id (its 16 bytes, the field of
-/// `ph:<e164>`) and its `cust:<id>` value.
+/// the number's bucket) and its `cust:<id>` value.
 pub(super) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// What one queued read asks.
 enum Ask {
-    /// `HKEYS ph:<e164>` in the live generation: who has the number.
+    /// `ZRANGE` of the number's bucket in the live generation: who has
+    /// the number `e164` (the members with it).
     Owners(String),
     /// `MGET cust:<id> ...` in `generation`: their summaries.
     Summaries { generation: u64, ids: Vec<Vec<u8>> },
@@ -111,6 +113,9 @@ impl PhoneReads {
     /// Who has the number `e164` in the live generation, with their
     /// `cust:<id>` values read in the same generation.
     pub(super) async fn owners(&self, e164: &str) -> IndexResult<Entries> {
+        if !numbers::has_bucket(e164) {
+            return Ok(Vec::new());
+        }
         for _ in 0..MAX_ATTEMPTS {
             let (generation, ids) = match self.ask(Ask::Owners(e164.to_string())).await? {
                 Answer::Owners { generation, ids } => (generation, ids),
@@ -352,7 +357,9 @@ impl Reads {
         for lookup in &batch {
             match &lookup.ask {
                 Ask::Owners(e164) => {
-                    resp::command(&mut out, &[b"HKEYS", keys.ph(e164).as_bytes()]);
+                    // `owners` asks only for numbers that have a bucket.
+                    let bucket = keys.owners_bucket(e164).unwrap_or_else(|| keys.sx(""));
+                    resp::command(&mut out, &[b"ZRANGE", bucket.as_bytes(), b"0", b"-1"]);
                 }
                 Ask::Summaries { ids, .. } => {
                     let names: Vec<Vec<u8>> = ids.iter().map(|id| keys.cust_bytes(id)).collect();
@@ -482,9 +489,9 @@ fn deliver(
             }
         } else {
             let answer = match &lookup.ask {
-                Ask::Owners(_) => fields_of(&frame).map(|ids| Answer::Owners {
+                Ask::Owners(e164) => members_of(&frame).map(|members| Answer::Owners {
                     generation: sent.generation,
-                    ids,
+                    ids: numbers::owners_among(members, e164),
                 }),
                 Ask::Summaries { .. } => values_of(&frame).map(Answer::Summaries),
             };
@@ -518,14 +525,14 @@ fn generation_of(frame: &Frame<'_>) -> IndexResult<u64> {
     }
 }
 
-/// An `HKEYS` reply: the fields.
-fn fields_of(frame: &Frame<'_>) -> IndexResult<Vec<Vec<u8>>> {
-    let other = || IndexError::Internal("Redis answered HKEYS with something else".into());
+/// A `ZRANGE` reply: the members.
+fn members_of<'f>(frame: &'f Frame<'_>) -> IndexResult<Vec<&'f [u8]>> {
+    let other = || IndexError::Internal("Redis answered ZRANGE with something else".into());
     match frame {
         Frame::Array(Some(items)) => items
             .iter()
             .map(|f| match f {
-                Frame::Bulk(Some(bytes)) => Ok(bytes.to_vec()),
+                Frame::Bulk(Some(bytes)) => Ok(*bytes),
                 _ => Err(other()),
             })
             .collect(),
@@ -715,10 +722,11 @@ mod tests {
             .collect()
     }
 
-    /// Answers like Redis holding `numbers` (a `ph:` key to the one
-    /// customer id that has it, and that customer's `cust:` value in the
-    /// same generation) and `p:gen current` from `live`; records every
-    /// command. `after_owners` runs after each `HKEYS`.
+    /// Answers like Redis holding `numbers` (`p:g<N>:<e164>` to the one
+    /// customer id of 16 bytes that has it, and that customer's `cust:`
+    /// value in the same generation: the number is a member of its bucket)
+    /// and `p:gen current` from `live`; records every command.
+    /// `after_owners` runs after each `ZRANGE`.
     fn store(
         numbers: HashMap<String, (String, String)>,
         live: Arc<Mutex<Option<u64>>>,
@@ -728,10 +736,20 @@ mod tests {
         let custs: HashMap<String, String> = numbers
             .iter()
             .filter_map(|(key, (id, value))| {
-                let (generation, _) = key.split_once("ph:")?;
+                let (generation, _) = key.split_once('+')?;
                 Some((format!("{generation}cust:{id}"), value.clone()))
             })
             .collect();
+        // Bucket key → its members.
+        let mut buckets: HashMap<String, Vec<String>> = HashMap::new();
+        for (key, (id, _)) in &numbers {
+            let (generation, digits) = key.split_once('+').unwrap();
+            let bucket = format!("{generation}sx:{}", &digits[digits.len() - 5..]);
+            buckets
+                .entry(bucket)
+                .or_default()
+                .push(format!("{id}+{digits}"));
+        }
         Arc::new(move |conn, args| {
             let args = text(args);
             log.lock().push((conn, args.clone()));
@@ -741,11 +759,12 @@ mod tests {
                     Some(g) => bulk(&g.to_string()),
                     None => b"$-1\r\n".to_vec(),
                 },
-                "HKEYS" => {
-                    let reply = match numbers.get(&args[1]) {
-                        Some((id, _)) => [b"*1\r\n".to_vec(), bulk(id)].concat(),
-                        None => b"*0\r\n".to_vec(),
-                    };
+                "ZRANGE" => {
+                    let members = buckets.get(&args[1]).cloned().unwrap_or_default();
+                    let mut reply = format!("*{}\r\n", members.len()).into_bytes();
+                    for m in &members {
+                        reply.extend(bulk(m));
+                    }
                     after_owners();
                     reply
                 }
@@ -773,16 +792,16 @@ mod tests {
     async fn lookups_log_in_select_the_database_and_follow_the_live_generation() {
         let hashes = HashMap::from([
             (
-                "p:g2:ph:+6581226418".to_string(),
-                ("id-2".into(), "{\"g\":2}".into()),
+                "p:g2:+6581226418".to_string(),
+                ("customer-0000002".into(), "{\"g\":2}".into()),
             ),
             (
-                "p:g3:ph:+6581226418".to_string(),
-                ("id-3".into(), "{\"g\":3}".into()),
+                "p:g3:+6581226418".to_string(),
+                ("customer-0000003".into(), "{\"g\":3}".into()),
             ),
             (
-                "p:g3:ph:+6590000000".to_string(),
-                ("id-9".into(), "{}".into()),
+                "p:g3:+6590000000".to_string(),
+                ("customer-0000009".into(), "{}".into()),
             ),
         ]);
         let live = Arc::new(Mutex::new(Some(2)));
@@ -793,35 +812,38 @@ mod tests {
         // The first read finds generation 2 live (it assumed 0) and goes
         // again against it.
         let found = reads.owners("+6581226418").await.unwrap();
-        assert_eq!(found, [(b"id-2".to_vec(), b"{\"g\":2}".to_vec())]);
+        assert_eq!(
+            found,
+            [(b"customer-0000002".to_vec(), b"{\"g\":2}".to_vec())]
+        );
         assert_eq!(reads.owners("+6500000000").await.unwrap(), []);
         *live.lock() = Some(3);
         let (a, b) = tokio::join!(reads.owners("+6581226418"), reads.owners("+6590000000"));
-        assert_eq!(a.unwrap()[0].0, b"id-3");
-        assert_eq!(b.unwrap()[0].0, b"id-9");
+        assert_eq!(a.unwrap()[0].0, b"customer-0000003");
+        assert_eq!(b.unwrap()[0].0, b"customer-0000009");
 
         let log = log.lock();
         assert!(log.iter().all(|(conn, _)| *conn == 1), "one connection");
         assert_eq!(log[0].1, ["AUTH", "ann", "s3cret"]);
         assert_eq!(log[1].1, ["SELECT", "3"]);
         assert_eq!(log[2].1, ["HGET", "p:gen", "current"]);
-        assert_eq!(log[3].1, ["HKEYS", "p:g0:ph:+6581226418"]);
+        assert_eq!(log[3].1, ["ZRANGE", "p:g0:sx:26418", "0", "-1"]);
         assert_eq!(log[4].1, ["HGET", "p:gen", "current"]);
-        assert_eq!(log[5].1, ["HKEYS", "p:g2:ph:+6581226418"]);
+        assert_eq!(log[5].1, ["ZRANGE", "p:g2:sx:26418", "0", "-1"]);
         assert_eq!(log[6].1, ["HGET", "p:gen", "current"]);
-        assert_eq!(log[7].1, ["MGET", "p:g2:cust:id-2"]);
+        assert_eq!(log[7].1, ["MGET", "p:g2:cust:customer-0000002"]);
     }
 
     #[tokio::test]
     async fn a_generation_switch_between_the_two_reads_starts_the_lookup_over() {
         let numbers = HashMap::from([
             (
-                "p:g2:ph:+6581226418".to_string(),
-                ("id-2".into(), "old".into()),
+                "p:g2:+6581226418".to_string(),
+                ("customer-0000002".into(), "old".into()),
             ),
             (
-                "p:g3:ph:+6581226418".to_string(),
-                ("id-3".into(), "new".into()),
+                "p:g3:+6581226418".to_string(),
+                ("customer-0000003".into(), "new".into()),
             ),
         ]);
         let live = Arc::new(Mutex::new(Some(2)));
@@ -841,7 +863,7 @@ mod tests {
         let reads = reads(&format!("redis://{addr}"));
         reads.target.generation.store(2, Ordering::Relaxed);
         let found = reads.owners("+6581226418").await.unwrap();
-        assert_eq!(found, [(b"id-3".to_vec(), b"new".to_vec())]);
+        assert_eq!(found, [(b"customer-0000003".to_vec(), b"new".to_vec())]);
         let sent: Vec<Vec<String>> = log
             .lock()
             .iter()
@@ -851,11 +873,11 @@ mod tests {
         assert_eq!(
             sent,
             [
-                vec!["HKEYS", "p:g2:ph:+6581226418"],
+                vec!["ZRANGE", "p:g2:sx:26418", "0", "-1"],
                 // Answered after the switch: not used.
-                vec!["MGET", "p:g2:cust:id-2"],
-                vec!["HKEYS", "p:g3:ph:+6581226418"],
-                vec!["MGET", "p:g3:cust:id-3"],
+                vec!["MGET", "p:g2:cust:customer-0000002"],
+                vec!["ZRANGE", "p:g3:sx:26418", "0", "-1"],
+                vec!["MGET", "p:g3:cust:customer-0000003"],
             ]
         );
     }
@@ -883,11 +905,11 @@ mod tests {
         let wrongtype: Handler = Arc::new(|_, args| {
             Some(match (args[0].as_slice(), args.get(1).map(Vec::as_slice)) {
                 (b"HGET", _) => b"$-1\r\n".to_vec(),
-                (b"HKEYS", Some(b"p:g0:ph:+1")) => {
+                (b"ZRANGE", Some(b"p:g0:sx:1")) => {
                     b"-WRONGTYPE Operation against a key holding the wrong kind of value\r\n"
                         .to_vec()
                 }
-                (b"HKEYS", _) => [b"*1\r\n".to_vec(), bulk("id")].concat(),
+                (b"ZRANGE", _) => [b"*1\r\n".to_vec(), bulk("customer-0000001+2")].concat(),
                 _ => [b"*1\r\n".to_vec(), bulk("{}")].concat(),
             })
         });
@@ -898,7 +920,10 @@ mod tests {
             matches!(&bad, Err(IndexError::Internal(m)) if m.contains("WRONGTYPE")),
             "{bad:?}"
         );
-        assert_eq!(good.unwrap(), [(b"id".to_vec(), b"{}".to_vec())]);
+        assert_eq!(
+            good.unwrap(),
+            [(b"customer-0000001".to_vec(), b"{}".to_vec())]
+        );
     }
 
     #[tokio::test]
@@ -911,7 +936,9 @@ mod tests {
             match args[0].as_slice() {
                 b"HGET" => Some(b"$-1\r\n".to_vec()),
                 _ if conn == 1 => None,
-                b"HKEYS" => Some([b"*1\r\n".to_vec(), bulk("id")].concat()),
+                b"ZRANGE" => {
+                    Some([b"*1\r\n".to_vec(), bulk("customer-0000001+6581226418")].concat())
+                }
                 _ => Some([b"*1\r\n".to_vec(), bulk("{}")].concat()),
             }
         });

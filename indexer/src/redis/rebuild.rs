@@ -196,7 +196,7 @@ impl RedisIndex {
             for (id, v) in ids.into_iter().zip(values) {
                 let value: Option<Vec<u8>> = from_owned_redis_value(v)?;
                 if let Some(p) = value.as_deref().and_then(|v| split_cust(v).1) {
-                    let summary = crate::packed::unpack(p).map_err(corrupt)?;
+                    let summary = crate::packed::unpack(id, p).map_err(corrupt)?;
                     items.push(IndexedFingerprint {
                         id,
                         fingerprint: crate::doc::fingerprint_of(&summary),
@@ -269,7 +269,9 @@ impl RedisIndex {
                 // Not indexed, and not to be.
                 None => {}
                 Some(packed) => {
-                    let old = crate::packed::unpack(packed).map_err(corrupt)?.entries();
+                    let old = crate::packed::unpack(doc.id(), packed)
+                        .map_err(corrupt)?
+                        .entries();
                     // Tokens this leaves without customers keep their
                     // token-level keys out: `write_vocabulary` checks.
                     let _ = keys.write_change(

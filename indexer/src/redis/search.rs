@@ -176,7 +176,7 @@ impl<'a> Reader<'a> {
             return Ok((Vec::new(), Vec::new()));
         }
         let pipe = briefs_pipeline(keys, ids, check);
-        briefs_of_replies(self.run(&pipe).await?, ids.len(), check.len())
+        briefs_of_replies(self.run(&pipe).await?, ids, check.len())
     }
 }
 
@@ -505,15 +505,15 @@ fn briefs_pipeline(keys: &Keys, ids: &[CustomerId], check: &[CustomerId]) -> Pip
 /// summary (stale entries are left out), and the presence of the others.
 fn briefs_of_replies(
     replies: Vec<Value>,
-    ids: usize,
+    ids: &[CustomerId],
     check: usize,
 ) -> IndexResult<(Vec<Brief>, Vec<bool>)> {
     let mut values = replies.into_iter();
-    let mut briefs = Vec::with_capacity(ids);
-    for _ in 0..ids {
+    let mut briefs = Vec::with_capacity(ids.len());
+    for &id in ids {
         if let Some(value) = bulk_of(next_value(&mut values)?)? {
             if let Some(packed) = split_cust(&value).1 {
-                briefs.push(brief_of_packed(packed)?);
+                briefs.push(brief_of_packed(id, packed)?);
             }
         }
     }
@@ -561,9 +561,9 @@ fn zrange_prefix(p: &mut Pipeline, key: &str, prefix: &[u8]) {
 }
 
 /// What a search hit shows, from a packed summary.
-fn brief_of_packed(packed: &[u8]) -> IndexResult<Brief> {
+fn brief_of_packed(id: CustomerId, packed: &[u8]) -> IndexResult<Brief> {
     Ok(Brief::from(
-        &crate::packed::unpack(packed).map_err(corrupt)?,
+        &crate::packed::unpack(id, packed).map_err(corrupt)?,
     ))
 }
 

@@ -9,7 +9,7 @@ use crm_models::CustomerId;
 
 use super::keys::{
     cust_value, id_bytes, member, member_of, name_member, name_member_of, recency_score,
-    split_cust, whole_name, IdBytes, Keys,
+    split_cust, whole_name, Keys,
 };
 use super::{corrupt, query_within, RedisIndex, WRITE_TIMEOUT};
 use crate::doc::{IndexEntries, IndexedCustomer};
@@ -53,7 +53,7 @@ impl RedisIndex {
             for change in changes {
                 let old = match previous.next() {
                     Some(Value::Nil) | None => IndexEntries::default(),
-                    Some(v) => indexed_under(&from_owned_redis_value::<Vec<u8>>(v)?)?,
+                    Some(v) => indexed_under(change.id(), &from_owned_redis_value::<Vec<u8>>(v)?)?,
                 };
                 let gone = keys.write_change(&mut write, change, old, live, None)?;
                 orphan_candidates.extend(gone.into_iter().map(|t| (g, t)));
@@ -218,7 +218,6 @@ impl Keys {
                 .ignore();
         }
         for ph in &entries.phones {
-            p.cmd("HSET").arg(self.ph(ph)).arg(&id_b).arg("").ignore();
             for (key, member) in self.suffix_entries(&id_b, ph) {
                 let recency = recency_score(summary.last_engagement_at.as_ref());
                 p.cmd("ZADD").arg(key).arg(recency).arg(member).ignore();
@@ -271,7 +270,6 @@ impl Keys {
             p.cmd("ZREM").arg(self.ex()).arg(member(e, id)).ignore();
         }
         for ph in &entries.phones {
-            p.cmd("HDEL").arg(self.ph(ph)).arg(&id_b).ignore();
             for (key, member) in self.suffix_entries(&id_b, ph) {
                 p.cmd("ZREM").arg(key).arg(member).ignore();
             }
@@ -293,9 +291,9 @@ impl Keys {
 
 /// What a `cust:<id>` value says the customer is indexed under: the
 /// entries of its summary (none for the mark a removal leaves).
-pub(super) fn indexed_under(value: &[u8]) -> IndexResult<IndexEntries> {
+pub(super) fn indexed_under(id: CustomerId, value: &[u8]) -> IndexResult<IndexEntries> {
     match split_cust(value).1 {
-        Some(p) => Ok(packed::unpack(p).map_err(corrupt)?.entries()),
+        Some(p) => Ok(packed::unpack(id, p).map_err(corrupt)?.entries()),
         None => Ok(IndexEntries::default()),
     }
 }
@@ -311,8 +309,6 @@ pub(super) fn indexed_under(value: &[u8]) -> IndexResult<IndexEntries> {
 pub(super) struct NewCustomers {
     /// Sorted-set key → (score, member).
     sorted: HashMap<String, Vec<(f64, Vec<u8>)>>,
-    /// `ph:` key → the ids to add as fields (with empty values).
-    hashes: HashMap<String, Vec<IdBytes>>,
     /// Per customer: `cust:<id>` and its packed summary.
     customers: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -343,7 +339,6 @@ impl NewCustomers {
             self.zadd(keys.ex(), 0.0, member_of(e, &id));
         }
         for ph in &entries.phones {
-            self.hashes.entry(keys.ph(ph)).or_default().push(id);
             for (key, member) in keys.suffix_entries(&id, ph) {
                 self.zadd(key, recency, member);
             }
@@ -366,13 +361,6 @@ impl NewCustomers {
                 .arg(key)
                 .arg(cust_value(Some(packed), false))
                 .ignore();
-        }
-        for (key, ids) in &self.hashes {
-            p.cmd("HSET").arg(key);
-            for id in ids {
-                p.arg(id).arg("");
-            }
-            p.ignore();
         }
         for (key, mut members) in self.sorted {
             members.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
