@@ -14,6 +14,8 @@
 //! version before ([`FORMAT_V1`], which also held the id) are still read; a
 //! value of any other version reads as corrupt (a rebuild rewrites it).
 
+use std::fmt::Write as _;
+
 use serde::{Deserialize, Serialize};
 
 use crm_models::time::Timestamp;
@@ -96,10 +98,15 @@ impl<'a> Preview<'a> {
     fn text(&self) -> String {
         match self {
             Preview::Text(t) => (*t).to_string(),
-            Preview::Call(status, secs) => format!(
-                "{} call, {secs}s",
-                CALL_STATUSES.get(usize::from(*status)).unwrap_or(&"")
-            ),
+            Preview::Call(status, secs) => {
+                let status = CALL_STATUSES.get(usize::from(*status)).unwrap_or(&"");
+                let mut text = String::with_capacity(status.len() + 18);
+                text.push_str(status);
+                text.push_str(" call, ");
+                // Writing into a String cannot fail.
+                let _ = write!(text, "{secs}s");
+                text
+            }
         }
     }
 }
