@@ -111,8 +111,10 @@ pub(super) fn owners_among<'m>(
 ) -> Vec<Vec<u8>> {
     members
         .into_iter()
-        .filter(|m| m.len() > 16 && &m[16..] == e164.as_bytes())
-        .map(|m| m[..16].to_vec())
+        .filter_map(|m| {
+            let (id, number) = split_number_member(m)?;
+            (number == e164).then(|| id.0.as_bytes().to_vec())
+        })
         .collect()
 }
 
