@@ -253,15 +253,13 @@ impl RedisIndex {
     /// each read against the live generation; a rebuild switching between
     /// the two starts it over.
     async fn owners_read(&self, e164: &str) -> IndexResult<Vec<(Vec<u8>, Vec<u8>)>> {
-        if !numbers::has_bucket(e164) {
+        let Some(bucket) = numbers::owners_bucket(e164) else {
             return Ok(Vec::new());
-        }
+        };
         for _ in 0..3 {
             let (keys, mut values) = self
                 .read(|k, p| {
-                    if let Some(bucket) = k.owners_bucket(e164) {
-                        p.cmd("ZRANGE").arg(bucket).arg(0).arg(-1);
-                    }
+                    p.cmd("ZRANGE").arg(k.sx(bucket)).arg(0).arg(-1);
                 })
                 .await?;
             let members: Vec<Vec<u8>> = from_owned_redis_value(next_value(&mut values.drain(..))?)?;

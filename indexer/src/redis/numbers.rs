@@ -87,20 +87,15 @@ fn split_number_member(m: &[u8]) -> Option<(CustomerId, &str)> {
     Some((id, e164))
 }
 
-/// The bucket a whole number is looked up in (caller-ID, a number typed
-/// whole): its last [`LONG_BUCKET_DIGITS`], or all its digits when it has
-/// fewer.
-fn owners_bucket(e164: &str) -> Option<&str> {
+/// The digits naming the bucket a whole number is looked up in (caller-ID,
+/// a number typed whole): its last [`LONG_BUCKET_DIGITS`], or all its digits
+/// when it has fewer; `None` for a number without digits.
+pub(super) fn owners_bucket(e164: &str) -> Option<&str> {
     let digits = e164.trim_start_matches('+');
     if digits.is_empty() {
         return None;
     }
     bucket_of(e164, digits.len().min(LONG_BUCKET_DIGITS))
-}
-
-/// Whether `e164` has digits to be bucketed by (every number does).
-pub(super) fn has_bucket(e164: &str) -> bool {
-    owners_bucket(e164).is_some()
 }
 
 /// The ids of the members of a bucket (as `ZRANGE` lists them) whose
@@ -122,12 +117,6 @@ impl Keys {
     /// `sx:<dddd>`: the numbers ending with the digits `dddd`.
     pub(super) fn sx(&self, last_digits: &str) -> String {
         self.key("sx:", last_digits)
-    }
-
-    /// The bucket holding the whole number `e164` with its owners (see
-    /// [`owners_among`]); `None` for a number without digits.
-    pub(super) fn owners_bucket(&self, e164: &str) -> Option<String> {
-        owners_bucket(e164).map(|b| self.sx(b))
     }
 
     /// The `sx:` keys (its last four digits, and its last five, or all its
@@ -188,12 +177,19 @@ impl RedisIndex {
         };
         // Whole numbers: their owners are the members of their bucket with
         // that number.
-        let exact: Vec<&String> = e164.iter().filter(|n| owners_bucket(n).is_some()).collect();
+        let exact: Vec<(&str, &str)> = e164
+            .iter()
+            .filter_map(|n| Some((n.as_str(), owners_bucket(n)?)))
+            .collect();
         let reader = Reader::new(self).await;
         let (keys, values) = reader
             .read_live(|k, p| {
-                for key in exact.iter().filter_map(|n| k.owners_bucket(n)) {
-                    p.cmd("ZRANGE").arg(key).arg(0).arg(-1).arg("WITHSCORES");
+                for (_, bucket) in &exact {
+                    p.cmd("ZRANGE")
+                        .arg(k.sx(bucket))
+                        .arg(0)
+                        .arg(-1)
+                        .arg("WITHSCORES");
                 }
                 if let Some((_, b)) = suffix {
                     let key = k.sx(b);
@@ -209,11 +205,11 @@ impl RedisIndex {
         let mut found = NumberMatches::default();
         // The recency of every customer read from a bucket.
         let mut recency: HashMap<CustomerId, f64> = HashMap::new();
-        for number in &exact {
+        for (number, _) in &exact {
             let entries: Vec<(Vec<u8>, f64)> = from_owned_redis_value(next_value(&mut values)?)?;
             for (member, score) in entries {
                 if let Some((id, n)) = split_number_member(&member) {
-                    if n == number.as_str() {
+                    if n == *number {
                         found.add(id, Match::Exact);
                         recency.insert(id, score);
                     }

@@ -61,9 +61,9 @@ pub(super) type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// What one queued read asks.
 enum Ask {
-    /// `ZRANGE` of the number's bucket in the live generation: who has
-    /// the number `e164` (the members with it).
-    Owners(String),
+    /// `ZRANGE` of the number's bucket (`sx:<bucket>`) in the live
+    /// generation: who has the number `e164` (the members with it).
+    Owners { e164: String, bucket: String },
     /// `MGET cust:<id> ...` in `generation`: their summaries.
     Summaries { generation: u64, ids: Vec<Vec<u8>> },
 }
@@ -113,11 +113,15 @@ impl PhoneReads {
     /// Who has the number `e164` in the live generation, with their
     /// `cust:<id>` values read in the same generation.
     pub(super) async fn owners(&self, e164: &str) -> IndexResult<Entries> {
-        if !numbers::has_bucket(e164) {
+        let Some(bucket) = numbers::owners_bucket(e164) else {
             return Ok(Vec::new());
-        }
+        };
         for _ in 0..MAX_ATTEMPTS {
-            let (generation, ids) = match self.ask(Ask::Owners(e164.to_string())).await? {
+            let ask = Ask::Owners {
+                e164: e164.to_string(),
+                bucket: bucket.to_string(),
+            };
+            let (generation, ids) = match self.ask(ask).await? {
                 Answer::Owners { generation, ids } => (generation, ids),
                 _ => return Err(IndexError::Internal("caller-ID read out of step".into())),
             };
@@ -356,10 +360,9 @@ impl Reads {
         resp::command(&mut out, &[b"HGET", gen_key.as_bytes(), b"current"]);
         for lookup in &batch {
             match &lookup.ask {
-                Ask::Owners(e164) => {
-                    // `owners` asks only for numbers that have a bucket.
-                    let bucket = keys.owners_bucket(e164).unwrap_or_else(|| keys.sx(""));
-                    resp::command(&mut out, &[b"ZRANGE", bucket.as_bytes(), b"0", b"-1"]);
+                Ask::Owners { bucket, .. } => {
+                    let key = keys.sx(bucket);
+                    resp::command(&mut out, &[b"ZRANGE", key.as_bytes(), b"0", b"-1"]);
                 }
                 Ask::Summaries { ids, .. } => {
                     let names: Vec<Vec<u8>> = ids.iter().map(|id| keys.cust_bytes(id)).collect();
@@ -489,7 +492,7 @@ fn deliver(
             }
         } else {
             let answer = match &lookup.ask {
-                Ask::Owners(e164) => members_of(&frame).map(|members| Answer::Owners {
+                Ask::Owners { e164, .. } => members_of(&frame).map(|members| Answer::Owners {
                     generation: sent.generation,
                     ids: numbers::owners_among(members, e164),
                 }),
