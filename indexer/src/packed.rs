@@ -36,8 +36,11 @@ const FORMAT_V1: u8 = 1;
 #[error("not a packed summary: {0}")]
 pub(crate) struct PackError(String);
 
+/// What both formats hold first (version 1 after the id), in this order:
+/// postcard writes a nested struct as its fields, so the bytes are those of
+/// the fields written one by one.
 #[derive(Serialize, Deserialize)]
-struct Packed<'a> {
+struct Profile<'a> {
     #[serde(borrow)]
     name: Option<&'a str>,
     status: u8,
@@ -46,6 +49,12 @@ struct Packed<'a> {
     #[serde(borrow)]
     emails: Vec<&'a str>,
     counts: [u64; 5],
+}
+
+#[derive(Serialize, Deserialize)]
+struct Packed<'a> {
+    #[serde(borrow)]
+    profile: Profile<'a>,
     /// Seconds after the first brief's (or since 1970 when there is none),
     /// and nanoseconds.
     last_engagement_at: Option<(i64, u32)>,
@@ -116,13 +125,7 @@ impl<'a> Preview<'a> {
 struct PackedV1<'a> {
     id: [u8; 16],
     #[serde(borrow)]
-    name: Option<&'a str>,
-    status: u8,
-    #[serde(borrow)]
-    phones: Vec<&'a str>,
-    #[serde(borrow)]
-    emails: Vec<&'a str>,
-    counts: [u64; 5],
+    profile: Profile<'a>,
     last_engagement_at: Option<(i64, u32)>,
     #[serde(borrow)]
     last_engagements: Vec<BriefV1<'a>>,
@@ -204,7 +207,6 @@ fn direction_from(c: u8) -> Result<Option<Direction>, PackError> {
 /// `summary` packed, version byte first (its id is not kept: the key names
 /// it).
 pub(crate) fn pack(summary: &CustomerSummary) -> Vec<u8> {
-    let c = &summary.counts;
     let mut before: Option<i64> = None;
     let last_engagements: Vec<Brief<'_>> = summary
         .last_engagements
@@ -226,11 +228,7 @@ pub(crate) fn pack(summary: &CustomerSummary) -> Vec<u8> {
         .first()
         .map(|e| e.occurred_at.timestamp());
     let packed = Packed {
-        name: summary.name.as_deref(),
-        status: status_code(summary.status),
-        phones: summary.phones.iter().map(PhoneNumber::as_str).collect(),
-        emails: summary.emails.iter().map(Email::as_str).collect(),
-        counts: [c.web, c.call, c.sms, c.whatsapp, c.email],
+        profile: Profile::of(summary),
         last_engagement_at: summary.last_engagement_at.as_ref().map(|t| {
             let (secs, nanos) = time_of(t);
             (secs.wrapping_sub(first.unwrap_or(0)), nanos)
@@ -280,16 +278,7 @@ fn unpack_v2(id: CustomerId, body: &[u8]) -> Result<CustomerSummary, PackError> 
         .last_engagement_at
         .map(|(delta, nanos)| time_from((first.unwrap_or(0).wrapping_add(delta), nanos)))
         .transpose()?;
-    summary_of(
-        id,
-        p.name,
-        p.status,
-        &p.phones,
-        &p.emails,
-        p.counts,
-        last_engagement_at,
-        last_engagements,
-    )
+    p.profile.summary(id, last_engagement_at, last_engagements)
 }
 
 fn unpack_v1(body: &[u8]) -> Result<CustomerSummary, PackError> {
@@ -308,57 +297,63 @@ fn unpack_v1(body: &[u8]) -> Result<CustomerSummary, PackError> {
         })
         .collect::<Result<Vec<_>, PackError>>()?;
     let last_engagement_at = p.last_engagement_at.map(time_from).transpose()?;
-    summary_of(
+    p.profile.summary(
         CustomerId(uuid::Uuid::from_bytes(p.id)),
-        p.name,
-        p.status,
-        &p.phones,
-        &p.emails,
-        p.counts,
         last_engagement_at,
         last_engagements,
     )
 }
 
-/// The summary of what either version holds.
-#[allow(clippy::too_many_arguments)]
-fn summary_of(
-    id: CustomerId,
-    name: Option<&str>,
-    status: u8,
-    phones: &[&str],
-    emails: &[&str],
-    counts: [u64; 5],
-    last_engagement_at: Option<Timestamp>,
-    last_engagements: Vec<EngagementBrief>,
-) -> Result<CustomerSummary, PackError> {
-    let phones: Vec<PhoneNumber> = phones
-        .iter()
-        .map(|s| PhoneNumber::from_e164_unchecked((*s).to_string()))
-        .collect();
-    let emails: Vec<Email> = emails
-        .iter()
-        .map(|s| Email::from_normalised_unchecked((*s).to_string()))
-        .collect();
-    let [web, call, sms, whatsapp, email] = counts;
-    Ok(CustomerSummary {
-        id,
-        name: name.map(str::to_string),
-        status: status_from(status)?,
-        phone: phones.first().cloned(),
-        email: emails.first().cloned(),
-        phones,
-        emails,
-        counts: ChannelCounts {
-            web,
-            call,
-            sms,
-            whatsapp,
-            email,
-        },
-        last_engagement_at,
-        last_engagements,
-    })
+impl<'a> Profile<'a> {
+    fn of(summary: &'a CustomerSummary) -> Profile<'a> {
+        let c = &summary.counts;
+        Profile {
+            name: summary.name.as_deref(),
+            status: status_code(summary.status),
+            phones: summary.phones.iter().map(PhoneNumber::as_str).collect(),
+            emails: summary.emails.iter().map(Email::as_str).collect(),
+            counts: [c.web, c.call, c.sms, c.whatsapp, c.email],
+        }
+    }
+
+    /// The summary of the customer `id` with this profile and these
+    /// engagements.
+    fn summary(
+        self,
+        id: CustomerId,
+        last_engagement_at: Option<Timestamp>,
+        last_engagements: Vec<EngagementBrief>,
+    ) -> Result<CustomerSummary, PackError> {
+        let phones: Vec<PhoneNumber> = self
+            .phones
+            .iter()
+            .map(|s| PhoneNumber::from_e164_unchecked((*s).to_string()))
+            .collect();
+        let emails: Vec<Email> = self
+            .emails
+            .iter()
+            .map(|s| Email::from_normalised_unchecked((*s).to_string()))
+            .collect();
+        let [web, call, sms, whatsapp, email] = self.counts;
+        Ok(CustomerSummary {
+            id,
+            name: self.name.map(str::to_string),
+            status: status_from(self.status)?,
+            phone: phones.first().cloned(),
+            email: emails.first().cloned(),
+            phones,
+            emails,
+            counts: ChannelCounts {
+                web,
+                call,
+                sms,
+                whatsapp,
+                email,
+            },
+            last_engagement_at,
+            last_engagements,
+        })
+    }
 }
 
 #[cfg(test)]
@@ -369,14 +364,9 @@ mod tests {
 
     /// `summary` as the version before packed it.
     fn pack_v1(summary: &CustomerSummary) -> Vec<u8> {
-        let c = &summary.counts;
         let v1 = PackedV1 {
             id: *summary.id.0.as_bytes(),
-            name: summary.name.as_deref(),
-            status: status_code(summary.status),
-            phones: summary.phones.iter().map(PhoneNumber::as_str).collect(),
-            emails: summary.emails.iter().map(Email::as_str).collect(),
-            counts: [c.web, c.call, c.sms, c.whatsapp, c.email],
+            profile: Profile::of(summary),
             last_engagement_at: summary.last_engagement_at.as_ref().map(time_of),
             last_engagements: summary
                 .last_engagements
@@ -422,6 +412,22 @@ mod tests {
             packed_bytes * 10 < v1_bytes * 9,
             "packed {packed_bytes} bytes, the version before {v1_bytes}"
         );
+    }
+
+    /// A value of version 1 as it was written (the summary of
+    /// `generate::customer(7, 1)` with its two newest engagements).
+    const V1_BYTES: &str = "01a95d9b2b1dc44b038c4814fc421c0c7e011541697368776172796120476f76696e646173616d7900010b2b3635383833363837393402216169736877617279612e676f76696e646173616d7940686f746d61696c2e636f6d1561697368776172796132373333406462732e636f6d020103000101c6aa93920d00021ac77a1dad1e4d2d99887d51c13f275a0202c6aa93920d004e4869204169736877617279612c20596f7572206f7264657220686173206265656e207368697070656420616e642077696c6c2061727269766520696e20322d3320776f726b696e6720646179732e23378af2f30542b594170f590e5316560202bef180900d003d596f7572204f54502069732076616c696420666f722035206d696e757465732e20446f206e6f74207368617265206974207769746820616e796f6e652e";
+
+    #[test]
+    fn values_written_in_version_1_read_back() {
+        let mut summary = generate::customer(7, 1).summary();
+        summary.last_engagements.truncate(2);
+        let bytes: Vec<u8> = (0..V1_BYTES.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&V1_BYTES[i..i + 2], 16).unwrap())
+            .collect();
+        assert_eq!(pack_v1(&summary), bytes);
+        assert_eq!(unpack(CustomerId::new(), &bytes).unwrap(), summary);
     }
 
     #[test]
